@@ -1,0 +1,340 @@
+//! Control groups for containers and their monitors, on cgroup v1 (including the hybrid layout
+//! with a controller-less v2 tree) and on pure cgroup v2.
+//!
+//! Each container gets `<parent>/<name>` in **every** hierarchy (CRIU and exec'd processes need
+//! the container confined in all of them); monitors share `<parent>.monitor` so that stopping
+//! berthd's own unit never takes them (or their containers) down. Directories are created when a
+//! container is created, so starting it only writes a pid to each `cgroup.procs`.
+
+use crate::error::{Context, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hierarchy {
+    /// Where the hierarchy is mounted on the host.
+    pub mountpoint: PathBuf,
+    /// `None` for the v2 (unified) hierarchy; for v1 the mount options that name it, e.g.
+    /// `"memory"`, `"cpu,cpuacct"` or `"name=systemd"`.
+    pub v1_options: Option<String>,
+}
+
+impl Hierarchy {
+    /// Whether this is the cgroup v2 tree.
+    pub fn is_v2(&self) -> bool {
+        self.v1_options.is_none()
+    }
+
+    /// Whether this v1 hierarchy carries `controller`.
+    pub fn has_controller(&self, controller: &str) -> bool {
+        self.v1_options.as_deref().is_some_and(|o| o.split(',').any(|c| c == controller))
+    }
+
+    /// The name of the directory a container sees this hierarchy under in `/sys/fs/cgroup`.
+    pub fn container_dir_name(&self) -> String {
+        match &self.v1_options {
+            None => "unified".to_string(),
+            Some(o) => o.strip_prefix("name=").unwrap_or(o).to_string(),
+        }
+    }
+}
+
+/// The host's cgroup layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// All hierarchies; on a pure v2 host exactly one.
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+/// v1 controller options berth knows and mounts inside containers.
+const KNOWN_V1: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
+    "perf_event", "hugetlb", "pids", "rdma", "misc",
+];
+
+impl Layout {
+    /// Reads the layout from `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Layout> {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
+        Ok(Self::parse(&mi))
+    }
+
+    /// Parses mountinfo text (separate for tests).
+    pub fn parse(mountinfo: &str) -> Layout {
+        let mut hierarchies = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.len() < 5 || post.len() < 3 {
+                continue;
+            }
+            let mountpoint = PathBuf::from(unescape_mountinfo(pre[4]));
+            if hierarchies.iter().any(|h: &Hierarchy| h.mountpoint == mountpoint) {
+                continue;
+            }
+            match post[0] {
+                "cgroup2" => hierarchies.push(Hierarchy { mountpoint, v1_options: None }),
+                "cgroup" => {
+                    let opts: Vec<&str> = post[2]
+                        .split(',')
+                        .filter(|o| KNOWN_V1.contains(o) || o.starts_with("name="))
+                        .collect();
+                    if !opts.is_empty() {
+                        hierarchies.push(Hierarchy { mountpoint, v1_options: Some(opts.join(",")) });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Layout { hierarchies }
+    }
+
+    /// 1 when any v1 hierarchy carries controllers, else 2.
+    pub fn version(&self) -> u32 {
+        if self.hierarchies.iter().any(|h| !h.is_v2()) { 1 } else { 2 }
+    }
+
+    /// The v2 tree, when one is mounted.
+    pub fn unified(&self) -> Option<&Hierarchy> {
+        self.hierarchies.iter().find(|h| h.is_v2())
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroups of one container (and the shared monitor cgroup) on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerCgroups {
+    /// Host layout.
+    pub layout: Layout,
+    /// Parent directory name, `berth` unless configured (tests use their own).
+    pub parent: String,
+    /// The container's name.
+    pub name: String,
+}
+
+impl ContainerCgroups {
+    /// The cgroups for container `name` under `parent`.
+    pub fn new(layout: Layout, parent: &str, name: &str) -> Self {
+        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string() }
+    }
+
+    /// The container's directory in each hierarchy.
+    pub fn dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.layout.hierarchies.iter().map(|h| h.mountpoint.join(&self.parent).join(&self.name))
+    }
+
+    /// The container's directory in the hierarchy carrying `controller` (v1) or the v2 tree.
+    pub fn dir_for(&self, controller: &str) -> Option<PathBuf> {
+        let h = self
+            .layout
+            .hierarchies
+            .iter()
+            .find(|h| h.has_controller(controller))
+            .or_else(|| if self.layout.version() == 2 { self.layout.unified() } else { None })?;
+        Some(h.mountpoint.join(&self.parent).join(&self.name))
+    }
+
+    /// The monitors' shared directory in each hierarchy.
+    fn monitor_dirs(&self) -> impl Iterator<Item = (&Hierarchy, PathBuf)> + '_ {
+        let m = format!("{}.monitor", self.parent);
+        self.layout.hierarchies.iter().map(move |h| (h, h.mountpoint.join(&m)))
+    }
+
+    /// Creates the parent, monitor and container directories where missing. Idempotent.
+    pub fn create(&self) -> Result<()> {
+        for h in &self.layout.hierarchies {
+            let parent = h.mountpoint.join(&self.parent);
+            ensure_dir(h, &parent, &h.mountpoint)?;
+            ensure_dir(h, &parent.join(&self.name), &parent)?;
+        }
+        for (h, dir) in self.monitor_dirs() {
+            ensure_dir(h, &dir, &h.mountpoint)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every container directory exists (a reboot wipes them).
+    pub fn exists(&self) -> bool {
+        self.dirs().all(|d| d.is_dir())
+    }
+
+    /// Moves `pid` into the container's cgroups (`0` = the calling process).
+    pub fn attach(&self, pid: libc::pid_t) -> Result<()> {
+        let s = pid.to_string();
+        for d in self.dirs() {
+            let p = d.join("cgroup.procs");
+            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into the monitors' cgroups (`0` = the calling process).
+    pub fn attach_monitor(&self, pid: libc::pid_t) -> Result<()> {
+        let s = pid.to_string();
+        for (_, d) in self.monitor_dirs() {
+            let p = d.join("cgroup.procs");
+            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Pids in the container's cgroups (all hierarchies, whole subtree), deduplicated.
+    pub fn pids(&self) -> Vec<libc::pid_t> {
+        let mut pids = Vec::new();
+        for d in self.dirs() {
+            collect_pids(&d, &mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills whatever is left in the container's cgroups and removes its directories
+    /// (deepest first). Idempotent: missing directories are fine.
+    pub fn remove(&self) -> Result<()> {
+        for _attempt in 0..50 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                // SAFETY: kill(2) with a pid read from the container's own cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for d in self.dirs() {
+            remove_tree(&d).step(|| format!("remove cgroup {}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// mkdir for a cgroup directory; on v1 cpuset hierarchies the new group gets its parent's cpus
+/// and mems, and `clone_children` so that its own children inherit them.
+fn ensure_dir(h: &Hierarchy, dir: &Path, parent: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::os(format!("create cgroup {}", dir.display()), e)),
+    }
+    if h.has_controller("cpuset") {
+        for knob in ["cpuset.cpus", "cpuset.mems"] {
+            let v = std::fs::read(parent.join(knob)).step(|| format!("read {}", parent.join(knob).display()))?;
+            crate::sys::write_file(&dir.join(knob), &v).step(|| format!("write {}", dir.join(knob).display()))?;
+        }
+        let _ = crate::sys::write_file(&dir.join("cgroup.clone_children"), b"1");
+    }
+    if h.is_v2() {
+        // Let the new group hand its controllers to its children (ignored where none exist).
+        if let Ok(c) = std::fs::read_to_string(parent.join("cgroup.controllers")) {
+            let want: Vec<String> = c.split_whitespace().map(|c| format!("+{c}")).collect();
+            if !want.is_empty() && parent != h.mountpoint {
+                let _ = crate::sys::write_file(&parent.join("cgroup.subtree_control"), want.join(" ").as_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<libc::pid_t>) {
+    if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(s.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()));
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Removes a cgroup directory and its child groups, deepest first.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in rd.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_tree(&e.path())?;
+        }
+    }
+    let mut last = None;
+    for _ in 0..100 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // EBUSY while the last exited task is still being released by the kernel
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EBUSY)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+37 35 0:32 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+38 35 0:33 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+39 35 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn parses_hybrid_layout() {
+        let l = Layout::parse(HYBRID);
+        assert_eq!(l.version(), 1);
+        assert_eq!(l.hierarchies.len(), 4);
+        assert!(l.unified().is_some());
+        let names: Vec<String> = l.hierarchies.iter().map(|h| h.container_dir_name()).collect();
+        assert_eq!(names, ["unified", "systemd", "cpu,cpuacct", "memory"]);
+        let cg = ContainerCgroups::new(l, "berth", "c1");
+        assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/memory/berth/c1"));
+        assert_eq!(cg.dir_for("cpuacct").unwrap(), Path::new("/sys/fs/cgroup/cpu,cpuacct/berth/c1"));
+        assert!(cg.dir_for("pids").is_none());
+    }
+
+    #[test]
+    fn parses_pure_v2() {
+        let l = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+        assert_eq!(l.version(), 2);
+        let cg = ContainerCgroups::new(l, "berth", "web");
+        assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/berth/web"));
+    }
+
+    #[test]
+    fn unescapes_spaces() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,345 @@
+//! Storage pools: where image bases and container root filesystems live.
+//!
+//! A pool is a directory tree `images/<fingerprint>/` (an image's unpacked contents: its
+//! `metadata.yaml`, `rootfs/`, `templates/`) and `containers/<name>/` (a copy of an image
+//! volume, whose `rootfs/` is the container's root). The driver decides how a copy is made:
+//! `btrfs` snapshots a subvolume in constant time, `dir` copies files. A `btrfs` pool may be
+//! backed by a loop file (as `lxd init` does when the state directory is not on btrfs); the
+//! daemon re-attaches and mounts it at start.
+
+pub mod btrfs;
+pub mod loopdev;
+
+use crate::error::{Context, Error, Result};
+use crate::idmap::IdMap;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How volumes are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Plain directories; a copy is a full copy.
+    Dir,
+    /// btrfs subvolumes; a copy is a snapshot.
+    Btrfs,
+}
+
+impl DriverKind {
+    /// The driver's name as used in config and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverKind::Dir => "dir",
+            DriverKind::Btrfs => "btrfs",
+        }
+    }
+
+    /// Parses "dir" or "btrfs".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dir" => Some(DriverKind::Dir),
+            "btrfs" => Some(DriverKind::Btrfs),
+            _ => None,
+        }
+    }
+}
+
+/// A pool's persistent description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    /// Driver.
+    pub driver: DriverKind,
+    /// Mount point / root directory of the pool.
+    pub path: PathBuf,
+    /// The loop file behind a file-backed btrfs pool.
+    pub source: Option<PathBuf>,
+}
+
+/// A usable pool.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    cfg: PoolConfig,
+}
+
+impl Pool {
+    /// Wraps a configuration (nothing is touched until [`Pool::mount`]).
+    pub fn new(cfg: PoolConfig) -> Pool {
+        Pool { cfg }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> DriverKind {
+        self.cfg.driver
+    }
+
+    /// Initializes a new pool at `path`: `driver` if given, else btrfs when `path`'s filesystem
+    /// is btrfs, else a loop-backed btrfs file of `loop_size` bytes at `loop_file` when
+    /// mkfs.btrfs is available, else dir.
+    pub fn init(path: &Path, driver: Option<DriverKind>, loop_file: &Path, loop_size: u64) -> Result<PoolConfig> {
+        std::fs::create_dir_all(path).step(|| format!("create {}", path.display()))?;
+        let on_btrfs = btrfs::is_btrfs(path);
+        let have_mkfs = which("mkfs.btrfs").is_some();
+        let cfg = match driver {
+            Some(DriverKind::Dir) => PoolConfig { driver: DriverKind::Dir, path: path.into(), source: None },
+            Some(DriverKind::Btrfs) | None if on_btrfs => {
+                PoolConfig { driver: DriverKind::Btrfs, path: path.into(), source: None }
+            }
+            Some(DriverKind::Btrfs) | None if have_mkfs => {
+                if !loop_file.exists() {
+                    make_btrfs_file(loop_file, loop_size)?;
+                }
+                PoolConfig { driver: DriverKind::Btrfs, path: path.into(), source: Some(loop_file.into()) }
+            }
+            Some(DriverKind::Btrfs) => {
+                return Err(Error::Pool { path: path.into(), reason: "btrfs needs mkfs.btrfs (btrfs-progs)".into() });
+            }
+            None => PoolConfig { driver: DriverKind::Dir, path: path.into(), source: None },
+        };
+        let pool = Pool::new(cfg.clone());
+        pool.mount()?;
+        Ok(cfg)
+    }
+
+    /// Makes the pool usable: attaches and mounts its loop file when needed, creates its
+    /// top-level directories, and checks the driver matches the filesystem. Idempotent.
+    pub fn mount(&self) -> Result<()> {
+        let p = &self.cfg.path;
+        std::fs::create_dir_all(p).step(|| format!("create {}", p.display()))?;
+        if let Some(src) = &self.cfg.source
+            && !is_mountpoint(p)
+        {
+            let (dev, _hold) = match loopdev::find(src) {
+                Some(d) => (d, None),
+                None => {
+                    let (d, f) = loopdev::attach(src)?;
+                    (d, Some(f))
+                }
+            };
+            crate::sys::mount(Some(&dev), p, Some(c"btrfs"), 0, None)
+                .step(|| format!("mount {} on {}", dev.display(), p.display()))?;
+        }
+        if self.cfg.driver == DriverKind::Btrfs && !btrfs::is_btrfs(p) {
+            return Err(Error::Pool { path: p.clone(), reason: "not a btrfs filesystem".into() });
+        }
+        for d in ["images", "containers"] {
+            let dir = p.join(d);
+            std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).step(|| format!("chmod {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts a loop-backed pool (the loop device detaches itself).
+    pub fn unmount(&self) -> Result<()> {
+        if self.cfg.source.is_some() && is_mountpoint(&self.cfg.path) {
+            crate::sys::umount2(&self.cfg.path, 0).step(|| format!("unmount {}", self.cfg.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// An image's volume.
+    pub fn image_volume(&self, fingerprint: &str) -> PathBuf {
+        self.cfg.path.join("images").join(fingerprint)
+    }
+
+    /// A container's volume.
+    pub fn container_volume(&self, name: &str) -> PathBuf {
+        self.cfg.path.join("containers").join(name)
+    }
+
+    /// A container's root filesystem.
+    pub fn rootfs(&self, name: &str) -> PathBuf {
+        self.container_volume(name).join("rootfs")
+    }
+
+    /// Creates an empty staging volume for unpacking image `fingerprint`; commit it with
+    /// [`Pool::commit_image`] or remove it with [`Pool::delete_volume`].
+    pub fn stage_image(&self, fingerprint: &str) -> Result<PathBuf> {
+        let staging = self.cfg.path.join("images").join(format!(".staging-{fingerprint}"));
+        self.delete_volume(&staging)?;
+        self.create_volume(&staging)?;
+        Ok(staging)
+    }
+
+    /// Moves a complete staging volume into place and makes it read-only (btrfs).
+    pub fn commit_image(&self, staging: &Path, fingerprint: &str) -> Result<PathBuf> {
+        let dst = self.image_volume(fingerprint);
+        std::fs::rename(staging, &dst).step(|| format!("rename {} to {}", staging.display(), dst.display()))?;
+        if self.cfg.driver == DriverKind::Btrfs {
+            btrfs::set_readonly(&dst, true)?;
+        }
+        Ok(dst)
+    }
+
+    /// Makes a container's volume from an image's volume (snapshot or copy).
+    pub fn clone_image(&self, fingerprint: &str, name: &str) -> Result<PathBuf> {
+        let src = self.image_volume(fingerprint);
+        let dst = self.container_volume(name);
+        if !src.is_dir() {
+            return Err(Error::InvalidImage(format!("image {fingerprint} has no volume in the pool")));
+        }
+        if std::fs::symlink_metadata(&dst).is_ok() {
+            return Err(Error::os(format!("create {}", dst.display()), std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        match self.cfg.driver {
+            DriverKind::Btrfs => btrfs::snapshot(&src, &dst, false)?,
+            DriverKind::Dir => copy_tree(&src, &dst)?,
+        }
+        Ok(dst)
+    }
+
+    /// Deletes a container's volume. Missing is fine.
+    pub fn delete_container(&self, name: &str) -> Result<()> {
+        self.delete_volume(&self.container_volume(name))
+    }
+
+    /// Deletes an image's volume. Missing is fine.
+    pub fn delete_image(&self, fingerprint: &str) -> Result<()> {
+        self.delete_volume(&self.image_volume(fingerprint))
+    }
+
+    fn create_volume(&self, path: &Path) -> Result<()> {
+        match self.cfg.driver {
+            DriverKind::Btrfs => btrfs::create(path),
+            DriverKind::Dir => std::fs::create_dir(path).step(|| format!("create {}", path.display())),
+        }
+    }
+
+    /// Deletes a volume (subvolume or directory tree). Missing is fine.
+    pub fn delete_volume(&self, path: &Path) -> Result<()> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        if self.cfg.driver == DriverKind::Btrfs && btrfs::is_subvolume(path) {
+            return btrfs::delete(path);
+        }
+        std::fs::remove_dir_all(path).step(|| format!("remove {}", path.display()))
+    }
+
+    /// Whether the pool's filesystem accepts idmapped mounts (probed with a throwaway user
+    /// namespace). When it does not, container roots are shifted once with [`shift_tree`].
+    pub fn supports_idmap(&self) -> bool {
+        probe_idmap(&self.cfg.path).is_ok()
+    }
+}
+
+/// Whether `path` is a mount point.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else { return false };
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    mi.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == canon))
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// Runs a tool, turning a failure into [`Error::Tool`] with its stderr.
+pub fn run_tool(cmd: &mut Command) -> Result<()> {
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().step(|| format!("run {prog}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+    Err(Error::Tool {
+        tool: prog,
+        status: out.status.to_string(),
+        stderr: tail.into_iter().rev().collect::<Vec<_>>().join("; "),
+    })
+}
+
+fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
+    if let Some(d) = file.parent() {
+        std::fs::create_dir_all(d).step(|| format!("create {}", d.display()))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(file)
+        .step(|| format!("create {}", file.display()))?;
+    f.set_len(size).step(|| format!("size {}", file.display()))?;
+    drop(f);
+    let mkfs = which("mkfs.btrfs").unwrap_or_else(|| "mkfs.btrfs".into());
+    if let Err(e) = run_tool(Command::new(mkfs).arg("-q").arg(file)) {
+        let _ = std::fs::remove_file(file);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Copies a tree with everything (ownership, modes, xattrs, hardlinks, devices, sparseness,
+/// reflinks where the filesystem can).
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    let r = run_tool(Command::new("cp").arg("-a").arg("--reflink=auto").arg("--").arg(src).arg(dst));
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(dst);
+    }
+    r
+}
+
+/// Shifts ownership of a whole tree into `map` (uid u → base + u) for filesystems that refuse
+/// idmapped mounts. setuid/setgid bits, cleared by chown, are restored. Symlinks are not
+/// followed.
+pub fn shift_tree(root: &Path, map: &IdMap) -> Result<()> {
+    fn walk(p: &Path, map: &IdMap) -> Result<()> {
+        let m = std::fs::symlink_metadata(p).step(|| format!("stat {}", p.display()))?;
+        let (uid, gid) = (m.uid(), m.gid());
+        if uid < map.count && gid < map.count {
+            let c = crate::sys::cpath(p).map_err(|e| Error::os("path", e))?;
+            // SAFETY: lchown on a valid C path.
+            crate::sys::cvt(unsafe { libc::lchown(c.as_ptr(), map.uid_base + uid, map.gid_base + gid) })
+                .step(|| format!("chown {}", p.display()))?;
+            if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.mode() & 0o7777))
+                    .step(|| format!("chmod {}", p.display()))?;
+            }
+        }
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).step(|| format!("read {}", p.display()))? {
+                let e = e.step(|| format!("read {}", p.display()))?;
+                walk(&e.path(), map)?;
+            }
+        }
+        Ok(())
+    }
+    walk(root, map)
+}
+
+/// Tries an idmapped mount of `path` through a throwaway user namespace.
+pub fn probe_idmap(path: &Path) -> Result<()> {
+    let (r, w) = crate::sys::pipe_cloexec().step(|| "pipe")?;
+    // SAFETY: the child only blocks in read(2) and calls _exit, both async-signal-safe, so this
+    // is sound even from a multi-threaded process.
+    match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a probe user namespace")? {
+        crate::sys::Forked::Child => {
+            let mut b = [0u8; 1];
+            // SAFETY: reading one byte into a valid buffer.
+            unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&r), b.as_mut_ptr().cast(), 1) };
+            crate::sys::exit_now(0)
+        }
+        crate::sys::Forked::Parent { pid, .. } => {
+            drop(r);
+            let res = (|| {
+                IdMap { uid_base: crate::idmap::DEFAULT_BASE, gid_base: crate::idmap::DEFAULT_BASE, count: 65536 }
+                    .write_for(pid)?;
+                crate::launch::rootfs_mount(path, Some(pid)).map(drop)
+            })();
+            drop(w);
+            let _ = crate::sys::waitpid_blocking(pid);
+            res
+        }
+    }
+}
