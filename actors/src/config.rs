@@ -1,0 +1,147 @@
+//! Container config keys: which exist, what values they take, and who may set them.
+//!
+//! Keys follow LXD's namespaces. `volatile.*` keys belong to berth and cannot be set by users;
+//! `user.*`, `environment.*` and `image.*` are free-form.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+/// One checked key.
+struct Key {
+    name: &'static str,
+    check: fn(&str) -> Result<(), String>,
+    help: &'static str,
+}
+
+const KEYS: &[Key] = &[
+    Key { name: "boot.autostart", check: check_bool, help: "start the container when berth starts after a host boot" },
+    Key { name: "boot.stop_signal", check: check_signal, help: "signal asking init to power off (default: by init)" },
+    Key { name: "boot.stop_timeout", check: check_seconds, help: "seconds a graceful stop waits before killing" },
+    Key { name: "limits.memory", check: check_size, help: "memory limit, e.g. 512MiB" },
+    Key { name: "limits.processes", check: check_count, help: "maximum number of processes" },
+];
+
+/// Free-form namespaces.
+const FREE: &[&str] = &["user.", "environment.", "image."];
+
+/// Checks user-supplied config (keys and values); `volatile.*` is refused.
+pub fn validate_user_config(config: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in config {
+        validate_key(k, v)?;
+    }
+    Ok(())
+}
+
+/// Checks one user-supplied key and value.
+pub fn validate_key(key: &str, value: &str) -> Result<()> {
+    let invalid = |m: String| Err(Error::InvalidConfig(m));
+    if key.is_empty() || key.len() > 256 || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return invalid(format!("invalid config key {key:?}"));
+    }
+    if value.len() > 64 * 1024 {
+        return invalid(format!("config value of {key:?} is longer than 64 KiB"));
+    }
+    if key.starts_with("volatile.") {
+        return invalid(format!("config key {key:?} is managed by berth and cannot be set"));
+    }
+    if let Some(prefix) = FREE.iter().find(|p| key.starts_with(**p)) {
+        if key.len() == prefix.len() {
+            return invalid(format!("config key {key:?} needs a name after {prefix:?}"));
+        }
+        if *prefix == "environment." && !key[prefix.len()..].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return invalid(format!("environment variable name in {key:?} must be [A-Za-z0-9_]"));
+        }
+        return Ok(());
+    }
+    match KEYS.iter().find(|k| k.name == key) {
+        Some(k) => (k.check)(value).map_err(|why| Error::InvalidConfig(format!("{key}={value:?}: {why} ({})", k.help))),
+        None => invalid(format!(
+            "unknown config key {key:?} (known: {}, and user.*, environment.*)",
+            KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+fn check_bool(v: &str) -> Result<(), String> {
+    parse_bool(v).map(drop).ok_or_else(|| "expected true or false".into())
+}
+
+/// Parses LXD-style booleans.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+fn check_signal(v: &str) -> Result<(), String> {
+    berth_runtime::sys::parse_signal(v).map(drop).ok_or_else(|| "expected a signal name or number".into())
+}
+
+fn check_seconds(v: &str) -> Result<(), String> {
+    v.parse::<u32>().map(drop).map_err(|_| "expected a number of seconds".into())
+}
+
+fn check_count(v: &str) -> Result<(), String> {
+    match v.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(()),
+        _ => Err("expected a positive integer".into()),
+    }
+}
+
+fn check_size(v: &str) -> Result<(), String> {
+    parse_size(v).map(drop).ok_or_else(|| "expected a size such as 512MiB, 2GB or a number of bytes".into())
+}
+
+/// Parses a size with an optional unit (B, kB/MB/GB/TB, KiB/MiB/GiB/TiB).
+pub fn parse_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    let r = n.checked_mul(mult)?;
+    (r > 0).then_some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert!(validate_key("user.note", "anything").is_ok());
+        assert!(validate_key("environment.FOO_1", "x").is_ok());
+        assert!(validate_key("environment.FO-O", "x").is_err());
+        assert!(validate_key("user.", "x").is_err());
+        assert!(validate_key("volatile.idmap.base", "1").is_err());
+        assert!(validate_key("limits.memory", "512MiB").is_ok());
+        assert!(validate_key("limits.memory", "lots").is_err());
+        assert!(validate_key("boot.stop_signal", "SIGRTMIN+4").is_ok());
+        assert!(validate_key("boot.stop_signal", "SIGFOO").is_err());
+        assert!(validate_key("nope.key", "1").is_err());
+        assert!(validate_key("bad key", "1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_size("99999999999999999999TiB"), None);
+        assert_eq!(parse_size("1XB"), None);
+    }
+}

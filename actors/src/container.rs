@@ -1,0 +1,552 @@
+//! The Container actor: one per container. It owns the container's record and state machine
+//! (Stopped → Starting → Running → Stopping → Stopped, and Error), its monitor watch and its
+//! pending waiters. Every operation on one container goes through this mailbox, so operations
+//! are serialized without locks; long ones (a graceful stop, an exec) run as tasks that report
+//! back by message, so the mailbox keeps answering `Info` meanwhile.
+//!
+//! Persistence: the intended status is written before acting (Starting, Stopping, pending
+//! delete) and the result after (Running with its init pid, Stopped). A reply is sent only when
+//! what it says is true and recorded.
+
+use crate::error::{Error, Result};
+use crate::events::{Event, Events};
+use crate::manager::ManagerMsg;
+use crate::runtime::{MonitorEvent, Runtime, RuntimeError};
+use crate::store::Store;
+use crate::types::{
+    ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending, Status,
+    StopOptions,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Messages of a Container actor. Each says when it is allowed and what it replies.
+#[derive(Debug)]
+pub enum ContainerMsg {
+    /// The container as it is now. Always allowed.
+    Info(RpcReplyPort<Result<ContainerInfo>>),
+    /// Create the storage of a just-registered container (pending create), then start it if
+    /// `start`. Replies with the container's info once it exists (and runs, if asked).
+    Provision {
+        /// Start after creating.
+        start: bool,
+        /// Reply.
+        reply: RpcReplyPort<Result<ContainerInfo>>,
+    },
+    /// Start init. Allowed when Stopped (or Error). Replies once init runs.
+    Start(RpcReplyPort<Result<()>>),
+    /// Stop. Allowed when Running or Stopping (a forced stop escalates a graceful one).
+    /// Replies once init is gone.
+    Stop(StopOptions, RpcReplyPort<Result<()>>),
+    /// Stop, then start. Allowed when Running. Replies once the new init runs.
+    Restart(StopOptions, RpcReplyPort<Result<()>>),
+    /// Run a process. Allowed when Running. Replies with its exit status when it ends; the
+    /// mailbox stays free meanwhile.
+    Exec(Box<ExecRequest>, RpcReplyPort<Result<i32>>),
+    /// Delete the container. Allowed when Stopped, or in any state with `force` (it is killed
+    /// first). Replies once its files and record are gone; the actor then stops.
+    Delete {
+        /// Kill it first if it runs.
+        force: bool,
+        /// Reply.
+        reply: RpcReplyPort<Result<()>>,
+    },
+    /// Internal: a stop task finished (for run generation `run`).
+    StopDone(u64, std::result::Result<String, RuntimeError>),
+    /// Internal: the monitor of run generation `run` reported something.
+    Monitor(u64, MonitorEvent),
+    /// Test hook: panic inside the handler (exercises the Manager's restart policy).
+    #[cfg(test)]
+    Crash,
+}
+
+impl ContainerMsg {
+    /// Answers the message's caller with `e` (used when the actor cannot take it).
+    pub fn fail(self, e: Error) {
+        match self {
+            ContainerMsg::Info(r) => drop(r.send(Err(e))),
+            ContainerMsg::Provision { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::Start(r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => drop(r.send(Err(e))),
+            ContainerMsg::Delete { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::Exec(_, r) => drop(r.send(Err(e))),
+            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) => {}
+            #[cfg(test)]
+            ContainerMsg::Crash => {}
+        }
+    }
+}
+
+/// What a Container actor is started with.
+pub struct ContainerArgs {
+    /// The record as loaded or just inserted.
+    pub record: ContainerRecord,
+    /// The store.
+    pub store: Store,
+    /// The host.
+    pub runtime: Arc<dyn Runtime>,
+    /// Event publisher.
+    pub events: Events,
+    /// The supervising manager.
+    pub manager: ActorRef<ManagerMsg>,
+}
+
+impl std::fmt::Debug for ContainerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerArgs").field("record", &self.record).finish_non_exhaustive()
+    }
+}
+
+/// The actor.
+#[derive(Debug)]
+pub struct ContainerActor;
+
+/// The actor's state.
+pub struct ContainerState {
+    rec: ContainerRecord,
+    store: Store,
+    rt: Arc<dyn Runtime>,
+    events: Events,
+    manager: ActorRef<ManagerMsg>,
+    /// Run generation: bumped at each start so late reports of an earlier run are ignored.
+    run: u64,
+    watcher: Option<JoinHandle<()>>,
+    stop_waiters: Vec<RpcReplyPort<Result<()>>>,
+    restart_waiters: Vec<RpcReplyPort<Result<()>>>,
+    delete_waiters: Vec<RpcReplyPort<Result<()>>>,
+}
+
+impl std::fmt::Debug for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerState").field("rec", &self.rec).field("run", &self.run).finish_non_exhaustive()
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for ContainerActor {
+    type Msg = ContainerMsg;
+    type State = ContainerState;
+    type Arguments = ContainerArgs;
+
+    async fn pre_start(&self, _me: ActorRef<ContainerMsg>, a: ContainerArgs) -> Result<ContainerState, ActorProcessingErr> {
+        Ok(ContainerState {
+            rec: a.record,
+            store: a.store,
+            rt: a.runtime,
+            events: a.events,
+            manager: a.manager,
+            run: 1,
+            watcher: None,
+            stop_waiters: Vec::new(),
+            restart_waiters: Vec::new(),
+            delete_waiters: Vec::new(),
+        })
+    }
+
+    async fn post_start(&self, me: ActorRef<ContainerMsg>, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+        // A loaded or respawned container finds out whether it really runs; a new one
+        // (pending create) waits for Provision.
+        if s.rec.pending == Pending::None {
+            s.reconcile(&me).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, me: ActorRef<ContainerMsg>, msg: ContainerMsg, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ContainerMsg::Info(r) => drop(r.send(Ok(s.info()))),
+            ContainerMsg::Provision { start, reply } => {
+                let res = s.provision(&me, start).await;
+                let failed = res.is_err();
+                let _ = reply.send(res);
+                if failed {
+                    me.stop(Some("provisioning failed".into()));
+                }
+            }
+            ContainerMsg::Start(r) => {
+                let res = s.start(&me).await;
+                let _ = r.send(res);
+            }
+            ContainerMsg::Stop(opts, r) => s.stop(&me, opts, r).await,
+            ContainerMsg::Restart(opts, r) => {
+                if s.rec.status != Status::Running {
+                    let _ = r.send(Err(s.invalid_state("start it instead")));
+                } else {
+                    s.restart_waiters.push(r);
+                    s.begin_stop(&me, opts).await;
+                }
+            }
+            ContainerMsg::Exec(req, r) => s.exec(*req, r),
+            ContainerMsg::Delete { force, reply } => s.delete(&me, force, reply).await,
+            ContainerMsg::StopDone(run, res) => s.stop_done(&me, run, res).await,
+            ContainerMsg::Monitor(run, ev) => s.monitor_event(&me, run, ev).await,
+            #[cfg(test)]
+            ContainerMsg::Crash => panic!("container {} asked to crash", s.rec.name),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(&self, _me: ActorRef<ContainerMsg>, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+        if let Some(w) = s.watcher.take() {
+            w.abort();
+        }
+        Ok(())
+    }
+}
+
+impl ContainerState {
+    fn info(&self) -> ContainerInfo {
+        let r = &self.rec;
+        ContainerInfo {
+            name: r.name.clone(),
+            status: r.status,
+            init_pid: r.init_pid,
+            image: r.image.clone(),
+            created_at_us: r.created_at_us,
+            ephemeral: r.ephemeral,
+            profiles: r.profiles.clone(),
+            config: r.config.clone(),
+            expanded_config: r.config.clone(),
+            architecture: r.architecture.clone(),
+            stateful: false,
+        }
+    }
+
+    fn summary(&self) -> ContainerSummary {
+        ContainerSummary {
+            name: self.rec.name.clone(),
+            status: self.rec.status,
+            image: self.rec.image.clone(),
+            init_pid: self.rec.init_pid,
+        }
+    }
+
+    fn invalid_state(&self, hint: &str) -> Error {
+        Error::InvalidState { name: self.rec.name.clone(), status: self.rec.status, hint: hint.to_string() }
+    }
+
+    /// Persists the record, then tells the manager and the world.
+    async fn commit(&mut self) -> Result<()> {
+        self.store.update_container(&self.rec).await?;
+        self.announce();
+        Ok(())
+    }
+
+    fn announce(&self) {
+        let _ = self.manager.cast(ManagerMsg::Updated(self.summary()));
+        self.events.publish(Event::ContainerChanged {
+            name: self.rec.name.clone(),
+            status: self.rec.status,
+            init_pid: self.rec.init_pid,
+        });
+    }
+
+    /// Brings the record in line with what runs (startup or respawn).
+    async fn reconcile(&mut self, me: &ActorRef<ContainerMsg>) {
+        let running = match self.rt.probe(&self.rec.name).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(container = %self.rec.name, "probe failed: {e}");
+                None
+            }
+        };
+        let before = (self.rec.status, self.rec.init_pid);
+        match running {
+            Some(run) => {
+                self.rec.status = Status::Running;
+                self.rec.init_pid = run.init_pid;
+                self.watch(me);
+            }
+            None => {
+                self.rec.status = if self.rec.status == Status::Error { Status::Error } else { Status::Stopped };
+                self.rec.init_pid = 0;
+            }
+        }
+        if before != (self.rec.status, self.rec.init_pid) {
+            tracing::info!(container = %self.rec.name, from = ?before, to = ?(self.rec.status, self.rec.init_pid), "reconciled");
+            if let Err(e) = self.commit().await {
+                tracing::error!(container = %self.rec.name, "persist reconciled state: {e}");
+            }
+        }
+        if self.rec.ephemeral && self.rec.status == Status::Stopped {
+            // an ephemeral container that stopped while berthd was away
+            if let Err(e) = self.remove(me).await {
+                tracing::error!(container = %self.rec.name, "remove stopped ephemeral container: {e}");
+            }
+        }
+    }
+
+    async fn provision(&mut self, me: &ActorRef<ContainerMsg>, start: bool) -> Result<ContainerInfo> {
+        if self.rec.pending != Pending::Create {
+            return Ok(self.info());
+        }
+        match self.rt.provision(&self.rec).await {
+            Ok(extra) => self.rec.config.extend(extra),
+            Err(e) => {
+                let _ = self.rt.deprovision(&self.rec.name).await;
+                let _ = self.store.delete_container(&self.rec.name).await;
+                let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
+                return Err(map_rt(format!("create container {}", self.rec.name), e));
+            }
+        }
+        self.rec.pending = Pending::None;
+        self.store.update_container(&self.rec).await?;
+        self.events.publish(Event::ContainerCreated { name: self.rec.name.clone() });
+        self.announce();
+        if start {
+            self.start(me).await?;
+        }
+        Ok(self.info())
+    }
+
+    async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
+        match self.rec.status {
+            Status::Stopped | Status::Error => {}
+            Status::Stopping => return Err(Error::Busy(format!("container {:?} is stopping; wait for it", self.rec.name))),
+            _ => return Err(self.invalid_state("it is already running")),
+        }
+        self.rec.status = Status::Starting;
+        self.commit().await?;
+        match self.rt.start(&self.rec).await {
+            Ok(run) => {
+                self.run += 1;
+                self.rec.status = Status::Running;
+                self.rec.init_pid = run.init_pid;
+                self.commit().await?;
+                self.watch(me);
+                Ok(())
+            }
+            Err(e) => {
+                self.rec.status = Status::Stopped;
+                self.rec.init_pid = 0;
+                self.commit().await?;
+                Err(map_rt(format!("start container {}", self.rec.name), e))
+            }
+        }
+    }
+
+    /// Follows the monitor of the current run; its reports come back as messages.
+    fn watch(&mut self, me: &ActorRef<ContainerMsg>) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        let (rt, name, run, me) = (self.rt.clone(), self.rec.name.clone(), self.run, me.clone());
+        self.watcher = Some(tokio::spawn(async move {
+            match rt.watch(&name).await {
+                Ok(mut rx) => {
+                    while let Some(ev) = rx.recv().await {
+                        let last = !matches!(ev, MonitorEvent::Restarted { .. });
+                        if me.cast(ContainerMsg::Monitor(run, ev)).is_err() || last {
+                            return;
+                        }
+                    }
+                    let _ = me.cast(ContainerMsg::Monitor(run, MonitorEvent::Lost));
+                }
+                Err(_) => {
+                    let _ = me.cast(ContainerMsg::Monitor(run, MonitorEvent::Lost));
+                }
+            }
+        }));
+    }
+
+    async fn stop(&mut self, me: &ActorRef<ContainerMsg>, opts: StopOptions, r: RpcReplyPort<Result<()>>) {
+        match self.rec.status {
+            Status::Running | Status::Frozen => {
+                self.stop_waiters.push(r);
+                self.begin_stop(me, opts).await;
+            }
+            Status::Stopping => {
+                self.stop_waiters.push(r);
+                if opts.force {
+                    self.spawn_stop(me, opts);
+                }
+            }
+            _ => drop(r.send(Err(self.invalid_state("it is not running")))),
+        }
+    }
+
+    async fn begin_stop(&mut self, me: &ActorRef<ContainerMsg>, opts: StopOptions) {
+        self.rec.status = Status::Stopping;
+        if let Err(e) = self.commit().await {
+            tracing::error!(container = %self.rec.name, "persist Stopping: {e}");
+        }
+        self.spawn_stop(me, opts);
+    }
+
+    fn spawn_stop(&self, me: &ActorRef<ContainerMsg>, opts: StopOptions) {
+        let timeout = if opts.force {
+            Duration::ZERO
+        } else {
+            opts.timeout.unwrap_or_else(|| {
+                self.rec
+                    .config
+                    .get("boot.stop_timeout")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_STOP_TIMEOUT)
+            })
+        };
+        let (rt, rec, run, me) = (self.rt.clone(), self.rec.clone(), self.run, me.clone());
+        tokio::spawn(async move {
+            let res = rt.stop(&rec, opts.force, timeout).await;
+            let _ = me.cast(ContainerMsg::StopDone(run, res));
+        });
+    }
+
+    async fn stop_done(&mut self, me: &ActorRef<ContainerMsg>, run: u64, res: std::result::Result<String, RuntimeError>) {
+        if run != self.run || self.rec.status == Status::Stopped {
+            return;
+        }
+        match res {
+            Ok(reason) => self.stopped(me, &reason).await,
+            Err(RuntimeError::NotRunning) => self.stopped(me, "not running").await,
+            Err(e) => {
+                // Did it stop anyway?
+                if matches!(self.rt.probe(&self.rec.name).await, Ok(None)) {
+                    self.stopped(me, "gone").await;
+                    return;
+                }
+                self.rec.status = Status::Running;
+                if let Err(pe) = self.commit().await {
+                    tracing::error!(container = %self.rec.name, "persist: {pe}");
+                }
+                let err = map_rt(format!("stop container {}", self.rec.name), e);
+                for w in self.stop_waiters.drain(..).chain(self.restart_waiters.drain(..)).chain(self.delete_waiters.drain(..)) {
+                    let _ = w.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    async fn monitor_event(&mut self, me: &ActorRef<ContainerMsg>, run: u64, ev: MonitorEvent) {
+        if run != self.run {
+            return;
+        }
+        match ev {
+            MonitorEvent::Restarted { init_pid } => {
+                self.rec.init_pid = init_pid;
+                if let Err(e) = self.commit().await {
+                    tracing::error!(container = %self.rec.name, "persist restart: {e}");
+                }
+            }
+            MonitorEvent::Exited { reason } => {
+                if self.rec.status.is_active() {
+                    self.stopped(me, &reason).await;
+                }
+            }
+            MonitorEvent::Lost => {
+                if self.rec.status.is_active() {
+                    match self.rt.probe(&self.rec.name).await {
+                        Ok(Some(run)) => {
+                            // still running: follow it again
+                            self.rec.init_pid = run.init_pid;
+                            self.watch(me);
+                        }
+                        _ => self.stopped(me, "monitor lost").await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// init is gone: record it and serve whoever waits (stop, restart, delete, ephemeral).
+    async fn stopped(&mut self, me: &ActorRef<ContainerMsg>, reason: &str) {
+        tracing::info!(container = %self.rec.name, reason, "stopped");
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.run += 1;
+        self.rec.status = Status::Stopped;
+        self.rec.init_pid = 0;
+        let persisted = self.commit().await;
+        for w in self.stop_waiters.drain(..) {
+            let _ = w.send(persisted.clone());
+        }
+        if !self.restart_waiters.is_empty() {
+            let res = self.start(me).await;
+            for w in self.restart_waiters.drain(..) {
+                let _ = w.send(res.clone());
+            }
+            return;
+        }
+        if !self.delete_waiters.is_empty() || self.rec.ephemeral {
+            let res = self.remove(me).await;
+            if let Err(e) = &res {
+                tracing::error!(container = %self.rec.name, "delete: {e}");
+            }
+            for w in self.delete_waiters.drain(..) {
+                let _ = w.send(res.clone());
+            }
+        }
+    }
+
+    fn exec(&self, req: ExecRequest, r: RpcReplyPort<Result<i32>>) {
+        if self.rec.status != Status::Running {
+            let _ = r.send(Err(self.invalid_state("start it first")));
+            return;
+        }
+        if req.argv.is_empty() {
+            let _ = r.send(Err(Error::InvalidConfig("exec needs a command".into())));
+            return;
+        }
+        let (rt, name) = (self.rt.clone(), self.rec.name.clone());
+        tokio::spawn(async move {
+            let res = rt.exec(&name, req).await.map_err(|e| match e {
+                RuntimeError::NotRunning => Error::InvalidState {
+                    name: name.clone(),
+                    status: Status::Stopped,
+                    hint: "it stopped; start it first".into(),
+                },
+                e => map_rt(format!("exec in container {name}"), e),
+            });
+            let _ = r.send(res);
+        });
+    }
+
+    async fn delete(&mut self, me: &ActorRef<ContainerMsg>, force: bool, reply: RpcReplyPort<Result<()>>) {
+        match self.rec.status {
+            Status::Stopped | Status::Error => {
+                let res = self.remove(me).await;
+                let _ = reply.send(res);
+            }
+            _ if !force => {
+                let _ = reply.send(Err(self.invalid_state("stop it first, or delete with force")));
+            }
+            Status::Stopping => {
+                self.delete_waiters.push(reply);
+                self.spawn_stop(me, StopOptions { force: true, timeout: None });
+            }
+            _ => {
+                self.delete_waiters.push(reply);
+                self.begin_stop(me, StopOptions { force: true, timeout: None }).await;
+            }
+        }
+    }
+
+    /// Removes the container for good: pending delete recorded, host files removed, row
+    /// deleted, manager told, then the actor stops.
+    async fn remove(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
+        self.rec.pending = Pending::Delete;
+        self.store.update_container(&self.rec).await?;
+        self.rt
+            .deprovision(&self.rec.name)
+            .await
+            .map_err(|e| map_rt(format!("delete container {}", self.rec.name), e))?;
+        self.store.delete_container(&self.rec.name).await?;
+        let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
+        self.events.publish(Event::ContainerRemoved { name: self.rec.name.clone() });
+        me.stop(Some("deleted".into()));
+        Ok(())
+    }
+}
+
+/// Maps a runtime error of `op` to the domain error.
+pub(crate) fn map_rt(op: String, e: RuntimeError) -> Error {
+    match e {
+        RuntimeError::InvalidImage(m) => Error::InvalidImage(m),
+        RuntimeError::NotSupported(m) => Error::NotSupported(m),
+        RuntimeError::Invalid(m) => Error::InvalidConfig(m),
+        e => Error::runtime(op, e),
+    }
+}

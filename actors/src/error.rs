@@ -1,0 +1,94 @@
+//! Domain errors of the engine. Each variant corresponds to one named error on the wire (the
+//! mapping table lives in berth-interfaces); messages are lowercase and say what to do.
+
+use crate::types::Status;
+
+/// What went wrong in the engine.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// No container of that name.
+    #[error("no container named {0:?}")]
+    NoSuchContainer(String),
+    /// No image matches the reference.
+    #[error("no image matches {0:?} (see the image list)")]
+    NoSuchImage(String),
+    /// An image reference is an ambiguous fingerprint prefix.
+    #[error("image reference {reference:?} is ambiguous: it matches {candidates}")]
+    AmbiguousImage {
+        /// The prefix given.
+        reference: String,
+        /// Matching fingerprints, comma-separated.
+        candidates: String,
+    },
+    /// No profile of that name.
+    #[error("no profile named {0:?}")]
+    NoSuchProfile(String),
+    /// Something with that name already exists (with a different definition).
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// "container", "image alias"…
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A name is not acceptable.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A config key, value or option is not acceptable.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The operation is not allowed in the container's current state.
+    #[error("container {name:?} is {status}: {hint}")]
+    InvalidState {
+        /// Container.
+        name: String,
+        /// Its status.
+        status: Status,
+        /// What the caller can do, e.g. "stop it first or pass force".
+        hint: String,
+    },
+    /// Another operation is in progress on the object.
+    #[error("{0}")]
+    Busy(String),
+    /// An image is malformed.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// Not supported on this host or in this version.
+    #[error("{0}")]
+    NotSupported(String),
+    /// The runtime failed while doing `op`.
+    #[error("{op} failed: {detail}")]
+    Runtime {
+        /// What berth was doing, e.g. "start container web".
+        op: String,
+        /// The runtime's message (names the failing step).
+        detail: String,
+    },
+    /// The state database failed.
+    #[error("state database: {0}")]
+    Store(String),
+    /// An actor is gone (the engine is shutting down or the object was just removed).
+    #[error("{0} is not available (it may have just been deleted); try again")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// A runtime failure of `op`.
+    pub fn runtime(op: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Runtime { op: op.into(), detail: e.to_string() }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,183 @@
+//! An in-memory [`Runtime`] for actor and interface tests: containers "run" as entries in a
+//! map, exec writes its argv to the stdout fd it is given and exits with a status derived from
+//! it, and tests can make a container power off by itself or a start fail.
+
+use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
+use crate::types::{ContainerRecord, ExecRequest};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Default)]
+struct Inner {
+    provisioned: HashSet<String>,
+    running: HashMap<String, Running>,
+    watchers: HashMap<String, Vec<mpsc::UnboundedSender<MonitorEvent>>>,
+    images: HashSet<String>,
+    next_pid: u32,
+    fail_start: HashMap<String, String>,
+    stop_delay: Duration,
+    log: Vec<String>,
+}
+
+/// The fake host.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    inner: Mutex<Inner>,
+}
+
+impl FakeRuntime {
+    /// A fresh fake.
+    pub fn new() -> Self {
+        FakeRuntime { inner: Mutex::new(Inner { next_pid: 1000, ..Default::default() }) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next start of `name` fails with `msg`.
+    pub fn fail_next_start(&self, name: &str, msg: &str) {
+        self.lock().fail_start.insert(name.into(), msg.into());
+    }
+
+    /// Graceful stops take this long.
+    pub fn set_stop_delay(&self, d: Duration) {
+        self.lock().stop_delay = d;
+    }
+
+    /// init of `name` exits by itself (as after `poweroff` inside).
+    pub fn power_off_from_inside(&self, name: &str) {
+        let mut i = self.lock();
+        i.running.remove(name);
+        for w in i.watchers.remove(name).unwrap_or_default() {
+            let _ = w.send(MonitorEvent::Exited { reason: "poweroff".into() });
+        }
+    }
+
+    /// Whether `name` runs.
+    pub fn is_running(&self, name: &str) -> Option<Running> {
+        self.lock().running.get(name).copied()
+    }
+
+    /// Whether `name` has storage.
+    pub fn is_provisioned(&self, name: &str) -> bool {
+        self.lock().provisioned.contains(name)
+    }
+
+    /// Operations done, in order ("start c1", "stop c1 force"…).
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+}
+
+#[ractor::async_trait]
+impl Runtime for FakeRuntime {
+    async fn provision(&self, rec: &ContainerRecord) -> Result<BTreeMap<String, String>, RuntimeError> {
+        let mut i = self.lock();
+        if !i.images.contains(&rec.image) {
+            return Err(RuntimeError::InvalidImage(format!("image {} has no volume", rec.image)));
+        }
+        i.provisioned.insert(rec.name.clone());
+        i.log.push(format!("provision {}", rec.name));
+        Ok(BTreeMap::from([("volatile.idmap.base".to_string(), "1000000".to_string())]))
+    }
+
+    async fn deprovision(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut i = self.lock();
+        if i.running.contains_key(name) {
+            return Err(RuntimeError::Failed(format!("{name} still runs")));
+        }
+        i.provisioned.remove(name);
+        i.log.push(format!("deprovision {name}"));
+        Ok(())
+    }
+
+    async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
+        let mut i = self.lock();
+        i.log.push(format!("start {}", rec.name));
+        if let Some(msg) = i.fail_start.remove(&rec.name) {
+            return Err(RuntimeError::Failed(msg));
+        }
+        if !i.provisioned.contains(&rec.name) {
+            return Err(RuntimeError::Failed("no rootfs".into()));
+        }
+        i.next_pid += 1;
+        let run = Running { init_pid: i.next_pid, monitor_pid: i.next_pid + 10_000 };
+        i.running.insert(rec.name.clone(), run);
+        Ok(run)
+    }
+
+    async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
+        let delay = {
+            let mut i = self.lock();
+            i.log.push(format!("stop {}{}", rec.name, if force { " force" } else { "" }));
+            if !i.running.contains_key(&rec.name) {
+                return Err(RuntimeError::NotRunning);
+            }
+            if force { Duration::ZERO } else { i.stop_delay.min(timeout) }
+        };
+        tokio::time::sleep(delay).await;
+        let mut i = self.lock();
+        if i.running.remove(&rec.name).is_none() {
+            return Ok("already gone".into());
+        }
+        let reason = if force || delay >= timeout && timeout > Duration::ZERO { "killed" } else { "poweroff" };
+        for w in i.watchers.remove(&rec.name).unwrap_or_default() {
+            let _ = w.send(MonitorEvent::Exited { reason: reason.into() });
+        }
+        Ok(reason.into())
+    }
+
+    async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError> {
+        Ok(self.lock().running.get(name).copied())
+    }
+
+    async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
+        let mut i = self.lock();
+        if !i.running.contains_key(name) {
+            return Err(RuntimeError::NotRunning);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        i.watchers.entry(name.to_string()).or_default().push(tx);
+        Ok(rx)
+    }
+
+    async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32, RuntimeError> {
+        if !self.lock().running.contains_key(name) {
+            return Err(RuntimeError::NotRunning);
+        }
+        self.lock().log.push(format!("exec {name} {}", req.argv.join(" ")));
+        if let Some(out) = req.stdio[1].as_ref() {
+            let mut f = std::fs::File::from(out.try_clone().map_err(|e| RuntimeError::Failed(e.to_string()))?);
+            let _ = writeln!(f, "{}", req.argv.join(" "));
+        }
+        Ok(match req.argv.first().map(String::as_str) {
+            Some("false") => 1,
+            Some("exit") => req.argv.get(1).and_then(|c| c.parse().ok()).unwrap_or(0),
+            _ => 0,
+        })
+    }
+
+    async fn build_image(&self, recipe: &str) -> Result<NewImage, RuntimeError> {
+        if recipe != "busybox" {
+            return Err(RuntimeError::Invalid(format!("unknown recipe {recipe:?}")));
+        }
+        let fp = format!("{:064x}", 0xb05b0c5u64);
+        self.lock().images.insert(fp.clone());
+        Ok(NewImage {
+            fingerprint: fp,
+            architecture: "x86_64".into(),
+            properties: BTreeMap::from([("os".to_string(), "busybox".to_string()), ("description".to_string(), "fake busybox".to_string())]),
+            created_at_us: 1,
+            size: 1234,
+        })
+    }
+
+    async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
+        self.lock().images.remove(fingerprint);
+        Ok(())
+    }
+}

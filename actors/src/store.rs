@@ -1,0 +1,542 @@
+//! The Store actor: the one owner of the SQLite database (WAL, foreign keys, append-only
+//! migrations keyed by `user_version`). Other actors reach it only by message, through the
+//! cheap [`Store`] handle; [`Db`] is the synchronous core, also used by `berthd init`.
+//!
+//! Durability: WAL with `synchronous=NORMAL`: a committed transaction survives any crash of
+//! berthd; a power cut may lose the last transactions but never corrupts the database.
+
+use crate::error::{Error, Result};
+use crate::types::{ContainerRecord, ImageRecord, Pending, Status};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Migrations, in order. Never edit one that has shipped: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: containers, images, aliases, settings
+    r#"
+    CREATE TABLE containers (
+        name          TEXT PRIMARY KEY,
+        image         TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        init_pid      INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL,
+        ephemeral     INTEGER NOT NULL DEFAULT 0,
+        profiles      TEXT NOT NULL DEFAULT '["default"]',
+        config        TEXT NOT NULL DEFAULT '{}',
+        architecture  TEXT NOT NULL,
+        pending       TEXT NOT NULL DEFAULT ''
+    ) STRICT;
+    CREATE TABLE images (
+        fingerprint   TEXT PRIMARY KEY,
+        architecture  TEXT NOT NULL,
+        size          INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        uploaded_at   INTEGER NOT NULL,
+        last_used_at  INTEGER NOT NULL DEFAULT 0,
+        properties    TEXT NOT NULL DEFAULT '{}'
+    ) STRICT;
+    CREATE TABLE image_aliases (
+        name          TEXT PRIMARY KEY,
+        image         TEXT NOT NULL REFERENCES images(fingerprint) ON DELETE CASCADE
+    ) STRICT;
+    CREATE TABLE settings (
+        key           TEXT PRIMARY KEY,
+        value         TEXT NOT NULL
+    ) STRICT;
+    "#,
+];
+
+/// Everything loaded at startup.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// All containers.
+    pub containers: Vec<ContainerRecord>,
+    /// All images with their aliases.
+    pub images: Vec<ImageRecord>,
+}
+
+/// The synchronous database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Db> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Db> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version as usize > MIGRATIONS.len() {
+            return Err(Error::Store(format!(
+                "the database is at schema version {version}, newer than this berth ({}); upgrade berth",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Loads every container and image.
+    pub fn load(&self) -> Result<Loaded> {
+        let mut out = Loaded::default();
+        let mut st = self.conn.prepare(
+            "SELECT name, image, status, init_pid, created_at, ephemeral, profiles, config, architecture, pending
+             FROM containers ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, image, status, pid, created, eph, profiles, config, arch, pending) = row?;
+            out.containers.push(ContainerRecord {
+                status: Status::parse(&status).unwrap_or(Status::Error),
+                init_pid: pid.max(0) as u32,
+                created_at_us: created.max(0) as u64,
+                ephemeral: eph,
+                profiles: serde_json::from_str(&profiles).map_err(|e| Error::Store(format!("profiles of {name}: {e}")))?,
+                config: serde_json::from_str(&config).map_err(|e| Error::Store(format!("config of {name}: {e}")))?,
+                architecture: arch,
+                pending: Pending::parse(&pending),
+                name,
+                image,
+            });
+        }
+        let mut st = self.conn.prepare(
+            "SELECT fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties
+             FROM images ORDER BY fingerprint",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (fp, arch, size, created, uploaded, used, props) = row?;
+            out.images.push(ImageRecord {
+                properties: serde_json::from_str(&props).map_err(|e| Error::Store(format!("properties of {fp}: {e}")))?,
+                aliases: Vec::new(),
+                architecture: arch,
+                size: size.max(0) as u64,
+                created_at_us: created.max(0) as u64,
+                uploaded_at_us: uploaded.max(0) as u64,
+                last_used_at_us: used.max(0) as u64,
+                fingerprint: fp,
+            });
+        }
+        let mut st = self.conn.prepare("SELECT name, image FROM image_aliases ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (alias, fp) = row?;
+            if let Some(img) = out.images.iter_mut().find(|i| i.fingerprint == fp) {
+                img.aliases.push(alias);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One container's record.
+    pub fn container(&self, name: &str) -> Result<Option<ContainerRecord>> {
+        Ok(self.load()?.containers.into_iter().find(|c| c.name == name))
+    }
+
+    /// Inserts a new container; fails if the name is taken.
+    pub fn insert_container(&self, c: &ContainerRecord) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO containers (name, image, status, init_pid, created_at, ephemeral, profiles, config, architecture, pending)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(name) DO NOTHING",
+            params![
+                c.name,
+                c.image,
+                c.status.as_str(),
+                c.init_pid as i64,
+                c.created_at_us as i64,
+                c.ephemeral,
+                json(&c.profiles),
+                json(&c.config),
+                c.architecture,
+                c.pending.as_str()
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::AlreadyExists { kind: "container", name: c.name.clone() });
+        }
+        Ok(())
+    }
+
+    /// Writes a container's whole record (it must exist).
+    pub fn update_container(&self, c: &ContainerRecord) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE containers SET image=?2, status=?3, init_pid=?4, created_at=?5, ephemeral=?6, profiles=?7,
+             config=?8, architecture=?9, pending=?10 WHERE name=?1",
+            params![
+                c.name,
+                c.image,
+                c.status.as_str(),
+                c.init_pid as i64,
+                c.created_at_us as i64,
+                c.ephemeral,
+                json(&c.profiles),
+                json(&c.config),
+                c.architecture,
+                c.pending.as_str()
+            ],
+        )?;
+        if n == 0 {
+            return Err(Error::NoSuchContainer(c.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes a container's row. Missing is fine.
+    pub fn delete_container(&self, name: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM containers WHERE name=?1", params![name])?;
+        Ok(())
+    }
+
+    /// Inserts an image and its aliases in one transaction. An alias already pointing at
+    /// another image is refused and nothing is written.
+    pub fn insert_image(&mut self, img: &ImageRecord) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO images (fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                img.fingerprint,
+                img.architecture,
+                img.size as i64,
+                img.created_at_us as i64,
+                img.uploaded_at_us as i64,
+                img.last_used_at_us as i64,
+                json(&img.properties)
+            ],
+        )?;
+        for a in &img.aliases {
+            let owner: Option<String> =
+                tx.query_row("SELECT image FROM image_aliases WHERE name=?1", params![a], |r| r.get(0)).optional()?;
+            if owner.is_some() {
+                return Err(Error::AlreadyExists { kind: "image alias", name: a.clone() });
+            }
+            tx.execute("INSERT INTO image_aliases (name, image) VALUES (?1, ?2)", params![a, img.fingerprint])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Updates an image's properties and use time.
+    pub fn update_image(&self, img: &ImageRecord) -> Result<()> {
+        self.conn.execute(
+            "UPDATE images SET properties=?2, last_used_at=?3 WHERE fingerprint=?1",
+            params![img.fingerprint, json(&img.properties), img.last_used_at_us as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Points `alias` at `fingerprint` (moving it if it pointed elsewhere).
+    pub fn set_alias(&self, alias: &str, fingerprint: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO image_aliases (name, image) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image=?2",
+            params![alias, fingerprint],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an image and its aliases.
+    pub fn delete_image(&self, fingerprint: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM images WHERE fingerprint=?1", params![fingerprint])?;
+        Ok(())
+    }
+
+    /// A setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM settings WHERE key=?1", params![key], |r| r.get(0)).optional()?)
+    }
+
+    /// Sets a setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value=?2",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// Messages of the Store actor. Every variant replies with the operation's result.
+#[derive(Debug)]
+pub enum StoreMsg {
+    /// Load everything (startup).
+    Load(RpcReplyPort<Result<Loaded>>),
+    /// Read one container's record.
+    Container(String, RpcReplyPort<Result<Option<ContainerRecord>>>),
+    /// Insert a container (name must be free).
+    InsertContainer(Box<ContainerRecord>, RpcReplyPort<Result<()>>),
+    /// Write a container's record.
+    UpdateContainer(Box<ContainerRecord>, RpcReplyPort<Result<()>>),
+    /// Delete a container's row.
+    DeleteContainer(String, RpcReplyPort<Result<()>>),
+    /// Insert an image with its aliases.
+    InsertImage(Box<ImageRecord>, RpcReplyPort<Result<()>>),
+    /// Update an image's properties and use time.
+    UpdateImage(Box<ImageRecord>, RpcReplyPort<Result<()>>),
+    /// Delete an image.
+    DeleteImage(String, RpcReplyPort<Result<()>>),
+    /// Point an alias at an image.
+    SetAlias(String, String, RpcReplyPort<Result<()>>),
+    /// Read a setting.
+    Setting(String, RpcReplyPort<Result<Option<String>>>),
+    /// Write a setting.
+    SetSetting(String, String, RpcReplyPort<Result<()>>),
+}
+
+/// The Store actor.
+#[derive(Debug)]
+pub struct StoreActor;
+
+#[ractor::async_trait]
+impl Actor for StoreActor {
+    type Msg = StoreMsg;
+    type State = Db;
+    type Arguments = Db;
+
+    async fn pre_start(&self, _: ActorRef<StoreMsg>, db: Db) -> Result<Db, ActorProcessingErr> {
+        Ok(db)
+    }
+
+    async fn handle(&self, _: ActorRef<StoreMsg>, msg: StoreMsg, db: &mut Db) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StoreMsg::Load(r) => drop(r.send(db.load())),
+            StoreMsg::Container(n, r) => drop(r.send(db.container(&n))),
+            StoreMsg::InsertContainer(c, r) => drop(r.send(db.insert_container(&c))),
+            StoreMsg::UpdateContainer(c, r) => drop(r.send(db.update_container(&c))),
+            StoreMsg::DeleteContainer(n, r) => drop(r.send(db.delete_container(&n))),
+            StoreMsg::InsertImage(i, r) => drop(r.send(db.insert_image(&i))),
+            StoreMsg::UpdateImage(i, r) => drop(r.send(db.update_image(&i))),
+            StoreMsg::DeleteImage(f, r) => drop(r.send(db.delete_image(&f))),
+            StoreMsg::SetAlias(a, f, r) => drop(r.send(db.set_alias(&a, &f))),
+            StoreMsg::Setting(k, r) => drop(r.send(db.setting(&k))),
+            StoreMsg::SetSetting(k, v, r) => drop(r.send(db.set_setting(&k, &v))),
+        }
+        Ok(())
+    }
+}
+
+/// A handle on the Store actor.
+#[derive(Debug, Clone)]
+pub struct Store {
+    actor: ActorRef<StoreMsg>,
+}
+
+macro_rules! store_call {
+    ($self:ident, $variant:ident $(, $arg:expr)*) => {
+        match ractor::call!($self.actor, StoreMsg::$variant $(, $arg)*) {
+            Ok(r) => r,
+            Err(e) => Err(Error::Store(format!("the store actor is gone: {e}"))),
+        }
+    };
+}
+
+impl Store {
+    /// Wraps a spawned Store actor.
+    pub fn new(actor: ActorRef<StoreMsg>) -> Store {
+        Store { actor }
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &ActorRef<StoreMsg> {
+        &self.actor
+    }
+
+    /// Loads everything.
+    pub async fn load(&self) -> Result<Loaded> {
+        store_call!(self, Load)
+    }
+
+    /// One container's record.
+    pub async fn container(&self, name: &str) -> Result<Option<ContainerRecord>> {
+        store_call!(self, Container, name.to_string())
+    }
+
+    /// Inserts a container.
+    pub async fn insert_container(&self, c: &ContainerRecord) -> Result<()> {
+        store_call!(self, InsertContainer, Box::new(c.clone()))
+    }
+
+    /// Writes a container's record.
+    pub async fn update_container(&self, c: &ContainerRecord) -> Result<()> {
+        store_call!(self, UpdateContainer, Box::new(c.clone()))
+    }
+
+    /// Deletes a container's row.
+    pub async fn delete_container(&self, name: &str) -> Result<()> {
+        store_call!(self, DeleteContainer, name.to_string())
+    }
+
+    /// Inserts an image.
+    pub async fn insert_image(&self, i: &ImageRecord) -> Result<()> {
+        store_call!(self, InsertImage, Box::new(i.clone()))
+    }
+
+    /// Updates an image.
+    pub async fn update_image(&self, i: &ImageRecord) -> Result<()> {
+        store_call!(self, UpdateImage, Box::new(i.clone()))
+    }
+
+    /// Deletes an image.
+    pub async fn delete_image(&self, fp: &str) -> Result<()> {
+        store_call!(self, DeleteImage, fp.to_string())
+    }
+
+    /// Points an alias at an image.
+    pub async fn set_alias(&self, alias: &str, fp: &str) -> Result<()> {
+        store_call!(self, SetAlias, alias.to_string(), fp.to_string())
+    }
+
+    /// Reads a setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        store_call!(self, Setting, key.to_string())
+    }
+
+    /// Writes a setting.
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        store_call!(self, SetSetting, key.to_string(), value.to_string())
+    }
+}
+
+/// Parses a map stored as JSON (used by callers holding raw settings).
+pub fn parse_map(s: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str) -> ContainerRecord {
+        ContainerRecord {
+            name: name.into(),
+            image: "f".repeat(64),
+            status: Status::Stopped,
+            init_pid: 0,
+            created_at_us: 1,
+            ephemeral: false,
+            profiles: vec!["default".into()],
+            config: BTreeMap::from([("user.a".into(), "b".into())]),
+            architecture: "x86_64".into(),
+            pending: Pending::Create,
+        }
+    }
+
+    #[test]
+    fn containers_round_trip() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let mut c = rec("c1");
+        db.insert_container(&c).unwrap();
+        assert!(matches!(db.insert_container(&c), Err(Error::AlreadyExists { .. })));
+        c.status = Status::Running;
+        c.init_pid = 42;
+        c.pending = Pending::None;
+        db.update_container(&c).unwrap();
+        assert_eq!(db.load().unwrap().containers, vec![c.clone()]);
+        db.delete_container("c1").unwrap();
+        assert!(db.load().unwrap().containers.is_empty());
+        assert!(matches!(db.update_container(&c), Err(Error::NoSuchContainer(_))));
+    }
+
+    #[test]
+    fn images_and_aliases() {
+        let mut db = Db::open_in_memory().unwrap();
+        let img = ImageRecord {
+            fingerprint: "a".repeat(64),
+            aliases: vec!["busybox".into()],
+            properties: BTreeMap::from([("os".into(), "busybox".into())]),
+            architecture: "x86_64".into(),
+            size: 10,
+            created_at_us: 1,
+            uploaded_at_us: 2,
+            last_used_at_us: 0,
+        };
+        db.insert_image(&img).unwrap();
+        let mut other = img.clone();
+        other.fingerprint = "b".repeat(64);
+        // the alias is taken: nothing of `other` is written
+        assert!(matches!(db.insert_image(&other), Err(Error::AlreadyExists { .. })));
+        let loaded = db.load().unwrap();
+        assert_eq!(loaded.images, vec![img.clone()]);
+        db.delete_image(&img.fingerprint).unwrap();
+        assert!(db.load().unwrap().images.is_empty());
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_refuses_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("berth-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let db = Db::open(&path).unwrap();
+            db.insert_container(&rec("keep")).unwrap();
+            db.set_setting("k", "v").unwrap();
+        }
+        {
+            let db = Db::open(&path).unwrap();
+            assert_eq!(db.load().unwrap().containers.len(), 1);
+            assert_eq!(db.setting("k").unwrap().as_deref(), Some("v"));
+            db.conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        assert!(matches!(Db::open(&path), Err(Error::Store(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

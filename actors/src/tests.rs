@@ -1,0 +1,336 @@
+//! Actor tests: the whole engine over the in-memory fake runtime.
+
+use crate::container::ContainerMsg;
+use crate::error::Error;
+use crate::events::Event;
+use crate::fake::FakeRuntime;
+use crate::manager::{MAX_RESTARTS, ManagerMsg};
+use crate::store::Db;
+use crate::types::*;
+use crate::Engine;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn host() -> HostInfo {
+    HostInfo {
+        version: "test".into(),
+        cgroup_version: 2,
+        storage_driver: "dir".into(),
+        stateful_supported: false,
+        stateful_unsupported_reason: "fake".into(),
+    }
+}
+
+async fn engine() -> (Engine, Arc<FakeRuntime>) {
+    let rt = Arc::new(FakeRuntime::new());
+    let e = Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host()).await.unwrap();
+    e.build_image("busybox", vec!["busybox".into()]).await.unwrap();
+    (e, rt)
+}
+
+fn req(name: &str) -> CreateRequest {
+    CreateRequest { name: name.into(), image: "busybox".into(), ..Default::default() }
+}
+
+/// Every test body runs under a timeout.
+async fn within<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("test timed out");
+}
+
+async fn wait_for(e: &Engine, name: &str, status: Status) -> ContainerInfo {
+    for _ in 0..500 {
+        if let Ok(i) = e.container(name).await
+            && i.status == status
+        {
+            return i;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} never became {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle() {
+    within(async {
+        let (e, rt) = engine().await;
+        let (info, created) = e.create_container(req("c1")).await.unwrap();
+        assert_eq!(created, Created::New);
+        assert_eq!(info.status, Status::Stopped);
+        assert_eq!(info.config.get("image.os").map(String::as_str), Some("busybox"));
+        assert_eq!(info.config.get("volatile.idmap.base").map(String::as_str), Some("1000000"));
+        assert!(rt.is_provisioned("c1"));
+
+        e.start_container("c1").await.unwrap();
+        let info = e.container("c1").await.unwrap();
+        assert_eq!(info.status, Status::Running);
+        assert_eq!(rt.is_running("c1").unwrap().init_pid, info.init_pid);
+        let list = e.list_containers().await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].status, list[0].init_pid), (Status::Running, info.init_pid));
+
+        // exec with a pipe as stdout: the fake writes argv there
+        let (mut r, w) = std::io::pipe().unwrap();
+        let code = e
+            .exec("c1", ExecRequest { argv: vec!["exit".into(), "7".into()], stdio: [None, Some(w.into()), None], ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(code, 7);
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "exit 7\n");
+
+        e.stop_container("c1", StopOptions { force: false, timeout: None }).await.unwrap();
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
+        assert_eq!(e.container("c1").await.unwrap().init_pid, 0);
+        e.delete_container("c1", false).await.unwrap();
+        assert_eq!(e.container("c1").await, Err(Error::NoSuchContainer("c1".into())));
+        assert!(!rt.is_provisioned("c1"));
+        assert!(e.list_containers().await.unwrap().is_empty());
+        // the name is free again at once
+        e.create_container(req("c1")).await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_is_idempotent_and_refuses_clashes() {
+    within(async {
+        let (e, _rt) = engine().await;
+        let mut r = req("web");
+        r.config = BTreeMap::from([("user.role".into(), "web".into())]);
+        r.start = true;
+        let (i, c) = e.create_container(r.clone()).await.unwrap();
+        assert_eq!((i.status, c), (Status::Running, Created::New));
+        let (_, c) = e.create_container(r.clone()).await.unwrap();
+        assert_eq!(c, Created::Identity);
+        r.config.insert("user.role".into(), "db".into());
+        assert!(matches!(e.create_container(r).await, Err(Error::AlreadyExists { .. })));
+        // an unnamed create picks a free name
+        let (i, _) = e.create_container(req("")).await.unwrap();
+        validate_name(&i.name).unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_changes_nothing() {
+    within(async {
+        let (e, rt) = engine().await;
+        for bad in ["", "-x", "a/b", "..", "x".repeat(64).as_str(), "a_b"] {
+            let mut r = req("ok");
+            r.name = bad.to_string();
+            if bad.is_empty() {
+                continue; // empty means "pick one" for create
+            }
+            assert!(matches!(e.create_container(r).await, Err(Error::InvalidName { .. })), "{bad}");
+            assert!(matches!(e.container(bad).await, Err(Error::InvalidName { .. })), "{bad}");
+        }
+        assert!(matches!(e.start_container("").await, Err(Error::InvalidName { .. })));
+        let mut r = req("c2");
+        r.image = "nope".into();
+        assert_eq!(e.create_container(r).await, Err(Error::NoSuchImage("nope".into())));
+        let mut r = req("c2");
+        r.config.insert("limits.memory".into(), "lots".into());
+        assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(_))));
+        let mut r = req("c2");
+        r.config.insert("volatile.x".into(), "1".into());
+        assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(_))));
+        let mut r = req("c2");
+        r.profiles = Some(vec!["gpu".into()]);
+        assert_eq!(e.create_container(r).await, Err(Error::NoSuchProfile("gpu".into())));
+        assert!(e.list_containers().await.unwrap().is_empty());
+        assert!(!rt.is_provisioned("c2"));
+
+        e.create_container(CreateRequest { start: true, ..req("c3") }).await.unwrap();
+        assert!(matches!(e.start_container("c3").await, Err(Error::InvalidState { status: Status::Running, .. })));
+        assert!(matches!(e.delete_container("c3", false).await, Err(Error::InvalidState { .. })));
+        assert_eq!(e.container("c3").await.unwrap().status, Status::Running);
+        e.delete_container("c3", true).await.unwrap();
+        assert!(rt.is_running("c3").is_none());
+        assert!(matches!(e.stop_container("c9", StopOptions { force: true, timeout: None }).await, Err(Error::NoSuchContainer(_))));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_leaves_it_stopped() {
+    within(async {
+        let (e, rt) = engine().await;
+        e.create_container(req("c1")).await.unwrap();
+        rt.fail_next_start("c1", "mount proc: EPERM");
+        let err = e.start_container("c1").await.unwrap_err();
+        assert!(matches!(&err, Error::Runtime { detail, .. } if detail.contains("mount proc")), "{err}");
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
+        e.start_container("c1").await.unwrap();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_keeps_the_mailbox_answering_and_force_escalates() {
+    within(async {
+        let (e, rt) = engine().await;
+        e.create_container(CreateRequest { start: true, ..req("slow") }).await.unwrap();
+        rt.set_stop_delay(Duration::from_secs(30));
+        let e2 = e.clone();
+        let graceful = tokio::spawn(async move { e2.stop_container("slow", StopOptions { force: false, timeout: None }).await });
+        wait_for(&e, "slow", Status::Stopping).await;
+        // a second operation is refused, not queued behind the stop
+        assert!(matches!(e.start_container("slow").await, Err(Error::Busy(_))));
+        e.stop_container("slow", StopOptions { force: true, timeout: None }).await.unwrap();
+        graceful.await.unwrap().unwrap();
+        assert_eq!(e.container("slow").await.unwrap().status, Status::Stopped);
+        assert!(rt.log().contains(&"stop slow force".to_string()));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_off_from_inside_is_noticed_and_ephemeral_ones_vanish() {
+    within(async {
+        let (e, rt) = engine().await;
+        let mut events = e.subscribe();
+        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
+        e.create_container(CreateRequest { start: true, ephemeral: true, ..req("eph") }).await.unwrap();
+        rt.power_off_from_inside("c1");
+        wait_for(&e, "c1", Status::Stopped).await;
+        rt.power_off_from_inside("eph");
+        for _ in 0..500 {
+            if matches!(e.container("eph").await, Err(Error::NoSuchContainer(_))) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(matches!(e.container("eph").await, Err(Error::NoSuchContainer(_))));
+        assert!(!rt.is_provisioned("eph"));
+        // events in order for c1: created, starting, running, stopped
+        let mut seen = Vec::new();
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                Event::ContainerChanged { name, status, .. } if name == "c1" => seen.push(status),
+                _ => {}
+            }
+        }
+        let dedup: Vec<Status> = seen.iter().copied().fold(Vec::new(), |mut v, s| {
+            if v.last() != Some(&s) {
+                v.push(s)
+            }
+            v
+        });
+        assert_eq!(dedup, [Status::Stopped, Status::Starting, Status::Running, Status::Stopped]);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_gives_a_new_init() {
+    within(async {
+        let (e, _rt) = engine().await;
+        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
+        let before = e.container("c1").await.unwrap().init_pid;
+        e.restart_container("c1", StopOptions { force: false, timeout: None }).await.unwrap();
+        let after = e.container("c1").await.unwrap();
+        assert_eq!(after.status, Status::Running);
+        assert_ne!(after.init_pid, before);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_container_actor_is_respawned_and_finds_its_container() {
+    within(async {
+        let (e, rt) = engine().await;
+        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
+        let pid = e.container("c1").await.unwrap().init_pid;
+        for round in 0..MAX_RESTARTS {
+            e.manager().send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash)).unwrap();
+            // it answers again, as Running with the same init
+            let mut ok = false;
+            for _ in 0..200 {
+                if let Ok(i) = e.container("c1").await {
+                    assert_eq!((i.status, i.init_pid), (Status::Running, pid), "round {round}");
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(ok, "not respawned in round {round}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rt.is_running("c1").unwrap().init_pid, pid);
+        // one more failure within the window: the manager gives up on it
+        e.manager().send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash)).unwrap();
+        let mut gave_up = false;
+        for _ in 0..200 {
+            // (a call that reaches the dying actor is transiently Unavailable too)
+            if let Err(Error::Unavailable(m)) = e.container("c1").await
+                && m.contains("restart berthd")
+            {
+                gave_up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gave_up);
+        // the container itself never noticed
+        assert_eq!(rt.is_running("c1").unwrap().init_pid, pid);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_reconciles_with_what_runs() {
+    within(async {
+        let rt = Arc::new(FakeRuntime::new());
+        let dir = std::env::temp_dir().join(format!("berth-actors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_path = dir.join("berth.db");
+        let _ = std::fs::remove_file(&db_path);
+        let pid;
+        {
+            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host()).await.unwrap();
+            e.build_image("busybox", vec!["busybox".into()]).await.unwrap();
+            e.create_container(CreateRequest { start: true, ..req("keeps") }).await.unwrap();
+            e.create_container(CreateRequest { start: true, ..req("dies") }).await.unwrap();
+            pid = e.container("keeps").await.unwrap().init_pid;
+            e.shutdown().await;
+        }
+        // while "berthd" is away: one container powers off, a create is half done
+        rt.power_off_from_inside("dies");
+        {
+            let db = Db::open(&db_path).unwrap();
+            let mut half = db.container("keeps").unwrap().unwrap();
+            half.name = "half".into();
+            half.pending = Pending::Create;
+            half.status = Status::Stopped;
+            db.insert_container(&half).unwrap();
+        }
+        let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host()).await.unwrap();
+        let keeps = wait_for(&e, "keeps", Status::Running).await;
+        assert_eq!(keeps.init_pid, pid);
+        wait_for(&e, "dies", Status::Stopped).await;
+        assert!(matches!(e.container("half").await, Err(Error::NoSuchContainer(_))));
+        assert!(rt.log().contains(&"deprovision half".to_string()));
+        e.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_resolve_by_alias_fingerprint_and_prefix() {
+    within(async {
+        let (e, _rt) = engine().await;
+        let img = e.image("busybox").await.unwrap();
+        assert_eq!(e.image(&img.fingerprint).await.unwrap(), img);
+        assert_eq!(e.image(&img.fingerprint[..12]).await.unwrap(), img);
+        assert_eq!(e.image("zzz").await, Err(Error::NoSuchImage("zzz".into())));
+        let (again, c) = e.build_image("busybox", vec![]).await.unwrap();
+        assert_eq!((again.fingerprint, c), (img.fingerprint.clone(), Created::Identity));
+        assert!(matches!(e.build_image("busybox", vec!["bad alias".into()]).await, Err(Error::InvalidName { .. })));
+        assert!(matches!(e.build_image("nope", vec![]).await, Err(Error::InvalidConfig(_))));
+    })
+    .await
+}
