@@ -8,7 +8,7 @@
 //! delete) and the result after (Running with its init pid, Stopped). A reply is sent only when
 //! what it says is true and recorded.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Op, Result};
 use crate::events::{Event, Events};
 use crate::manager::ManagerMsg;
 use crate::runtime::{MonitorEvent, Runtime, RuntimeError};
@@ -287,7 +287,7 @@ impl ContainerState {
                 let _ = self.rt.deprovision(&self.rec.name).await;
                 let _ = self.store.delete_container(&self.rec.name).await;
                 let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
-                return Err(map_rt(format!("create container {}", self.rec.name), e));
+                return Err(map_rt(Op::Create, format!("container {}", self.rec.name), e));
             }
         }
         self.rec.pending = Pending::None;
@@ -321,7 +321,7 @@ impl ContainerState {
                 self.rec.status = Status::Stopped;
                 self.rec.init_pid = 0;
                 self.commit().await?;
-                Err(map_rt(format!("start container {}", self.rec.name), e))
+                Err(map_rt(Op::Start, format!("container {}", self.rec.name), e))
             }
         }
     }
@@ -411,7 +411,7 @@ impl ContainerState {
                 if let Err(pe) = self.commit().await {
                     tracing::error!(container = %self.rec.name, "persist: {pe}");
                 }
-                let err = map_rt(format!("stop container {}", self.rec.name), e);
+                let err = map_rt(Op::Stop, format!("container {}", self.rec.name), e);
                 for w in self.stop_waiters.drain(..).chain(self.restart_waiters.drain(..)).chain(self.delete_waiters.drain(..)) {
                     let _ = w.send(Err(err.clone()));
                 }
@@ -498,7 +498,7 @@ impl ContainerState {
                     status: Status::Stopped,
                     hint: "it stopped; start it first".into(),
                 },
-                e => map_rt(format!("exec in container {name}"), e),
+                e => map_rt(Op::Exec, format!("container {name}"), e),
             });
             let _ = r.send(res);
         });
@@ -532,7 +532,7 @@ impl ContainerState {
         self.rt
             .deprovision(&self.rec.name)
             .await
-            .map_err(|e| map_rt(format!("delete container {}", self.rec.name), e))?;
+            .map_err(|e| map_rt(Op::Delete, format!("container {}", self.rec.name), e))?;
         self.store.delete_container(&self.rec.name).await?;
         let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
         self.events.publish(Event::ContainerRemoved { name: self.rec.name.clone() });
@@ -542,11 +542,11 @@ impl ContainerState {
 }
 
 /// Maps a runtime error of `op` to the domain error.
-pub(crate) fn map_rt(op: String, e: RuntimeError) -> Error {
+pub(crate) fn map_rt(op: Op, what: String, e: RuntimeError) -> Error {
     match e {
         RuntimeError::InvalidImage(m) => Error::InvalidImage(m),
         RuntimeError::NotSupported(m) => Error::NotSupported(m),
         RuntimeError::Invalid(m) => Error::InvalidConfig(m),
-        e => Error::runtime(op, e),
+        e => Error::runtime(op, what, e),
     }
 }

@@ -61,11 +61,13 @@ pub enum Error {
     /// Not supported on this host or in this version.
     #[error("{0}")]
     NotSupported(String),
-    /// The runtime failed while doing `op`.
-    #[error("{op} failed: {detail}")]
+    /// The host failed while doing `op` on `what`.
+    #[error("{op} {what} failed: {detail}")]
     Runtime {
-        /// What berth was doing, e.g. "start container web".
-        op: String,
+        /// The operation.
+        op: Op,
+        /// Its object, e.g. "container web".
+        what: String,
         /// The runtime's message (names the failing step).
         detail: String,
     },
@@ -77,10 +79,43 @@ pub enum Error {
     Unavailable(String),
 }
 
+/// Operations that can fail on the host, each with its own wire error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Creating a container's storage and cgroups.
+    Create,
+    /// Starting init.
+    Start,
+    /// Stopping.
+    Stop,
+    /// Running a process.
+    Exec,
+    /// Removing a container.
+    Delete,
+    /// Building an image.
+    BuildImage,
+    /// Removing an image.
+    DeleteImage,
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Op::Create => "create",
+            Op::Start => "start",
+            Op::Stop => "stop",
+            Op::Exec => "exec in",
+            Op::Delete => "delete",
+            Op::BuildImage => "build",
+            Op::DeleteImage => "delete",
+        })
+    }
+}
+
 impl Error {
-    /// A runtime failure of `op`.
-    pub fn runtime(op: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        Error::Runtime { op: op.into(), detail: e.to_string() }
+    /// A host failure of `op` on `what`.
+    pub fn runtime(op: Op, what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Error::Runtime { op, what: what.into(), detail: e.to_string() }
     }
 }
 

@@ -1,1 +1,411 @@
-//! placeholder
+//! The real [`Runtime`]: containers run under per-container monitor processes (started as
+//! `berthd monitor <name>`), storage lives in the pool, cgroups in the host's hierarchies.
+//! Blocking runtime calls run on tokio's blocking pool; monitors are spoken to asynchronously
+//! over their SOCK_SEQPACKET sockets.
+
+use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
+use crate::types::{ContainerRecord, ExecRequest};
+use berth_runtime::cgroup::{ContainerCgroups, Layout};
+use berth_runtime::idmap::IdMap;
+use berth_runtime::monitor::proto::{self, ExitInfo, Reply, Request, TtySize};
+use berth_runtime::spec::{ContainerSpec, DEFAULT_CAP_DROP, RunFiles, default_init_env};
+use berth_runtime::storage::Pool;
+use berth_runtime::{fdpass, image, init};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// Where and how the host runtime works.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// State directory (`/var/lib/berth`).
+    pub state_dir: PathBuf,
+    /// Runtime directory (`/run/berth`).
+    pub run_dir: PathBuf,
+    /// The berthd binary, run as `<exe> monitor <name>`.
+    pub exe: PathBuf,
+    /// Name of the parent cgroup (`berth`).
+    pub cgroup_parent: String,
+    /// The static busybox used by the `busybox` recipe.
+    pub busybox: PathBuf,
+}
+
+/// The host runtime.
+#[derive(Debug)]
+pub struct HostRuntime {
+    cfg: HostConfig,
+    pool: Pool,
+    layout: Layout,
+    idmap: IdMap,
+    idmap_supported: bool,
+}
+
+/// Maximum console log size before rotation.
+const CONSOLE_LOG_MAX: u64 = 1 << 20;
+
+impl HostRuntime {
+    /// Detects the host (cgroup layout, id range, idmapped-mount support of the pool).
+    pub fn new(cfg: HostConfig, pool: Pool) -> Result<HostRuntime, RuntimeError> {
+        let layout = Layout::detect()?;
+        if layout.hierarchies.is_empty() {
+            return Err(RuntimeError::NotSupported("no cgroup hierarchy is mounted".into()));
+        }
+        let idmap_supported = pool.supports_idmap();
+        if !idmap_supported {
+            tracing::warn!(pool = %pool.config().path.display(), "the pool refuses idmapped mounts; container roots will be shifted with chown");
+        }
+        Ok(HostRuntime { cfg, pool, layout, idmap: IdMap::host_default(), idmap_supported })
+    }
+
+    /// The cgroup version (1 when any v1 controller is in use).
+    pub fn cgroup_version(&self) -> u32 {
+        self.layout.version()
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn cgroups(&self, name: &str) -> ContainerCgroups {
+        ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name)
+    }
+
+    fn files(&self, name: &str) -> RunFiles {
+        RunFiles::new(&self.cfg.run_dir, name)
+    }
+
+    fn image_dir(&self, fp: &str) -> PathBuf {
+        self.cfg.state_dir.join("images").join(fp)
+    }
+
+    fn spec(&self, rec: &ContainerRecord) -> ContainerSpec {
+        let rootfs = self.pool.rootfs(&rec.name);
+        let stop_signal = init::stop_signal(&rootfs, rec.config.get("boot.stop_signal").map(String::as_str));
+        let mut env = default_init_env();
+        for (k, v) in &rec.config {
+            if let Some(var) = k.strip_prefix("environment.") {
+                env.retain(|(e, _)| e != var);
+                env.push((var.to_string(), v.clone()));
+            }
+        }
+        ContainerSpec {
+            name: rec.name.clone(),
+            rootfs,
+            idmap: self.idmap,
+            shifted: rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true"),
+            cgroups: self.cgroups(&rec.name),
+            init: vec!["/sbin/init".into()],
+            env,
+            stop_signal,
+            run_dir: self.files(&rec.name).dir().to_path_buf(),
+            cap_drop: DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
+            console_log_max: CONSOLE_LOG_MAX,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Failed(format!("blocking task: {e}")))?
+}
+
+/// The HostRuntime as shared by the engine.
+#[derive(Debug, Clone)]
+pub struct SharedHost(pub Arc<HostRuntime>);
+
+#[ractor::async_trait]
+impl Runtime for SharedHost {
+    async fn provision(&self, rec: &ContainerRecord) -> Result<BTreeMap<String, String>, RuntimeError> {
+        let (h, rec) = (self.0.clone(), rec.clone());
+        blocking(move || {
+            h.cgroups(&rec.name).create()?;
+            h.pool.clone_image(&rec.image, &rec.name)?;
+            let rootfs = h.pool.rootfs(&rec.name);
+            if !rootfs.is_dir() {
+                return Err(RuntimeError::InvalidImage(format!("image {} has no rootfs/", rec.image)));
+            }
+            let mut extra = BTreeMap::from([
+                ("volatile.idmap.base".to_string(), h.idmap.uid_base.to_string()),
+                ("volatile.idmap.count".to_string(), h.idmap.count.to_string()),
+            ]);
+            if !h.idmap_supported {
+                berth_runtime::storage::shift_tree(&rootfs, &h.idmap)?;
+                extra.insert("volatile.rootfs.shifted".into(), "true".into());
+            }
+            Ok(extra)
+        })
+        .await
+    }
+
+    async fn deprovision(&self, name: &str) -> Result<(), RuntimeError> {
+        if self.probe(name).await?.is_some() {
+            return Err(RuntimeError::Failed(format!("container {name} still runs")));
+        }
+        let (h, name) = (self.0.clone(), name.to_string());
+        blocking(move || {
+            h.cgroups(&name).remove()?;
+            h.pool.delete_container(&name)?;
+            let dir = h.files(&name).dir().to_path_buf();
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(RuntimeError::Failed(format!("remove {}: {e}", dir.display()))),
+            }
+        })
+        .await
+    }
+
+    async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
+        let (h, rec) = (self.0.clone(), rec.clone());
+        blocking(move || {
+            let spec = h.spec(&rec);
+            if !spec.rootfs.is_dir() {
+                return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
+            }
+            if !spec.cgroups.exists() {
+                spec.cgroups.create()?;
+            }
+            let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
+            let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+            spec.cgroups.apply_limits(memory, processes)?;
+            let (init_pid, monitor_pid) = berth_runtime::monitor::spawn(&h.cfg.exe, &spec)?;
+            Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
+        })
+        .await
+    }
+
+    async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
+        let signal = init::stop_signal(&self.0.pool.rootfs(&rec.name), rec.config.get("boot.stop_signal").map(String::as_str));
+        let conn = MonitorConn::connect(&self.0.files(&rec.name).socket())?;
+        let timeout_ms = if force { 0 } else { timeout.as_millis().max(1) as u64 };
+        conn.send(&Request::Stop { signal, timeout_ms }, &[]).await?;
+        loop {
+            match conn.recv().await? {
+                Some(Reply::Exited(info)) => return Ok(describe(&info)),
+                Some(Reply::Error { message }) => return Err(RuntimeError::Failed(message)),
+                Some(_) => continue,
+                // the monitor exits right after answering; EOF without an answer means it died
+                None => return Err(RuntimeError::NotRunning),
+            }
+        }
+    }
+
+    async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError> {
+        let conn = match MonitorConn::connect(&self.0.files(name).socket()) {
+            Ok(c) => c,
+            Err(RuntimeError::NotRunning) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        conn.send(&Request::Status, &[]).await?;
+        match conn.recv().await? {
+            Some(Reply::Status(s)) if !s.stopping || s.init_pid > 0 => {
+                Ok(Some(Running { init_pid: s.init_pid as u32, monitor_pid: s.monitor_pid as u32 }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
+        let conn = MonitorConn::connect(&self.0.files(name).socket())?;
+        conn.send(&Request::Watch, &[]).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let ev = match conn.recv().await {
+                    Ok(Some(Reply::Restarted { init_pid })) => MonitorEvent::Restarted { init_pid: init_pid as u32 },
+                    Ok(Some(Reply::Exited(info))) => {
+                        let _ = tx.send(MonitorEvent::Exited { reason: describe(&info) });
+                        return;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => {
+                        let _ = tx.send(MonitorEvent::Lost);
+                        return;
+                    }
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32, RuntimeError> {
+        let conn = MonitorConn::connect(&self.0.files(name).socket())?;
+        let [a, b, c] = req.stdio;
+        let null = || -> Result<OwnedFd, RuntimeError> {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| RuntimeError::Failed(format!("open /dev/null: {e}")))
+        };
+        let fds = [a.map_or_else(null, Ok)?, b.map_or_else(null, Ok)?, c.map_or_else(null, Ok)?];
+        let wire = proto::ExecRequest {
+            argv: req.argv,
+            env: req.env,
+            cwd: req.cwd,
+            uid: req.uid,
+            gid: req.gid,
+            tty: req.tty.map(|(rows, cols)| TtySize { rows, cols }),
+        };
+        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        conn.send(&Request::Exec(wire), &raw).await?;
+        drop(fds);
+        loop {
+            match conn.recv().await? {
+                Some(Reply::ExecStarted { .. }) => continue,
+                Some(Reply::ExecExited { code }) => return Ok(code),
+                Some(Reply::Error { message }) => return Err(RuntimeError::Invalid(message)),
+                Some(_) => continue,
+                None => return Err(RuntimeError::NotRunning),
+            }
+        }
+    }
+
+    async fn build_image(&self, recipe: &str) -> Result<NewImage, RuntimeError> {
+        if recipe != "busybox" {
+            return Err(RuntimeError::Invalid(format!("unknown image recipe {recipe:?}; built-in recipes: busybox")));
+        }
+        let h = self.0.clone();
+        blocking(move || {
+            image::check_static(&h.cfg.busybox)?;
+            let images = h.cfg.state_dir.join("images");
+            std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+            let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
+            let built = image::build_busybox(&h.cfg.busybox, &tmp)?;
+            let res = h.store_image(&tmp, &built);
+            let _ = std::fs::remove_file(&tmp);
+            res
+        })
+        .await
+    }
+
+    async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
+        let (h, fp) = (self.0.clone(), fingerprint.to_string());
+        blocking(move || {
+            h.pool.delete_image(&fp)?;
+            let dir = h.image_dir(&fp);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(RuntimeError::Failed(format!("remove {}: {e}", dir.display()))),
+            }
+        })
+        .await
+    }
+}
+
+impl HostRuntime {
+    /// Keeps an archive under `images/<fp>/` and unpacks it once into the pool.
+    fn store_image(&self, archive: &Path, built: &image::BuiltImage) -> Result<NewImage, RuntimeError> {
+        let fp = &built.fingerprint;
+        let dir = self.image_dir(fp);
+        let fail = |what: &str, e: io::Error| RuntimeError::Failed(format!("{what}: {e}"));
+        if !self.pool.image_volume(fp).is_dir() {
+            let staging = self.pool.stage_image(fp)?;
+            if let Err(e) = image::unpack(archive, &staging) {
+                let _ = self.pool.delete_volume(&staging);
+                return Err(e.into());
+            }
+            self.pool.commit_image(&staging, fp)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| fail("create image directory", e))?;
+        let kept = dir.join("archive");
+        if !kept.exists() {
+            std::fs::copy(archive, &kept).map_err(|e| fail("keep the image archive", e))?;
+        }
+        let size = std::fs::metadata(&kept).map(|m| m.len()).unwrap_or(0);
+        Ok(NewImage {
+            fingerprint: fp.clone(),
+            architecture: built.metadata.architecture.clone(),
+            properties: built.metadata.properties.clone(),
+            created_at_us: (built.metadata.creation_date.max(0) as u64) * 1_000_000,
+            size,
+        })
+    }
+}
+
+/// "poweroff", "killed", "exited with status 3", "crashed (signal 11)".
+fn describe(info: &ExitInfo) -> String {
+    match (info.reason, info.code, info.signal) {
+        (proto::ExitReason::Exited, Some(c), _) => format!("exited with status {c}"),
+        (proto::ExitReason::Crashed, _, Some(s)) => format!("crashed (signal {s})"),
+        (r, _, _) => format!("{r:?}").to_lowercase(),
+    }
+}
+
+/// An async connection to a monitor socket.
+struct MonitorConn {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl MonitorConn {
+    /// Connects; `NotRunning` when nobody listens.
+    fn connect(path: &Path) -> Result<MonitorConn, RuntimeError> {
+        let c = match berth_runtime::monitor::client::Conn::connect(path) {
+            Ok(c) => c,
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR)) => {
+                return Err(RuntimeError::NotRunning);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // SAFETY: we take over the connected socket's fd from the blocking client.
+        let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(c.raw_fd())) };
+        drop(c);
+        if fd.as_raw_fd() < 0 {
+            return Err(RuntimeError::Failed(format!("dup: {}", io::Error::last_os_error())));
+        }
+        // SAFETY: fcntl on our fd.
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        // SAFETY: an OwnedFd is a valid open fd that stays the same until the AsyncFd drops it.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .map_err(|e| RuntimeError::Failed(format!("register monitor socket: {e}")))?;
+        Ok(MonitorConn { fd })
+    }
+
+    async fn send(&self, req: &Request, fds: &[RawFd]) -> Result<(), RuntimeError> {
+        let data = proto::encode(req);
+        loop {
+            let mut guard = self.fd.writable().await.map_err(io_err)?;
+            match guard.try_io(|inner| fdpass::send(inner.get_ref().as_fd(), &data, fds)) {
+                Ok(r) => return r.map_err(io_err),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// The next reply, or None at end of stream.
+    async fn recv(&self) -> Result<Option<Reply>, RuntimeError> {
+        let mut buf = vec![0u8; proto::MAX_MESSAGE];
+        loop {
+            let mut guard = self.fd.readable().await.map_err(io_err)?;
+            match guard.try_io(|inner| fdpass::recv(inner.get_ref().as_fd(), &mut buf)) {
+                Ok(Ok((0, _))) => return Ok(None),
+                Ok(Ok((n, _fds))) => return proto::decode(&buf[..n]).map(Some).map_err(|e| RuntimeError::Failed(e.to_string())),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
+                Ok(Err(e)) => return Err(io_err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+fn io_err(e: io::Error) -> RuntimeError {
+    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)) {
+        RuntimeError::NotRunning
+    } else {
+        RuntimeError::Failed(format!("monitor connection: {e}"))
+    }
+}

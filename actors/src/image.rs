@@ -72,7 +72,7 @@ impl Actor for ImageActor {
                     s.runtime
                         .remove_image(&fp)
                         .await
-                        .map_err(|e| crate::container::map_rt(format!("delete image {fp}"), e))?;
+                        .map_err(|e| crate::container::map_rt(crate::error::Op::DeleteImage, format!("image {fp}"), e))?;
                     s.store.delete_image(&fp).await?;
                     Ok::<(), Error>(())
                 }

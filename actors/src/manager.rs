@@ -173,7 +173,7 @@ impl Actor for ManagerActor {
                     let res = rt
                         .build_image(&recipe)
                         .await
-                        .map_err(|e| crate::container::map_rt(format!("build image {recipe}"), e));
+                        .map_err(|e| crate::container::map_rt(crate::error::Op::BuildImage, format!("image {recipe}"), e));
                     if let Err(ractor::MessagingErr::SendErr(ManagerMsg::ImageBuilt(_, _, reply))) =
                         me.send_message(ManagerMsg::ImageBuilt(Box::new(res), aliases, reply))
                     {

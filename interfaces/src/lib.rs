@@ -1,1 +1,15 @@
-//! placeholder
+//! berth-interfaces: the only crate that speaks wire protocols. The D-Bus service
+//! (`org.berth.Berth1`), polkit authorization, the error mapping table, and (feature
+//! `client`) the proxies the `berth` CLI uses. `dbus/*.xml` is the checked-in API description.
+
+pub mod errors;
+pub mod paths;
+pub mod wire;
+
+#[cfg(feature = "server")]
+pub mod auth;
+#[cfg(feature = "server")]
+pub mod dbus;
+
+#[cfg(feature = "client")]
+pub mod client;

@@ -198,6 +198,29 @@ impl ContainerCgroups {
         Ok(())
     }
 
+    /// Sets (or clears, with `None`) the memory limit in bytes and the process limit.
+    pub fn apply_limits(&self, memory: Option<u64>, processes: Option<u64>) -> Result<()> {
+        let v2 = self.layout.version() == 2;
+        let write = |controller: &str, knob: &str, value: String| -> Result<()> {
+            let Some(dir) = self.dir_for(controller) else {
+                return if value == "max" || value == "-1" {
+                    Ok(())
+                } else {
+                    Err(Error::Invalid(format!("the {controller} cgroup controller is not available on this host")))
+                };
+            };
+            let p = dir.join(knob);
+            crate::sys::write_file(&p, value.as_bytes()).step(|| format!("write {value} to {}", p.display()))
+        };
+        let mem = memory.map(|m| m.to_string());
+        if v2 {
+            write("memory", "memory.max", mem.unwrap_or_else(|| "max".into()))?;
+        } else {
+            write("memory", "memory.limit_in_bytes", mem.unwrap_or_else(|| "-1".into()))?;
+        }
+        write("pids", "pids.max", processes.map(|p| p.to_string()).unwrap_or_else(|| "max".into()))
+    }
+
     /// Pids in the container's cgroups (all hierarchies, whole subtree), deduplicated.
     pub fn pids(&self) -> Vec<libc::pid_t> {
         let mut pids = Vec::new();

@@ -21,3 +21,4 @@ pub mod sys;
 pub use error::{Error, Result};
 pub mod image;
 pub mod storage;
+pub mod init;

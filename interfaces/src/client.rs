@@ -1,0 +1,125 @@
+//! Client proxies of the D-Bus API, used by the `berth` CLI. Mutating calls allow interactive
+//! authorization so that a polkit agent can ask for a password.
+
+use crate::wire::{ContainerEntry, ImageEntry};
+use std::collections::HashMap;
+use zbus::{OwnedObjectPath, Variant, proxy};
+
+/// `org.berth.Berth1.Manager`.
+#[proxy(interface = "org.berth.Berth1.Manager", default_service = "org.berth.Berth1", default_path = "/org/berth/Berth1")]
+pub trait Manager {
+    /// Creates a container.
+    #[zbus(allow_interactive_auth)]
+    fn create_container(&self, name: &str, image: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Finds a container.
+    fn get_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Lists containers.
+    fn list_containers(&self) -> zbus::Result<Vec<ContainerEntry>>;
+    /// Starts a container by name.
+    #[zbus(allow_interactive_auth)]
+    fn start_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Stops a container by name.
+    #[zbus(allow_interactive_auth)]
+    fn stop_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Deletes a container by name.
+    #[zbus(allow_interactive_auth)]
+    fn delete_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Finds an image.
+    fn get_image(&self, reference: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Lists images.
+    fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
+    /// Builds an image from a recipe.
+    #[zbus(allow_interactive_auth)]
+    fn build_image(&self, recipe: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// berth's version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    /// cgroup version.
+    #[zbus(property)]
+    fn cgroup_version(&self) -> zbus::Result<u32>;
+    /// Storage driver.
+    #[zbus(property)]
+    fn storage_driver(&self) -> zbus::Result<String>;
+}
+
+/// `org.berth.Berth1.Container`.
+#[proxy(interface = "org.berth.Berth1.Container", default_service = "org.berth.Berth1")]
+pub trait Container {
+    /// Starts.
+    #[zbus(allow_interactive_auth)]
+    fn start(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Stops.
+    #[zbus(allow_interactive_auth)]
+    fn stop(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Restarts.
+    #[zbus(allow_interactive_auth)]
+    fn restart(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Deletes.
+    #[zbus(allow_interactive_auth)]
+    fn delete(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Runs a process; returns its exit status.
+    #[zbus(allow_interactive_auth)]
+    fn exec(&self, argv: &[&str], options: &HashMap<&str, Variant<'_>>) -> zbus::Result<i32>;
+    /// Name.
+    #[zbus(property)]
+    fn name(&self) -> zbus::Result<String>;
+    /// Status.
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
+    /// init pid.
+    #[zbus(property)]
+    fn init_pid(&self) -> zbus::Result<u32>;
+    /// Image fingerprint.
+    #[zbus(property)]
+    fn image(&self) -> zbus::Result<String>;
+    /// Creation time (µs).
+    #[zbus(property)]
+    fn created_at(&self) -> zbus::Result<u64>;
+    /// Ephemeral.
+    #[zbus(property)]
+    fn ephemeral(&self) -> zbus::Result<bool>;
+    /// Profiles.
+    #[zbus(property)]
+    fn profiles(&self) -> zbus::Result<Vec<String>>;
+    /// Config.
+    #[zbus(property)]
+    fn config(&self) -> zbus::Result<HashMap<String, String>>;
+    /// Architecture.
+    #[zbus(property)]
+    fn architecture(&self) -> zbus::Result<String>;
+}
+
+/// `org.berth.Berth1.Image`.
+#[proxy(interface = "org.berth.Berth1.Image", default_service = "org.berth.Berth1")]
+pub trait Image {
+    /// Deletes.
+    #[zbus(allow_interactive_auth)]
+    fn delete(&self) -> zbus::Result<()>;
+    /// Fingerprint.
+    #[zbus(property)]
+    fn fingerprint(&self) -> zbus::Result<String>;
+    /// Aliases.
+    #[zbus(property)]
+    fn aliases(&self) -> zbus::Result<Vec<String>>;
+    /// Properties.
+    #[zbus(property)]
+    fn properties(&self) -> zbus::Result<HashMap<String, String>>;
+    /// Architecture.
+    #[zbus(property)]
+    fn architecture(&self) -> zbus::Result<String>;
+    /// Size.
+    #[zbus(property)]
+    fn size(&self) -> zbus::Result<u64>;
+}
+
+/// A D-Bus error as `(name, message)` when it is one.
+pub fn error_parts(e: &zbus::Error) -> Option<(String, String)> {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => Some((name.to_string(), msg.clone().unwrap_or_default())),
+        zbus::Error::FDO(f) => {
+            use zbus::DBusError;
+            Some((f.name().to_string(), f.description().unwrap_or_default().to_string()))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,236 @@
+//! `org.berth.Berth1.Container` at `/org/berth/Berth1/container/<label>`. The object holds only
+//! the container's name; every property and method asks the engine. The free functions are
+//! shared with the Manager's by-name twins (`StartContainer`…).
+
+use super::Context;
+use super::options::Options;
+use crate::auth;
+use crate::errors::{Error, Result};
+use berth_actors::types::{ExecRequest, StopOptions};
+use std::collections::HashMap;
+use std::time::Duration;
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+use zbus::{OwnedVariant, interface};
+
+/// The interface name (a contract).
+pub const INTERFACE: &str = "org.berth.Berth1.Container";
+
+/// One container's object.
+#[derive(Debug)]
+pub struct ContainerIface {
+    ctx: Context,
+    name: String,
+}
+
+impl ContainerIface {
+    /// The object for container `name`.
+    pub fn new(ctx: Context, name: String) -> Self {
+        ContainerIface { ctx, name }
+    }
+
+    async fn info(&self) -> Result<berth_actors::types::ContainerInfo> {
+        Ok(self.ctx.engine.container(&self.name).await?)
+    }
+}
+
+/// Start (shared by `Container.Start` and `Manager.StartContainer`).
+pub(crate) async fn start(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
+    Options::parse("Start", options, &[])?;
+    ctx.authorize(h, auth::MANAGE_CONTAINERS, &[("container", name), ("verb", "start")]).await?;
+    Ok(ctx.engine.start_container(name).await?)
+}
+
+fn stop_options(method: &'static str, options: HashMap<String, OwnedVariant>) -> Result<StopOptions> {
+    let o = Options::parse(method, options, &[("force", "b"), ("timeout", "u")])?;
+    Ok(StopOptions {
+        force: o.bool("force")?.unwrap_or(false),
+        timeout: o.u32("timeout")?.map(|s| Duration::from_secs(s.into())),
+    })
+}
+
+/// Stop (shared).
+pub(crate) async fn stop(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
+    let opts = stop_options("Stop", options)?;
+    ctx.authorize(h, auth::MANAGE_CONTAINERS, &[("container", name), ("verb", "stop")]).await?;
+    Ok(ctx.engine.stop_container(name, opts).await?)
+}
+
+/// Delete (shared); removes the object before replying.
+pub(crate) async fn delete(
+    ctx: &Context,
+    name: &str,
+    options: HashMap<String, OwnedVariant>,
+    h: &Header<'_>,
+    server: &ObjectServer,
+) -> Result<()> {
+    let o = Options::parse("Delete", options, &[("force", "b")])?;
+    let force = o.bool("force")?.unwrap_or(false);
+    ctx.authorize(h, auth::DELETE_CONTAINER, &[("container", name), ("verb", "delete")]).await?;
+    ctx.engine.delete_container(name, force).await?;
+    match server.remove::<ContainerIface, _>(crate::paths::container(name).as_str()).await {
+        Ok(_) | Err(zbus::Error::InterfaceNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[interface(name = "org.berth.Berth1.Container")]
+impl ContainerIface {
+    /// Starts init; returns once it runs.
+    async fn start(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        start(&self.ctx, &self.name, options, &h).await
+    }
+
+    /// Stops the container: the init's power-off signal, then SIGKILL after `timeout` seconds
+    /// (default 30, or `boot.stop_timeout`); `force` kills at once. Returns once it stopped.
+    async fn stop(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        stop(&self.ctx, &self.name, options, &h).await
+    }
+
+    /// Stops (as `Stop`) and starts again.
+    async fn restart(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        let opts = stop_options("Restart", options)?;
+        self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &self.name), ("verb", "restart")]).await?;
+        Ok(self.ctx.engine.restart_container(&self.name, opts).await?)
+    }
+
+    /// Deletes the container (`force` kills it first if it runs).
+    async fn delete(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<()> {
+        delete(&self.ctx, &self.name, options, &h, server).await
+    }
+
+    /// Runs `argv` in the container and returns its exit status (128 + signal when killed).
+    /// Options: `stdin`/`stdout`/`stderr` (h; default /dev/null), `env` (a{ss}), `cwd` (s),
+    /// `uid`/`gid` (u), `tty` (b: run on a new terminal of `rows` × `columns`, relayed to the
+    /// passed fds).
+    #[zbus(out_args("exit_status"))]
+    async fn exec(&self, argv: Vec<String>, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<i32> {
+        let mut o = Options::parse(
+            "Exec",
+            options,
+            &[
+                ("stdin", "h"),
+                ("stdout", "h"),
+                ("stderr", "h"),
+                ("env", "a{ss}"),
+                ("cwd", "s"),
+                ("uid", "u"),
+                ("gid", "u"),
+                ("tty", "b"),
+                ("rows", "u"),
+                ("columns", "u"),
+            ],
+        )?;
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(Error::option("Exec needs a command (argv is empty)"));
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err(Error::option("Exec arguments cannot contain NUL bytes"));
+        }
+        let mut env: Vec<(String, String)> = o.dict("env")?.unwrap_or_default().into_iter().collect();
+        env.sort();
+        if let Some((k, _)) = env.iter().find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(Error::option(format!("invalid environment variable name {k:?}")));
+        }
+        let cwd = o.string("cwd")?;
+        if let Some(c) = &cwd
+            && !c.starts_with('/')
+        {
+            return Err(Error::option(format!("cwd must be an absolute path, got {c:?}")));
+        }
+        let uid = o.u32("uid")?.unwrap_or(0);
+        let gid = o.u32("gid")?.unwrap_or(uid);
+        if uid >= 65536 || gid >= 65536 {
+            return Err(Error::option("uid and gid must be below 65536 (the container's id range)"));
+        }
+        let tty = match o.bool("tty")? {
+            Some(true) => Some((
+                o.u32("rows")?.unwrap_or(24).clamp(1, u16::MAX as u32) as u16,
+                o.u32("columns")?.unwrap_or(80).clamp(1, u16::MAX as u32) as u16,
+            )),
+            _ => None,
+        };
+        let stdio = [o.fd("stdin")?, o.fd("stdout")?, o.fd("stderr")?];
+        self.ctx.authorize(&h, auth::EXEC, &[("container", &self.name), ("verb", "exec")]).await?;
+        let req = ExecRequest { argv, env, cwd, uid, gid, tty, stdio };
+        Ok(self.ctx.engine.exec(&self.name, req).await?)
+    }
+
+    /// Name.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Stopped, Starting, Running, Stopping, Frozen or Error.
+    #[zbus(property)]
+    async fn status(&self) -> Result<String> {
+        Ok(self.info().await?.status.as_str().to_string())
+    }
+
+    /// init's pid in the host's pid namespace (0 when stopped).
+    #[zbus(property)]
+    async fn init_pid(&self) -> Result<u32> {
+        Ok(self.info().await?.init_pid)
+    }
+
+    /// Fingerprint of the image it was made from.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn image(&self) -> Result<String> {
+        Ok(self.info().await?.image)
+    }
+
+    /// Creation time, µs since the epoch.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn created_at(&self) -> Result<u64> {
+        Ok(self.info().await?.created_at_us)
+    }
+
+    /// Deleted when it stops.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn ephemeral(&self) -> Result<bool> {
+        Ok(self.info().await?.ephemeral)
+    }
+
+    /// Applied profiles.
+    #[zbus(property)]
+    async fn profiles(&self) -> Result<Vec<String>> {
+        Ok(self.info().await?.profiles)
+    }
+
+    /// Local config.
+    #[zbus(property)]
+    async fn config(&self) -> Result<HashMap<String, String>> {
+        Ok(self.info().await?.config.into_iter().collect())
+    }
+
+    /// Config with profiles applied.
+    #[zbus(property)]
+    async fn expanded_config(&self) -> Result<HashMap<String, String>> {
+        Ok(self.info().await?.expanded_config.into_iter().collect())
+    }
+
+    /// Devices (name → properties).
+    #[zbus(property)]
+    async fn devices(&self) -> Result<HashMap<String, HashMap<String, String>>> {
+        self.info().await?;
+        Ok(HashMap::new())
+    }
+
+    /// Saved running state exists (after a stateful stop).
+    #[zbus(property)]
+    async fn stateful(&self) -> Result<bool> {
+        Ok(self.info().await?.stateful)
+    }
+
+    /// Architecture.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn architecture(&self) -> Result<String> {
+        Ok(self.info().await?.architecture)
+    }
+}

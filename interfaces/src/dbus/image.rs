@@ -1,0 +1,89 @@
+//! `org.berth.Berth1.Image` at `/org/berth/Berth1/image/<sha256>`.
+
+use super::Context;
+use crate::auth;
+use crate::errors::Result;
+use berth_actors::types::ImageRecord;
+use std::collections::HashMap;
+use zbus::interface;
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+
+/// One image's object.
+#[derive(Debug)]
+pub struct ImageIface {
+    ctx: Context,
+    fingerprint: String,
+}
+
+impl ImageIface {
+    /// The object for image `fingerprint`.
+    pub fn new(ctx: Context, fingerprint: String) -> Self {
+        ImageIface { ctx, fingerprint }
+    }
+
+    async fn record(&self) -> Result<ImageRecord> {
+        Ok(self.ctx.engine.image(&self.fingerprint).await?)
+    }
+}
+
+#[interface(name = "org.berth.Berth1.Image")]
+impl ImageIface {
+    /// Deletes the image; containers made from it keep working.
+    async fn delete(&self, #[zbus(header)] h: Header<'_>, #[zbus(object_server)] server: &ObjectServer) -> Result<()> {
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "delete")]).await?;
+        self.ctx.engine.delete_image(&self.fingerprint).await?;
+        match server.remove::<ImageIface, _>(crate::paths::image(&self.fingerprint).as_str()).await {
+            Ok(_) | Err(zbus::Error::InterfaceNotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// sha256 of the image file(s), as LXD computes it.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    /// Aliases.
+    #[zbus(property)]
+    async fn aliases(&self) -> Result<Vec<String>> {
+        Ok(self.record().await?.aliases)
+    }
+
+    /// Properties (description, os, release…).
+    #[zbus(property)]
+    async fn properties(&self) -> Result<HashMap<String, String>> {
+        Ok(self.record().await?.properties.into_iter().collect())
+    }
+
+    /// Architecture.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn architecture(&self) -> Result<String> {
+        Ok(self.record().await?.architecture)
+    }
+
+    /// Size of the archive in bytes.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn size(&self) -> Result<u64> {
+        Ok(self.record().await?.size)
+    }
+
+    /// Creation date from metadata.yaml, µs.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn created_at(&self) -> Result<u64> {
+        Ok(self.record().await?.created_at_us)
+    }
+
+    /// When berth stored it, µs.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn uploaded_at(&self) -> Result<u64> {
+        Ok(self.record().await?.uploaded_at_us)
+    }
+
+    /// When a container was last made from it, µs (0 = never).
+    #[zbus(property)]
+    async fn last_used_at(&self) -> Result<u64> {
+        Ok(self.record().await?.last_used_at_us)
+    }
+}

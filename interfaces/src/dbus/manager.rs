@@ -1,0 +1,206 @@
+//! `org.berth.Berth1.Manager` at `/org/berth/Berth1`: create, find and list containers and
+//! images, the by-name twins of the container methods for busctl and units, host facts, and
+//! the signals announcing new and removed objects.
+
+use super::options::Options;
+use super::{Context, container, export_container, export_image, path};
+use crate::auth;
+use crate::errors::Result;
+use crate::paths;
+use crate::wire::{ContainerEntry, ImageEntry};
+use berth_actors::types::CreateRequest;
+use std::collections::HashMap;
+use zbus::message::Header;
+use zbus::object_server::{ObjectServer, SignalEmitter};
+use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, interface};
+
+/// The Manager object.
+#[derive(Debug)]
+pub struct ManagerIface {
+    ctx: Context,
+}
+
+impl ManagerIface {
+    /// The Manager over `ctx`.
+    pub fn new(ctx: Context) -> Self {
+        ManagerIface { ctx }
+    }
+}
+
+#[interface(name = "org.berth.Berth1.Manager")]
+impl ManagerIface {
+    /// Creates a container from an image (alias, fingerprint or unique prefix) and returns its
+    /// object, exported before the reply. An empty name lets berth pick one. Options: `start`
+    /// (b), `profiles` (as), `config` (a{ss}), `ephemeral` (b).
+    #[zbus(out_args("container"))]
+    async fn create_container(
+        &self,
+        name: String,
+        image: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath> {
+        let mut o = Options::parse(
+            "CreateContainer",
+            options,
+            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b")],
+        )?;
+        let req = CreateRequest {
+            name: name.clone(),
+            image: image.clone(),
+            start: o.bool("start")?.unwrap_or(false),
+            profiles: o.strings("profiles")?,
+            config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
+            ephemeral: o.bool("ephemeral")?.unwrap_or(false),
+        };
+        if !name.is_empty() {
+            berth_actors::types::validate_name(&name)?;
+        }
+        self.ctx
+            .authorize(&h, auth::CREATE_CONTAINER, &[("container", &name), ("image", &image), ("verb", "create")])
+            .await?;
+        if req.start {
+            self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &name), ("verb", "start")]).await?;
+        }
+        let (info, _) = self.ctx.engine.create_container(req).await?;
+        export_container(conn, &self.ctx, &info.name).await?;
+        Ok(path(paths::container(&info.name)))
+    }
+
+    /// The object of container `name`.
+    #[zbus(out_args("container"))]
+    async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
+        let info = self.ctx.engine.container(&name).await?;
+        Ok(path(paths::container(&info.name)))
+    }
+
+    /// Every container: name, status, image fingerprint, object path.
+    #[zbus(out_args("containers"))]
+    async fn list_containers(&self) -> Result<Vec<ContainerEntry>> {
+        Ok(self
+            .ctx
+            .engine
+            .list_containers()
+            .await?
+            .into_iter()
+            .map(|c| ContainerEntry {
+                path: path(paths::container(&c.name)),
+                name: c.name,
+                status: c.status.as_str().to_string(),
+                image: c.image,
+            })
+            .collect())
+    }
+
+    /// `Container.Start` by name.
+    async fn start_container(&self, name: String, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        container::start(&self.ctx, &name, options, &h).await
+    }
+
+    /// `Container.Stop` by name.
+    async fn stop_container(&self, name: String, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        container::stop(&self.ctx, &name, options, &h).await
+    }
+
+    /// `Container.Delete` by name.
+    async fn delete_container(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<()> {
+        container::delete(&self.ctx, &name, options, &h, server).await
+    }
+
+    /// The object of an image (alias, full fingerprint or unique prefix).
+    #[zbus(out_args("image"))]
+    async fn get_image(&self, reference: String) -> Result<OwnedObjectPath> {
+        let img = self.ctx.engine.image(&reference).await?;
+        Ok(path(paths::image(&img.fingerprint)))
+    }
+
+    /// Every image: fingerprint, aliases, description, object path.
+    #[zbus(out_args("images"))]
+    async fn list_images(&self) -> Result<Vec<ImageEntry>> {
+        Ok(self
+            .ctx
+            .engine
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|i| ImageEntry {
+                path: path(paths::image(&i.fingerprint)),
+                description: i.description().to_string(),
+                fingerprint: i.fingerprint,
+                aliases: i.aliases,
+            })
+            .collect())
+    }
+
+    /// Builds an image from a built-in recipe (`busybox`: from the host's busybox-static) and
+    /// returns its object. Options: `aliases` (as). Building the same bytes again is not an
+    /// error: the existing image gets the aliases.
+    #[zbus(out_args("image"))]
+    async fn build_image(
+        &self,
+        recipe: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath> {
+        let mut o = Options::parse("BuildImage", options, &[("aliases", "as")])?;
+        let aliases = o.strings("aliases")?.unwrap_or_default();
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &recipe), ("verb", "build")]).await?;
+        let (img, _) = self.ctx.engine.build_image(&recipe, aliases).await?;
+        export_image(conn, &self.ctx, &img.fingerprint).await?;
+        Ok(path(paths::image(&img.fingerprint)))
+    }
+
+    /// berth's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn version(&self) -> String {
+        self.ctx.engine.host().version.clone()
+    }
+
+    /// Whether stateful snapshots and stops (CRIU) can work on this host.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn stateful_supported(&self) -> bool {
+        self.ctx.engine.host().stateful_supported
+    }
+
+    /// Why not, when they cannot.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn stateful_unsupported_reason(&self) -> String {
+        self.ctx.engine.host().stateful_unsupported_reason.clone()
+    }
+
+    /// 1 (v1 or hybrid) or 2.
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn cgroup_version(&self) -> u32 {
+        self.ctx.engine.host().cgroup_version
+    }
+
+    /// Driver of the default storage pool (`btrfs` or `dir`).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn storage_driver(&self) -> String {
+        self.ctx.engine.host().storage_driver.clone()
+    }
+
+    /// A container was created.
+    #[zbus(signal)]
+    pub async fn container_new(emitter: &SignalEmitter<'_>, name: &str, container: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// A container was deleted.
+    #[zbus(signal)]
+    pub async fn container_removed(emitter: &SignalEmitter<'_>, name: &str, container: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// An image was added.
+    #[zbus(signal)]
+    pub async fn image_new(emitter: &SignalEmitter<'_>, fingerprint: &str, image: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// An image was removed.
+    #[zbus(signal)]
+    pub async fn image_removed(emitter: &SignalEmitter<'_>, fingerprint: &str, image: ObjectPath<'_>) -> zbus::Result<()>;
+}

@@ -1,0 +1,179 @@
+//! The D-Bus service: the Manager at `/org/berth/Berth1` (with the ObjectManager), one object
+//! per container and per image, and the projector that turns engine events into exported
+//! objects, signals and PropertiesChanged.
+//!
+//! Methods are thin: authorize, send one engine call, map the result through the error table.
+
+pub mod container;
+pub mod image;
+pub mod manager;
+pub mod options;
+
+use crate::auth::{Authorizer, Caller};
+use crate::errors::Error;
+use crate::paths;
+use berth_actors::{Engine, Event};
+use std::collections::HashMap;
+use std::sync::Arc;
+use zbus::message::{Flags, Header};
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, OwnedObjectPath, Variant, fdo};
+use zbus_polkit::policykit1::Subject;
+
+/// What every object needs: the engine and the authorizer.
+#[derive(Clone)]
+pub struct Context {
+    /// The engine.
+    pub engine: Engine,
+    /// Authorization.
+    pub auth: Arc<dyn Authorizer>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Checks `action` for the sender of `header` with `details` (always including `verb`).
+    pub async fn authorize(&self, header: &Header<'_>, action: &str, details: &[(&str, &str)]) -> Result<(), Error> {
+        let caller = Caller {
+            subject: Subject::new_for_message_header(header).ok(),
+            bus_name: header.sender().map(|s| s.to_string()),
+            uid: if header.sender().is_none() { Some(current_uid()) } else { None },
+            interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
+        };
+        self.auth.check(&caller, action, details).await
+    }
+}
+
+/// On a peer-to-peer connection (tests) there is no bus to ask: the peer is trusted as the
+/// connection's own user, which is what the socket's permissions allowed.
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no failure mode.
+    unsafe { libc::getuid() }
+}
+
+/// An object path from a string we built.
+pub(crate) fn path(p: String) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(p).expect("berth builds valid object paths")
+}
+
+/// Exports the Manager, the ObjectManager and every existing object, and starts the
+/// projector. Call before requesting the bus name.
+pub async fn serve(conn: &Connection, ctx: Context) -> Result<(), Error> {
+    // Subscribe before listing so that nothing created in between is missed.
+    let events = ctx.engine.subscribe();
+    let server = conn.object_server();
+    server.at(paths::ROOT, fdo::ObjectManager).await?;
+    server.at(paths::ROOT, manager::ManagerIface::new(ctx.clone())).await?;
+    resync(conn, &ctx).await?;
+    tokio::spawn(project(conn.clone(), ctx, events));
+    Ok(())
+}
+
+async fn export_container(conn: &Connection, ctx: &Context, name: &str) -> zbus::Result<bool> {
+    let added = conn
+        .object_server()
+        .at(paths::container(name), container::ContainerIface::new(ctx.clone(), name.to_string()))
+        .await?;
+    Ok(added.is_none())
+}
+
+async fn export_image(conn: &Connection, ctx: &Context, fp: &str) -> zbus::Result<bool> {
+    let added = conn.object_server().at(paths::image(fp), image::ImageIface::new(ctx.clone(), fp.to_string())).await?;
+    Ok(added.is_none())
+}
+
+/// Makes the exported objects match the engine (startup, and after missed events).
+async fn resync(conn: &Connection, ctx: &Context) -> Result<(), Error> {
+    let containers = ctx.engine.list_containers().await?;
+    let images = ctx.engine.list_images().await?;
+    for c in &containers {
+        export_container(conn, ctx, &c.name).await?;
+    }
+    for i in &images {
+        export_image(conn, ctx, &i.fingerprint).await?;
+    }
+    Ok(())
+}
+
+/// Projects engine events onto the bus.
+async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadcast::Receiver<Event>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Ok(root) = SignalEmitter::new(&conn, paths::ROOT) else { return };
+    loop {
+        let ev = match events.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("the D-Bus projector missed {n} events; resynchronizing");
+                if let Err(e) = resync(&conn, &ctx).await {
+                    tracing::error!("resync: {e}");
+                }
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if let Err(e) = project_one(&conn, &ctx, &root, ev).await {
+            tracing::warn!("projecting an event: {e}");
+        }
+    }
+}
+
+async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>, ev: Event) -> zbus::Result<()> {
+    match ev {
+        Event::ContainerCreated { name } => {
+            export_container(conn, ctx, &name).await?;
+            let p = path(paths::container(&name));
+            manager::ManagerIface::container_new(root, &name, p.as_ref()).await?;
+        }
+        Event::ContainerChanged { name, status, init_pid } => {
+            let p = paths::container(&name);
+            if conn.object_server().interface::<_, container::ContainerIface>(p.as_str()).await.is_ok() {
+                let emitter = SignalEmitter::new(conn, p)?;
+                let changed = HashMap::from([
+                    ("Status", Variant::from(status.as_str())),
+                    ("InitPid", Variant::from(init_pid)),
+                ]);
+                fdo::Properties::properties_changed(
+                    &emitter,
+                    container::INTERFACE.try_into()?,
+                    changed,
+                    std::borrow::Cow::Borrowed(&[]),
+                )
+                .await?;
+            }
+        }
+        Event::ContainerConfigChanged { name } => {
+            let p = paths::container(&name);
+            if let Ok(iface) = conn.object_server().interface::<_, container::ContainerIface>(p.as_str()).await {
+                let emitter = iface.signal_emitter().clone();
+                let g = iface.get().await;
+                g.config_changed(&emitter).await?;
+                g.expanded_config_changed(&emitter).await?;
+            }
+        }
+        Event::ContainerRemoved { name } => {
+            let p = paths::container(&name);
+            match conn.object_server().remove::<container::ContainerIface, _>(p.as_str()).await {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Err(e) => return Err(e),
+            }
+            manager::ManagerIface::container_removed(root, &name, path(p).as_ref()).await?;
+        }
+        Event::ImageAdded { fingerprint } => {
+            export_image(conn, ctx, &fingerprint).await?;
+            manager::ManagerIface::image_new(root, &fingerprint, path(paths::image(&fingerprint)).as_ref()).await?;
+        }
+        Event::ImageRemoved { fingerprint } => {
+            let p = paths::image(&fingerprint);
+            match conn.object_server().remove::<image::ImageIface, _>(p.as_str()).await {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Err(e) => return Err(e),
+            }
+            manager::ManagerIface::image_removed(root, &fingerprint, path(p).as_ref()).await?;
+        }
+    }
+    Ok(())
+}
