@@ -1,5 +1,5 @@
 //! The real [`Runtime`]: containers run under per-container monitor processes (started as
-//! `berthd monitor <name>`), storage lives in the pool, cgroups in the host's hierarchies.
+//! `berth-monitor <name>`), storage lives in the pool, cgroups in the host's hierarchies.
 //! Blocking runtime calls run on tokio's blocking pool; monitors are spoken to asynchronously
 //! over their SOCK_SEQPACKET sockets.
 
@@ -27,7 +27,7 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Runtime directory (`/run/berth`).
     pub run_dir: PathBuf,
-    /// The berthd binary, run as `<exe> monitor <name>`.
+    /// The berth-monitor binary, run as `<exe> <name>`.
     pub exe: PathBuf,
     /// Name of the parent cgroup (`berth`).
     pub cgroup_parent: String,

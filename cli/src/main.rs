@@ -1,1 +1,555 @@
-fn main() {}
+//! `berth`: the command-line client of berthd, over D-Bus. lxc/incus users should feel at home:
+//! `berth launch busybox c1`, `berth exec c1 -- sh`, `berth list`.
+
+mod term;
+
+use berth_interfaces::client::{ContainerProxy, ImageProxy, ManagerProxy, error_parts};
+use berth_interfaces::wire::{ContainerEntry, ImageEntry};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, OwnedObjectPath, Variant};
+
+#[derive(Parser, Debug)]
+#[command(name = "berth", version, about = "Manage berth system containers", disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a container from an image and start it.
+    Launch(CreateArgs),
+    /// Create a container from an image without starting it.
+    Init(CreateArgs),
+    /// Start containers.
+    Start {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Succeed when a container already runs (for units and scripts).
+        #[arg(long)]
+        if_needed: bool,
+    },
+    /// Stop containers (gracefully, then kill after the timeout).
+    Stop {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill at once.
+        #[arg(short, long)]
+        force: bool,
+        /// Seconds to wait for a graceful stop before killing.
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Succeed when a container is already stopped (for units and scripts).
+        #[arg(long)]
+        if_needed: bool,
+    },
+    /// Restart containers.
+    Restart {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill instead of a graceful stop.
+        #[arg(short, long)]
+        force: bool,
+        /// Seconds to wait for a graceful stop before killing.
+        #[arg(long)]
+        timeout: Option<u32>,
+    },
+    /// Delete containers.
+    #[command(alias = "rm")]
+    Delete {
+        /// Containers.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop (kill) running containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List containers.
+    #[command(alias = "ls")]
+    List {
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show a container.
+    Info {
+        /// Container.
+        name: String,
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Run a command in a container; its exit status becomes berth's.
+    Exec {
+        /// Container.
+        name: String,
+        /// Environment variables (KEY=VALUE), repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// uid[:gid] inside the container (default 0).
+        #[arg(long, value_name = "UID[:GID]")]
+        user: Option<String>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Force a terminal.
+        #[arg(short = 't', long = "force-interactive", conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never allocate a terminal.
+        #[arg(short = 'T', long = "force-noninteractive")]
+        no_tty: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct CreateArgs {
+    /// Image alias, fingerprint or unique fingerprint prefix.
+    image: String,
+    /// Container name (default: berth picks one).
+    name: Option<String>,
+    /// Config key=value, repeatable.
+    #[arg(short, long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
+    /// Profiles to apply (default: default), repeatable.
+    #[arg(short, long = "profile")]
+    profile: Vec<String>,
+    /// Delete the container when it stops.
+    #[arg(short, long)]
+    ephemeral: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// List images.
+    #[command(alias = "ls")]
+    List {
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Build an image from a built-in recipe (busybox).
+    Build {
+        /// Recipe.
+        recipe: String,
+        /// Alias to give it, repeatable.
+        #[arg(long)]
+        alias: Vec<String>,
+    },
+    /// Show an image.
+    Info {
+        /// Alias, fingerprint or prefix.
+        reference: String,
+    },
+    /// Delete images.
+    #[command(alias = "rm")]
+    Delete {
+        /// Aliases, fingerprints or prefixes.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+}
+
+/// A failure: message and exit code.
+struct Fail(String, u8);
+
+impl From<zbus::Error> for Fail {
+    fn from(e: zbus::Error) -> Self {
+        match error_parts(&e) {
+            Some((name, msg)) if name.starts_with("org.freedesktop.DBus.Error.ServiceUnknown") || name.ends_with(".NameHasNoOwner") => {
+                Fail(format!("berthd is not running and could not be started ({msg})"), 1)
+            }
+            Some((name, msg)) => {
+                let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+                Fail(if msg.is_empty() { short } else { format!("{msg} ({short})") }, 1)
+            }
+            None => Fail(format!("cannot talk to berthd: {e}"), 1),
+        }
+    }
+}
+
+type R<T> = Result<T, Fail>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(msg, code)) => {
+            eprintln!("berth: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> R<u8> {
+    let conn = Connection::system().await.map_err(|e| Fail(format!("cannot reach the system bus: {e}"), 1))?;
+    let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await?;
+    match cli.cmd {
+        Cmd::Launch(a) => create(&conn, &m, a, true).await,
+        Cmd::Init(a) => create(&conn, &m, a, false).await,
+        Cmd::Start { names, if_needed } => {
+            each(&conn, &m, &names, |c| async move { tolerate(c.start(&HashMap::new()).await, if_needed) }).await
+        }
+        Cmd::Stop { names, force, timeout, if_needed } => {
+            let o = stop_opts(force, timeout);
+            each(&conn, &m, &names, |c| {
+                let o = o.clone();
+                async move { tolerate(c.stop(&o).await, if_needed) }
+            })
+            .await
+        }
+        Cmd::Restart { names, force, timeout } => {
+            let o = stop_opts(force, timeout);
+            each(&conn, &m, &names, |c| {
+                let o = o.clone();
+                async move { c.restart(&o).await }
+            })
+            .await
+        }
+        Cmd::Delete { names, force } => {
+            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+            if force {
+                o.insert("force", true.into());
+            }
+            for n in &names {
+                m.delete_container(n, &o).await?;
+            }
+            Ok(0)
+        }
+        Cmd::List { format } => list(&m, format).await,
+        Cmd::Info { name, format } => info(&conn, &m, &name, format).await,
+        Cmd::Exec { name, env, user, cwd, tty, no_tty, command } => {
+            exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await
+        }
+        Cmd::Image(cmd) => image(&conn, &m, cmd).await,
+    }
+}
+
+/// With `--if-needed`, "already in that state" (InvalidState) is success.
+fn tolerate(r: zbus::Result<()>, if_needed: bool) -> zbus::Result<()> {
+    match r {
+        Err(e) if if_needed && error_parts(&e).is_some_and(|(n, _)| n == "org.berth.Berth1.Error.InvalidState") => Ok(()),
+        other => other,
+    }
+}
+
+fn stop_opts(force: bool, timeout: Option<u32>) -> HashMap<&'static str, Variant<'static>> {
+    let mut o = HashMap::new();
+    if force {
+        o.insert("force", Variant::from(true));
+    }
+    if let Some(t) = timeout {
+        o.insert("timeout", Variant::from(t));
+    }
+    o
+}
+
+async fn container<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, name: &str) -> R<ContainerProxy<'a>> {
+    let path = m.get_container(name).await?;
+    container_at(conn, path).await
+}
+
+async fn container_at(conn: &Connection, path: OwnedObjectPath) -> R<ContainerProxy<'_>> {
+    Ok(ContainerProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
+}
+
+async fn each<'c, F, Fut>(conn: &'c Connection, m: &ManagerProxy<'_>, names: &[String], f: F) -> R<u8>
+where
+    F: Fn(ContainerProxy<'c>) -> Fut,
+    Fut: std::future::Future<Output = zbus::Result<()>>,
+{
+    for n in names {
+        let c = container(conn, m, n).await?;
+        f(c).await?;
+    }
+    Ok(0)
+}
+
+fn parse_kv(items: &[String], what: &str) -> R<HashMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(Fail(format!("{what} {kv:?} is not KEY=VALUE"), 2)),
+        })
+        .collect()
+}
+
+async fn create(conn: &Connection, m: &ManagerProxy<'_>, a: CreateArgs, start: bool) -> R<u8> {
+    let config = parse_kv(&a.config, "config")?;
+    let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+    if !config.is_empty() {
+        o.insert("config", config.clone().into());
+    }
+    if !a.profile.is_empty() {
+        o.insert("profiles", a.profile.clone().into());
+    }
+    if a.ephemeral {
+        o.insert("ephemeral", true.into());
+    }
+    let name = a.name.unwrap_or_default();
+    if !name.is_empty() {
+        println!("Creating {name}");
+    }
+    let path = m.create_container(&name, &a.image, &o).await?;
+    let c = container_at(conn, path).await?;
+    let actual = c.name().await?;
+    if name.is_empty() {
+        println!("Creating {actual}");
+    }
+    if start {
+        println!("Starting {actual}");
+        c.start(&HashMap::new()).await?;
+    }
+    Ok(0)
+}
+
+fn short_image(fp: &str, images: &[ImageEntry]) -> String {
+    images
+        .iter()
+        .find(|i| i.fingerprint == fp)
+        .and_then(|i| i.aliases.first().cloned())
+        .unwrap_or_else(|| fp.chars().take(12).collect())
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+async fn list(m: &ManagerProxy<'_>, format: Format) -> R<u8> {
+    let list: Vec<ContainerEntry> = m.list_containers().await?;
+    let images = m.list_images().await?;
+    match format {
+        Format::Json => {
+            let v: Vec<serde_json::Value> = list
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "name": c.name, "status": c.status, "image": c.image,
+                        "image_alias": images.iter().find(|i| i.fingerprint == c.image).and_then(|i| i.aliases.first()),
+                        "path": c.path.as_str(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> =
+                list.iter().map(|c| vec![c.name.clone(), c.status.to_uppercase(), short_image(&c.image, &images)]).collect();
+            table(&["NAME", "STATUS", "IMAGE"], &rows);
+        }
+    }
+    Ok(0)
+}
+
+async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Format) -> R<u8> {
+    let c = container(conn, m, name).await?;
+    let images = m.list_images().await?;
+    let (status, pid, image, created, eph, profiles, config, arch) = (
+        c.status().await?,
+        c.init_pid().await?,
+        c.image().await?,
+        c.created_at().await?,
+        c.ephemeral().await?,
+        c.profiles().await?,
+        c.config().await?,
+        c.architecture().await?,
+    );
+    let mut config: Vec<(String, String)> = config.into_iter().collect();
+    config.sort();
+    if format == Format::Json {
+        let v = serde_json::json!({
+            "name": name, "status": status, "init_pid": pid, "image": image, "created_at_us": created,
+            "ephemeral": eph, "profiles": profiles, "architecture": arch,
+            "config": config.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
+    println!("Name: {name}");
+    println!("Status: {}", status.to_uppercase());
+    println!("Init PID: {}", if pid == 0 { "-".to_string() } else { pid.to_string() });
+    println!("Image: {} ({image})", short_image(&image, &images));
+    println!("Architecture: {arch}");
+    println!("Created: {}", fmt_time(created));
+    println!("Ephemeral: {eph}");
+    println!("Profiles: {}", profiles.join(", "));
+    println!("Config:");
+    for (k, v) in config {
+        println!("  {k}: {v}");
+    }
+    Ok(0)
+}
+
+fn fmt_time(us: u64) -> String {
+    let secs = (us / 1_000_000) as i64;
+    // civil-from-days (UTC), no extra dependency
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exec(
+    conn: &Connection,
+    m: &ManagerProxy<'_>,
+    name: &str,
+    env: Vec<String>,
+    user: Option<String>,
+    cwd: Option<String>,
+    force_tty: bool,
+    no_tty: bool,
+    command: Vec<String>,
+) -> R<u8> {
+    let env = parse_kv(&env, "environment variable")?;
+    let (uid, gid) = match user.as_deref() {
+        None => (None, None),
+        Some(u) => {
+            let (a, b) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
+            let uid: u32 = a.parse().map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))?;
+            let gid: Option<u32> = b
+                .map(|g| g.parse().map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2)))
+                .transpose()?;
+            (Some(uid), gid)
+        }
+    };
+    let c = container(conn, m, name).await?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let tty = !no_tty && (force_tty || (stdin.is_terminal() && stdout.is_terminal()));
+    let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+    o.insert("stdin", zbus::Fd::from(&stdin).into());
+    o.insert("stdout", zbus::Fd::from(&stdout).into());
+    o.insert("stderr", zbus::Fd::from(&stderr).into());
+    if !env.is_empty() {
+        o.insert("env", env.into());
+    }
+    if let Some(d) = cwd {
+        o.insert("cwd", d.into());
+    }
+    if let Some(u) = uid {
+        o.insert("uid", u.into());
+    }
+    if let Some(g) = gid {
+        o.insert("gid", g.into());
+    }
+    let _raw = if tty {
+        let (rows, cols) = term::size().unwrap_or((24, 80));
+        o.insert("tty", true.into());
+        o.insert("rows", u32::from(rows).into());
+        o.insert("columns", u32::from(cols).into());
+        term::RawMode::enter()
+    } else {
+        None
+    };
+    let argv: Vec<&str> = command.iter().map(String::as_str).collect();
+    let code = c.exec(&argv, &o).await?;
+    Ok(code.clamp(0, 255) as u8)
+}
+
+async fn image_at(conn: &Connection, path: OwnedObjectPath) -> R<ImageProxy<'_>> {
+    Ok(ImageProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
+}
+
+async fn image(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) -> R<u8> {
+    match cmd {
+        ImageCmd::List { format } => {
+            let images = m.list_images().await?;
+            if format == Format::Json {
+                let v: Vec<serde_json::Value> = images
+                    .iter()
+                    .map(|i| serde_json::json!({"fingerprint": i.fingerprint, "aliases": i.aliases, "description": i.description, "path": i.path.as_str()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| vec![i.aliases.join(","), i.fingerprint.chars().take(12).collect(), i.description.clone()])
+                    .collect();
+                table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
+            }
+            Ok(0)
+        }
+        ImageCmd::Build { recipe, alias } => {
+            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+            if !alias.is_empty() {
+                o.insert("aliases", alias.into());
+            }
+            let path = m.build_image(&recipe, &o).await?;
+            let img = image_at(conn, path).await?;
+            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
+            Ok(0)
+        }
+        ImageCmd::Info { reference } => {
+            let path = m.get_image(&reference).await?;
+            let img = image_at(conn, path).await?;
+            println!("Fingerprint: {}", img.fingerprint().await?);
+            println!("Aliases: {}", img.aliases().await?.join(", "));
+            println!("Architecture: {}", img.architecture().await?);
+            println!("Size: {} bytes", img.size().await?);
+            let mut props: Vec<(String, String)> = img.properties().await?.into_iter().collect();
+            props.sort();
+            println!("Properties:");
+            for (k, v) in props {
+                println!("  {k}: {v}");
+            }
+            Ok(0)
+        }
+        ImageCmd::Delete { references } => {
+            for r in references {
+                let path = m.get_image(&r).await?;
+                let img = image_at(conn, path).await?;
+                img.delete().await?;
+            }
+            Ok(0)
+        }
+    }
+}

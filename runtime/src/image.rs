@@ -275,10 +275,8 @@ pub fn check_static(busybox: &Path) -> Result<()> {
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
         return Err(Error::Invalid(format!("{} is not an ELF binary", busybox.display())));
     }
-    // A dynamically linked binary names its interpreter (.interp), statically linked ones do not.
-    if data.windows(b"/lib64/ld-linux".len()).any(|w| w == b"/lib64/ld-linux")
-        || data.windows(b"ld-linux-".len()).any(|w| w == b"ld-linux-")
-    {
+    // A dynamically linked binary has a PT_INTERP program header naming its loader.
+    if has_interpreter(&data).ok_or_else(|| Error::Invalid(format!("{} is a malformed ELF file", busybox.display())))? {
         return Err(Error::Invalid(format!(
             "{} is dynamically linked; install busybox-static",
             busybox.display()
@@ -287,9 +285,55 @@ pub fn check_static(busybox: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether an ELF image has a PT_INTERP program header (None if malformed).
+fn has_interpreter(d: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    let le = match d.get(5)? {
+        1 => true,
+        2 => false,
+        _ => return None,
+    };
+    let u16_at = |o: usize| d.get(o..o + 2).map(|b| if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) });
+    let u32_at = |o: usize| {
+        d.get(o..o + 4).map(|b| {
+            let a = [b[0], b[1], b[2], b[3]];
+            if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+        })
+    };
+    let u64_at = |o: usize| {
+        d.get(o..o + 8).map(|b| {
+            let a = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+            if le { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) }
+        })
+    };
+    let (phoff, phentsize, phnum) = match d.get(4)? {
+        1 => (u32_at(0x1c)? as usize, u16_at(0x2a)? as usize, u16_at(0x2c)? as usize),
+        2 => (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize),
+        _ => return None,
+    };
+    for i in 0..phnum {
+        let off = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(off)? == PT_INTERP {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tells_static_from_dynamic() {
+        // this test binary is dynamically linked
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(has_interpreter(&me), Some(true));
+        assert_eq!(has_interpreter(b"\x7fELF"), None);
+        if let Ok(bb) = std::fs::read("/bin/busybox") {
+            assert_eq!(has_interpreter(&bb), Some(false), "busybox-static is static");
+        }
+    }
 
     #[test]
     fn metadata_requires_architecture_and_date() {

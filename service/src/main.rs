@@ -1,7 +1,61 @@
-//! berthd: the berth daemon (placeholder main while the daemon is built).
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("monitor") {
-        berth_runtime::monitor::main_stdio();
+//! berthd: the berth daemon. Owns `org.berth.Berth1` on the system bus, the SQLite state and
+//! the engine's actors; containers run under per-container monitors (the `berth-monitor`
+//! binary) that outlive the daemon.
+//!
+//! Usage:
+//!   berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME]
+//!          [--busybox PATH]
+//!   berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
+
+mod config;
+mod daemon;
+mod notify;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match config::parse(&args) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("berthd: {msg}\n\n{}", config::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match parsed {
+        config::Command::Help => {
+            println!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        config::Command::Version => {
+            println!("berthd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        config::Command::Init(opts) => match daemon::init_pool(&opts) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berthd init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        config::Command::Run(cfg) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berthd: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(daemon::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berthd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

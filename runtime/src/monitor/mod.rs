@@ -3,7 +3,7 @@
 //! answers berthd on a unix socket. It outlives berthd: berthd may exit, crash or be upgraded
 //! while containers keep running, and finds them again through their monitors' sockets.
 //!
-//! Lifecycle: berthd runs `berthd monitor <name>` with the [`ContainerSpec`] as JSON on stdin
+//! Lifecycle: berthd runs `berth-monitor <name>` with the [`ContainerSpec`] as JSON on stdin
 //! and reads one [`StartReport`] line from stdout. The process forks once (so it is no child of
 //! berthd), starts a new session, moves into the monitors' cgroup, binds its socket, starts the
 //! container and reports. When init is gone for good it writes `exit.json`, answers every
@@ -53,19 +53,19 @@ impl StartReport {
     }
 }
 
-/// Starts a monitor for `spec` by running `exe monitor <name>` and waits for its report.
+/// Starts a monitor for `spec` by running `exe <name>` (the berth-monitor binary) and waits for
+/// its report.
 /// Returns (init pid, monitor pid). Blocking; safe to call from a multi-threaded process.
 pub fn spawn(exe: &Path, spec: &ContainerSpec) -> Result<(i32, i32)> {
     use std::process::{Command, Stdio};
     std::fs::create_dir_all(&spec.run_dir).step(|| format!("create {}", spec.run_dir.display()))?;
     let mut child = Command::new(exe)
-        .arg("monitor")
         .arg(&spec.name)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .step(|| format!("run {} monitor", exe.display()))?;
+        .step(|| format!("run {}", exe.display()))?;
     let input = proto::encode(spec);
     {
         let mut stdin = child.stdin.take().ok_or_else(|| Error::Protocol("monitor stdin".into()))?;
@@ -84,7 +84,7 @@ pub fn spawn(exe: &Path, spec: &ContainerSpec) -> Result<(i32, i32)> {
     }
 }
 
-/// Entry point of `berthd monitor <name>`: never returns.
+/// Entry point of `berth-monitor <name>`: never returns.
 pub fn main_stdio() -> ! {
     let mut input = Vec::new();
     let spec: ContainerSpec = match std::io::stdin().read_to_end(&mut input).ok().and_then(|_| serde_json::from_slice(&input).ok()) {

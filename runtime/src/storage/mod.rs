@@ -325,6 +325,8 @@ pub fn probe_idmap(path: &Path) -> Result<()> {
     // is sound even from a multi-threaded process.
     match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a probe user namespace")? {
         crate::sys::Forked::Child => {
+            // our copy of the write end must go, or the read below never sees EOF
+            drop(w);
             let mut b = [0u8; 1];
             // SAFETY: reading one byte into a valid buffer.
             unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&r), b.as_mut_ptr().cast(), 1) };

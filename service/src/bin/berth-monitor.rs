@@ -1,0 +1,8 @@
+//! berth-monitor: the per-container monitor process (see berth_runtime::monitor). berthd runs
+//! `berth-monitor NAME` with the container's spec on stdin. It is a binary of its own so that
+//! tools aimed at berthd by name (`pkill berthd`, `pidof berthd`, a unit's KillMode) never hit
+//! the monitors, and so that each running container costs only this small process.
+
+fn main() {
+    berth_runtime::monitor::main_stdio();
+}

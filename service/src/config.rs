@@ -1,0 +1,146 @@
+//! berthd's command line.
+
+use std::path::PathBuf;
+
+/// Usage text.
+pub const USAGE: &str = "\
+usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
+              [--monitor PATH]
+       berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
+       berthd --version
+
+  --bus ADDRESS        D-Bus address to serve on (default: the activating bus, else
+                       $DBUS_SYSTEM_BUS_ADDRESS, else the system bus)
+  --state-dir DIR      database, images and the storage pool (default /var/lib/berth)
+  --run-dir DIR        sockets and runtime files (default /run/berth)
+  --cgroup-parent NAME cgroup under which containers live (default berth)
+  --busybox PATH       static busybox for the `busybox` image recipe (default /bin/busybox)
+  --monitor PATH       the berth-monitor binary (default: next to berthd, or ../libexec/berth/)
+  init                 create the default storage pool: btrfs (on a loop file when the state
+                       directory is not on btrfs) when btrfs-progs is installed, else dir";
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bus address override.
+    pub bus: Option<String>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Runtime directory.
+    pub run_dir: PathBuf,
+    /// cgroup parent name.
+    pub cgroup_parent: String,
+    /// busybox for the recipe.
+    pub busybox: PathBuf,
+    /// The berth-monitor binary (None = look next to berthd).
+    pub monitor: Option<PathBuf>,
+}
+
+/// `berthd init` settings.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Requested driver.
+    pub storage: Option<String>,
+    /// Loop file size in bytes.
+    pub size: Option<u64>,
+}
+
+/// What to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run(Config),
+    /// Create the storage pool.
+    Init(InitOptions),
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses arguments (without argv[0]).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut cfg = Config {
+        bus: None,
+        state_dir: "/var/lib/berth".into(),
+        run_dir: "/run/berth".into(),
+        cgroup_parent: "berth".into(),
+        busybox: "/bin/busybox".into(),
+        monitor: None,
+    };
+    let mut init: Option<InitOptions> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--version" => return Ok(Command::Version),
+            "init" if init.is_none() => {
+                init = Some(InitOptions { state_dir: cfg.state_dir.clone(), storage: None, size: None })
+            }
+            "--bus" => cfg.bus = Some(val("--bus")?),
+            "--state-dir" => cfg.state_dir = val("--state-dir")?.into(),
+            "--run-dir" => cfg.run_dir = val("--run-dir")?.into(),
+            "--busybox" => cfg.busybox = val("--busybox")?.into(),
+            "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
+            "--cgroup-parent" => {
+                let v = val("--cgroup-parent")?;
+                if v.is_empty() || v.contains('/') || v.starts_with('.') || v.len() > 64 {
+                    return Err(format!("invalid cgroup parent {v:?}"));
+                }
+                cfg.cgroup_parent = v;
+            }
+            "--storage" if init.is_some() => {
+                let v = val("--storage")?;
+                if v != "btrfs" && v != "dir" {
+                    return Err(format!("unknown storage driver {v:?} (btrfs or dir)"));
+                }
+                init.as_mut().map(|i| i.storage = Some(v));
+            }
+            "--size" if init.is_some() => {
+                let v = val("--size")?;
+                let n = berth_actors::config::parse_size(&v).ok_or_else(|| format!("invalid size {v:?}"))?;
+                if n < 256 << 20 {
+                    return Err("a btrfs pool needs at least 256MiB".into());
+                }
+                init.as_mut().map(|i| i.size = Some(n));
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(match init {
+        Some(mut i) => {
+            i.state_dir = cfg.state_dir;
+            Command::Init(i)
+        }
+        None => Command::Run(cfg),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Command, String> {
+        parse(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses() {
+        match p(&["--state-dir", "/x", "--cgroup-parent", "t1"]).unwrap() {
+            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str()), (PathBuf::from("/x"), "t1")),
+            other => panic!("{other:?}"),
+        }
+        match p(&["init", "--storage", "dir", "--state-dir", "/s"]).unwrap() {
+            Command::Init(i) => assert_eq!((i.storage.as_deref(), i.state_dir), (Some("dir"), PathBuf::from("/s"))),
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["--cgroup-parent", "../x"]).is_err());
+        assert!(p(&["init", "--storage", "zfs"]).is_err());
+        assert!(p(&["init", "--size", "1MiB"]).is_err());
+        assert!(p(&["--bus"]).is_err());
+        assert!(p(&["--nope"]).is_err());
+    }
+}
