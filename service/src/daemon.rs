@@ -108,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     ensure_dir(&cfg.state_dir, 0o711)?;
     ensure_dir(&cfg.run_dir, 0o711)?;

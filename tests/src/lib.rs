@@ -1,1 +1,455 @@
-//! placeholder
+//! End-to-end test harness: a private "system" bus (dbus-daemon with `<type>system</type>`),
+//! a real polkitd on it, berthd D-Bus-activated from the build directory with its own state
+//! and runtime directories and cgroup parent, and the real `berth` CLI and `busctl`.
+//!
+//! Every [`Env`] cleans up when dropped, also after a failed assertion: containers are deleted
+//! through berthd, then anything left in its cgroups is killed, its cgroups removed, the pool
+//! unmounted, the daemons stopped and the directory removed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Which storage pool a test environment gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Plain directories.
+    Dir,
+    /// A loop-backed btrfs file of 1 GiB.
+    Btrfs,
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Where the workspace's binaries were built (`BERTH_BIN_DIR` overrides).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BERTH_BIN_DIR") {
+        return d.into();
+    }
+    // tests run from target/<profile>/deps/<test>-<hash>
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} is missing: build the workspace's binaries first (make test does)", p.display());
+    p
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// One isolated berth installation on a private bus.
+#[derive(Debug)]
+pub struct Env {
+    /// The environment's directory.
+    pub dir: PathBuf,
+    /// The bus address.
+    pub bus: String,
+    /// berthd's state directory.
+    pub state: PathBuf,
+    /// berthd's runtime directory.
+    pub run: PathBuf,
+    /// The cgroup parent of this environment's containers.
+    pub cgroup_parent: String,
+    dbus: Option<Child>,
+    polkitd: Option<Child>,
+}
+
+impl Env {
+    /// A fresh environment with a pool of the given kind. berthd is not running yet: the
+    /// first call to `org.berth.Berth1` activates it.
+    pub fn new(storage: Storage) -> Env {
+        check_installed_policy();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}-{n}", std::process::id());
+        let dir = PathBuf::from(format!("/tmp/berth-e2e-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("services")).unwrap();
+        set_mode(&dir, 0o755);
+        let bus = format!("unix:path={}/bus.sock", dir.display());
+        let mut env = Env {
+            state: dir.join("state"),
+            run: dir.join("run"),
+            cgroup_parent: format!("berth-e2e-{id}"),
+            bus,
+            dir,
+            dbus: None,
+            polkitd: None,
+        };
+        env.write_bus_config();
+        env.start_bus();
+        env.start_polkitd();
+        env.init_pool(storage);
+        env.ok(&["image", "build", "busybox", "--alias", "busybox"]);
+        env
+    }
+
+    fn write_bus_config(&self) {
+        let conf = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={dir}/bus.sock</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{dir}/services</servicedir>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include ignore_missing="yes">/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>
+  <include>{repo}/systemd/org.berth.Berth1.conf</include>
+</busconfig>
+"#,
+            dir = self.dir.display(),
+            repo = repo().display()
+        );
+        std::fs::write(self.dir.join("bus.conf"), conf).unwrap();
+        let service = format!(
+            "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --monitor {monitor}\nUser=root\n",
+            berthd = bin("berthd").display(),
+            monitor = bin("berth-monitor").display(),
+            state = self.state.display(),
+            run = self.run.display(),
+            cg = self.cgroup_parent,
+        );
+        std::fs::write(self.dir.join("services/org.berth.Berth1.service"), service).unwrap();
+    }
+
+    fn start_bus(&mut self) {
+        let log = std::fs::File::create(self.dir.join("daemons.log")).unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", self.dir.join("bus.conf").display()))
+            .arg("--nofork")
+            .arg("--nopidfile")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dbus-daemon (install with scripts/setup)");
+        self.dbus = Some(child);
+        wait_for(Duration::from_secs(10), "the private bus", || self.dir.join("bus.sock").exists());
+    }
+
+    fn start_polkitd(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("daemons.log")).unwrap();
+        let child = Command::new("/usr/lib/polkit-1/polkitd")
+            .arg("--no-debug")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("polkitd (install with scripts/setup)");
+        self.polkitd = Some(child);
+        wait_for(Duration::from_secs(10), "polkitd", || self.name_owned("org.freedesktop.PolicyKit1"));
+    }
+
+    fn init_pool(&self, storage: Storage) {
+        let mut cmd = Command::new(bin("berthd"));
+        cmd.arg("init").arg("--state-dir").arg(&self.state);
+        match storage {
+            Storage::Dir => cmd.args(["--storage", "dir"]),
+            Storage::Btrfs => cmd.args(["--storage", "btrfs", "--size", "1GiB"]),
+        };
+        let out = run(&mut cmd, Duration::from_secs(60));
+        assert!(out.status.success(), "berthd init: {}", text(&out.stderr));
+    }
+
+    /// Whether `name` has an owner on the private bus.
+    pub fn name_owned(&self, name: &str) -> bool {
+        let out = self.busctl(&["call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner", "s", name]);
+        text(&out.stdout).trim() == "b true"
+    }
+
+    /// Runs the `berth` CLI against this environment.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        self.berth_stdin(args, None)
+    }
+
+    /// Runs the CLI with `input` on stdin.
+    pub fn berth_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(bin("berth"));
+        cmd.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus);
+        run_input(&mut cmd, input, Duration::from_secs(120))
+    }
+
+    /// Runs the CLI and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.berth(args);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}): {}\n{}",
+            out.status,
+            text(&out.stderr),
+            self.daemon_log_tail()
+        );
+        text(&out.stdout)
+    }
+
+    /// `busctl --address=… ARGS`.
+    pub fn busctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", self.bus)).args(args);
+        run(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// `busctl` as another user (by name).
+    pub fn busctl_as(&self, user: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", user, "--regid", user, "--clear-groups", "busctl"])
+            .arg(format!("--address={}", self.bus))
+            .args(args);
+        run(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// `gdbus call` as another user (it prints error names): `dest path method args…`.
+    pub fn gdbus_call_as(&self, user: &str, path: &str, method: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid", user, "--regid", user, "--clear-groups", "gdbus", "call"])
+            .arg(format!("--address={}", self.bus))
+            .args(["--dest", "org.berth.Berth1", "--object-path", path, "--method", method])
+            .args(args);
+        run(&mut cmd, Duration::from_secs(60))
+    }
+
+    /// berthd's pid, asked from the bus.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        let out = self.busctl(&[
+            "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID", "s", "org.berth.Berth1",
+        ]);
+        text(&out.stdout).trim().strip_prefix("u ").and_then(|p| p.parse().ok())
+    }
+
+    /// The last lines of the daemons' log (dbus-daemon passes activated berthd's stderr on).
+    pub fn daemon_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemons.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().rev().take(30).collect();
+        format!("--- daemons.log (tail) ---\n{}", lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
+    /// A container's init pid from `berth info --format json`.
+    pub fn init_pid(&self, name: &str) -> u32 {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
+        v["init_pid"].as_u64().unwrap() as u32
+    }
+
+    /// A container's status.
+    pub fn status(&self, name: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    /// The storage pool's mount point / directory.
+    pub fn pool(&self) -> PathBuf {
+        self.state.join("pool")
+    }
+
+    /// Host cgroup directories of a container (one per hierarchy).
+    pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        cgroup_mounts().into_iter().map(|m| m.join(&self.cgroup_parent).join(name)).collect()
+    }
+
+    /// Pids of processes whose cgroup path mentions this environment.
+    pub fn processes(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            if let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                && cg.contains(&format!("/{}/", self.cgroup_parent))
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Mounts whose source or target mentions `needle`.
+    pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // 1. through berthd, as a user would
+        let list = self.berth(&["list", "--format", "json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&list.stdout)
+            && let Some(arr) = v.as_array()
+        {
+            for c in arr {
+                if let Some(n) = c["name"].as_str() {
+                    let _ = self.berth(&["delete", "--force", n]);
+                }
+            }
+        }
+        // 2. berthd itself
+        if let Some(pid) = self.daemon_pid() {
+            kill(pid, libc::SIGKILL);
+        }
+        // 3. anything left in this environment's cgroups (monitors included), then the cgroups
+        for _ in 0..3 {
+            for pid in self.processes() {
+                kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for m in cgroup_mounts() {
+            for d in [m.join(&self.cgroup_parent), m.join(format!("{}.monitor", self.cgroup_parent))] {
+                remove_cgroup_tree(&d);
+            }
+        }
+        // 4. the pool (a loop-backed btrfs detaches its loop device when unmounted)
+        let pool = self.pool();
+        let c = std::ffi::CString::new(pool.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: umount2 with a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        // 5. the daemons
+        for child in [self.polkitd.take(), self.dbus.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("BERTH_KEEP_E2E").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Host cgroup mount points (v1 hierarchies and the v2 tree).
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mountpoint = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mountpoint))
+        })
+        .collect()
+}
+
+fn remove_cgroup_tree(d: &Path) {
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(d);
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we identified as ours.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The polkit policy polkitd reads must be the repository's (scripts/setup installs it).
+fn check_installed_policy() {
+    let ours = std::fs::read(repo().join("polkit/org.berth.Berth1.policy")).unwrap();
+    let installed = std::fs::read("/usr/share/polkit-1/actions/org.berth.Berth1.policy").unwrap_or_default();
+    assert!(ours == installed, "the installed polkit policy differs from polkit/org.berth.Berth1.policy: run scripts/setup");
+}
+
+/// Output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `f` until true or the timeout.
+pub fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command with a timeout (killing it on expiry).
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    run_input(cmd, None, timeout)
+}
+
+/// Runs a command with optional stdin and a timeout.
+pub fn run_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(data) = input {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(data).unwrap();
+    }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{cmd:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
+}
+
+/// Creates a system user for polkit tests if it does not exist; returns its name.
+pub fn unprivileged_user() -> &'static str {
+    const USER: &str = "berth-e2e";
+    let exists = Command::new("id").arg(USER).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+    if !exists {
+        let out = run(
+            Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER]),
+            Duration::from_secs(30),
+        );
+        // a parallel test may have created it meanwhile
+        assert!(
+            out.status.success() || text(&out.stderr).contains("already exists"),
+            "useradd: {}",
+            text(&out.stderr)
+        );
+    }
+    USER
+}

@@ -1,0 +1,305 @@
+//! End-to-end: a private system bus, real polkitd, berthd by D-Bus activation, real
+//! unprivileged containers, the real CLI and busctl. Runs as root (CI is root).
+
+use berth_tests::{Env, Storage, text, unprivileged_user, wait_for};
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    root
+}
+
+/// Everything about one container, as a user would check it.
+fn lifecycle(storage: Storage) {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(storage);
+    env.ok(&["launch", "busybox", "c1"]);
+    assert_eq!(env.status("c1"), "Running");
+
+    // a whole system: busybox init is PID 1, in its own namespaces, as the mapped root
+    let cmdline = env.ok(&["exec", "c1", "--", "cat", "/proc/1/cmdline"]);
+    assert!(cmdline.starts_with("init"), "{cmdline:?}");
+    assert_eq!(env.ok(&["exec", "c1", "--", "hostname"]).trim(), "c1");
+    assert_eq!(env.ok(&["exec", "c1", "--", "id", "-u"]).trim(), "0");
+    let init = env.init_pid("c1");
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().nth(1).unwrap().parse::<u32>().unwrap() >= 100_000, "init runs as a mapped uid: {uid_line}");
+    for ns in ["mnt", "pid", "net", "uts", "ipc", "user", "cgroup"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+        let cont = std::fs::read_link(format!("/proc/{init}/ns/{ns}")).unwrap();
+        assert_ne!(host, cont, "{ns} namespace is the host's");
+    }
+    // its own cgroup in every hierarchy
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        assert!(line.ends_with(&format!("/{}/c1", env.cgroup_parent)), "init outside its cgroup: {line}");
+    }
+    // a trimmed bounding set: no sys_module (16), sys_rawio (17), sys_time (25), mac_* (32, 33)
+    let capbnd = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap();
+    let bits = u64::from_str_radix(capbnd.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    for cap in [16, 17, 25, 32, 33] {
+        assert_eq!(bits & (1 << cap), 0, "capability {cap} left in the bounding set: {capbnd}");
+    }
+    // no host fd leaked into init: only the console on 0, 1 and 2
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{init}/fd")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(fds.iter().all(|f| ["0", "1", "2"].contains(&f.as_str())), "init has fds {fds:?}");
+    // the container's root owns its files (idmapped rootfs or shifted)
+    env.ok(&["exec", "c1", "--", "sh", "-c", "echo data > /root/file && chown 0:0 /root/file"]);
+    assert_eq!(env.ok(&["exec", "c1", "--", "cat", "/root/file"]).trim(), "data");
+    // /sys is read-only, /dev has its nodes, the console log fills
+    let out = env.berth(&["exec", "c1", "--", "sh", "-c", "touch /sys/x"]);
+    assert!(!out.status.success());
+    env.ok(&["exec", "c1", "--", "sh", "-c", "echo x > /dev/null && test -c /dev/console && test -c /dev/pts/ptmx"]);
+    wait_for(Duration::from_secs(10), "the console banner", || {
+        std::fs::read_to_string(env.run.join("containers/c1/console.log")).unwrap_or_default().contains("BusyBox")
+    });
+
+    // exit status and stdio pass through
+    let out = env.berth(&["exec", "c1", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let out = env.berth_stdin(&["exec", "c1", "--", "tr", "a-z", "A-Z"], Some(b"hello\n"));
+    assert_eq!(text(&out.stdout), "HELLO\n");
+    let out = env.berth(&["exec", "c1", "--env", "GREETING=hi", "--cwd", "/tmp", "--", "sh", "-c", "echo $GREETING $(pwd)"]);
+    assert_eq!(text(&out.stdout), "hi /tmp\n");
+    // a terminal when the caller has one (run under script(1) to have a pty)
+    let berth = berth_tests::bin_dir().join("berth");
+    let out = berth_tests::run(
+        std::process::Command::new("script")
+            .args(["-qec", &format!("{} exec c1 -- tty", berth.display()), "/dev/null"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus),
+        Duration::from_secs(60),
+    );
+    assert!(text(&out.stdout).contains("/dev/pts/"), "no terminal: {:?} {:?}", text(&out.stdout), text(&out.stderr));
+    let out = env.berth(&["exec", "c1", "--", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no-such-command"), "{}", text(&out.stderr));
+
+    // list (table and json)
+    let table = env.ok(&["list"]);
+    assert!(table.lines().any(|l| l.starts_with("c1") && l.contains("RUNNING") && l.contains("busybox")), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["name"], "c1");
+    assert_eq!(json[0]["status"], "Running");
+
+    // a graceful stop (busybox init powers off on SIGUSR2), start, restart
+    env.ok(&["stop", "c1"]);
+    assert_eq!(env.status("c1"), "Stopped");
+    assert!(env.processes().iter().all(|p| !is_container_process(*p)), "nothing of c1 runs after stop");
+    env.ok(&["start", "c1"]);
+    let before = env.init_pid("c1");
+    env.ok(&["restart", "c1", "--force"]);
+    assert_eq!(env.status("c1"), "Running");
+    assert_ne!(env.init_pid("c1"), before);
+
+    // delete --force leaves no process, mount, cgroup or file behind
+    let rootfs = env.pool().join("containers/c1");
+    assert!(rootfs.exists());
+    env.ok(&["delete", "--force", "c1"]);
+    assert_eq!(env.berth(&["info", "c1"]).status.code(), Some(1));
+    wait_for(Duration::from_secs(5), "processes to go", || env.processes().is_empty());
+    assert!(!rootfs.exists(), "rootfs left behind");
+    assert!(!env.run.join("containers/c1").exists(), "runtime files left behind");
+    for d in env.cgroup_dirs("c1") {
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+    assert!(Env::mounts_mentioning(&rootfs.display().to_string()).is_empty());
+}
+
+/// A process of a container (in a non-host pid namespace).
+fn is_container_process(pid: u32) -> bool {
+    let host = std::fs::read_link("/proc/self/ns/pid").ok();
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != host
+}
+
+#[test]
+fn a_call_to_the_name_activates_berthd() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let pid = env.daemon_pid().expect("building the image activated berthd");
+    // SAFETY: stopping the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(10), "berthd to exit", || !env.name_owned("org.berth.Berth1"));
+    assert!(env.daemon_pid().is_none());
+    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListImages"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("busybox"));
+    let again = env.daemon_pid().expect("the call activated berthd");
+    assert_ne!(again, pid);
+}
+
+#[test]
+fn container_lifecycle_on_dir_storage() {
+    lifecycle(Storage::Dir);
+}
+
+#[test]
+fn container_lifecycle_on_btrfs_storage() {
+    lifecycle(Storage::Btrfs);
+}
+
+#[test]
+fn btrfs_containers_are_snapshots_of_the_image() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["init", "busybox", "snap"]);
+    use std::os::unix::fs::MetadataExt;
+    // a btrfs subvolume's root has inode 256
+    let vol = env.pool().join("containers/snap");
+    assert_eq!(std::fs::metadata(&vol).unwrap().ino(), 256, "container volume is a subvolume");
+    let images: Vec<_> = std::fs::read_dir(env.pool().join("images")).unwrap().flatten().collect();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].metadata().unwrap().ino(), 256, "image base is a subvolume");
+    drop(images); // (a DirEntry keeps its directory open)
+
+    // berthd re-attaches and mounts a loop-backed pool when it starts
+    let pid = env.daemon_pid().unwrap();
+    // SAFETY: stopping the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(10), "berthd to exit", || !std::path::Path::new(&format!("/proc/{pid}/exe")).exists());
+    let pool = std::ffi::CString::new(env.pool().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: unmounting the test's own pool.
+    let r = unsafe { libc::umount2(pool.as_ptr(), 0) };
+    assert_eq!(r, 0, "unmount the pool: {}", std::io::Error::last_os_error());
+    assert!(!vol.exists());
+    env.ok(&["start", "snap"]);
+    assert!(vol.exists(), "the pool is mounted again");
+    assert_eq!(env.ok(&["exec", "snap", "--", "echo", "up"]).trim(), "up");
+}
+
+#[test]
+fn containers_survive_berthd_being_killed() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "x"]);
+    let init = env.init_pid("x");
+    let daemon = env.daemon_pid().expect("berthd runs");
+    // SAFETY: kill -9 of the daemon we started.
+    unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+    wait_for(Duration::from_secs(5), "berthd to die", || !std::path::Path::new(&format!("/proc/{daemon}")).exists() || std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap_or_default().contains(") Z "));
+    // the next call re-activates berthd, which finds the container still running
+    let list = env.ok(&["list"]);
+    assert!(list.lines().any(|l| l.starts_with("x") && l.contains("RUNNING")), "{list}");
+    assert_ne!(env.daemon_pid(), Some(daemon));
+    assert_eq!(env.init_pid("x"), init, "same init");
+    assert_eq!(env.ok(&["exec", "x", "--", "echo", "still", "here"]).trim(), "still here");
+    // and berthd keeps following it: a stop from inside is noticed
+    env.ok(&["exec", "x", "--", "poweroff"]);
+    wait_for(Duration::from_secs(15), "the container to power off", || env.status("x") == "Stopped");
+}
+
+#[test]
+fn an_unprivileged_caller_is_refused_by_polkit() {
+    if !root_or_skip() {
+        return;
+    }
+    let user = unprivileged_user();
+    let env = Env::new(Storage::Dir);
+    env.ok(&["init", "busybox", "mine"]);
+    let create = ["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "CreateContainer", "ssa{sv}", "theirs", "busybox", "0"];
+    let out = env.busctl_as(user, &create);
+    assert!(!out.status.success(), "an unprivileged create succeeded: {}", text(&out.stdout));
+    // busctl allows interactive authorization; no agent can answer: NotAuthorized
+    assert!(text(&out.stderr).contains("not authorized for org.berth.Berth1.create-container"), "{}", text(&out.stderr));
+    let out = env.gdbus_call_as(user, "/org/berth/Berth1", "org.berth.Berth1.Manager.StartContainer", &["--interactive", "mine", "{}"]);
+    assert!(text(&out.stderr).contains("org.berth.Berth1.Error.NotAuthorized"), "{}", text(&out.stderr));
+    // a caller that does not allow interaction is told it would need it
+    let out = env.gdbus_call_as(user, "/org/berth/Berth1", "org.berth.Berth1.Manager.StartContainer", &["mine", "{}"]);
+    assert!(text(&out.stderr).contains("org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"), "{}", text(&out.stderr));
+    let out = env.gdbus_call_as(user, "/org/berth/Berth1/container/mine", "org.berth.Berth1.Container.Exec", &["--interactive", "['true']", "{}"]);
+    assert!(text(&out.stderr).contains("org.berth.Berth1.Error.NotAuthorized"), "{}", text(&out.stderr));
+    let out = env.busctl_as(user, &["--allow-interactive-authorization=no", "call", "org.berth.Berth1", "/org/berth/Berth1/container/mine", "org.berth.Berth1.Container", "Delete", "a{sv}", "0"]);
+    assert!(!out.status.success());
+    // nothing changed, and reading is allowed
+    let out = env.busctl_as(user, &["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListContainers"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert!(listing.contains("\"mine\" \"Stopped\""), "{listing}");
+    assert!(!listing.contains("theirs"), "{listing}");
+    assert_eq!(env.status("mine"), "Stopped");
+}
+
+#[test]
+fn bad_input_gets_a_specific_error_and_changes_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let bad_names = ["", "-x", "x-", "9lives", "a/b", "..", "a..b", "under_score", &"n".repeat(64)];
+    for name in bad_names {
+        if name.is_empty() {
+            continue;
+        }
+        let out = env.berth(&["init", "busybox", "--", name]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(text(&out.stderr).contains("InvalidName"), "{name}: {}", text(&out.stderr));
+    }
+    // the empty name, straight over D-Bus to the by-name method
+    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "StartContainer", "sa{sv}", "", "0"]);
+    assert!(!out.status.success());
+    let out = env.berth(&["launch", "no-such-image", "c"]);
+    assert!(text(&out.stderr).contains("NoSuchImage"), "{}", text(&out.stderr));
+    let out = env.berth(&["init", "busybox", "c", "-c", "limits.memory=lots"]);
+    assert!(text(&out.stderr).contains("InvalidConfig"), "{}", text(&out.stderr));
+    let out = env.berth(&["init", "busybox", "c", "-c", "no.such.key=1"]);
+    assert!(text(&out.stderr).contains("InvalidConfig"), "{}", text(&out.stderr));
+    // unknown option key and wrong option type in a{sv}
+    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "CreateContainer", "ssa{sv}", "c", "busybox", "1", "colour", "s", "red"]);
+    assert!(text(&out.stderr).contains("unknown option"), "{}", text(&out.stderr));
+    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "CreateContainer", "ssa{sv}", "c", "busybox", "1", "start", "s", "yes"]);
+    assert!(text(&out.stderr).contains("must have type"), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing was created");
+    assert!(std::fs::read_dir(env.pool().join("containers")).unwrap().next().is_none());
+
+    // state errors
+    env.ok(&["launch", "busybox", "c"]);
+    let out = env.berth(&["start", "c"]);
+    assert!(text(&out.stderr).contains("InvalidState"), "{}", text(&out.stderr));
+    let out = env.berth(&["delete", "c"]);
+    assert!(text(&out.stderr).contains("InvalidState"), "{}", text(&out.stderr));
+    let out = env.berth(&["launch", "busybox", "c"]);
+    assert!(text(&out.stderr).contains("AlreadyExists") || text(&out.stderr).contains("InvalidState"), "{}", text(&out.stderr));
+    assert_eq!(env.status("c"), "Running");
+    // and the daemon keeps serving
+    assert_eq!(env.ok(&["exec", "c", "--", "echo", "ok"]).trim(), "ok");
+    env.ok(&["start", "--if-needed", "c"]);
+}
+
+#[test]
+fn busctl_sees_the_object_tree() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["init", "busybox", "web-1"]);
+    let out = env.busctl(&["tree", "org.berth.Berth1"]);
+    let tree = text(&out.stdout);
+    assert!(tree.contains("/org/berth/Berth1/container/web_2d1"), "{tree}");
+    assert!(tree.contains("/org/berth/Berth1/image/"), "{tree}");
+    let out = env.busctl(&["introspect", "org.berth.Berth1", "/org/berth/Berth1"]);
+    let intro = text(&out.stdout);
+    for member in [".CreateContainer", ".ListContainers", ".GetContainer", ".StartContainer", ".ContainerNew", "org.freedesktop.DBus.ObjectManager"] {
+        assert!(intro.contains(member), "{member} missing:\n{intro}");
+    }
+    let out = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1/container/web_2d1", "org.berth.Berth1.Container", "Status"]);
+    assert_eq!(text(&out.stdout).trim(), "s \"Stopped\"");
+    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1/container/web_2d1", "org.berth.Berth1.Container", "Start", "a{sv}", "0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1/container/web_2d1", "org.berth.Berth1.Container", "Status"]);
+    assert_eq!(text(&out.stdout).trim(), "s \"Running\"");
+}
+
+
