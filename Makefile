@@ -1,0 +1,27 @@
+# berth — the two commands of the README, and their parts.
+#   make demo   set up the machine if needed, launch a container from the busybox image,
+#               run a command in it, list containers (re-runnable)
+#   make test   set up the machine if needed, then run the whole test suite
+
+CARGO ?= cargo
+DEMO ?= demo
+
+.PHONY: demo test setup bins check-root
+
+check-root:
+	@[ "$$(id -u)" = 0 ] || { echo "berth manages system containers: run make as root (sudo make $(MAKECMDGOALS))"; exit 1; }
+
+setup: check-root
+	scripts/setup
+
+demo: setup
+	@berth delete --force $(DEMO) >/dev/null 2>&1 || true
+	berth launch busybox $(DEMO)
+	berth exec $(DEMO) -- sh -c 'echo "hello from $$(hostname): $$(cat /proc/1/cmdline | tr "\0" " ")is PID 1"; id'
+	berth list
+
+bins:
+	$(CARGO) build --release --locked --workspace --bins
+
+test: setup bins
+	$(CARGO) test --release --locked --workspace
