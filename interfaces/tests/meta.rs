@@ -20,7 +20,8 @@ fn policy_actions() -> BTreeMap<String, (String, String, String)> {
             let start = chunk.find(&open).map(|i| i + open.len()).unwrap_or_else(|| panic!("{id}: no {tag}"));
             chunk[start..].split('<').next().unwrap().trim().to_string()
         };
-        out.insert(id, (get("allow_any"), get("allow_inactive"), get("allow_active")));
+        let defaults = (get("allow_any"), get("allow_inactive"), get("allow_active"));
+        out.insert(id, defaults);
     }
     out
 }
