@@ -89,7 +89,7 @@ impl PolkitAuthorizer {
     /// The uid of a bus peer.
     pub async fn uid_of(&self, bus_name: &str) -> Result<u32, Error> {
         let dbus = DBusProxy::new(&self.conn).await?;
-        let name = BusName::try_from(bus_name.to_string()).map_err(zbus::Error::from)?;
+        let name = BusName::try_from(bus_name.to_string())?;
         Ok(dbus.get_connection_unix_user(name).await?)
     }
 }

@@ -143,8 +143,8 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console
     drop(mnt);
 
     let host = CString::new(spec.name.as_bytes()).unwrap_or_default();
-    // SAFETY: valid buffer and length.
     os(
+        // SAFETY: valid buffer and length.
         || sys::cvt(unsafe { libc::sethostname(host.as_ptr(), host.as_bytes().len()) }).map(drop),
         "set the hostname",
     )?;

@@ -97,7 +97,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 if v != "btrfs" && v != "dir" {
                     return Err(format!("unknown storage driver {v:?} (btrfs or dir)"));
                 }
-                init.as_mut().map(|i| i.storage = Some(v));
+                if let Some(i) = init.as_mut() {
+                    i.storage = Some(v);
+                }
             }
             "--size" if init.is_some() => {
                 let v = val("--size")?;
@@ -105,7 +107,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 if n < 256 << 20 {
                     return Err("a btrfs pool needs at least 256MiB".into());
                 }
-                init.as_mut().map(|i| i.size = Some(n));
+                if let Some(i) = init.as_mut() {
+                    i.size = Some(n);
+                }
             }
             other => return Err(format!("unknown argument {other:?}")),
         }

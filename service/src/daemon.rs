@@ -149,7 +149,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let conn = connect(&cfg).await?;
     let auth = Arc::new(PolkitAuthorizer::new(conn.clone()));
     dbus::serve(&conn, Context { engine: engine.clone(), auth }).await.map_err(|e| format!("export objects: {e}"))?;
-    match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE.into()).await {
+    match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
         Ok(zbus::fdo::RequestNameReply::PrimaryOwner) | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => {}
         Ok(other) => return Err(format!("could not own {BUS_NAME}: {other:?} (is another berthd running?)")),
         Err(e) => return Err(format!("could not own {BUS_NAME}: {e} (is another berthd running?)")),
