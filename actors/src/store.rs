@@ -189,21 +189,10 @@ impl Db {
 
     /// Inserts a new container; fails if the name is taken.
     pub fn insert_container(&self, c: &ContainerRecord) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.write_container(
             "INSERT INTO containers (name, image, status, init_pid, created_at, ephemeral, profiles, config, architecture, pending)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(name) DO NOTHING",
-            params![
-                c.name,
-                c.image,
-                c.status.as_str(),
-                c.init_pid as i64,
-                c.created_at_us as i64,
-                c.ephemeral,
-                json(&c.profiles),
-                json(&c.config),
-                c.architecture,
-                c.pending.as_str()
-            ],
+            c,
         )?;
         if n == 0 {
             return Err(Error::AlreadyExists { kind: "container", name: c.name.clone() });
@@ -213,9 +202,21 @@ impl Db {
 
     /// Writes a container's whole record (it must exist).
     pub fn update_container(&self, c: &ContainerRecord) -> Result<()> {
-        let n = self.conn.execute(
+        let n = self.write_container(
             "UPDATE containers SET image=?2, status=?3, init_pid=?4, created_at=?5, ephemeral=?6, profiles=?7,
              config=?8, architecture=?9, pending=?10 WHERE name=?1",
+            c,
+        )?;
+        if n == 0 {
+            return Err(Error::NoSuchContainer(c.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` with a record's columns as ?1..?10; returns the rows changed.
+    fn write_container(&self, sql: &str, c: &ContainerRecord) -> Result<usize> {
+        Ok(self.conn.execute(
+            sql,
             params![
                 c.name,
                 c.image,
@@ -228,11 +229,7 @@ impl Db {
                 c.architecture,
                 c.pending.as_str()
             ],
-        )?;
-        if n == 0 {
-            return Err(Error::NoSuchContainer(c.name.clone()));
-        }
-        Ok(())
+        )?)
     }
 
     /// Removes a container's row. Missing is fine.

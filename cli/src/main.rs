@@ -42,30 +42,16 @@ enum Cmd {
     },
     /// Stop containers (gracefully, then kill after the timeout).
     Stop {
-        /// Containers.
-        #[arg(required = true)]
-        names: Vec<String>,
-        /// Kill at once.
-        #[arg(short, long)]
-        force: bool,
-        /// Seconds to wait for a graceful stop before killing.
-        #[arg(long)]
-        timeout: Option<u32>,
+        #[command(flatten)]
+        stop: StopArgs,
         /// Succeed when a container is already stopped (for units and scripts).
         #[arg(long)]
         if_needed: bool,
     },
     /// Restart containers.
     Restart {
-        /// Containers.
-        #[arg(required = true)]
-        names: Vec<String>,
-        /// Kill instead of a graceful stop.
-        #[arg(short, long)]
-        force: bool,
-        /// Seconds to wait for a graceful stop before killing.
-        #[arg(long)]
-        timeout: Option<u32>,
+        #[command(flatten)]
+        stop: StopArgs,
     },
     /// Delete containers.
     #[command(alias = "rm")]
@@ -118,6 +104,19 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCmd),
+}
+
+#[derive(clap::Args, Debug)]
+struct StopArgs {
+    /// Containers.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// Kill at once instead of a graceful stop.
+    #[arg(short, long)]
+    force: bool,
+    /// Seconds to wait for a graceful stop before killing.
+    #[arg(long)]
+    timeout: Option<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -215,7 +214,7 @@ async fn run(cli: Cli) -> R<u8> {
         Cmd::Start { names, if_needed } => {
             each(&conn, &m, &names, |c| async move { tolerate(c.start(&HashMap::new()).await, if_needed) }).await
         }
-        Cmd::Stop { names, force, timeout, if_needed } => {
+        Cmd::Stop { stop: StopArgs { names, force, timeout }, if_needed } => {
             let o = stop_opts(force, timeout);
             each(&conn, &m, &names, |c| {
                 let o = o.clone();
@@ -223,7 +222,7 @@ async fn run(cli: Cli) -> R<u8> {
             })
             .await
         }
-        Cmd::Restart { names, force, timeout } => {
+        Cmd::Restart { stop: StopArgs { names, force, timeout } } => {
             let o = stop_opts(force, timeout);
             each(&conn, &m, &names, |c| {
                 let o = o.clone();
