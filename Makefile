@@ -17,7 +17,7 @@ setup: check-root
 demo: setup
 	@berth delete --force $(DEMO) >/dev/null 2>&1 || true
 	berth launch busybox $(DEMO)
-	berth exec $(DEMO) -- sh -c 'echo "hello from $$(hostname): $$(cat /proc/1/cmdline | tr "\0" " ")is PID 1"; id'
+	berth exec $(DEMO) -- sh -c 'echo "hello from $$(hostname), where PID 1 is $$(cat /proc/1/comm)"; id'
 	berth list
 
 bins:

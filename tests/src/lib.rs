@@ -31,9 +31,10 @@ pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BERTH_BIN_DIR") {
         return d.into();
     }
-    // tests run from target/<profile>/deps/<test>-<hash>
-    let exe = std::env::current_exe().expect("test executable");
-    exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf()
+    // tests run from target/<profile>/deps/<test>-<hash>, berth-bench from target/<profile>
+    let exe = std::env::current_exe().expect("own executable");
+    let dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf()
 }
 
 fn bin(name: &str) -> PathBuf {

@@ -313,6 +313,8 @@ impl Monitor {
         // SAFETY: ignoring SIGPIPE so a vanished client cannot kill us.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let mut buf = vec![0u8; proto::MAX_MESSAGE];
+        let mut trimmer: Option<Trimmer> = None; // built at the first idle moment, off the start path
+        let mut busy = true; // something happened since the last trim
         loop {
             let mut pfds = Vec::with_capacity(4 + self.clients.len() + self.execs.len());
             let mut slots = Vec::with_capacity(pfds.capacity());
@@ -331,10 +333,19 @@ impl Monitor {
             }
             let timeout = match self.deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+                None if busy => IDLE_TRIM_MS,
                 None => -1,
             };
             // SAFETY: pfds is a valid array.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            let mut n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            if n == 0 && busy && self.deadline.is_none() {
+                // Idle for a while: give back what handling the last events faulted in, then
+                // wait with the same poll set (so nothing else runs between the two).
+                trimmer.get_or_insert_with(|| Trimmer::new(&buf)).trim();
+                busy = false;
+                // SAFETY: as above.
+                n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            }
             if n < 0 {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -343,6 +354,7 @@ impl Monitor {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
+            busy = true;
             if let Some(d) = self.deadline
                 && Instant::now() >= d
             {
@@ -547,6 +559,69 @@ impl Monitor {
             if r < 0 {
                 self.clients.remove(pos);
             }
+        }
+    }
+}
+
+/// How long the monitor waits after its last event before trimming its resident set.
+const IDLE_TRIM_MS: i32 = 1000;
+
+/// Keeps an idle monitor small. Starting a container, parsing JSON or running an exec fault in
+/// code from the binary and libc (with the kernel's 64 KiB fault-around) that an idle monitor
+/// blocked in poll(2) does not need. When idle, every file-backed, read-only private mapping
+/// without anonymous (copied-on-write) pages is `MADV_DONTNEED`ed, as is the receive buffer:
+/// those pages come back from the page cache (or as zeroes) on the next access. Mappings
+/// holding copied pages (relocations, data) are never touched, since that would lose them.
+struct Trimmer {
+    ranges: Vec<(usize, usize)>,
+}
+
+impl Trimmer {
+    /// Finds the droppable mappings once (they do not change while the monitor runs) and the
+    /// page-aligned interior of the receive buffer.
+    fn new(scratch: &[u8]) -> Trimmer {
+        let mut ranges = Vec::new();
+        let page = 4096usize;
+        let (a, b) = (scratch.as_ptr() as usize, scratch.as_ptr() as usize + scratch.len());
+        let (a, b) = (a.div_ceil(page) * page, b / page * page);
+        if b > a {
+            ranges.push((a, b - a));
+        }
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return Trimmer { ranges } };
+        let mut cur: Option<(usize, usize, bool)> = None;
+        let keep = |c: Option<(usize, usize, bool)>, ranges: &mut Vec<(usize, usize)>| {
+            if let Some((start, len, true)) = c {
+                ranges.push((start, len));
+            }
+        };
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            let first = f.next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                keep(cur.take(), &mut ranges);
+                let perms = f.next().unwrap_or("");
+                let path = f.nth(3).unwrap_or("");
+                let candidate = (perms == "r-xp" || perms == "r--p") && path.starts_with('/');
+                cur = Some((a, b - a, candidate));
+            } else if first == "Anonymous:"
+                && f.next().is_some_and(|v| v != "0")
+                && let Some(c) = cur.as_mut()
+            {
+                c.2 = false;
+            }
+        }
+        keep(cur, &mut ranges);
+        Trimmer { ranges }
+    }
+
+    fn trim(&self) {
+        for &(start, len) in &self.ranges {
+            // SAFETY: each range is either a clean, read-only, file-backed private mapping of
+            // this process (its pages refault from the file unchanged) or the interior of the
+            // receive buffer, whose contents are scratch (it refaults as zeroes).
+            unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
         }
     }
 }
