@@ -33,6 +33,9 @@ pub struct HostConfig {
     pub cgroup_parent: String,
     /// The static busybox used by the `busybox` recipe.
     pub busybox: PathBuf,
+    /// Never use idmapped mounts: shift new containers' roots with a one-time chown instead
+    /// (for filesystems whose idmap support is broken in ways the probe cannot see).
+    pub no_idmapped_mounts: bool,
 }
 
 /// The host runtime.
@@ -55,7 +58,7 @@ impl HostRuntime {
         if layout.hierarchies.is_empty() {
             return Err(RuntimeError::NotSupported("no cgroup hierarchy is mounted".into()));
         }
-        let idmap_supported = pool.supports_idmap();
+        let idmap_supported = !cfg.no_idmapped_mounts && pool.supports_idmap();
         if !idmap_supported {
             tracing::warn!(pool = %pool.config().path.display(), "the pool refuses idmapped mounts; container roots will be shifted with chown");
         }

@@ -199,27 +199,31 @@ impl ContainerCgroups {
         Ok(())
     }
 
-    /// Sets (or clears, with `None`) the memory limit in bytes and the process limit.
+    /// Sets (or clears, with `None`) the memory limit in bytes and the process limit. A limit
+    /// asked for on a host without the controller is an error; clearing one that cannot exist
+    /// is not.
     pub fn apply_limits(&self, memory: Option<u64>, processes: Option<u64>) -> Result<()> {
         let v2 = self.layout.version() == 2;
-        let write = |controller: &str, knob: &str, value: String| -> Result<()> {
-            let Some(dir) = self.dir_for(controller) else {
-                return if value == "max" || value == "-1" {
-                    Ok(())
-                } else {
-                    Err(Error::Invalid(format!("the {controller} cgroup controller is not available on this host")))
-                };
-            };
-            let p = dir.join(knob);
-            crate::sys::write_file(&p, value.as_bytes()).step(|| format!("write {value} to {}", p.display()))
+        let write = |controller: &str, knob: &str, value: Option<String>, unlimited: &str| -> Result<()> {
+            let file = self.dir_for(controller).map(|d| d.join(knob)).filter(|p| p.exists());
+            match (file, value) {
+                (Some(p), v) => {
+                    let v = v.unwrap_or_else(|| unlimited.to_string());
+                    crate::sys::write_file(&p, v.as_bytes()).step(|| format!("write {v} to {}", p.display()))
+                }
+                (None, None) => Ok(()),
+                (None, Some(_)) => Err(Error::Invalid(format!(
+                    "the {controller} cgroup controller is not available to containers on this host"
+                ))),
+            }
         };
         let mem = memory.map(|m| m.to_string());
         if v2 {
-            write("memory", "memory.max", mem.unwrap_or_else(|| "max".into()))?;
+            write("memory", "memory.max", mem, "max")?;
         } else {
-            write("memory", "memory.limit_in_bytes", mem.unwrap_or_else(|| "-1".into()))?;
+            write("memory", "memory.limit_in_bytes", mem, "-1")?;
         }
-        write("pids", "pids.max", processes.map(|p| p.to_string()).unwrap_or_else(|| "max".into()))
+        write("pids", "pids.max", processes.map(|p| p.to_string()), "max")
     }
 
     /// Pids in the container's cgroups (all hierarchies, whole subtree), deduplicated.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
-              [--monitor PATH]
+              [--monitor PATH] [--no-idmapped-mounts]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd --version
 
@@ -16,6 +16,8 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
   --cgroup-parent NAME cgroup under which containers live (default berth)
   --busybox PATH       static busybox for the `busybox` image recipe (default /bin/busybox)
   --monitor PATH       the berth-monitor binary (default: next to berthd, or ../libexec/berth/)
+  --no-idmapped-mounts shift new containers' root filesystems with a one-time chown instead of
+                       idmapped mounts (used automatically where the pool refuses them)
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir";
 
@@ -34,6 +36,8 @@ pub struct Config {
     pub busybox: PathBuf,
     /// The berth-monitor binary (None = look next to berthd).
     pub monitor: Option<PathBuf>,
+    /// Shift rootfs ownership instead of idmapped mounts.
+    pub no_idmapped_mounts: bool,
 }
 
 /// `berthd init` settings.
@@ -69,6 +73,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         cgroup_parent: "berth".into(),
         busybox: "/bin/busybox".into(),
         monitor: None,
+        no_idmapped_mounts: false,
     };
     let mut init: Option<InitOptions> = None;
     let mut it = args.iter();
@@ -85,6 +90,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--run-dir" => cfg.run_dir = val("--run-dir")?.into(),
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
+            "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
             "--cgroup-parent" => {
                 let v = val("--cgroup-parent")?;
                 if v.is_empty() || v.contains('/') || v.starts_with('.') || v.len() > 64 {

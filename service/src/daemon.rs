@@ -131,6 +131,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             exe,
             cgroup_parent: cfg.cgroup_parent.clone(),
             busybox: cfg.busybox.clone(),
+            no_idmapped_mounts: cfg.no_idmapped_mounts,
         },
         pool,
     )

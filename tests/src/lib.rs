@@ -21,6 +21,18 @@ pub enum Storage {
     Btrfs,
 }
 
+/// How to set up an [`Env`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Pool kind.
+    pub storage: Option<Storage>,
+    /// Extra berthd flags.
+    pub daemon_args: Vec<String>,
+    /// Run the bus (and so berthd, its monitors and containers) in a mount namespace whose
+    /// /sys/fs/cgroup is the cgroup2 tree alone: a pure cgroup v2 host.
+    pub cgroup_v2: bool,
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
@@ -66,6 +78,12 @@ impl Env {
     /// A fresh environment with a pool of the given kind. berthd is not running yet: the
     /// first call to `org.berth.Berth1` activates it.
     pub fn new(storage: Storage) -> Env {
+        Env::with(Options { storage: Some(storage), ..Default::default() })
+    }
+
+    /// A fresh environment set up as `opts` says.
+    pub fn with(opts: Options) -> Env {
+        let storage = opts.storage.unwrap_or(Storage::Dir);
         check_installed_policy();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
@@ -83,15 +101,15 @@ impl Env {
             dbus: None,
             polkitd: None,
         };
-        env.write_bus_config();
-        env.start_bus();
+        env.write_bus_config(&opts.daemon_args);
+        env.start_bus(opts.cgroup_v2);
         env.start_polkitd();
         env.init_pool(storage);
         env.ok(&["image", "build", "busybox", "--alias", "busybox"]);
         env
     }
 
-    fn write_bus_config(&self) {
+    fn write_bus_config(&self, daemon_args: &[String]) {
         let conf = format!(
             r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -124,7 +142,8 @@ impl Env {
         );
         std::fs::write(self.dir.join("bus.conf"), conf).unwrap();
         let service = format!(
-            "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --monitor {monitor}\nUser=root\n",
+            "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --monitor {monitor}{extra}\nUser=root\n",
+            extra = daemon_args.iter().map(|a| format!(" {a}")).collect::<String>(),
             berthd = bin("berthd").display(),
             monitor = bin("berth-monitor").display(),
             state = self.state.display(),
@@ -134,12 +153,21 @@ impl Env {
         std::fs::write(self.dir.join("services/org.berth.Berth1.service"), service).unwrap();
     }
 
-    fn start_bus(&mut self) {
+    fn start_bus(&mut self, cgroup_v2: bool) {
         let log = std::fs::File::create(self.dir.join("daemons.log")).unwrap();
-        let child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", self.dir.join("bus.conf").display()))
-            .arg("--nofork")
-            .arg("--nopidfile")
+        let daemon = format!("exec dbus-daemon --config-file={} --nofork --nopidfile", self.dir.join("bus.conf").display());
+        let mut cmd = if cgroup_v2 {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "slave", "--", "sh", "-c"]).arg(format!(
+                "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && {daemon}"
+            ));
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(&daemon);
+            c
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,7 +1,7 @@
 //! End-to-end: a private system bus, real polkitd, berthd by D-Bus activation, real
 //! unprivileged containers, the real CLI and busctl. Runs as root (CI is root).
 
-use berth_tests::{Env, Storage, text, unprivileged_user, wait_for};
+use berth_tests::{Env, Options, Storage, text, unprivileged_user, wait_for};
 use std::time::Duration;
 
 fn root_or_skip() -> bool {
@@ -303,3 +303,47 @@ fn busctl_sees_the_object_tree() {
 }
 
 
+
+#[test]
+fn a_pure_cgroup_v2_host_works() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(Options { cgroup_v2: true, ..Default::default() });
+    env.ok(&["launch", "busybox", "v2"]);
+    let init = env.init_pid("v2");
+    // inside: a cgroup namespace rooted at the container's own group, cgroup2 mounted alone
+    // (the kernel still lists its v1 hierarchies here; the simulated host only mounts v2)
+    let own = env.ok(&["exec", "v2", "--", "cat", "/proc/self/cgroup"]);
+    assert!(own.lines().any(|l| l == "0::/"), "{own}");
+    let mounts = env.ok(&["exec", "v2", "--", "cat", "/proc/mounts"]);
+    assert!(mounts.lines().any(|l| l.starts_with("cgroup2 /sys/fs/cgroup cgroup2")), "{mounts}");
+    // outside: the group is in the v2 tree (the host's /sys/fs/cgroup/unified)
+    let unified = berth_tests::cgroup_mounts().into_iter().find(|m| m.ends_with("unified")).expect("hybrid host");
+    let procs = std::fs::read_to_string(unified.join(&env.cgroup_parent).join("v2/cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|l| l.trim() == init.to_string()), "{procs}");
+    env.ok(&["stop", "--force", "v2"]);
+    env.ok(&["delete", "v2"]);
+    assert!(!unified.join(&env.cgroup_parent).join("v2").exists());
+}
+
+#[test]
+fn filesystems_without_idmapped_mounts_get_a_shifted_rootfs() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(Options { daemon_args: vec!["--no-idmapped-mounts".into()], ..Default::default() });
+    env.ok(&["launch", "busybox", "shifted"]);
+    use std::os::unix::fs::MetadataExt;
+    let busybox = env.pool().join("containers/shifted/rootfs/bin/busybox");
+    assert_eq!(std::fs::symlink_metadata(&busybox).unwrap().uid(), 1_000_000, "rootfs shifted into the mapped range");
+    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "shifted", "--format", "json"])).unwrap();
+    assert_eq!(info["config"]["volatile.rootfs.shifted"], "true");
+    assert_eq!(env.ok(&["exec", "shifted", "--", "stat", "-c", "%u", "/bin/busybox"]).trim(), "0");
+    env.ok(&["exec", "shifted", "--", "sh", "-c", "echo ok > /root/f && chown 0:0 /root/f"]);
+    assert_eq!(std::fs::metadata(env.pool().join("containers/shifted/rootfs/root/f")).unwrap().uid(), 1_000_000);
+    // the image itself stays unshifted
+    let images = env.pool().join("images");
+    let img = std::fs::read_dir(&images).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::symlink_metadata(img.join("rootfs/bin/busybox")).unwrap().uid(), 0);
+}

@@ -345,3 +345,35 @@ pub fn probe_idmap(path: &Path) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_keeps_setuid_and_skips_unmapped_owners() {
+        if unsafe_is_root() {
+            let root = std::env::temp_dir().join(format!("berth-shift-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("bin")).unwrap();
+            let suid = root.join("bin/su");
+            std::fs::write(&suid, b"x").unwrap();
+            std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+            std::os::unix::fs::symlink("su", root.join("bin/link")).unwrap();
+            let map = IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 };
+            shift_tree(&root, &map).unwrap();
+            let m = std::fs::metadata(&suid).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1_000_000, 1_000_000, 0o4755));
+            assert_eq!(std::fs::symlink_metadata(root.join("bin/link")).unwrap().uid(), 1_000_000);
+            // already shifted owners (outside 0..count) are left alone: shifting twice is a no-op
+            shift_tree(&root, &map).unwrap();
+            assert_eq!(std::fs::metadata(&suid).unwrap().uid(), 1_000_000);
+            let _ = std::fs::remove_dir_all(&root);
+        }
+    }
+
+    fn unsafe_is_root() -> bool {
+        // SAFETY: geteuid has no failure mode.
+        unsafe { libc::geteuid() == 0 }
+    }
+}

@@ -199,7 +199,7 @@ async fn bench_footprint(env: &Env, report: &mut Report) {
     }
     // steady state: an idle monitor trims its resident set after a second without events
     std::thread::sleep(Duration::from_millis(1500));
-    for e in std::fs::read_dir(&env.run.join("containers")).unwrap().flatten() {
+    for e in std::fs::read_dir(env.run.join("containers")).unwrap().flatten() {
         let Ok(log) = std::fs::read_to_string(e.path().join("monitor.log")) else { continue };
         let Some(pid) = log.lines().last().and_then(|l| l.split("monitor[").nth(1)).and_then(|r| r.split(']').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
         if let (Some(r), Some(p)) = (rss_kib(pid), pss_kib(pid)) {
