@@ -6,7 +6,7 @@
 CARGO ?= cargo
 DEMO ?= demo
 
-.PHONY: demo test setup bins check-root
+.PHONY: demo test setup bins bench check-root
 
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "berth manages system containers: run make as root (sudo make $(MAKECMDGOALS))"; exit 1; }
@@ -25,3 +25,6 @@ bins:
 
 test: setup bins
 	$(CARGO) test --release --locked --workspace
+
+bench: check-root bins
+	target/release/berth-bench --runs 30
