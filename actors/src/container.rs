@@ -53,6 +53,11 @@ pub enum ContainerMsg {
         /// Reply.
         reply: RpcReplyPort<Result<()>>,
     },
+    /// Lend the record for publishing. Allowed when Stopped; until `EndPublish` the container
+    /// cannot start or be deleted (`Busy`).
+    BeginPublish(RpcReplyPort<Result<ContainerRecord>>),
+    /// Publishing ended.
+    EndPublish,
     /// Internal: a stop task finished (for run generation `run`).
     StopDone(u64, std::result::Result<String, RuntimeError>),
     /// Internal: the monitor of run generation `run` reported something.
@@ -71,7 +76,8 @@ impl ContainerMsg {
             ContainerMsg::Start(r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => drop(r.send(Err(e))),
             ContainerMsg::Delete { reply, .. } => drop(reply.send(Err(e))),
             ContainerMsg::Exec(_, r) => drop(r.send(Err(e))),
-            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) => {}
+            ContainerMsg::BeginPublish(r) => drop(r.send(Err(e))),
+            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) | ContainerMsg::EndPublish => {}
             #[cfg(test)]
             ContainerMsg::Crash => {}
         }
@@ -115,6 +121,8 @@ pub struct ContainerState {
     stop_waiters: Vec<RpcReplyPort<Result<()>>>,
     restart_waiters: Vec<RpcReplyPort<Result<()>>>,
     delete_waiters: Vec<RpcReplyPort<Result<()>>>,
+    /// An image is being made from it.
+    publishing: bool,
 }
 
 impl std::fmt::Debug for ContainerState {
@@ -141,6 +149,7 @@ impl Actor for ContainerActor {
             stop_waiters: Vec::new(),
             restart_waiters: Vec::new(),
             delete_waiters: Vec::new(),
+            publishing: false,
         })
     }
 
@@ -178,6 +187,18 @@ impl Actor for ContainerActor {
                 }
             }
             ContainerMsg::Exec(req, r) => s.exec(*req, r),
+            ContainerMsg::BeginPublish(r) => {
+                let res = if s.publishing {
+                    Err(Error::Busy(format!("container {:?} is already being published", s.rec.name)))
+                } else if s.rec.status != Status::Stopped {
+                    Err(s.invalid_state("stop it before publishing it"))
+                } else {
+                    s.publishing = true;
+                    Ok(s.rec.clone())
+                };
+                let _ = r.send(res);
+            }
+            ContainerMsg::EndPublish => s.publishing = false,
             ContainerMsg::Delete { force, reply } => s.delete(&me, force, reply).await,
             ContainerMsg::StopDone(run, res) => s.stop_done(&me, run, res).await,
             ContainerMsg::Monitor(run, ev) => s.monitor_event(&me, run, ev).await,
@@ -301,6 +322,9 @@ impl ContainerState {
     }
 
     async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
+        if self.publishing {
+            return Err(Error::Busy(format!("container {:?} is being published; start it when that is done", self.rec.name)));
+        }
         match self.rec.status {
             Status::Stopped | Status::Error => {}
             Status::Stopping => return Err(Error::Busy(format!("container {:?} is stopping; wait for it", self.rec.name))),
@@ -505,6 +529,10 @@ impl ContainerState {
     }
 
     async fn delete(&mut self, me: &ActorRef<ContainerMsg>, force: bool, reply: RpcReplyPort<Result<()>>) {
+        if self.publishing {
+            let _ = reply.send(Err(Error::Busy(format!("container {:?} is being published", self.rec.name))));
+            return;
+        }
         match self.rec.status {
             Status::Stopped | Status::Error => {
                 let res = self.remove(me).await;
@@ -547,6 +575,7 @@ pub(crate) fn map_rt(op: Op, what: String, e: RuntimeError) -> Error {
         RuntimeError::InvalidImage(m) => Error::InvalidImage(m),
         RuntimeError::NotSupported(m) => Error::NotSupported(m),
         RuntimeError::Invalid(m) => Error::InvalidConfig(m),
+        RuntimeError::Cancelled => Error::Cancelled,
         e => Error::runtime(op, what, e),
     }
 }

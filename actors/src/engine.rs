@@ -5,13 +5,17 @@
 use crate::container::ContainerMsg;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
+use crate::container::ContainerMsg as CMsg;
 use crate::manager::{ManagerActor, ManagerArgs, ManagerMsg};
+use crate::operation::{Operation, Operations};
 use crate::runtime::Runtime;
 use crate::store::{Db, Store, StoreActor};
 use crate::types::{
-    ContainerInfo, ContainerSummary, CreateRequest, Created, ExecRequest, HostInfo, ImageRecord, StopOptions,
-    validate_name,
+    ContainerInfo, ContainerSummary, CreateRequest, Created, ExecRequest, HostInfo, ImageOptions, ImageRecord,
+    StopOptions, validate_name,
 };
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use ractor::{Actor, ActorRef, RactorErr, RpcReplyPort};
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -22,6 +26,7 @@ pub struct Engine {
     manager: ActorRef<ManagerMsg>,
     store: Store,
     events: Events,
+    ops: Operations,
     host: Arc<HostInfo>,
 }
 
@@ -38,11 +43,12 @@ impl Engine {
             .map_err(|e| Error::Store(format!("start the store actor: {e}")))?;
         let store = Store::new(store_actor);
         let events = Events::default();
-        let args = ManagerArgs { store: store.clone(), runtime, events: events.clone() };
+        let ops = Operations::new(events.clone());
+        let args = ManagerArgs { store: store.clone(), runtime, events: events.clone(), ops: ops.clone() };
         let (manager, _) = Actor::spawn(None, ManagerActor, args)
             .await
             .map_err(|e| Error::Store(format!("start the manager: {e}")))?;
-        Ok(Engine { manager, store, events, host: Arc::new(host) })
+        Ok(Engine { manager, store, events, ops, host: Arc::new(host) })
     }
 
     /// Stops the actors (containers keep running under their monitors).
@@ -127,9 +133,64 @@ impl Engine {
         ractor::call!(self.manager, ManagerMsg::ResolveImage, reference.to_string()).map_err(gone("the manager"))?
     }
 
-    /// Builds an image from a built-in recipe.
-    pub async fn build_image(&self, recipe: &str, aliases: Vec<String>) -> Result<(ImageRecord, Created)> {
-        ractor::call!(self.manager, ManagerMsg::BuildImage, recipe.to_string(), aliases).map_err(gone("the manager"))?
+    /// Builds an image from a built-in recipe (an operation).
+    pub async fn build_image(&self, recipe: &str, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        ractor::call!(self.manager, |reply| ManagerMsg::BuildImage { recipe: recipe.to_string(), opts, uid, reply })
+            .map_err(gone("the manager"))?
+    }
+
+    /// Imports an image from open files (an operation).
+    pub async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        ractor::call!(self.manager, |reply| ManagerMsg::ImportImage { archive, rootfs, opts, uid, reply })
+            .map_err(gone("the manager"))?
+    }
+
+    /// Publishes a stopped container as a new image (an operation).
+    pub async fn publish(&self, name: &str, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        let record = self.to_container(name, CMsg::BeginPublish).await?;
+        let res = ractor::call!(self.manager, |reply| ManagerMsg::Publish { record: Box::new(record), opts, uid, reply });
+        match res {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = self.manager.cast(ManagerMsg::ToContainer(name.to_string(), CMsg::EndPublish));
+                Err(Error::Unavailable("the manager".into()))
+            }
+        }
+    }
+
+    /// Points an alias at an image.
+    pub async fn add_image_alias(&self, reference: &str, alias: &str) -> Result<ImageRecord> {
+        ractor::call!(self.manager, ManagerMsg::AddAlias, reference.to_string(), alias.to_string()).map_err(gone("the manager"))?
+    }
+
+    /// Removes an alias.
+    pub async fn remove_image_alias(&self, alias: &str) -> Result<()> {
+        ractor::call!(self.manager, ManagerMsg::RemoveAlias, alias.to_string()).map_err(gone("the manager"))?
+    }
+
+    /// Renames an alias.
+    pub async fn rename_image_alias(&self, from: &str, to: &str) -> Result<()> {
+        ractor::call!(self.manager, ManagerMsg::RenameAlias, from.to_string(), to.to_string()).map_err(gone("the manager"))?
+    }
+
+    /// Sets (empty value: removes) image properties.
+    pub async fn set_image_properties(&self, reference: &str, props: BTreeMap<String, String>) -> Result<ImageRecord> {
+        ractor::call!(self.manager, ManagerMsg::SetImageProperties, reference.to_string(), props).map_err(gone("the manager"))?
+    }
+
+    /// Writes an image's file(s) to open files; returns the bytes written.
+    pub async fn export_image(&self, reference: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64> {
+        ractor::call!(self.manager, ManagerMsg::ExportImage, reference.to_string(), out, rootfs).map_err(gone("the manager"))?
+    }
+
+    /// Live operations.
+    pub fn operations(&self) -> Vec<Arc<Operation>> {
+        self.ops.list()
+    }
+
+    /// One live operation.
+    pub fn operation(&self, id: u64) -> Option<Arc<Operation>> {
+        self.ops.get(id)
     }
 
     /// Deletes an image.

@@ -74,6 +74,9 @@ pub enum Error {
     /// The state database failed.
     #[error("state database: {0}")]
     Store(String),
+    /// The operation was cancelled; nothing of it was kept.
+    #[error("the operation was cancelled; nothing of it was kept")]
+    Cancelled,
     /// An actor is gone (the engine is shutting down or the object was just removed).
     #[error("{0} is not available (it may have just been deleted); try again")]
     Unavailable(String),
@@ -96,6 +99,12 @@ pub enum Op {
     BuildImage,
     /// Removing an image.
     DeleteImage,
+    /// Importing an image.
+    ImportImage,
+    /// Exporting an image.
+    ExportImage,
+    /// Publishing a container as an image.
+    Publish,
 }
 
 impl std::fmt::Display for Op {
@@ -108,6 +117,9 @@ impl std::fmt::Display for Op {
             Op::Delete => "delete",
             Op::BuildImage => "build",
             Op::DeleteImage => "delete",
+            Op::ImportImage => "import",
+            Op::ExportImage => "export",
+            Op::Publish => "publish",
         })
     }
 }

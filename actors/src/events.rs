@@ -42,6 +42,25 @@ pub enum Event {
         /// Fingerprint.
         fingerprint: String,
     },
+    /// An image's aliases or properties changed.
+    ImageChanged {
+        /// Fingerprint.
+        fingerprint: String,
+    },
+    /// A long operation started.
+    OperationNew {
+        /// Its id.
+        id: u64,
+    },
+    /// A long operation ended.
+    OperationDone {
+        /// Its id.
+        id: u64,
+        /// Whether it succeeded.
+        success: bool,
+        /// The error, when it did not.
+        message: String,
+    },
 }
 
 /// Capacity of the event channel.

@@ -2,11 +2,14 @@
 //! map, exec writes its argv to the stdout fd it is given and exits with a status derived from
 //! it, and tests can make a container power off by itself or a start fail.
 
+use crate::operation::Operation;
 use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
 use crate::types::{ContainerRecord, ExecRequest};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -16,6 +19,7 @@ struct Inner {
     running: HashMap<String, Running>,
     watchers: HashMap<String, Vec<mpsc::UnboundedSender<MonitorEvent>>>,
     images: HashSet<String>,
+    archives: HashMap<String, Vec<u8>>,
     next_pid: u32,
     fail_start: HashMap<String, String>,
     stop_delay: Duration,
@@ -161,11 +165,15 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn build_image(&self, recipe: &str) -> Result<NewImage, RuntimeError> {
+    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
         if recipe != "busybox" {
             return Err(RuntimeError::Invalid(format!("unknown recipe {recipe:?}")));
         }
+        op.set_progress(1234, Some(1234));
         let fp = format!("{:064x}", 0xb05b0c5u64);
+        if known.contains(&fp) {
+            return Ok(NewImage { fingerprint: fp, known: true, ..Default::default() });
+        }
         self.lock().images.insert(fp.clone());
         Ok(NewImage {
             fingerprint: fp,
@@ -173,7 +181,61 @@ impl Runtime for FakeRuntime {
             properties: BTreeMap::from([("os".to_string(), "busybox".to_string()), ("description".to_string(), "fake busybox".to_string())]),
             created_at_us: 1,
             size: 1234,
+            ..Default::default()
         })
+    }
+
+    /// The fake "image format": any bytes not starting with `bad`; the fingerprint is a hash.
+    async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+        let mut data = Vec::new();
+        std::fs::File::from(archive).read_to_end(&mut data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        if let Some(r) = rootfs {
+            std::fs::File::from(r).read_to_end(&mut data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        }
+        if op.cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        op.set_progress(data.len() as u64, Some(data.len() as u64));
+        if data.starts_with(b"bad") || data.is_empty() {
+            return Err(RuntimeError::InvalidImage("the fake cannot read this archive".into()));
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        data.hash(&mut h);
+        let fp = format!("{:064x}", h.finish());
+        if known.contains(&fp) {
+            return Ok(NewImage { fingerprint: fp, known: true, ..Default::default() });
+        }
+        let mut i = self.lock();
+        i.images.insert(fp.clone());
+        i.archives.insert(fp.clone(), data.clone());
+        Ok(NewImage {
+            fingerprint: fp,
+            architecture: "x86_64".into(),
+            properties: BTreeMap::from([("description".to_string(), "imported".to_string())]),
+            created_at_us: 2,
+            size: data.len() as u64,
+            ..Default::default()
+        })
+    }
+
+    async fn publish(&self, rec: &ContainerRecord, properties: BTreeMap<String, String>, _known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+        op.set_progress(1, Some(1));
+        let fp = format!("{:064x}", crate::types::now_us());
+        let mut i = self.lock();
+        i.log.push(format!("publish {}", rec.name));
+        i.images.insert(fp.clone());
+        i.archives.insert(fp.clone(), rec.name.as_bytes().to_vec());
+        Ok(NewImage { fingerprint: fp, architecture: rec.architecture.clone(), properties, size: 1, ..Default::default() })
+    }
+
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, _rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError> {
+        let data = self.lock().archives.get(fingerprint).cloned().unwrap_or_default();
+        std::fs::File::from(out).write_all(&data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        Ok(data.len() as u64)
+    }
+
+    async fn cleanup_images(&self, _known: HashSet<String>) -> Vec<String> {
+        Vec::new()
     }
 
     async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {

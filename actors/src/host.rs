@@ -3,15 +3,18 @@
 //! Blocking runtime calls run on tokio's blocking pool; monitors are spoken to asynchronously
 //! over their SOCK_SEQPACKET sockets.
 
+use crate::operation::Operation;
 use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
 use crate::types::{ContainerRecord, ExecRequest};
+use berth_runtime::image::store::Store as ImageStore;
+use berth_runtime::image::template;
 use berth_runtime::cgroup::{ContainerCgroups, Layout};
 use berth_runtime::idmap::IdMap;
 use berth_runtime::monitor::proto::{self, ExitInfo, Reply, Request, TtySize};
 use berth_runtime::spec::{ContainerSpec, DEFAULT_CAP_DROP, RunFiles, default_init_env};
 use berth_runtime::storage::Pool;
 use berth_runtime::{fdpass, image, init};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,8 @@ pub struct HostConfig {
     pub cgroup_parent: String,
     /// The static busybox used by the `busybox` recipe.
     pub busybox: PathBuf,
+    /// The berth-helper binary (unpacks images as the containers' mapped root).
+    pub helper: PathBuf,
     /// Never use idmapped mounts: shift new containers' roots with a one-time chown instead
     /// (for filesystems whose idmap support is broken in ways the probe cannot see).
     pub no_idmapped_mounts: bool,
@@ -83,8 +88,39 @@ impl HostRuntime {
         RunFiles::new(&self.cfg.run_dir, name)
     }
 
-    fn image_dir(&self, fp: &str) -> PathBuf {
-        self.cfg.state_dir.join("images").join(fp)
+    fn images(&self) -> ImageStore<'_> {
+        ImageStore { dir: self.cfg.state_dir.join("images"), pool: &self.pool, helper: &self.cfg.helper, ids: self.idmap }
+    }
+
+    /// Renders the templates of `rec`'s volume for `trigger`.
+    fn apply_templates(&self, rec: &ContainerRecord, trigger: &str) -> Result<(), RuntimeError> {
+        let ctx = template::Context {
+            trigger: trigger.to_string(),
+            name: rec.name.clone(),
+            architecture: rec.architecture.clone(),
+            ephemeral: rec.ephemeral,
+            config: rec.config.clone(),
+            ..Default::default()
+        };
+        let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true");
+        let owner = if shifted { (self.idmap.uid_base, self.idmap.gid_base) } else { (0, 0) };
+        berth_runtime::image::store::apply_templates(&self.pool.container_volume(&rec.name), &ctx, owner)?;
+        Ok(())
+    }
+
+    /// Imports open files into the store, reporting to `op`.
+    fn import_files(&self, archive: std::fs::File, rootfs: Option<std::fs::File>, known: &HashSet<String>, op: &Operation) -> Result<NewImage, RuntimeError> {
+        let imported = self.images().import(archive, rootfs, known, &mut |done, total| op.set_progress(done, total), &op.cancel)?;
+        let meta = imported.metadata.unwrap_or_default();
+        Ok(NewImage {
+            fingerprint: imported.fingerprint,
+            known: imported.known,
+            split: imported.split,
+            architecture: meta.architecture,
+            properties: meta.properties,
+            created_at_us: (meta.creation_date.max(0) as u64) * 1_000_000,
+            size: imported.size,
+        })
     }
 
     fn spec(&self, rec: &ContainerRecord) -> ContainerSpec {
@@ -140,6 +176,9 @@ impl Runtime for SharedHost {
                 berth_runtime::storage::shift_tree(&rootfs, &h.idmap)?;
                 extra.insert("volatile.rootfs.shifted".into(), "true".into());
             }
+            let mut with = rec.clone();
+            with.config.extend(extra.clone());
+            h.apply_templates(&with, "create")?;
             Ok(extra)
         })
         .await
@@ -173,6 +212,7 @@ impl Runtime for SharedHost {
             if !spec.cgroups.exists() {
                 spec.cgroups.create()?;
             }
+            h.apply_templates(&rec, "start")?;
             let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
             let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
             spec.cgroups.apply_limits(memory, processes)?;
@@ -273,7 +313,7 @@ impl Runtime for SharedHost {
         }
     }
 
-    async fn build_image(&self, recipe: &str) -> Result<NewImage, RuntimeError> {
+    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
         if recipe != "busybox" {
             return Err(RuntimeError::Invalid(format!("unknown image recipe {recipe:?}; built-in recipes: busybox")));
         }
@@ -283,56 +323,70 @@ impl Runtime for SharedHost {
             let images = h.cfg.state_dir.join("images");
             std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
             let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
-            let built = image::build_busybox(&h.cfg.busybox, &tmp)?;
-            let res = h.store_image(&tmp, &built);
+            let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
+                let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
+                h.import_files(f, None, &known, &op)
+            });
             let _ = std::fs::remove_file(&tmp);
             res
         })
         .await
     }
 
-    async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
-        let (h, fp) = (self.0.clone(), fingerprint.to_string());
+    async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+        let h = self.0.clone();
+        blocking(move || h.import_files(std::fs::File::from(archive), rootfs.map(std::fs::File::from), &known, &op)).await
+    }
+
+    async fn publish(&self, rec: &ContainerRecord, properties: BTreeMap<String, String>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+        let (h, rec) = (self.0.clone(), rec.clone());
         blocking(move || {
-            h.pool.delete_image(&fp)?;
-            let dir = h.image_dir(&fp);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(RuntimeError::Failed(format!("remove {}: {e}", dir.display()))),
+            let volume = h.pool.container_volume(&rec.name);
+            // the source's own metadata (its image's), with fresh dates and the new properties
+            let mut meta = std::fs::read(volume.join("metadata.yaml"))
+                .ok()
+                .and_then(|t| image::Metadata::parse(&t).ok())
+                .unwrap_or_default();
+            meta.architecture = if rec.architecture.is_empty() { image::host_architecture().to_string() } else { rec.architecture.clone() };
+            meta.creation_date = (crate::types::now_us() / 1_000_000) as i64;
+            meta.expiry_date = 0;
+            for (k, v) in rec.config.iter().filter_map(|(k, v)| k.strip_prefix("image.").map(|k| (k, v))) {
+                meta.properties.entry(k.to_string()).or_insert_with(|| v.clone());
             }
+            meta.properties.entry("description".into()).or_insert_with(|| format!("published from container {}", rec.name));
+            meta.properties.extend(properties);
+            let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true").then_some(h.idmap);
+            let images = h.cfg.state_dir.join("images");
+            std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+            let tmp = images.join(format!(".build-{}-{}.tar.zst", std::process::id(), crate::types::now_us()));
+            let res = image::publish::publish(&volume, &meta, shifted, &tmp, &op.cancel).map_err(RuntimeError::from).and_then(|_| {
+                let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
+                h.import_files(f, None, &known, &op)
+            });
+            let _ = std::fs::remove_file(&tmp);
+            res
         })
         .await
     }
-}
 
-impl HostRuntime {
-    /// Keeps an archive under `images/<fp>/` and unpacks it once into the pool.
-    fn store_image(&self, archive: &Path, built: &image::BuiltImage) -> Result<NewImage, RuntimeError> {
-        let fp = &built.fingerprint;
-        let dir = self.image_dir(fp);
-        let fail = |what: &str, e: io::Error| RuntimeError::Failed(format!("{what}: {e}"));
-        if !self.pool.image_volume(fp).is_dir() {
-            let staging = self.pool.stage_image(fp)?;
-            if let Err(e) = image::unpack(archive, &staging) {
-                let _ = self.pool.delete_volume(&staging);
-                return Err(e.into());
-            }
-            self.pool.commit_image(&staging, fp)?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| fail("create image directory", e))?;
-        let kept = dir.join("archive");
-        if !kept.exists() {
-            std::fs::copy(archive, &kept).map_err(|e| fail("keep the image archive", e))?;
-        }
-        let size = std::fs::metadata(&kept).map(|m| m.len()).unwrap_or(0);
-        Ok(NewImage {
-            fingerprint: fp.clone(),
-            architecture: built.metadata.architecture.clone(),
-            properties: built.metadata.properties.clone(),
-            created_at_us: (built.metadata.creation_date.max(0) as u64) * 1_000_000,
-            size,
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError> {
+        let (h, fp) = (self.0.clone(), fingerprint.to_string());
+        blocking(move || {
+            let mut out = std::fs::File::from(out);
+            let mut r = rootfs.map(std::fs::File::from);
+            Ok(h.images().export(&fp, &mut out, r.as_mut())?)
         })
+        .await
+    }
+
+    async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String> {
+        let h = self.0.clone();
+        tokio::task::spawn_blocking(move || h.images().remove_orphans(&known)).await.unwrap_or_default()
+    }
+
+    async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
+        let (h, fp) = (self.0.clone(), fingerprint.to_string());
+        blocking(move || Ok(h.images().remove(&fp)?)).await
     }
 }
 

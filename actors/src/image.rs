@@ -17,6 +17,8 @@ pub enum ImageMsg {
     Info(RpcReplyPort<ImageRecord>),
     /// Record that a container was just made from it.
     Used(u64),
+    /// The Manager changed aliases or properties: take this record.
+    Replace(Box<ImageRecord>),
     /// Delete the image's files and record; containers made from it keep their own copies.
     /// Replies once gone; the actor then stops.
     Delete(RpcReplyPort<Result<()>>),
@@ -59,6 +61,7 @@ impl Actor for ImageActor {
     async fn handle(&self, me: ActorRef<ImageMsg>, msg: ImageMsg, s: &mut ImageArgs) -> Result<(), ActorProcessingErr> {
         match msg {
             ImageMsg::Info(r) => drop(r.send(s.record.clone())),
+            ImageMsg::Replace(rec) => s.record = *rec,
             ImageMsg::Used(at) => {
                 s.record.last_used_at_us = at;
                 if let Err(e) = s.store.update_image(&s.record).await {

@@ -15,6 +15,7 @@ pub mod fake;
 pub mod host;
 pub mod image;
 pub mod manager;
+pub mod operation;
 pub mod runtime;
 pub mod store;
 pub mod types;

@@ -2,8 +2,11 @@
 //! [`crate::host::HostRuntime`] does it for real (monitor processes, storage, cgroups);
 //! [`crate::fake::FakeRuntime`] does it in memory for actor and interface tests.
 
+use crate::operation::Operation;
 use crate::types::{ContainerRecord, ExecRequest};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -25,6 +28,9 @@ pub enum RuntimeError {
     /// Anything else; the text names the failing step.
     #[error("{0}")]
     Failed(String),
+    /// Cancelled on request; nothing was kept.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<berth_runtime::Error> for RuntimeError {
@@ -33,6 +39,7 @@ impl From<berth_runtime::Error> for RuntimeError {
             berth_runtime::Error::NotRunning(_) => RuntimeError::NotRunning,
             berth_runtime::Error::InvalidImage(m) => RuntimeError::InvalidImage(m),
             berth_runtime::Error::Invalid(m) => RuntimeError::Invalid(m),
+            berth_runtime::Error::Cancelled => RuntimeError::Cancelled,
             other => RuntimeError::Failed(other.to_string()),
         }
     }
@@ -64,11 +71,16 @@ pub enum MonitorEvent {
     Lost,
 }
 
-/// A new image produced by a recipe, stored and unpacked.
-#[derive(Debug, Clone, PartialEq)]
+/// An image produced by an import, a recipe or a publish, stored and unpacked — or found
+/// already known (`known`), in which case nothing was stored and only the fingerprint counts.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NewImage {
     /// sha256 fingerprint.
     pub fingerprint: String,
+    /// It was already registered.
+    pub known: bool,
+    /// Split (metadata + rootfs files).
+    pub split: bool,
     /// Architecture.
     pub architecture: String,
     /// Properties from metadata.yaml.
@@ -99,8 +111,29 @@ pub trait Runtime: Send + Sync + 'static {
     async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError>;
     /// Runs a process in the running container and returns its exit status.
     async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32, RuntimeError>;
-    /// Builds an image from a built-in recipe and unpacks it into the pool.
-    async fn build_image(&self, recipe: &str) -> Result<NewImage, RuntimeError>;
+    /// Builds an image from a built-in recipe, stores and unpacks it. `known`: registered
+    /// fingerprints (a known result changes nothing).
+    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError>;
+    /// Stores an image read from `archive` (and a split image's `rootfs`) and unpacks it.
+    async fn import_image(
+        &self,
+        archive: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError>;
+    /// Makes an image of a stopped container: `properties` go into its metadata.yaml.
+    async fn publish(
+        &self,
+        rec: &ContainerRecord,
+        properties: BTreeMap<String, String>,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError>;
+    /// Writes a stored image's file(s) to `out` (and a split image's rootfs to `rootfs`).
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError>;
+    /// Removes image files nobody registered (interrupted imports); returns what it did.
+    async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String>;
     /// Removes an image's files. Idempotent.
     async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError>;
 }

@@ -46,6 +46,10 @@ const MIGRATIONS: &[&str] = &[
         value         TEXT NOT NULL
     ) STRICT;
     "#,
+    // 2: split images (metadata + rootfs files)
+    r#"
+    ALTER TABLE images ADD COLUMN split INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Everything loaded at startup.
@@ -144,7 +148,7 @@ impl Db {
             });
         }
         let mut st = self.conn.prepare(
-            "SELECT fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties
+            "SELECT fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties, split
              FROM images ORDER BY fingerprint",
         )?;
         let rows = st.query_map([], |r| {
@@ -156,10 +160,11 @@ impl Db {
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, String>(6)?,
+                r.get::<_, bool>(7)?,
             ))
         })?;
         for row in rows {
-            let (fp, arch, size, created, uploaded, used, props) = row?;
+            let (fp, arch, size, created, uploaded, used, props, split) = row?;
             out.images.push(ImageRecord {
                 properties: serde_json::from_str(&props).map_err(|e| Error::Store(format!("properties of {fp}: {e}")))?,
                 aliases: Vec::new(),
@@ -168,6 +173,7 @@ impl Db {
                 created_at_us: created.max(0) as u64,
                 uploaded_at_us: uploaded.max(0) as u64,
                 last_used_at_us: used.max(0) as u64,
+                split,
                 fingerprint: fp,
             });
         }
@@ -243,8 +249,8 @@ impl Db {
     pub fn insert_image(&mut self, img: &ImageRecord) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO images (fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO images (fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties, split)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 img.fingerprint,
                 img.architecture,
@@ -252,7 +258,8 @@ impl Db {
                 img.created_at_us as i64,
                 img.uploaded_at_us as i64,
                 img.last_used_at_us as i64,
-                json(&img.properties)
+                json(&img.properties),
+                img.split
             ],
         )?;
         for a in &img.aliases {
@@ -273,6 +280,12 @@ impl Db {
             "UPDATE images SET properties=?2, last_used_at=?3 WHERE fingerprint=?1",
             params![img.fingerprint, json(&img.properties), img.last_used_at_us as i64],
         )?;
+        Ok(())
+    }
+
+    /// Removes an alias. Missing is fine.
+    pub fn delete_alias(&self, alias: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM image_aliases WHERE name=?1", params![alias])?;
         Ok(())
     }
 
@@ -331,6 +344,8 @@ pub enum StoreMsg {
     DeleteImage(String, RpcReplyPort<Result<()>>),
     /// Point an alias at an image.
     SetAlias(String, String, RpcReplyPort<Result<()>>),
+    /// Remove an alias.
+    DeleteAlias(String, RpcReplyPort<Result<()>>),
     /// Read a setting.
     Setting(String, RpcReplyPort<Result<Option<String>>>),
     /// Write a setting.
@@ -362,6 +377,7 @@ impl Actor for StoreActor {
             StoreMsg::UpdateImage(i, r) => drop(r.send(db.update_image(&i))),
             StoreMsg::DeleteImage(f, r) => drop(r.send(db.delete_image(&f))),
             StoreMsg::SetAlias(a, f, r) => drop(r.send(db.set_alias(&a, &f))),
+            StoreMsg::DeleteAlias(a, r) => drop(r.send(db.delete_alias(&a))),
             StoreMsg::Setting(k, r) => drop(r.send(db.setting(&k))),
             StoreMsg::SetSetting(k, v, r) => drop(r.send(db.set_setting(&k, &v))),
         }
@@ -440,6 +456,11 @@ impl Store {
         store_call!(self, SetAlias, alias.to_string(), fp.to_string())
     }
 
+    /// Removes an alias.
+    pub async fn delete_alias(&self, alias: &str) -> Result<()> {
+        store_call!(self, DeleteAlias, alias.to_string())
+    }
+
     /// Reads a setting.
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
         store_call!(self, Setting, key.to_string())
@@ -504,6 +525,7 @@ mod tests {
             created_at_us: 1,
             uploaded_at_us: 2,
             last_used_at_us: 0,
+            split: true,
         };
         db.insert_image(&img).unwrap();
         let mut other = img.clone();

@@ -26,8 +26,12 @@ fn host() -> HostInfo {
 async fn engine() -> (Engine, Arc<FakeRuntime>) {
     let rt = Arc::new(FakeRuntime::new());
     let e = Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host()).await.unwrap();
-    e.build_image("busybox", vec!["busybox".into()]).await.unwrap();
+    e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
     (e, rt)
+}
+
+fn aliases(a: &[&str]) -> ImageOptions {
+    ImageOptions { aliases: a.iter().map(|s| s.to_string()).collect(), ..Default::default() }
 }
 
 fn req(name: &str) -> CreateRequest {
@@ -291,7 +295,7 @@ async fn startup_reconciles_with_what_runs() {
         let pid;
         {
             let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host()).await.unwrap();
-            e.build_image("busybox", vec!["busybox".into()]).await.unwrap();
+            e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
             e.create_container(CreateRequest { start: true, ..req("keeps") }).await.unwrap();
             e.create_container(CreateRequest { start: true, ..req("dies") }).await.unwrap();
             pid = e.container("keeps").await.unwrap().init_pid;
@@ -327,10 +331,10 @@ async fn images_resolve_by_alias_fingerprint_and_prefix() {
         assert_eq!(e.image(&img.fingerprint).await.unwrap(), img);
         assert_eq!(e.image(&img.fingerprint[..12]).await.unwrap(), img);
         assert_eq!(e.image("zzz").await, Err(Error::NoSuchImage("zzz".into())));
-        let (again, c) = e.build_image("busybox", vec![]).await.unwrap();
+        let (again, c) = e.build_image("busybox", aliases(&[]), 0).await.unwrap();
         assert_eq!((again.fingerprint, c), (img.fingerprint.clone(), Created::Identity));
-        assert!(matches!(e.build_image("busybox", vec!["bad alias".into()]).await, Err(Error::InvalidName { .. })));
-        assert!(matches!(e.build_image("nope", vec![]).await, Err(Error::InvalidConfig(_))));
+        assert!(matches!(e.build_image("busybox", aliases(&["bad alias"]), 0).await, Err(Error::InvalidName { .. })));
+        assert!(matches!(e.build_image("nope", aliases(&[]), 0).await, Err(Error::InvalidConfig(_))));
     })
     .await
 }

@@ -264,6 +264,8 @@ pub struct ImageRecord {
     pub uploaded_at_us: u64,
     /// When a container was last made from it, µs.
     pub last_used_at_us: u64,
+    /// A split image (metadata and rootfs files) rather than one unified tarball.
+    pub split: bool,
 }
 
 impl ImageRecord {
@@ -271,6 +273,15 @@ impl ImageRecord {
     pub fn description(&self) -> &str {
         self.properties.get("description").map(String::as_str).unwrap_or("")
     }
+}
+
+/// What to do with an image being imported, built or published.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageOptions {
+    /// Aliases to give it (taken from other images).
+    pub aliases: Vec<String>,
+    /// Properties to set (over those of metadata.yaml).
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Host facts shown on the Manager object.

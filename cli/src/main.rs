@@ -1,9 +1,11 @@
 //! `berth`: the command-line client of berthd, over D-Bus. lxc/incus users should feel at home:
 //! `berth launch busybox c1`, `berth exec c1 -- sh`, `berth list`.
 
+mod images;
+mod progress;
 mod term;
 
-use berth_interfaces::client::{ContainerProxy, ImageProxy, ManagerProxy, error_parts};
+use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
 use berth_interfaces::wire::{ContainerEntry, ImageEntry};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
@@ -103,7 +105,18 @@ enum Cmd {
     },
     /// Manage images.
     #[command(subcommand)]
-    Image(ImageCmd),
+    Image(images::ImageCmd),
+    /// Make an image of a stopped container.
+    Publish {
+        /// Container.
+        name: String,
+        /// Alias for the new image, repeatable.
+        #[arg(long)]
+        alias: Vec<String>,
+        /// Property KEY=VALUE for the new image, repeatable.
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        property: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -136,39 +149,8 @@ struct CreateArgs {
     ephemeral: bool,
 }
 
-#[derive(Subcommand, Debug)]
-enum ImageCmd {
-    /// List images.
-    #[command(alias = "ls")]
-    List {
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value = "table")]
-        format: Format,
-    },
-    /// Build an image from a built-in recipe (busybox).
-    Build {
-        /// Recipe.
-        recipe: String,
-        /// Alias to give it, repeatable.
-        #[arg(long)]
-        alias: Vec<String>,
-    },
-    /// Show an image.
-    Info {
-        /// Alias, fingerprint or prefix.
-        reference: String,
-    },
-    /// Delete images.
-    #[command(alias = "rm")]
-    Delete {
-        /// Aliases, fingerprints or prefixes.
-        #[arg(required = true)]
-        references: Vec<String>,
-    },
-}
-
 /// A failure: message and exit code.
-struct Fail(String, u8);
+pub(crate) struct Fail(pub(crate) String, pub(crate) u8);
 
 impl From<zbus::Error> for Fail {
     fn from(e: zbus::Error) -> Self {
@@ -185,7 +167,7 @@ impl From<zbus::Error> for Fail {
     }
 }
 
-type R<T> = Result<T, Fail>;
+pub(crate) type R<T> = Result<T, Fail>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -245,7 +227,22 @@ async fn run(cli: Cli) -> R<u8> {
         Cmd::Exec { name, env, user, cwd, tty, no_tty, command } => {
             exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await
         }
-        Cmd::Image(cmd) => image(&conn, &m, cmd).await,
+        Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
+        Cmd::Publish { name, alias, property } => {
+            let c = container(&conn, &m, &name).await?;
+            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+            if !alias.is_empty() {
+                o.insert("aliases", alias.into());
+            }
+            let props = parse_kv(&property, "property")?;
+            if !props.is_empty() {
+                o.insert("properties", props.into());
+            }
+            let path = progress::with_progress(&conn, "publish", c.publish(&o)).await?;
+            let img = images::image_at(&conn, path).await?;
+            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
+            Ok(0)
+        }
     }
 }
 
@@ -289,7 +286,7 @@ where
     Ok(0)
 }
 
-fn parse_kv(items: &[String], what: &str) -> R<HashMap<String, String>> {
+pub(crate) fn parse_kv(items: &[String], what: &str) -> R<HashMap<String, String>> {
     items
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -328,7 +325,7 @@ async fn create(conn: &Connection, m: &ManagerProxy<'_>, a: CreateArgs, start: b
     Ok(0)
 }
 
-fn short_image(fp: &str, images: &[ImageEntry]) -> String {
+pub(crate) fn short_image(fp: &str, images: &[ImageEntry]) -> String {
     images
         .iter()
         .find(|i| i.fingerprint == fp)
@@ -336,7 +333,7 @@ fn short_image(fp: &str, images: &[ImageEntry]) -> String {
         .unwrap_or_else(|| fp.chars().take(12).collect())
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -418,7 +415,7 @@ async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Forma
     Ok(0)
 }
 
-fn fmt_time(us: u64) -> String {
+pub(crate) fn fmt_time(us: u64) -> String {
     let secs = (us / 1_000_000) as i64;
     // civil-from-days (UTC), no extra dependency
     let days = secs.div_euclid(86_400);
@@ -492,63 +489,4 @@ async fn exec(
     let argv: Vec<&str> = command.iter().map(String::as_str).collect();
     let code = c.exec(&argv, &o).await?;
     Ok(code.clamp(0, 255) as u8)
-}
-
-async fn image_at(conn: &Connection, path: OwnedObjectPath) -> R<ImageProxy<'_>> {
-    Ok(ImageProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
-}
-
-async fn image(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) -> R<u8> {
-    match cmd {
-        ImageCmd::List { format } => {
-            let images = m.list_images().await?;
-            if format == Format::Json {
-                let v: Vec<serde_json::Value> = images
-                    .iter()
-                    .map(|i| serde_json::json!({"fingerprint": i.fingerprint, "aliases": i.aliases, "description": i.description, "path": i.path.as_str()}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| vec![i.aliases.join(","), i.fingerprint.chars().take(12).collect(), i.description.clone()])
-                    .collect();
-                table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
-            }
-            Ok(0)
-        }
-        ImageCmd::Build { recipe, alias } => {
-            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
-            if !alias.is_empty() {
-                o.insert("aliases", alias.into());
-            }
-            let path = m.build_image(&recipe, &o).await?;
-            let img = image_at(conn, path).await?;
-            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
-            Ok(0)
-        }
-        ImageCmd::Info { reference } => {
-            let path = m.get_image(&reference).await?;
-            let img = image_at(conn, path).await?;
-            println!("Fingerprint: {}", img.fingerprint().await?);
-            println!("Aliases: {}", img.aliases().await?.join(", "));
-            println!("Architecture: {}", img.architecture().await?);
-            println!("Size: {} bytes", img.size().await?);
-            let mut props: Vec<(String, String)> = img.properties().await?.into_iter().collect();
-            props.sort();
-            println!("Properties:");
-            for (k, v) in props {
-                println!("  {k}: {v}");
-            }
-            Ok(0)
-        }
-        ImageCmd::Delete { references } => {
-            for r in references {
-                let path = m.get_image(&r).await?;
-                let img = image_at(conn, path).await?;
-                img.delete().await?;
-            }
-            Ok(0)
-        }
-    }
 }

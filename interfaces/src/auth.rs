@@ -57,8 +57,8 @@ pub struct Caller {
 /// Decides whether a caller may do an action.
 #[async_trait::async_trait]
 pub trait Authorizer: Send + Sync + 'static {
-    /// Ok when allowed; otherwise the error to reply with.
-    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<(), Error>;
+    /// The caller's uid when allowed; otherwise the error to reply with.
+    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<u32, Error>;
 }
 
 /// Asks polkit (root callers pass without asking).
@@ -96,14 +96,14 @@ impl PolkitAuthorizer {
 
 #[async_trait::async_trait]
 impl Authorizer for PolkitAuthorizer {
-    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<(), Error> {
+    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<u32, Error> {
         let uid = match (caller.uid, &caller.bus_name) {
-            (Some(u), _) => Some(u),
-            (None, Some(n)) => Some(self.uid_of(n).await?),
-            (None, None) => None,
+            (Some(u), _) => u,
+            (None, Some(n)) => self.uid_of(n).await?,
+            (None, None) => return Err(Error::new(Name::NotAuthorized, format!("cannot identify the caller for {action}"))),
         };
-        if uid == Some(0) {
-            return Ok(());
+        if uid == 0 {
+            return Ok(0);
         }
         let Some(subject) = &caller.subject else {
             return Err(Error::new(Name::NotAuthorized, format!("cannot identify the caller for {action}")));
@@ -120,7 +120,8 @@ impl Authorizer for PolkitAuthorizer {
             .check_authorization(subject, action, &details, flags, "")
             .await
             .map_err(|e| Error::new(Name::NotAuthorized, format!("polkit could not check {action}: {e}")))?;
-        decide(action, r.is_authorized, r.is_challenge, r.details.contains_key("polkit.dismissed"), caller.interactive)
+        decide(action, r.is_authorized, r.is_challenge, r.details.contains_key("polkit.dismissed"), caller.interactive)?;
+        Ok(uid)
     }
 }
 
@@ -151,11 +152,11 @@ pub struct StaticAuthorizer {
 
 #[async_trait::async_trait]
 impl Authorizer for StaticAuthorizer {
-    async fn check(&self, _caller: &Caller, action: &str, _details: &[(&str, &str)]) -> Result<(), Error> {
+    async fn check(&self, caller: &Caller, action: &str, _details: &[(&str, &str)]) -> Result<u32, Error> {
         if self.deny.iter().any(|a| a == action) {
             Err(Error::new(Name::NotAuthorized, format!("not authorized for {action}")))
         } else {
-            Ok(())
+            Ok(caller.uid.unwrap_or(0))
         }
     }
 }

@@ -31,6 +31,17 @@ pub trait Manager {
     /// Builds an image from a recipe.
     #[zbus(allow_interactive_auth)]
     fn build_image(&self, recipe: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Imports an image from an open file.
+    #[zbus(allow_interactive_auth)]
+    fn import_image(&self, archive: zbus::Fd<'_>, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Renames an alias.
+    #[zbus(allow_interactive_auth)]
+    fn rename_image_alias(&self, from: &str, to: &str) -> zbus::Result<()>;
+    /// Operations in progress.
+    fn list_operations(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+    /// A long operation started.
+    #[zbus(signal)]
+    fn operation_new(&self, operation: OwnedObjectPath) -> zbus::Result<()>;
     /// berth's version.
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
@@ -60,6 +71,9 @@ pub trait Container {
     /// Runs a process; returns its exit status.
     #[zbus(allow_interactive_auth)]
     fn exec(&self, argv: &[&str], options: &HashMap<&str, Variant<'_>>) -> zbus::Result<i32>;
+    /// Makes an image of the (stopped) container.
+    #[zbus(allow_interactive_auth)]
+    fn publish(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
     /// Name.
     #[zbus(property)]
     fn name(&self) -> zbus::Result<String>;
@@ -95,6 +109,27 @@ pub trait Image {
     /// Deletes.
     #[zbus(allow_interactive_auth)]
     fn delete(&self) -> zbus::Result<()>;
+    /// Writes the image file(s) to open files.
+    #[zbus(allow_interactive_auth)]
+    fn export(&self, fd: zbus::Fd<'_>, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<u64>;
+    /// Sets properties (empty value: remove).
+    #[zbus(allow_interactive_auth)]
+    fn set_properties(&self, properties: &HashMap<&str, &str>) -> zbus::Result<()>;
+    /// Adds an alias.
+    #[zbus(allow_interactive_auth)]
+    fn add_alias(&self, alias: &str) -> zbus::Result<()>;
+    /// Removes an alias.
+    #[zbus(allow_interactive_auth)]
+    fn remove_alias(&self, alias: &str) -> zbus::Result<()>;
+    /// Split image.
+    #[zbus(property)]
+    fn split(&self) -> zbus::Result<bool>;
+    /// Creation date (µs).
+    #[zbus(property)]
+    fn created_at(&self) -> zbus::Result<u64>;
+    /// Upload date (µs).
+    #[zbus(property)]
+    fn uploaded_at(&self) -> zbus::Result<u64>;
     /// Fingerprint.
     #[zbus(property)]
     fn fingerprint(&self) -> zbus::Result<String>;
@@ -110,6 +145,35 @@ pub trait Image {
     /// Size.
     #[zbus(property)]
     fn size(&self) -> zbus::Result<u64>;
+}
+
+/// `org.berth.Berth1.Operation`.
+#[proxy(interface = "org.berth.Berth1.Operation", default_service = "org.berth.Berth1")]
+pub trait Operation {
+    /// Cancels it.
+    #[zbus(allow_interactive_auth)]
+    fn cancel(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// What it does.
+    #[zbus(property, name = "Operation")]
+    fn verb(&self) -> zbus::Result<String>;
+    /// 0..1.
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<f64>;
+    /// Whether Progress is meaningful.
+    #[zbus(property)]
+    fn progress_valid(&self) -> zbus::Result<bool>;
+    /// Bytes processed.
+    #[zbus(property)]
+    fn bytes(&self) -> zbus::Result<u64>;
+    /// Bytes per second.
+    #[zbus(property)]
+    fn rate(&self) -> zbus::Result<u64>;
+    /// Who started it.
+    #[zbus(property, name = "StartedByUID")]
+    fn started_by_uid(&self) -> zbus::Result<u32>;
+    /// Status.
+    #[zbus(property)]
+    fn status(&self) -> zbus::Result<String>;
 }
 
 /// A D-Bus error as `(name, message)` when it is one.

@@ -58,6 +58,12 @@ pub enum Name {
     DeleteFailed,
     /// Building an image failed.
     ImageBuildFailed,
+    /// Importing an image failed for a reason other than the image itself.
+    ImportFailed,
+    /// Exporting an image failed.
+    ExportFailed,
+    /// Publishing a container failed.
+    PublishFailed,
     /// The state database failed.
     DatabaseFailed,
 }
@@ -89,6 +95,9 @@ impl Name {
             Name::ExecFailed => "ExecFailed",
             Name::DeleteFailed => "DeleteFailed",
             Name::ImageBuildFailed => "ImageBuildFailed",
+            Name::ImportFailed => "ImportFailed",
+            Name::ExportFailed => "ExportFailed",
+            Name::PublishFailed => "PublishFailed",
             Name::DatabaseFailed => "DatabaseFailed",
         }
     }
@@ -100,7 +109,8 @@ impl Name {
         Name::NotAuthorized, Name::NotAuthorizedCanObtain, Name::NotAuthorizedDismissed,
         Name::CheckpointFailed, Name::RestoreFailed, Name::Cancelled, Name::InvalidImage,
         Name::NotSupported, Name::CreateFailed, Name::StartFailed, Name::StopFailed, Name::ExecFailed,
-        Name::DeleteFailed, Name::ImageBuildFailed, Name::DatabaseFailed,
+        Name::DeleteFailed, Name::ImageBuildFailed, Name::ImportFailed, Name::ExportFailed,
+        Name::PublishFailed, Name::DatabaseFailed,
     ];
 }
 
@@ -201,6 +211,7 @@ impl From<berth_actors::Error> for Error {
             E::InvalidImage(_) => Name::InvalidImage,
             E::NotSupported(_) => Name::NotSupported,
             E::Store(_) => Name::DatabaseFailed,
+            E::Cancelled => Name::Cancelled,
             E::Runtime { op, .. } => match op {
                 Op::Create => Name::CreateFailed,
                 Op::Start => Name::StartFailed,
@@ -208,6 +219,9 @@ impl From<berth_actors::Error> for Error {
                 Op::Exec => Name::ExecFailed,
                 Op::Delete | Op::DeleteImage => Name::DeleteFailed,
                 Op::BuildImage => Name::ImageBuildFailed,
+                Op::ImportImage => Name::ImportFailed,
+                Op::ExportImage => Name::ExportFailed,
+                Op::Publish => Name::PublishFailed,
             },
         };
         Error::new(name, msg)

@@ -47,6 +47,11 @@ pub fn container(name: &str) -> String {
     format!("{ROOT}/container/{}", escape_label(name))
 }
 
+/// An operation's object path.
+pub fn operation(id: u64) -> String {
+    format!("{ROOT}/operation/{id}")
+}
+
 /// An image's object path.
 pub fn image(fingerprint: &str) -> String {
     format!("{ROOT}/image/{}", escape_label(fingerprint))

@@ -16,7 +16,8 @@ use zbus::{Connection, Guid, Variant, connection};
 
 struct Env {
     client: Connection,
-    _server: Connection,
+    server: Connection,
+    ctx: Context,
     rt: Arc<FakeRuntime>,
 }
 
@@ -30,14 +31,14 @@ async fn env(deny: &[&str]) -> Env {
         stateful_unsupported_reason: "no CRIU in this test".into(),
     };
     let engine = berth_actors::Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host).await.unwrap();
-    engine.build_image("busybox", vec!["busybox".into()]).await.unwrap();
+    engine.build_image("busybox", berth_actors::types::ImageOptions { aliases: vec!["busybox".into()], ..Default::default() }, 0).await.unwrap();
     let ctx = Context { engine, auth: Arc::new(StaticAuthorizer { deny: deny.iter().map(|s| s.to_string()).collect() }) };
     let (s0, s1) = std::os::unix::net::UnixStream::pair().unwrap();
     let server = connection::Builder::unix_stream(s0).server(Guid::generate()).p2p().build();
     let client = connection::Builder::unix_stream(s1).p2p().method_timeout(Duration::from_secs(10)).build();
     let (server, client) = tokio::try_join!(server, client).unwrap();
-    dbus::serve(&server, ctx).await.unwrap();
-    Env { client, _server: server, rt }
+    dbus::serve(&server, ctx.clone()).await.unwrap();
+    Env { client, server, ctx, rt }
 }
 
 fn err_name(e: &zbus::Error) -> String {
@@ -206,8 +207,17 @@ async fn checked_in_introspection_matches() {
         let m = ManagerProxy::new(&e.client).await.unwrap();
         let c = m.create_container("a", "busybox", &HashMap::new()).await.unwrap();
         let img = m.get_image("busybox").await.unwrap();
+        // an operation object, as one exists while a long job runs
+        let ops = berth_actors::operation::Operations::new(berth_actors::events::Events::default());
+        let op = ops.start("image-import", vec![], 0, true);
+        e.server
+            .object_server()
+            .at("/org/berth/Berth1/operation/999", berth_interfaces::dbus::operation::OperationIface::new(e.ctx.clone(), op))
+            .await
+            .unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus");
         for (file, path, iface) in [
+            ("org.berth.Berth1.Operation.xml", "/org/berth/Berth1/operation/999".to_string(), "org.berth.Berth1.Operation"),
             ("org.berth.Berth1.Manager.xml", "/org/berth/Berth1".to_string(), "org.berth.Berth1.Manager"),
             ("org.berth.Berth1.Container.xml", c.to_string(), "org.berth.Berth1.Container"),
             ("org.berth.Berth1.Image.xml", img.to_string(), "org.berth.Berth1.Image"),

@@ -60,6 +60,9 @@ pub enum Error {
     /// A caller-supplied value is unusable (a path outside the rootfs, a bad signal name…).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The operation was cancelled; nothing of it was kept.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl Error {

@@ -89,16 +89,16 @@ async fn connect(cfg: &Config) -> Result<zbus::Connection, String> {
     Err(last)
 }
 
-/// The berth-monitor binary: next to berthd, or in ../libexec/berth/.
-fn find_monitor() -> Result<std::path::PathBuf, String> {
+/// A berth binary that lives next to berthd or in ../libexec/berth/.
+fn find_libexec(name: &str) -> Result<std::path::PathBuf, String> {
     let me = std::env::current_exe().map_err(|e| format!("find my own binary: {e}"))?;
     let dir = me.parent().unwrap_or(Path::new("/"));
-    let candidates = [dir.join("berth-monitor"), dir.join("../libexec/berth/berth-monitor")];
+    let candidates = [dir.join(name), dir.join("../libexec/berth").join(name)];
     candidates
         .iter()
         .find(|p| p.is_file())
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-        .ok_or_else(|| format!("berth-monitor not found (looked at {} and {}); pass --monitor", candidates[0].display(), candidates[1].display()))
+        .ok_or_else(|| format!("{name} not found (looked at {} and {})", candidates[0].display(), candidates[1].display()))
 }
 
 /// Runs the daemon until SIGTERM/SIGINT or until the bus goes away.
@@ -122,8 +122,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     pool.mount().map_err(|e| format!("storage pool: {e}"))?;
     let exe = match &cfg.monitor {
         Some(p) => p.clone(),
-        None => find_monitor()?,
+        None => find_libexec("berth-monitor")?,
     };
+    let helper = find_libexec("berth-helper")?;
     let host = HostRuntime::new(
         HostConfig {
             state_dir: cfg.state_dir.clone(),
@@ -131,6 +132,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             exe,
             cgroup_parent: cfg.cgroup_parent.clone(),
             busybox: cfg.busybox.clone(),
+            helper,
             no_idmapped_mounts: cfg.no_idmapped_mounts,
         },
         pool,

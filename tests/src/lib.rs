@@ -6,6 +6,8 @@
 //! through berthd, then anything left in its cgroups is killed, its cgroups removed, the pool
 //! unmounted, the daemons stopped and the directory removed.
 
+pub mod archive;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

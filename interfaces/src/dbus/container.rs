@@ -161,6 +161,23 @@ impl ContainerIface {
         Ok(self.ctx.engine.exec(&self.name, req).await?)
     }
 
+    /// Makes a new image of this (stopped) container and returns its object. Options:
+    /// `aliases` (as), `properties` (a{ss}, over those of the container's image). The image is a
+    /// zstd-compressed unified tarball. Runs as an Operation.
+    #[zbus(out_args("image"))]
+    async fn publish(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<zbus::OwnedObjectPath> {
+        let opts = super::manager::image_options("Publish", options, &[])?.0;
+        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("container", &self.name), ("verb", "publish")]).await?;
+        let (img, _) = self.ctx.engine.publish(&self.name, opts, uid).await?;
+        super::export_image(conn, &self.ctx, &img.fingerprint).await?;
+        Ok(super::path(crate::paths::image(&img.fingerprint)))
+    }
+
     /// Name.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {

@@ -1,11 +1,12 @@
 //! `org.berth.Berth1.Image` at `/org/berth/Berth1/image/<sha256>`.
 
 use super::Context;
+use super::options::Options;
 use crate::auth;
-use crate::errors::Result;
+use crate::errors::{Error, Result};
 use berth_actors::types::ImageRecord;
 use std::collections::HashMap;
-use zbus::interface;
+use zbus::{OwnedVariant, interface};
 use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 
@@ -37,6 +38,49 @@ impl ImageIface {
             Ok(_) | Err(zbus::Error::InterfaceNotFound) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Writes the image's file, byte for byte as it was imported, to `fd`. A split image needs
+    /// option `rootfs` (h) for its rootfs file. Returns the bytes written.
+    #[zbus(out_args("bytes"))]
+    async fn export(&self, fd: zbus::OwnedFd, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<u64> {
+        let mut o = Options::parse("Export", options, &[("rootfs", "h")])?;
+        let rootfs = o.fd("rootfs")?;
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "export")]).await?;
+        Ok(self.ctx.engine.export_image(&self.fingerprint, fd.into(), rootfs).await?)
+    }
+
+    /// Sets properties (an empty value removes one).
+    async fn set_properties(&self, properties: HashMap<String, String>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        let keys: Vec<&str> = properties.keys().map(String::as_str).collect();
+        let keys = keys.join(",");
+        self.ctx
+            .authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "set-properties"), ("keys", &keys)])
+            .await?;
+        self.ctx.engine.set_image_properties(&self.fingerprint, properties.into_iter().collect()).await?;
+        Ok(())
+    }
+
+    /// Points a new alias at this image (an alias names one image).
+    async fn add_alias(&self, alias: String, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "add-alias")]).await?;
+        self.ctx.engine.add_image_alias(&self.fingerprint, &alias).await?;
+        Ok(())
+    }
+
+    /// Removes one of this image's aliases.
+    async fn remove_alias(&self, alias: String, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "remove-alias")]).await?;
+        if !self.record().await?.aliases.contains(&alias) {
+            return Err(Error::new(crate::errors::Name::NoSuchImage, format!("image {} has no alias {alias:?}", self.fingerprint)));
+        }
+        Ok(self.ctx.engine.remove_image_alias(&alias).await?)
+    }
+
+    /// Whether the image is split (a metadata file and a rootfs file).
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn split(&self) -> Result<bool> {
+        Ok(self.record().await?.split)
     }
 
     /// sha256 of the image file(s), as LXD computes it.

@@ -8,7 +8,7 @@ use crate::auth;
 use crate::errors::Result;
 use crate::paths;
 use crate::wire::{ContainerEntry, ImageEntry};
-use berth_actors::types::CreateRequest;
+use berth_actors::types::{CreateRequest, ImageOptions};
 use std::collections::HashMap;
 use zbus::message::Header;
 use zbus::object_server::{ObjectServer, SignalEmitter};
@@ -140,8 +140,8 @@ impl ManagerIface {
     }
 
     /// Builds an image from a built-in recipe (`busybox`: from the host's busybox-static) and
-    /// returns its object. Options: `aliases` (as). Building the same bytes again is not an
-    /// error: the existing image gets the aliases.
+    /// returns its object. Options: `aliases` (as), `properties` (a{ss}). Building the same
+    /// bytes again is not an error: the existing image gets the aliases. Runs as an Operation.
     #[zbus(out_args("image"))]
     async fn build_image(
         &self,
@@ -150,12 +150,42 @@ impl ManagerIface {
         #[zbus(header)] h: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        let mut o = Options::parse("BuildImage", options, &[("aliases", "as")])?;
-        let aliases = o.strings("aliases")?.unwrap_or_default();
-        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &recipe), ("verb", "build")]).await?;
-        let (img, _) = self.ctx.engine.build_image(&recipe, aliases).await?;
+        let opts = image_options("BuildImage", options, &[])?.0;
+        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &recipe), ("verb", "build")]).await?;
+        let (img, _) = self.ctx.engine.build_image(&recipe, opts, uid).await?;
         export_image(conn, &self.ctx, &img.fingerprint).await?;
         Ok(path(paths::image(&img.fingerprint)))
+    }
+
+    /// Imports an LXD/Incus image read from `archive` (a unified tarball, or a split image's
+    /// metadata tarball with its rootfs passed as option `rootfs` h), compressed with gzip, xz,
+    /// zstd, bzip2 or not. Options: `aliases` (as), `properties` (a{ss}), `rootfs` (h). The
+    /// same image again is not an error. Runs as an Operation.
+    #[zbus(out_args("image"))]
+    async fn import_image(
+        &self,
+        archive: zbus::OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath> {
+        let (opts, rootfs) = image_options("ImportImage", options, &[("rootfs", "h")])?;
+        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("verb", "import")]).await?;
+        let (img, _) = self.ctx.engine.import_image(archive.into(), rootfs, opts, uid).await?;
+        export_image(conn, &self.ctx, &img.fingerprint).await?;
+        Ok(path(paths::image(&img.fingerprint)))
+    }
+
+    /// Renames an image alias.
+    async fn rename_image_alias(&self, from: String, to: String, #[zbus(header)] h: Header<'_>) -> Result<()> {
+        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &from), ("verb", "rename-alias")]).await?;
+        Ok(self.ctx.engine.rename_image_alias(&from, &to).await?)
+    }
+
+    /// Operations in progress.
+    #[zbus(out_args("operations"))]
+    async fn list_operations(&self) -> Vec<OwnedObjectPath> {
+        self.ctx.engine.operations().iter().map(|o| path(paths::operation(o.id))).collect()
     }
 
     /// berth's version.
@@ -203,4 +233,26 @@ impl ManagerIface {
     /// An image was removed.
     #[zbus(signal)]
     pub async fn image_removed(emitter: &SignalEmitter<'_>, fingerprint: &str, image: ObjectPath<'_>) -> zbus::Result<()>;
+
+    /// A long operation started (its object exists until it completes).
+    #[zbus(signal)]
+    pub async fn operation_new(emitter: &SignalEmitter<'_>, operation: ObjectPath<'_>) -> zbus::Result<()>;
+}
+
+/// Parses `aliases` (as) and `properties` (a{ss}) plus `extra` options; returns the options and
+/// an fd given as `rootfs`.
+pub(crate) fn image_options(
+    method: &'static str,
+    options: HashMap<String, OwnedVariant>,
+    extra: &[(&str, &str)],
+) -> Result<(ImageOptions, Option<std::os::fd::OwnedFd>)> {
+    let mut allowed = vec![("aliases", "as"), ("properties", "a{ss}")];
+    allowed.extend_from_slice(extra);
+    let mut o = Options::parse(method, options, &allowed)?;
+    let opts = ImageOptions {
+        aliases: o.strings("aliases")?.unwrap_or_default(),
+        properties: o.dict("properties")?.unwrap_or_default().into_iter().collect(),
+    };
+    let rootfs = if extra.iter().any(|(k, _)| *k == "rootfs") { o.fd("rootfs")? } else { None };
+    Ok((opts, rootfs))
 }

@@ -7,6 +7,7 @@
 pub mod container;
 pub mod image;
 pub mod manager;
+pub mod operation;
 pub mod options;
 
 use crate::auth::{Authorizer, Caller};
@@ -36,8 +37,9 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Checks `action` for the sender of `header` with `details` (always including `verb`).
-    pub async fn authorize(&self, header: &Header<'_>, action: &str, details: &[(&str, &str)]) -> Result<(), Error> {
+    /// Checks `action` for the sender of `header` with `details` (always including `verb`);
+    /// returns the caller's uid.
+    pub async fn authorize(&self, header: &Header<'_>, action: &str, details: &[(&str, &str)]) -> Result<u32, Error> {
         let caller = Caller {
             subject: Subject::new_for_message_header(header).ok(),
             bus_name: header.sender().map(|s| s.to_string()),
@@ -165,6 +167,61 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         Event::ImageAdded { fingerprint } => {
             export_image(conn, ctx, &fingerprint).await?;
             manager::ManagerIface::image_new(root, &fingerprint, path(paths::image(&fingerprint)).as_ref()).await?;
+        }
+        Event::ImageChanged { fingerprint } => {
+            let p = paths::image(&fingerprint);
+            if let Ok(iface) = conn.object_server().interface::<_, image::ImageIface>(p.as_str()).await {
+                let emitter = iface.signal_emitter().clone();
+                let g = iface.get().await;
+                g.aliases_changed(&emitter).await?;
+                g.properties_changed(&emitter).await?;
+            }
+        }
+        Event::OperationNew { id } => {
+            let Some(op) = ctx.engine.operation(id) else { return Ok(()) };
+            let p = paths::operation(id);
+            conn.object_server().at(p.as_str(), operation::OperationIface::new(ctx.clone(), op.clone())).await?;
+            manager::ManagerIface::operation_new(root, path(p.clone()).as_ref()).await?;
+            // progress, at most four times a second, while it runs
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let Ok(emitter) = SignalEmitter::new(&conn, p) else { return };
+                let mut last = u64::MAX;
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    if op.status() != berth_actors::operation::OpStatus::Running {
+                        return;
+                    }
+                    let done = op.done.load(std::sync::atomic::Ordering::Relaxed);
+                    if done == last {
+                        continue;
+                    }
+                    last = done;
+                    let changed = HashMap::from([
+                        ("Progress", Variant::from(op.progress().unwrap_or(0.0))),
+                        ("ProgressValid", Variant::from(op.progress().is_some())),
+                        ("Bytes", Variant::from(done)),
+                        ("Rate", Variant::from(op.rate())),
+                    ]);
+                    let iface = match operation::INTERFACE.try_into() {
+                        Ok(i) => i,
+                        Err(_) => return,
+                    };
+                    if fdo::Properties::properties_changed(&emitter, iface, changed, std::borrow::Cow::Borrowed(&[])).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Event::OperationDone { id, success, message } => {
+            let p = paths::operation(id);
+            if let Ok(emitter) = SignalEmitter::new(conn, p.clone()) {
+                operation::OperationIface::completed(&emitter, success, &message).await?;
+            }
+            match conn.object_server().remove::<operation::OperationIface, _>(p.as_str()).await {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
         Event::ImageRemoved { fingerprint } => {
             let p = paths::image(&fingerprint);

@@ -8,18 +8,25 @@
 //! separate process) and the new actor finds it again. More than [`MAX_RESTARTS`] failures
 //! within [`RESTART_WINDOW`] give up: the name answers `Unavailable` until berthd restarts.
 
+mod images;
+
+pub use images::{validate_alias, validate_property};
+
 use crate::container::{ContainerActor, ContainerArgs, ContainerMsg};
-use crate::error::{Error, Result};
-use crate::events::{Event, Events};
+use crate::error::{Error, Op, Result};
+use crate::events::Events;
 use crate::image::{ImageActor, ImageArgs, ImageMsg};
-use crate::runtime::Runtime;
+use crate::operation::{Operation, Operations};
+use crate::runtime::{NewImage, Runtime};
 use crate::store::{Loaded, Store};
 use crate::types::{
-    ContainerInfo, ContainerRecord, ContainerSummary, CreateRequest, Created, ImageRecord, Pending, Status,
-    now_us, validate_name,
+    ContainerInfo, ContainerRecord, ContainerSummary, CreateRequest, Created, ImageOptions, ImageRecord, Pending,
+    Status, now_us, validate_name,
 };
+use images::{ImageReply, JobSpec};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,8 +50,63 @@ pub enum ManagerMsg {
     ListImages(RpcReplyPort<Vec<ImageRecord>>),
     /// Resolve an image reference (alias, fingerprint or unique prefix).
     ResolveImage(String, RpcReplyPort<Result<ImageRecord>>),
-    /// Build an image from a recipe (in a task) and register it with `aliases`.
-    BuildImage(String, Vec<String>, RpcReplyPort<Result<(ImageRecord, Created)>>),
+    /// Build an image from a recipe, as an operation; replies once it is registered.
+    BuildImage {
+        /// Recipe name.
+        recipe: String,
+        /// Aliases and properties.
+        opts: ImageOptions,
+        /// Caller.
+        uid: u32,
+        /// Reply.
+        reply: ImageReply,
+    },
+    /// Import an image from open files, as an operation; replies once it is registered.
+    ImportImage {
+        /// The unified tarball or a split image's metadata tarball.
+        archive: OwnedFd,
+        /// A split image's rootfs.
+        rootfs: Option<OwnedFd>,
+        /// Aliases and properties.
+        opts: ImageOptions,
+        /// Caller.
+        uid: u32,
+        /// Reply.
+        reply: ImageReply,
+    },
+    /// Publish a container whose record the caller obtained with `ContainerMsg::BeginPublish`;
+    /// the container is told `EndPublish` when the job ends.
+    Publish {
+        /// The stopped container's record.
+        record: Box<ContainerRecord>,
+        /// Aliases and properties of the new image.
+        opts: ImageOptions,
+        /// Caller.
+        uid: u32,
+        /// Reply.
+        reply: ImageReply,
+    },
+    /// Internal: a job produced an image (or failed); register it and end its operation.
+    ImageReady {
+        /// The job's result.
+        result: Box<Result<NewImage>>,
+        /// Aliases and properties asked for.
+        opts: ImageOptions,
+        /// The operation.
+        op: Arc<Operation>,
+        /// Reply.
+        reply: ImageReply,
+    },
+    /// Point an alias at an image.
+    AddAlias(String, String, RpcReplyPort<Result<ImageRecord>>),
+    /// Remove an alias.
+    RemoveAlias(String, RpcReplyPort<Result<()>>),
+    /// Rename an alias.
+    RenameAlias(String, String, RpcReplyPort<Result<()>>),
+    /// Set (empty value: remove) image properties.
+    SetImageProperties(String, BTreeMap<String, String>, RpcReplyPort<Result<ImageRecord>>),
+    /// Write an image's files to open files.
+    ExportImage(String, OwnedFd, Option<OwnedFd>, RpcReplyPort<Result<u64>>),
     /// Delete an image by reference.
     DeleteImage(String, RpcReplyPort<Result<()>>),
     /// Internal: a child's summary changed.
@@ -57,8 +119,6 @@ pub enum ManagerMsg {
     ImageUpdated(Box<ImageRecord>),
     /// Internal: an image was deleted.
     ImageRemoved(String),
-    /// Internal: a recipe finished building.
-    ImageBuilt(Box<std::result::Result<crate::runtime::NewImage, Error>>, Vec<String>, RpcReplyPort<Result<(ImageRecord, Created)>>),
 }
 
 /// What the Manager starts with.
@@ -69,6 +129,8 @@ pub struct ManagerArgs {
     pub runtime: Arc<dyn Runtime>,
     /// Events.
     pub events: Events,
+    /// Long operations.
+    pub ops: Operations,
 }
 
 impl std::fmt::Debug for ManagerArgs {
@@ -104,6 +166,7 @@ pub struct ManagerState {
     store: Store,
     rt: Arc<dyn Runtime>,
     events: Events,
+    ops: Operations,
     containers: BTreeMap<String, Child>,
     by_id: HashMap<ActorId, String>,
     images: BTreeMap<String, ImageEntry>,
@@ -132,6 +195,7 @@ impl Actor for ManagerActor {
             store: a.store,
             rt: a.runtime,
             events: a.events,
+            ops: a.ops,
             containers: BTreeMap::new(),
             by_id: HashMap::new(),
             images: BTreeMap::new(),
@@ -161,33 +225,67 @@ impl Actor for ManagerActor {
             ManagerMsg::List(r) => drop(r.send(s.containers.values().map(|c| c.summary.clone()).collect())),
             ManagerMsg::ListImages(r) => drop(r.send(s.images.values().map(|i| i.record.clone()).collect())),
             ManagerMsg::ResolveImage(reference, r) => drop(r.send(s.resolve_image(&reference).map(|e| e.record.clone()))),
-            ManagerMsg::BuildImage(recipe, aliases, reply) => {
-                for a in &aliases {
-                    if let Err(e) = validate_alias(a) {
-                        let _ = reply.send(Err(e));
-                        return Ok(());
-                    }
-                }
-                let (rt, me) = (s.rt.clone(), me.clone());
-                tokio::spawn(async move {
-                    let res = rt
-                        .build_image(&recipe)
-                        .await
-                        .map_err(|e| crate::container::map_rt(crate::error::Op::BuildImage, format!("image {recipe}"), e));
-                    if let Err(ractor::MessagingErr::SendErr(ManagerMsg::ImageBuilt(_, _, reply))) =
-                        me.send_message(ManagerMsg::ImageBuilt(Box::new(res), aliases, reply))
-                    {
-                        let _ = reply.send(Err(Error::Unavailable("the manager".into())));
-                    }
+            ManagerMsg::BuildImage { recipe, opts, uid, reply } => {
+                let rt = s.rt.clone();
+                let r = recipe.clone();
+                let spec = JobSpec { verb: "image-build", object: format!("image:{recipe}"), uid, op_kind: Op::BuildImage, opts, reply };
+                s.spawn_image_job(&me, spec, move |op, known| async move {
+                    rt.build_image(&r, known, op).await
                 });
             }
-            ManagerMsg::ImageBuilt(res, aliases, reply) => {
-                let out = match *res {
-                    Ok(new) => s.register_image(&me, new, aliases).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(out);
+            ManagerMsg::ImportImage { archive, rootfs, opts, uid, reply } => {
+                let rt = s.rt.clone();
+                let spec = JobSpec { verb: "image-import", object: "image:import".into(), uid, op_kind: Op::ImportImage, opts, reply };
+                s.spawn_image_job(&me, spec, move |op, known| async move {
+                    rt.import_image(archive, rootfs, known, op).await
+                });
             }
+            ManagerMsg::Publish { record, opts, uid, reply } => {
+                let rt = s.rt.clone();
+                let name = record.name.clone();
+                let props = opts.properties.clone();
+                let me2 = me.clone();
+                let spec = JobSpec { verb: "publish", object: format!("container:{name}"), uid, op_kind: Op::Publish, opts, reply };
+                let started = s.spawn_image_job(&me, spec, move |op, known| async move {
+                    let r = rt.publish(&record, props, known, op).await;
+                    let _ = me2.cast(ManagerMsg::ToContainer(record.name.clone(), ContainerMsg::EndPublish));
+                    r
+                });
+                if !started {
+                    // refused before it ran (a bad alias): release the container
+                    let _ = me.cast(ManagerMsg::ToContainer(name, ContainerMsg::EndPublish));
+                }
+            }
+            ManagerMsg::ImageReady { result, opts, op, reply } => s.image_ready(&me, *result, opts, op, reply).await,
+            ManagerMsg::AddAlias(reference, alias, r) => {
+                let res = s.add_alias(&reference, &alias).await;
+                let _ = r.send(res);
+            }
+            ManagerMsg::RemoveAlias(alias, r) => {
+                let res = s.remove_alias(&alias).await;
+                let _ = r.send(res);
+            }
+            ManagerMsg::RenameAlias(from, to, r) => {
+                let res = s.rename_alias(&from, &to).await;
+                let _ = r.send(res);
+            }
+            ManagerMsg::SetImageProperties(reference, props, r) => {
+                let res = s.set_properties(&reference, props).await;
+                let _ = r.send(res);
+            }
+            ManagerMsg::ExportImage(reference, out, rootfs, r) => match s.resolve_image(&reference) {
+                Ok(e) => {
+                    let (rt, fp) = (s.rt.clone(), e.record.fingerprint.clone());
+                    tokio::spawn(async move {
+                        let res = rt
+                            .export_image(&fp, out, rootfs)
+                            .await
+                            .map_err(|e| crate::container::map_rt(Op::ExportImage, format!("image {fp}"), e));
+                        let _ = r.send(res);
+                    });
+                }
+                Err(e) => drop(r.send(Err(e))),
+            },
             ManagerMsg::DeleteImage(reference, reply) => match s.resolve_image(&reference) {
                 Ok(e) => {
                     if let Err(ractor::MessagingErr::SendErr(ImageMsg::Delete(r))) = e.actor.send_message(ImageMsg::Delete(reply)) {
@@ -266,6 +364,9 @@ impl ManagerState {
         for rec in &loaded.images {
             self.spawn_image(me, rec.clone()).await?;
         }
+        for note in self.rt.cleanup_images(self.known_images()).await {
+            tracing::warn!("{note}");
+        }
         let mut live = Vec::new();
         for rec in loaded.containers {
             match rec.pending {
@@ -310,7 +411,7 @@ impl ManagerState {
         Ok(actor)
     }
 
-    async fn spawn_image(&mut self, me: &ActorRef<ManagerMsg>, rec: ImageRecord) -> Result<()> {
+    pub(super) async fn spawn_image(&mut self, me: &ActorRef<ManagerMsg>, rec: ImageRecord) -> Result<()> {
         let fp = rec.fingerprint.clone();
         let args = ImageArgs {
             record: rec.clone(),
@@ -480,84 +581,6 @@ impl ManagerState {
         }
         format!("c-{}", now_us())
     }
-
-    /// Alias, full fingerprint, or unique fingerprint prefix.
-    fn resolve_image(&self, reference: &str) -> Result<&ImageEntry> {
-        if reference.is_empty() {
-            return Err(Error::NoSuchImage(reference.to_string()));
-        }
-        if let Some(e) = self.images.values().find(|e| e.record.aliases.iter().any(|a| a == reference)) {
-            return Ok(e);
-        }
-        if !reference.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::NoSuchImage(reference.to_string()));
-        }
-        let lower = reference.to_ascii_lowercase();
-        let matches: Vec<&ImageEntry> = self.images.range(lower.clone()..).take_while(|(k, _)| k.starts_with(&lower)).map(|(_, e)| e).collect();
-        match matches.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Error::NoSuchImage(reference.to_string())),
-            many => Err(Error::AmbiguousImage {
-                reference: reference.to_string(),
-                candidates: many.iter().map(|e| e.record.fingerprint.as_str()).collect::<Vec<_>>().join(", "),
-            }),
-        }
-    }
-
-    async fn register_image(&mut self, me: &ActorRef<ManagerMsg>, new: crate::runtime::NewImage, aliases: Vec<String>) -> Result<(ImageRecord, Created)> {
-        if let Some(e) = self.images.get(&new.fingerprint) {
-            // Same bytes again: Identity. Requested aliases move to it.
-            let mut rec = e.record.clone();
-            for a in &aliases {
-                self.store_alias(a, &rec.fingerprint).await?;
-                if !rec.aliases.contains(a) {
-                    rec.aliases.push(a.clone());
-                }
-            }
-            if let Some(e) = self.images.get_mut(&new.fingerprint) {
-                e.record = rec.clone();
-            }
-            return Ok((rec, Created::Identity));
-        }
-        // Aliases requested for the new image are taken from older images.
-        for a in &aliases {
-            for e in self.images.values_mut() {
-                e.record.aliases.retain(|x| x != a);
-            }
-        }
-        let rec = ImageRecord {
-            fingerprint: new.fingerprint.clone(),
-            aliases: Vec::new(),
-            properties: new.properties,
-            architecture: new.architecture,
-            size: new.size,
-            created_at_us: new.created_at_us,
-            uploaded_at_us: now_us(),
-            last_used_at_us: 0,
-        };
-        if let Err(e) = self.store.insert_image(&rec).await {
-            let _ = self.rt.remove_image(&rec.fingerprint).await;
-            return Err(e);
-        }
-        let mut rec = rec;
-        for a in &aliases {
-            self.store_alias(a, &rec.fingerprint).await?;
-            rec.aliases.push(a.clone());
-        }
-        self.spawn_image(me, rec.clone()).await?;
-        self.events.publish(Event::ImageAdded { fingerprint: rec.fingerprint.clone() });
-        Ok((rec, Created::New))
-    }
-
-    async fn store_alias(&mut self, alias: &str, fp: &str) -> Result<()> {
-        self.store.set_alias(alias, fp).await?;
-        for e in self.images.values_mut() {
-            if e.record.fingerprint != fp {
-                e.record.aliases.retain(|x| x != alias);
-            }
-        }
-        Ok(())
-    }
 }
 
 enum Prepared {
@@ -565,21 +588,3 @@ enum Prepared {
     Identity(ActorRef<ContainerMsg>),
 }
 
-/// Checks an image alias: 1–255 printable characters without `/`, whitespace or control
-/// characters, and not a bare hex string (it would shadow fingerprint prefixes).
-pub fn validate_alias(a: &str) -> Result<()> {
-    let bad = |reason: &str| Err(Error::InvalidName { name: a.to_string(), reason: reason.to_string() });
-    if a.is_empty() || a.len() > 255 {
-        return bad("an alias has 1 to 255 characters");
-    }
-    if a.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':') {
-        return bad("an alias cannot contain whitespace, control characters or ':'");
-    }
-    if a.starts_with('/') || a.ends_with('/') || a.contains("//") || a.split('/').any(|p| p == "." || p == "..") {
-        return bad("an alias cannot start or end with '/' or contain '.' or '..' segments");
-    }
-    if a.chars().all(|c| c.is_ascii_hexdigit()) {
-        return bad("an alias made only of hex digits would shadow fingerprints");
-    }
-    Ok(())
-}

@@ -1,6 +1,16 @@
-//! Image files: the LXD/Incus unified image format (one tarball holding `metadata.yaml`,
-//! `rootfs/` and optionally `templates/`), its sha256 fingerprint, unpacking into a pool
-//! volume, and the built-in `busybox` recipe made from the host's busybox-static.
+//! Images in the LXD/Incus format: unified (one tarball holding `metadata.yaml`, `rootfs/` and
+//! optionally `templates/`) or split (a metadata tarball and a rootfs tarball or squashfs),
+//! compressed with gzip, xz, zstd, bzip2 or not at all. This module holds `metadata.yaml` and
+//! the built-in `busybox` recipe; its children detect formats, extract hostile archives
+//! safely, run the unpacking helper, keep the store on disk, publish containers as images and
+//! render templates.
+
+pub mod extract;
+pub mod format;
+pub mod helper;
+pub mod publish;
+pub mod store;
+pub mod template;
 
 use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -98,34 +108,6 @@ pub fn fingerprint_file(path: &Path) -> Result<String> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Reads `metadata.yaml` out of a unified tarball without unpacking it.
-pub fn read_metadata(archive: &Path) -> Result<Metadata> {
-    let f = std::fs::File::open(archive).step(|| format!("open {}", archive.display()))?;
-    let mut ar = tar::Archive::new(f);
-    for entry in ar.entries().map_err(|e| Error::InvalidImage(format!("not a tar archive: {e}")))? {
-        let mut entry = entry.map_err(|e| Error::InvalidImage(format!("corrupt tar archive: {e}")))?;
-        let path = entry.path().map_err(|e| Error::InvalidImage(e.to_string()))?.into_owned();
-        if path == Path::new("metadata.yaml") || path == Path::new("./metadata.yaml") {
-            let mut text = Vec::new();
-            entry.by_ref().take(1 << 20).read_to_end(&mut text).map_err(|e| Error::InvalidImage(e.to_string()))?;
-            return Metadata::parse(&text);
-        }
-    }
-    Err(Error::InvalidImage("the archive has no metadata.yaml".into()))
-}
-
-/// Unpacks a unified tarball into `dest` (an empty staging volume), keeping ownership, modes
-/// and xattrs. The tar reader refuses entries that would land outside `dest`.
-pub fn unpack(archive: &Path, dest: &Path) -> Result<()> {
-    let f = std::fs::File::open(archive).step(|| format!("open {}", archive.display()))?;
-    let mut ar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_ownerships(true);
-    ar.set_unpack_xattrs(true);
-    ar.set_overwrite(false);
-    ar.unpack(dest).map_err(|e| Error::InvalidImage(format!("unpack {}: {e:?}", archive.display())))
 }
 
 /// A freshly built image archive.
