@@ -81,7 +81,7 @@ impl HostRuntime {
     }
 
     fn cgroups(&self, name: &str) -> ContainerCgroups {
-        ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name)
+        ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name).delegated_to(self.idmap.uid_base, self.idmap.gid_base)
     }
 
     fn files(&self, name: &str) -> RunFiles {
@@ -209,9 +209,8 @@ impl Runtime for SharedHost {
             if !spec.rootfs.is_dir() {
                 return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
             }
-            if !spec.cgroups.exists() {
-                spec.cgroups.create()?;
-            }
+            // idempotent: recreates groups a reboot wiped and keeps them delegated
+            spec.cgroups.create()?;
             h.apply_templates(&rec, "start")?;
             let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
             let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
@@ -314,23 +313,45 @@ impl Runtime for SharedHost {
     }
 
     async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
-        if recipe != "busybox" {
-            return Err(RuntimeError::Invalid(format!("unknown image recipe {recipe:?}; built-in recipes: busybox")));
-        }
         let h = self.0.clone();
-        blocking(move || {
-            image::check_static(&h.cfg.busybox)?;
-            let images = h.cfg.state_dir.join("images");
-            std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
-            let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
-            let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
-                let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
-                h.import_files(f, None, &known, &op)
-            });
-            let _ = std::fs::remove_file(&tmp);
-            res
-        })
-        .await
+        match recipe {
+            "busybox" => {
+                blocking(move || {
+                    image::check_static(&h.cfg.busybox)?;
+                    let images = h.cfg.state_dir.join("images");
+                    std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+                    let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
+                    let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
+                        let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
+                        h.import_files(f, None, &known, &op)
+                    });
+                    let _ = std::fs::remove_file(&tmp);
+                    res
+                })
+                .await
+            }
+            "debian/bookworm" => {
+                blocking(move || {
+                    let images = h.cfg.state_dir.join("images");
+                    let dir = image::debian::build_dir(&images);
+                    let archive = dir.with_extension("tar.zst");
+                    let res = (|| -> Result<NewImage, RuntimeError> {
+                        // building is the first half of the progress, storing the second
+                        let mirror = image::debian::host_mirror();
+                        let meta = image::debian::build(&dir, &mirror, &mut |p, t| op.set_progress(p, Some(2 * t)), &op.cancel)?;
+                        image::publish::publish(&dir, &meta, None, &archive, &op.cancel)?;
+                        let _ = std::fs::remove_dir_all(&dir);
+                        let f = std::fs::File::open(&archive).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", archive.display())))?;
+                        h.import_files(f, None, &known, &op)
+                    })();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = std::fs::remove_file(&archive);
+                    res
+                })
+                .await
+            }
+            other => Err(RuntimeError::Invalid(format!("unknown image recipe {other:?}; built-in recipes: busybox, debian/bookworm"))),
+        }
     }
 
     async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {

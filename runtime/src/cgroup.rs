@@ -131,12 +131,22 @@ pub struct ContainerCgroups {
     pub parent: String,
     /// The container's name.
     pub name: String,
+    /// The container's root on the host (uid, gid): its groups are delegated to it, as LXC
+    /// does, so that an init such as systemd can make and manage groups below its own.
+    #[serde(default)]
+    pub owner: Option<(u32, u32)>,
 }
 
 impl ContainerCgroups {
     /// The cgroups for container `name` under `parent`.
     pub fn new(layout: Layout, parent: &str, name: &str) -> Self {
-        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string() }
+        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string(), owner: None }
+    }
+
+    /// The same, delegated to the container's root (`uid`, `gid` on the host).
+    pub fn delegated_to(mut self, uid: u32, gid: u32) -> Self {
+        self.owner = Some((uid, gid));
+        self
     }
 
     /// The container's directory in each hierarchy.
@@ -161,12 +171,17 @@ impl ContainerCgroups {
         self.layout.hierarchies.iter().map(move |h| (h, h.mountpoint.join(&m)))
     }
 
-    /// Creates the parent, monitor and container directories where missing. Idempotent.
+    /// Creates the parent, monitor and container directories where missing, and delegates the
+    /// container's to its root. Idempotent.
     pub fn create(&self) -> Result<()> {
         for h in &self.layout.hierarchies {
             let parent = h.mountpoint.join(&self.parent);
             ensure_dir(h, &parent, &h.mountpoint)?;
-            ensure_dir(h, &parent.join(&self.name), &parent)?;
+            let dir = parent.join(&self.name);
+            ensure_dir(h, &dir, &parent)?;
+            if let Some((uid, gid)) = self.owner {
+                delegate(&dir, uid, gid)?;
+            }
         }
         for (h, dir) in self.monitor_dirs() {
             ensure_dir(h, &dir, &h.mountpoint)?;
@@ -256,6 +271,20 @@ impl ContainerCgroups {
         }
         Ok(())
     }
+}
+
+/// Files of a group its owner may write to manage groups below it (not its own limits).
+const DELEGATED: &[&str] = &["cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads", "cgroup.clone_children", "notify_on_release"];
+
+fn delegate(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).step(|| format!("delegate {}", dir.display()))?;
+    for f in DELEGATED {
+        let p = dir.join(f);
+        if p.exists() {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).step(|| format!("delegate {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// mkdir for a cgroup directory; on v1 cpuset hierarchies the new group gets its parent's cpus

@@ -253,7 +253,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         ("hardlink to a host file", archive::tar(&[m(), E::Dir("rootfs"), E::Hardlink("rootfs/pw", "/etc/passwd")])),
         ("hardlink climbing out", archive::tar(&[m(), E::Dir("rootfs"), E::Hardlink("rootfs/pw", "rootfs/../../etc/passwd")])),
         ("hardlink across trees", archive::tar(&[m(), E::Dir("rootfs"), E::Dir("templates"), E::File("templates/t", b"x".to_vec(), 0o644), E::Hardlink("rootfs/t", "templates/t")])),
-        ("device node", archive::tar(&[m(), E::Dir("rootfs"), E::Dir("rootfs/dev"), E::Char("rootfs/dev/kmem", 1, 2)])),
+        ("device node outside /dev", archive::tar(&[m(), E::Dir("rootfs"), E::Dir("rootfs/usr"), E::Char("rootfs/usr/kmem", 1, 2)])),
         ("owner outside the container range", archive::tar(&[m(), E::Dir("rootfs"), E::Owned("rootfs/f", 70000, 0)])),
         ("symlink in templates", archive::tar(&[m(), E::Dir("rootfs"), E::Dir("templates"), E::Symlink("templates/t", "/etc/shadow")])),
         ("unexpected top-level entry", archive::tar(&[m(), E::Dir("rootfs"), E::File("evil.sh", b"x".to_vec(), 0o755)])),
@@ -303,8 +303,16 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     assert!(env.ok(&["image", "list"]).contains("busybox"));
 
     // an absolute symlink is fine (it is interpreted inside the container), and writing
-    // through it stays inside the image
-    let ok = archive::tar(&[m(), E::Dir("rootfs"), E::Dir("rootfs/etc"), E::Symlink("rootfs/etc2", "/etc"), E::File("rootfs/etc2/inside", b"x".to_vec(), 0o4755)]);
+    // through it stays inside the image; device nodes under /dev are skipped, not created
+    let ok = archive::tar(&[
+        m(),
+        E::Dir("rootfs"),
+        E::Dir("rootfs/etc"),
+        E::Symlink("rootfs/etc2", "/etc"),
+        E::File("rootfs/etc2/inside", b"x".to_vec(), 0o4755),
+        E::Dir("rootfs/dev"),
+        E::Char("rootfs/dev/null", 1, 3),
+    ]);
     let o = import(&env, &write(&env, "ok.tar", &ok), &["--alias", "links"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!Path::new("/etc/inside").exists(), "a write escaped to the host");
@@ -314,6 +322,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     let md = std::fs::metadata(&inside).expect("the file landed inside the image");
     assert_eq!(md.mode() & 0o7777, 0o4755, "modes are kept exactly, setuid included");
     assert_eq!(md.uid(), 0, "the base stays unshifted");
+    assert!(!env.pool().join("images").join(&fp).join("rootfs/dev/null").exists(), "device nodes are not created");
 }
 
 #[test]
@@ -329,4 +338,69 @@ fn an_image_that_would_overflow_the_pool_is_refused() {
     let o = import(&env, &write(&env, "bomb.tar.zst", &bomb), &[]);
     assert!(text(&o.stderr).contains("InvalidImage") && text(&o.stderr).contains("more than the storage pool can hold"), "{}", text(&o.stderr));
     assert_eq!(store_state(&env), before);
+}
+
+#[test]
+fn a_long_import_is_an_operation_with_progress_that_can_be_cancelled() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let before = store_state(&env);
+    // ~400 MiB of incompressible data: long enough to watch and cancel
+    let file = env.dir.join("big.tar");
+    {
+        use std::io::{Read, Write};
+        let mut out = std::fs::File::create(&file).unwrap();
+        let head = archive::tar(&[archive::metadata(), E::Dir("rootfs")]);
+        out.write_all(&head[..head.len() - 1024]).unwrap();
+        let size: u64 = 400 << 20;
+        let mut h = tar::Header::new_gnu();
+        h.set_path("rootfs/noise").unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.write_all(h.as_bytes()).unwrap();
+        let mut rnd = std::fs::File::open("/dev/urandom").unwrap().take(size);
+        std::io::copy(&mut rnd, &mut out).unwrap();
+        out.write_all(&[0u8; 1024]).unwrap();
+    }
+    let f = file.display().to_string();
+    let bus = env.bus.clone();
+    let berth = berth_tests::bin_dir().join("berth");
+    let child = std::process::Command::new(&berth)
+        .args(["image", "import", &f, "--alias", "big"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // the operation appears, with progress
+    let mut op = String::new();
+    berth_tests::wait_for(std::time::Duration::from_secs(30), "the import operation", || {
+        let o = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+        match text(&o.stdout).split_whitespace().nth(2) {
+            Some(p) => {
+                op = p.trim_matches('"').to_string();
+                true
+            }
+            None => false,
+        }
+    });
+    let get = |prop: &str| text(&env.busctl(&["get-property", "org.berth.Berth1", &op, "org.berth.Berth1.Operation", prop]).stdout);
+    assert_eq!(get("Operation").trim(), "s \"image-import\"");
+    assert_eq!(get("Status").trim(), "s \"running\"");
+    berth_tests::wait_for(std::time::Duration::from_secs(30), "progress", || {
+        get("Bytes").trim().strip_prefix("t ").and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| b > 0)
+    });
+    assert_eq!(get("ProgressValid").trim(), "b true");
+    // cancel it: the import fails with Cancelled and nothing stays
+    let o = env.busctl(&["call", "org.berth.Berth1", &op, "org.berth.Berth1.Operation", "Cancel", "a{sv}", "0"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert!(text(&out.stderr).contains("Cancelled"), "{}", text(&out.stderr));
+    assert_eq!(store_state(&env), before, "a cancelled import left something behind");
+    // the object went away with the operation
+    let o = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+    assert_eq!(text(&o.stdout).trim(), "ao 0");
 }

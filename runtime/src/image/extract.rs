@@ -5,7 +5,9 @@
 //!   `metadata.yaml`;
 //! - symlinks whose relative target climbs out of the tree, and hardlinks to anything outside
 //!   it, are refused; `templates/` holds regular files and directories only;
-//! - device nodes are refused (an unprivileged container cannot use them), owners must be
+//! - device nodes are refused, except under `rootfs/dev/` where they are skipped: an
+//!   unprivileged container cannot use them and gets its own /dev at start (images made with
+//!   debootstrap carry the standard nodes there, as LXD's unprivileged unpack skips); owners must be
 //!   inside the container's id range, permission bits (setuid included) are applied exactly
 //!   as the archive says and never widened;
 //! - the unpacked size is bounded (by the pool's free space), so is the entry count.
@@ -452,9 +454,10 @@ impl Extractor {
                 // SAFETY: fchmodat on a name relative to our fd.
                 unsafe { libc::fchmodat(pfd, cname.as_ptr(), e.mode & 0o7777, 0) };
             }
+            Kind::CharDevice(..) | Kind::BlockDevice(..) if tree == Tree::Rootfs && dir.starts_with(b"dev") && (dir.len() == 3 || dir[3] == b'/') => {}
             Kind::CharDevice(maj, min) | Kind::BlockDevice(maj, min) => {
                 return Err(invalid(format!(
-                    "device node {} ({maj}:{min}): images for unprivileged containers cannot carry device nodes",
+                    "device node {} ({maj}:{min}): images for unprivileged containers carry device nodes only under /dev",
                     show(&e.path)
                 )));
             }

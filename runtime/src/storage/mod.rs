@@ -237,10 +237,12 @@ pub fn is_mountpoint(path: &Path) -> bool {
     mi.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == canon))
 }
 
-fn which(prog: &str) -> Option<PathBuf> {
+/// A program in $PATH or the sbin directories (a daemon started by dbus-daemon may have a
+/// PATH without them).
+pub fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
         .map(|d| d.join(prog))
         .find(|p| p.is_file())
 }
