@@ -32,10 +32,10 @@ pub fn host_mirror() -> String {
     if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
         for l in t.lines() {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.first() == Some(&"deb") {
-                if let Some(u) = f.iter().skip(1).find(|w| w.contains("://")) {
-                    uris.push(u.to_string());
-                }
+            if f.first() == Some(&"deb")
+                && let Some(u) = f.iter().skip(1).find(|w| w.contains("://"))
+            {
+                uris.push(u.to_string());
             }
         }
     }
