@@ -9,7 +9,7 @@ use super::{Context, MAX_OUTPUT, MAX_STEPS, Res, TemplateError, syntax};
 
 /// Which context map a [`Value::Map`] refers to (maps are looked up, never copied).
 #[derive(Clone, Copy, PartialEq)]
-enum MapRef {
+pub(super) enum MapRef {
     Config,
     Properties,
     /// `container` / `instance`.
@@ -21,7 +21,7 @@ const INSTANCE_KEYS: [&str; 4] = ["architecture", "ephemeral", "name", "privileg
 
 /// A template value.
 #[derive(Clone)]
-enum Value {
+pub(super) enum Value {
     Str(String),
     Bool(bool),
     Int(i64),
@@ -59,6 +59,15 @@ fn empty() -> Value {
     Value::Str(String::new())
 }
 
+/// Renders parsed `nodes` with `ctx`: the output, within the output cap and step budget.
+pub(super) fn run(nodes: &[Node], ctx: &Context) -> Res<String> {
+    let mut renderer = Renderer { ctx, scope: Vec::new(), out: String::new(), steps: 0 };
+    renderer.run(nodes)?;
+    Ok(renderer.out)
+}
+
+/// Evaluation state: the context, the loop variables in scope, the output so far and the
+/// steps spent.
 struct Renderer<'a> {
     ctx: &'a Context,
     /// Loop variables, innermost last.

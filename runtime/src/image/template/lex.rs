@@ -4,7 +4,7 @@
 use super::{Res, short, syntax};
 
 /// Literal text, or an output (`{{ }}`) or block (`{% %}`) tag's inner text and line.
-enum Tok {
+pub(super) enum Tok {
     Text(String),
     Output(String, usize),
     Tag(String, usize),
@@ -20,7 +20,7 @@ fn dash(s: &str) -> (bool, &str) {
 }
 
 /// Splits the template into tokens, applying whitespace control and `{% raw %}`.
-fn lex(src: &str) -> Res<Vec<Tok>> {
+pub(super) fn lex(src: &str) -> Res<Vec<Tok>> {
     let (mut toks, mut pos, mut line, mut trim_next) = (Vec::new(), 0, 1, false);
     loop {
         let rest = &src[pos..];
@@ -118,11 +118,11 @@ fn find_endraw(s: &str) -> Option<(usize, usize, bool, bool)> {
     None
 }
 
-// Expressions.
+// Expression tokens.
 
 /// An expression token; operators, punctuation and `and`/`or`/`not`/`in` are `Op`.
 #[derive(Clone, PartialEq)]
-enum T {
+pub(super) enum T {
     Str(String),
     Int(i64),
     Ident(String),
@@ -133,7 +133,8 @@ enum T {
 const OPS: [&str; 17] = ["==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "|", "(", ")", "[", "]", ".", ",", ":"];
 const KEYWORDS: [&str; 4] = ["and", "or", "not", "in"];
 
-fn lex_expr(src: &str, line: usize) -> Res<Vec<T>> {
+/// Splits an expression's source into tokens.
+pub(super) fn lex_expr(src: &str, line: usize) -> Res<Vec<T>> {
     let (mut out, mut i) = (Vec::new(), 0);
     while let Some(c) = src[i..].chars().next() {
         let rest = &src[i..];

@@ -23,8 +23,13 @@
 
 #![forbid(unsafe_code)]
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+mod eval;
+mod lex;
+mod parse;
+#[cfg(test)]
+mod tests;
 
 /// Largest output a template may produce, in bytes.
 const MAX_OUTPUT: usize = 1 << 20;
@@ -116,13 +121,6 @@ fn short(s: &str) -> String {
 /// A [`TemplateError`] if the template is malformed (with the line of the offending tag),
 /// nests too deeply, produces more than 1 MiB or exceeds the evaluation budget.
 pub fn render(template: &str, ctx: &Context) -> Result<String, TemplateError> {
-    let mut parser = Parser { toks: lex(template)?.into_iter() };
-    let (nodes, end) = parser.nodes(0)?;
-    if let Some(end) = end {
-        return Err(syntax(end.line, format!("unexpected {{% {} %}}", end.kw)));
-    }
-    let mut renderer = Renderer { ctx, scope: Vec::new(), out: String::new(), steps: 0 };
-    renderer.run(&nodes)?;
-    Ok(renderer.out)
+    let nodes = parse::parse(lex::lex(template)?)?;
+    eval::run(&nodes, ctx)
 }
-

@@ -4,8 +4,18 @@ use super::eval::Value;
 use super::lex::{T, Tok, lex_expr};
 use super::{MAX_DEPTH, Res, TemplateError, short, syntax};
 
+/// Parses a whole template's tokens into its nodes.
+pub(super) fn parse(toks: Vec<Tok>) -> Res<Vec<Node>> {
+    let mut parser = Parser { toks: toks.into_iter() };
+    let (nodes, end) = parser.nodes(0)?;
+    if let Some(end) = end {
+        return Err(syntax(end.line, format!("unexpected {{% {} %}}", end.kw)));
+    }
+    Ok(nodes)
+}
+
 /// A parsed template node.
-enum Node {
+pub(super) enum Node {
     Text(String),
     Output(Expr),
     /// `(condition, body)` for `if` and each `elif`, then the `else` body.
@@ -26,6 +36,7 @@ struct End {
     line: usize,
 }
 
+/// The block parser, over a template's tokens.
 struct Parser {
     toks: std::vec::IntoIter<Tok>,
 }
@@ -115,10 +126,11 @@ impl Parser {
 
 // Expressions.
 
+/// The comparison operators, as `Op` tokens (`not in` is recognised separately).
 const COMPARISONS: [&str; 7] = ["==", "!=", "<", "<=", ">", ">=", "in"];
 
 /// A filter applied with `|`.
-enum Filter {
+pub(super) enum Filter {
     Default(Expr),
     Lower,
     Upper,
@@ -126,13 +138,13 @@ enum Filter {
 }
 
 /// One `.name` or `[expr]` lookup.
-enum Step {
+pub(super) enum Step {
     Attr(String),
     Index(Expr),
 }
 
 /// A parsed expression. `and`/`or` chains and lookups are flat, so depth stays bounded.
-enum Expr {
+pub(super) enum Expr {
     Lit(Value),
     Var(String),
     Path(Box<Expr>, Vec<Step>),
@@ -144,6 +156,7 @@ enum Expr {
     Filter(Box<Expr>, Vec<Filter>),
 }
 
+/// Parses the expression `src`, from the tag on `line`.
 fn parse_expr(src: &str, line: usize) -> Res<Expr> {
     let mut p = ExprParser { toks: lex_expr(src, line)?, pos: 0, line };
     if p.toks.is_empty() {

@@ -1,5 +1,7 @@
 //! Tests of the template engine, through the public [`render`] API.
 
+use super::*;
+
 fn ctx() -> Context {
     Context {
         trigger: "create".into(),
@@ -41,9 +43,9 @@ const NETWORK: &str = r#"{{ config_get("user.meta-data", "") }}
 version: 1
 config:
   - type: physical
-name: eth0
-subnets:
-  - type: {% if config_get("user.ipv4", "") != "" %}static{% else %}dhcp{% endif %}
+    name: eth0
+    subnets:
+      - type: {% if config_get("user.ipv4", "") != "" %}static{% else %}dhcp{% endif %}
 {%- else %}
 {{ config_get("user.network-config", "") }}
 {%- endif %}
@@ -96,7 +98,8 @@ fn context_variables() {
 
 #[test]
 fn unknown_variables_render_empty() {
-    let tpl = "[{{ nope }}|{{ container.nope }}|{{ config.nope }}|{{ devices.eth0.name }}|{{ trigger.x }}|{{ nope[\"a\"] }}]";
+    let tpl =
+        "[{{ nope }}|{{ container.nope }}|{{ config.nope }}|{{ devices.eth0.name }}|{{ trigger.x }}|{{ nope[\"a\"] }}]";
     assert_eq!(ok(tpl, &ctx()), "[|||||]");
     assert_eq!(ok("[{{ config }}]", &ctx()), "[]");
 }
@@ -243,14 +246,8 @@ fn error_messages_carry_lines() {
 
 #[test]
 fn error_lines_point_at_the_tag() {
-    assert_eq!(
-        msg("{% if true %}\n{% elif ) %}\n{% endif %}"),
-        "line 2: bad expression: expected a value, found ')'"
-    );
-    assert_eq!(
-        msg("a\r\nb\r\n{{ x y }}"),
-        "line 3: bad expression: expected the end of the expression, found \"y\""
-    );
+    assert_eq!(msg("{% if true %}\n{% elif ) %}\n{% endif %}"), "line 2: bad expression: expected a value, found ')'");
+    assert_eq!(msg("a\r\nb\r\n{{ x y }}"), "line 3: bad expression: expected the end of the expression, found \"y\"");
     assert_eq!(
         msg("{# a\nb #}{% raw %}\n{% endraw %}\n{{ (\n1 }}"),
         "line 4: bad expression: expected ')', found the end of the expression"
@@ -350,7 +347,8 @@ fn output_limit() {
     let keys: Vec<(String, String)> = (0..100).map(|i| (format!("k{i:03}"), String::new())).collect();
     let mut c = ctx();
     c.config = keys.into_iter().collect();
-    let tpl = "{% for a in config %}{% for b in config %}{% for c in config %}0123456789{% endfor %}{% endfor %}{% endfor %}";
+    let tpl =
+        "{% for a in config %}{% for b in config %}{% for c in config %}0123456789{% endfor %}{% endfor %}{% endfor %}";
     assert_eq!(render(tpl, &c), Err(TemplateError::OutputTooLarge));
     assert_eq!(msg_with(tpl, &c), "output exceeds 1 MiB");
 }
@@ -498,5 +496,4 @@ fn errors_are_comparable_and_clonable() {
     assert_eq!(e.clone(), e);
     assert_eq!(short(&"y".repeat(100)).len(), 43);
     assert!(msg(&format!("{{% {} %}}", "z".repeat(1000))).len() < 100);
-}
 }
