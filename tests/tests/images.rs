@@ -312,6 +312,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         E::File("rootfs/etc2/inside", b"x".to_vec(), 0o4755),
         E::Dir("rootfs/dev"),
         E::Char("rootfs/dev/null", 1, 3),
+        E::File("rootfs/not/listed/file", b"y".to_vec(), 0o600),
     ]);
     let o = import(&env, &write(&env, "ok.tar", &ok), &["--alias", "links"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -323,6 +324,7 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     assert_eq!(md.mode() & 0o7777, 0o4755, "modes are kept exactly, setuid included");
     assert_eq!(md.uid(), 0, "the base stays unshifted");
     assert!(!env.pool().join("images").join(&fp).join("rootfs/dev/null").exists(), "device nodes are not created");
+    assert!(env.pool().join("images").join(&fp).join("rootfs/not/listed/file").is_file(), "unlisted parents are made, as tar does");
 }
 
 #[test]

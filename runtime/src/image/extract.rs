@@ -356,11 +356,15 @@ impl Extractor {
             None => (Vec::new(), rel.clone()),
         };
         let base = self.tree_fd(tree).map_err(|err| write_err("open", tree.prefix().as_bytes(), err))?;
-        let parent = open_in_root(base.as_raw_fd(), &dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(|err| match err.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => invalid(format!("{}: its directory is missing from the archive", show(&e.path))),
-                _ => write_err("open the directory of", &e.path, err),
-            })?;
+        let parent = match open_in_root(base.as_raw_fd(), &dir, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Ok(fd) => fd,
+            // as tar does, directories the archive does not list are made (root's, 0755)
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => self.make_parents(base.as_raw_fd(), &dir, &e.path)?,
+            Err(err) if err.raw_os_error() == Some(libc::ENOTDIR) => {
+                return Err(invalid(format!("{}: a parent of it is not a directory", show(&e.path))));
+            }
+            Err(err) => return Err(write_err("open the directory of", &e.path, err)),
+        };
         let pfd = parent.as_raw_fd();
         let cname = cstr(&name)?;
         match &e.kind {
@@ -492,6 +496,24 @@ impl Extractor {
         io::Write::write_all(&mut f, &buf).map_err(|err| write_err("write", b"metadata.yaml", err))?;
         self.report.metadata = Some(buf);
         Ok(())
+    }
+
+    /// Creates the missing directories of `dir` (components under `base`), one by one, each
+    /// relative to the previous one's fd; returns the last one.
+    fn make_parents(&self, base: RawFd, dir: &[u8], path: &[u8]) -> Result<OwnedFd> {
+        let mut cur = open_in_root(base, b"", libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|err| write_err("open", path, err))?;
+        for comp in dir.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            let c = cstr(comp)?;
+            // SAFETY: mkdirat of one component relative to our fd.
+            match cvt(unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o755) }) {
+                Ok(()) | Err(_) if self.is_dir(cur.as_raw_fd(), &c) => {}
+                Ok(()) => {}
+                Err(err) => return Err(write_err("create the directory of", path, err)),
+            }
+            cur = open_in_root(cur.as_raw_fd(), comp, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+                .map_err(|_| invalid(format!("{}: a parent of it is not a directory", show(path))))?;
+        }
+        Ok(cur)
     }
 
     fn ensure_tree(&self, tree: Tree) -> Result<()> {

@@ -10,6 +10,8 @@ use berth_interfaces::client::{ContainerProxy, ManagerProxy};
 use berth_tests::{Env, Storage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+#[allow(unused_imports)]
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 use zbus::proxy::CacheProperties;
 use zbus::Variant;
@@ -185,6 +187,96 @@ async fn bench_pool(env: &Env, storage: Storage, runs: usize, report: &mut Repor
     }
 }
 
+/// A ~200 MiB zstd unified image: the busybox image plus 200 files of 1 MiB of random data.
+fn big_image(env: &Env) -> PathBuf {
+    use std::io::{Read, Write};
+    let fp = {
+        let out = std::process::Command::new(berth_tests::bin_dir().join("berth"))
+            .args(["image", "info", "busybox"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim_start_matches("Fingerprint: ").to_string()
+    };
+    let base = std::fs::read(env.state.join("images").join(&fp).join("image")).unwrap();
+    let path = env.dir.join("big.tar.zst");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut enc = zstd::stream::write::Encoder::new(file, 3).unwrap();
+    enc.multithread(2).unwrap();
+    enc.write_all(&base[..base.len() - 1024]).unwrap();
+    let mut rnd = std::fs::File::open("/dev/urandom").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..200 {
+        rnd.read_exact(&mut buf).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_path(format!("rootfs/data/f{i:03}")).unwrap();
+        h.set_size(buf.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        enc.write_all(h.as_bytes()).unwrap();
+        enc.write_all(&buf).unwrap();
+    }
+    enc.write_all(&[0u8; 1024]).unwrap();
+    enc.finish().unwrap();
+    path
+}
+
+/// Import against `sha256sum` + `tar -x` of the same file; launch from the cached image.
+async fn bench_images(env: &Env, report: &mut Report) {
+    let img = big_image(env);
+    let size_mb = std::fs::metadata(&img).unwrap().len() as f64 / (1 << 20) as f64;
+    let mut reference = Vec::new();
+    for i in 0..3 {
+        let dir = env.dir.join(format!("ref{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = Instant::now();
+        let a = std::process::Command::new("sha256sum").arg(&img).output().unwrap();
+        let b = std::process::Command::new("tar").arg("--zstd").arg("-xf").arg(&img).arg("-C").arg(&dir).status().unwrap();
+        reference.push(ms(t.elapsed()));
+        assert!(a.status.success() && b.success());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let conn = zbus::connection::Builder::address(env.bus.as_str()).build().await.unwrap();
+    let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await.unwrap();
+    let mut import = Vec::new();
+    for _ in 0..3 {
+        let f = std::fs::File::open(&img).unwrap();
+        let t = Instant::now();
+        let path = m.import_image(zbus::Fd::from(&f), &HashMap::from([("aliases", Variant::from(vec!["big"]))])).await.unwrap();
+        import.push(ms(t.elapsed()));
+        let i = berth_interfaces::client::ImageProxy::builder(&conn).path(path).build().await.unwrap();
+        i.delete().await.unwrap();
+    }
+    let med = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "import of a {size_mb:.0} MiB image: berth {:.0} ms, sha256sum + tar -x {:.0} ms: berth runs at {:.0}% of their speed (target ≥ 70%)",
+        med(&import),
+        med(&reference),
+        100.0 * med(&reference) / med(&import)
+    );
+    report.add(&format!("import {size_mb:.0} MiB image (zstd)"), "ms", import, None);
+    report.add(&format!("sha256sum + tar -x of it"), "ms", reference, None);
+    // launch from the cached image: a snapshot, whatever the image's size
+    let f = std::fs::File::open(&img).unwrap();
+    m.import_image(zbus::Fd::from(&f), &HashMap::from([("aliases", Variant::from(vec!["big"]))])).await.unwrap();
+    let mut launch = Vec::new();
+    for i in 0..10 {
+        let name = format!("big{i}");
+        let t = Instant::now();
+        m.create_container(&name, "big", &HashMap::from([("start", Variant::from(true))])).await.unwrap();
+        launch.push(ms(t.elapsed()));
+        m.delete_container(&name, &HashMap::from([("force", Variant::from(true))])).await.unwrap();
+    }
+    report.add(&format!("launch from a cached {size_mb:.0} MiB image (btrfs)"), "ms", launch, Some(50.0));
+}
+
 async fn bench_footprint(env: &Env, report: &mut Report) {
     let conn = zbus::connection::Builder::address(env.bus.as_str()).build().await.unwrap();
     let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await.unwrap();
@@ -264,6 +356,7 @@ fn main() {
         let env = Env::new(Storage::Btrfs);
         rt.block_on(bench_pool(&env, Storage::Btrfs, runs, &mut report));
         rt.block_on(bench_footprint(&env, &mut report));
+        rt.block_on(bench_images(&env, &mut report));
     }
     {
         let env = Env::new(Storage::Dir);
