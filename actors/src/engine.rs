@@ -179,8 +179,8 @@ impl Engine {
     }
 
     /// Writes an image's file(s) to open files; returns the bytes written.
-    pub async fn export_image(&self, reference: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64> {
-        ractor::call!(self.manager, ManagerMsg::ExportImage, reference.to_string(), out, rootfs).map_err(gone("the manager"))?
+    pub async fn export_image(&self, reference: &str, out: OwnedFd, rootfs: Option<OwnedFd>, uid: u32) -> Result<u64> {
+        ractor::call!(self.manager, ManagerMsg::ExportImage, reference.to_string(), out, rootfs, uid).map_err(gone("the manager"))?
     }
 
     /// Live operations.

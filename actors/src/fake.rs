@@ -228,8 +228,9 @@ impl Runtime for FakeRuntime {
         Ok(NewImage { fingerprint: fp, architecture: rec.architecture.clone(), properties, size: 1, ..Default::default() })
     }
 
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, _rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError> {
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, _rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError> {
         let data = self.lock().archives.get(fingerprint).cloned().unwrap_or_default();
+        op.set_progress(data.len() as u64, Some(data.len() as u64));
         std::fs::File::from(out).write_all(&data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
         Ok(data.len() as u64)
     }

@@ -390,12 +390,12 @@ impl Runtime for SharedHost {
         .await
     }
 
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError> {
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError> {
         let (h, fp) = (self.0.clone(), fingerprint.to_string());
         blocking(move || {
             let mut out = std::fs::File::from(out);
             let mut r = rootfs.map(std::fs::File::from);
-            Ok(h.images().export(&fp, &mut out, r.as_mut())?)
+            Ok(h.images().export(&fp, &mut out, r.as_mut(), &mut |d, t| op.set_progress(d, t), &op.cancel)?)
         })
         .await
     }

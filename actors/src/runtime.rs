@@ -131,7 +131,7 @@ pub trait Runtime: Send + Sync + 'static {
         op: Arc<Operation>,
     ) -> Result<NewImage, RuntimeError>;
     /// Writes a stored image's file(s) to `out` (and a split image's rootfs to `rootfs`).
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>) -> Result<u64, RuntimeError>;
+    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError>;
     /// Removes image files nobody registered (interrupted imports); returns what it did.
     async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String>;
     /// Removes an image's files. Idempotent.

@@ -245,7 +245,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             if let Some((r, _)) = &rootfs {
                 o.insert("rootfs", zbus::Fd::from(r).into());
             }
-            let res = img.export(zbus::Fd::from(&main), &o).await;
+            let res = progress::with_progress(conn, "image-export", img.export(zbus::Fd::from(&main), &o)).await;
             drop(o);
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&main_tmp);

@@ -105,8 +105,8 @@ pub enum ManagerMsg {
     RenameAlias(String, String, RpcReplyPort<Result<()>>),
     /// Set (empty value: remove) image properties.
     SetImageProperties(String, BTreeMap<String, String>, RpcReplyPort<Result<ImageRecord>>),
-    /// Write an image's files to open files.
-    ExportImage(String, OwnedFd, Option<OwnedFd>, RpcReplyPort<Result<u64>>),
+    /// Write an image's files to open files, as an operation started by the uid.
+    ExportImage(String, OwnedFd, Option<OwnedFd>, u32, RpcReplyPort<Result<u64>>),
     /// Delete an image by reference.
     DeleteImage(String, RpcReplyPort<Result<()>>),
     /// Internal: a child's summary changed.
@@ -273,14 +273,20 @@ impl Actor for ManagerActor {
                 let res = s.set_properties(&reference, props).await;
                 let _ = r.send(res);
             }
-            ManagerMsg::ExportImage(reference, out, rootfs, r) => match s.resolve_image(&reference) {
+            ManagerMsg::ExportImage(reference, out, rootfs, uid, r) => match s.resolve_image(&reference) {
                 Ok(e) => {
-                    let (rt, fp) = (s.rt.clone(), e.record.fingerprint.clone());
+                    let (rt, fp, ops) = (s.rt.clone(), e.record.fingerprint.clone(), s.ops.clone());
+                    let op = ops.start("image-export", vec![format!("image:{fp}")], uid, true);
                     tokio::spawn(async move {
-                        let res = rt
-                            .export_image(&fp, out, rootfs)
-                            .await
-                            .map_err(|e| crate::container::map_rt(Op::ExportImage, format!("image {fp}"), e));
+                        let res = rt.export_image(&fp, out, rootfs, op.clone()).await.map_err(|e| match e {
+                            crate::runtime::RuntimeError::Cancelled => Error::Cancelled,
+                            e => crate::container::map_rt(Op::ExportImage, format!("image {fp}"), e),
+                        });
+                        ops.finish(&op, match &res {
+                            Ok(_) => crate::operation::OpStatus::Succeeded,
+                            Err(Error::Cancelled) => crate::operation::OpStatus::Cancelled,
+                            Err(e) => crate::operation::OpStatus::Failed(e.to_string()),
+                        });
                         let _ = r.send(res);
                     });
                 }

@@ -41,13 +41,13 @@ impl ImageIface {
     }
 
     /// Writes the image's file, byte for byte as it was imported, to `fd`. A split image needs
-    /// option `rootfs` (h) for its rootfs file. Returns the bytes written.
+    /// option `rootfs` (h) for its rootfs file. Returns the bytes written. Runs as an Operation.
     #[zbus(out_args("bytes"))]
     async fn export(&self, fd: zbus::OwnedFd, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<u64> {
         let mut o = Options::parse("Export", options, &[("rootfs", "h")])?;
         let rootfs = o.fd("rootfs")?;
-        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "export")]).await?;
-        Ok(self.ctx.engine.export_image(&self.fingerprint, fd.into(), rootfs).await?)
+        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &self.fingerprint), ("verb", "export")]).await?;
+        Ok(self.ctx.engine.export_image(&self.fingerprint, fd.into(), rootfs, uid).await?)
     }
 
     /// Sets properties (an empty value removes one).

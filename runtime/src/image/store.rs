@@ -189,17 +189,26 @@ impl Store<'_> {
     }
 
     /// Writes an image's kept files, byte for byte, to `out` (and a split image's rootfs to
-    /// `rootfs_out`).
-    pub fn export(&self, fp: &str, out: &mut std::fs::File, rootfs_out: Option<&mut std::fs::File>) -> Result<u64> {
+    /// `rootfs_out`), reporting bytes to `progress` and stopping when `cancel` is set.
+    pub fn export(
+        &self,
+        fp: &str,
+        out: &mut std::fs::File,
+        rootfs_out: Option<&mut std::fs::File>,
+        progress: Progress<'_>,
+        cancel: &AtomicBool,
+    ) -> Result<u64> {
         let files = self.files(fp)?;
         if files.len() == 2 && rootfs_out.is_none() {
             return Err(Error::Invalid("this is a split image: pass a second file descriptor for its rootfs".into()));
         }
-        let mut n = copy_file(&files[0].0, out)?;
+        let total: u64 = files.iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let mut done = 0u64;
+        copy_file(&files[0].0, out, &mut done, total, progress, cancel)?;
         if let (Some((p, _)), Some(r)) = (files.get(1), rootfs_out) {
-            n += copy_file(p, r)?;
+            copy_file(p, r, &mut done, total, progress, cancel)?;
         }
-        Ok(n)
+        Ok(done)
     }
 
     /// Removes an image's kept files and its base volume. Idempotent.
@@ -305,9 +314,21 @@ fn keep(
     Ok(n_total)
 }
 
-fn copy_file(src: &Path, out: &mut std::fs::File) -> Result<u64> {
+fn copy_file(src: &Path, out: &mut std::fs::File, done: &mut u64, total: u64, progress: Progress<'_>, cancel: &AtomicBool) -> Result<()> {
     let mut f = std::fs::File::open(src).step(|| format!("open {}", src.display()))?;
-    std::io::copy(&mut f, out).step(|| "write the exported image")
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let n = f.read(&mut buf).step(|| format!("read {}", src.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.write_all(&buf[..n]).step(|| "write the exported image")?;
+        *done += n as u64;
+        progress(*done, Some(total));
+    }
 }
 
 /// Every template named in metadata.yaml exists under templates/ as a regular file, and every
