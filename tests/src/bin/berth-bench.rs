@@ -262,7 +262,7 @@ async fn bench_images(env: &Env, report: &mut Report) {
         100.0 * med(&reference) / med(&import)
     );
     report.add(&format!("import {size_mb:.0} MiB image (zstd)"), "ms", import, None);
-    report.add(&format!("sha256sum + tar -x of it"), "ms", reference, None);
+    report.add("sha256sum + tar -x of it", "ms", reference, None);
     // launch from the cached image: a snapshot, whatever the image's size
     let f = std::fs::File::open(&img).unwrap();
     m.import_image(zbus::Fd::from(&f), &HashMap::from([("aliases", Variant::from(vec!["big"]))])).await.unwrap();
