@@ -41,6 +41,8 @@ pub struct HostConfig {
     /// Never use idmapped mounts: shift new containers' roots with a one-time chown instead
     /// (for filesystems whose idmap support is broken in ways the probe cannot see).
     pub no_idmapped_mounts: bool,
+    /// The host bridge containers' `eth0` attach to; None gives containers only `lo`.
+    pub bridge: Option<String>,
 }
 
 /// The host runtime.
@@ -51,6 +53,7 @@ pub struct HostRuntime {
     layout: Layout,
     idmap: IdMap,
     idmap_supported: bool,
+    network: Option<berth_runtime::net::BridgeNetwork>,
 }
 
 /// Maximum console log size before rotation.
@@ -67,12 +70,33 @@ impl HostRuntime {
         if !idmap_supported {
             tracing::warn!(pool = %pool.config().path.display(), "the pool refuses idmapped mounts; container roots will be shifted with chown");
         }
-        Ok(HostRuntime { cfg, pool, layout, idmap: IdMap::host_default(), idmap_supported })
+        let network = match &cfg.bridge {
+            Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
+            None => None,
+        };
+        Ok(HostRuntime { cfg, pool, layout, idmap: IdMap::host_default(), idmap_supported, network })
     }
 
     /// The cgroup version (1 when any v1 controller is in use).
     pub fn cgroup_version(&self) -> u32 {
         self.layout.version()
+    }
+
+    /// The bridge network, if containers get one.
+    pub fn network(&self) -> Option<&berth_runtime::net::BridgeNetwork> {
+        self.network.as_ref()
+    }
+
+    /// The NICs of `rec`: `eth0` on the bridge, with its leased address and recorded MAC.
+    fn nics(&self, rec: &ContainerRecord) -> Result<Vec<berth_runtime::net::Nic>, RuntimeError> {
+        let Some(net) = &self.network else { return Ok(Vec::new()) };
+        let addr = net.lease(&rec.name)?;
+        let mac = rec
+            .config
+            .get("volatile.eth0.hwaddr")
+            .and_then(|m| berth_runtime::net::parse_mac(m))
+            .unwrap_or_else(|| berth_runtime::net::stable_mac(&rec.name));
+        Ok(vec![net.nic(&rec.name, addr, mac)])
     }
 
     /// The pool.
@@ -123,7 +147,7 @@ impl HostRuntime {
         })
     }
 
-    fn spec(&self, rec: &ContainerRecord) -> ContainerSpec {
+    fn spec(&self, rec: &ContainerRecord) -> Result<ContainerSpec, RuntimeError> {
         let rootfs = self.pool.rootfs(&rec.name);
         let stop_signal = init::stop_signal(&rootfs, rec.config.get("boot.stop_signal").map(String::as_str));
         let mut env = default_init_env();
@@ -133,7 +157,7 @@ impl HostRuntime {
                 env.push((var.to_string(), v.clone()));
             }
         }
-        ContainerSpec {
+        Ok(ContainerSpec {
             name: rec.name.clone(),
             rootfs,
             idmap: self.idmap,
@@ -145,7 +169,8 @@ impl HostRuntime {
             run_dir: self.files(&rec.name).dir().to_path_buf(),
             cap_drop: DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
             console_log_max: CONSOLE_LOG_MAX,
-        }
+            nics: self.nics(rec)?,
+        })
     }
 }
 
@@ -172,6 +197,11 @@ impl Runtime for SharedHost {
                 ("volatile.idmap.base".to_string(), h.idmap.uid_base.to_string()),
                 ("volatile.idmap.count".to_string(), h.idmap.count.to_string()),
             ]);
+            if let Some(net) = &h.network {
+                let addr = net.lease(&rec.name)?;
+                extra.insert("volatile.eth0.hwaddr".into(), berth_runtime::net::format_mac(&berth_runtime::net::random_mac()));
+                extra.insert("volatile.eth0.ipv4".into(), format!("{addr}/{}", net.subnet.1));
+            }
             if !h.idmap_supported {
                 berth_runtime::storage::shift_tree(&rootfs, &h.idmap)?;
                 extra.insert("volatile.rootfs.shifted".into(), "true".into());
@@ -192,6 +222,9 @@ impl Runtime for SharedHost {
         blocking(move || {
             h.cgroups(&name).remove()?;
             h.pool.delete_container(&name)?;
+            if let Some(net) = &h.network {
+                net.release(&name)?;
+            }
             let dir = h.files(&name).dir().to_path_buf();
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
@@ -205,7 +238,7 @@ impl Runtime for SharedHost {
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
         let (h, rec) = (self.0.clone(), rec.clone());
         blocking(move || {
-            let spec = h.spec(&rec);
+            let spec = h.spec(&rec)?;
             if !spec.rootfs.is_dir() {
                 return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
             }

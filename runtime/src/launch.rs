@@ -76,6 +76,12 @@ fn parent_side(spec: &ContainerSpec, pid: libc::pid_t, sock: &OwnedFd) -> Result
         spec.cgroups.create()?;
     }
     spec.cgroups.attach(pid)?;
+    if !spec.nics.is_empty() {
+        let mut nl = crate::net::Netlink::open()?;
+        for nic in &spec.nics {
+            nl.add_veth(nic, pid)?;
+        }
+    }
     let mnt = rootfs_mount(&spec.rootfs, if spec.shifted { None } else { Some(pid) })?;
     send_fd(sock.as_fd(), b"go", mnt.as_fd()).step(|| "hand the rootfs mount to init")?;
     drop(mnt);
@@ -137,6 +143,7 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console
     os(become_root, "become root in the user namespace")?;
     // SAFETY: plain syscall.
     os(|| sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map(drop), "unshare the cgroup namespace")?;
+    configure_network(&spec.nics).map_err(|e| SetupFailure { step: e.to_string(), error: io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO)) })?;
 
     let plan = RootfsPlan { rootfs: &spec.rootfs, cgroups: &spec.cgroups.layout, console };
     rootfs::setup(&plan, mnt.as_fd())?;
@@ -172,6 +179,16 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console
     // SAFETY: argv_p and envp_p are NULL-terminated arrays of valid C strings.
     unsafe { libc::execve(argv_p[0], argv_p.as_ptr(), envp_p.as_ptr()) };
     Err(SetupFailure { step: format!("exec {}", spec.init[0]), error: io::Error::last_os_error() })
+}
+
+/// Inside the new network namespace: `lo` up, then each NIC's address and routes.
+pub fn configure_network(nics: &[crate::net::Nic]) -> Result<()> {
+    let mut nl = crate::net::Netlink::open()?;
+    nl.up("lo")?;
+    for nic in nics {
+        nl.configure_inside(nic)?;
+    }
+    Ok(())
 }
 
 fn os(f: impl FnOnce() -> io::Result<()>, step: &str) -> Result<(), SetupFailure> {

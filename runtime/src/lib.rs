@@ -13,6 +13,7 @@ pub mod fdpass;
 pub mod idmap;
 pub mod launch;
 pub mod monitor;
+pub mod net;
 pub mod pty;
 pub mod rootfs;
 pub mod spec;

@@ -32,6 +32,9 @@ pub struct ContainerSpec {
     pub cap_drop: Vec<String>,
     /// Maximum size of the console log file before it is rotated.
     pub console_log_max: u64,
+    /// Network interfaces (veth pairs to host bridges); none leaves the container with `lo`.
+    #[serde(default)]
+    pub nics: Vec<crate::net::Nic>,
 }
 
 /// Capabilities berth drops from every unprivileged container's bounding set (as LXC does).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
-              [--monitor PATH] [--no-idmapped-mounts]
+              [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd --version
 
@@ -18,6 +18,8 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
   --monitor PATH       the berth-monitor binary (default: next to berthd, or ../libexec/berth/)
   --no-idmapped-mounts shift new containers' root filesystems with a one-time chown instead of
                        idmapped mounts (used automatically where the pool refuses them)
+  --bridge NAME|none   host bridge for the containers' eth0 (default berthbr0; created with a
+                       10.x.y.0/24 that clashes with no host route); none: only loopback
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir";
 
@@ -38,6 +40,8 @@ pub struct Config {
     pub monitor: Option<PathBuf>,
     /// Shift rootfs ownership instead of idmapped mounts.
     pub no_idmapped_mounts: bool,
+    /// Host bridge for containers' eth0 (None: no network).
+    pub bridge: Option<String>,
 }
 
 /// `berthd init` settings.
@@ -74,6 +78,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         busybox: "/bin/busybox".into(),
         monitor: None,
         no_idmapped_mounts: false,
+        bridge: Some("berthbr0".into()),
     };
     let mut init: Option<InitOptions> = None;
     let mut it = args.iter();
@@ -91,6 +96,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
+            "--bridge" => {
+                let v = val("--bridge")?;
+                if v == "none" {
+                    cfg.bridge = None;
+                } else {
+                    berth_runtime::net::check_ifname(&v).map_err(|e| e.to_string())?;
+                    cfg.bridge = Some(v);
+                }
+            }
             "--cgroup-parent" => {
                 let v = val("--cgroup-parent")?;
                 if v.is_empty() || v.contains('/') || v.starts_with('.') || v.len() > 64 {
@@ -151,6 +165,11 @@ mod tests {
         assert!(p(&["init", "--storage", "zfs"]).is_err());
         assert!(p(&["init", "--size", "1MiB"]).is_err());
         assert!(p(&["--bus"]).is_err());
+        assert!(p(&["--bridge", "much-too-long-bridge"]).is_err());
+        match p(&["--bridge", "none"]).unwrap() {
+            Command::Run(c) => assert_eq!(c.bridge, None),
+            other => panic!("{other:?}"),
+        }
         assert!(p(&["--nope"]).is_err());
     }
 }

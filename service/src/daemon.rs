@@ -134,6 +134,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             busybox: cfg.busybox.clone(),
             helper,
             no_idmapped_mounts: cfg.no_idmapped_mounts,
+            bridge: cfg.bridge.clone(),
         },
         pool,
     )

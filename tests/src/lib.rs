@@ -72,6 +72,8 @@ pub struct Env {
     pub run: PathBuf,
     /// The cgroup parent of this environment's containers.
     pub cgroup_parent: String,
+    /// The bridge this environment's berthd creates.
+    pub bridge: String,
     dbus: Option<Child>,
     polkitd: Option<Child>,
 }
@@ -98,6 +100,7 @@ impl Env {
             state: dir.join("state"),
             run: dir.join("run"),
             cgroup_parent: format!("berth-e2e-{id}"),
+            bridge: format!("bt{:x}x{n}", std::process::id()),
             bus,
             dir,
             dbus: None,
@@ -144,7 +147,8 @@ impl Env {
         );
         std::fs::write(self.dir.join("bus.conf"), conf).unwrap();
         let service = format!(
-            "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --monitor {monitor}{extra}\nUser=root\n",
+            "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --bridge {br} --monitor {monitor}{extra}\nUser=root\n",
+            br = self.bridge,
             extra = daemon_args.iter().map(|a| format!(" {a}")).collect::<String>(),
             berthd = bin("berthd").display(),
             monitor = bin("berth-monitor").display(),
@@ -356,7 +360,9 @@ impl Drop for Env {
         let c = std::ffi::CString::new(pool.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: umount2 with a valid C string.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        // 5. the daemons
+        // 5. the bridge
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        // 6. the daemons
         for child in [self.polkitd.take(), self.dbus.take()].into_iter().flatten() {
             let mut child = child;
             let _ = child.kill();

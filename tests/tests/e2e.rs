@@ -347,3 +347,39 @@ fn filesystems_without_idmapped_mounts_get_a_shifted_rootfs() {
     let img = std::fs::read_dir(&images).unwrap().flatten().next().unwrap().path();
     assert_eq!(std::fs::symlink_metadata(img.join("rootfs/bin/busybox")).unwrap().uid(), 0);
 }
+
+#[test]
+fn containers_get_an_address_on_the_bridge_and_reach_each_other() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "n1"]);
+    env.ok(&["launch", "busybox", "n2"]);
+    let addr = |name: &str| -> String {
+        let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", name, "--format", "json"])).unwrap();
+        let cidr = info["config"]["volatile.eth0.ipv4"].as_str().expect("an address is recorded").to_string();
+        cidr.split('/').next().unwrap().to_string()
+    };
+    let (a1, a2) = (addr("n1"), addr("n2"));
+    assert_ne!(a1, a2);
+    // configured before init ran: eth0 carries the recorded address, a default route exists
+    let ip = env.ok(&["exec", "n1", "--", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(ip.contains(&format!("inet {a1}/24")), "{ip}");
+    let routes = env.ok(&["exec", "n1", "--", "ip", "route"]);
+    assert!(routes.lines().any(|l| l.starts_with("default via")), "{routes}");
+    // container to container across the bridge, and host to container
+    env.ok(&["exec", "n1", "--", "ping", "-c", "1", "-W", "3", &a2]);
+    let out = std::process::Command::new("busybox").args(["ping", "-c", "1", "-W", "3", &a1]).output().unwrap();
+    assert!(out.status.success(), "host cannot reach {a1}: {}", text(&out.stdout));
+    // the address is the container's for good: the same after a restart
+    env.ok(&["restart", "--force", "n1"]);
+    let ip = env.ok(&["exec", "n1", "--", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(ip.contains(&format!("inet {a1}/24")), "{ip}");
+    // a deleted container's address is free again, and its host veth is gone
+    env.ok(&["delete", "--force", "n2"]);
+    env.ok(&["launch", "busybox", "n3"]);
+    assert_eq!(addr("n3"), a2);
+    let links = text(&std::process::Command::new("ip").args(["-o", "link", "show", "master", &env.bridge]).output().unwrap().stdout);
+    assert_eq!(links.lines().count(), 2, "one veth per running container: {links}");
+}
