@@ -11,8 +11,8 @@ use crate::operation::{Operation, Operations};
 use crate::runtime::Runtime;
 use crate::store::{Db, Store, StoreActor};
 use crate::types::{
-    ContainerInfo, ContainerSummary, CreateRequest, Created, ExecRequest, HostInfo, ImageOptions, ImageRecord,
-    StopOptions, validate_name,
+    ContainerInfo, ContainerSummary, CopyRequest, CreateRequest, Created, ExecRequest, HostInfo, ImageOptions, ImageRecord,
+    SnapshotRecord, StartOptions, StopOptions, validate_name,
 };
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -21,13 +21,20 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// Handle on a running engine.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Engine {
     manager: ActorRef<ManagerMsg>,
+    runtime: Arc<dyn Runtime>,
     store: Store,
     events: Events,
     ops: Operations,
     host: Arc<HostInfo>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("manager", &self.manager).finish_non_exhaustive()
+    }
 }
 
 fn gone<T>(what: &str) -> impl FnOnce(RactorErr<T>) -> Error + '_ {
@@ -44,11 +51,11 @@ impl Engine {
         let store = Store::new(store_actor);
         let events = Events::default();
         let ops = Operations::new(events.clone());
-        let args = ManagerArgs { store: store.clone(), runtime, events: events.clone(), ops: ops.clone() };
+        let args = ManagerArgs { store: store.clone(), runtime: runtime.clone(), events: events.clone(), ops: ops.clone() };
         let (manager, _) = Actor::spawn(None, ManagerActor, args)
             .await
             .map_err(|e| Error::Store(format!("start the manager: {e}")))?;
-        Ok(Engine { manager, store, events, ops, host: Arc::new(host) })
+        Ok(Engine { manager, runtime, store, events, ops, host: Arc::new(host) })
     }
 
     /// Stops the actors (containers keep running under their monitors).
@@ -98,9 +105,81 @@ impl Engine {
         self.to_container(name, ContainerMsg::Info).await
     }
 
-    /// Starts a container.
-    pub async fn start_container(&self, name: &str) -> Result<()> {
-        self.to_container(name, ContainerMsg::Start).await
+    /// Starts a container (restoring the state a stateful stop saved, unless `stateless`).
+    pub async fn start_container(&self, name: &str, opts: StartOptions) -> Result<()> {
+        self.to_container(name, |r| ContainerMsg::Start(opts, r)).await
+    }
+
+    /// Copies a container, or one of its snapshots, to a new container.
+    pub async fn copy_container(&self, req: CopyRequest) -> Result<ContainerInfo> {
+        ractor::call!(self.manager, ManagerMsg::Copy, Box::new(req)).map_err(gone("the manager"))?
+    }
+
+    /// Takes a snapshot (an empty name picks `snapN`).
+    pub async fn create_snapshot(&self, container: &str, name: &str, stateful: bool, uid: u32) -> Result<SnapshotRecord> {
+        if !name.is_empty() {
+            validate_name(name)?;
+        }
+        let name = name.to_string();
+        self.to_container(container, |reply| ContainerMsg::CreateSnapshot { name, stateful, uid, reply }).await
+    }
+
+    /// A container's snapshots, oldest first.
+    pub async fn list_snapshots(&self, container: &str) -> Result<Vec<SnapshotRecord>> {
+        self.to_container(container, ContainerMsg::ListSnapshots).await
+    }
+
+    /// The log of the last checkpoint or restore of a container, if any (at most the last
+    /// 256 KiB).
+    pub async fn criu_log(&self, name: &str) -> Result<Option<(String, String)>> {
+        self.container(name).await?;
+        let Some(path) = self.runtime.criu_log(name) else { return Ok(None) };
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&path).ok()?;
+            let len = f.metadata().ok()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).ok()?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).ok()?;
+            Some((path.display().to_string(), String::from_utf8_lossy(&buf).into_owned()))
+        })
+        .await
+        .ok()
+        .flatten();
+        Ok(text)
+    }
+
+    /// Every snapshot of every container (from the database: one query).
+    pub async fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        self.store.all_snapshots().await
+    }
+
+    /// One snapshot.
+    pub async fn snapshot(&self, container: &str, name: &str) -> Result<SnapshotRecord> {
+        validate_name(name)?;
+        self.to_container(container, |r| ContainerMsg::GetSnapshot(name.to_string(), r)).await
+    }
+
+    /// Restores a snapshot (`stateful`: its running state too; None: what it holds).
+    pub async fn restore_snapshot(&self, container: &str, name: &str, stateful: Option<bool>, uid: u32) -> Result<()> {
+        validate_name(name)?;
+        let name = name.to_string();
+        self.to_container(container, |reply| ContainerMsg::RestoreSnapshot { name, stateful, uid, reply }).await
+    }
+
+    /// Renames a snapshot.
+    pub async fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<SnapshotRecord> {
+        validate_name(from)?;
+        validate_name(to)?;
+        let (from, to) = (from.to_string(), to.to_string());
+        self.to_container(container, |reply| ContainerMsg::RenameSnapshot { from, to, reply }).await
+    }
+
+    /// Deletes a snapshot.
+    pub async fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
+        validate_name(name)?;
+        let name = name.to_string();
+        self.to_container(container, |reply| ContainerMsg::DeleteSnapshot { name, reply }).await
     }
 
     /// Stops a container.
@@ -145,14 +224,21 @@ impl Engine {
             .map_err(gone("the manager"))?
     }
 
-    /// Publishes a stopped container as a new image (an operation).
-    pub async fn publish(&self, name: &str, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
-        let record = self.to_container(name, CMsg::BeginPublish).await?;
-        let res = ractor::call!(self.manager, |reply| ManagerMsg::Publish { record: Box::new(record), opts, uid, reply });
+    /// Publishes a stopped container, or a snapshot of any container, as a new image (an
+    /// operation).
+    pub async fn publish(&self, name: &str, snapshot: Option<&str>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        if let Some(s) = snapshot {
+            validate_name(s)?;
+        }
+        let snapshot = snapshot.map(str::to_string);
+        let sn = snapshot.clone();
+        let (record, source) = self.to_container(name, |r| CMsg::BeginPublish(sn, r)).await?;
+        let sn = snapshot.clone();
+        let res = ractor::call!(self.manager, |reply| ManagerMsg::Publish { record: Box::new(record), source, snapshot: sn, opts, uid, reply });
         match res {
             Ok(r) => r,
             Err(_) => {
-                let _ = self.manager.cast(ManagerMsg::ToContainer(name.to_string(), CMsg::EndPublish));
+                let _ = self.manager.cast(ManagerMsg::ToContainer(name.to_string(), CMsg::EndPublish(snapshot)));
                 Err(Error::Unavailable("the manager".into()))
             }
         }

@@ -9,6 +9,14 @@ pub enum Error {
     /// No container of that name.
     #[error("no container named {0:?}")]
     NoSuchContainer(String),
+    /// No snapshot of that name.
+    #[error("container {container:?} has no snapshot named {name:?}")]
+    NoSuchSnapshot {
+        /// The container.
+        container: String,
+        /// The snapshot name.
+        name: String,
+    },
     /// No image matches the reference.
     #[error("no image matches {0:?} (see the image list)")]
     NoSuchImage(String),
@@ -105,6 +113,12 @@ pub enum Op {
     ExportImage,
     /// Publishing a container as an image.
     Publish,
+    /// Taking, restoring the files of, or removing a snapshot.
+    Snapshot,
+    /// Checkpointing a running container (CRIU dump).
+    Checkpoint,
+    /// Restoring a running state (CRIU restore).
+    Restore,
 }
 
 impl std::fmt::Display for Op {
@@ -120,6 +134,9 @@ impl std::fmt::Display for Op {
             Op::ImportImage => "import",
             Op::ExportImage => "export",
             Op::Publish => "publish",
+            Op::Snapshot => "snapshot",
+            Op::Checkpoint => "checkpoint",
+            Op::Restore => "restore",
         })
     }
 }

@@ -32,6 +32,20 @@ pub enum Event {
         /// Name.
         name: String,
     },
+    /// A snapshot was committed (or renamed to this name).
+    SnapshotCreated {
+        /// Its container.
+        container: String,
+        /// Its name.
+        name: String,
+    },
+    /// A snapshot is gone (or was renamed away from this name).
+    SnapshotRemoved {
+        /// Its container.
+        container: String,
+        /// Its name.
+        name: String,
+    },
     /// An image was added.
     ImageAdded {
         /// Fingerprint.

@@ -3,7 +3,7 @@
 //! it, and tests can make a container power off by itself or a start fail.
 
 use crate::operation::Operation;
-use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
+use crate::runtime::{CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot, VolumeSource};
 use crate::types::{ContainerRecord, ExecRequest};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -24,6 +24,22 @@ struct Inner {
     fail_start: HashMap<String, String>,
     stop_delay: Duration,
     log: Vec<String>,
+    /// Each container's "files".
+    files: HashMap<String, String>,
+    /// Snapshots by (container, id): (files, committed, running state: the pid it ran as).
+    snapshots: HashMap<(String, String), FakeSnapshot>,
+    /// Saved states of stateful stops: the files they go with.
+    stop_states: HashMap<String, String>,
+    fail_checkpoint: HashMap<String, String>,
+    fail_restore: HashMap<String, String>,
+    checkpoint_delay: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FakeSnapshot {
+    files: String,
+    committed: bool,
+    state: bool,
 }
 
 /// The fake host.
@@ -71,6 +87,46 @@ impl FakeRuntime {
         self.lock().provisioned.contains(name)
     }
 
+    /// Sets the "files" of `name` (what snapshots capture and restores bring back).
+    pub fn write_files(&self, name: &str, content: &str) {
+        self.lock().files.insert(name.into(), content.into());
+    }
+
+    /// The "files" of `name`.
+    pub fn files(&self, name: &str) -> Option<String> {
+        self.lock().files.get(name).cloned()
+    }
+
+    /// Snapshot directories of `name` (committed or staged), as (id, committed).
+    pub fn snapshot_dirs(&self, name: &str) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> =
+            self.lock().snapshots.iter().filter(|((c, _), _)| c == name).map(|((_, id), s)| (id.clone(), s.committed)).collect();
+        v.sort();
+        v
+    }
+
+    /// The next checkpoint of `name` fails with `msg`.
+    pub fn fail_next_checkpoint(&self, name: &str, msg: &str) {
+        self.lock().fail_checkpoint.insert(name.into(), msg.into());
+    }
+
+    /// The next restore of `name` fails with `msg`.
+    pub fn fail_next_restore(&self, name: &str, msg: &str) {
+        self.lock().fail_restore.insert(name.into(), msg.into());
+    }
+
+    /// Checkpoints take this long.
+    pub fn set_checkpoint_delay(&self, d: Duration) {
+        self.lock().checkpoint_delay = d;
+    }
+
+    fn new_run(i: &mut Inner, name: &str) -> Running {
+        i.next_pid += 1;
+        let run = Running { init_pid: i.next_pid, monitor_pid: i.next_pid + 10_000 };
+        i.running.insert(name.to_string(), run);
+        run
+    }
+
     /// Operations done, in order ("start c1", "stop c1 force"…).
     pub fn log(&self) -> Vec<String> {
         self.lock().log.clone()
@@ -79,11 +135,22 @@ impl FakeRuntime {
 
 #[ractor::async_trait]
 impl Runtime for FakeRuntime {
-    async fn provision(&self, rec: &ContainerRecord) -> Result<BTreeMap<String, String>, RuntimeError> {
+    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
         let mut i = self.lock();
-        if !i.images.contains(&rec.image) {
-            return Err(RuntimeError::InvalidImage(format!("image {} has no volume", rec.image)));
-        }
+        let files = match source {
+            VolumeSource::Image if !i.images.contains(&rec.image) => {
+                return Err(RuntimeError::InvalidImage(format!("image {} has no volume", rec.image)));
+            }
+            VolumeSource::Image => format!("image {}", rec.image),
+            VolumeSource::Container(c) => i.files.get(c).cloned().ok_or_else(|| RuntimeError::Failed(format!("{c} has no files")))?,
+            VolumeSource::Snapshot { container, id } => i
+                .snapshots
+                .get(&(container.clone(), id.clone()))
+                .filter(|s| s.committed)
+                .map(|s| s.files.clone())
+                .ok_or_else(|| RuntimeError::Failed(format!("no snapshot {container}/{id}")))?,
+        };
+        i.files.insert(rec.name.clone(), files);
         i.provisioned.insert(rec.name.clone());
         i.log.push(format!("provision {}", rec.name));
         Ok(BTreeMap::from([("volatile.idmap.base".to_string(), "1000000".to_string())]))
@@ -95,6 +162,9 @@ impl Runtime for FakeRuntime {
             return Err(RuntimeError::Failed(format!("{name} still runs")));
         }
         i.provisioned.remove(name);
+        i.files.remove(name);
+        i.snapshots.retain(|(c, _), _| c != name);
+        i.stop_states.remove(name);
         i.log.push(format!("deprovision {name}"));
         Ok(())
     }
@@ -108,10 +178,7 @@ impl Runtime for FakeRuntime {
         if !i.provisioned.contains(&rec.name) {
             return Err(RuntimeError::Failed("no rootfs".into()));
         }
-        i.next_pid += 1;
-        let run = Running { init_pid: i.next_pid, monitor_pid: i.next_pid + 10_000 };
-        i.running.insert(rec.name.clone(), run);
-        Ok(run)
+        Ok(Self::new_run(&mut i, &rec.name))
     }
 
     async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
@@ -218,7 +285,7 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn publish(&self, rec: &ContainerRecord, properties: BTreeMap<String, String>, _known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn publish(&self, rec: &ContainerRecord, _source: &VolumeSource, properties: BTreeMap<String, String>, _known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
         op.set_progress(1, Some(1));
         let fp = format!("{:064x}", crate::types::now_us());
         let mut i = self.lock();
@@ -242,5 +309,119 @@ impl Runtime for FakeRuntime {
     async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
         self.lock().images.remove(fingerprint);
         Ok(())
+    }
+
+    async fn capture_snapshot(&self, container: &str, id: &str) -> Result<u64, RuntimeError> {
+        let mut i = self.lock();
+        let files = i.files.get(container).cloned().ok_or_else(|| RuntimeError::Failed(format!("{container} has no files")))?;
+        i.log.push(format!("capture {container}"));
+        i.snapshots.insert((container.into(), id.into()), FakeSnapshot { files, committed: false, state: false });
+        Ok(7)
+    }
+
+    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError> {
+        let delay = self.lock().checkpoint_delay;
+        tokio::time::sleep(delay).await;
+        let mut i = self.lock();
+        i.log.push(format!("checkpoint {} {slot:?}", rec.name));
+        if !i.running.contains_key(&rec.name) {
+            return Err(RuntimeError::NotRunning);
+        }
+        if let Some(msg) = i.fail_checkpoint.remove(&rec.name) {
+            return Err(RuntimeError::Failed(msg));
+        }
+        op.set_progress(4096, Some(4096));
+        let files = i.files.get(&rec.name).cloned().unwrap_or_default();
+        match slot {
+            StateSlot::Snapshot(id) => {
+                i.snapshots.insert((rec.name.clone(), id.clone()), FakeSnapshot { files, committed: false, state: true });
+            }
+            StateSlot::Stop => {
+                i.stop_states.insert(rec.name.clone(), files);
+                i.running.remove(&rec.name);
+                for w in i.watchers.remove(&rec.name).unwrap_or_default() {
+                    let _ = w.send(MonitorEvent::Exited { reason: "checkpointed".into() });
+                }
+            }
+        }
+        Ok(CheckpointStats { state_bytes: 4096, volume_bytes: 0, frozen_us: 10 })
+    }
+
+    async fn commit_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
+        match self.lock().snapshots.get_mut(&(container.into(), id.into())) {
+            Some(s) => {
+                s.committed = true;
+                Ok(())
+            }
+            None => Err(RuntimeError::Failed(format!("nothing staged for {container}/{id}"))),
+        }
+    }
+
+    async fn remove_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
+        self.lock().snapshots.remove(&(container.into(), id.into()));
+        Ok(())
+    }
+
+    async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String> {
+        let mut i = self.lock();
+        let before = i.snapshots.len();
+        i.snapshots.retain(|(c, _), _| containers.contains(c));
+        (0..before - i.snapshots.len()).map(|n| format!("orphan {n}")).collect()
+    }
+
+    async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String> {
+        let mut i = self.lock();
+        let gone: Vec<String> =
+            i.snapshots.keys().filter(|(c, id)| c == container && !keep.contains(id)).map(|(_, id)| id.clone()).collect();
+        for id in &gone {
+            i.snapshots.remove(&(container.to_string(), id.clone()));
+        }
+        gone
+    }
+
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError> {
+        let mut i = self.lock();
+        if i.running.contains_key(&rec.name) {
+            return Err(RuntimeError::Failed(format!("{} still runs", rec.name)));
+        }
+        let files = i
+            .snapshots
+            .get(&(rec.name.clone(), id.to_string()))
+            .filter(|s| s.committed)
+            .map(|s| s.files.clone())
+            .ok_or_else(|| RuntimeError::Failed(format!("no snapshot {id}")))?;
+        i.log.push(format!("restore files {}", rec.name));
+        i.files.insert(rec.name.clone(), files);
+        Ok(())
+    }
+
+    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError> {
+        let mut i = self.lock();
+        i.log.push(format!("restore {} {slot:?}", rec.name));
+        if let Some(msg) = i.fail_restore.remove(&rec.name) {
+            return Err(RuntimeError::Failed(msg));
+        }
+        let has = match slot {
+            StateSlot::Snapshot(id) => i.snapshots.get(&(rec.name.clone(), id.clone())).is_some_and(|s| s.state),
+            StateSlot::Stop => i.stop_states.contains_key(&rec.name),
+        };
+        if !has {
+            return Err(RuntimeError::Failed("no saved state".into()));
+        }
+        op.set_progress(4096, Some(4096));
+        Ok(Self::new_run(&mut i, &rec.name))
+    }
+
+    async fn has_stop_state(&self, container: &str) -> bool {
+        self.lock().stop_states.contains_key(container)
+    }
+
+    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError> {
+        self.lock().stop_states.remove(container);
+        Ok(())
+    }
+
+    fn criu_log(&self, _container: &str) -> Option<std::path::PathBuf> {
+        None
     }
 }

@@ -4,7 +4,7 @@
 //! over their SOCK_SEQPACKET sockets.
 
 use crate::operation::Operation;
-use crate::runtime::{MonitorEvent, NewImage, Running, Runtime, RuntimeError};
+use crate::runtime::{CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot, VolumeSource};
 use crate::types::{ContainerRecord, ExecRequest};
 use berth_runtime::image::store::Store as ImageStore;
 use berth_runtime::image::template;
@@ -54,6 +54,11 @@ pub struct HostRuntime {
     idmap: IdMap,
     idmap_supported: bool,
     network: Option<berth_runtime::net::BridgeNetwork>,
+    /// The criu binary, if any.
+    criu: Option<PathBuf>,
+    /// Whether CRIU works here (its version, or why not), probed on first use: `criu check`
+    /// takes longer than berthd takes to start.
+    criu_probe: std::sync::OnceLock<Result<String, String>>,
 }
 
 /// Maximum console log size before rotation.
@@ -74,7 +79,16 @@ impl HostRuntime {
             Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
             None => None,
         };
-        Ok(HostRuntime { cfg, pool, layout, idmap: IdMap::host_default(), idmap_supported, network })
+        Ok(HostRuntime {
+            cfg,
+            pool,
+            layout,
+            idmap: IdMap::host_default(),
+            idmap_supported,
+            network,
+            criu: berth_runtime::criu::find(),
+            criu_probe: std::sync::OnceLock::new(),
+        })
     }
 
     /// The cgroup version (1 when any v1 controller is in use).
@@ -97,6 +111,154 @@ impl HostRuntime {
             .and_then(|m| berth_runtime::net::parse_mac(m))
             .unwrap_or_else(|| berth_runtime::net::stable_mac(&rec.name));
         Ok(vec![net.nic(&rec.name, addr, mac)])
+    }
+
+    /// The files of a container or snapshot.
+    fn volume_of(&self, name: &str, source: &VolumeSource) -> PathBuf {
+        match source {
+            VolumeSource::Snapshot { container, id } => self.pool.snapshot(container, id).volume(),
+            VolumeSource::Container(c) => self.pool.container_volume(c),
+            VolumeSource::Image => self.pool.container_volume(name),
+        }
+    }
+
+    /// Whether stateful operations work here: CRIU's version, or why not (probed once).
+    pub fn stateful_support(&self) -> Result<String, String> {
+        self.criu_probe.get_or_init(|| berth_runtime::criu::probe(self.criu.as_deref())).clone()
+    }
+
+    /// Why the running container `name` cannot be checkpointed (empty when it can).
+    fn preflight(&self, name: &str, init: i32) -> Vec<String> {
+        let cg = self.cgroups(name);
+        let dir = cg.freezer_dir().or_else(|| cg.dirs().next());
+        let mut pids = dir.map(|d| berth_runtime::criu::preflight::cgroup_pids(&d)).unwrap_or_default();
+        pids.retain(|p| *p != init);
+        pids.insert(0, init);
+        berth_runtime::criu::preflight::check(init, &pids)
+    }
+
+    /// CRIU dump of a running container into `slot` (see [`Runtime::checkpoint`]).
+    fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: &Operation) -> Result<CheckpointStats, RuntimeError> {
+        use berth_runtime::criu::checkpoint::{DumpPlan, dump};
+        let version = self.stateful_support().map_err(RuntimeError::NotSupported)?;
+        let criu = self.criu.clone().ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
+        let name = &rec.name;
+        let files = self.files(name);
+        let conn = berth_runtime::monitor::client::Conn::connect(&files.socket()).map_err(|_| RuntimeError::NotRunning)?;
+        let status = match conn.call(&Request::Status)? {
+            Reply::Status(s) => s,
+            other => return Err(RuntimeError::Failed(format!("unexpected answer from the monitor: {other:?}"))),
+        };
+        let reasons = self.preflight(name, status.init_pid);
+        if !reasons.is_empty() {
+            return Err(RuntimeError::NotSupported(format!("cannot checkpoint container {name}: {}", reasons.join("; "))));
+        }
+        let stop = *slot == StateSlot::Stop;
+        let (staging, images) = match slot {
+            StateSlot::Snapshot(id) => {
+                let st = self.pool.stage_snapshot(name, id)?;
+                let images = st.state();
+                (st, images)
+            }
+            StateSlot::Stop => {
+                let st = berth_runtime::storage::snapshots::SnapshotPaths { dir: self.pool.snapshots_dir(name).join(".staging-stop") };
+                self.pool.remove_snapshot_dir(&st.dir)?;
+                let images = st.state();
+                (st, images)
+            }
+        };
+        std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+        let cg = self.cgroups(name);
+        let memory_total = memory_usage(&cg);
+        if stop {
+            conn.call(&Request::Checkpointing { active: true })?;
+        }
+        let freezer = cg.freezer_dir();
+        if freezer.is_some() {
+            cg.freeze(Duration::from_secs(10))?;
+        }
+        let frozen_at = std::time::Instant::now();
+        let mut volume_bytes = 0u64;
+        let res = dump(
+            &DumpPlan {
+                criu: &criu,
+                pid: status.init_pid,
+                images: &images,
+                work: files.dir(),
+                log: "criu-dump.log",
+                leave_running: !stop,
+                freeze_cgroup: freezer.as_deref(),
+                console: Path::new(&status.console),
+                criu_version: &version,
+            },
+            &mut || {
+                if !stop {
+                    volume_bytes = self.pool.capture_volume(name, &staging).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            },
+            &|bytes| op.set_progress(bytes, memory_total),
+        );
+        let _ = cg.thaw();
+        let frozen_us = frozen_at.elapsed().as_micros() as u64;
+        match res {
+            Err(f) => {
+                if stop {
+                    let _ = conn.call(&Request::Checkpointing { active: false });
+                    let _ = self.pool.remove_snapshot_dir(&staging.dir);
+                }
+                Err(RuntimeError::Failed(f.to_string()))
+            }
+            Ok(stats) => {
+                if stop {
+                    let dst = self.pool.stop_state(name);
+                    self.pool.remove_snapshot_dir(&dst.dir)?;
+                    std::fs::rename(&staging.dir, &dst.dir)
+                        .map_err(|e| RuntimeError::Failed(format!("keep the saved state: rename {}: {e}", staging.dir.display())))?;
+                    // the dead tree's network namespace goes away in the background; its
+                    // veths must not be in the way of a quick restore
+                    self.remove_host_veths(rec);
+                }
+                Ok(CheckpointStats { state_bytes: stats.image_bytes, volume_bytes, frozen_us })
+            }
+        }
+    }
+
+    fn remove_host_veths(&self, rec: &ContainerRecord) {
+        if let (Some(net), Ok(mut nl)) = (&self.network, berth_runtime::net::Netlink::open()) {
+            let _ = net;
+            for nic in self.nics(rec).unwrap_or_default() {
+                let _ = nl.delete(&nic.host_name);
+            }
+        }
+    }
+
+    /// CRIU restore of `slot` under a new monitor (see [`Runtime::restore`]).
+    fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: &Operation) -> Result<Running, RuntimeError> {
+        self.stateful_support().map_err(RuntimeError::NotSupported)?;
+        let criu = self.criu.clone().ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
+        let images = match slot {
+            StateSlot::Snapshot(id) => self.pool.snapshot(&rec.name, id).state(),
+            StateSlot::Stop => self.pool.stop_state(&rec.name).state(),
+        };
+        let meta: berth_runtime::criu::CheckpointMeta = std::fs::read(images.join(berth_runtime::criu::META_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| RuntimeError::Failed(format!("no saved running state in {}", images.display())))?;
+        op.set_progress(0, Some(meta.memory_bytes));
+        let mut spec = self.spec(rec)?;
+        if !spec.rootfs.is_dir() {
+            return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
+        }
+        spec.cgroups.create()?;
+        let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
+        let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+        spec.cgroups.apply_limits(memory, processes)?;
+        self.remove_host_veths(rec);
+        spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
+        let (init_pid, monitor_pid) = berth_runtime::monitor::spawn(&self.cfg.exe, &spec)?;
+        op.set_progress(meta.memory_bytes, Some(meta.memory_bytes));
+        Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
     }
 
     /// The pool.
@@ -170,6 +332,7 @@ impl HostRuntime {
             cap_drop: DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
             console_log_max: CONSOLE_LOG_MAX,
             nics: self.nics(rec)?,
+            restore: None,
         })
     }
 }
@@ -184,11 +347,24 @@ pub struct SharedHost(pub Arc<HostRuntime>);
 
 #[ractor::async_trait]
 impl Runtime for SharedHost {
-    async fn provision(&self, rec: &ContainerRecord) -> Result<BTreeMap<String, String>, RuntimeError> {
-        let (h, rec) = (self.0.clone(), rec.clone());
+    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
+        let (h, rec, source) = (self.0.clone(), rec.clone(), source.clone());
         blocking(move || {
             h.cgroups(&rec.name).create()?;
-            h.pool.clone_image(&rec.image, &rec.name)?;
+            let trigger = match &source {
+                VolumeSource::Image => {
+                    h.pool.clone_image(&rec.image, &rec.name)?;
+                    "create"
+                }
+                VolumeSource::Container(c) => {
+                    h.pool.copy_volume(&h.pool.container_volume(c), &rec.name)?;
+                    "copy"
+                }
+                VolumeSource::Snapshot { container, id } => {
+                    h.pool.copy_volume(&h.pool.snapshot(container, id).volume(), &rec.name)?;
+                    "copy"
+                }
+            };
             let rootfs = h.pool.rootfs(&rec.name);
             if !rootfs.is_dir() {
                 return Err(RuntimeError::InvalidImage(format!("image {} has no rootfs/", rec.image)));
@@ -197,18 +373,22 @@ impl Runtime for SharedHost {
                 ("volatile.idmap.base".to_string(), h.idmap.uid_base.to_string()),
                 ("volatile.idmap.count".to_string(), h.idmap.count.to_string()),
             ]);
+            // a copy of shifted files is shifted already
+            let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true");
             if let Some(net) = &h.network {
                 let addr = net.lease(&rec.name)?;
                 extra.insert("volatile.eth0.hwaddr".into(), berth_runtime::net::format_mac(&berth_runtime::net::random_mac()));
                 extra.insert("volatile.eth0.ipv4".into(), format!("{addr}/{}", net.subnet.1));
             }
-            if !h.idmap_supported {
+            if shifted {
+                extra.insert("volatile.rootfs.shifted".into(), "true".into());
+            } else if !h.idmap_supported {
                 berth_runtime::storage::shift_tree(&rootfs, &h.idmap)?;
                 extra.insert("volatile.rootfs.shifted".into(), "true".into());
             }
             let mut with = rec.clone();
             with.config.extend(extra.clone());
-            h.apply_templates(&with, "create")?;
+            h.apply_templates(&with, trigger)?;
             Ok(extra)
         })
         .await
@@ -221,6 +401,7 @@ impl Runtime for SharedHost {
         let (h, name) = (self.0.clone(), name.to_string());
         blocking(move || {
             h.cgroups(&name).remove()?;
+            h.pool.remove_snapshots(&name)?;
             h.pool.delete_container(&name)?;
             if let Some(net) = &h.network {
                 net.release(&name)?;
@@ -392,10 +573,17 @@ impl Runtime for SharedHost {
         blocking(move || h.import_files(std::fs::File::from(archive), rootfs.map(std::fs::File::from), &known, &op)).await
     }
 
-    async fn publish(&self, rec: &ContainerRecord, properties: BTreeMap<String, String>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
-        let (h, rec) = (self.0.clone(), rec.clone());
+    async fn publish(
+        &self,
+        rec: &ContainerRecord,
+        source: &VolumeSource,
+        properties: BTreeMap<String, String>,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
+        let (h, rec, source) = (self.0.clone(), rec.clone(), source.clone());
         blocking(move || {
-            let volume = h.pool.container_volume(&rec.name);
+            let volume = h.volume_of(&rec.name, &source);
             // the source's own metadata (its image's), with fresh dates and the new properties
             let mut meta = std::fs::read(volume.join("metadata.yaml"))
                 .ok()
@@ -442,6 +630,105 @@ impl Runtime for SharedHost {
         let (h, fp) = (self.0.clone(), fingerprint.to_string());
         blocking(move || Ok(h.images().remove(&fp)?)).await
     }
+
+    async fn capture_snapshot(&self, container: &str, id: &str) -> Result<u64, RuntimeError> {
+        let (h, c, id) = (self.0.clone(), container.to_string(), id.to_string());
+        blocking(move || {
+            let staging = h.pool.stage_snapshot(&c, &id)?;
+            Ok(h.pool.capture_volume(&c, &staging)?)
+        })
+        .await
+    }
+
+    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError> {
+        let (h, rec, slot) = (self.0.clone(), rec.clone(), slot.clone());
+        blocking(move || h.checkpoint(&rec, &slot, &op)).await
+    }
+
+    async fn commit_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
+        let (h, c, id) = (self.0.clone(), container.to_string(), id.to_string());
+        blocking(move || {
+            let staged = h.pool.staged_snapshot(&c, &id);
+            h.pool.commit_snapshot(&c, &id, &staged)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
+        let (h, c, id) = (self.0.clone(), container.to_string(), id.to_string());
+        blocking(move || {
+            h.pool.remove_snapshot_dir(&h.pool.staged_snapshot(&c, &id).dir)?;
+            h.pool.remove_snapshot_dir(&h.pool.snapshot(&c, &id).dir)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String> {
+        let h = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut notes = Vec::new();
+            for c in h.pool.containers_with_snapshots() {
+                if !containers.contains(&c) {
+                    match h.pool.remove_snapshots(&c) {
+                        Ok(()) => notes.push(format!("removed the snapshots of deleted container {c}")),
+                        Err(e) => notes.push(format!("remove the snapshots of deleted container {c}: {e}")),
+                    }
+                }
+            }
+            notes
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String> {
+        let (h, c) = (self.0.clone(), container.to_string());
+        tokio::task::spawn_blocking(move || h.pool.sweep_snapshots(&c, &keep)).await.unwrap_or_default()
+    }
+
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError> {
+        let (h, c, id) = (self.0.clone(), rec.name.clone(), id.to_string());
+        blocking(move || {
+            let snap = h.pool.snapshot(&c, &id);
+            Ok(h.pool.replace_volume(&c, &snap.volume())?)
+        })
+        .await
+    }
+
+    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError> {
+        let (h, rec, slot) = (self.0.clone(), rec.clone(), slot.clone());
+        blocking(move || h.restore(&rec, &slot, &op)).await
+    }
+
+    async fn has_stop_state(&self, container: &str) -> bool {
+        self.0.pool.stop_state(container).has_state()
+    }
+
+    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError> {
+        let (h, c) = (self.0.clone(), container.to_string());
+        blocking(move || Ok(h.pool.remove_snapshot_dir(&h.pool.stop_state(&c).dir)?)).await
+    }
+
+    fn criu_log(&self, container: &str) -> Option<PathBuf> {
+        let dir = self.0.files(container).dir().to_path_buf();
+        ["criu-restore.log", "criu-dump.log"]
+            .iter()
+            .map(|f| dir.join(f))
+            .filter_map(|p| std::fs::metadata(&p).and_then(|m| m.modified()).ok().map(|t| (t, p)))
+            .max()
+            .map(|(_, p)| p)
+    }
+}
+
+/// Memory the container uses now (the expected size of a dump), if the host says.
+fn memory_usage(cg: &ContainerCgroups) -> Option<u64> {
+    let dir = cg.dir_for("memory")?;
+    ["memory.usage_in_bytes", "memory.current"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// "poweroff", "killed", "exited with status 3", "crashed (signal 11)".

@@ -17,6 +17,7 @@ pub mod image;
 pub mod manager;
 pub mod operation;
 pub mod runtime;
+pub mod snapshot;
 pub mod store;
 pub mod types;
 

@@ -91,12 +91,48 @@ pub struct NewImage {
     pub size: u64,
 }
 
+/// Where a new container's files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// Its image (the record's fingerprint).
+    Image,
+    /// Another container's volume as it is now.
+    Container(String),
+    /// A snapshot's volume.
+    Snapshot {
+        /// The snapshot's container.
+        container: String,
+        /// The snapshot's id (its directory).
+        id: String,
+    },
+}
+
+/// Where a checkpoint goes, or a restore comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateSlot {
+    /// Snapshot `id` (staged by a checkpoint; committed by its Snapshot actor).
+    Snapshot(String),
+    /// The saved state of a stateful stop.
+    Stop,
+}
+
+/// What a checkpoint produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CheckpointStats {
+    /// Bytes of CRIU images written.
+    pub state_bytes: u64,
+    /// Bytes of the file copy (0 for a btrfs snapshot, which shares its extents).
+    pub volume_bytes: u64,
+    /// How long the container was frozen, µs.
+    pub frozen_us: u64,
+}
+
 /// What the engine needs from the host.
 #[ractor::async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// Creates a container's storage and cgroups from its image. Returns config entries to
-    /// record (`volatile.*`). Called with the record persisted as pending.
-    async fn provision(&self, rec: &ContainerRecord) -> Result<BTreeMap<String, String>, RuntimeError>;
+    /// Creates a container's storage and cgroups from its image or `source`. Returns config
+    /// entries to record (`volatile.*`). Called with the record persisted as pending.
+    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError>;
     /// Removes everything a container has on the host (storage, cgroups, runtime files).
     /// It must not be running. Idempotent.
     async fn deprovision(&self, name: &str) -> Result<(), RuntimeError>;
@@ -122,10 +158,12 @@ pub trait Runtime: Send + Sync + 'static {
         known: HashSet<String>,
         op: Arc<Operation>,
     ) -> Result<NewImage, RuntimeError>;
-    /// Makes an image of a stopped container: `properties` go into its metadata.yaml.
+    /// Makes an image of a container's files (its own, stopped, or a snapshot's): `properties`
+    /// go into its metadata.yaml.
     async fn publish(
         &self,
         rec: &ContainerRecord,
+        source: &VolumeSource,
         properties: BTreeMap<String, String>,
         known: HashSet<String>,
         op: Arc<Operation>,
@@ -136,4 +174,33 @@ pub trait Runtime: Send + Sync + 'static {
     async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String>;
     /// Removes an image's files. Idempotent.
     async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError>;
+
+    /// Stages snapshot `id` of `container` with a copy of its files as they are now (a
+    /// read-only btrfs snapshot, or a copy). Returns the bytes the copy holds.
+    async fn capture_snapshot(&self, container: &str, id: &str) -> Result<u64, RuntimeError>;
+    /// Checkpoints the running container into `slot` with CRIU. For a snapshot the tree keeps
+    /// running and the files are captured while it is frozen (staged like
+    /// [`Runtime::capture_snapshot`]); for a stop the tree is killed once dumped. On failure
+    /// nothing is kept and the container runs on.
+    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError>;
+    /// Moves staged snapshot `id` into place.
+    async fn commit_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError>;
+    /// Removes snapshot `id`'s files, staged or committed. Idempotent.
+    async fn remove_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError>;
+    /// Removes the snapshots of containers not in `containers` (a delete interrupted after the
+    /// row went); returns what it removed.
+    async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String>;
+    /// Removes snapshot files of `container` that `keep` does not name; returns what it removed.
+    async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String>;
+    /// Replaces the stopped container's files with snapshot `id`'s.
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError>;
+    /// Starts the stopped container from the running state in `slot` (files must already be
+    /// those of the checkpoint). Returns once the restored init runs.
+    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError>;
+    /// Whether a stateful stop saved a state for `container`.
+    async fn has_stop_state(&self, container: &str) -> bool;
+    /// Removes the saved state of a stateful stop. Idempotent.
+    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError>;
+    /// Path of the log of the last checkpoint or restore of `container`, if any.
+    fn criu_log(&self, container: &str) -> Option<std::path::PathBuf>;
 }

@@ -6,7 +6,7 @@
 //! berthd; a power cut may lose the last transactions but never corrupts the database.
 
 use crate::error::{Error, Result};
-use crate::types::{ContainerRecord, ImageRecord, Pending, Status};
+use crate::types::{ContainerRecord, ImageRecord, Pending, SnapshotRecord, Status};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -50,6 +50,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE images ADD COLUMN split INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: snapshots (files under snapshots/<container>/<id> in the pool)
+    r#"
+    CREATE TABLE snapshots (
+        container     TEXT NOT NULL REFERENCES containers(name) ON DELETE CASCADE,
+        name          TEXT NOT NULL,
+        id            TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        stateful      INTEGER NOT NULL DEFAULT 0,
+        size          INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (container, name)
+    ) STRICT;
+    "#,
 ];
 
 /// Everything loaded at startup.
@@ -59,6 +71,8 @@ pub struct Loaded {
     pub containers: Vec<ContainerRecord>,
     /// All images with their aliases.
     pub images: Vec<ImageRecord>,
+    /// All snapshots, by container then creation time.
+    pub snapshots: Vec<SnapshotRecord>,
 }
 
 /// The synchronous database.
@@ -177,6 +191,7 @@ impl Db {
                 fingerprint: fp,
             });
         }
+        out.snapshots = self.snapshots(None)?;
         let mut st = self.conn.prepare("SELECT name, image FROM image_aliases ORDER BY name")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
@@ -191,6 +206,60 @@ impl Db {
     /// One container's record.
     pub fn container(&self, name: &str) -> Result<Option<ContainerRecord>> {
         Ok(self.load()?.containers.into_iter().find(|c| c.name == name))
+    }
+
+    /// The snapshots of one container (or of all), oldest first.
+    pub fn snapshots(&self, container: Option<&str>) -> Result<Vec<SnapshotRecord>> {
+        let mut st = self.conn.prepare(
+            "SELECT container, name, id, created_at, stateful, size FROM snapshots
+             WHERE ?1 IS NULL OR container = ?1 ORDER BY container, created_at, name",
+        )?;
+        let rows = st.query_map(params![container], |r| {
+            Ok(SnapshotRecord {
+                container: r.get(0)?,
+                name: r.get(1)?,
+                id: r.get(2)?,
+                created_at_us: r.get::<_, i64>(3)?.max(0) as u64,
+                stateful: r.get(4)?,
+                size: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Inserts a snapshot; fails if the container already has one of that name.
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let n = self.conn.execute(
+            "INSERT INTO snapshots (container, name, id, created_at, stateful, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(container, name) DO NOTHING",
+            params![s.container, s.name, s.id, s.created_at_us as i64, s.stateful, s.size as i64],
+        )?;
+        if n == 0 {
+            return Err(Error::AlreadyExists { kind: "snapshot", name: format!("{}/{}", s.container, s.name) });
+        }
+        Ok(())
+    }
+
+    /// Renames a snapshot (its files keep their id).
+    pub fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<()> {
+        let taken: Option<String> = self
+            .conn
+            .query_row("SELECT name FROM snapshots WHERE container=?1 AND name=?2", params![container, to], |r| r.get(0))
+            .optional()?;
+        if taken.is_some() {
+            return Err(Error::AlreadyExists { kind: "snapshot", name: format!("{container}/{to}") });
+        }
+        let n = self.conn.execute("UPDATE snapshots SET name=?3 WHERE container=?1 AND name=?2", params![container, from, to])?;
+        if n == 0 {
+            return Err(Error::NoSuchSnapshot { container: container.to_string(), name: from.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Removes a snapshot's row. Missing is fine.
+    pub fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
+        self.conn.execute("DELETE FROM snapshots WHERE container=?1 AND name=?2", params![container, name])?;
+        Ok(())
     }
 
     /// Inserts a new container; fails if the name is taken.
@@ -350,6 +419,14 @@ pub enum StoreMsg {
     Setting(String, RpcReplyPort<Result<Option<String>>>),
     /// Write a setting.
     SetSetting(String, String, RpcReplyPort<Result<()>>),
+    /// Snapshots of one container, or of all.
+    Snapshots(Option<String>, RpcReplyPort<Result<Vec<SnapshotRecord>>>),
+    /// Insert a snapshot.
+    InsertSnapshot(Box<SnapshotRecord>, RpcReplyPort<Result<()>>),
+    /// Rename a snapshot: container, from, to.
+    RenameSnapshot(String, String, String, RpcReplyPort<Result<()>>),
+    /// Delete a snapshot's row.
+    DeleteSnapshot(String, String, RpcReplyPort<Result<()>>),
 }
 
 /// The Store actor.
@@ -380,6 +457,10 @@ impl Actor for StoreActor {
             StoreMsg::DeleteAlias(a, r) => drop(r.send(db.delete_alias(&a))),
             StoreMsg::Setting(k, r) => drop(r.send(db.setting(&k))),
             StoreMsg::SetSetting(k, v, r) => drop(r.send(db.set_setting(&k, &v))),
+            StoreMsg::Snapshots(c, r) => drop(r.send(db.snapshots(c.as_deref()))),
+            StoreMsg::InsertSnapshot(sn, r) => drop(r.send(db.insert_snapshot(&sn))),
+            StoreMsg::RenameSnapshot(c, f, t, r) => drop(r.send(db.rename_snapshot(&c, &f, &t))),
+            StoreMsg::DeleteSnapshot(c, n, r) => drop(r.send(db.delete_snapshot(&c, &n))),
         }
         Ok(())
     }
@@ -469,6 +550,31 @@ impl Store {
     /// Writes a setting.
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         store_call!(self, SetSetting, key.to_string(), value.to_string())
+    }
+
+    /// Snapshots of a container, oldest first.
+    pub async fn snapshots(&self, container: &str) -> Result<Vec<SnapshotRecord>> {
+        store_call!(self, Snapshots, Some(container.to_string()))
+    }
+
+    /// Every snapshot.
+    pub async fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        store_call!(self, Snapshots, None)
+    }
+
+    /// Inserts a snapshot.
+    pub async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        store_call!(self, InsertSnapshot, Box::new(s.clone()))
+    }
+
+    /// Renames a snapshot.
+    pub async fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<()> {
+        store_call!(self, RenameSnapshot, container.to_string(), from.to_string(), to.to_string())
+    }
+
+    /// Deletes a snapshot's row.
+    pub async fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
+        store_call!(self, DeleteSnapshot, container.to_string(), name.to_string())
     }
 }
 

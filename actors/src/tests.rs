@@ -18,8 +18,7 @@ fn host() -> HostInfo {
         version: "test".into(),
         cgroup_version: 2,
         storage_driver: "dir".into(),
-        stateful_supported: false,
-        stateful_unsupported_reason: "fake".into(),
+        stateful: crate::types::StatefulProbe::fixed(Err("fake".into())),
     }
 }
 
@@ -66,7 +65,7 @@ async fn lifecycle() {
         assert_eq!(info.config.get("volatile.idmap.base").map(String::as_str), Some("1000000"));
         assert!(rt.is_provisioned("c1"));
 
-        e.start_container("c1").await.unwrap();
+        e.start_container("c1", Default::default()).await.unwrap();
         let info = e.container("c1").await.unwrap();
         assert_eq!(info.status, Status::Running);
         assert_eq!(rt.is_running("c1").unwrap().init_pid, info.init_pid);
@@ -85,7 +84,7 @@ async fn lifecycle() {
         r.read_to_string(&mut out).unwrap();
         assert_eq!(out, "exit 7\n");
 
-        e.stop_container("c1", StopOptions { force: false, timeout: None }).await.unwrap();
+        e.stop_container("c1", StopOptions { force: false, ..Default::default() }).await.unwrap();
         assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
         assert_eq!(e.container("c1").await.unwrap().init_pid, 0);
         e.delete_container("c1", false).await.unwrap();
@@ -131,7 +130,7 @@ async fn bad_input_changes_nothing() {
             assert!(matches!(e.create_container(r).await, Err(Error::InvalidName { .. })), "{bad}");
             assert!(matches!(e.container(bad).await, Err(Error::InvalidName { .. })), "{bad}");
         }
-        assert!(matches!(e.start_container("").await, Err(Error::InvalidName { .. })));
+        assert!(matches!(e.start_container("", Default::default()).await, Err(Error::InvalidName { .. })));
         let mut r = req("c2");
         r.image = "nope".into();
         assert_eq!(e.create_container(r).await, Err(Error::NoSuchImage("nope".into())));
@@ -148,12 +147,12 @@ async fn bad_input_changes_nothing() {
         assert!(!rt.is_provisioned("c2"));
 
         e.create_container(CreateRequest { start: true, ..req("c3") }).await.unwrap();
-        assert!(matches!(e.start_container("c3").await, Err(Error::InvalidState { status: Status::Running, .. })));
+        assert!(matches!(e.start_container("c3", Default::default()).await, Err(Error::InvalidState { status: Status::Running, .. })));
         assert!(matches!(e.delete_container("c3", false).await, Err(Error::InvalidState { .. })));
         assert_eq!(e.container("c3").await.unwrap().status, Status::Running);
         e.delete_container("c3", true).await.unwrap();
         assert!(rt.is_running("c3").is_none());
-        assert!(matches!(e.stop_container("c9", StopOptions { force: true, timeout: None }).await, Err(Error::NoSuchContainer(_))));
+        assert!(matches!(e.stop_container("c9", StopOptions { force: true, ..Default::default() }).await, Err(Error::NoSuchContainer(_))));
     })
     .await
 }
@@ -164,10 +163,10 @@ async fn a_failed_start_leaves_it_stopped() {
         let (e, rt) = engine().await;
         e.create_container(req("c1")).await.unwrap();
         rt.fail_next_start("c1", "mount proc: EPERM");
-        let err = e.start_container("c1").await.unwrap_err();
+        let err = e.start_container("c1", Default::default()).await.unwrap_err();
         assert!(matches!(&err, Error::Runtime { detail, .. } if detail.contains("mount proc")), "{err}");
         assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
-        e.start_container("c1").await.unwrap();
+        e.start_container("c1", Default::default()).await.unwrap();
     })
     .await
 }
@@ -179,11 +178,11 @@ async fn graceful_stop_keeps_the_mailbox_answering_and_force_escalates() {
         e.create_container(CreateRequest { start: true, ..req("slow") }).await.unwrap();
         rt.set_stop_delay(Duration::from_secs(30));
         let e2 = e.clone();
-        let graceful = tokio::spawn(async move { e2.stop_container("slow", StopOptions { force: false, timeout: None }).await });
+        let graceful = tokio::spawn(async move { e2.stop_container("slow", StopOptions { force: false, ..Default::default() }).await });
         wait_for(&e, "slow", Status::Stopping).await;
         // a second operation is refused, not queued behind the stop
-        assert!(matches!(e.start_container("slow").await, Err(Error::Busy(_))));
-        e.stop_container("slow", StopOptions { force: true, timeout: None }).await.unwrap();
+        assert!(matches!(e.start_container("slow", Default::default()).await, Err(Error::Busy(_))));
+        e.stop_container("slow", StopOptions { force: true, ..Default::default() }).await.unwrap();
         graceful.await.unwrap().unwrap();
         assert_eq!(e.container("slow").await.unwrap().status, Status::Stopped);
         assert!(rt.log().contains(&"stop slow force".to_string()));
@@ -234,7 +233,7 @@ async fn restart_gives_a_new_init() {
         let (e, _rt) = engine().await;
         e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
         let before = e.container("c1").await.unwrap().init_pid;
-        e.restart_container("c1", StopOptions { force: false, timeout: None }).await.unwrap();
+        e.restart_container("c1", StopOptions { force: false, ..Default::default() }).await.unwrap();
         let after = e.container("c1").await.unwrap();
         assert_eq!(after.status, Status::Running);
         assert_ne!(after.init_pid, before);

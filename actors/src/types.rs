@@ -214,13 +214,70 @@ pub struct CreateRequest {
     pub ephemeral: bool,
 }
 
+/// A request to copy a container (or one of its snapshots) to a new container.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CopyRequest {
+    /// The source container.
+    pub source: String,
+    /// Copy this snapshot of it instead of its current files.
+    pub snapshot: Option<String>,
+    /// The new container's name; empty to let berth pick one.
+    pub name: String,
+    /// Config set over the source's.
+    pub config: BTreeMap<String, String>,
+    /// Profiles (default: the source's).
+    pub profiles: Option<Vec<String>>,
+    /// Delete the copy when it stops.
+    pub ephemeral: bool,
+    /// Start the copy.
+    pub start: bool,
+}
+
 /// How to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StopOptions {
     /// Kill at once.
     pub force: bool,
     /// Grace period before killing (None = the container's configured default).
     pub timeout: Option<Duration>,
+    /// Checkpoint the running state first; the next start restores it.
+    pub stateful: bool,
+    /// Caller (for the operation of a stateful stop).
+    pub uid: u32,
+}
+
+/// How to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StartOptions {
+    /// Boot afresh even if a stateful stop saved the running state (which is discarded).
+    pub stateless: bool,
+    /// Caller (for the operation of a restore).
+    pub uid: u32,
+}
+
+/// A snapshot as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// The container's name.
+    pub container: String,
+    /// The snapshot's name (a DNS label, unique per container).
+    pub name: String,
+    /// Where its files are (`snapshots/<container>/<id>` in the pool); never changes.
+    pub id: String,
+    /// When it was taken, µs.
+    pub created_at_us: u64,
+    /// It holds the running state (CRIU images) too.
+    pub stateful: bool,
+    /// Bytes it holds on its own (CRIU images; a dir-pool copy of the files).
+    pub size: u64,
+}
+
+/// A fresh snapshot id: time-ordered and unique.
+pub fn new_snapshot_id() -> String {
+    let mut r = [0u8; 4];
+    // SAFETY: getrandom into a valid buffer.
+    unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+    format!("{}-{}", now_us(), r.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Default grace period of a stop.
@@ -285,7 +342,7 @@ pub struct ImageOptions {
 }
 
 /// Host facts shown on the Manager object.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HostInfo {
     /// berth's version.
     pub version: String,
@@ -294,9 +351,38 @@ pub struct HostInfo {
     /// Storage driver of the default pool.
     pub storage_driver: String,
     /// Whether stateful operations (CRIU) can work here.
-    pub stateful_supported: bool,
-    /// Why not, when they cannot.
-    pub stateful_unsupported_reason: String,
+    pub stateful: StatefulProbe,
+}
+
+/// Whether stateful operations work on this host: CRIU's version, or why not. Probing runs
+/// CRIU (tens of milliseconds), so it happens once, on first use or in the background.
+#[derive(Clone)]
+pub struct StatefulProbe {
+    cell: std::sync::Arc<std::sync::OnceLock<Result<String, String>>>,
+    probe: std::sync::Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+}
+
+impl StatefulProbe {
+    /// A probe run at most once.
+    pub fn new(probe: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
+        StatefulProbe { cell: Default::default(), probe: std::sync::Arc::new(probe) }
+    }
+
+    /// A known answer (tests).
+    pub fn fixed(r: Result<String, String>) -> Self {
+        Self::new(move || r.clone())
+    }
+
+    /// The answer (blocks while the probe runs).
+    pub fn get(&self) -> Result<String, String> {
+        self.cell.get_or_init(|| (self.probe)()).clone()
+    }
+}
+
+impl std::fmt::Debug for StatefulProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatefulProbe").field("answer", &self.cell.get()).finish()
+    }
 }
 
 /// Microseconds since the epoch.

@@ -3,6 +3,7 @@
 
 mod images;
 mod progress;
+mod snapshots;
 mod term;
 
 use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
@@ -33,7 +34,7 @@ enum Cmd {
     Launch(CreateArgs),
     /// Create a container from an image without starting it.
     Init(CreateArgs),
-    /// Start containers.
+    /// Start containers (restoring the running state a stateful stop saved).
     Start {
         /// Containers.
         #[arg(required = true)]
@@ -41,6 +42,9 @@ enum Cmd {
         /// Succeed when a container already runs (for units and scripts).
         #[arg(long)]
         if_needed: bool,
+        /// Boot afresh, discarding the running state a stateful stop saved.
+        #[arg(long)]
+        stateless: bool,
     },
     /// Stop containers (gracefully, then kill after the timeout).
     Stop {
@@ -49,6 +53,9 @@ enum Cmd {
         /// Succeed when a container is already stopped (for units and scripts).
         #[arg(long)]
         if_needed: bool,
+        /// Checkpoint the running processes (CRIU) and stop; the next start restores them.
+        #[arg(long, conflicts_with_all = ["force", "timeout"])]
+        stateful: bool,
     },
     /// Restart containers.
     Restart {
@@ -79,6 +86,29 @@ enum Cmd {
         /// Output format.
         #[arg(long, short = 'f', value_enum, default_value = "table")]
         format: Format,
+        /// Show the log of the last checkpoint or restore (CRIU's).
+        #[arg(long)]
+        show_log: bool,
+    },
+    /// Manage snapshots.
+    #[command(subcommand)]
+    Snapshot(snapshots::SnapshotCmd),
+    /// Copy a container, or one of its snapshots (SOURCE/SNAPSHOT), to a new container.
+    #[command(alias = "cp")]
+    Copy {
+        /// The container, or container/snapshot, to copy.
+        source: String,
+        /// The new container's name (default: berth picks one).
+        name: Option<String>,
+        /// Config key=value over the source's, repeatable.
+        #[arg(short, long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Delete the copy when it stops.
+        #[arg(short, long)]
+        ephemeral: bool,
+        /// Start the copy.
+        #[arg(long)]
+        start: bool,
     },
     /// Run a command in a container; its exit status becomes berth's.
     Exec {
@@ -106,9 +136,9 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCmd),
-    /// Make an image of a stopped container.
+    /// Make an image of a stopped container, or of a snapshot (NAME/SNAPSHOT).
     Publish {
-        /// Container.
+        /// Container, or container/snapshot.
         name: String,
         /// Alias for the new image, repeatable.
         #[arg(long)]
@@ -193,14 +223,39 @@ async fn run(cli: Cli) -> R<u8> {
     match cli.cmd {
         Cmd::Launch(a) => create(&conn, &m, a, true).await,
         Cmd::Init(a) => create(&conn, &m, a, false).await,
-        Cmd::Start { names, if_needed } => {
-            each(&conn, &m, &names, |c| async move { tolerate(c.start(&HashMap::new()).await, if_needed) }).await
-        }
-        Cmd::Stop { stop: StopArgs { names, force, timeout }, if_needed } => {
-            let o = stop_opts(force, timeout);
+        Cmd::Start { names, if_needed, stateless } => {
+            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+            if stateless {
+                o.insert("stateless", true.into());
+            }
+            let conn2 = &conn;
             each(&conn, &m, &names, |c| {
                 let o = o.clone();
-                async move { tolerate(c.stop(&o).await, if_needed) }
+                async move {
+                    if c.stateful().await.unwrap_or(false) && !stateless {
+                        tolerate(progress::with_progress(conn2, "stateful-start", c.start(&o)).await, if_needed)
+                    } else {
+                        tolerate(c.start(&o).await, if_needed)
+                    }
+                }
+            })
+            .await
+        }
+        Cmd::Stop { stop: StopArgs { names, force, timeout }, if_needed, stateful } => {
+            let mut o = stop_opts(force, timeout);
+            if stateful {
+                o.insert("stateful", Variant::from(true));
+            }
+            let conn2 = &conn;
+            each(&conn, &m, &names, |c| {
+                let o = o.clone();
+                async move {
+                    if stateful {
+                        tolerate(progress::with_progress(conn2, "stateful-stop", c.stop(&o)).await, if_needed)
+                    } else {
+                        tolerate(c.stop(&o).await, if_needed)
+                    }
+                }
             })
             .await
         }
@@ -223,13 +278,45 @@ async fn run(cli: Cli) -> R<u8> {
             Ok(0)
         }
         Cmd::List { format } => list(&m, format).await,
-        Cmd::Info { name, format } => info(&conn, &m, &name, format).await,
+        Cmd::Info { name, format, show_log } => {
+            if show_log {
+                let c = container(&conn, &m, &name).await?;
+                let (path, log) = c.get_checkpoint_log().await?;
+                if path.is_empty() {
+                    println!("No checkpoint or restore of {name} has run yet.");
+                } else {
+                    println!("Log: {path}\n\n{log}");
+                }
+                return Ok(0);
+            }
+            info(&conn, &m, &name, format).await
+        }
+        Cmd::Snapshot(cmd) => snapshots::run(&conn, &m, cmd).await,
+        Cmd::Copy { source, name, config, ephemeral, start } => {
+            let config = parse_kv(&config, "config")?;
+            snapshots::copy(&conn, &m, &source, name, config, ephemeral, start).await
+        }
         Cmd::Exec { name, env, user, cwd, tty, no_tty, command } => {
             exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await
         }
         Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
         Cmd::Publish { name, alias, property } => {
-            let c = container(&conn, &m, &name).await?;
+            let (cname, snap) = match name.split_once('/') {
+                Some((c, s)) => (c.to_string(), Some(s.to_string())),
+                None => (name.clone(), None),
+            };
+            let c = container(&conn, &m, &cname).await?;
+            let snap_path = match &snap {
+                Some(s) => Some(
+                    c.list_snapshots()
+                        .await?
+                        .into_iter()
+                        .find(|x| &x.0 == s)
+                        .map(|x| x.1)
+                        .ok_or_else(|| Fail(format!("container {cname:?} has no snapshot named {s:?} (NoSuchSnapshot)"), 1))?,
+                ),
+                None => None,
+            };
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if !alias.is_empty() {
                 o.insert("aliases", alias.into());
@@ -238,7 +325,13 @@ async fn run(cli: Cli) -> R<u8> {
             if !props.is_empty() {
                 o.insert("properties", props.into());
             }
-            let path = progress::with_progress(&conn, "publish", c.publish(&o)).await?;
+            let path = match snap_path {
+                Some(p) => {
+                    let sp = berth_interfaces::client::SnapshotProxy::builder(&conn).path(p).cache_properties(CacheProperties::No).build().await?;
+                    progress::with_progress(&conn, "publish", sp.publish(&o)).await?
+                }
+                None => progress::with_progress(&conn, "publish", c.publish(&o)).await?,
+            };
             let img = images::image_at(&conn, path).await?;
             println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
             Ok(0)
@@ -323,6 +416,18 @@ async fn create(conn: &Connection, m: &ManagerProxy<'_>, a: CreateArgs, start: b
         c.start(&HashMap::new()).await?;
     }
     Ok(0)
+}
+
+/// 1.5 MiB, 312 KiB, 12 B.
+pub(crate) fn human(bytes: u64) -> String {
+    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 pub(crate) fn short_image(fp: &str, images: &[ImageEntry]) -> String {

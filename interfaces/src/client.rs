@@ -11,6 +11,9 @@ pub trait Manager {
     /// Creates a container.
     #[zbus(allow_interactive_auth)]
     fn create_container(&self, name: &str, image: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Copies a container or `container/snapshot` to a new container.
+    #[zbus(allow_interactive_auth)]
+    fn copy_container(&self, source: &str, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
     /// Finds a container.
     fn get_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     /// Lists containers.
@@ -51,6 +54,12 @@ pub trait Manager {
     /// Storage driver.
     #[zbus(property)]
     fn storage_driver(&self) -> zbus::Result<String>;
+    /// Whether stateful operations work here.
+    #[zbus(property)]
+    fn stateful_supported(&self) -> zbus::Result<bool>;
+    /// Why not.
+    #[zbus(property)]
+    fn stateful_unsupported_reason(&self) -> zbus::Result<String>;
 }
 
 /// `org.berth.Berth1.Container`.
@@ -74,9 +83,20 @@ pub trait Container {
     /// Makes an image of the (stopped) container.
     #[zbus(allow_interactive_auth)]
     fn publish(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Takes a snapshot.
+    #[zbus(allow_interactive_auth)]
+    fn create_snapshot(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// The last checkpoint/restore log: (path, text).
+    #[zbus(allow_interactive_auth)]
+    fn get_checkpoint_log(&self) -> zbus::Result<(String, String)>;
+    /// Snapshots: name, object, created (µs), stateful, size.
+    fn list_snapshots(&self) -> zbus::Result<Vec<(String, OwnedObjectPath, u64, bool, u64)>>;
     /// Name.
     #[zbus(property)]
     fn name(&self) -> zbus::Result<String>;
+    /// A stateful stop saved the running state.
+    #[zbus(property)]
+    fn stateful(&self) -> zbus::Result<bool>;
     /// Status.
     #[zbus(property)]
     fn status(&self) -> zbus::Result<String>;
@@ -101,6 +121,35 @@ pub trait Container {
     /// Architecture.
     #[zbus(property)]
     fn architecture(&self) -> zbus::Result<String>;
+}
+
+/// `org.berth.Berth1.Snapshot`.
+#[proxy(interface = "org.berth.Berth1.Snapshot", default_service = "org.berth.Berth1")]
+pub trait Snapshot {
+    /// Restores it.
+    #[zbus(allow_interactive_auth)]
+    fn restore(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    /// Deletes it.
+    #[zbus(allow_interactive_auth)]
+    fn delete(&self) -> zbus::Result<()>;
+    /// Renames it; returns its new object.
+    #[zbus(allow_interactive_auth)]
+    fn rename(&self, new_name: &str) -> zbus::Result<OwnedObjectPath>;
+    /// Publishes its files as an image.
+    #[zbus(allow_interactive_auth)]
+    fn publish(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Name.
+    #[zbus(property)]
+    fn name(&self) -> zbus::Result<String>;
+    /// Stateful.
+    #[zbus(property)]
+    fn stateful(&self) -> zbus::Result<bool>;
+    /// Creation time (µs).
+    #[zbus(property)]
+    fn created_at(&self) -> zbus::Result<u64>;
+    /// Size (bytes).
+    #[zbus(property)]
+    fn size(&self) -> zbus::Result<u64>;
 }
 
 /// `org.berth.Berth1.Image`.

@@ -66,6 +66,8 @@ pub enum Name {
     PublishFailed,
     /// The state database failed.
     DatabaseFailed,
+    /// Taking, restoring or removing a snapshot's files failed.
+    SnapshotFailed,
 }
 
 impl Name {
@@ -99,6 +101,7 @@ impl Name {
             Name::ExportFailed => "ExportFailed",
             Name::PublishFailed => "PublishFailed",
             Name::DatabaseFailed => "DatabaseFailed",
+            Name::SnapshotFailed => "SnapshotFailed",
         }
     }
 
@@ -110,7 +113,7 @@ impl Name {
         Name::CheckpointFailed, Name::RestoreFailed, Name::Cancelled, Name::InvalidImage,
         Name::NotSupported, Name::CreateFailed, Name::StartFailed, Name::StopFailed, Name::ExecFailed,
         Name::DeleteFailed, Name::ImageBuildFailed, Name::ImportFailed, Name::ExportFailed,
-        Name::PublishFailed, Name::DatabaseFailed,
+        Name::PublishFailed, Name::DatabaseFailed, Name::SnapshotFailed,
     ];
 }
 
@@ -201,6 +204,7 @@ impl From<berth_actors::Error> for Error {
         let msg = e.to_string();
         let name = match &e {
             E::NoSuchContainer(_) => Name::NoSuchContainer,
+            E::NoSuchSnapshot { .. } => Name::NoSuchSnapshot,
             E::NoSuchImage(_) | E::AmbiguousImage { .. } => Name::NoSuchImage,
             E::NoSuchProfile(_) => Name::NoSuchProfile,
             E::AlreadyExists { .. } => Name::AlreadyExists,
@@ -222,6 +226,9 @@ impl From<berth_actors::Error> for Error {
                 Op::ImportImage => Name::ImportFailed,
                 Op::ExportImage => Name::ExportFailed,
                 Op::Publish => Name::PublishFailed,
+                Op::Snapshot => Name::SnapshotFailed,
+                Op::Checkpoint => Name::CheckpointFailed,
+                Op::Restore => Name::RestoreFailed,
             },
         };
         Error::new(name, msg)

@@ -27,8 +27,7 @@ async fn env(deny: &[&str]) -> Env {
         version: "0.1.0".into(),
         cgroup_version: 1,
         storage_driver: "btrfs".into(),
-        stateful_supported: false,
-        stateful_unsupported_reason: "no CRIU in this test".into(),
+        stateful: berth_actors::types::StatefulProbe::fixed(Err("no CRIU in this test".into())),
     };
     let engine = berth_actors::Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host).await.unwrap();
     engine.build_image("busybox", berth_actors::types::ImageOptions { aliases: vec!["busybox".into()], ..Default::default() }, 0).await.unwrap();
@@ -207,6 +206,8 @@ async fn checked_in_introspection_matches() {
         let m = ManagerProxy::new(&e.client).await.unwrap();
         let c = m.create_container("a", "busybox", &HashMap::new()).await.unwrap();
         let img = m.get_image("busybox").await.unwrap();
+        let cp = ContainerProxy::builder(&e.client).path(c.clone()).build().await.unwrap();
+        let snap = cp.create_snapshot("s1", &HashMap::new()).await.unwrap();
         // an operation object, as one exists while a long job runs
         let ops = berth_actors::operation::Operations::new(berth_actors::events::Events::default());
         let op = ops.start("image-import", vec![], 0, true);
@@ -221,6 +222,7 @@ async fn checked_in_introspection_matches() {
             ("org.berth.Berth1.Manager.xml", "/org/berth/Berth1".to_string(), "org.berth.Berth1.Manager"),
             ("org.berth.Berth1.Container.xml", c.to_string(), "org.berth.Berth1.Container"),
             ("org.berth.Berth1.Image.xml", img.to_string(), "org.berth.Berth1.Image"),
+            ("org.berth.Berth1.Snapshot.xml", snap.to_string(), "org.berth.Berth1.Snapshot"),
         ] {
             let xml = zbus::fdo::IntrospectableProxy::builder(&e.client)
                 .destination("org.berth.Berth1")

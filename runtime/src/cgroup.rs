@@ -241,6 +241,47 @@ impl ContainerCgroups {
         write("pids", "pids.max", processes.map(|p| p.to_string()), "max")
     }
 
+    /// The group that freezes the container: the v1 `freezer` hierarchy's, else the v2 one's
+    /// (on a hybrid host the v2 tree has no controllers, so no freezer).
+    pub fn freezer_dir(&self) -> Option<PathBuf> {
+        if let Some(h) = self.layout.hierarchies.iter().find(|h| h.has_controller("freezer")) {
+            return Some(h.mountpoint.join(&self.parent).join(&self.name));
+        }
+        let d = self.layout.unified()?.mountpoint.join(&self.parent).join(&self.name);
+        d.join("cgroup.freeze").exists().then_some(d)
+    }
+
+    /// Freezes every process of the container and waits until they are (up to `timeout`).
+    pub fn freeze(&self, timeout: std::time::Duration) -> Result<()> {
+        let dir = self.freezer_dir().ok_or_else(|| Error::Invalid("no cgroup freezer on this host".into()))?;
+        let v1 = dir.join("freezer.state").exists();
+        let (knob, value) = if v1 { ("freezer.state", "FROZEN") } else { ("cgroup.freeze", "1") };
+        crate::sys::write_file(&dir.join(knob), value.as_bytes()).step(|| format!("freeze {}", dir.display()))?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let frozen = if v1 {
+                std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            } else {
+                std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+            };
+            if frozen {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = self.thaw();
+                return Err(Error::Invalid(format!("the container did not freeze within {} ms", timeout.as_millis())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Thaws the container.
+    pub fn thaw(&self) -> Result<()> {
+        let Some(dir) = self.freezer_dir() else { return Ok(()) };
+        let (knob, value) = if dir.join("freezer.state").exists() { ("freezer.state", "THAWED") } else { ("cgroup.freeze", "0") };
+        crate::sys::write_file(&dir.join(knob), value.as_bytes()).step(|| format!("thaw {}", dir.display()))
+    }
+
     /// Pids in the container's cgroups (all hierarchies, whole subtree), deduplicated.
     pub fn pids(&self) -> Vec<libc::pid_t> {
         let mut pids = Vec::new();

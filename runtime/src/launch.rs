@@ -29,6 +29,8 @@ pub struct Started {
     /// An open handle on the console slave, kept so reads of the master never see EIO while
     /// no process in the container has the console open.
     pub console_slave: OwnedFd,
+    /// Host path of the console slave (CRIU's key for it).
+    pub console_path: std::path::PathBuf,
 }
 
 /// Namespaces every container gets at clone time. The cgroup namespace is entered after the
@@ -57,7 +59,7 @@ pub fn start(spec: &ContainerSpec) -> Result<Started> {
         sys::Forked::Parent { pid, pidfd } => {
             drop(child_sock);
             match parent_side(spec, pid, &parent_sock) {
-                Ok(()) => Ok(Started { pid, pidfd, console: console.master, console_slave: console.slave }),
+                Ok(()) => Ok(Started { pid, pidfd, console: console.master, console_slave: console.slave, console_path: console.slave_path }),
                 Err(e) => {
                     // SAFETY: kill/waitpid on our own child.
                     unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -8,6 +8,7 @@
 //! single-threaded process (the monitor or a helper).
 
 pub mod cgroup;
+pub mod criu;
 pub mod error;
 pub mod fdpass;
 pub mod idmap;

@@ -35,6 +35,9 @@ pub struct ContainerSpec {
     /// Network interfaces (veth pairs to host bridges); none leaves the container with `lo`.
     #[serde(default)]
     pub nics: Vec<crate::net::Nic>,
+    /// Restore this checkpoint instead of booting init.
+    #[serde(default)]
+    pub restore: Option<crate::criu::restore::RestorePlan>,
 }
 
 /// Capabilities berth drops from every unprivileged container's bounding set (as LXC does).

@@ -139,14 +139,23 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         pool,
     )
     .map_err(|e| format!("host runtime: {e}"))?;
+    let host = Arc::new(host);
+    let probe = {
+        let h = host.clone();
+        berth_actors::types::StatefulProbe::new(move || h.stateful_support())
+    };
+    {
+        // warm the answer off the start path: `criu check` takes longer than berthd's start
+        let p = probe.clone();
+        std::thread::spawn(move || drop(p.get()));
+    }
     let info = HostInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         cgroup_version: host.cgroup_version(),
         storage_driver: pool_cfg.driver.as_str().to_string(),
-        stateful_supported: false,
-        stateful_unsupported_reason: "stateful snapshots and stops (CRIU) are not part of this berth version yet".into(),
+        stateful: probe,
     };
-    let engine = berth_actors::Engine::start(db, Arc::new(SharedHost(Arc::new(host))), info)
+    let engine = berth_actors::Engine::start(db, Arc::new(SharedHost(host)), info)
         .await
         .map_err(|e| e.to_string())?;
 

@@ -17,12 +17,13 @@ use crate::error::{Error, Op, Result};
 use crate::events::Events;
 use crate::image::{ImageActor, ImageArgs, ImageMsg};
 use crate::operation::{Operation, Operations};
-use crate::runtime::{NewImage, Runtime};
+use crate::runtime::{NewImage, Runtime, VolumeSource};
 use crate::store::{Loaded, Store};
 use crate::types::{
-    ContainerInfo, ContainerRecord, ContainerSummary, CreateRequest, Created, ImageOptions, ImageRecord, Pending,
-    Status, now_us, validate_name,
+    ContainerInfo, ContainerRecord, ContainerSummary, CopyRequest, CreateRequest, Created, ImageOptions, ImageRecord, Pending,
+    SnapshotRecord, Status, now_us, validate_name,
 };
+use std::collections::HashSet;
 use images::{ImageReply, JobSpec};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +43,18 @@ pub enum ManagerMsg {
     /// and have it provision (and start). Replies once it exists (and runs, if asked), or with
     /// `Identity` when the same container already exists.
     Create(Box<CreateRequest>, RpcReplyPort<Result<(ContainerInfo, Created)>>),
+    /// Copy a container (or one of its snapshots) to a new container. Replies once the copy
+    /// exists (and runs, if asked).
+    Copy(Box<CopyRequest>, RpcReplyPort<Result<ContainerInfo>>),
+    /// Internal: the source of a copy lent its record and files.
+    CopyReady {
+        /// The request.
+        req: Box<CopyRequest>,
+        /// The source's record and files, or why not.
+        lent: Result<(ContainerRecord, VolumeSource)>,
+        /// Reply.
+        reply: RpcReplyPort<Result<ContainerInfo>>,
+    },
     /// Deliver a message to a container's actor, or fail it with `NoSuchContainer`.
     ToContainer(String, ContainerMsg),
     /// Every container, by name.
@@ -74,11 +87,15 @@ pub enum ManagerMsg {
         /// Reply.
         reply: ImageReply,
     },
-    /// Publish a container whose record the caller obtained with `ContainerMsg::BeginPublish`;
-    /// the container is told `EndPublish` when the job ends.
+    /// Publish a container whose record and files the caller obtained with
+    /// `ContainerMsg::BeginPublish`; the container is told `EndPublish` when the job ends.
     Publish {
-        /// The stopped container's record.
+        /// The container's record.
         record: Box<ContainerRecord>,
+        /// The files to publish (the container's, or a snapshot's).
+        source: VolumeSource,
+        /// The snapshot published, if one was.
+        snapshot: Option<String>,
         /// Aliases and properties of the new image.
         opts: ImageOptions,
         /// Caller.
@@ -173,6 +190,8 @@ pub struct ManagerState {
     image_ids: HashMap<ActorId, String>,
     /// Names being created (registered but not provisioned yet).
     creating: HashMap<String, ()>,
+    /// Names reserved by copies waiting for their source.
+    reserved: HashSet<String>,
 }
 
 impl std::fmt::Debug for ManagerState {
@@ -201,6 +220,7 @@ impl Actor for ManagerActor {
             images: BTreeMap::new(),
             image_ids: HashMap::new(),
             creating: HashMap::new(),
+            reserved: HashSet::new(),
         };
         let loaded = s.store.load().await?;
         s.startup(&me, loaded).await?;
@@ -210,6 +230,8 @@ impl Actor for ManagerActor {
     async fn handle(&self, me: ActorRef<ManagerMsg>, msg: ManagerMsg, s: &mut ManagerState) -> Result<(), ActorProcessingErr> {
         match msg {
             ManagerMsg::Create(req, reply) => s.create(&me, *req, reply).await,
+            ManagerMsg::Copy(req, reply) => s.copy(&me, *req, reply),
+            ManagerMsg::CopyReady { req, lent, reply } => s.copy_ready(&me, *req, lent, reply).await,
             ManagerMsg::ToContainer(name, m) => match s.containers.get(&name).map(|c| &c.slot) {
                 Some(Slot::Live(a)) => {
                     if let Err(ractor::MessagingErr::SendErr(m)) = a.send_message(m) {
@@ -240,20 +262,25 @@ impl Actor for ManagerActor {
                     rt.import_image(archive, rootfs, known, op).await
                 });
             }
-            ManagerMsg::Publish { record, opts, uid, reply } => {
+            ManagerMsg::Publish { record, source, snapshot, opts, uid, reply } => {
                 let rt = s.rt.clone();
                 let name = record.name.clone();
                 let props = opts.properties.clone();
                 let me2 = me.clone();
-                let spec = JobSpec { verb: "publish", object: format!("container:{name}"), uid, op_kind: Op::Publish, opts, reply };
+                let snap2 = snapshot.clone();
+                let object = match &snapshot {
+                    Some(sn) => format!("snapshot:{name}/{sn}"),
+                    None => format!("container:{name}"),
+                };
+                let spec = JobSpec { verb: "publish", object, uid, op_kind: Op::Publish, opts, reply };
                 let started = s.spawn_image_job(&me, spec, move |op, known| async move {
-                    let r = rt.publish(&record, props, known, op).await;
-                    let _ = me2.cast(ManagerMsg::ToContainer(record.name.clone(), ContainerMsg::EndPublish));
+                    let r = rt.publish(&record, &source, props, known, op).await;
+                    let _ = me2.cast(ManagerMsg::ToContainer(record.name.clone(), ContainerMsg::EndPublish(snap2)));
                     r
                 });
                 if !started {
                     // refused before it ran (a bad alias): release the container
-                    let _ = me.cast(ManagerMsg::ToContainer(name, ContainerMsg::EndPublish));
+                    let _ = me.cast(ManagerMsg::ToContainer(name, ContainerMsg::EndPublish(snapshot)));
                 }
             }
             ManagerMsg::ImageReady { result, opts, op, reply } => s.image_ready(&me, *result, opts, op, reply).await,
@@ -373,6 +400,10 @@ impl ManagerState {
         for note in self.rt.cleanup_images(self.known_images()).await {
             tracing::warn!("{note}");
         }
+        let mut snapshots: HashMap<String, Vec<SnapshotRecord>> = HashMap::new();
+        for sn in loaded.snapshots {
+            snapshots.entry(sn.container.clone()).or_default().push(sn);
+        }
         let mut live = Vec::new();
         for rec in loaded.containers {
             match rec.pending {
@@ -387,13 +418,23 @@ impl ManagerState {
                 Pending::None => live.push(rec),
             }
         }
+        let names: HashSet<String> = live.iter().map(|r| r.name.clone()).collect();
+        for note in self.rt.sweep_orphan_snapshots(names).await {
+            tracing::warn!("{note}");
+        }
         for rec in live {
-            self.spawn_container(me, rec).await?;
+            let snaps = snapshots.remove(&rec.name).unwrap_or_default();
+            self.spawn_container(me, rec, snaps).await?;
         }
         Ok(())
     }
 
-    async fn spawn_container(&mut self, me: &ActorRef<ManagerMsg>, rec: ContainerRecord) -> Result<ActorRef<ContainerMsg>> {
+    async fn spawn_container(
+        &mut self,
+        me: &ActorRef<ManagerMsg>,
+        rec: ContainerRecord,
+        snapshots: Vec<SnapshotRecord>,
+    ) -> Result<ActorRef<ContainerMsg>> {
         let summary = ContainerSummary {
             name: rec.name.clone(),
             status: rec.status,
@@ -407,6 +448,8 @@ impl ManagerState {
             runtime: self.rt.clone(),
             events: self.events.clone(),
             manager: me.clone(),
+            snapshots,
+            ops: self.ops.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, ContainerActor, args, me.get_cell())
             .await
@@ -451,8 +494,16 @@ impl ManagerState {
                 child.slot = Slot::GaveUp;
                 return;
             }
+            let snaps = match self.store.snapshots(&name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(container = %name, "respawn failed, cannot read its snapshots: {e}");
+                    child.slot = Slot::GaveUp;
+                    return;
+                }
+            };
             match self.store.container(&name).await {
-                Ok(Some(rec)) => match self.spawn_container(me, rec).await {
+                Ok(Some(rec)) => match self.spawn_container(me, rec, snaps).await {
                     Ok(_) => tracing::info!(container = %name, "container actor respawned from the database"),
                     Err(e) => {
                         tracing::error!(container = %name, "respawn failed: {e}");
@@ -503,7 +554,7 @@ impl ManagerState {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let actor = match self.spawn_container(me, rec).await {
+                let actor = match self.spawn_container(me, rec, Vec::new()).await {
                     Ok(a) => a,
                     Err(e) => {
                         let _ = self.store.delete_container(&name).await;
@@ -517,7 +568,7 @@ impl ManagerState {
                 }
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let r = ractor::call!(actor, |reply| ContainerMsg::Provision { start, reply })
+                    let r = ractor::call!(actor, |reply| ContainerMsg::Provision { start, source: VolumeSource::Image, reply })
                         .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
                     let _ = me.cast(ManagerMsg::Provisioned(name));
                     let _ = reply.send(r.map(|i| (i, Created::New)));
@@ -537,6 +588,9 @@ impl ManagerState {
             }
         }
         let image = self.resolve_image(&req.image)?.record.clone();
+        if self.reserved.contains(&name) {
+            return Err(Error::AlreadyExists { kind: "container", name });
+        }
         if let Some(existing) = self.containers.get(&name) {
             // Typed idempotence: the same definition again is Identity, anything else a clash.
             if let Slot::Live(actor) = &existing.slot
@@ -581,11 +635,133 @@ impl ManagerState {
         for _ in 0..1000 {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let n = format!("{}-{}", ADJ[(seed >> 33) as usize % ADJ.len()], NOUN[(seed >> 17) as usize % NOUN.len()]);
-            if !self.containers.contains_key(&n) {
+            if !self.containers.contains_key(&n) && !self.reserved.contains(&n) {
                 return n;
             }
         }
         format!("c-{}", now_us())
+    }
+}
+
+impl ManagerState {
+    /// Reserves the new name and asks the source for its record and files (in a task: the
+    /// source may be busy with a checkpoint, and the Manager must not wait for it).
+    fn copy(&mut self, me: &ActorRef<ManagerMsg>, mut req: CopyRequest, reply: RpcReplyPort<Result<ContainerInfo>>) {
+        let checked = (|| {
+            if req.name.is_empty() {
+                req.name = self.pick_name();
+            }
+            validate_name(&req.name)?;
+            validate_name(&req.source)?;
+            if let Some(sn) = &req.snapshot {
+                validate_name(sn)?;
+            }
+            crate::config::validate_user_config(&req.config)?;
+            if let Some(profiles) = &req.profiles
+                && let Some(p) = profiles.iter().find(|p| *p != "default")
+            {
+                return Err(Error::NoSuchProfile(p.clone()));
+            }
+            if self.containers.contains_key(&req.name) || self.reserved.contains(&req.name) {
+                return Err(Error::AlreadyExists { kind: "container", name: req.name.clone() });
+            }
+            match self.containers.get(&req.source).map(|c| &c.slot) {
+                Some(Slot::Live(a)) => Ok(a.clone()),
+                Some(Slot::GaveUp) => Err(Error::Unavailable(format!("container {:?}", req.source))),
+                None => Err(Error::NoSuchContainer(req.source.clone())),
+            }
+        })();
+        let source = match checked {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.reserved.insert(req.name.clone());
+        let me = me.clone();
+        tokio::spawn(async move {
+            let snapshot = req.snapshot.clone();
+            let lent = ractor::call!(source, |reply| ContainerMsg::BeginCopy { snapshot, reply })
+                .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {:?}", req.source))));
+            if let Err(ractor::MessagingErr::SendErr(ManagerMsg::CopyReady { reply, .. })) =
+                me.send_message(ManagerMsg::CopyReady { req: Box::new(req), lent, reply })
+            {
+                let _ = reply.send(Err(Error::Unavailable("the manager".into())));
+            }
+        });
+    }
+
+    /// The source lent its files: register the copy and have its actor provision it.
+    async fn copy_ready(
+        &mut self,
+        me: &ActorRef<ManagerMsg>,
+        req: CopyRequest,
+        lent: Result<(ContainerRecord, VolumeSource)>,
+        reply: RpcReplyPort<Result<ContainerInfo>>,
+    ) {
+        self.reserved.remove(&req.name);
+        let (src, source) = match lent {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let release = {
+            let (me, name, snapshot) = (me.clone(), src.name.clone(), req.snapshot.clone());
+            move || drop(me.cast(ManagerMsg::ToContainer(name, ContainerMsg::EndCopy(snapshot))))
+        };
+        // the copy keeps what describes the files (id shift, image keys) and gets its own
+        // identity: a new address and MAC, no saved running state
+        let mut config: BTreeMap<String, String> = src
+            .config
+            .iter()
+            .filter(|(k, _)| !k.starts_with("volatile.eth") && k.as_str() != crate::container::STATEFUL_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        config.extend(req.config.clone());
+        let rec = ContainerRecord {
+            name: req.name.clone(),
+            image: src.image.clone(),
+            status: Status::Stopped,
+            init_pid: 0,
+            created_at_us: now_us(),
+            ephemeral: req.ephemeral,
+            profiles: req.profiles.clone().unwrap_or(src.profiles.clone()),
+            config,
+            architecture: src.architecture.clone(),
+            pending: Pending::Create,
+        };
+        if self.containers.contains_key(&rec.name) {
+            release();
+            let _ = reply.send(Err(Error::AlreadyExists { kind: "container", name: rec.name }));
+            return;
+        }
+        if let Err(e) = self.store.insert_container(&rec).await {
+            release();
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let name = rec.name.clone();
+        let actor = match self.spawn_container(me, rec, Vec::new()).await {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = self.store.delete_container(&name).await;
+                release();
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.creating.insert(name.clone(), ());
+        let (me, start) = (me.clone(), req.start);
+        tokio::spawn(async move {
+            let r = ractor::call!(actor, |reply| ContainerMsg::Provision { start, source, reply })
+                .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
+            release();
+            let _ = me.cast(ManagerMsg::Provisioned(name));
+            let _ = reply.send(r);
+        });
     }
 }
 

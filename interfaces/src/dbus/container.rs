@@ -6,7 +6,7 @@ use super::Context;
 use super::options::Options;
 use crate::auth;
 use crate::errors::{Error, Result};
-use berth_actors::types::{ExecRequest, StopOptions};
+use berth_actors::types::{ExecRequest, StartOptions, StopOptions};
 use std::collections::HashMap;
 use std::time::Duration;
 use zbus::message::Header;
@@ -34,25 +34,38 @@ impl ContainerIface {
     }
 }
 
-/// Start (shared by `Container.Start` and `Manager.StartContainer`).
+/// Start (shared by `Container.Start` and `Manager.StartContainer`). A start that restores
+/// the state of a stateful stop runs CRIU: it needs the `checkpoint` action.
 pub(crate) async fn start(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
-    Options::parse("Start", options, &[])?;
-    ctx.authorize(h, auth::MANAGE_CONTAINERS, &[("container", name), ("verb", "start")]).await?;
-    Ok(ctx.engine.start_container(name).await?)
+    let o = Options::parse("Start", options, &[("stateless", "b")])?;
+    let stateless = o.bool("stateless")?.unwrap_or(false);
+    let restores = !stateless && ctx.engine.container(name).await?.stateful;
+    let action = if restores { auth::CHECKPOINT } else { auth::MANAGE_CONTAINERS };
+    let uid = ctx.authorize(h, action, &[("container", name), ("verb", "start")]).await?;
+    Ok(ctx.engine.start_container(name, StartOptions { stateless, uid }).await?)
 }
 
-fn stop_options(method: &'static str, options: HashMap<String, OwnedVariant>) -> Result<StopOptions> {
-    let o = Options::parse(method, options, &[("force", "b"), ("timeout", "u")])?;
-    Ok(StopOptions {
+fn stop_options(method: &'static str, options: HashMap<String, OwnedVariant>, stateful_allowed: bool) -> Result<StopOptions> {
+    let allowed: &[(&str, &str)] =
+        if stateful_allowed { &[("force", "b"), ("timeout", "u"), ("stateful", "b")] } else { &[("force", "b"), ("timeout", "u")] };
+    let o = Options::parse(method, options, allowed)?;
+    let opts = StopOptions {
         force: o.bool("force")?.unwrap_or(false),
         timeout: o.u32("timeout")?.map(|s| Duration::from_secs(s.into())),
-    })
+        stateful: o.bool("stateful")?.unwrap_or(false),
+        uid: 0,
+    };
+    if opts.stateful && (opts.force || opts.timeout.is_some()) {
+        return Err(Error::option("a stateful stop checkpoints and stops at once: it takes neither force nor timeout"));
+    }
+    Ok(opts)
 }
 
-/// Stop (shared).
+/// Stop (shared). A stateful stop runs CRIU: it needs the `checkpoint` action.
 pub(crate) async fn stop(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
-    let opts = stop_options("Stop", options)?;
-    ctx.authorize(h, auth::MANAGE_CONTAINERS, &[("container", name), ("verb", "stop")]).await?;
+    let mut opts = stop_options("Stop", options, true)?;
+    let action = if opts.stateful { auth::CHECKPOINT } else { auth::MANAGE_CONTAINERS };
+    opts.uid = ctx.authorize(h, action, &[("container", name), ("verb", "stop")]).await?;
     Ok(ctx.engine.stop_container(name, opts).await?)
 }
 
@@ -89,7 +102,7 @@ impl ContainerIface {
 
     /// Stops (as `Stop`) and starts again.
     async fn restart(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
-        let opts = stop_options("Restart", options)?;
+        let opts = stop_options("Restart", options, false)?;
         self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &self.name), ("verb", "restart")]).await?;
         Ok(self.ctx.engine.restart_container(&self.name, opts).await?)
     }
@@ -173,9 +186,51 @@ impl ContainerIface {
     ) -> Result<zbus::OwnedObjectPath> {
         let opts = super::manager::image_options("Publish", options, &[])?.0;
         let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("container", &self.name), ("verb", "publish")]).await?;
-        let (img, _) = self.ctx.engine.publish(&self.name, opts, uid).await?;
+        let (img, _) = self.ctx.engine.publish(&self.name, None, opts, uid).await?;
         super::export_image(conn, &self.ctx, &img.fingerprint).await?;
         Ok(super::path(crate::paths::image(&img.fingerprint)))
+    }
+
+    /// Takes a snapshot and returns its object. An empty name picks `snapN`. Option
+    /// `stateful` (b): checkpoint the running processes too (CRIU; the container keeps
+    /// running, frozen for the dump). Runs as an Operation when stateful.
+    #[zbus(out_args("snapshot"))]
+    async fn create_snapshot(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<zbus::OwnedObjectPath> {
+        let o = Options::parse("CreateSnapshot", options, &[("stateful", "b")])?;
+        let stateful = o.bool("stateful")?.unwrap_or(false);
+        let action = if stateful { auth::CHECKPOINT } else { auth::SNAPSHOT };
+        let uid = self.ctx.authorize(&h, action, &[("container", &self.name), ("snapshot", &name), ("verb", "snapshot")]).await?;
+        let rec = self.ctx.engine.create_snapshot(&self.name, &name, stateful, uid).await?;
+        super::export_snapshot(conn, &self.ctx, &rec.container, &rec.name).await?;
+        Ok(super::path(crate::paths::snapshot(&rec.container, &rec.name)))
+    }
+
+    /// The log of the container's last checkpoint or restore (CRIU's, at most its last
+    /// 256 KiB) and where it is kept; empty when there was none.
+    #[zbus(out_args("path", "log"))]
+    async fn get_checkpoint_log(&self, #[zbus(header)] h: Header<'_>) -> Result<(String, String)> {
+        self.ctx.authorize(&h, auth::CHECKPOINT, &[("container", &self.name), ("verb", "read-log")]).await?;
+        Ok(self.ctx.engine.criu_log(&self.name).await?.unwrap_or_default())
+    }
+
+    /// The container's snapshots, oldest first: name, object, creation time (µs), stateful,
+    /// size in bytes.
+    #[zbus(out_args("snapshots"))]
+    async fn list_snapshots(&self) -> Result<Vec<(String, zbus::OwnedObjectPath, u64, bool, u64)>> {
+        let list = self.ctx.engine.list_snapshots(&self.name).await?;
+        Ok(list
+            .into_iter()
+            .map(|s| {
+                let p = super::path(crate::paths::snapshot(&s.container, &s.name));
+                (s.name, p, s.created_at_us, s.stateful, s.size)
+            })
+            .collect())
     }
 
     /// Name.

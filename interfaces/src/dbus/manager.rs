@@ -68,6 +68,52 @@ impl ManagerIface {
         Ok(path(paths::container(&info.name)))
     }
 
+    /// Copies container `source` — or one of its snapshots, as `container/snapshot` — to a new
+    /// container `name` (empty: berth picks one) and returns its object. The copy has its own
+    /// address and MAC, and no saved running state; image templates with the `copy` trigger
+    /// are applied. Options: `config` (a{ss}, over the source's), `profiles` (as),
+    /// `ephemeral` (b), `start` (b).
+    #[zbus(out_args("container"))]
+    async fn copy_container(
+        &self,
+        source: String,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath> {
+        let mut o = Options::parse("CopyContainer", options, &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b")])?;
+        let (src, snapshot) = match source.split_once('/') {
+            Some((c, s)) => (c.to_string(), Some(s.to_string())),
+            None => (source.clone(), None),
+        };
+        berth_actors::types::validate_name(&src)?;
+        if let Some(s) = &snapshot {
+            berth_actors::types::validate_name(s)?;
+        }
+        if !name.is_empty() {
+            berth_actors::types::validate_name(&name)?;
+        }
+        let req = berth_actors::types::CopyRequest {
+            source: src,
+            snapshot,
+            name: name.clone(),
+            config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
+            profiles: o.strings("profiles")?,
+            ephemeral: o.bool("ephemeral")?.unwrap_or(false),
+            start: o.bool("start")?.unwrap_or(false),
+        };
+        self.ctx
+            .authorize(&h, auth::CREATE_CONTAINER, &[("container", &name), ("source", &source), ("verb", "copy")])
+            .await?;
+        if req.start {
+            self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &name), ("verb", "start")]).await?;
+        }
+        let info = self.ctx.engine.copy_container(req).await?;
+        export_container(conn, &self.ctx, &info.name).await?;
+        Ok(path(paths::container(&info.name)))
+    }
+
     /// The object of container `name`.
     #[zbus(out_args("container"))]
     async fn get_container(&self, name: String) -> Result<OwnedObjectPath> {
@@ -197,13 +243,15 @@ impl ManagerIface {
     /// Whether stateful snapshots and stops (CRIU) can work on this host.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn stateful_supported(&self) -> bool {
-        self.ctx.engine.host().stateful_supported
+        let p = self.ctx.engine.host().stateful.clone();
+        tokio::task::spawn_blocking(move || p.get()).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Why not, when they cannot.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn stateful_unsupported_reason(&self) -> String {
-        self.ctx.engine.host().stateful_unsupported_reason.clone()
+        let p = self.ctx.engine.host().stateful.clone();
+        tokio::task::spawn_blocking(move || p.get()).await.map(|r| r.err().unwrap_or_default()).unwrap_or_default()
     }
 
     /// 1 (v1 or hybrid) or 2.

@@ -9,6 +9,7 @@ pub mod image;
 pub mod manager;
 pub mod operation;
 pub mod options;
+pub mod snapshot;
 
 use crate::auth::{Authorizer, Caller};
 use crate::errors::Error;
@@ -83,6 +84,12 @@ async fn export_container(conn: &Connection, ctx: &Context, name: &str) -> zbus:
     Ok(added.is_none())
 }
 
+pub(crate) async fn export_snapshot(conn: &Connection, ctx: &Context, container: &str, name: &str) -> zbus::Result<bool> {
+    let iface = snapshot::SnapshotIface::new(ctx.clone(), container.to_string(), name.to_string());
+    let added = conn.object_server().at(paths::snapshot(container, name), iface).await?;
+    Ok(added.is_none())
+}
+
 async fn export_image(conn: &Connection, ctx: &Context, fp: &str) -> zbus::Result<bool> {
     let added = conn.object_server().at(paths::image(fp), image::ImageIface::new(ctx.clone(), fp.to_string())).await?;
     Ok(added.is_none())
@@ -97,6 +104,9 @@ async fn resync(conn: &Connection, ctx: &Context) -> Result<(), Error> {
     }
     for i in &images {
         export_image(conn, ctx, &i.fingerprint).await?;
+    }
+    for sn in ctx.engine.all_snapshots().await? {
+        export_snapshot(conn, ctx, &sn.container, &sn.name).await?;
     }
     Ok(())
 }
@@ -163,6 +173,16 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::container_removed(root, &name, path(p).as_ref()).await?;
+        }
+        Event::SnapshotCreated { container, name } => {
+            export_snapshot(conn, ctx, &container, &name).await?;
+        }
+        Event::SnapshotRemoved { container, name } => {
+            let p = paths::snapshot(&container, &name);
+            match conn.object_server().remove::<snapshot::SnapshotIface, _>(p.as_str()).await {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Err(e) => return Err(e),
+            }
         }
         Event::ImageAdded { fingerprint } => {
             export_image(conn, ctx, &fingerprint).await?;

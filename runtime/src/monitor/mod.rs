@@ -169,7 +169,10 @@ fn prepare(spec: &ContainerSpec) -> Result<Monitor> {
     spec.cgroups.attach_monitor(0)?;
     let _ = std::fs::remove_file(files.exit_record());
     let listener = bind_seqpacket(&files.socket())?;
-    let init = launch::start(spec)?;
+    let init = match &spec.restore {
+        Some(plan) => crate::criu::restore::restore(spec, plan)?,
+        None => launch::start(spec)?,
+    };
     set_nonblocking(init.console.as_raw_fd());
     let console_log = ConsoleLog::open(&files.console_log(), spec.console_log_max)?;
     log(&format!("container {} started, init pid {}", spec.name, init.pid));
@@ -185,6 +188,7 @@ fn prepare(spec: &ContainerSpec) -> Result<Monitor> {
         execs: Vec::new(),
         stopping: false,
         killed: false,
+        checkpointing: false,
         deadline: None,
         console_log,
     })
@@ -297,6 +301,8 @@ struct Monitor {
     execs: Vec<Exec>,
     stopping: bool,
     killed: bool,
+    /// A checkpoint that ends by killing the tree is running: that kill is no crash.
+    checkpointing: bool,
     deadline: Option<Instant>,
     console_log: ConsoleLog,
 }
@@ -449,10 +455,15 @@ impl Monitor {
                     monitor_pid: std::process::id() as i32,
                     started_at_us: self.started_at_us,
                     stopping: self.stopping,
+                    console: self.init.console_path.to_string_lossy().into_owned(),
                 };
                 self.send_to(id, &Reply::Status(st));
             }
             Request::Watch => self.clients[pos].watch = true,
+            Request::Checkpointing { active } => {
+                self.checkpointing = active;
+                self.send_to(id, &Reply::Ok);
+            }
             Request::Stop { signal, timeout_ms } => {
                 self.clients[pos].stop_waiter = true;
                 self.stop(signal, timeout_ms);
@@ -532,6 +543,7 @@ impl Monitor {
             }
         }
         let reason = match signal {
+            Some(libc::SIGKILL) if self.checkpointing => ExitReason::Checkpointed,
             None => ExitReason::Exited,
             Some(libc::SIGKILL) if self.killed => ExitReason::Killed,
             Some(libc::SIGINT) | Some(libc::SIGHUP) => ExitReason::Poweroff,

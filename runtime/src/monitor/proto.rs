@@ -28,6 +28,12 @@ pub enum Request {
     Watch,
     /// Run a process in the container (three fds attached: stdin, stdout, stderr).
     Exec(ExecRequest),
+    /// A checkpoint that kills the tree once dumped begins (`true`) or failed (`false`): the
+    /// kill is recorded as [`ExitReason::Checkpointed`]. Answered with [`Reply::Ok`].
+    Checkpointing {
+        /// Whether it is under way.
+        active: bool,
+    },
     /// Set the window size of the running exec's terminal (on the exec's connection).
     Resize {
         /// Rows.
@@ -86,6 +92,8 @@ pub enum Reply {
         /// Exit status as a shell reports it.
         code: i32,
     },
+    /// Done.
+    Ok,
     /// The request failed.
     Error {
         /// Why, lowercase.
@@ -104,6 +112,9 @@ pub struct Status {
     pub started_at_us: u64,
     /// A stop has been requested and init has not exited yet.
     pub stopping: bool,
+    /// Host path of the console pty slave.
+    #[serde(default)]
+    pub console: String,
 }
 
 /// How init ended.
@@ -118,6 +129,8 @@ pub enum ExitReason {
     Exited,
     /// init died of another signal.
     Crashed,
+    /// CRIU killed the tree after checkpointing it (a stateful stop).
+    Checkpointed,
 }
 
 /// The exit record: sent to waiters and written to `exit.json`.

@@ -9,6 +9,7 @@
 
 pub mod btrfs;
 pub mod loopdev;
+pub mod snapshots;
 
 use crate::error::{Context, Error, Result};
 use crate::idmap::IdMap;
@@ -322,10 +323,16 @@ pub fn shift_tree(root: &Path, map: &IdMap) -> Result<()> {
 
 /// Tries an idmapped mount of `path` through a throwaway user namespace.
 pub fn probe_idmap(path: &Path) -> Result<()> {
+    idmapped_tree(path, &IdMap { uid_base: crate::idmap::DEFAULT_BASE, gid_base: crate::idmap::DEFAULT_BASE, count: 65536 }).map(drop)
+}
+
+/// A detached mount of `path` idmapped through `map` (a throwaway user namespace provides the
+/// mapping). Safe to call from a multi-threaded process.
+pub fn idmapped_tree(path: &Path, map: &IdMap) -> Result<std::os::fd::OwnedFd> {
     let (r, w) = crate::sys::pipe_cloexec().step(|| "pipe")?;
     // SAFETY: the child only blocks in read(2) and calls _exit, both async-signal-safe, so this
     // is sound even from a multi-threaded process.
-    match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a probe user namespace")? {
+    match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a user namespace for the id mapping")? {
         crate::sys::Forked::Child => {
             // our copy of the write end must go, or the read below never sees EOF
             drop(w);
@@ -337,9 +344,8 @@ pub fn probe_idmap(path: &Path) -> Result<()> {
         crate::sys::Forked::Parent { pid, .. } => {
             drop(r);
             let res = (|| {
-                IdMap { uid_base: crate::idmap::DEFAULT_BASE, gid_base: crate::idmap::DEFAULT_BASE, count: 65536 }
-                    .write_for(pid)?;
-                crate::launch::rootfs_mount(path, Some(pid)).map(drop)
+                map.write_for(pid)?;
+                crate::launch::rootfs_mount(path, Some(pid))
             })();
             drop(w);
             let _ = crate::sys::waitpid_blocking(pid);

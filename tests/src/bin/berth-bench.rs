@@ -105,6 +105,7 @@ fn floor(runs: usize) -> Vec<f64> {
         cap_drop: spec::DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
         console_log_max: 1 << 20,
         nics: Vec::new(),
+        restore: None,
     };
     spec.cgroups.create().unwrap();
     let mut samples = Vec::new();

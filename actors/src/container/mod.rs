@@ -7,20 +7,37 @@
 //! Persistence: the intended status is written before acting (Starting, Stopping, pending
 //! delete) and the result after (Running with its init pid, Stopped). A reply is sent only when
 //! what it says is true and recorded.
+//!
+//! Snapshots are child actors (see [`crate::snapshot`]); checkpoints, restores and snapshot
+//! captures run as tasks while the container is *busy*: requests that would change it wait in
+//! a queue of their own and are replayed in order when the task reports back, while `Info`
+//! and the list of snapshots keep being answered.
+
+mod snapshots;
+mod tasks;
 
 use crate::error::{Error, Op, Result};
 use crate::events::{Event, Events};
 use crate::manager::ManagerMsg;
-use crate::runtime::{MonitorEvent, Runtime, RuntimeError};
+use crate::operation::Operations;
+use crate::runtime::{MonitorEvent, Runtime, RuntimeError, VolumeSource};
+use crate::snapshot::SnapshotMsg;
 use crate::store::Store;
 use crate::types::{
-    ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending, Status,
-    StopOptions,
+    ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending, SnapshotRecord, StartOptions,
+    Status, StopOptions,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+
+pub use tasks::TaskDone;
+
+/// Config key recording that a stateful stop saved the running state (the next start
+/// restores it).
+pub const STATEFUL_KEY: &str = "volatile.stateful";
 
 /// Messages of a Container actor. Each says when it is allowed and what it replies.
 #[derive(Debug)]
@@ -32,11 +49,14 @@ pub enum ContainerMsg {
     Provision {
         /// Start after creating.
         start: bool,
+        /// Where the files come from (the image, or a copy's source).
+        source: VolumeSource,
         /// Reply.
         reply: RpcReplyPort<Result<ContainerInfo>>,
     },
-    /// Start init. Allowed when Stopped (or Error). Replies once init runs.
-    Start(RpcReplyPort<Result<()>>),
+    /// Start init, or restore the state a stateful stop saved. Allowed when Stopped (or
+    /// Error). Replies once init runs.
+    Start(StartOptions, RpcReplyPort<Result<()>>),
     /// Stop. Allowed when Running or Stopping (a forced stop escalates a graceful one).
     /// Replies once init is gone.
     Stop(StopOptions, RpcReplyPort<Result<()>>),
@@ -53,11 +73,69 @@ pub enum ContainerMsg {
         /// Reply.
         reply: RpcReplyPort<Result<()>>,
     },
-    /// Lend the record for publishing. Allowed when Stopped; until `EndPublish` the container
-    /// cannot start or be deleted (`Busy`).
-    BeginPublish(RpcReplyPort<Result<ContainerRecord>>),
+    /// Lend the record and the files (its own, or snapshot `.0`'s) for publishing. Allowed when
+    /// Stopped, or for a snapshot in any state; until `EndPublish` the container cannot start
+    /// or be deleted (`Busy`).
+    BeginPublish(Option<String>, RpcReplyPort<Result<(ContainerRecord, VolumeSource)>>),
     /// Publishing ended.
-    EndPublish,
+    EndPublish(Option<String>),
+    /// Take a snapshot (`stateful`: with the running state). An empty name picks `snapN`.
+    /// Replies once it is committed.
+    CreateSnapshot {
+        /// Name, or empty.
+        name: String,
+        /// Checkpoint the running state too.
+        stateful: bool,
+        /// Caller (for the operation).
+        uid: u32,
+        /// Reply.
+        reply: RpcReplyPort<Result<SnapshotRecord>>,
+    },
+    /// Every snapshot, oldest first. Always allowed.
+    ListSnapshots(RpcReplyPort<Result<Vec<SnapshotRecord>>>),
+    /// One snapshot. Always allowed.
+    GetSnapshot(String, RpcReplyPort<Result<SnapshotRecord>>),
+    /// Restore a snapshot's files (and, `stateful`, its running state; default: what the
+    /// snapshot holds). A running container is stopped first; after a stateless restore it is
+    /// started again.
+    RestoreSnapshot {
+        /// Snapshot name.
+        name: String,
+        /// Restore the running state (None: when the snapshot has one).
+        stateful: Option<bool>,
+        /// Caller (for the operation).
+        uid: u32,
+        /// Reply.
+        reply: RpcReplyPort<Result<()>>,
+    },
+    /// Rename a snapshot.
+    RenameSnapshot {
+        /// Current name.
+        from: String,
+        /// New name.
+        to: String,
+        /// Reply.
+        reply: RpcReplyPort<Result<SnapshotRecord>>,
+    },
+    /// Delete a snapshot.
+    DeleteSnapshot {
+        /// Name.
+        name: String,
+        /// Reply.
+        reply: RpcReplyPort<Result<()>>,
+    },
+    /// Lend the record and the files (its own or snapshot `snapshot`'s) for a copy; the
+    /// container cannot be deleted until `EndCopy`.
+    BeginCopy {
+        /// Copy this snapshot instead of the container's current files.
+        snapshot: Option<String>,
+        /// Reply.
+        reply: RpcReplyPort<Result<(ContainerRecord, VolumeSource)>>,
+    },
+    /// The copy is done with the files.
+    EndCopy(Option<String>),
+    /// Internal: a checkpoint, restore or capture task finished.
+    TaskDone(Box<TaskDone>),
     /// Internal: a stop task finished (for run generation `run`).
     StopDone(u64, std::result::Result<String, RuntimeError>),
     /// Internal: the monitor of run generation `run` reported something.
@@ -73,14 +151,38 @@ impl ContainerMsg {
         match self {
             ContainerMsg::Info(r) => drop(r.send(Err(e))),
             ContainerMsg::Provision { reply, .. } => drop(reply.send(Err(e))),
-            ContainerMsg::Start(r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => drop(r.send(Err(e))),
-            ContainerMsg::Delete { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::Start(_, r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => drop(r.send(Err(e))),
+            ContainerMsg::Delete { reply, .. } | ContainerMsg::DeleteSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::RestoreSnapshot { reply, .. } => drop(reply.send(Err(e))),
             ContainerMsg::Exec(_, r) => drop(r.send(Err(e))),
-            ContainerMsg::BeginPublish(r) => drop(r.send(Err(e))),
-            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) | ContainerMsg::EndPublish => {}
+            ContainerMsg::BeginPublish(_, r) => drop(r.send(Err(e))),
+            ContainerMsg::BeginCopy { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::CreateSnapshot { reply, .. } | ContainerMsg::RenameSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::GetSnapshot(_, r) => drop(r.send(Err(e))),
+            ContainerMsg::ListSnapshots(r) => drop(r.send(Err(e))),
+            ContainerMsg::TaskDone(t) => t.fail(e),
+            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) | ContainerMsg::EndPublish(_) | ContainerMsg::EndCopy(_) => {}
             #[cfg(test)]
             ContainerMsg::Crash => {}
         }
+    }
+
+    /// Whether the message must wait while a checkpoint, restore or capture runs.
+    fn waits_while_busy(&self) -> bool {
+        matches!(
+            self,
+            ContainerMsg::Start(..)
+                | ContainerMsg::Stop(..)
+                | ContainerMsg::Restart(..)
+                | ContainerMsg::Exec(..)
+                | ContainerMsg::Delete { .. }
+                | ContainerMsg::BeginPublish(..)
+                | ContainerMsg::CreateSnapshot { .. }
+                | ContainerMsg::RestoreSnapshot { .. }
+                | ContainerMsg::RenameSnapshot { .. }
+                | ContainerMsg::DeleteSnapshot { .. }
+                | ContainerMsg::BeginCopy { .. }
+        )
     }
 }
 
@@ -96,6 +198,10 @@ pub struct ContainerArgs {
     pub events: Events,
     /// The supervising manager.
     pub manager: ActorRef<ManagerMsg>,
+    /// Its snapshots (committed), oldest first.
+    pub snapshots: Vec<SnapshotRecord>,
+    /// Long operations (checkpoints and restores are shown as operations).
+    pub ops: Operations,
 }
 
 impl std::fmt::Debug for ContainerArgs {
@@ -121,8 +227,19 @@ pub struct ContainerState {
     stop_waiters: Vec<RpcReplyPort<Result<()>>>,
     restart_waiters: Vec<RpcReplyPort<Result<()>>>,
     delete_waiters: Vec<RpcReplyPort<Result<()>>>,
-    /// An image is being made from it.
-    publishing: bool,
+    /// Images being made from it (or its snapshots).
+    publishing: u32,
+    /// Copies being made from it (or its snapshots).
+    copying: u32,
+    /// Snapshots by name: their record (a cache: the Snapshot actor owns it) and actor.
+    snaps: BTreeMap<String, (SnapshotRecord, ActorRef<SnapshotMsg>)>,
+    /// A checkpoint, restore or capture task runs.
+    busy: Option<&'static str>,
+    /// Requests waiting for it to end, in arrival order.
+    deferred: VecDeque<ContainerMsg>,
+    ops: Operations,
+    /// Snapshots to spawn actors for once started.
+    initial_snapshots: Vec<SnapshotRecord>,
 }
 
 impl std::fmt::Debug for ContainerState {
@@ -149,34 +266,60 @@ impl Actor for ContainerActor {
             stop_waiters: Vec::new(),
             restart_waiters: Vec::new(),
             delete_waiters: Vec::new(),
-            publishing: false,
+            publishing: 0,
+            copying: 0,
+            snaps: BTreeMap::new(),
+            busy: None,
+            deferred: VecDeque::new(),
+            ops: a.ops,
+            initial_snapshots: a.snapshots,
         })
     }
 
     async fn post_start(&self, me: ActorRef<ContainerMsg>, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
-        // A loaded or respawned container finds out whether it really runs; a new one
-        // (pending create) waits for Provision.
+        // A loaded or respawned container finds out whether it really runs and brings up its
+        // snapshots; a new one (pending create) waits for Provision.
         if s.rec.pending == Pending::None {
+            s.load_snapshots(&me).await?;
             s.reconcile(&me).await;
         }
         Ok(())
     }
 
+    async fn handle_supervisor_evt(
+        &self,
+        me: ActorRef<ContainerMsg>,
+        evt: SupervisionEvent,
+        s: &mut ContainerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Snapshot actors are our children. A clean stop (deleted, discarded) was already
+        // accounted for; a failed one is respawned from its record, which it cannot have lost:
+        // the row is written before the cache is.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            s.snapshot_failed(&me, cell, err.to_string()).await;
+        }
+        Ok(())
+    }
+
     async fn handle(&self, me: ActorRef<ContainerMsg>, msg: ContainerMsg, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+        if let Some(what) = s.busy
+            && msg.waits_while_busy()
+        {
+            tracing::debug!(container = %s.rec.name, "request waits for the {what} to end");
+            s.deferred.push_back(msg);
+            return Ok(());
+        }
         match msg {
             ContainerMsg::Info(r) => drop(r.send(Ok(s.info()))),
-            ContainerMsg::Provision { start, reply } => {
-                let res = s.provision(&me, start).await;
+            ContainerMsg::Provision { start, source, reply } => {
+                let res = s.provision(&me, start, &source).await;
                 let failed = res.is_err();
                 let _ = reply.send(res);
                 if failed {
                     me.stop(Some("provisioning failed".into()));
                 }
             }
-            ContainerMsg::Start(r) => {
-                let res = s.start(&me).await;
-                let _ = r.send(res);
-            }
+            ContainerMsg::Start(opts, r) => s.start_with(&me, opts, r).await,
             ContainerMsg::Stop(opts, r) => s.stop(&me, opts, r).await,
             ContainerMsg::Restart(opts, r) => {
                 if s.rec.status != Status::Running {
@@ -187,18 +330,47 @@ impl Actor for ContainerActor {
                 }
             }
             ContainerMsg::Exec(req, r) => s.exec(*req, r),
-            ContainerMsg::BeginPublish(r) => {
-                let res = if s.publishing {
-                    Err(Error::Busy(format!("container {:?} is already being published", s.rec.name)))
-                } else if s.rec.status != Status::Stopped {
-                    Err(s.invalid_state("stop it before publishing it"))
-                } else {
-                    s.publishing = true;
-                    Ok(s.rec.clone())
-                };
+            ContainerMsg::BeginPublish(snapshot, r) => {
+                let res = s.begin_publish(snapshot).await;
                 let _ = r.send(res);
             }
-            ContainerMsg::EndPublish => s.publishing = false,
+            ContainerMsg::EndPublish(snapshot) => {
+                s.publishing = s.publishing.saturating_sub(1);
+                s.give_back(snapshot.as_deref());
+            }
+            ContainerMsg::CreateSnapshot { name, stateful, uid, reply } => s.create_snapshot(&me, name, stateful, uid, reply).await,
+            ContainerMsg::ListSnapshots(r) => {
+                let mut list: Vec<SnapshotRecord> = s.snaps.values().map(|(r, _)| r.clone()).collect();
+                list.sort_by(|a, b| (a.created_at_us, &a.name).cmp(&(b.created_at_us, &b.name)));
+                let _ = r.send(Ok(list));
+            }
+            ContainerMsg::GetSnapshot(name, r) => drop(r.send(s.snapshot_record(&name))),
+            ContainerMsg::RestoreSnapshot { name, stateful, uid, reply } => s.restore_snapshot(&me, name, stateful, uid, reply).await,
+            ContainerMsg::RenameSnapshot { from, to, reply } => {
+                let res = s.rename_snapshot(&from, to).await;
+                let _ = reply.send(res);
+            }
+            ContainerMsg::DeleteSnapshot { name, reply } => {
+                let res = s.delete_snapshot(&name).await;
+                let _ = reply.send(res);
+            }
+            ContainerMsg::BeginCopy { snapshot, reply } => {
+                let res = s.begin_copy(snapshot).await;
+                let _ = reply.send(res);
+            }
+            ContainerMsg::EndCopy(snapshot) => {
+                s.copying = s.copying.saturating_sub(1);
+                s.give_back(snapshot.as_deref());
+            }
+            ContainerMsg::TaskDone(t) => {
+                s.task_done(&me, *t).await;
+                s.busy = None;
+                for m in std::mem::take(&mut s.deferred) {
+                    if let Err(ractor::MessagingErr::SendErr(m)) = me.send_message(m) {
+                        m.fail(Error::Unavailable(format!("container {:?}", s.rec.name)));
+                    }
+                }
+            }
             ContainerMsg::Delete { force, reply } => s.delete(&me, force, reply).await,
             ContainerMsg::StopDone(run, res) => s.stop_done(&me, run, res).await,
             ContainerMsg::Monitor(run, ev) => s.monitor_event(&me, run, ev).await,
@@ -230,7 +402,7 @@ impl ContainerState {
             config: r.config.clone(),
             expanded_config: r.config.clone(),
             architecture: r.architecture.clone(),
-            stateful: false,
+            stateful: r.config.contains_key(STATEFUL_KEY),
         }
     }
 
@@ -298,11 +470,11 @@ impl ContainerState {
         }
     }
 
-    async fn provision(&mut self, me: &ActorRef<ContainerMsg>, start: bool) -> Result<ContainerInfo> {
+    async fn provision(&mut self, me: &ActorRef<ContainerMsg>, start: bool, source: &VolumeSource) -> Result<ContainerInfo> {
         if self.rec.pending != Pending::Create {
             return Ok(self.info());
         }
-        match self.rt.provision(&self.rec).await {
+        match self.rt.provision(&self.rec, source).await {
             Ok(extra) => self.rec.config.extend(extra),
             Err(e) => {
                 let _ = self.rt.deprovision(&self.rec.name).await;
@@ -322,7 +494,7 @@ impl ContainerState {
     }
 
     async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
-        if self.publishing {
+        if self.publishing > 0 {
             return Err(Error::Busy(format!("container {:?} is being published; start it when that is done", self.rec.name)));
         }
         match self.rec.status {
@@ -375,6 +547,10 @@ impl ContainerState {
     }
 
     async fn stop(&mut self, me: &ActorRef<ContainerMsg>, opts: StopOptions, r: RpcReplyPort<Result<()>>) {
+        if opts.stateful {
+            self.stateful_stop(me, opts, r);
+            return;
+        }
         match self.rec.status {
             Status::Running | Status::Frozen => {
                 self.stop_waiters.push(r);
@@ -529,8 +705,8 @@ impl ContainerState {
     }
 
     async fn delete(&mut self, me: &ActorRef<ContainerMsg>, force: bool, reply: RpcReplyPort<Result<()>>) {
-        if self.publishing {
-            let _ = reply.send(Err(Error::Busy(format!("container {:?} is being published", self.rec.name))));
+        if self.publishing > 0 || self.copying > 0 {
+            let _ = reply.send(Err(Error::Busy(format!("container {:?} is being published or copied", self.rec.name))));
             return;
         }
         match self.rec.status {
@@ -543,11 +719,11 @@ impl ContainerState {
             }
             Status::Stopping => {
                 self.delete_waiters.push(reply);
-                self.spawn_stop(me, StopOptions { force: true, timeout: None });
+                self.spawn_stop(me, StopOptions { force: true, ..Default::default() });
             }
             _ => {
                 self.delete_waiters.push(reply);
-                self.begin_stop(me, StopOptions { force: true, timeout: None }).await;
+                self.begin_stop(me, StopOptions { force: true, ..Default::default() }).await;
             }
         }
     }
@@ -562,6 +738,10 @@ impl ContainerState {
             .await
             .map_err(|e| map_rt(Op::Delete, format!("container {}", self.rec.name), e))?;
         self.store.delete_container(&self.rec.name).await?;
+        for (name, (_, actor)) in std::mem::take(&mut self.snaps) {
+            actor.stop(Some("container deleted".into()));
+            self.events.publish(Event::SnapshotRemoved { container: self.rec.name.clone(), name });
+        }
         let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
         self.events.publish(Event::ContainerRemoved { name: self.rec.name.clone() });
         me.stop(Some("deleted".into()));

@@ -1,0 +1,257 @@
+//! CRIU, spoken to over its RPC protocol: one `criu swrk` child per request, a SOCK_SEQPACKET
+//! pair, protobuf messages (the types of the `rust-criu` crate). Speaking the protocol directly
+//! rather than through `rust_criu::Criu` gives every option (`network_lock`, `cg_root`,
+//! `ghost_limit`…), notifications handled by a closure (so no global state), and the restore
+//! response with the restored pid.
+//!
+//! What berth containers need from CRIU (measured on CRIU 4.2.1, see docs/architecture.md):
+//! every bind-mounted host device node and the console are external mounts; the console pty
+//! and the host's `/dev/tty` are external ttys, handed back at restore as inherited fds of a
+//! new pty; network locking uses nftables; the restore runs with `rst_sibling` from the
+//! monitor so the restored init is its child, onto an idmapped mount of the rootfs made on the
+//! host, in an empty network namespace whose veth the monitor re-creates when CRIU says the
+//! namespaces exist.
+
+pub mod checkpoint;
+pub mod preflight;
+pub mod restore;
+
+use protobuf::Message;
+use rust_criu::rust_criu_protobuf::rpc;
+use serde::{Deserialize, Serialize};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The oldest CRIU berth works with: 3.17 fails on this kernel's vDSO and 4.1 cannot dump
+/// network sockets here.
+pub const MIN_VERSION: (u32, u32) = (4, 2);
+
+/// Host device nodes berth bind-mounts into every container's /dev, and the console: each is
+/// an external mount `dev_<name>` to CRIU. One list for both directions.
+pub const DEV_MOUNTS: &[&str] = &["null", "zero", "full", "random", "urandom", "tty", "console"];
+
+/// Unlinked-but-open files up to this size are copied into the images.
+pub const GHOST_LIMIT: u32 = 64 << 20;
+
+/// What a checkpoint records next to CRIU's images for its restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// CRIU's key of the console pty slave at dump time (`tty[rdev:dev]`).
+    pub console_key: String,
+    /// CRIU's key of the host's `/dev/tty`.
+    pub ctty_key: String,
+    /// The CRIU version that wrote the images.
+    pub criu_version: String,
+    /// When (µs since the epoch).
+    pub created_at_us: u64,
+    /// Bytes of memory pages dumped.
+    pub memory_bytes: u64,
+}
+
+/// The file holding [`CheckpointMeta`] in an images directory.
+pub const META_FILE: &str = "berth-checkpoint.json";
+
+/// A failed CRIU request: the step it failed at, the first error CRIU logged, and the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Where it failed (the last notification seen, or the phase).
+    pub step: String,
+    /// The first error line of the log (or CRIU's own message).
+    pub message: String,
+    /// The full log.
+    pub log: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.message)?;
+        if let Some(l) = &self.log {
+            write!(f, " (log: {})", l.display())?;
+        }
+        Ok(())
+    }
+}
+
+/// Finds the criu binary: `$BERTH_CRIU`, then /usr/local/sbin (where setup builds 4.2.1),
+/// then the usual places.
+pub fn find() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BERTH_CRIU") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/local/bin/criu", "/usr/bin/criu", "/sbin/criu"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Parses `criu --version` output ("Version: 4.2.1").
+pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
+    let v = out.lines().find_map(|l| l.trim().strip_prefix("Version:"))?.trim();
+    let mut it = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// Whether stateful operations can work on this host: CRIU present, recent enough, `criu check`
+/// passing and nftables network locking built in. Returns the version, or why not.
+pub fn probe(criu: Option<&Path>) -> Result<String, String> {
+    let Some(criu) = criu else {
+        return Err("CRIU is not installed (scripts/setup builds CRIU 4.2.1 into /usr/local/sbin)".into());
+    };
+    let run = |args: &[&str]| std::process::Command::new(criu).args(args).output();
+    let out = run(&["--version"]).map_err(|e| format!("cannot run {}: {e}", criu.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (ma, mi, pa) = parse_version(&text).ok_or_else(|| format!("cannot read the version of {}", criu.display()))?;
+    if (ma, mi) < MIN_VERSION {
+        return Err(format!(
+            "CRIU {ma}.{mi}.{pa} at {} is too old: berth needs {}.{} or newer (3.17 fails on this kernel's vDSO, 4.1 cannot dump network sockets); scripts/setup builds 4.2.1",
+            criu.display(),
+            MIN_VERSION.0,
+            MIN_VERSION.1
+        ));
+    }
+    let check = run(&["check"]).map_err(|e| format!("cannot run {} check: {e}", criu.display()))?;
+    if !check.status.success() {
+        let all = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+        let first = all.lines().find(|l| l.contains("Error") || l.contains("error")).or_else(|| all.lines().next()).unwrap_or("").trim();
+        return Err(format!("`criu check` fails on this kernel: {first}"));
+    }
+    let nft = run(&["check", "--feature", "network_lock_nftables"]).map_err(|e| e.to_string())?;
+    if !nft.status.success() {
+        return Err(format!("CRIU at {} was built without nftables support, which berth uses to lock the network", criu.display()));
+    }
+    Ok(format!("{ma}.{mi}.{pa}"))
+}
+
+/// CRIU's key of an external tty: `tty[<st_rdev>:<st_dev>]` in hex.
+pub fn tty_key(path: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(path)?;
+    Ok(format!("tty[{:x}:{:x}]", m.rdev(), m.dev()))
+}
+
+/// The first error CRIU logged (known noise skipped), without its timestamp and source.
+pub fn first_error(log: &Path) -> Option<String> {
+    const NOISE: &[&str] = &["RLIMIT_NOFILE", "iptables", "ip6tables", "Can't create a temporary directory", "Address already assigned"];
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().find(|l| l.contains("Error (") && !NOISE.iter().any(|n| l.contains(n))).map(|l| {
+        let l = l.trim();
+        match l.find("): ") {
+            Some(i) if l.starts_with('(') || l.contains("Error (") => l[i + 3..].trim().to_string(),
+            _ => l.to_string(),
+        }
+    })
+}
+
+/// One request to a fresh `criu swrk`, answering its notifications with `notify` (whose
+/// `false` makes CRIU abort). Returns CRIU's final response, successful or not.
+pub(crate) fn call(criu: &Path, req: &rpc::Criu_req, notify: &mut dyn FnMut(&rpc::Criu_notify) -> bool) -> Result<rpc::Criu_resp, String> {
+    let mut sv = [0; 2];
+    // SAFETY: sv is a valid out array. Our end gets CLOEXEC below; criu's end is inherited.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) } < 0 {
+        return Err(format!("socketpair: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    crate::sys::set_cloexec(ours.as_raw_fd(), true).map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(criu)
+        .arg("swrk")
+        .arg(theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("run {} swrk: {e}", criu.display()))?;
+    drop(theirs);
+    let send = |m: &rpc::Criu_req| -> Result<(), String> {
+        let b = m.write_to_bytes().map_err(|e| e.to_string())?;
+        // SAFETY: sending our buffer on our socket.
+        let n = unsafe { libc::send(ours.as_raw_fd(), b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+        if n != b.len() as isize {
+            return Err(format!("send to criu: {}", std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let res = (|| {
+        send(req)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            // SAFETY: receiving into our buffer.
+            let n = unsafe { libc::recv(ours.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                return Err("criu exited without answering (see its log)".to_string());
+            }
+            let resp = rpc::Criu_resp::parse_from_bytes(&buf[..n as usize]).map_err(|e| format!("unreadable answer from criu: {e}"))?;
+            if resp.type_() != rpc::Criu_req_type::NOTIFY {
+                return Ok(resp);
+            }
+            let mut ack = rpc::Criu_req::new();
+            ack.set_type(rpc::Criu_req_type::NOTIFY);
+            ack.set_notify_success(notify(&resp.notify));
+            send(&ack)?;
+        }
+    })();
+    drop(ours);
+    let _ = child.wait();
+    res
+}
+
+/// Opens a directory for CRIU (`images_dir_fd`, `work_dir_fd`): CRIU reaches it through
+/// `/proc/<caller>/fd/N`, so close-on-exec is fine.
+pub(crate) fn open_dir(p: &Path) -> Result<OwnedFd, String> {
+    std::fs::File::open(p).map(OwnedFd::from).map_err(|e| format!("open {}: {e}", p.display()))
+}
+
+pub(crate) fn ext_mount(key: &str, val: &str) -> rpc::Ext_mount_map {
+    let mut m = rpc::Ext_mount_map::new();
+    m.set_key(key.to_string());
+    m.set_val(val.to_string());
+    m
+}
+
+/// Options every berth dump and restore shares.
+pub(crate) fn base_opts(images: &OwnedFd, work: &OwnedFd, log: &str) -> rpc::Criu_opts {
+    let mut o = rpc::Criu_opts::new();
+    o.set_images_dir_fd(images.as_raw_fd());
+    o.set_work_dir_fd(work.as_raw_fd());
+    o.set_log_level(4);
+    o.set_log_file(log.to_string());
+    o.set_tcp_established(true);
+    o.set_file_locks(true);
+    o.set_link_remap(true);
+    o.set_ghost_limit(GHOST_LIMIT);
+    o.set_notify_scripts(true);
+    o
+}
+
+/// A failure from CRIU's answer, the log and the last notification.
+pub(crate) fn failure(phase: &str, last: &str, resp: Result<&rpc::Criu_resp, &str>, log: &Path) -> Failure {
+    let step = if last.is_empty() { phase.to_string() } else { format!("{phase} (after {last})") };
+    let message = first_error(log).unwrap_or_else(|| match resp {
+        Ok(r) if !r.cr_errmsg().is_empty() => r.cr_errmsg().to_string(),
+        Ok(r) => format!("criu failed (errno {})", r.cr_errno()),
+        Err(e) => e.to_string(),
+    });
+    Failure { step, message, log: log.exists().then(|| log.to_path_buf()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("Version: 4.2.1\n"), Some((4, 2, 1)));
+        assert_eq!(parse_version("Version: 3.17\nGitID: v3.17\n"), Some((3, 17, 0)));
+        assert_eq!(parse_version("nonsense"), None);
+    }
+
+    #[test]
+    fn first_error_skips_noise() {
+        let p = std::env::temp_dir().join(format!("berth-criu-log-{}", std::process::id()));
+        std::fs::write(
+            &p,
+            "(00.001) Error (criu/rlimit.c:12): rlimit: Can't setup RLIMIT_NOFILE\n(00.100) Error (criu/sk-queue.c:505): skqueue: Control messages in queue, not supported\n(00.2) Error (criu/cr-dump.c:1): Dumping FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(first_error(&p).as_deref(), Some("skqueue: Control messages in queue, not supported"));
+        let _ = std::fs::remove_file(&p);
+    }
+}

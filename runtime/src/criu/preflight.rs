@@ -1,0 +1,142 @@
+//! What a container holds that CRIU cannot checkpoint, found before anything is frozen: nested
+//! user or pid namespaces, sockets of families CRIU does not know, and device files other
+//! than the ones berth itself provides. Each finding is one sentence naming the process.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// Socket families CRIU dumps.
+const KNOWN_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET];
+
+/// Reasons the processes `pids` (init first) cannot be checkpointed; empty when they can.
+pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    let init_ns: Vec<_> = ["user", "pid"].iter().map(|k| ns(init, k)).collect();
+    for &pid in pids {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+        let who = format!("process {pid} ({comm})");
+        let mut nested = false;
+        for (i, kind) in ["user", "pid"].iter().enumerate() {
+            if ns(pid, kind) != init_ns[i] {
+                // exec'd processes share init's namespaces; anything else made its own
+                reasons.push(format!("{who} runs in a nested {kind} namespace, which CRIU cannot checkpoint"));
+                nested = true;
+            }
+        }
+        if nested {
+            continue;
+        }
+        check_fds(pid, &who, &mut reasons);
+    }
+    reasons.dedup();
+    reasons
+}
+
+fn check_fds(pid: i32, who: &str, reasons: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+    let pidfd = crate::sys::pidfd_open(pid).ok();
+    for e in rd.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let target = target.to_string_lossy().into_owned();
+        let fd: i32 = e.file_name().to_string_lossy().parse().unwrap_or(-1);
+        if let Some(kind) = target.strip_prefix("anon_inode:") {
+            let kind = kind.trim_matches(['[', ']']);
+            if matches!(kind, "io_uring" | "userfaultfd" | "perf_event" | "bpf-map" | "bpf-prog" | "bpf_link" | "kvm-vm" | "kvm-vcpu") {
+                reasons.push(format!("{who} has an {kind} descriptor open (fd {fd}), which CRIU cannot checkpoint"));
+            }
+        } else if target.starts_with("socket:") {
+            if let Some(pidfd) = &pidfd
+                && let Some((family, protocol)) = socket_kind(pidfd, fd)
+            {
+                if !KNOWN_FAMILIES.contains(&family) {
+                    reasons.push(format!("{who} has a socket of address family {family} open (fd {fd}), which CRIU cannot checkpoint"));
+                } else if matches!(protocol, libc::IPPROTO_SCTP | 262 /* MPTCP */) {
+                    reasons.push(format!("{who} has an SCTP or MPTCP socket open (fd {fd}), which CRIU cannot checkpoint"));
+                }
+            }
+        } else if target.starts_with('/') {
+            let Ok(m) = std::fs::metadata(e.path()) else { continue };
+            let ft = m.file_type();
+            if (ft.is_char_device() || ft.is_block_device()) && !known_device(&target, m.rdev()) {
+                reasons.push(format!("{who} has device {target} open (fd {fd}); berth only checkpoints the devices it provides"));
+            }
+        }
+    }
+}
+
+/// Device files every berth container has, by number (paths of bind-mounted nodes read from
+/// the host are not the container's): null, zero, full, random, urandom; tty, console, ptmx;
+/// pty slaves (the console, exec terminals); tun, which CRIU handles.
+fn known_device(_path: &str, rdev: u64) -> bool {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    (major == 1 && matches!(minor, 3 | 5 | 7 | 8 | 9)) || major == 5 || (136..=143).contains(&major) || (major == 10 && minor == 200)
+}
+
+/// (family, protocol) of another process's socket, read through a duplicate of it.
+fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32)> {
+    // SAFETY: pidfd_getfd with a valid pidfd; returns a fresh fd or -1.
+    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as i32;
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: fresh fd.
+    let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+    let get = |opt: i32| -> Option<i32> {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: getsockopt into a valid i32.
+        let r = unsafe { libc::getsockopt(dup.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) };
+        (r == 0).then_some(v)
+    };
+    Some((get(libc::SO_DOMAIN)?, get(libc::SO_PROTOCOL).unwrap_or(0)))
+}
+
+/// Processes of a cgroup directory (recursively).
+pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<i32>) {
+        if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    walk(dir, &mut out);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_passes() {
+        // a plain process: same namespaces as "init" (itself), only ordinary fds
+        let me = std::process::id() as i32;
+        let reasons = check(me, &[me]);
+        assert!(reasons.iter().all(|r| !r.contains("nested")), "{reasons:?}");
+    }
+
+    #[test]
+    fn an_unknown_socket_family_is_named() {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return; // no AF_ALG in this kernel
+        }
+        // SAFETY: fresh fd.
+        let _s = unsafe { OwnedFd::from_raw_fd(fd) };
+        let me = std::process::id() as i32;
+        let reasons = check(me, &[me]);
+        assert!(reasons.iter().any(|r| r.contains(&format!("fd {fd}")) && r.contains("address family")), "{reasons:?}");
+    }
+}
