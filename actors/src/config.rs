@@ -19,6 +19,11 @@ const KEYS: &[Key] = &[
     Key { name: "boot.stop_timeout", check: check_seconds, help: "seconds a graceful stop waits before killing" },
     Key { name: "limits.memory", check: check_size, help: "memory limit, e.g. 512MiB" },
     Key { name: "limits.processes", check: check_count, help: "maximum number of processes" },
+    Key {
+        name: "migration.stateful",
+        check: check_bool,
+        help: "make a systemd container checkpointable when it is created (default true)",
+    },
 ];
 
 /// Free-form namespaces.

@@ -134,7 +134,11 @@ impl HostRuntime {
         let mut pids = dir.map(|d| berth_runtime::criu::preflight::cgroup_pids(&d)).unwrap_or_default();
         pids.retain(|p| *p != init);
         pids.insert(0, init);
-        berth_runtime::criu::preflight::check(init, &pids)
+        let mut reasons = berth_runtime::criu::preflight::check(init, &pids);
+        if self.pool.driver() == berth_runtime::storage::DriverKind::Btrfs {
+            reasons.extend(pids.iter().filter_map(|p| berth_runtime::criu::preflight::symlink_watch(*p)));
+        }
+        reasons
     }
 
     /// CRIU dump of a running container into `slot` (see [`Runtime::checkpoint`]).
@@ -174,38 +178,64 @@ impl HostRuntime {
             conn.call(&Request::Checkpointing { active: true })?;
         }
         let freezer = cg.freezer_dir();
-        if freezer.is_some() {
-            cg.freeze(Duration::from_secs(10))?;
-        }
-        let frozen_at = std::time::Instant::now();
         let mut volume_bytes = 0u64;
-        let res = dump(
-            &DumpPlan {
-                criu: &criu,
-                pid: status.init_pid,
-                images: &images,
-                work: files.dir(),
-                log: "criu-dump.log",
-                leave_running: !stop,
-                freeze_cgroup: freezer.as_deref(),
-                console: Path::new(&status.console),
-                criu_version: &version,
-            },
-            &mut || {
-                if !stop {
-                    volume_bytes = self.pool.capture_volume(name, &staging).map_err(|e| e.to_string())?;
+        let mut frozen_us = 0u64;
+        let mut attempt = 0u64;
+        let res = loop {
+            attempt += 1;
+            let _ = std::fs::remove_dir_all(&images);
+            if let Err(e) = std::fs::create_dir_all(&images) {
+                break Err(berth_runtime::criu::Failure { step: "prepare the images".into(), message: e.to_string(), log: None });
+            }
+            if let Some(dir) = &freezer
+                && let Err(e) = freeze_settled(&cg, dir)
+            {
+                break Err(berth_runtime::criu::Failure { step: "freeze the container".into(), message: e.to_string(), log: None });
+            }
+            let frozen_at = std::time::Instant::now();
+            let r = dump(
+                &DumpPlan {
+                    criu: &criu,
+                    pid: status.init_pid,
+                    images: &images,
+                    work: files.dir(),
+                    log: "criu-dump.log",
+                    leave_running: !stop,
+                    freeze_cgroup: freezer.as_deref(),
+                    console: Path::new(&status.console),
+                    criu_version: &version,
+                },
+                &mut || {
+                    if !stop {
+                        let _ = self.pool.delete_volume(&staging.volume());
+                        volume_bytes = self.pool.capture_volume(name, &staging).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                },
+                &|bytes| op.set_progress(bytes, memory_total),
+            );
+            let _ = cg.thaw();
+            frozen_us += frozen_at.elapsed().as_micros() as u64;
+            match r {
+                // datagrams with credentials queued for a reader (journald's sockets, while
+                // something logs) cannot be dumped: let the reader drain them and try again
+                Err(f) if attempt < DUMP_ATTEMPTS && f.message.contains("Control messages in queue") => {
+                    tracing::info!(container = %name, attempt, "a socket queue held credentials; retrying the dump");
+                    std::thread::sleep(Duration::from_millis(25 * attempt));
                 }
-                Ok(())
-            },
-            &|bytes| op.set_progress(bytes, memory_total),
-        );
-        let _ = cg.thaw();
-        let frozen_us = frozen_at.elapsed().as_micros() as u64;
+                r => break r,
+            }
+        };
         match res {
-            Err(f) => {
+            Err(mut f) => {
                 if stop {
                     let _ = conn.call(&Request::Checkpointing { active: false });
                     let _ = self.pool.remove_snapshot_dir(&staging.dir);
+                }
+                if f.message.contains("Control messages in queue") {
+                    f.message.push_str(&format!(
+                        " — {DUMP_ATTEMPTS} tries: a process keeps sending datagrams (logging?) faster than their reader (journald?) drains them, and CRIU cannot dump queued messages that carry credentials; try again when it is quieter"
+                    ));
                 }
                 Err(RuntimeError::Failed(f.to_string()))
             }
@@ -389,6 +419,12 @@ impl Runtime for SharedHost {
             let mut with = rec.clone();
             with.config.extend(extra.clone());
             h.apply_templates(&with, trigger)?;
+            if rec.config.get("migration.stateful").and_then(|v| crate::config::parse_bool(v)) != Some(false) {
+                let owner = if extra.contains_key("volatile.rootfs.shifted") { (h.idmap.uid_base, h.idmap.gid_base) } else { (0, 0) };
+                for what in berth_runtime::criu::prepare::apply(&rootfs, owner)? {
+                    tracing::info!(container = %rec.name, "made checkpointable: {what}");
+                }
+            }
             Ok(extra)
         })
         .await
@@ -721,6 +757,24 @@ impl Runtime for SharedHost {
             .map(|(_, p)| p)
     }
 }
+
+/// Freezes the container at a moment CRIU can seize every process: not while one waits
+/// for a vfork'd child the freezer stopped before it exec'd (a shell loop running commands).
+fn freeze_settled(cg: &ContainerCgroups, dir: &Path) -> Result<(), RuntimeError> {
+    for _ in 0..200 {
+        cg.freeze(Duration::from_secs(10))?;
+        let pids = berth_runtime::criu::preflight::cgroup_pids(dir);
+        if berth_runtime::criu::preflight::vfork_waiters(&pids).is_empty() {
+            return Ok(());
+        }
+        cg.thaw()?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Err(RuntimeError::Failed("the container never froze outside a vfork (a process keeps spawning commands); try again".into()))
+}
+
+/// Dumps tried before a transient failure (a socket queue holding credentials) is final.
+const DUMP_ATTEMPTS: u64 = 5;
 
 /// Memory the container uses now (the expected size of a dump), if the host says.
 fn memory_usage(cg: &ContainerCgroups) -> Option<u64> {

@@ -3,6 +3,12 @@
 use std::io;
 use std::path::PathBuf;
 
+/// "container setup failed at STEP: ERRNO", or the step alone when it carries no errno (a
+/// restore's failure, which names CRIU's step and first error itself).
+fn setup_message(step: &str, errno: i32) -> String {
+    if errno == 0 { step.to_string() } else { format!("container setup failed at {step}: {}", io::Error::from_raw_os_error(errno)) }
+}
+
 /// Result alias for the runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -20,7 +26,7 @@ pub enum Error {
     },
     /// The container's init could not be started; `step` is the setup step that failed inside
     /// the new namespaces, `errno` the kernel's answer there.
-    #[error("container setup failed at {step}: {}", io::Error::from_raw_os_error(*errno))]
+    #[error("{}", setup_message(step, *errno))]
     Setup {
         /// The failing step as reported by the child.
         step: String,

@@ -133,3 +133,230 @@ fn snapshots_survive_a_daemon_restart_and_debris_is_swept() {
     berth_tests::wait_for(std::time::Duration::from_secs(10), "the debris to go", || !debris.exists());
     env.ok(&["snapshot", "restore", "k1", "keep"]);
 }
+
+/// The counter a process in the container keeps in memory (and writes out).
+fn counter(env: &Env, c: &str) -> u64 {
+    env.ok(&["exec", c, "--", "cat", "/tmp/counter"]).trim().parse().unwrap_or(0)
+}
+
+/// A process of init's tree (an exec'd shell's orphan is adopted by init) that counts in
+/// memory, ten times a second.
+fn start_counter(env: &Env, c: &str) -> String {
+    env.ok(&["exec", c, "--", "sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $!"])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn stateful_snapshot_keeps_counting_and_restores_twice() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "s1"]);
+    let pid = start_counter(&env, "s1");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.ok(&["snapshot", "create", "s1", "live", "--stateful"]);
+    let at_snapshot = counter(&env, "s1");
+    assert!(at_snapshot > 0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let later = counter(&env, "s1");
+    assert!(later > at_snapshot + 5, "the container kept running after the snapshot ({at_snapshot} → {later})");
+    for round in 0..2 {
+        env.ok(&["snapshot", "restore", "s1", "live"]);
+        assert_eq!(env.status("s1"), "Running");
+        let v1 = counter(&env, "s1");
+        assert!(v1 >= at_snapshot && v1 < later, "round {round}: memory and files came back together ({at_snapshot} ≤ {v1} < {later})");
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let v2 = counter(&env, "s1");
+        assert!(v2 > v1, "round {round}: it keeps counting ({v1} → {v2})");
+        // the same process, same pid inside
+        assert!(env.ok(&["exec", "s1", "--", "ps"]).lines().any(|l| l.split_whitespace().next() == Some(&pid)), "round {round}");
+    }
+}
+
+fn address(env: &Env, c: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["info", c, "--format", "json"])).unwrap();
+    v["config"]["volatile.eth0.ipv4"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+/// An echo server in the container (adopted by init) and a host client connected to it.
+fn echo_connection(env: &Env, c: &str) -> std::net::TcpStream {
+    env.ok(&["exec", c, "--", "sh", "-c", "nc -ll -p 8080 -e cat >/dev/null 2>&1 </dev/null &"]);
+    let addr = format!("{}:8080", address(env, c));
+    let mut stream = None;
+    berth_tests::wait_for(std::time::Duration::from_secs(10), "the echo server", || {
+        stream = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(1)).ok();
+        stream.is_some()
+    });
+    let s = stream.unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn echo(s: &mut std::net::TcpStream, line: &str) -> String {
+    use std::io::{BufRead, Write};
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut out = String::new();
+    r.read_line(&mut out).unwrap();
+    out.trim_end().to_string()
+}
+
+#[test]
+fn stateful_stop_and_start_keep_processes_and_a_tcp_connection() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "t1"]);
+    start_counter(&env, "t1");
+    let mut conn = echo_connection(&env, "t1");
+    assert_eq!(echo(&mut conn, "before"), "before");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = counter(&env, "t1");
+
+    env.ok(&["stop", "--stateful", "t1"]);
+    assert_eq!(env.status("t1"), "Stopped");
+    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
+    assert_eq!(info["config"]["volatile.stateful"], "true", "the saved state is recorded");
+    let prop = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1/container/t1", "org.berth.Berth1.Container", "Stateful"]);
+    assert_eq!(text(&prop.stdout).trim(), "b true");
+    let exit = std::fs::read_to_string(env.run.join("containers/t1/exit.json")).unwrap();
+    assert!(exit.contains("checkpointed"), "the monitor knows the kill was the checkpoint's: {exit}");
+
+    env.ok(&["start", "t1"]);
+    assert_eq!(env.status("t1"), "Running");
+    assert_eq!(echo(&mut conn, "after"), "after", "the connection opened before the stop still works");
+    let v = counter(&env, "t1");
+    assert!(v >= before, "memory came back ({before} → {v})");
+    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
+    assert!(info["config"].get("volatile.stateful").is_none(), "the state is discarded once restored");
+    assert!(!env.pool().join("snapshots/t1/.stop").exists());
+    // a restored container is an ordinary one: exec, a graceful stop, a fresh start
+    assert_eq!(env.ok(&["exec", "t1", "--", "cat", "/proc/1/comm"]).trim(), "init");
+    env.ok(&["stop", "t1"]);
+    env.ok(&["start", "t1"]);
+    assert!(counter(&env, "t1") >= v, "the counter file survived");
+    // --stateless boots afresh and discards a saved state
+    env.ok(&["stop", "--stateful", "t1"]);
+    env.ok(&["start", "--stateless", "t1"]);
+    assert!(!env.ok(&["exec", "t1", "--", "ps"]).contains("sleep"), "no counter after a fresh boot");
+    assert!(!env.pool().join("snapshots/t1/.stop").exists());
+}
+
+#[test]
+fn a_tcp_connection_survives_a_stateful_snapshot() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "n1"]);
+    let mut conn = echo_connection(&env, "n1");
+    assert_eq!(echo(&mut conn, "one"), "one");
+    env.ok(&["snapshot", "create", "--stateful", "n1", "s"]);
+    assert_eq!(echo(&mut conn, "two"), "two", "the network was unlocked after the dump");
+    // the snapshot restores a listening server too: a new client connects to it
+    env.ok(&["snapshot", "restore", "n1", "s"]);
+    let addr = format!("{}:8080", address(&env, "n1"));
+    let mut s2 = None;
+    berth_tests::wait_for(std::time::Duration::from_secs(10), "the restored server", || {
+        s2 = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(1)).ok();
+        s2.is_some()
+    });
+    let mut s2 = s2.unwrap();
+    s2.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    assert_eq!(echo(&mut s2, "three"), "three");
+}
+
+#[test]
+fn a_failed_dump_records_nothing_and_the_container_runs_on() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "f1"]);
+    start_counter(&env, "f1");
+    // an open file whose last name is gone, larger than CRIU copies into its images
+    env.ok(&["exec", "f1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (tail -f /root/big >/dev/null 2>&1 </dev/null &) && sleep 0.2 && rm /root/big"]);
+    let out = env.berth(&["snapshot", "create", "--stateful", "f1", "bad"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("CheckpointFailed"), "{err}");
+    assert!(err.contains("ghost"), "the first CRIU error is in the message: {err}");
+    assert!(err.contains("criu-dump.log"), "the log is named: {err}");
+    assert!(snapshot_names(&env, "f1").is_empty());
+    assert!(snapshot_dirs(&env, "f1").is_empty(), "nothing staged is left: {:?}", snapshot_dirs(&env, "f1"));
+    assert_eq!(env.status("f1"), "Running");
+    let v = counter(&env, "f1");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(counter(&env, "f1") > v, "it runs on");
+    let log = env.ok(&["info", "f1", "--show-log"]);
+    assert!(log.contains("criu-dump.log") && log.contains("Error"), "{}", &log[..log.len().min(400)]);
+    // a stateful stop that fails leaves it running too
+    let out = env.berth(&["stop", "--stateful", "f1"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("CheckpointFailed"), "{}", text(&out.stderr));
+    assert_eq!(env.status("f1"), "Running");
+    // and a stateless snapshot still works
+    env.ok(&["snapshot", "create", "f1", "files"]);
+}
+
+#[test]
+fn the_preflight_refuses_what_criu_cannot_checkpoint() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "p1"]);
+    env.ok(&["exec", "p1", "--", "sh", "-c", "unshare -U -r sleep 1000 >/dev/null 2>&1 </dev/null &"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = env.berth(&["snapshot", "create", "--stateful", "p1"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("NotSupported") && err.contains("nested user namespace") && err.contains("sleep"), "{err}");
+    assert!(snapshot_dirs(&env, "p1").is_empty());
+    assert_eq!(env.status("p1"), "Running");
+    let m = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "StatefulSupported"]);
+    assert_eq!(text(&m.stdout).trim(), "b true");
+}
+
+#[test]
+fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "m1"]);
+    // a process holding 150 MB of touched memory
+    env.ok(&["exec", "m1", "--", "sh", "-c", "awk 'BEGIN{s=sprintf(\"%150000000s\",\"\"); system(\"sleep 1000\")}' >/dev/null 2>&1 </dev/null &"]);
+    berth_tests::wait_for(std::time::Duration::from_secs(20), "the memory hog", || {
+        let out = env.berth(&["exec", "m1", "--", "sh", "-c", "awk '/VmRSS/{print $2}' /proc/$(pidof awk | cut -d' ' -f1)/status"]);
+        text(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 140_000
+    });
+    let bus = env.bus.clone();
+    let cli = berth_tests::bin_dir().join("berth");
+    let snap = std::thread::spawn(move || {
+        std::process::Command::new(cli).env("DBUS_SYSTEM_BUS_ADDRESS", bus).args(["snapshot", "create", "--stateful", "m1", "big"]).output().unwrap()
+    });
+    // the operation is visible while the dump runs, with the bytes dumped so far
+    let mut seen = None;
+    let t0 = std::time::Instant::now();
+    while seen.is_none() && t0.elapsed() < std::time::Duration::from_secs(30) && !snap.is_finished() {
+        let out = env.busctl(&["--json=short", "call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(p) = v["data"][0].as_array().and_then(|a| a.first()).and_then(|p| p.as_str()) {
+            let get = |prop: &str| text(&env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", prop]).stdout);
+            let verb = get("Operation");
+            if verb.contains("snapshot-create") {
+                seen = Some(verb);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = snap.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(seen.is_some(), "the stateful snapshot ran as an Operation");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["snapshot", "list", "m1", "--format", "json"])).unwrap();
+    assert!(v[0]["size"].as_u64().unwrap() > 140_000_000, "the images hold the memory: {v}");
+    env.ok(&["snapshot", "restore", "m1", "big"]);
+    assert!(env.ok(&["exec", "m1", "--", "ps"]).contains("awk"));
+}

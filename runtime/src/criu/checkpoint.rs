@@ -74,7 +74,7 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     req.opts = MessageField::some(o);
 
     let started = Instant::now();
-    let mut last = String::new();
+    let mut seen: Vec<String> = Vec::new();
     let mut hook_error: Option<String> = None;
     let done = AtomicBool::new(false);
     let resp = std::thread::scope(|scope| {
@@ -85,7 +85,7 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
             }
         });
         let r = call(plan.criu, &req, &mut |n| {
-            last = n.script().to_string();
+            seen.push(n.script().to_string());
             if n.script() == "post-dump"
                 && let Err(e) = post_dump()
             {
@@ -103,8 +103,8 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     }
     match &resp {
         Ok(r) if r.success() => {}
-        Ok(r) => return Err(failure("dump", &last, Ok(r), &log)),
-        Err(e) => return Err(failure("dump", &last, Err(e.as_str()), &log)),
+        Ok(r) => return Err(failure("dump", &seen, Ok(r), &log)),
+        Err(e) => return Err(failure("dump", &seen, Err(e.as_str()), &log)),
     }
     let memory_bytes = pages_bytes(plan.images);
     progress(memory_bytes);
@@ -118,7 +118,13 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     let data = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     std::fs::write(plan.images.join(META_FILE), data)
         .map_err(|e| Failure { step: "record the checkpoint".into(), message: e.to_string(), log: None })?;
-    Ok(DumpStats { memory_bytes, image_bytes: crate::storage::snapshots::disk_usage(plan.images), criu_us })
+    Ok(DumpStats { memory_bytes, image_bytes: apparent_size(plan.images), criu_us })
+}
+
+/// Bytes of the files of an images directory (CRIU writes no subdirectories).
+pub fn apparent_size(images: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(images) else { return 0 };
+    rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// Bytes of memory pages written to an images directory so far.

@@ -13,6 +13,7 @@
 //! namespaces exist.
 
 pub mod checkpoint;
+pub mod prepare;
 pub mod preflight;
 pub mod restore;
 
@@ -217,13 +218,32 @@ pub(crate) fn base_opts(images: &OwnedFd, work: &OwnedFd, log: &str) -> rpc::Cri
     o.set_file_locks(true);
     o.set_link_remap(true);
     o.set_ghost_limit(GHOST_LIMIT);
+    // inotify watches (systemd has many) are recorded by path, not by file handle: handles do
+    // not resolve through the idmapped mount a restore runs on
+    o.set_force_irmap(true);
     o.set_notify_scripts(true);
     o
 }
 
-/// A failure from CRIU's answer, the log and the last notification.
-pub(crate) fn failure(phase: &str, last: &str, resp: Result<&rpc::Criu_resp, &str>, log: &Path) -> Failure {
-    let step = if last.is_empty() { phase.to_string() } else { format!("{phase} (after {last})") };
+/// Where a dump or restore was when it failed, from the notifications seen (the clean-up
+/// ones, `network-unlock`, say nothing).
+pub(crate) fn step(phase: &str, seen: &[String]) -> String {
+    let has = |s: &str| seen.iter().any(|x| x == s);
+    let what = match phase {
+        "dump" if has("post-dump") => "finishing the dump",
+        "dump" if has("network-lock") => "dumping the processes (network locked)",
+        "dump" => "collecting the process tree",
+        _ if has("post-restore") => "resuming the restored processes",
+        _ if has("post-setup-namespaces") => "restoring the processes",
+        _ if has("setup-namespaces") => "setting up the restored namespaces",
+        _ => "preparing the restore",
+    };
+    format!("{phase}: {what}")
+}
+
+/// A failure from CRIU's answer, the log and the notifications seen.
+pub(crate) fn failure(phase: &str, seen: &[String], resp: Result<&rpc::Criu_resp, &str>, log: &Path) -> Failure {
+    let step = step(phase, seen);
     let message = first_error(log).unwrap_or_else(|| match resp {
         Ok(r) if !r.cr_errmsg().is_empty() => r.cr_errmsg().to_string(),
         Ok(r) => format!("criu failed (errno {})", r.cr_errno()),

@@ -6,6 +6,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+/// Namespaces CRIU checkpoints only at the root of the tree (nested mount and network
+/// namespaces it handles).
+const NESTED: &[&str] = &["user", "pid", "uts", "ipc", "cgroup", "time"];
+
 /// Socket families CRIU dumps.
 const KNOWN_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET];
 
@@ -13,15 +17,17 @@ const KNOWN_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, l
 pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
     let mut reasons = Vec::new();
     let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
-    let init_ns: Vec<_> = ["user", "pid"].iter().map(|k| ns(init, k)).collect();
+    let init_ns: Vec<_> = NESTED.iter().map(|k| ns(init, k)).collect();
     for &pid in pids {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
         let who = format!("process {pid} ({comm})");
         let mut nested = false;
-        for (i, kind) in ["user", "pid"].iter().enumerate() {
-            if ns(pid, kind) != init_ns[i] {
+        for (i, kind) in NESTED.iter().enumerate() {
+            // a process that exits meanwhile has no namespaces left to compare
+            let Some(mine) = ns(pid, kind) else { continue };
+            if Some(&mine) != init_ns[i].as_ref() {
                 // exec'd processes share init's namespaces; anything else made its own
-                reasons.push(format!("{who} runs in a nested {kind} namespace, which CRIU cannot checkpoint"));
+                reasons.push(format!("{who} runs in a nested {kind} namespace, which CRIU cannot checkpoint{}", hint(kind)));
                 nested = true;
             }
         }
@@ -32,6 +38,16 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
     }
     reasons.dedup();
     reasons
+}
+
+/// What a systemd unit setting behind a nested namespace is called.
+fn hint(kind: &str) -> &'static str {
+    match kind {
+        "uts" => " (a systemd unit with ProtectHostname=yes?)",
+        "ipc" => " (a systemd unit with PrivateIPC=yes?)",
+        "user" => " (a systemd unit with PrivateUsers=yes?)",
+        _ => "",
+    }
 }
 
 fn check_fds(pid: i32, who: &str, reasons: &mut Vec<String>) {
@@ -91,6 +107,43 @@ fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32)> {
         (r == 0).then_some(v)
     };
     Some((get(libc::SO_DOMAIN)?, get(libc::SO_PROTOCOL).unwrap_or(0)))
+}
+
+/// On a btrfs pool: whether `pid` watches `/etc/localtime` while it is a symlink (systemd does).
+/// CRIU cannot record that watch by path, and the file handle it falls back to names the
+/// subvolume the container ran on, which a restore replaces.
+pub fn symlink_watch(pid: i32) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let lt = std::fs::symlink_metadata(format!("/proc/{pid}/root/etc/localtime")).ok()?;
+    if !lt.file_type().is_symlink() {
+        return None;
+    }
+    let ino = lt.ino();
+    let rd = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+    for e in rd.flatten() {
+        let Ok(t) = std::fs::read_to_string(e.path()) else { continue };
+        let watched = t.lines().filter_map(|l| l.strip_prefix("inotify wd:")).any(|l| {
+            l.split_whitespace().find_map(|kv| kv.strip_prefix("ino:")).and_then(|h| u64::from_str_radix(h, 16).ok()) == Some(ino)
+        });
+        if watched {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            return Some(format!(
+                "process {pid} ({}) watches the symlink /etc/localtime, a watch CRIU cannot restore on a btrfs pool; make /etc/localtime a regular file (berth does when it creates a container with migration.stateful=true)",
+                comm.trim()
+            ));
+        }
+    }
+    None
+}
+
+/// Processes frozen halfway through a vfork: the parent waits for a child that the freezer
+/// stopped before it could exec, in a state ptrace cannot interrupt, so CRIU cannot seize it
+/// (it times out after 10 s: "Unseizable non-zombie … state D").
+pub fn vfork_waiters(pids: &[i32]) -> Vec<i32> {
+    pids.iter()
+        .copied()
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/wchan")).is_ok_and(|w| w.trim() == "kernel_clone"))
+        .collect()
 }
 
 /// Processes of a cgroup directory (recursively).

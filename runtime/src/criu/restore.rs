@@ -82,10 +82,10 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     req.set_type(rpc::Criu_req_type::RESTORE);
     req.opts = MessageField::some(o);
 
-    let mut last = String::new();
+    let mut seen: Vec<String> = Vec::new();
     let mut hook_error: Option<String> = None;
     let resp = call(&plan.criu, &req, &mut |n| {
-        last = n.script().to_string();
+        seen.push(n.script().to_string());
         if n.script() == "setup-namespaces"
             && let Err(e) = network(spec, n.pid())
         {
@@ -102,8 +102,8 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     }
     let resp = match resp {
         Ok(r) if r.success() => r,
-        Ok(r) => return Err(Error::Setup { step: failure("restore", &last, Ok(&r), &log).to_string(), errno: 0 }),
-        Err(e) => return Err(Error::Setup { step: failure("restore", &last, Err(&e), &log).to_string(), errno: 0 }),
+        Ok(r) => return Err(Error::Setup { step: failure("restore", &seen, Ok(&r), &log).to_string(), errno: 0 }),
+        Err(e) => return Err(Error::Setup { step: failure("restore", &seen, Err(&e), &log).to_string(), errno: 0 }),
     };
     let pid = resp.restore.pid();
     if pid <= 0 {
