@@ -105,6 +105,16 @@ impl FakeRuntime {
         v
     }
 
+    /// Stages snapshot files as an interrupted capture would leave them (no row).
+    pub fn capture_snapshot_for_test(&self, name: &str, id: &str) {
+        self.lock().snapshots.insert((name.into(), id.into()), FakeSnapshot { files: String::new(), committed: false, state: false });
+    }
+
+    /// Whether a stateful stop saved a state for `name`.
+    pub fn has_stop_state_for_test(&self, name: &str) -> bool {
+        self.lock().stop_states.contains_key(name)
+    }
+
     /// The next checkpoint of `name` fails with `msg`.
     pub fn fail_next_checkpoint(&self, name: &str, msg: &str) {
         self.lock().fail_checkpoint.insert(name.into(), msg.into());

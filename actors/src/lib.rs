@@ -27,3 +27,5 @@ pub use events::Event;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_snapshots;

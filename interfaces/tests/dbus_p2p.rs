@@ -256,3 +256,52 @@ fn extract_interface(xml: &str, iface: &str) -> String {
         body.join("\n  ").trim_end()
     )
 }
+
+/// Snapshots over D-Bus: objects under their container, typed errors for bad input, the
+/// polkit action that runs CRIU kept apart from the one that only copies files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_over_dbus() {
+    within(async {
+        let e = env(&[auth::CHECKPOINT]).await;
+        let m = ManagerProxy::new(&e.client).await.unwrap();
+        let none = HashMap::new();
+        let path = m.create_container("c1", "busybox", &HashMap::from([("start", Variant::from(true))])).await.unwrap();
+        let c = ContainerProxy::builder(&e.client).path(path).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let s = c.create_snapshot("", &none).await.unwrap();
+        assert_eq!(s.as_str(), "/org/berth/Berth1/container/c1/snapshot/snap0");
+        let sp = berth_interfaces::client::SnapshotProxy::builder(&e.client).path(s.clone()).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        assert_eq!(sp.name().await.unwrap(), "snap0");
+        assert!(!sp.stateful().await.unwrap());
+        // stateful needs the checkpoint action, which this caller is denied
+        let err = c.create_snapshot("live", &HashMap::from([("stateful", Variant::from(true))])).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.NotAuthorized");
+        let err = c.stop(&HashMap::from([("stateful", Variant::from(true))])).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.NotAuthorized");
+        // bad input
+        let err = c.create_snapshot("x/y", &none).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName");
+        let err = c.create_snapshot("s2", &HashMap::from([("stateful", Variant::from("yes"))])).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
+        let err = sp.restore(&HashMap::from([("colour", Variant::from(1u32))])).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
+        let err = c.stop(&HashMap::from([("stateful", Variant::from(true)), ("force", Variant::from(true))])).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
+        for bad in ["c1/", "/snap0", "c1/snap0/x", "c1/../x"] {
+            let err = m.copy_container(bad, "c2", &none).await.unwrap_err();
+            assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName", "{bad}");
+        }
+        let err = m.copy_container("c1/nope", "c2", &none).await.unwrap_err();
+        assert_eq!(err_name(&err), "org.berth.Berth1.Error.NoSuchSnapshot");
+        assert_eq!(c.list_snapshots().await.unwrap().len(), 1);
+        // a copy of the snapshot, then rename and delete
+        let copy = m.copy_container("c1/snap0", "c2", &none).await.unwrap();
+        assert_eq!(copy.as_str(), "/org/berth/Berth1/container/c2");
+        let renamed = sp.rename("first").await.unwrap();
+        assert_eq!(renamed.as_str(), "/org/berth/Berth1/container/c1/snapshot/first");
+        let fp = berth_interfaces::client::SnapshotProxy::builder(&e.client).path(renamed).build().await.unwrap();
+        fp.restore(&none).await.unwrap();
+        fp.delete().await.unwrap();
+        assert!(c.list_snapshots().await.unwrap().is_empty());
+    })
+    .await
+}
