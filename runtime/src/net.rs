@@ -322,14 +322,20 @@ pub fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
     (u32::from(a.0) & mask) == (u32::from(b.0) & mask)
 }
 
-/// A /24 for a new bridge that overlaps no route of the host (default route excepted) and
-/// none of `taken`.
+/// The prefix of a new bridge's network: a /20 holds 4093 containers (one bridge takes at
+/// most 1024 ports, so the addresses outlast the ports even for containers that are defined
+/// but stopped, which keep their lease).
+pub const BRIDGE_PREFIX: u8 = 20;
+
+/// A /20 (`BRIDGE_PREFIX`) in 10.0.0.0/8 for a new bridge that overlaps no route of the host
+/// (default route excepted) and none of `taken`.
 pub fn pick_subnet(taken: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
     let routes: Vec<(Ipv4Addr, u8)> = host_routes().into_iter().filter(|r| r.1 > 0).chain(taken.iter().copied()).collect();
+    let step = 1u16 << (24 - BRIDGE_PREFIX);
     (0u16..=255)
         .map(|i| (77u16 + i * 7) % 256)
-        .flat_map(|b| (0u8..=255).step_by(17).map(move |c| Ipv4Addr::new(10, b as u8, c, 0)))
-        .map(|n| (n, 24u8))
+        .flat_map(|b| (0u16..256).step_by(step as usize).map(move |c| Ipv4Addr::new(10, b as u8, c as u8, 0)))
+        .map(|n| (n, BRIDGE_PREFIX))
         .find(|n| !routes.iter().any(|r| overlaps(*n, *r)))
 }
 
@@ -386,7 +392,7 @@ struct BridgeState {
 pub struct BridgeNetwork {
     /// The bridge's name.
     pub bridge: String,
-    /// Its network (a /24).
+    /// Its network (a /20 when berth picked it; an older bridge keeps the /24 it had).
     pub subnet: (Ipv4Addr, u8),
     file: std::path::PathBuf,
     state: std::sync::Mutex<BridgeState>,
@@ -418,7 +424,7 @@ impl BridgeNetwork {
         let subnet = match parsed {
             Some(s) => s,
             None => {
-                let s = pick_subnet(&[]).ok_or_else(|| Error::Invalid("no free 10.x.y.0/24 for the bridge".into()))?;
+                let s = pick_subnet(&[]).ok_or_else(|| Error::Invalid("no free /20 in 10.0.0.0/8 for the bridge".into()))?;
                 state.subnet = format!("{}/{}", s.0, s.1);
                 s
             }
@@ -532,8 +538,11 @@ mod tests {
         assert!(parse_mac("00:16:3e:aa:bb").is_none());
         assert!(overlaps((Ipv4Addr::new(10, 0, 0, 0), 8), (Ipv4Addr::new(10, 77, 0, 0), 24)));
         assert!(!overlaps((Ipv4Addr::new(10, 78, 0, 0), 24), (Ipv4Addr::new(10, 77, 0, 0), 24)));
-        let s = pick_subnet(&[(Ipv4Addr::new(10, 77, 0, 0), 24)]).unwrap();
-        assert_ne!(s, (Ipv4Addr::new(10, 77, 0, 0), 24));
+        let taken = (Ipv4Addr::new(10, 77, 0, 0), 24);
+        let s = pick_subnet(&[taken]).unwrap();
+        assert_eq!(s.1, BRIDGE_PREFIX);
+        assert!(!overlaps(s, taken), "{s:?} overlaps {taken:?}");
+        assert_eq!(u32::from(s.0) & !(u32::MAX << (32 - BRIDGE_PREFIX)), 0, "{s:?} is not a network address");
         assert_eq!(parse_cidr("10.1.2.3/24"), Some((Ipv4Addr::new(10, 1, 2, 0), 24)));
         assert_eq!(parse_cidr("10.1.2.3/33"), None);
         assert!(check_ifname("berthbr0").is_ok());

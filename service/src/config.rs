@@ -19,7 +19,7 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
   --no-idmapped-mounts shift new containers' root filesystems with a one-time chown instead of
                        idmapped mounts (used automatically where the pool refuses them)
   --bridge NAME|none   host bridge for the containers' eth0 (default berthbr0; created with a
-                       10.x.y.0/24 that clashes with no host route); none: only loopback
+                       10.x.y.0/20 that clashes with no host route); none: only loopback
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir";
 

@@ -365,7 +365,7 @@ fn containers_get_an_address_on_the_bridge_and_reach_each_other() {
     assert_ne!(a1, a2);
     // configured before init ran: eth0 carries the recorded address, a default route exists
     let ip = env.ok(&["exec", "n1", "--", "ip", "-4", "addr", "show", "eth0"]);
-    assert!(ip.contains(&format!("inet {a1}/24")), "{ip}");
+    assert!(ip.contains(&format!("inet {a1}/20")), "{ip}");
     let routes = env.ok(&["exec", "n1", "--", "ip", "route"]);
     assert!(routes.lines().any(|l| l.starts_with("default via")), "{routes}");
     // container to container across the bridge, and host to container
@@ -375,7 +375,7 @@ fn containers_get_an_address_on_the_bridge_and_reach_each_other() {
     // the address is the container's for good: the same after a restart
     env.ok(&["restart", "--force", "n1"]);
     let ip = env.ok(&["exec", "n1", "--", "ip", "-4", "addr", "show", "eth0"]);
-    assert!(ip.contains(&format!("inet {a1}/24")), "{ip}");
+    assert!(ip.contains(&format!("inet {a1}/20")), "{ip}");
     // a deleted container's address is free again, and its host veth is gone
     env.ok(&["delete", "--force", "n2"]);
     env.ok(&["launch", "busybox", "n3"]);
