@@ -251,6 +251,19 @@ pub fn ns_inode(pid: Option<libc::pid_t>, kind: &str) -> io::Result<u64> {
     Ok(std::fs::metadata(p)?.ino())
 }
 
+/// Sets the soft limit on open files to `soft` (at most the hard limit); returns the soft
+/// limit now in force. berthd raises it to the hard limit (it holds a socket per running
+/// container); monitors bring it back to the conventional 1024 for what runs in containers.
+pub fn set_nofile_soft(soft: u64) -> io::Result<u64> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into a valid rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
+    r.rlim_cur = soft.min(r.rlim_max);
+    // SAFETY: setrlimit reads a valid rlimit.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) })?;
+    Ok(r.rlim_cur)
+}
+
 /// A pipe with both ends close-on-exec.
 pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

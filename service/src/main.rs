@@ -42,6 +42,10 @@ fn main() -> ExitCode {
             }
         },
         config::Command::Run(cfg) => {
+            // one socket per running container: 1024 open files would cap them below that
+            if let Err(e) = berth_runtime::sys::set_nofile_soft(u64::MAX) {
+                eprintln!("berthd: cannot raise the open-file limit: {e}");
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -102,6 +102,8 @@ pub fn main_stdio() -> ! {
     }
     // SAFETY: plain syscall.
     unsafe { libc::setsid() };
+    // berthd runs with its soft limit raised; the container gets the usual default
+    let _ = sys::set_nofile_soft(1024);
     match prepare(&spec) {
         Ok(mut m) => {
             report(&StartReport::Ok { init_pid: m.init.pid, monitor_pid: std::process::id() as i32 });
