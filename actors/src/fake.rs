@@ -212,6 +212,11 @@ impl Runtime for FakeRuntime {
         Ok(reason.into())
     }
 
+    async fn disconnect(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        self.lock().log.push(format!("disconnect {}", rec.name));
+        Ok(())
+    }
+
     async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError> {
         Ok(self.lock().running.get(name).copied())
     }

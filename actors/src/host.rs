@@ -255,8 +255,7 @@ impl HostRuntime {
     }
 
     fn remove_host_veths(&self, rec: &ContainerRecord) {
-        if let (Some(net), Ok(mut nl)) = (&self.network, berth_runtime::net::Netlink::open()) {
-            let _ = net;
+        if let (Some(_), Ok(mut nl)) = (&self.network, berth_runtime::net::Netlink::open()) {
             for nic in self.nics(rec).unwrap_or_default() {
                 let _ = nl.delete(&nic.host_name);
             }
@@ -485,6 +484,15 @@ impl Runtime for SharedHost {
                 None => return Err(RuntimeError::NotRunning),
             }
         }
+    }
+
+    async fn disconnect(&self, rec: &ContainerRecord) -> Result<(), RuntimeError> {
+        let (h, rec) = (self.0.clone(), rec.clone());
+        blocking(move || {
+            h.remove_host_veths(&rec);
+            Ok(())
+        })
+        .await
     }
 
     async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError> {

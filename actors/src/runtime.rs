@@ -141,6 +141,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Stops the container: `signal` (None = the init's power-off signal), SIGKILL after
     /// `timeout` (zero = at once). Returns once init is gone, with the reason.
     async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError>;
+    /// Cuts the running container off its network without a word to its peers (its host
+    /// veths go), so that killing its tree closes no connection: a stateful restore onto it
+    /// brings those connections back. Idempotent.
+    async fn disconnect(&self, rec: &ContainerRecord) -> Result<(), RuntimeError>;
     /// Whether the container runs (reconciliation after a daemon restart).
     async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError>;
     /// Events of a running container until it stops (the channel closes after `Exited`).

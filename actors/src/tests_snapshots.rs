@@ -99,6 +99,13 @@ async fn snapshots_are_reloaded_and_debris_swept_after_a_restart() {
         assert!(list[0].stateful);
         assert_eq!(rt.snapshot_dirs("c1").len(), 1, "debris no row names is swept: {:?}", rt.snapshot_dirs("c1"));
         e.restore_snapshot("c1", "keep", None, 0).await.unwrap();
+        // the tree a stateful restore replaces is cut off its network before it is killed, so
+        // that its death closes none of the connections the restored tree takes over
+        let log = rt.log();
+        let cut = log.iter().rposition(|l| l == "disconnect c1").expect("disconnected first");
+        let killed = log.iter().rposition(|l| l == "stop c1 force").expect("the running tree is killed");
+        assert!(cut < killed, "{log:?}");
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Running);
         // deleting the container removes its snapshots' rows (and files)
         e.delete_container("c1", true).await.unwrap();
         assert!(rt.snapshot_dirs("c1").is_empty());

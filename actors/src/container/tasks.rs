@@ -203,6 +203,11 @@ impl ContainerState {
             let what = format!("container {}", rec.name);
             let res = async {
                 if was_running {
+                    // the restored tree takes over the connections of this one: its death
+                    // must not close them (a FIN or RST would reach every peer)
+                    if op2.is_some() {
+                        rt.disconnect(&rec).await.map_err(|e| map_rt(Op::Restore, what.clone(), e))?;
+                    }
                     match rt.stop(&rec, true, Duration::ZERO).await {
                         Ok(_) | Err(RuntimeError::NotRunning) => {}
                         Err(e) => return Err(map_rt(Op::Stop, what.clone(), e)),
