@@ -33,6 +33,8 @@ pub struct Options {
     /// Run the bus (and so berthd, its monitors and containers) in a mount namespace whose
     /// /sys/fs/cgroup is the cgroup2 tree alone: a pure cgroup v2 host.
     pub cgroup_v2: bool,
+    /// Size of a btrfs pool's loop file (default 1GiB).
+    pub pool_size: Option<String>,
 }
 
 /// The repository root.
@@ -109,7 +111,7 @@ impl Env {
         env.write_bus_config(&opts.daemon_args);
         env.start_bus(opts.cgroup_v2);
         env.start_polkitd();
-        env.init_pool(storage);
+        env.init_pool(storage, opts.pool_size.as_deref().unwrap_or("1GiB"));
         env.ok(&["image", "build", "busybox", "--alias", "busybox"]);
         env
     }
@@ -195,12 +197,12 @@ impl Env {
         wait_for(Duration::from_secs(10), "polkitd", || self.name_owned("org.freedesktop.PolicyKit1"));
     }
 
-    fn init_pool(&self, storage: Storage) {
+    fn init_pool(&self, storage: Storage, size: &str) {
         let mut cmd = Command::new(bin("berthd"));
         cmd.arg("init").arg("--state-dir").arg(&self.state);
         match storage {
             Storage::Dir => cmd.args(["--storage", "dir"]),
-            Storage::Btrfs => cmd.args(["--storage", "btrfs", "--size", "1GiB"]),
+            Storage::Btrfs => cmd.args(["--storage", "btrfs", "--size", size]),
         };
         let out = run(&mut cmd, Duration::from_secs(60));
         assert!(out.status.success(), "berthd init: {}", text(&out.stderr));

@@ -1,0 +1,129 @@
+//! What every section of the benchmark shares: the D-Bus client of an environment, timing,
+//! memory readings and the monitors' status.
+
+use berth_interfaces::client::{ContainerProxy, ManagerProxy, SnapshotProxy};
+use berth_runtime::monitor::client::Conn;
+use berth_runtime::monitor::proto::{Reply, Request, Status};
+use berth_tests::Env;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use zbus::Variant;
+use zbus::proxy::CacheProperties;
+use zbus::OwnedObjectPath;
+
+/// Options for a D-Bus method.
+pub type Opts = HashMap<&'static str, Variant<'static>>;
+
+/// No options.
+pub fn none() -> Opts {
+    HashMap::new()
+}
+
+/// One boolean option.
+pub fn flag(key: &'static str) -> Opts {
+    HashMap::from([(key, Variant::from(true))])
+}
+
+/// Milliseconds of a duration.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Times one future, in milliseconds.
+pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (f64, T) {
+    let t = Instant::now();
+    let v = f.await;
+    (ms(t.elapsed()), v)
+}
+
+/// A client of one environment's berthd.
+pub struct Api {
+    /// The bus connection.
+    pub conn: zbus::Connection,
+    /// The Manager.
+    pub m: ManagerProxy<'static>,
+}
+
+impl Api {
+    /// Connects to the environment's private bus (berthd is activated by the first call).
+    pub async fn new(env: &Env) -> Api {
+        let conn = zbus::connection::Builder::address(env.bus.as_str()).build().await.expect("connect to the private bus");
+        let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await.expect("manager proxy");
+        Api { conn, m }
+    }
+
+    /// The Container object at `path`.
+    pub async fn container(&self, path: OwnedObjectPath) -> ContainerProxy<'static> {
+        ContainerProxy::builder(&self.conn).path(path).cache_properties(CacheProperties::No).build().await.expect("container proxy")
+    }
+
+    /// The Snapshot object at `path`.
+    pub async fn snapshot(&self, path: OwnedObjectPath) -> SnapshotProxy<'static> {
+        SnapshotProxy::builder(&self.conn).path(path).cache_properties(CacheProperties::No).build().await.expect("snapshot proxy")
+    }
+
+    /// Creates and starts `name` from the busybox image.
+    pub async fn launch(&self, name: &str) -> zbus::Result<OwnedObjectPath> {
+        self.m.create_container(name, "busybox", &flag("start")).await
+    }
+
+    /// Deletes `name`, running or not.
+    pub async fn delete(&self, name: &str) {
+        self.m.delete_container(name, &flag("force")).await.unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    }
+}
+
+/// A kernel figure from `/proc/<pid>/<file>` (`VmRSS:` of status, `Pss:` of smaps_rollup), KiB.
+fn proc_kib(pid: i32, file: &str, key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident set of a process, MiB.
+pub fn rss_mib(pid: i32) -> Option<f64> {
+    proc_kib(pid, "status", "VmRSS:").map(|k| k / 1024.0)
+}
+
+/// Proportional set of a process, MiB.
+pub fn pss_mib(pid: i32) -> Option<f64> {
+    proc_kib(pid, "smaps_rollup", "Pss:").map(|k| k / 1024.0)
+}
+
+/// Memory in use on the host (MemTotal − MemAvailable), MiB.
+pub fn host_used_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let get = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (get("MemTotal:") - get("MemAvailable:")) / 1024.0
+}
+
+/// Drops clean caches so that memory readings compare like with like.
+pub fn settle_memory() {
+    // SAFETY: sync has no failure mode.
+    unsafe { libc::sync() };
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// The monitor of a running container, asked on its socket.
+pub fn monitor_status(env: &Env, name: &str) -> Option<Status> {
+    let conn = Conn::connect(&env.run.join("containers").join(name).join("monitor.sock")).ok()?;
+    match conn.call(&Request::Status).ok()? {
+        Reply::Status(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// berthd's pid, from the bus.
+pub fn daemon_pid(env: &Env) -> i32 {
+    env.daemon_pid().expect("berthd runs") as i32
+}
+
+/// Stops berthd (SIGTERM: a clean exit, containers keep running) and waits for its name to go.
+pub fn stop_daemon(env: &Env) {
+    if let Some(pid) = env.daemon_pid() {
+        // SAFETY: kill(2) on berthd's pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        berth_tests::wait_for(Duration::from_secs(30), "berthd to exit", || !env.name_owned("org.berth.Berth1"));
+        berth_tests::wait_for(Duration::from_secs(10), "berthd's process to end", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
