@@ -84,6 +84,18 @@ pub struct Db {
 impl Db {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db> {
+        // root only (SQLite gives the -wal and -shm files the database's mode)
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::Store(format!("chmod {}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path)?;
         Self::setup(conn)
     }

@@ -48,13 +48,14 @@ const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
 pub fn start(spec: &ContainerSpec) -> Result<Started> {
     let console = pty::open_console(spec.idmap.uid_base, spec.idmap.gid_base)?;
     let (parent_sock, child_sock) = seqpacket_pair()?;
+    let target = mount_point(spec)?;
 
     // SAFETY: the caller is single-threaded (documented contract); the child only runs
     // `child_main`, which ends in exec or _exit.
     match unsafe { sys::clone3_fork(CLONE_FLAGS as u64) }.step(|| "clone the container's init")? {
         sys::Forked::Child => {
             drop(parent_sock);
-            child_main(spec, child_sock.as_fd(), console.slave.as_raw_fd(), &console.slave_path)
+            child_main(spec, child_sock.as_fd(), &target, console.slave.as_raw_fd(), &console.slave_path)
         }
         sys::Forked::Parent { pid, pidfd } => {
             drop(child_sock);
@@ -105,6 +106,18 @@ fn parent_side(spec: &ContainerSpec, pid: libc::pid_t, sock: &OwnedFd) -> Result
     Err(Error::Setup { step, errno })
 }
 
+/// The empty directory the child attaches its rootfs on, in its own mount namespace:
+/// `<run_dir>/root`, reachable by the container's root. The rootfs itself lies in the pool,
+/// whose directories are root's alone (0700: its files belong to host uid 0 on disk), so the
+/// container's root could not walk the path to it.
+fn mount_point(spec: &ContainerSpec) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = spec.run_dir.join("root");
+    std::fs::create_dir_all(&p).step(|| format!("create {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).step(|| format!("chmod {}", p.display()))?;
+    Ok(p)
+}
+
 /// A detached clone of `rootfs`, idmapped through the user namespace of `idmap_pid` if given.
 pub fn rootfs_mount(rootfs: &Path, idmap_pid: Option<libc::pid_t>) -> Result<OwnedFd> {
     let mnt = sys::open_tree(rootfs, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)
@@ -124,8 +137,8 @@ pub fn rootfs_mount(rootfs: &Path, idmap_pid: Option<libc::pid_t>) -> Result<Own
 }
 
 /// Child: wait for "go", become root in the new namespaces, build the rootfs, exec init.
-fn child_main(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console: &Path) -> ! {
-    let failure = match child_setup(spec, sock, slave, console) {
+fn child_main(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave: RawFd, console: &Path) -> ! {
+    let failure = match child_setup(spec, sock, target, slave, console) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -136,7 +149,7 @@ fn child_main(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console:
 
 enum Never {}
 
-fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console: &Path) -> Result<Never, SetupFailure> {
+fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave: RawFd, console: &Path) -> Result<Never, SetupFailure> {
     let (n, mnt) = recv_fd(sock).map_err(|error| SetupFailure { step: "receive the rootfs mount".into(), error })?;
     let mnt = match (n, mnt) {
         (2, Some(m)) => m,
@@ -147,7 +160,7 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, slave: RawFd, console
     os(|| sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map(drop), "unshare the cgroup namespace")?;
     configure_network(&spec.nics).map_err(|e| SetupFailure { step: e.to_string(), error: io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO)) })?;
 
-    let plan = RootfsPlan { rootfs: &spec.rootfs, cgroups: &spec.cgroups.layout, console };
+    let plan = RootfsPlan { rootfs: &spec.rootfs, target, cgroups: &spec.cgroups.layout, console };
     rootfs::setup(&plan, mnt.as_fd())?;
     drop(mnt);
 

@@ -40,8 +40,11 @@ pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "t
 /// What the child needs for its filesystem view.
 #[derive(Debug)]
 pub struct RootfsPlan<'a> {
-    /// Host path of the rootfs directory (the detached mount is attached over it).
+    /// Host path of the rootfs directory (for messages).
     pub rootfs: &'a Path,
+    /// An empty directory the container's root can reach, where the detached mount is
+    /// attached; everything after works relative to the mount itself.
+    pub target: &'a Path,
     /// The host's cgroup layout, mounted inside the container's cgroup namespace.
     pub cgroups: &'a Layout,
     /// Host path of the console pty's slave, bind-mounted on /dev/console.
@@ -62,8 +65,11 @@ pub fn setup(plan: &RootfsPlan<'_>, rootfs_mnt: BorrowedFd<'_>) -> R {
     // Nothing we mount may propagate back to the host.
     sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_SLAVE, None)
         .at(|| "make / a recursive slave".into())?;
-    let root = plan.rootfs;
-    sys::move_mount_to(rootfs_mnt, root).at(|| format!("attach the rootfs mount on {}", root.display()))?;
+    sys::move_mount_to(rootfs_mnt, plan.target)
+        .at(|| format!("attach the rootfs mount of {} on {}", plan.rootfs.display(), plan.target.display()))?;
+    // from here on the rootfs is the working directory: no host path is walked again
+    sys::fchdir(rootfs_mnt).at(|| "enter the rootfs".into())?;
+    let root = Path::new(".");
 
     let proc_ = ensure_dir(root, "proc")?;
     sys::mount(Some(Path::new("proc")), &proc_, fs(c"proc"), NOSUID | NODEV | NOEXEC, None)

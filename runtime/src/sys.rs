@@ -131,6 +131,12 @@ pub fn move_mount_to(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
+/// `fchdir(2)`.
+pub fn fchdir(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::fchdir(fd.as_raw_fd()) }).map(drop)
+}
+
 /// `mount(2)` with optional source, fstype and data.
 pub fn mount(
     source: Option<&Path>,

@@ -383,3 +383,40 @@ fn containers_get_an_address_on_the_bridge_and_reach_each_other() {
     let links = text(&std::process::Command::new("ip").args(["-o", "link", "show", "master", &env.bridge]).output().unwrap().stdout);
     assert_eq!(links.lines().count(), 2, "one veth per running container: {links}");
 }
+
+#[test]
+fn host_users_cannot_reach_container_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let user = unprivileged_user();
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "s"]);
+    // container root makes a setuid-root program: on disk it belongs to host uid 0
+    env.ok(&["exec", "s", "--", "sh", "-c", "cp /bin/busybox /suid && chmod 4755 /suid"]);
+    let planted = env.pool().join("containers/s/rootfs/suid");
+    let run_as = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid", user, "--regid", user, "--clear-groups"]).args(args);
+        berth_tests::run(&mut cmd, Duration::from_secs(10))
+    };
+    let out = run_as(&[planted.to_str().unwrap(), "id", "-u"]);
+    assert!(!out.status.success() && !text(&out.stdout).contains('0'), "a host user ran the container's setuid file: {}", text(&out.stdout));
+    // nor the image's files, the snapshots', the database or the console log
+    env.ok(&["snapshot", "create", "s", "snap"]);
+    for p in [
+        env.pool().join("images"),
+        env.pool().join("containers"),
+        env.pool().join("snapshots"),
+        env.state.join("berth.db"),
+        env.run.join("containers/s/console.log"),
+    ] {
+        assert!(p.exists(), "{} exists", p.display());
+        let out = run_as(&[if p.is_dir() { "ls" } else { "cat" }, p.to_str().unwrap()]);
+        assert!(!out.status.success(), "{} is readable by {user}: {}", p.display(), text(&out.stdout));
+    }
+    // what made this matter: on disk the file is a setuid program of host root
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&planted).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+}

@@ -22,6 +22,7 @@ use proto::{ExitInfo, ExitReason, Reply, Request, Status};
 use trim::{IDLE_TRIM_MS, Trimmer};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,6 +149,7 @@ fn prepare(spec: &ContainerSpec) -> Result<Monitor> {
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(files.monitor_log())
         .step(|| "open the monitor log")?;
     let null = std::fs::OpenOptions::new().read(true).open("/dev/null").step(|| "open /dev/null")?;
@@ -251,11 +253,14 @@ struct ConsoleLog {
 
 impl ConsoleLog {
     fn open(path: &Path, max: u64) -> Result<Self> {
+        // what a container writes on its console is its own business, not other host users'
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .step(|| format!("open {}", path.display()))?;
+        let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(ConsoleLog { path: path.to_path_buf(), file, size, max: max.max(4096) })
     }
@@ -265,7 +270,7 @@ impl ConsoleLog {
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
             let _ = std::fs::rename(&self.path, &old);
-            if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path) {
                 self.file = f;
                 self.size = 0;
             }

@@ -129,10 +129,13 @@ impl Pool {
         if self.cfg.driver == DriverKind::Btrfs && !btrfs::is_btrfs(p) {
             return Err(Error::Pool { path: p.clone(), reason: "not a btrfs filesystem".into() });
         }
-        for d in ["images", "containers"] {
+        // root only: image and container files are owned by host uid 0 on disk (the idmapped
+        // mount shifts them for the container), so a setuid file in them would be a setuid-root
+        // program for any host user who could reach it
+        for d in ["images", "containers", "snapshots"] {
             let dir = p.join(d);
             std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).step(|| format!("chmod {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", dir.display()))?;
         }
         Ok(())
     }
