@@ -45,6 +45,9 @@ fn lifecycle(storage: Storage) {
     for cap in [16, 17, 25, 32, 33] {
         assert_eq!(bits & (1 << cap), 0, "capability {cap} left in the bounding set: {capbnd}");
     }
+    // and what exec runs has the same bounding set as init, not the monitor's full one
+    let exec_bnd = env.ok(&["exec", "c1", "--", "grep", "CapBnd", "/proc/self/status"]);
+    assert_eq!(exec_bnd.trim(), capbnd.trim(), "an exec'd process kept capabilities init does not have");
     // no host fd leaked into init: only the console on 0, 1 and 2
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{init}/fd")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(fds.iter().all(|f| ["0", "1", "2"].contains(&f.as_str())), "init has fds {fds:?}");

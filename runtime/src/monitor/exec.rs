@@ -56,7 +56,7 @@ pub fn spawn(
     // SAFETY: the monitor is single-threaded; the child ends in _exit.
     match unsafe { sys::clone3_fork(0) }.step(|| "fork the exec helper")? {
         sys::Forked::Child => {
-            let code = helper(init_pidfd, flags, cgroups, req, stdio, conn);
+            let code = helper(init_pid, init_pidfd, flags, cgroups, req, stdio, conn);
             sys::exit_now(code)
         }
         sys::Forked::Parent { pid, pidfd } => Ok(ExecChild { pid, pidfd }),
@@ -65,6 +65,7 @@ pub fn spawn(
 
 /// The helper: returns the exit code to report.
 fn helper(
+    init_pid: libc::pid_t,
     init_pidfd: BorrowedFd<'_>,
     flags: libc::c_int,
     cgroups: &ContainerCgroups,
@@ -76,6 +77,12 @@ fn helper(
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         let _ = sys::write_all_fd(err_fd, format!("berth: exec: {what}: {e}\n").as_bytes());
         126
+    };
+    // exec'd processes get init's bounding set (what the container was started with), not
+    // the monitor's full one
+    let bounding = match bounding_set(init_pid) {
+        Ok(b) => b,
+        Err(e) => return fail("read init's capability bounding set", &e),
     };
     if let Err(e) = cgroups.attach(0) {
         return fail("join the container's cgroups", &e);
@@ -101,7 +108,7 @@ fn helper(
     // exec or _exit.
     let child = match unsafe { sys::clone3_fork(0) } {
         Ok(sys::Forked::Child) => {
-            let e = payload(req, stdio, tty.as_ref().map(|(_, s)| s.as_raw_fd()));
+            let e = payload(req, stdio, tty.as_ref().map(|(_, s)| s.as_raw_fd()), bounding);
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             let _ = sys::write_all_fd(report_w.as_raw_fd(), &errno.to_le_bytes());
             sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 })
@@ -143,8 +150,30 @@ pub fn shell_status(status: libc::c_int) -> i32 {
 }
 
 /// The process itself: stdio, session, ids, cwd, environment, exec. Returns only on failure.
-fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>) -> io::Error {
+/// The capability bounding set of process `pid` (`CapBnd:` of its status).
+fn bounding_set(pid: libc::pid_t) -> io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapBnd line"))
+}
+
+/// Drops from our bounding set every capability not in `keep` (a CapBnd mask).
+fn limit_bounding_set(keep: u64) -> io::Result<()> {
+    for cap in caps::all() {
+        let bit = cap.index();
+        if bit < 64 && keep & (1u64 << bit) == 0 && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| io::Error::other(format!("drop {cap}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bounding: u64) -> io::Error {
     let r = (|| -> io::Result<()> {
+        limit_bounding_set(bounding)?;
         // SAFETY: plain syscalls.
         sys::cvt(unsafe { libc::setsid() })?;
         match tty_slave {
