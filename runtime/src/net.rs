@@ -240,13 +240,20 @@ impl Netlink {
             m.u32(IFLA_MTU, nic.mtu);
         }
         m.end().end().end();
-        match self.call(&mut m, &format!("create veth {}", nic.host_name)) {
-            Err(e) if e.errno() == Some(libc::EEXIST) => {
-                // a leftover host end from a container that died uncleanly: replace it
-                self.delete(&nic.host_name)?;
-                self.call(&mut m, &format!("create veth {}", nic.host_name))?;
+        // A leftover host end (a container that died uncleanly, or the previous run's network
+        // namespace still being torn down by the kernel, which happens in the background and
+        // holds the name for a while after init is reaped): replace it, or wait for it to go.
+        let what = format!("create veth {}", nic.host_name);
+        let mut tries = 0;
+        loop {
+            match self.call(&mut m, &what) {
+                Err(e) if e.errno() == Some(libc::EEXIST) && tries < 200 => {
+                    tries += 1;
+                    self.delete(&nic.host_name)?;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => break r?,
             }
-            r => r?,
         }
         let host = self.index(&nic.host_name).ok_or_else(|| Error::Protocol(format!("veth {} vanished", nic.host_name)))?;
         self.set_up(host, &format!("bring up {}", nic.host_name))

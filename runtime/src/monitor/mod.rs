@@ -183,7 +183,7 @@ fn prepare(spec: &ContainerSpec) -> Result<Monitor> {
     Ok(Monitor {
         spec: spec.clone(),
         files,
-        _lock: lock,
+        lock: Some(lock),
         listener,
         init,
         started_at_us: proto::now_us(),
@@ -299,7 +299,8 @@ struct Exec {
 struct Monitor {
     spec: ContainerSpec,
     files: RunFiles,
-    _lock: std::fs::File,
+    /// Held while this monitor owns the container; let go before `Exited` is reported.
+    lock: Option<std::fs::File>,
     listener: OwnedFd,
     init: Started,
     started_at_us: u64,
@@ -562,6 +563,9 @@ impl Monitor {
             log(&format!("write exit record: {e}"));
         }
         let _ = std::fs::remove_file(self.files.socket());
+        // the container is free before anyone hears it stopped: a start that follows the
+        // reply at once (a restart) must not find this monitor still holding it
+        self.lock = None;
         let ev = Reply::Exited(info);
         let targets: Vec<u64> = self.clients.iter().filter(|c| c.watch || c.stop_waiter).map(|c| c.id).collect();
         for id in targets {
