@@ -156,6 +156,11 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave:
         _ => return Err(SetupFailure { step: "receive the rootfs mount".into(), error: io::Error::from_raw_os_error(libc::EPROTO) }),
     };
     os(become_root, "become root in the user namespace")?;
+    // init dies with its monitor (as LXC's does): a container nobody reaps, watches or can
+    // exec into would be running while berth records it stopped. Set after the id change,
+    // which clears it; the monitor cannot have died yet, since it just sent "go".
+    // SAFETY: plain syscall.
+    os(|| sys::cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }).map(drop), "set the parent-death signal")?;
     // SAFETY: plain syscall.
     os(|| sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map(drop), "unshare the cgroup namespace")?;
     configure_network(&spec.nics).map_err(|e| SetupFailure { step: e.to_string(), error: io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO)) })?;

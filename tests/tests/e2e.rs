@@ -204,6 +204,32 @@ fn containers_survive_berthd_being_killed() {
 }
 
 #[test]
+fn a_container_does_not_outlive_its_monitor() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "m"]);
+    env.ok(&["exec", "m", "--", "sh", "-c", "sleep 1000 >/dev/null 2>&1 </dev/null &"]);
+    let init = env.init_pid("m");
+    let conn = berth_runtime::monitor::client::Conn::connect(&env.run.join("containers/m/monitor.sock")).unwrap();
+    let monitor = match conn.call(&berth_runtime::monitor::proto::Request::Status).unwrap() {
+        berth_runtime::monitor::proto::Reply::Status(s) => s.monitor_pid,
+        other => panic!("{other:?}"),
+    };
+    drop(conn);
+    // SAFETY: kill -9 of the container's monitor.
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    // init goes with it (and the rest of the container with init), and berth says so
+    wait_for(Duration::from_secs(10), "the container to be recorded stopped", || env.status("m") == "Stopped");
+    wait_for(Duration::from_secs(10), "the container's processes to end", || env.processes().iter().all(|p| *p as i32 == monitor || !std::path::Path::new(&format!("/proc/{p}")).exists()));
+    assert!(!std::path::Path::new(&format!("/proc/{init}/status")).exists() || std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default().contains(") Z "), "init {init} outlived its monitor");
+    // and it starts again as one container, not two
+    env.ok(&["start", "m"]);
+    assert_eq!(env.ok(&["exec", "m", "--", "sh", "-c", "ps | grep '[s]leep 1000' | wc -l"]).trim(), "0");
+}
+
+#[test]
 fn an_unprivileged_caller_is_refused_by_polkit() {
     if !root_or_skip() {
         return;
