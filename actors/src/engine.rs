@@ -76,7 +76,7 @@ impl Engine {
 
     /// Creates a container (and starts it if asked).
     pub async fn create_container(&self, req: CreateRequest) -> Result<(ContainerInfo, Created)> {
-        if !req.name.is_empty() {
+        if !(req.name.is_empty() && req.pick_name) {
             validate_name(&req.name)?;
         }
         ractor::call!(self.manager, ManagerMsg::Create, Box::new(req)).map_err(gone("the manager"))?

@@ -110,9 +110,11 @@ async fn create_is_idempotent_and_refuses_clashes() {
         assert_eq!(c, Created::Identity);
         r.config.insert("user.role".into(), "db".into());
         assert!(matches!(e.create_container(r).await, Err(Error::AlreadyExists { .. })));
-        // an unnamed create picks a free name
-        let (i, _) = e.create_container(req("")).await.unwrap();
-        validate_name(&i.name).unwrap();
+        // an unnamed create that asks for a name gets a free one, twice over
+        let (a, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
+        let (b, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
+        validate_name(&a.name).unwrap();
+        assert_ne!(a.name, b.name);
     })
     .await
 }
@@ -124,13 +126,15 @@ async fn bad_input_changes_nothing() {
         for bad in ["", "-x", "a/b", "..", "x".repeat(64).as_str(), "a_b"] {
             let mut r = req("ok");
             r.name = bad.to_string();
-            if bad.is_empty() {
-                continue; // empty means "pick one" for create
-            }
             assert!(matches!(e.create_container(r).await, Err(Error::InvalidName { .. })), "{bad}");
             assert!(matches!(e.container(bad).await, Err(Error::InvalidName { .. })), "{bad}");
         }
         assert!(matches!(e.start_container("", Default::default()).await, Err(Error::InvalidName { .. })));
+        assert!(e.list_containers().await.unwrap().is_empty(), "nothing was created");
+        // an empty name asking for one to be picked gets one
+        let picked = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap().0;
+        assert!(validate_name(&picked.name).is_ok() && !picked.name.is_empty(), "{:?}", picked.name);
+        e.delete_container(&picked.name, true).await.unwrap();
         let mut r = req("c2");
         r.image = "nope".into();
         assert_eq!(e.create_container(r).await, Err(Error::NoSuchImage("nope".into())));

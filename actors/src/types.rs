@@ -200,8 +200,11 @@ pub enum Created {
 /// A request to create a container.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CreateRequest {
-    /// Name; empty to let berth pick one.
+    /// Name (empty only with `pick_name`).
     pub name: String,
+    /// With an empty name, let berth pick a free one (such as `brisk-otter`), as `lxc launch
+    /// IMAGE` does. An empty name without it is an invalid name.
+    pub pick_name: bool,
     /// Image alias, fingerprint or unique prefix.
     pub image: String,
     /// Start after creation.
@@ -221,8 +224,10 @@ pub struct CopyRequest {
     pub source: String,
     /// Copy this snapshot of it instead of its current files.
     pub snapshot: Option<String>,
-    /// The new container's name; empty to let berth pick one.
+    /// The new container's name (empty only with `pick_name`).
     pub name: String,
+    /// With an empty name, let berth pick a free one.
+    pub pick_name: bool,
     /// Config set over the source's.
     pub config: BTreeMap<String, String>,
     /// Profiles (default: the source's).

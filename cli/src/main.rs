@@ -401,14 +401,18 @@ async fn create(conn: &Connection, m: &ManagerProxy<'_>, a: CreateArgs, start: b
     if a.ephemeral {
         o.insert("ephemeral", true.into());
     }
+    // no NAME: berth picks one (an explicitly empty NAME is an invalid name)
+    let pick = a.name.is_none();
     let name = a.name.unwrap_or_default();
-    if !name.is_empty() {
+    if pick {
+        o.insert("pick-name", true.into());
+    } else {
         println!("Creating {name}");
     }
     let path = m.create_container(&name, &a.image, &o).await?;
     let c = container_at(conn, path).await?;
     let actual = c.name().await?;
-    if name.is_empty() {
+    if pick {
         println!("Creating {actual}");
     }
     if start {

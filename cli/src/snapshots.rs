@@ -157,6 +157,9 @@ pub(crate) async fn copy(
     if start {
         o.insert("start", true.into());
     }
+    if name.is_none() {
+        o.insert("pick-name", true.into());
+    }
     let path = m.copy_container(source, name.as_deref().unwrap_or(""), &o).await?;
     let c = crate::container_at(conn, path).await?;
     println!("Copied {source} to {}", c.name().await?);

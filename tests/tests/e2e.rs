@@ -268,16 +268,19 @@ fn bad_input_gets_a_specific_error_and_changes_nothing() {
     let env = Env::new(Storage::Dir);
     let bad_names = ["", "-x", "x-", "9lives", "a/b", "..", "a..b", "under_score", &"n".repeat(64)];
     for name in bad_names {
-        if name.is_empty() {
-            continue;
-        }
         let out = env.berth(&["init", "busybox", "--", name]);
         assert_eq!(out.status.code(), Some(1), "{name}");
         assert!(text(&out.stderr).contains("InvalidName"), "{name}: {}", text(&out.stderr));
     }
-    // the empty name, straight over D-Bus to the by-name method
-    let out = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "StartContainer", "sa{sv}", "", "0"]);
-    assert!(!out.status.success());
+    // the empty name, straight over D-Bus
+    for (method, args) in [("StartContainer", &["''", "{}"][..]), ("CreateContainer", &["''", "'busybox'", "{}"][..])] {
+        let out = env.gdbus_call_as("root", "/org/berth/Berth1", &format!("org.berth.Berth1.Manager.{method}"), args);
+        assert!(text(&out.stderr).contains("org.berth.Berth1.Error.InvalidName"), "{method}: {}", text(&out.stderr));
+    }
+    // no NAME at all: the CLI asks berth to pick one
+    let out = env.ok(&["init", "busybox"]);
+    let picked = out.trim().strip_prefix("Creating ").expect("a picked name").to_string();
+    env.ok(&["delete", &picked]);
     let out = env.berth(&["launch", "no-such-image", "c"]);
     assert!(text(&out.stderr).contains("NoSuchImage"), "{}", text(&out.stderr));
     let out = env.berth(&["init", "busybox", "c", "-c", "limits.memory=lots"]);

@@ -578,7 +578,7 @@ impl ManagerState {
     }
 
     async fn prepare_create(&mut self, req: CreateRequest) -> Result<Prepared> {
-        let name = if req.name.is_empty() { self.pick_name() } else { req.name.clone() };
+        let name = if req.name.is_empty() && req.pick_name { self.pick_name() } else { req.name.clone() };
         validate_name(&name)?;
         crate::config::validate_user_config(&req.config)?;
         let profiles = req.profiles.clone().unwrap_or_else(|| vec!["default".to_string()]);
@@ -648,7 +648,7 @@ impl ManagerState {
     /// source may be busy with a checkpoint, and the Manager must not wait for it).
     fn copy(&mut self, me: &ActorRef<ManagerMsg>, mut req: CopyRequest, reply: RpcReplyPort<Result<ContainerInfo>>) {
         let checked = (|| {
-            if req.name.is_empty() {
+            if req.name.is_empty() && req.pick_name {
                 req.name = self.pick_name();
             }
             validate_name(&req.name)?;

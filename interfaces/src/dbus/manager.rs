@@ -44,17 +44,18 @@ impl ManagerIface {
         let mut o = Options::parse(
             "CreateContainer",
             options,
-            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b")],
+            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b"), ("pick-name", "b")],
         )?;
         let req = CreateRequest {
             name: name.clone(),
+            pick_name: o.bool("pick-name")?.unwrap_or(false),
             image: image.clone(),
             start: o.bool("start")?.unwrap_or(false),
             profiles: o.strings("profiles")?,
             config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
             ephemeral: o.bool("ephemeral")?.unwrap_or(false),
         };
-        if !name.is_empty() {
+        if !(name.is_empty() && req.pick_name) {
             berth_actors::types::validate_name(&name)?;
         }
         self.ctx
@@ -82,7 +83,12 @@ impl ManagerIface {
         #[zbus(header)] h: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        let mut o = Options::parse("CopyContainer", options, &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b")])?;
+        let mut o = Options::parse(
+            "CopyContainer",
+            options,
+            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b"), ("pick-name", "b")],
+        )?;
+        let pick_name = o.bool("pick-name")?.unwrap_or(false);
         let (src, snapshot) = match source.split_once('/') {
             Some((c, s)) => (c.to_string(), Some(s.to_string())),
             None => (source.clone(), None),
@@ -91,13 +97,14 @@ impl ManagerIface {
         if let Some(s) = &snapshot {
             berth_actors::types::validate_name(s)?;
         }
-        if !name.is_empty() {
+        if !(name.is_empty() && pick_name) {
             berth_actors::types::validate_name(&name)?;
         }
         let req = berth_actors::types::CopyRequest {
             source: src,
             snapshot,
             name: name.clone(),
+            pick_name,
             config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
             profiles: o.strings("profiles")?,
             ephemeral: o.bool("ephemeral")?.unwrap_or(false),
