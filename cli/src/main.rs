@@ -277,7 +277,7 @@ async fn run(cli: Cli) -> R<u8> {
             }
             Ok(0)
         }
-        Cmd::List { format } => list(&m, format).await,
+        Cmd::List { format } => list(&conn, &m, format).await,
         Cmd::Info { name, format, show_log } => {
             if show_log {
                 let c = container(&conn, &m, &name).await?;
@@ -459,17 +459,50 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-async fn list(m: &ManagerProxy<'_>, format: Format) -> R<u8> {
+/// What `list` shows of each container beyond ListContainers: init's pid and the address,
+/// read for all containers at once from the ObjectManager (one round trip).
+#[derive(Default)]
+struct Extra {
+    init_pid: u32,
+    ipv4: String,
+}
+
+async fn list_extras(conn: &Connection) -> R<HashMap<String, Extra>> {
+    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
+        .destination(berth_interfaces::wire::BUS_NAME)
+        .path(berth_interfaces::paths::ROOT)
+        .build()
+        .await?;
+    let mut out = HashMap::new();
+    for (path, ifaces) in om.get_managed_objects().await.map_err(zbus::Error::from)? {
+        let Some(props) = ifaces.iter().find(|(i, _)| i.as_str() == "org.berth.Berth1.Container").map(|(_, p)| p) else { continue };
+        let init_pid = props.get("InitPid").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        let ipv4 = props
+            .get("Config")
+            .and_then(|v| HashMap::<String, String>::try_from(v.try_clone().ok()?).ok())
+            .and_then(|c| c.get("volatile.eth0.ipv4").cloned())
+            .unwrap_or_default();
+        out.insert(path.to_string(), Extra { init_pid, ipv4 });
+    }
+    Ok(out)
+}
+
+async fn list(conn: &Connection, m: &ManagerProxy<'_>, format: Format) -> R<u8> {
     let list: Vec<ContainerEntry> = m.list_containers().await?;
     let images = m.list_images().await?;
+    let extras = list_extras(conn).await?;
+    let none = Extra::default();
+    let extra = |c: &ContainerEntry| extras.get(c.path.as_str()).unwrap_or(&none);
     match format {
         Format::Json => {
             let v: Vec<serde_json::Value> = list
                 .iter()
                 .map(|c| {
+                    let x = extra(c);
                     serde_json::json!({
                         "name": c.name, "status": c.status, "image": c.image,
                         "image_alias": images.iter().find(|i| i.fingerprint == c.image).and_then(|i| i.aliases.first()),
+                        "init_pid": x.init_pid, "ipv4": x.ipv4,
                         "path": c.path.as_str(),
                     })
                 })
@@ -477,9 +510,21 @@ async fn list(m: &ManagerProxy<'_>, format: Format) -> R<u8> {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         Format::Table => {
-            let rows: Vec<Vec<String>> =
-                list.iter().map(|c| vec![c.name.clone(), c.status.to_uppercase(), short_image(&c.image, &images)]).collect();
-            table(&["NAME", "STATUS", "IMAGE"], &rows);
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    let x = extra(c);
+                    let running = x.init_pid != 0;
+                    vec![
+                        c.name.clone(),
+                        c.status.to_uppercase(),
+                        if running { x.init_pid.to_string() } else { "-".into() },
+                        if running && !x.ipv4.is_empty() { x.ipv4.split('/').next().unwrap_or("").to_string() } else { "-".into() },
+                        short_image(&c.image, &images),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "STATUS", "PID", "IPV4", "IMAGE"], &rows);
         }
     }
     Ok(0)

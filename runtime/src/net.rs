@@ -356,15 +356,27 @@ pub fn check_ifname(name: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(Error::Invalid(format!("invalid interface name {name:?} (1-15 characters of A-Z a-z 0-9 _ . -)"))) }
 }
 
-/// The host end of a container's `index`th NIC: stable for a container name, short enough for
-/// IFNAMSIZ, unlikely to clash (`vb` + 32-bit FNV-1a of the name + the index).
-pub fn host_veth_name(container: &str, index: usize) -> String {
+fn fnv1a(parts: &[&str]) -> u32 {
     let mut h: u32 = 0x811c9dc5;
-    for b in container.bytes() {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= b'/' as u32;
+            h = h.wrapping_mul(0x01000193);
+        }
+        for b in p.bytes() {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x01000193);
+        }
     }
-    format!("vb{h:08x}{index}")
+    h
+}
+
+/// The host end of a container's `index`th NIC on `bridge`: stable for a container, short
+/// enough for IFNAMSIZ, unlikely to clash (`vb` + 32-bit FNV-1a of bridge and name + the
+/// index). The bridge is part of it so that two berth installations on one host (each with
+/// its own bridge) never fight over a container name they share.
+pub fn host_veth_name(bridge: &str, container: &str, index: usize) -> String {
+    format!("vb{:08x}{index}", fnv1a(&[bridge, container]))
 }
 
 /// A random locally administered MAC in the 00:16:3e prefix LXD uses.
@@ -381,8 +393,7 @@ pub fn random_mac() -> [u8; 6] {
 
 /// A MAC derived from a container name, for containers created before they had one recorded.
 pub fn stable_mac(container: &str) -> [u8; 6] {
-    let h = host_veth_name(container, 0);
-    let n = u32::from_str_radix(&h[2..10], 16).unwrap_or(0);
+    let n = fnv1a(&[container]);
     [0x00, 0x16, 0x3e, ((n >> 16) & 0x7f) as u8, (n >> 8) as u8, n as u8]
 }
 
@@ -511,7 +522,7 @@ impl BridgeNetwork {
     pub fn nic(&self, container: &str, addr: Ipv4Addr, hwaddr: [u8; 6]) -> Nic {
         Nic {
             name: "eth0".into(),
-            host_name: host_veth_name(container, 0),
+            host_name: host_veth_name(&self.bridge, container, 0),
             bridge: self.bridge.clone(),
             hwaddr,
             ipv4: Some((addr, self.subnet.1)),
@@ -555,8 +566,10 @@ mod tests {
         assert!(check_ifname("berthbr0").is_ok());
         assert!(check_ifname("a-very-long-name0").is_err());
         assert!(check_ifname("br/0").is_err());
-        assert_eq!(host_veth_name("c1", 0).len(), 11);
-        assert_ne!(host_veth_name("c1", 0), host_veth_name("c2", 0));
+        assert_eq!(host_veth_name("berthbr0", "c1", 0).len(), 11);
+        assert_ne!(host_veth_name("berthbr0", "c1", 0), host_veth_name("berthbr0", "c2", 0));
+        assert_ne!(host_veth_name("berthbr0", "c1", 0), host_veth_name("bt1", "c1", 0), "two installations, one name");
+        assert_eq!(stable_mac("c1"), stable_mac("c1"));
         assert_eq!(random_mac()[..3], [0, 0x16, 0x3e]);
     }
 

@@ -90,6 +90,9 @@ fn lifecycle(storage: Storage) {
     let json: serde_json::Value = serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
     assert_eq!(json[0]["name"], "c1");
     assert_eq!(json[0]["status"], "Running");
+    assert_eq!(json[0]["init_pid"], init);
+    let addr = json[0]["ipv4"].as_str().unwrap().split('/').next().unwrap().to_string();
+    assert!(table.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["c1", "RUNNING", &init.to_string(), &addr, "busybox"]), "{table}");
 
     // a graceful stop (busybox init powers off on SIGUSR2), start, restart
     env.ok(&["stop", "c1"]);
@@ -194,7 +197,8 @@ fn containers_survive_berthd_being_killed() {
     wait_for(Duration::from_secs(5), "berthd to die", || !std::path::Path::new(&format!("/proc/{daemon}")).exists() || std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap_or_default().contains(") Z "));
     // the next call re-activates berthd, which finds the container still running
     let list = env.ok(&["list"]);
-    assert!(list.lines().any(|l| l.starts_with("x") && l.contains("RUNNING")), "{list}");
+    let row: Vec<&str> = list.lines().find(|l| l.starts_with("x ")).expect("x is listed").split_whitespace().collect();
+    assert_eq!(row[..3], ["x", "RUNNING", init.to_string().as_str()], "berth list shows x running with the same init: {list}");
     assert_ne!(env.daemon_pid(), Some(daemon));
     assert_eq!(env.init_pid("x"), init, "same init");
     assert_eq!(env.ok(&["exec", "x", "--", "echo", "still", "here"]).trim(), "still here");
