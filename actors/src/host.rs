@@ -335,6 +335,7 @@ impl HostRuntime {
             properties: meta.properties,
             created_at_us: (meta.creation_date.max(0) as u64) * 1_000_000,
             size: imported.size,
+            claim: imported.claim.map(crate::runtime::ImageClaim::new).unwrap_or_default(),
         })
     }
 
