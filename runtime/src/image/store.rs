@@ -253,7 +253,12 @@ impl Store<'_> {
                 if orphan {
                     let p = e.path();
                     let r = if p.parent() == Some(dir.as_path()) && dir == self.dir {
-                        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.map_err(|e| Error::os("remove", e))
+                        if p.is_dir() {
+                            // a build killed with the daemon may have left mounts inside
+                            super::debian::remove_build_dir(&p)
+                        } else {
+                            std::fs::remove_file(&p).map_err(|e| Error::os("remove", e))
+                        }
                     } else {
                         self.pool.delete_volume(&p)
                     };
@@ -426,4 +431,39 @@ pub fn apply_templates(volume: &Path, ctx: &template::Context, owner: (u32, u32)
         applied += 1;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{DriverKind, PoolConfig};
+
+    /// A build interrupted by a crash of the daemon (or a cancel) can leave debootstrap's
+    /// mounts in its directory; the startup cleanup detaches them and removes the rest.
+    #[test]
+    fn orphaned_build_dirs_are_removed_with_the_mounts_inside() {
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let top = std::env::temp_dir().join(format!("berth-orphans-{}", std::process::id()));
+        let pool = Pool::new(PoolConfig { driver: DriverKind::Dir, path: top.join("pool"), source: None });
+        std::fs::create_dir_all(top.join("pool/images")).unwrap();
+        let store = Store { dir: top.join("images"), pool: &pool, helper: Path::new("/nonexistent"), ids: IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 } };
+        let build = store.dir.join(".build-1-2/rootfs");
+        std::fs::create_dir_all(build.join("proc")).unwrap();
+        std::fs::create_dir_all(build.join("etc")).unwrap();
+        std::fs::write(build.join("etc/hostname"), b"x").unwrap();
+        crate::sys::mount(Some(Path::new("proc")), &build.join("proc"), Some(c"proc"), 0, None).unwrap();
+        let notes = store.remove_orphans(&HashSet::new());
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left = mi.lines().any(|l| l.contains("berth-orphans-"));
+        if left {
+            let _ = crate::sys::umount2(&build.join("proc"), libc::MNT_DETACH);
+        }
+        let gone = !store.dir.join(".build-1-2").exists();
+        let _ = std::fs::remove_dir_all(&top);
+        assert!(!left, "the proc mount was detached: {notes:?}");
+        assert!(gone, "the build directory was removed: {notes:?}");
+    }
 }
