@@ -335,6 +335,7 @@ impl HostRuntime {
             properties: meta.properties,
             created_at_us: (meta.creation_date.max(0) as u64) * 1_000_000,
             size: imported.size,
+            claim: imported.claim.map(crate::runtime::ImageClaim::new).unwrap_or_default(),
         })
     }
 
@@ -598,11 +599,14 @@ impl Runtime for SharedHost {
                         let mirror = image::debian::host_mirror();
                         let meta = image::debian::build(&dir, &mirror, &mut |p, t| op.set_progress(p, Some(2 * t)), &op.cancel)?;
                         image::publish::publish(&dir, &meta, None, &archive, &op.cancel)?;
-                        let _ = std::fs::remove_dir_all(&dir);
+                        image::debian::remove_build_dir(&dir)?;
                         let f = std::fs::File::open(&archive).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", archive.display())))?;
                         h.import_files(f, None, &known, &op)
                     })();
-                    let _ = std::fs::remove_dir_all(&dir);
+                    // debootstrap, killed by a cancel, leaves /proc and friends mounted in it
+                    if let Err(e) = image::debian::remove_build_dir(&dir) {
+                        tracing::warn!("could not remove the build directory: {e}");
+                    }
                     let _ = std::fs::remove_file(&archive);
                     res
                 })

@@ -89,6 +89,34 @@ pub struct NewImage {
     pub created_at_us: u64,
     /// Archive size.
     pub size: u64,
+    /// The runtime's claim on the fingerprint, held until the image is registered.
+    pub claim: ImageClaim,
+}
+
+/// Keeps the runtime's claim on a stored image's fingerprint while the Manager registers it:
+/// another import of the same bytes waits for the claim and then finds the image registered,
+/// instead of racing to store it a second time. Dropping the last clone releases the claim.
+#[derive(Clone, Default)]
+pub struct ImageClaim(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl ImageClaim {
+    /// Wraps whatever releases the claim when dropped.
+    pub fn new(held: impl std::any::Any + Send + Sync) -> ImageClaim {
+        ImageClaim(Some(Arc::new(held)))
+    }
+}
+
+impl std::fmt::Debug for ImageClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ImageClaim(held)" } else { "ImageClaim(none)" })
+    }
+}
+
+/// Claims do not take part in comparisons of what was produced.
+impl PartialEq for ImageClaim {
+    fn eq(&self, _: &ImageClaim) -> bool {
+        true
+    }
 }
 
 /// Where a new container's files come from.

@@ -48,6 +48,9 @@ pub(crate) enum ImageCmd {
         reference: String,
         /// Target directory (default: the current one).
         dir: Option<PathBuf>,
+        /// Overwrite files of the same names.
+        #[arg(long)]
+        force: bool,
     },
     /// Build an image from a built-in recipe (busybox).
     Build {
@@ -144,12 +147,38 @@ fn extension(head: &[u8]) -> &'static str {
     }
 }
 
-fn finish_export(tmp: &Path, dir: &Path, prefix: &str, fp: &str) -> R<PathBuf> {
+/// Every extension an exported file can have.
+const EXTENSIONS: [&str; 6] = ["tar", "tar.gz", "tar.xz", "tar.zst", "tar.bz2", "squashfs"];
+
+fn exists_error(p: &Path) -> Fail {
+    Fail(format!("{} already exists; remove it or pass --force to overwrite it", p.display()), 1)
+}
+
+/// The name the exported file `tmp` gets in `dir`.
+fn export_name(tmp: &Path, dir: &Path, prefix: &str, fp: &str) -> PathBuf {
     let mut head = [0u8; 8];
     let n = std::fs::File::open(tmp).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
-    let dest = dir.join(format!("{prefix}{fp}.{}", extension(&head[..n])));
-    std::fs::rename(tmp, &dest).map_err(|e| Fail(format!("cannot write {}: {e}", dest.display()), 1))?;
-    Ok(dest)
+    dir.join(format!("{prefix}{fp}.{}", extension(&head[..n])))
+}
+
+/// Gives the exported temporary files their names: without `force`, atomically refusing to
+/// replace a file (a hard link fails on an existing name), and all or none of them.
+fn finish_export(files: &[(PathBuf, PathBuf)], force: bool) -> R<()> {
+    let mut placed: Vec<&PathBuf> = Vec::new();
+    for (tmp, dest) in files {
+        let r = if force { std::fs::rename(tmp, dest) } else { std::fs::hard_link(tmp, dest) };
+        if let Err(e) = r {
+            for p in placed {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { exists_error(dest) } else { Fail(format!("cannot write {}: {e}", dest.display()), 1) });
+        }
+        placed.push(dest);
+    }
+    for (tmp, _) in files {
+        let _ = std::fs::remove_file(tmp);
+    }
+    Ok(())
 }
 
 /// Runs an image subcommand.
@@ -225,10 +254,20 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
             Ok(0)
         }
-        ImageCmd::Export { reference, dir } => {
+        ImageCmd::Export { reference, dir, force } => {
             let img = image_ref(conn, m, &reference).await?;
             let fp = img.fingerprint().await?;
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let split = img.split().await?;
+            // refuse before anything is copied when a file of a name the export can take exists
+            if !force {
+                let prefixes: &[&str] = if split { &["meta-", ""] } else { &[""] };
+                for prefix in prefixes {
+                    if let Some(p) = EXTENSIONS.iter().map(|x| dir.join(format!("{prefix}{fp}.{x}"))).find(|p| p.symlink_metadata().is_ok()) {
+                        return Err(exists_error(&p));
+                    }
+                }
+            }
             let create = |name: &str| {
                 let p = dir.join(name);
                 std::fs::OpenOptions::new()
@@ -239,7 +278,6 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
                     .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
             };
             let (main, main_tmp) = create(&format!(".{fp}.export"))?;
-            let split = img.split().await?;
             let rootfs = if split { Some(create(&format!(".{fp}.rootfs.export"))?) } else { None };
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if let Some((r, _)) = &rootfs {
@@ -254,10 +292,18 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
                 }
                 return Err(e.into());
             }
-            let a = finish_export(&main_tmp, &dir, if split { "meta-" } else { "" }, &fp)?;
-            println!("{}", a.display());
-            if let Some((_, p)) = rootfs {
-                println!("{}", finish_export(&p, &dir, "", &fp)?.display());
+            let mut files = vec![(main_tmp.clone(), export_name(&main_tmp, &dir, if split { "meta-" } else { "" }, &fp))];
+            if let Some((_, p)) = &rootfs {
+                files.push((p.clone(), export_name(p, &dir, "", &fp)));
+            }
+            if let Err(e) = finish_export(&files, force) {
+                for (tmp, _) in &files {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+            for (_, dest) in &files {
+                println!("{}", dest.display());
             }
             Ok(0)
         }

@@ -200,6 +200,10 @@ impl From<zbus::Error> for Fail {
 pub(crate) type R<T> = Result<T, Fail>;
 
 fn main() -> ExitCode {
+    // a closed stdout (`berth image info X | head -1`) ends the program quietly, as it does
+    // any other command-line tool, instead of a panic in println!
+    // SAFETY: setting a signal's disposition to the default before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

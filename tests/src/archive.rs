@@ -130,6 +130,22 @@ pub fn zstd_bomb(size: u64) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
+/// Writes to `path` a unified tarball holding metadata.yaml and one file `rootfs/noise` of
+/// `size` random bytes: an import long enough to watch, race or cancel.
+pub fn write_noise_image(path: &std::path::Path, size: u64) {
+    use std::io::Read;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let head = tar(&[metadata(), E::Dir("rootfs")]);
+    out.write_all(&head[..head.len() - 1024]).unwrap();
+    let mut h = raw_header("rootfs/noise", tar::EntryType::Regular, size, 0o644);
+    h.set_cksum();
+    out.write_all(h.as_bytes()).unwrap();
+    let mut rnd = std::fs::File::open("/dev/urandom").unwrap().take(size);
+    std::io::copy(&mut rnd, &mut out).unwrap();
+    out.write_all(&vec![0u8; ((512 - size % 512) % 512) as usize + 1024]).unwrap();
+    out.flush().unwrap();
+}
+
 /// sha256 of `data`, hex.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;

@@ -151,9 +151,12 @@ impl ManagerState {
     pub(super) async fn register_image(
         &mut self,
         me: &ActorRef<ManagerMsg>,
-        new: NewImage,
+        mut new: NewImage,
         opts: ImageOptions,
     ) -> Result<(ImageRecord, Created)> {
+        // released when this returns: a concurrent import of the same bytes then finds the
+        // image registered (or, if registering failed, its files removed)
+        let _claim = std::mem::take(&mut new.claim);
         if self.images.contains_key(&new.fingerprint) {
             self.check_new_aliases(&opts, Some(&new.fingerprint))?;
             for a in &opts.aliases {

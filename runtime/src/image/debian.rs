@@ -7,6 +7,7 @@ use crate::error::{Context, Error, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -51,7 +52,9 @@ pub fn build(dir: &Path, mirror: &str, progress: &mut dyn FnMut(u64, u64), cance
     std::fs::create_dir_all(dir).step(|| format!("create {}", dir.display()))?;
     let debootstrap = crate::storage::which("debootstrap")
         .ok_or_else(|| Error::Invalid("debootstrap is not installed (scripts/setup installs it)".into()))?;
+    // its own process group, so that a cancel reaches the dpkg and apt it runs, not only it
     let mut child = Command::new(debootstrap)
+        .process_group(0)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .args(["--variant=minbase", &format!("--include={PACKAGES}"), "--components=main", "bookworm"])
         .arg(&rootfs)
@@ -72,7 +75,9 @@ pub fn build(dir: &Path, mirror: &str, progress: &mut dyn FnMut(u64, u64), cance
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if cancel.load(Ordering::Relaxed) {
-            let _ = child.kill();
+            // SAFETY: a signal to the process group we made; its leader is our child, not yet
+            // reaped, so the group id cannot have been reused.
+            unsafe { libc::killpg(child.id() as libc::pid_t, libc::SIGKILL) };
             stopped = true;
             break;
         }
@@ -161,7 +166,100 @@ fn templates(dir: &Path) -> Result<Metadata> {
     Ok(meta)
 }
 
+/// Removes a build directory after a build, a failure or a cancel, or as an orphan at start.
+/// debootstrap mounts /proc, /sys and devpts inside the tree and unmounts them only when it
+/// ends on its own; killed, it leaves them. So every mount under `dir` is detached first
+/// (deepest first), and if one cannot be, nothing is removed: walking into a mounted /proc or
+/// a bind mount of the host would be worse than leaving files.
+pub fn remove_build_dir(dir: &Path) -> Result<()> {
+    let Ok(canon) = std::fs::canonicalize(dir) else { return Ok(()) };
+    let mut mounts = mounts_under(&canon)?;
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in &mounts {
+        if let Err(e) = crate::sys::umount2(m, libc::MNT_DETACH)
+            && e.raw_os_error() != Some(libc::EINVAL)
+        {
+            return Err(Error::os(format!("unmount {}", m.display()), e));
+        }
+    }
+    if let Some(m) = mounts_under(&canon)?.first() {
+        return Err(Error::Invalid(format!("{} is still mounted; not removing {}", m.display(), dir.display())));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::os(format!("remove {}", dir.display()), e)),
+    }
+}
+
+/// Mount points at or below `dir` (canonical), from this process's mountinfo.
+fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
+    Ok(mi.lines().filter_map(|l| l.split(' ').nth(4)).map(unescape).filter(|p| p.starts_with(dir)).collect())
+}
+
+/// A mountinfo path: spaces, tabs, newlines and backslashes are written as `\ooo`.
+fn unescape(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 /// A fresh build directory under `images_dir`.
 pub fn build_dir(images_dir: &Path) -> PathBuf {
     images_dir.join(format!(".build-{}-{}", std::process::id(), crate::monitor::proto::now_us()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        assert_eq!(unescape("/a\\040b/c\\134d"), PathBuf::from("/a b/c\\d"));
+        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
+        assert_eq!(unescape("/odd\\9"), PathBuf::from("/odd\\9"));
+    }
+
+    /// What a killed debootstrap leaves: /proc, /sys and devpts mounted in the tree.
+    #[test]
+    fn a_build_dir_with_mounts_inside_is_unmounted_and_removed() {
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("berth-build-test-{}", std::process::id()));
+        let rootfs = dir.join("rootfs");
+        for d in ["proc", "sys", "dev/pts", "usr/bin"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::write(rootfs.join("usr/bin/file"), b"x").unwrap();
+        crate::sys::mount(Some(Path::new("proc")), &rootfs.join("proc"), Some(c"proc"), 0, None).unwrap();
+        crate::sys::mount(Some(Path::new("sysfs")), &rootfs.join("sys"), Some(c"sysfs"), libc::MS_RDONLY, None).unwrap();
+        crate::sys::mount(Some(Path::new("tmpfs")), &rootfs.join("dev"), Some(c"tmpfs"), 0, None).unwrap();
+        std::fs::create_dir_all(rootfs.join("dev/pts")).unwrap();
+        crate::sys::mount(Some(Path::new("devpts")), &rootfs.join("dev/pts"), Some(c"devpts"), 0, Some("newinstance")).unwrap();
+        let canon = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(mounts_under(&canon).unwrap().len(), 4);
+        remove_build_dir(&dir).unwrap();
+        assert!(!dir.exists(), "the tree is gone");
+        assert!(mounts_under(&canon).unwrap().is_empty(), "and nothing stays mounted");
+        // a missing directory is fine
+        remove_build_dir(&dir).unwrap();
+    }
 }

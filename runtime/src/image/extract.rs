@@ -18,6 +18,11 @@
 //! through an idmapped mount of the staging volume: on disk the files belong to uid 0, but the
 //! extracting process never had host privileges.
 
+mod links;
+mod squashfs;
+mod tar;
+mod xattrs;
+
 use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::io::{self, Read};
@@ -88,6 +93,8 @@ pub struct Entry {
     pub size: u64,
     /// Extended attributes worth keeping (`user.*`, `security.capability`).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A sparse file: runs of zeros in its data are left as holes.
+    pub sparse: bool,
 }
 
 /// Where an entry goes.
@@ -127,6 +134,8 @@ pub struct Extractor {
     report: Report,
     /// directories whose mtime is set at the end (children change it)
     dir_times: Vec<(Tree, Vec<u8>, i64)>,
+    /// symlinks (and hardlinks) were made in the rootfs: check where they lead at the end
+    links_made: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -137,11 +146,20 @@ fn show(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()
 }
 
-/// Turns an I/O error while writing into the right error (a full pool is its own message).
+/// Turns an I/O error while writing into the right error. The staging volume is new and the
+/// helper's alone, so a failure there comes from the archive's shape (a hardlink to a
+/// directory, a loop of symlinks in a path, too many links to one file, a name too long once
+/// links are followed…): InvalidImage. A full pool is InvalidImage too, with its own message.
+/// Only trouble of the host itself (I/O, memory, descriptors) is a host error.
 fn write_err(what: &str, path: &[u8], e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => invalid(format!("the storage pool ran out of space while unpacking {}", show(path))),
-        _ => Error::os(format!("{what} {}", show(path)), e),
+        None
+        | Some(
+            libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE | libc::EBADF | libc::EFAULT | libc::ENOSYS | libc::EUCLEAN
+            | libc::EINTR | libc::EAGAIN,
+        ) => Error::os(format!("{what} {}", show(path)), e),
+        Some(_) => invalid(format!("{what} {}: {e}", show(path))),
     }
 }
 
@@ -164,29 +182,6 @@ pub fn normalize(p: &[u8]) -> Result<Vec<u8>> {
         }
     }
     Ok(out.join(&b'/'))
-}
-
-/// Whether a relative symlink target, seen from the directory `dir` (components under the
-/// tree's root), stays inside the tree.
-fn symlink_stays_inside(dir: &[u8], target: &[u8]) -> bool {
-    if target.first() == Some(&b'/') {
-        // absolute targets are interpreted inside the container's root
-        return true;
-    }
-    let mut depth: i64 = if dir.is_empty() { 0 } else { dir.split(|b| *b == b'/').count() as i64 };
-    for c in target.split(|b| *b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    true
 }
 
 fn cstr(b: &[u8]) -> Result<CString> {
@@ -220,11 +215,16 @@ fn cvt(r: libc::c_int) -> io::Result<()> {
 impl Extractor {
     /// Extracts into the directory `root` (an fd on the staging volume's root).
     pub fn new(root: OwnedFd, limits: Limits) -> Extractor {
-        Extractor { root, limits, report: Report::default(), dir_times: Vec::new() }
+        Extractor { root, limits, report: Report::default(), dir_times: Vec::new(), links_made: false }
     }
 
-    /// Sets directory times and returns what was extracted.
+    /// Checks where the rootfs's symlinks lead (see [`links`]), sets directory times and
+    /// returns what was extracted.
     pub fn finish(mut self) -> Result<Report> {
+        if self.links_made {
+            let rootfs = self.tree_fd(Tree::Rootfs).map_err(|err| write_err("open", b"rootfs", err))?;
+            links::check_tree(rootfs.as_raw_fd())?;
+        }
         // deepest first, so a parent's time is set after its children's
         self.dir_times.sort_by_key(|(_, p, _)| std::cmp::Reverse(p.iter().filter(|b| **b == b'/').count()));
         for (tree, p, mtime) in std::mem::take(&mut self.dir_times) {
@@ -237,58 +237,6 @@ impl Extractor {
             }
         }
         Ok(self.report)
-    }
-
-    /// Extracts a tar stream laid out as `layout`.
-    pub fn tar<R: Read>(&mut self, reader: R, layout: Layout) -> Result<()> {
-        let mut ar = tar::Archive::new(reader);
-        let entries = ar.entries().map_err(|e| invalid(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| invalid(format!("corrupt or truncated archive: {e}")))?;
-            let meta = tar_entry(&mut entry)?;
-            if let Some(meta) = meta {
-                self.apply(meta, &mut entry, layout)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Extracts a squashfs image (a split image's rootfs).
-    pub fn squashfs(&mut self, file: std::fs::File) -> Result<()> {
-        use backhand::{FilesystemReader, InnerNode};
-        let fs = FilesystemReader::from_reader(io::BufReader::new(file))
-            .map_err(|e| invalid(format!("unreadable squashfs: {e}")))?;
-        for node in fs.files() {
-            let path = node.fullpath.as_os_str().as_encoded_bytes();
-            let h = &node.header;
-            let mut meta = Entry {
-                path: path.strip_prefix(b"/").unwrap_or(path).to_vec(),
-                kind: Kind::File,
-                mode: (h.permissions as u32) & 0o7777,
-                uid: h.uid as u64,
-                gid: h.gid as u64,
-                mtime: h.mtime as i64,
-                size: 0,
-                xattrs: Vec::new(),
-            };
-            match &node.inner {
-                InnerNode::File(f) => {
-                    meta.size = f.file_len() as u64;
-                    let file = fs.file(f);
-                    let mut r = file.reader_checked().map_err(|e| invalid(format!("squashfs file {}: {e}", show(&meta.path))))?;
-                    self.apply(meta, &mut r, Layout::Rootfs)?;
-                    continue;
-                }
-                InnerNode::Dir(_) => meta.kind = Kind::Dir,
-                InnerNode::Symlink(s) => meta.kind = Kind::Symlink(s.link.as_os_str().as_encoded_bytes().to_vec()),
-                InnerNode::CharacterDevice(d) => meta.kind = Kind::CharDevice(d.device_number >> 8, d.device_number & 0xff),
-                InnerNode::BlockDevice(d) => meta.kind = Kind::BlockDevice(d.device_number >> 8, d.device_number & 0xff),
-                InnerNode::NamedPipe => meta.kind = Kind::Fifo,
-                InnerNode::Socket => meta.kind = Kind::Socket,
-            }
-            self.apply(meta, &mut io::empty(), Layout::Rootfs)?;
-        }
-        Ok(())
     }
 
     fn tree_fd(&self, tree: Tree) -> io::Result<OwnedFd> {
@@ -400,7 +348,7 @@ impl Extractor {
                 }
                 // SAFETY: fresh fd.
                 let file = unsafe { std::fs::File::from_raw_fd(fd) };
-                let written = copy_exact(data, &file, e.size, &e.path)?;
+                let written = copy_exact(data, &file, e.size, &e.path, e.sparse)?;
                 if written != e.size {
                     return Err(invalid(format!("truncated archive: {} is shorter than its header says", show(&e.path))));
                 }
@@ -414,7 +362,7 @@ impl Extractor {
                 if target.is_empty() || target.len() > 4096 || target.contains(&0) {
                     return Err(invalid(format!("symlink {} has an invalid target", show(&e.path))));
                 }
-                if !symlink_stays_inside(&dir, target) {
+                if !links::stays_inside(&dir, target) {
                     return Err(invalid(format!("symlink {} -> {} leads outside the rootfs", show(&e.path), show(target))));
                 }
                 self.replace(pfd, &cname, &e.path)?;
@@ -422,6 +370,7 @@ impl Extractor {
                 // SAFETY: symlinkat relative to our parent fd.
                 cvt(unsafe { libc::symlinkat(t.as_ptr(), pfd, cname.as_ptr()) }).map_err(|err| write_err("create symlink", &e.path, err))?;
                 self.chown_at(pfd, &cname, &e)?;
+                self.links_made |= tree == Tree::Rootfs;
                 let ts = [libc::timespec { tv_sec: e.mtime, tv_nsec: 0 }; 2];
                 // SAFETY: utimensat on a name relative to our fd, not following it.
                 unsafe { libc::utimensat(pfd, cname.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
@@ -440,7 +389,12 @@ impl Extractor {
                 let tparent = open_in_root(base.as_raw_fd(), &tdir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                     .map_err(|_| invalid(format!("hardlink {} -> {}: no such entry", show(&e.path), show(target))))?;
                 let ctname = cstr(&tname)?;
+                if self.is_dir(tparent.as_raw_fd(), &ctname) {
+                    return Err(invalid(format!("hardlink {} -> {}: the target is a directory", show(&e.path), show(target))));
+                }
                 self.replace(pfd, &cname, &e.path)?;
+                // a hardlink to a symlink is a symlink in another directory
+                self.links_made |= tree == Tree::Rootfs;
                 // SAFETY: linkat between two single components relative to our fds, without
                 // following a symlink at the source.
                 cvt(unsafe { libc::linkat(tparent.as_raw_fd(), ctname.as_ptr(), pfd, cname.as_ptr(), 0) })
@@ -591,10 +545,14 @@ fn set_xattrs(fd: RawFd, e: &Entry) {
 }
 
 /// Copies up to `size` bytes of entry data; returns how many arrived. A read error is a
-/// corrupt archive, a write error a storage problem.
-fn copy_exact(r: &mut dyn Read, mut out: &std::fs::File, size: u64, path: &[u8]) -> Result<u64> {
+/// corrupt archive, a write error a storage problem. For a sparse file, blocks of zeros are
+/// skipped (left as holes) and the size is set at the end.
+fn copy_exact(r: &mut dyn Read, mut out: &std::fs::File, size: u64, path: &[u8], sparse: bool) -> Result<u64> {
+    use std::io::{Seek, Write};
+    const HOLE: usize = 4096;
     let mut buf = vec![0u8; (size.min(256 * 1024) as usize).max(1)];
     let mut done = 0u64;
+    let mut skipped = false;
     while done < size {
         let want = ((size - done) as usize).min(buf.len());
         let n = loop {
@@ -607,59 +565,24 @@ fn copy_exact(r: &mut dyn Read, mut out: &std::fs::File, size: u64, path: &[u8])
         if n == 0 {
             break;
         }
-        io::Write::write_all(&mut out, &buf[..n]).map_err(|e| write_err("write", path, e))?;
+        if sparse {
+            for chunk in buf[..n].chunks(HOLE) {
+                if chunk.iter().all(|b| *b == 0) {
+                    out.seek(io::SeekFrom::Current(chunk.len() as i64)).map_err(|e| write_err("seek in", path, e))?;
+                    skipped = true;
+                } else {
+                    out.write_all(chunk).map_err(|e| write_err("write", path, e))?;
+                }
+            }
+        } else {
+            out.write_all(&buf[..n]).map_err(|e| write_err("write", path, e))?;
+        }
         done += n as u64;
     }
-    Ok(done)
-}
-
-/// An entry's metadata from a tar header (None for entries that carry no file: PAX globals).
-fn tar_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<Entry>> {
-    let h = entry.header();
-    let kind = match h.entry_type() {
-        tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-        t if t.as_byte() == 0 => Kind::File,
-        tar::EntryType::Directory => Kind::Dir,
-        tar::EntryType::Symlink => Kind::Symlink(link_name(entry)?),
-        tar::EntryType::Link => Kind::Hardlink(link_name(entry)?),
-        tar::EntryType::Fifo => Kind::Fifo,
-        tar::EntryType::Char => Kind::CharDevice(
-            h.device_major().ok().flatten().unwrap_or(0),
-            h.device_minor().ok().flatten().unwrap_or(0),
-        ),
-        tar::EntryType::Block => Kind::BlockDevice(
-            h.device_major().ok().flatten().unwrap_or(0),
-            h.device_minor().ok().flatten().unwrap_or(0),
-        ),
-        tar::EntryType::XGlobalHeader => return Ok(None),
-        t => return Err(invalid(format!("unsupported tar entry type {:?}", t.as_byte() as char))),
-    };
-    let path = entry.path_bytes().into_owned();
-    let h = entry.header();
-    let field = |r: io::Result<u64>, what: &str| r.map_err(|e| invalid(format!("bad {what} in the header of {}: {e}", show(&path))));
-    let mode = field(h.mode().map(u64::from), "mode")? as u32 & 0o7777;
-    let uid = field(h.uid(), "uid")?;
-    let gid = field(h.gid(), "gid")?;
-    let mtime = field(h.mtime(), "mtime")?.min(i64::MAX as u64) as i64;
-    let size = if kind == Kind::File { entry.size() } else { 0 };
-    let mut xattrs = Vec::new();
-    if let Ok(Some(exts)) = entry.pax_extensions() {
-        for ext in exts.flatten() {
-            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.")
-                && (name.starts_with(b"user.") || name == b"security.capability")
-            {
-                xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-            }
-        }
+    if skipped {
+        out.set_len(done).map_err(|e| write_err("size", path, e))?;
     }
-    Ok(Some(Entry { path, kind, mode, uid, gid, mtime, size, xattrs }))
-}
-
-fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Vec<u8>> {
-    entry
-        .link_name_bytes()
-        .map(|l| l.into_owned())
-        .ok_or_else(|| invalid(format!("link {} has no target", show(&entry.path_bytes()))))
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -675,16 +598,6 @@ mod tests {
         assert!(normalize(b"rootfs/../../etc").is_err());
         assert!(normalize(b"..").is_err());
         assert!(normalize(&[b'a'; 5000]).is_err());
-    }
-
-    #[test]
-    fn symlinks_are_checked_lexically() {
-        assert!(symlink_stays_inside(b"usr/bin", b"../lib/x"));
-        assert!(symlink_stays_inside(b"usr/bin", b"../../etc/passwd"));
-        assert!(!symlink_stays_inside(b"usr/bin", b"../../../etc/passwd"));
-        assert!(!symlink_stays_inside(b"", b".."));
-        assert!(symlink_stays_inside(b"", b"/etc/passwd"));
-        assert!(symlink_stays_inside(b"a", b"./b/../c"));
     }
 
     #[test]

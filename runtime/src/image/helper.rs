@@ -276,7 +276,9 @@ pub fn run(job: &Job<'_>, progress: &mut dyn FnMut(u64), cancel: &AtomicBool) ->
     match last {
         Some(HelperReport::Ok { entries, bytes }) => Ok((entries, bytes)),
         Some(HelperReport::Err { message, invalid: true }) => Err(Error::InvalidImage(strip_prefix(&message))),
-        Some(HelperReport::Err { message, .. }) => Err(Error::Protocol(format!("unpacking failed: {message}"))),
+        Some(HelperReport::Err { message, .. }) => {
+            Err(Error::Tool { tool: "berth-helper unpack".into(), status: "failed".into(), stderr: message })
+        }
         None => Err(Error::Protocol("the unpacking helper died without a report".into())),
     }
 }

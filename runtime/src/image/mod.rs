@@ -5,6 +5,7 @@
 //! safely, run the unpacking helper, keep the store on disk, publish containers as images and
 //! render templates.
 
+pub mod claim;
 pub mod debian;
 pub mod extract;
 pub mod format;

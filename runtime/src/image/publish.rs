@@ -4,7 +4,9 @@
 //! The container's files are the container's to shape, so the walk never follows a link: every
 //! directory is opened `O_NOFOLLOW` relative to its parent's fd, symlinks are recorded as such,
 //! hardlinks are kept, and anything else (devices, sockets) is skipped. Owners are written as
-//! the container sees them (a shifted rootfs is unshifted).
+//! the container sees them (a shifted rootfs is unshifted). Names are written byte for byte
+//! (a name need not be UTF-8), and the xattrs an import keeps (`user.*`, file capabilities)
+//! go into PAX `SCHILY.xattr.*` records, a capability in its namespace-neutral (v2) form.
 
 use super::Metadata;
 use crate::error::{Context, Error, Result};
@@ -49,7 +51,7 @@ pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, out: 
                 }
                 // SAFETY: fresh fd.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                w.dir(fd.as_raw_fd(), top)?;
+                w.dir(fd.as_raw_fd(), top.as_bytes())?;
             }
         }
         let enc = b.into_inner().step(|| "finish the tarball")?;
@@ -67,8 +69,65 @@ pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, out: 
 struct Walker<'a, W: Write> {
     b: &'a mut tar::Builder<W>,
     shifted: Option<IdMap>,
-    links: HashMap<(u64, u64), String>,
+    links: HashMap<(u64, u64), Vec<u8>>,
     cancel: &'a AtomicBool,
+}
+
+fn os(p: &[u8]) -> &Path {
+    Path::new(OsStr::from_bytes(p))
+}
+
+fn show(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// The xattrs of `fd` that an import keeps, as PAX records (key, value).
+fn xattrs(fd: RawFd) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    // SAFETY: flistxattr into our buffer of the length given.
+    let n = unsafe { libc::flistxattr(fd, names.as_mut_ptr().cast(), names.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let keep = name.starts_with(b"user.") || name == b"security.capability";
+        let (Ok(text), Ok(c)) = (std::str::from_utf8(name), CString::new(name)) else { continue };
+        if !keep {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        // SAFETY: fgetxattr into our buffer of the length given.
+        let n = unsafe { libc::fgetxattr(fd, c.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+        if n < 0 {
+            continue;
+        }
+        value.truncate(n as usize);
+        if name == b"security.capability" {
+            value = neutral_capability(value);
+        }
+        out.push((format!("SCHILY.xattr.{text}"), value));
+    }
+    out
+}
+
+/// A v3 file capability names the root it belongs to (a host uid); as v2 it belongs to
+/// whichever root the importing container has.
+fn neutral_capability(v: Vec<u8>) -> Vec<u8> {
+    const REVISION_MASK: u32 = 0xff00_0000;
+    const V2: u32 = 0x0200_0000;
+    const V3: u32 = 0x0300_0000;
+    if v.len() != 24 {
+        return v;
+    }
+    let magic = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    if magic & REVISION_MASK != V3 {
+        return v;
+    }
+    let mut out = (V2 | (magic & !REVISION_MASK)).to_le_bytes().to_vec();
+    out.extend_from_slice(&v[4..20]);
+    out
 }
 
 fn fstatat(dir: RawFd, name: &CStr) -> std::io::Result<libc::stat> {
@@ -102,7 +161,7 @@ impl<W: Write> Walker<'_, W> {
     }
 
     /// Writes the directory `fd` (archive path `path`) and everything below it.
-    fn dir(&mut self, fd: RawFd, path: &str) -> Result<()> {
+    fn dir(&mut self, fd: RawFd, path: &[u8]) -> Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
@@ -111,13 +170,16 @@ impl<W: Write> Walker<'_, W> {
         // SAFETY: valid pointer.
         unsafe { libc::fstat(fd, &mut st) };
         let mut h = self.header(&st, tar::EntryType::Directory, 0);
-        self.b.append_data(&mut h, format!("{path}/"), std::io::empty()).step(|| format!("write {path}"))?;
+        let mut name = path.to_vec();
+        name.push(b'/');
+        self.pax(fd, path)?;
+        self.b.append_data(&mut h, os(&name), std::io::empty()).step(|| format!("write {}", show(path)))?;
         // SAFETY: dup so that fdopendir owns its own fd.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
         // SAFETY: fdopendir takes ownership of `dup`.
         let d = unsafe { libc::fdopendir(dup) };
         if d.is_null() {
-            return Err(Error::os(format!("read {path}"), std::io::Error::last_os_error()));
+            return Err(Error::os(format!("read {}", show(path)), std::io::Error::last_os_error()));
         }
         let mut names = Vec::new();
         loop {
@@ -136,24 +198,35 @@ impl<W: Write> Walker<'_, W> {
         unsafe { libc::closedir(d) };
         names.sort();
         for name in names {
-            let child = format!("{path}/{}", OsStr::from_bytes(name.as_bytes()).to_string_lossy());
+            let mut child = path.to_vec();
+            child.push(b'/');
+            child.extend_from_slice(name.as_bytes());
             self.entry(fd, &name, &child)?;
         }
         Ok(())
     }
 
-    fn entry(&mut self, dir: RawFd, name: &CString, path: &str) -> Result<()> {
+    /// The PAX records of the entry about to be written (its xattrs), if any.
+    fn pax(&mut self, fd: RawFd, path: &[u8]) -> Result<()> {
+        let x = xattrs(fd);
+        if x.is_empty() {
+            return Ok(());
+        }
+        self.b.append_pax_extensions(x.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).step(|| format!("write the xattrs of {}", show(path)))
+    }
+
+    fn entry(&mut self, dir: RawFd, name: &CString, path: &[u8]) -> Result<()> {
         let st = match fstatat(dir, name) {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(Error::os(format!("stat {path}"), e)),
+            Err(e) => return Err(Error::os(format!("stat {}", show(path)), e)),
         };
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 // SAFETY: open a directory relative to its parent, never through a symlink.
                 let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
                 if fd < 0 {
-                    return Err(Error::os(format!("open {path}"), std::io::Error::last_os_error()));
+                    return Err(Error::os(format!("open {}", show(path)), std::io::Error::last_os_error()));
                 }
                 // SAFETY: fresh fd.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -164,37 +237,55 @@ impl<W: Write> Walker<'_, W> {
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&key).cloned() {
                         let mut h = self.header(&st, tar::EntryType::Link, 0);
-                        return self.b.append_link(&mut h, path, first).step(|| format!("write {path}"));
+                        return self.b.append_link(&mut h, os(path), os(&first)).step(|| format!("write {}", show(path)));
                     }
-                    self.links.insert(key, path.to_string());
+                    self.links.insert(key, path.to_vec());
                 }
                 // SAFETY: open a regular file relative to its parent, never through a symlink.
                 let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
                 if fd < 0 {
-                    return Err(Error::os(format!("open {path}"), std::io::Error::last_os_error()));
+                    return Err(Error::os(format!("open {}", show(path)), std::io::Error::last_os_error()));
                 }
                 // SAFETY: fresh fd.
                 let f = unsafe { std::fs::File::from_raw_fd(fd) };
+                self.pax(f.as_raw_fd(), path)?;
                 let mut h = self.header(&st, tar::EntryType::Regular, st.st_size as u64);
-                self.b.append_data(&mut h, path, f).step(|| format!("write {path}"))
+                self.b.append_data(&mut h, os(path), f).step(|| format!("write {}", show(path)))
             }
             libc::S_IFLNK => {
                 let mut buf = vec![0u8; 4096];
                 // SAFETY: readlinkat into our buffer.
                 let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
                 if n < 0 {
-                    return Err(Error::os(format!("readlink {path}"), std::io::Error::last_os_error()));
+                    return Err(Error::os(format!("readlink {}", show(path)), std::io::Error::last_os_error()));
                 }
                 buf.truncate(n as usize);
                 let mut h = self.header(&st, tar::EntryType::Symlink, 0);
-                self.b.append_link(&mut h, path, OsStr::from_bytes(&buf)).step(|| format!("write {path}"))
+                self.b.append_link(&mut h, os(path), os(&buf)).step(|| format!("write {}", show(path)))
             }
             libc::S_IFIFO => {
                 let mut h = self.header(&st, tar::EntryType::Fifo, 0);
-                self.b.append_data(&mut h, path, std::io::empty()).step(|| format!("write {path}"))
+                self.b.append_data(&mut h, os(path), std::io::empty()).step(|| format!("write {}", show(path)))
             }
             // devices and sockets cannot be part of an unprivileged image
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_lose_their_root() {
+        let mut v3 = 0x0300_0001u32.to_le_bytes().to_vec();
+        v3.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]);
+        v3.extend_from_slice(&1_000_000u32.to_le_bytes());
+        let v2 = neutral_capability(v3);
+        assert_eq!(v2.len(), 20);
+        assert_eq!(u32::from_le_bytes([v2[0], v2[1], v2[2], v2[3]]), 0x0200_0001, "effective flag kept");
+        assert_eq!(&v2[4..], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]);
+        assert_eq!(neutral_capability(v2.clone()), v2, "v2 stays as it is");
     }
 }

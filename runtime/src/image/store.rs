@@ -5,6 +5,7 @@
 //! Fingerprints are computed as LXD and Incus do: the sha256 of the unified tarball, or of the
 //! metadata tarball followed by the rootfs file for a split image.
 
+use super::claim::{self, Claim};
 use super::format::Payload;
 use super::helper::{self, Job};
 use super::template;
@@ -17,7 +18,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// File names of a kept image.
 const UNIFIED: &str = "image";
@@ -38,7 +39,7 @@ pub struct Store<'a> {
 }
 
 /// An imported image.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Imported {
     /// Fingerprint.
     pub fingerprint: String,
@@ -50,6 +51,9 @@ pub struct Imported {
     pub split: bool,
     /// It was already in the store: nothing changed.
     pub known: bool,
+    /// The claim on the fingerprint (see [`claim`]): hold it until the image is registered,
+    /// so that a concurrent import of the same bytes finds it registered.
+    pub claim: Option<Claim>,
 }
 
 /// Progress of an import: (bytes done, bytes expected when known).
@@ -72,7 +76,9 @@ impl Store<'_> {
         cancel: &AtomicBool,
     ) -> Result<Imported> {
         std::fs::create_dir_all(&self.dir).step(|| format!("create {}", self.dir.display()))?;
-        let tmp = self.dir.join(format!(".import-{}-{}", std::process::id(), crate::monitor::proto::now_us()));
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".import-{}-{}-{seq}", std::process::id(), crate::monitor::proto::now_us()));
         std::fs::create_dir(&tmp).step(|| format!("create {}", tmp.display()))?;
         let r = self.import_in(&tmp, archive, rootfs, known, progress, cancel);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -105,9 +111,17 @@ impl Store<'_> {
         }
         let fp: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if known.contains(&fp) {
-            return Ok(Imported { fingerprint: fp, metadata: None, size, split, known: true });
+            return Ok(Imported { fingerprint: fp, metadata: None, size, split, known: true, claim: None });
         }
-        // leftovers of an interrupted import of the same image
+        // one job at a time stores a fingerprint
+        let claim = claim::claim(&self.dir, &fp, cancel)?;
+        if self.is_stored(&fp) {
+            // a concurrent import of the same bytes stored it, and its caller registered it
+            // before releasing the claim
+            return Ok(Imported { fingerprint: fp, metadata: None, size, split, known: true, claim: Some(claim) });
+        }
+        // leftovers of an interrupted import of the same image (the claim keeps anyone else
+        // from writing them)
         let _ = self.pool.delete_image(&fp);
         let _ = std::fs::remove_dir_all(self.image_dir(&fp));
 
@@ -159,7 +173,12 @@ impl Store<'_> {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e);
         }
-        Ok(Imported { fingerprint: fp, metadata: Some(meta), size, split, known: false })
+        Ok(Imported { fingerprint: fp, metadata: Some(meta), size, split, known: false, claim: Some(claim) })
+    }
+
+    /// Whether an image is completely stored: its volume, committed last, is in the pool.
+    fn is_stored(&self, fp: &str) -> bool {
+        self.image_dir(fp).is_dir() && self.pool.image_volume(fp).is_dir()
     }
 
     /// Whether a stored image is split (two files).
@@ -234,7 +253,12 @@ impl Store<'_> {
                 if orphan {
                     let p = e.path();
                     let r = if p.parent() == Some(dir.as_path()) && dir == self.dir {
-                        if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.map_err(|e| Error::os("remove", e))
+                        if p.is_dir() {
+                            // a build killed with the daemon may have left mounts inside
+                            super::debian::remove_build_dir(&p)
+                        } else {
+                            std::fs::remove_file(&p).map_err(|e| Error::os("remove", e))
+                        }
                     } else {
                         self.pool.delete_volume(&p)
                     };
@@ -407,4 +431,39 @@ pub fn apply_templates(volume: &Path, ctx: &template::Context, owner: (u32, u32)
         applied += 1;
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{DriverKind, PoolConfig};
+
+    /// A build interrupted by a crash of the daemon (or a cancel) can leave debootstrap's
+    /// mounts in its directory; the startup cleanup detaches them and removes the rest.
+    #[test]
+    fn orphaned_build_dirs_are_removed_with_the_mounts_inside() {
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let top = std::env::temp_dir().join(format!("berth-orphans-{}", std::process::id()));
+        let pool = Pool::new(PoolConfig { driver: DriverKind::Dir, path: top.join("pool"), source: None });
+        std::fs::create_dir_all(top.join("pool/images")).unwrap();
+        let store = Store { dir: top.join("images"), pool: &pool, helper: Path::new("/nonexistent"), ids: IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 } };
+        let build = store.dir.join(".build-1-2/rootfs");
+        std::fs::create_dir_all(build.join("proc")).unwrap();
+        std::fs::create_dir_all(build.join("etc")).unwrap();
+        std::fs::write(build.join("etc/hostname"), b"x").unwrap();
+        crate::sys::mount(Some(Path::new("proc")), &build.join("proc"), Some(c"proc"), 0, None).unwrap();
+        let notes = store.remove_orphans(&HashSet::new());
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let left = mi.lines().any(|l| l.contains("berth-orphans-"));
+        if left {
+            let _ = crate::sys::umount2(&build.join("proc"), libc::MNT_DETACH);
+        }
+        let gone = !store.dir.join(".build-1-2").exists();
+        let _ = std::fs::remove_dir_all(&top);
+        assert!(!left, "the proc mount was detached: {notes:?}");
+        assert!(gone, "the build directory was removed: {notes:?}");
+    }
 }
