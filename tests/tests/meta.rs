@@ -82,3 +82,18 @@ fn units_pass_systemd_analyze_verify() {
     assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify:\n{msgs}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn dbus_activation_names_the_unit_that_owns_the_name() {
+    // on systemd hosts dbus-daemon asks systemd to start SystemdService=: it must be a unit
+    // that exists without `systemctl enable` (an Alias= only exists once enabled) and that
+    // owns the bus name
+    let activation = std::fs::read_to_string(repo().join("systemd/org.berth.Berth1.service")).unwrap();
+    let field = |text: &str, key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+    let unit = field(&activation, "SystemdService=").expect("SystemdService=");
+    let name = field(&activation, "Name=").expect("Name=");
+    let path = repo().join("systemd").join(&unit);
+    assert!(path.is_file(), "SystemdService={unit} is not a unit berth ships");
+    let service = std::fs::read_to_string(path).unwrap();
+    assert_eq!(field(&service, "BusName=").as_deref(), Some(name.as_str()), "{unit} does not own {name}");
+}
