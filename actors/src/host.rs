@@ -841,6 +841,14 @@ impl MonitorConn {
 
     async fn send(&self, req: &Request, fds: &[RawFd]) -> Result<(), RuntimeError> {
         let data = proto::encode(req);
+        if data.len() > proto::MAX_MESSAGE {
+            // only an exec can be this big: its arguments and environment
+            return Err(RuntimeError::Invalid(format!(
+                "the command's arguments and environment take {} KiB; at most {} KiB fit (pass large data on stdin)",
+                data.len().div_ceil(1024),
+                proto::MAX_MESSAGE / 1024 - 1
+            )));
+        }
         loop {
             let mut guard = self.fd.writable().await.map_err(io_err)?;
             match guard.try_io(|inner| fdpass::send(inner.get_ref().as_fd(), &data, fds)) {

@@ -169,6 +169,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     tracing::info!(state = %cfg.state_dir.display(), "berthd {} serving {BUS_NAME}", env!("CARGO_PKG_VERSION"));
     crate::notify::notify("READY=1");
+    tokio::spawn(autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -189,4 +190,35 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let _ = conn.release_name(BUS_NAME).await;
     engine.shutdown().await;
     Ok(())
+}
+
+/// After a host boot (the kernel's boot id differs from the one berthd last recorded in
+/// `marker`), starts every stopped container with `boot.autostart=true`, as LXD does. The id
+/// is recorded afterwards, so a berthd that restarts later during the same boot starts
+/// nothing. Failures are logged: one container that cannot start does not keep the others.
+async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::path::PathBuf) {
+    let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()) else { return };
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == boot) {
+        return;
+    }
+    let containers = match engine.list_containers().await {
+        Ok(c) => c,
+        Err(e) => return tracing::error!("autostart: list containers: {e}"),
+    };
+    for c in containers.into_iter().filter(|c| c.status == berth_actors::types::Status::Stopped) {
+        let wanted = match engine.container(&c.name).await {
+            Ok(info) => info.config.get("boot.autostart").and_then(|v| berth_actors::config::parse_bool(v)) == Some(true),
+            Err(_) => false,
+        };
+        if wanted {
+            match engine.start_container(&c.name, Default::default()).await {
+                Ok(()) => tracing::info!(container = %c.name, "started at boot (boot.autostart)"),
+                Err(e) => tracing::error!(container = %c.name, "boot.autostart: {e}"),
+            }
+        }
+    }
+    let tmp = marker.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker)) {
+        tracing::error!("record the boot id in {}: {e}", marker.display());
+    }
 }

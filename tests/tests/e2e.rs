@@ -309,6 +309,10 @@ fn bad_input_gets_a_specific_error_and_changes_nothing() {
     let out = env.berth(&["launch", "busybox", "c"]);
     assert!(text(&out.stderr).contains("AlreadyExists") || text(&out.stderr).contains("InvalidState"), "{}", text(&out.stderr));
     assert_eq!(env.status("c"), "Running");
+    // a command line too big for the monitor's protocol is refused as such
+    let huge = "x".repeat(100_000);
+    let out = env.berth(&["exec", "c", "--", "echo", &huge]);
+    assert!(text(&out.stderr).contains("InvalidConfig") && text(&out.stderr).contains("at most"), "{}", text(&out.stderr));
     // and the daemon keeps serving
     assert_eq!(env.ok(&["exec", "c", "--", "echo", "ok"]).trim(), "ok");
     env.ok(&["start", "--if-needed", "c"]);
@@ -455,4 +459,34 @@ fn host_users_cannot_reach_container_files() {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(&planted).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+}
+
+#[test]
+fn containers_with_boot_autostart_start_after_a_host_boot() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["init", "busybox", "auto", "-c", "boot.autostart=true"]);
+    env.ok(&["init", "busybox", "manual"]);
+    let restart_berthd = |boot_id: Option<&str>| {
+        let pid = env.daemon_pid().expect("berthd runs");
+        // SAFETY: kill of the daemon we started.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        wait_for(Duration::from_secs(10), "berthd to exit", || env.daemon_pid() != Some(pid));
+        if let Some(id) = boot_id {
+            std::fs::write(env.state.join("boot-id"), id).unwrap();
+        }
+        env.ok(&["list"]);
+    };
+    // berthd recorded this boot when it started: a restart during the same boot starts nothing
+    restart_berthd(None);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.status("auto"), "Stopped");
+    // as if the host had rebooted since berthd last ran
+    restart_berthd(Some("a-boot-long-ago"));
+    wait_for(Duration::from_secs(10), "auto to start", || env.status("auto") == "Running");
+    assert_eq!(env.status("manual"), "Stopped");
+    let recorded = std::fs::read_to_string(env.state.join("boot-id")).unwrap();
+    assert_eq!(recorded.trim(), std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim());
 }

@@ -269,8 +269,8 @@ impl ContainerIface {
         Ok(self.info().await?.ephemeral)
     }
 
-    /// Applied profiles.
-    #[zbus(property)]
+    /// Applied profiles (only `default` exists so far, and it is never changed).
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn profiles(&self) -> Result<Vec<String>> {
         Ok(self.info().await?.profiles)
     }
@@ -285,13 +285,6 @@ impl ContainerIface {
     #[zbus(property)]
     async fn expanded_config(&self) -> Result<HashMap<String, String>> {
         Ok(self.info().await?.expanded_config.into_iter().collect())
-    }
-
-    /// Devices (name → properties).
-    #[zbus(property)]
-    async fn devices(&self) -> Result<HashMap<String, HashMap<String, String>>> {
-        self.info().await?;
-        Ok(HashMap::new())
     }
 
     /// Saved running state exists (after a stateful stop).

@@ -148,11 +148,13 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
                     ("Status", Variant::from(status.as_str())),
                     ("InitPid", Variant::from(init_pid)),
                 ]);
+                // a saved running state comes and goes with a stop or a start: Stateful is
+                // invalidated rather than sent, so the projector never asks the actor here
                 fdo::Properties::properties_changed(
                     &emitter,
                     container::INTERFACE.try_into()?,
                     changed,
-                    std::borrow::Cow::Borrowed(&[]),
+                    std::borrow::Cow::Borrowed(&["Stateful"]),
                 )
                 .await?;
             }
