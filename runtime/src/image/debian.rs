@@ -40,8 +40,10 @@ pub fn host_mirror() -> String {
             }
         }
     }
+    // a Debian archive (…/debian): not its security mirror, nor a third-party repository
     uris.into_iter()
-        .find(|u| (u.starts_with("http://") || u.starts_with("https://")) && !u.contains("security"))
+        .find(|u| (u.starts_with("http://") || u.starts_with("https://")) && !u.contains("security") && u.trim_end_matches('/').ends_with("/debian"))
+        .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }
 
