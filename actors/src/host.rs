@@ -153,7 +153,9 @@ impl HostRuntime {
             Reply::Status(s) => s,
             other => return Err(RuntimeError::Failed(format!("unexpected answer from the monitor: {other:?}"))),
         };
+        let t0 = std::time::Instant::now();
         let reasons = self.preflight(name, status.init_pid);
+        let preflight_us = t0.elapsed().as_micros();
         if !reasons.is_empty() {
             return Err(RuntimeError::NotSupported(format!("cannot checkpoint container {name}: {}", reasons.join("; "))));
         }
@@ -180,6 +182,7 @@ impl HostRuntime {
         let freezer = cg.freezer_dir();
         let mut volume_bytes = 0u64;
         let mut frozen_us = 0u64;
+        let (mut freeze_us, mut files_us) = (0u128, 0u128);
         let mut attempt = 0u64;
         let res = loop {
             attempt += 1;
@@ -187,11 +190,13 @@ impl HostRuntime {
             if let Err(e) = std::fs::create_dir_all(&images) {
                 break Err(berth_runtime::criu::Failure { step: "prepare the images".into(), message: e.to_string(), log: None });
             }
+            let freeze_at = std::time::Instant::now();
             if let Some(dir) = &freezer
                 && let Err(e) = freeze_settled(&cg, dir)
             {
                 break Err(berth_runtime::criu::Failure { step: "freeze the container".into(), message: e.to_string(), log: None });
             }
+            freeze_us = freeze_at.elapsed().as_micros();
             let frozen_at = std::time::Instant::now();
             let r = dump(
                 &DumpPlan {
@@ -207,8 +212,10 @@ impl HostRuntime {
                 },
                 &mut || {
                     if !stop {
+                        let t = std::time::Instant::now();
                         let _ = self.pool.delete_volume(&staging.volume());
                         volume_bytes = self.pool.capture_volume(name, &staging).map_err(|e| e.to_string())?;
+                        files_us = t.elapsed().as_micros();
                     }
                     Ok(())
                 },
@@ -249,15 +256,28 @@ impl HostRuntime {
                     // veths must not be in the way of a quick restore
                     self.remove_host_veths(rec);
                 }
+                tracing::info!(
+                    container = %name,
+                    "checkpointed in {} ms: preflight {} ms, freeze {} ms, criu {} ms (files {} ms), {} attempt(s), {} MiB of memory",
+                    t0.elapsed().as_millis(),
+                    preflight_us / 1000,
+                    freeze_us / 1000,
+                    stats.criu_us / 1000,
+                    files_us / 1000,
+                    attempt,
+                    stats.memory_bytes >> 20
+                );
                 Ok(CheckpointStats { state_bytes: stats.image_bytes, volume_bytes, frozen_us })
             }
         }
     }
 
+    /// Puts the container's host veths aside (down, renamed: see `Netlink::set_aside`), so
+    /// that nothing crosses them and their names are free for the next run at once.
     fn remove_host_veths(&self, rec: &ContainerRecord) {
         if let (Some(_), Ok(mut nl)) = (&self.network, berth_runtime::net::Netlink::open()) {
             for nic in self.nics(rec).unwrap_or_default() {
-                let _ = nl.delete(&nic.host_name);
+                let _ = nl.set_aside(&nic.host_name);
             }
         }
     }

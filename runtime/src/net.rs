@@ -259,6 +259,25 @@ impl Netlink {
         self.set_up(host, &format!("bring up {}", nic.host_name))
     }
 
+    /// Takes interface `name` down and out of the way under a throwaway name (missing is
+    /// fine): no packet crosses it any more, and its name is free at once. Far quicker than a
+    /// delete, which waits for the kernel's RCU barrier (10–30 ms measured); a veth put aside
+    /// like this goes with its peer's network namespace.
+    pub fn set_aside(&mut self, name: &str) -> Result<()> {
+        let Some(index) = self.index(name) else { return Ok(()) };
+        let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(index, 0, libc::IFF_UP as u32));
+        self.call(&mut m, &format!("take {name} down"))?;
+        let mac = random_mac();
+        let aside = format!("vx{:02x}{:02x}{:02x}{}", mac[3], mac[4], mac[5], &name[name.len().saturating_sub(5)..]);
+        let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(index, 0, 0));
+        m.str(IFLA_IFNAME, &aside);
+        match self.call(&mut m, &format!("rename {name} to {aside}")) {
+            // a clash of throwaway names: delete it the slow way
+            Err(e) if e.errno() == Some(libc::EEXIST) => self.delete(name),
+            r => r,
+        }
+    }
+
     /// Deletes interface `name` (missing is fine).
     pub fn delete(&mut self, name: &str) -> Result<()> {
         let Some(index) = self.index(name) else { return Ok(()) };

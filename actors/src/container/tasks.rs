@@ -201,6 +201,10 @@ impl ContainerState {
         let (rt, rec, me2, op2) = (self.rt.clone(), self.rec.clone(), me.clone(), op.clone());
         tokio::spawn(async move {
             let what = format!("container {}", rec.name);
+            let t0 = std::time::Instant::now();
+            let mut stopped_ms = 0;
+            let mut disconnect_ms = 0;
+            let mut files_ms = 0;
             let res = async {
                 if was_running {
                     // the restored tree takes over the connections of this one: its death
@@ -208,12 +212,15 @@ impl ContainerState {
                     if op2.is_some() {
                         rt.disconnect(&rec).await.map_err(|e| map_rt(Op::Restore, what.clone(), e))?;
                     }
+                    disconnect_ms = t0.elapsed().as_millis();
                     match rt.stop(&rec, true, Duration::ZERO).await {
                         Ok(_) | Err(RuntimeError::NotRunning) => {}
                         Err(e) => return Err(map_rt(Op::Stop, what.clone(), e)),
                     }
                 }
+                stopped_ms = t0.elapsed().as_millis();
                 rt.restore_files(&rec, &snap.id).await.map_err(|e| map_rt(Op::Snapshot, format!("snapshot {}/{}", snap.container, snap.name), e))?;
+                files_ms = t0.elapsed().as_millis() - stopped_ms;
                 if let Some(op) = op2 {
                     rt.restore(&rec, &StateSlot::Snapshot(snap.id.clone()), op).await.map(Some).map_err(|e| map_rt(Op::Restore, what.clone(), e))
                 } else if was_running {
@@ -223,6 +230,16 @@ impl ContainerState {
                 }
             }
             .await;
+            if res.is_ok() {
+                tracing::info!(
+                    container = %rec.name,
+                    "restored {}/{} in {} ms: old tree gone {stopped_ms} ms (disconnected {disconnect_ms} ms), files {files_ms} ms, start or restore {} ms",
+                    snap.container,
+                    snap.name,
+                    t0.elapsed().as_millis(),
+                    t0.elapsed().as_millis() - stopped_ms - files_ms
+                );
+            }
             let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Restore { res, actor, op, reply })));
         });
     }

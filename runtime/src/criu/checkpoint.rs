@@ -11,7 +11,6 @@ use super::{CheckpointMeta, DEV_MOUNTS, Failure, META_FILE, base_opts, call, ext
 use protobuf::MessageField;
 use rust_criu::rust_criu_protobuf::rpc;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What to dump and where.
@@ -76,12 +75,17 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     let started = Instant::now();
     let mut seen: Vec<String> = Vec::new();
     let mut hook_error: Option<String> = None;
-    let done = AtomicBool::new(false);
+    // the reporter wakes at once when the dump ends (a plain sleep would hold the scope,
+    // and so the dump's reply, for up to its whole period)
+    let (done, stop) = std::sync::mpsc::channel::<()>();
     let resp = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
+        scope.spawn(move || {
+            loop {
                 progress(pages_bytes(plan.images));
-                std::thread::sleep(Duration::from_millis(100));
+                match stop.recv_timeout(Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
             }
         });
         let r = call(plan.criu, &req, &mut |n| {
@@ -94,7 +98,7 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
             }
             true
         });
-        done.store(true, Ordering::Relaxed);
+        drop(done);
         r
     });
     let criu_us = started.elapsed().as_micros() as u64;
