@@ -69,6 +69,8 @@ fn inheritable(fd: std::os::fd::BorrowedFd<'_>) -> OwnedFd {
 /// `criu restore` of `images` onto the stopped container `name`'s rootfs; kills and reaps the
 /// restored tree afterwards. Milliseconds of the restore.
 fn bare_restore(env: &Env, name: &str, images: &Path, keys: &[String; 2]) -> f64 {
+    // from here: what restoring this tree takes by hand (a console, the idmapped root, criu)
+    let t = Instant::now();
     let idmap = berth_runtime::idmap::IdMap::host_default();
     let console = berth_runtime::pty::open_console(idmap.uid_base, idmap.gid_base).expect("a console pty");
     let (con, ctty) = (inheritable(console.slave.as_fd()), inheritable(console.slave.as_fd()));
@@ -91,7 +93,6 @@ fn bare_restore(env: &Env, name: &str, images: &Path, keys: &[String; 2]) -> f64
     for (fd, key) in [(&con, &keys[0]), (&ctty, &keys[1])] {
         cmd.arg("--inherit-fd").arg(format!("fd[{}]:{key}", fd.as_raw_fd()));
     }
-    let t = Instant::now();
     let out = cmd.output().expect("run criu restore");
     let took = ms(t.elapsed());
     drop((con, ctty));

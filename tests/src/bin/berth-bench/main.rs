@@ -130,8 +130,8 @@ fn main() {
     if on("checkpoint") {
         println!("stateful snapshots and restores against bare CRIU");
         let env = btrfs_env("4GiB");
-        rt.block_on(checkpoint::measure(&env, args.runs.min(10), 0, &mut report));
-        rt.block_on(checkpoint::measure(&env, 3, 200, &mut report));
+        rt.block_on(checkpoint::measure(&env, args.runs.min(15), 0, &mut report));
+        rt.block_on(checkpoint::measure(&env, args.runs.clamp(3, 5), 200, &mut report));
     }
     report.print();
 }
