@@ -324,6 +324,22 @@ fn the_preflight_refuses_what_criu_cannot_checkpoint() {
     assert_eq!(env.status("p1"), "Running");
     let m = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "StatefulSupported"]);
     assert_eq!(text(&m.stdout).trim(), "b true");
+
+    // a process left running by an exec whose stdout was a host file: named, with the way out
+    env.ok(&["exec", "p1", "--", "sh", "-c", "killall sleep; true"]);
+    let log = env.dir.join("exec-out.log");
+    let mut cmd = std::process::Command::new(berth_tests::bin_dir().join("berth"));
+    cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
+        .args(["exec", "p1", "--", "sh", "-c", "sleep 999 </dev/null 2>/dev/null &"])
+        .stdout(std::fs::File::create(&log).unwrap());
+    assert!(cmd.status().unwrap().success());
+    let out = env.berth(&["snapshot", "create", "--stateful", "p1"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("NotSupported") && err.contains("outside the container") && err.contains("exec-out.log") && err.contains("in the container)"), "{err}");
+    assert!(snapshot_dirs(&env, "p1").is_empty());
+    // redirected inside the container, the same process is fine
+    env.ok(&["exec", "p1", "--", "sh", "-c", "killall sleep; sleep 998 >/dev/null 2>&1 </dev/null &"]);
+    env.ok(&["snapshot", "create", "--stateful", "p1", "ok"]);
 }
 
 #[test]

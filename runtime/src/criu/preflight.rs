@@ -18,9 +18,9 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
     let mut reasons = Vec::new();
     let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
     let init_ns: Vec<_> = NESTED.iter().map(|k| ns(init, k)).collect();
+    let mut mounts = MountSets::default();
     for &pid in pids {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
-        let who = format!("process {pid} ({comm})");
+        let who = describe(pid);
         let mut nested = false;
         for (i, kind) in NESTED.iter().enumerate() {
             // a process that exits meanwhile has no namespaces left to compare
@@ -34,10 +34,46 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
         if nested {
             continue;
         }
-        check_fds(pid, &who, &mut reasons);
+        check_fds(pid, &who, &mut mounts, &mut reasons);
     }
     reasons.dedup();
     reasons
+}
+
+/// "process 1234 (sleep, pid 7 in the container)": the host pid and the container's.
+fn describe(pid: i32) -> String {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+    let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()).map(str::to_string))
+        .filter(|p| p != &pid.to_string());
+    match inner {
+        Some(p) => format!("process {pid} ({comm}, pid {p} in the container)"),
+        None => format!("process {pid} ({comm})"),
+    }
+}
+
+/// The mount ids of each mount namespace met, read once per namespace.
+#[derive(Default)]
+struct MountSets(std::collections::HashMap<u64, std::collections::HashSet<u64>>);
+
+impl MountSets {
+    /// Whether mount `id` is one of `pid`'s mount namespace (None: cannot tell).
+    fn contains(&mut self, pid: i32, id: u64) -> Option<bool> {
+        let ns = crate::sys::ns_inode(Some(pid), "mnt").ok()?;
+        if !self.0.contains_key(&ns) {
+            let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+            let ids = mi.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+            self.0.insert(ns, ids);
+        }
+        Some(self.0[&ns].contains(&id))
+    }
+}
+
+/// The mount an open file lives on (`mnt_id:` of its fdinfo).
+fn fd_mount(pid: i32, fd: i32) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("mnt_id:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// What a systemd unit setting behind a nested namespace is called.
@@ -50,7 +86,7 @@ fn hint(kind: &str) -> &'static str {
     }
 }
 
-fn check_fds(pid: i32, who: &str, reasons: &mut Vec<String>) {
+fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
     let pidfd = crate::sys::pidfd_open(pid).ok();
     for e in rd.flatten() {
@@ -73,6 +109,19 @@ fn check_fds(pid: i32, who: &str, reasons: &mut Vec<String>) {
                 }
             }
         } else if target.starts_with('/') {
+            // a file of the host (the stdio of a `berth exec` whose process was left running
+            // in the background, say): CRIU finds no mount in the container to put it on
+            // (device nodes are judged below: the console is a host pty CRIU takes as external)
+            let device = std::fs::metadata(e.path()).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device());
+            if !device
+                && let Some(id) = fd_mount(pid, fd)
+                && mounts.contains(pid, id) == Some(false)
+            {
+                reasons.push(format!(
+                    "{who} has {target} open (fd {fd}), a file outside the container, which CRIU cannot checkpoint; start it with its stdin, stdout and stderr redirected inside the container (e.g. >/dev/null 2>&1 </dev/null)"
+                ));
+                continue;
+            }
             let Ok(m) = std::fs::metadata(e.path()) else { continue };
             let ft = m.file_type();
             if (ft.is_char_device() || ft.is_block_device()) && !known_device(&target, m.rdev()) {
@@ -126,10 +175,9 @@ pub fn symlink_watch(pid: i32) -> Option<String> {
             l.split_whitespace().find_map(|kv| kv.strip_prefix("ino:")).and_then(|h| u64::from_str_radix(h, 16).ok()) == Some(ino)
         });
         if watched {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             return Some(format!(
-                "process {pid} ({}) watches the symlink /etc/localtime, a watch CRIU cannot restore on a btrfs pool; make /etc/localtime a regular file (berth does when it creates a container with migration.stateful=true)",
-                comm.trim()
+                "{} watches the symlink /etc/localtime, a watch CRIU cannot restore on a btrfs pool; make /etc/localtime a regular file (berth does when it creates a container with migration.stateful=true)",
+                describe(pid)
             ));
         }
     }
@@ -172,11 +220,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn our_own_process_passes() {
-        // a plain process: same namespaces as "init" (itself), only ordinary fds
+    fn a_file_of_another_mount_namespace_is_named() {
+        // our own files are on our own mounts
         let me = std::process::id() as i32;
-        let reasons = check(me, &[me]);
-        assert!(reasons.iter().all(|r| !r.contains("nested")), "{reasons:?}");
+        let mut sets = MountSets::default();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let id = fd_mount(me, f.as_raw_fd()).expect("fdinfo has mnt_id");
+        assert_eq!(sets.contains(me, id), Some(true));
+        // a mount id no namespace of ours has
+        assert_eq!(sets.contains(me, u64::MAX), Some(false));
+        assert!(describe(me).starts_with(&format!("process {me} (")));
     }
 
     #[test]
