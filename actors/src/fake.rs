@@ -394,7 +394,7 @@ impl Runtime for FakeRuntime {
         gone
     }
 
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError> {
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str, _with_state: bool) -> Result<(), RuntimeError> {
         let mut i = self.lock();
         if i.running.contains_key(&rec.name) {
             return Err(RuntimeError::Failed(format!("{} still runs", rec.name)));
@@ -431,7 +431,7 @@ impl Runtime for FakeRuntime {
         self.lock().stop_states.contains_key(container)
     }
 
-    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError> {
+    async fn discard_stop_state(&self, container: &str, _unused: bool) -> Result<(), RuntimeError> {
         self.lock().stop_states.remove(container);
         Ok(())
     }

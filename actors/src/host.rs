@@ -408,10 +408,14 @@ impl Runtime for SharedHost {
                 }
                 VolumeSource::Container(c) => {
                     h.pool.copy_volume(&h.pool.container_volume(c), &rec.name)?;
+                    // a container stopped statefully holds the links CRIU made for its restore
+                    berth_runtime::criu::images::remove_link_remaps(&h.pool.stop_state(c).state(), &h.pool.rootfs(&rec.name));
                     "copy"
                 }
                 VolumeSource::Snapshot { container, id } => {
-                    h.pool.copy_volume(&h.pool.snapshot(container, id).volume(), &rec.name)?;
+                    let snap = h.pool.snapshot(container, id);
+                    h.pool.copy_volume(&snap.volume(), &rec.name)?;
+                    berth_runtime::criu::images::remove_link_remaps(&snap.state(), &h.pool.rootfs(&rec.name));
                     "copy"
                 }
             };
@@ -618,7 +622,7 @@ impl Runtime for SharedHost {
                         // building is the first half of the progress, storing the second
                         let mirror = image::debian::host_mirror();
                         let meta = image::debian::build(&dir, &mirror, &mut |p, t| op.set_progress(p, Some(2 * t)), &op.cancel)?;
-                        image::publish::publish(&dir, &meta, None, &archive, &op.cancel)?;
+                        image::publish::publish(&dir, &meta, None, &[], &archive, &op.cancel)?;
                         image::debian::remove_build_dir(&dir)?;
                         let f = std::fs::File::open(&archive).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", archive.display())))?;
                         h.import_files(f, None, &known, &op)
@@ -669,7 +673,15 @@ impl Runtime for SharedHost {
             let images = h.cfg.state_dir.join("images");
             std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
             let tmp = images.join(format!(".build-{}-{}.tar.zst", std::process::id(), crate::types::now_us()));
-            let res = image::publish::publish(&volume, &meta, shifted, &tmp, &op.cancel).map_err(RuntimeError::from).and_then(|_| {
+            // a stateful snapshot's files (and a statefully stopped container's) hold the links
+            // CRIU made for the dump
+            let state = match &source {
+                VolumeSource::Snapshot { container, id } => h.pool.snapshot(container, id).state(),
+                VolumeSource::Container(c) => h.pool.stop_state(c).state(),
+                VolumeSource::Image => h.pool.stop_state(&rec.name).state(),
+            };
+            let skip = berth_runtime::criu::images::link_remaps(&state);
+            let res = image::publish::publish(&volume, &meta, shifted, &skip, &tmp, &op.cancel).map_err(RuntimeError::from).and_then(|_| {
                 let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
                 h.import_files(f, None, &known, &op)
             });
@@ -756,11 +768,16 @@ impl Runtime for SharedHost {
         tokio::task::spawn_blocking(move || h.pool.sweep_snapshots(&c, &keep)).await.unwrap_or_default()
     }
 
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError> {
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str, with_state: bool) -> Result<(), RuntimeError> {
         let (h, c, id) = (self.0.clone(), rec.name.clone(), id.to_string());
         blocking(move || {
             let snap = h.pool.snapshot(&c, &id);
-            Ok(h.pool.replace_volume(&c, &snap.volume())?)
+            h.pool.replace_volume(&c, &snap.volume())?;
+            if !with_state {
+                // the files alone: the links CRIU made for a stateful snapshot's dump go
+                berth_runtime::criu::images::remove_link_remaps(&snap.state(), &h.pool.rootfs(&c));
+            }
+            Ok(())
         })
         .await
     }
@@ -774,9 +791,16 @@ impl Runtime for SharedHost {
         self.0.pool.stop_state(container).has_state()
     }
 
-    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError> {
+    async fn discard_stop_state(&self, container: &str, unused: bool) -> Result<(), RuntimeError> {
         let (h, c) = (self.0.clone(), container.to_string());
-        blocking(move || Ok(h.pool.remove_snapshot_dir(&h.pool.stop_state(&c).dir)?)).await
+        blocking(move || {
+            let saved = h.pool.stop_state(&c);
+            if unused {
+                berth_runtime::criu::images::remove_link_remaps(&saved.state(), &h.pool.rootfs(&c));
+            }
+            Ok(h.pool.remove_snapshot_dir(&saved.dir)?)
+        })
+        .await
     }
 
     fn criu_log(&self, container: &str) -> Option<PathBuf> {

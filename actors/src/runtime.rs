@@ -224,15 +224,18 @@ pub trait Runtime: Send + Sync + 'static {
     async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String>;
     /// Removes snapshot files of `container` that `keep` does not name; returns what it removed.
     async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String>;
-    /// Replaces the stopped container's files with snapshot `id`'s.
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str) -> Result<(), RuntimeError>;
+    /// Replaces the stopped container's files with snapshot `id`'s. `with_state`: its running
+    /// state is restored next (so the links CRIU made in the files for it stay).
+    async fn restore_files(&self, rec: &ContainerRecord, id: &str, with_state: bool) -> Result<(), RuntimeError>;
     /// Starts the stopped container from the running state in `slot` (files must already be
     /// those of the checkpoint). Returns once the restored init runs.
     async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError>;
     /// Whether a stateful stop saved a state for `container`.
     async fn has_stop_state(&self, container: &str) -> bool;
-    /// Removes the saved state of a stateful stop. Idempotent.
-    async fn discard_stop_state(&self, container: &str) -> Result<(), RuntimeError>;
+    /// Removes the saved state of a stateful stop. Idempotent. `unused`: the state was not
+    /// restored and the files are still those it was saved with, so the links CRIU left in them
+    /// for its restore go too.
+    async fn discard_stop_state(&self, container: &str, unused: bool) -> Result<(), RuntimeError>;
     /// Path of the log of the last checkpoint or restore of `container`, if any.
     fn criu_log(&self, container: &str) -> Option<std::path::PathBuf>;
 }

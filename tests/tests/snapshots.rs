@@ -1,7 +1,7 @@
 //! End-to-end: snapshots and copies with the real parts — a private system bus, polkitd,
 //! berthd, real containers on btrfs and dir pools.
 
-use berth_tests::{Env, Storage, text};
+use berth_tests::{Env, Storage, text, wait_for};
 
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no failure mode.
@@ -361,25 +361,91 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
         std::process::Command::new(cli).env("DBUS_SYSTEM_BUS_ADDRESS", bus).args(["snapshot", "create", "--stateful", "m1", "big"]).output().unwrap()
     });
     // the operation is visible while the dump runs, with the bytes dumped so far
-    let mut seen = None;
+    let mut op: Option<String> = None;
+    let mut bytes = Vec::new();
     let t0 = std::time::Instant::now();
-    while seen.is_none() && t0.elapsed() < std::time::Duration::from_secs(30) && !snap.is_finished() {
-        let out = env.busctl(&["--json=short", "call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(p) = v["data"][0].as_array().and_then(|a| a.first()).and_then(|p| p.as_str()) {
-            let get = |prop: &str| text(&env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", prop]).stdout);
-            let verb = get("Operation");
-            if verb.contains("snapshot-create") {
-                seen = Some(verb);
+    while t0.elapsed() < std::time::Duration::from_secs(30) && !snap.is_finished() {
+        if op.is_none() {
+            let out = env.busctl(&["--json=short", "call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(p) = v["data"][0].as_array().and_then(|a| a.first()).and_then(|p| p.as_str()) {
+                let verb = text(&env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", "Operation"]).stdout);
+                if verb.contains("snapshot-create") {
+                    op = Some(p.to_string());
+                }
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        if let Some(p) = &op {
+            let out = env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", "Bytes"]);
+            // "t 123456"
+            if let Some(n) = text(&out.stdout).split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()) {
+                bytes.push(n);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let out = snap.join().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(seen.is_some(), "the stateful snapshot ran as an Operation");
+    assert!(op.is_some(), "the stateful snapshot ran as an Operation");
+    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "the bytes dumped only grow: {bytes:?}");
+    assert!(bytes.iter().any(|&b| b > 0), "the bytes dumped so far were reported while it ran: {bytes:?}");
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["snapshot", "list", "m1", "--format", "json"])).unwrap();
     assert!(v[0]["size"].as_u64().unwrap() > 140_000_000, "the images hold the memory: {v}");
     env.ok(&["snapshot", "restore", "m1", "big"]);
     assert!(env.ok(&["exec", "m1", "--", "ps"]).contains("awk"));
+}
+
+/// Names CRIU's `--link-remap` left in a directory of a container's or snapshot's files.
+fn link_remaps_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("link_remap.")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_links_criu_makes_for_a_dump_stay_out_of_copies_of_the_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "l1"]);
+    // a file still linked (as /root/b) whose opened path (/root/a) is gone: CRIU links it back
+    // as /root/link_remap.N to dump it
+    let pid = env
+        .ok(&["exec", "l1", "--", "sh", "-c", "echo kept > /root/a && ln /root/a /root/b && (exec 3</root/a; rm /root/a; exec sleep 1000) >/dev/null 2>&1 </dev/null & echo $!"])
+        .trim()
+        .to_string();
+    wait_for(std::time::Duration::from_secs(5), "the opened path to go", || !env.berth(&["exec", "l1", "--", "test", "-e", "/root/a"]).status.success());
+    env.ok(&["snapshot", "create", "l1", "live", "--stateful"]);
+    let rootfs = |c: &str| env.pool().join("containers").join(c).join("rootfs/root");
+    let snap = snapshot_dirs(&env, "l1").into_iter().find(|d| !d.starts_with('.')).unwrap();
+    let snap_root = env.pool().join("snapshots/l1").join(&snap).join("volume/rootfs/root");
+    assert_eq!(link_remaps_in(&snap_root).len(), 1, "the snapshot's files hold CRIU's link (taken while frozen)");
+    assert!(link_remaps_in(&rootfs("l1")).is_empty(), "CRIU unlinked it from the running container");
+
+    // copies of the files alone do not get it
+    env.ok(&["copy", "l1/live", "l2"]);
+    assert!(link_remaps_in(&rootfs("l2")).is_empty());
+    assert_eq!(std::fs::read_to_string(rootfs("l2").join("b")).unwrap(), "kept\n");
+    env.ok(&["publish", "l1/live", "--alias", "from-live"]);
+    env.ok(&["launch", "from-live", "l3"]);
+    let listed = env.ok(&["exec", "l3", "--", "ls", "/root"]);
+    assert!(!listed.contains("link_remap"), "{listed}");
+    env.ok(&["snapshot", "restore", "l1", "live", "--stateless"]);
+    assert!(link_remaps_in(&rootfs("l1")).is_empty());
+
+    // the running state still finds its file, and consumes the link
+    env.ok(&["snapshot", "restore", "l1", "live"]);
+    assert_eq!(env.ok(&["exec", "l1", "--", "cat", &format!("/proc/{pid}/fd/3")]), "kept\n");
+    assert!(link_remaps_in(&rootfs("l1")).is_empty());
+    assert_eq!(link_remaps_in(&snap_root).len(), 1, "the snapshot itself is unchanged");
+
+    // a stateful stop leaves the link for its restore; a stateless start drops it
+    env.ok(&["stop", "--stateful", "l1"]);
+    assert_eq!(link_remaps_in(&rootfs("l1")).len(), 1);
+    env.ok(&["start", "--stateless", "l1"]);
+    assert!(link_remaps_in(&rootfs("l1")).is_empty());
+    assert_eq!(std::fs::read_to_string(rootfs("l1").join("b")).unwrap(), "kept\n");
 }

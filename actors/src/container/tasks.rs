@@ -97,7 +97,7 @@ impl ContainerState {
                         // the files are the snapshot's now: a state saved by a stateful stop
                         // no longer matches them
                         if self.rec.config.remove(STATEFUL_KEY).is_some()
-                            && let Err(e) = self.rt.discard_stop_state(&self.rec.name).await
+                            && let Err(e) = self.rt.discard_stop_state(&self.rec.name, false).await
                         {
                             tracing::warn!(container = %self.rec.name, "discard the saved state: {e}");
                         }
@@ -137,7 +137,7 @@ impl ContainerState {
                     Ok(run) => {
                         self.rec.config.remove(STATEFUL_KEY);
                         let r = self.ran(me, Some(run)).await;
-                        if let Err(e) = self.rt.discard_stop_state(&self.rec.name).await {
+                        if let Err(e) = self.rt.discard_stop_state(&self.rec.name, false).await {
                             tracing::warn!(container = %self.rec.name, "discard the restored state: {e}");
                         }
                         r
@@ -219,7 +219,7 @@ impl ContainerState {
                     }
                 }
                 stopped_ms = t0.elapsed().as_millis();
-                rt.restore_files(&rec, &snap.id).await.map_err(|e| map_rt(Op::Snapshot, format!("snapshot {}/{}", snap.container, snap.name), e))?;
+                rt.restore_files(&rec, &snap.id, op2.is_some()).await.map_err(|e| map_rt(Op::Snapshot, format!("snapshot {}/{}", snap.container, snap.name), e))?;
                 files_ms = t0.elapsed().as_millis() - stopped_ms;
                 if let Some(op) = op2 {
                     rt.restore(&rec, &StateSlot::Snapshot(snap.id.clone()), op).await.map(Some).map_err(|e| map_rt(Op::Restore, what.clone(), e))
@@ -274,7 +274,7 @@ impl ContainerState {
     pub(super) async fn start_with(&mut self, me: &ActorRef<ContainerMsg>, opts: StartOptions, r: RpcReplyPort<Result<()>>) {
         if self.rec.config.contains_key(STATEFUL_KEY) && matches!(self.rec.status, Status::Stopped | Status::Error) {
             if opts.stateless {
-                if let Err(e) = self.rt.discard_stop_state(&self.rec.name).await {
+                if let Err(e) = self.rt.discard_stop_state(&self.rec.name, true).await {
                     let _ = r.send(Err(map_rt(Op::Start, format!("container {}", self.rec.name), e)));
                     return;
                 }

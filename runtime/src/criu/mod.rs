@@ -13,6 +13,7 @@
 //! namespaces exist.
 
 pub mod checkpoint;
+pub mod images;
 pub mod prepare;
 pub mod preflight;
 pub mod restore;

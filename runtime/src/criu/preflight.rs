@@ -61,12 +61,14 @@ impl MountSets {
     /// Whether mount `id` is one of `pid`'s mount namespace (None: cannot tell).
     fn contains(&mut self, pid: i32, id: u64) -> Option<bool> {
         let ns = crate::sys::ns_inode(Some(pid), "mnt").ok()?;
-        if !self.0.contains_key(&ns) {
-            let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-            let ids = mi.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
-            self.0.insert(ns, ids);
-        }
-        Some(self.0[&ns].contains(&id))
+        let ids = match self.0.entry(ns) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+                e.insert(mi.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
+            }
+        };
+        Some(ids.contains(&id))
     }
 }
 

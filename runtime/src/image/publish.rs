@@ -20,8 +20,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Writes `out` (zstd tarball) from `volume` (`rootfs/`, `templates/`) with `metadata`.
-/// `shifted`: the rootfs is chowned into this range and must be written unshifted.
-pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, out: &Path, cancel: &AtomicBool) -> Result<()> {
+/// `shifted`: the rootfs is chowned into this range and must be written unshifted. `skip`:
+/// paths relative to the rootfs left out (the links CRIU made in a stateful snapshot).
+pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, skip: &[std::path::PathBuf], out: &Path, cancel: &AtomicBool) -> Result<()> {
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(out).step(|| format!("create {}", out.display()))?;
     let r = (|| -> Result<()> {
         let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
@@ -39,7 +40,15 @@ pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, out: 
         h.set_uid(0);
         h.set_gid(0);
         b.append_data(&mut h, "metadata.yaml", meta.as_bytes()).step(|| "write metadata.yaml")?;
-        let mut w = Walker { b: &mut b, shifted, links: HashMap::new(), cancel };
+        let skip = skip
+            .iter()
+            .map(|p| {
+                let mut a = b"rootfs/".to_vec();
+                a.extend_from_slice(p.as_os_str().as_bytes());
+                a
+            })
+            .collect();
+        let mut w = Walker { b: &mut b, shifted, links: HashMap::new(), skip, cancel };
         for top in ["rootfs", "templates"] {
             let p = volume.join(top);
             if std::fs::symlink_metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
@@ -70,6 +79,7 @@ struct Walker<'a, W: Write> {
     b: &'a mut tar::Builder<W>,
     shifted: Option<IdMap>,
     links: HashMap<(u64, u64), Vec<u8>>,
+    skip: std::collections::HashSet<Vec<u8>>,
     cancel: &'a AtomicBool,
 }
 
@@ -216,6 +226,9 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn entry(&mut self, dir: RawFd, name: &CString, path: &[u8]) -> Result<()> {
+        if self.skip.contains(path) {
+            return Ok(());
+        }
         let st = match fstatat(dir, name) {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
