@@ -351,8 +351,9 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
     env.ok(&["launch", "busybox", "m1"]);
     // a process holding 150 MB of touched memory
     env.ok(&["exec", "m1", "--", "sh", "-c", "awk 'BEGIN{s=sprintf(\"%150000000s\",\"\"); system(\"sleep 1000\")}' >/dev/null 2>&1 </dev/null &"]);
+    // done with its string (it has run sleep): while it builds it, its memory comes and goes
     berth_tests::wait_for(std::time::Duration::from_secs(20), "the memory hog", || {
-        let out = env.berth(&["exec", "m1", "--", "sh", "-c", "awk '/VmRSS/{print $2}' /proc/$(pidof awk | cut -d' ' -f1)/status"]);
+        let out = env.berth(&["exec", "m1", "--", "sh", "-c", "pidof sleep >/dev/null && awk '/VmRSS/{print $2}' /proc/$(pidof awk | cut -d' ' -f1)/status"]);
         text(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 140_000
     });
     let bus = env.bus.clone();
