@@ -5,7 +5,7 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
-              [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none]
+              [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--no-favordynmods]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd --version
 
@@ -20,6 +20,9 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
                        idmapped mounts (used automatically where the pool refuses them)
   --bridge NAME|none   host bridge for the containers' eth0 (default berthbr0; created with a
                        10.x.y.0/20 that clashes with no host route); none: only loopback
+  --no-favordynmods    leave the cgroup mounts as they are (by default berthd turns on the
+                       kernel's favordynmods option, without which each start waits 5-20 ms
+                       for an RCU grace period: see docs/performance.md)
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir";
 
@@ -42,6 +45,8 @@ pub struct Config {
     pub no_idmapped_mounts: bool,
     /// Host bridge for containers' eth0 (None: no network).
     pub bridge: Option<String>,
+    /// Leave the cgroup mounts' options alone (no `favordynmods`).
+    pub no_favordynmods: bool,
 }
 
 /// `berthd init` settings.
@@ -79,6 +84,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         monitor: None,
         no_idmapped_mounts: false,
         bridge: Some("berthbr0".into()),
+        no_favordynmods: false,
     };
     let mut init: Option<InitOptions> = None;
     let mut it = args.iter();
@@ -96,6 +102,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
+            "--no-favordynmods" => cfg.no_favordynmods = true,
             "--bridge" => {
                 let v = val("--bridge")?;
                 if v == "none" {

@@ -113,6 +113,15 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     ensure_dir(&cfg.state_dir, 0o711)?;
     ensure_dir(&cfg.run_dir, 0o711)?;
     ensure_dir(&cfg.run_dir.join("containers"), 0o711)?;
+    if !cfg.no_favordynmods {
+        use berth_runtime::cgroup::{Favor, favor_dynamic_changes};
+        match favor_dynamic_changes(&cfg.run_dir.join(".cgroup2-favor")) {
+            Ok(Favor::Already(_)) => {}
+            Ok(Favor::Remounted(p)) => tracing::info!("cgroups: remounted {} with favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)", p.display()),
+            Ok(Favor::Mounted(_)) => tracing::info!("cgroups: turned on favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)"),
+            Err(e) => tracing::warn!("cgroups: cannot turn on favordynmods, starts will be slower: {e}"),
+        }
+    }
     let db = Db::open(&cfg.state_dir.join("berth.db")).map_err(|e| e.to_string())?;
     let (pool_cfg, created) = ensure_pool(&db, &cfg.state_dir, None, None)?;
     if created {

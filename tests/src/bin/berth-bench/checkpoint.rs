@@ -110,11 +110,17 @@ fn start_hog(env: &Env, mb: u64) -> f64 {
     let prog = format!("awk 'BEGIN{{s=sprintf(\"%{}s\",\"\"); system(\"sleep 100000\")}}' >/dev/null 2>&1 </dev/null &", mb * 1_000_000);
     env.ok(&["exec", "ck", "--", "sh", "-c", &prog]);
     let mut rss = 0.0;
+    // done with its string once it has run sleep: while it builds it, its memory comes and goes
     berth_tests::wait_for(Duration::from_secs(30), "the memory hog", || {
-        rss = env
-            .processes()
-            .into_iter()
-            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "awk"))
+        let procs = env.processes();
+        let comm = |p: &u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim().to_string();
+        if !procs.iter().any(|p| comm(p) == "sleep") {
+            return false;
+        }
+        rss = procs
+            .iter()
+            .filter(|p| comm(p) == "awk")
+            .copied()
             .filter_map(|p| super::util::rss_mib(p as i32))
             .fold(0.0, f64::max)
             * 1.048_576;
