@@ -103,13 +103,11 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     let f = report.add(&format!("host memory for {first} running busybox containers"), "MB", vec![used]);
     f.target = Some(Target::Max(250.0));
     f.peers = "LXC 258, Incus 3070";
-    let (mut rss, mut pss) = (Vec::new(), Vec::new());
-    for i in 0..first {
-        if let Some(s) = monitor_status(env, &format!("r{i:03}")) {
-            rss.extend(rss_mib(s.monitor_pid).map(|m| m * MB));
-            pss.extend(pss_mib(s.monitor_pid).map(|m| m * MB));
-        }
-    }
+    // asking a monitor for its pid wakes it: read the memory once they are idle again
+    let monitors: Vec<i32> = (0..first).filter_map(|i| monitor_status(env, &format!("r{i:03}"))).map(|s| s.monitor_pid).collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let rss: Vec<f64> = monitors.iter().filter_map(|&p| rss_mib(p)).map(|m| m * MB).collect();
+    let pss: Vec<f64> = monitors.iter().filter_map(|&p| pss_mib(p)).map(|m| m * MB).collect();
     let f = report.add("monitor RSS per running container (idle)", "MB", rss);
     f.target = Some(Target::Max(1.0));
     f.peers = "LXC 0.4, Incus 13";
