@@ -748,7 +748,7 @@ impl Runtime for SharedHost {
     async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String> {
         let h = self.0.clone();
         tokio::task::spawn_blocking(move || {
-            let mut notes = Vec::new();
+            let mut notes: Vec<String> = h.pool.sweep_volume_debris().into_iter().map(|d| format!("removed {d}, left by an interrupted restore")).collect();
             for c in h.pool.containers_with_snapshots() {
                 if !containers.contains(&c) {
                     match h.pool.remove_snapshots(&c) {
