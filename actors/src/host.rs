@@ -483,8 +483,10 @@ impl Runtime for SharedHost {
             if !spec.rootfs.is_dir() {
                 return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
             }
-            // idempotent: recreates groups a reboot wiped and keeps them delegated
-            spec.cgroups.create()?;
+            // recreates groups a reboot wiped (made at create, delegated then)
+            if !spec.cgroups.exists() {
+                spec.cgroups.create()?;
+            }
             h.apply_templates(&rec, "start")?;
             let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
             let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());

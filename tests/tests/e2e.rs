@@ -490,3 +490,30 @@ fn containers_with_boot_autostart_start_after_a_host_boot() {
     let recorded = std::fs::read_to_string(env.state.join("boot-id")).unwrap();
     assert_eq!(recorded.trim(), std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap().trim());
 }
+
+#[test]
+fn a_start_that_fails_in_the_container_says_why_and_leaves_nothing_running() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["init", "busybox", "f"]);
+    let init = env.pool().join("containers/f/rootfs/sbin/init");
+    std::fs::remove_file(&init).unwrap();
+    // there, but not executable: init's exec fails after the namespaces, mounts and veth
+    std::fs::write(&init, "#!/bin/sh\n").unwrap();
+    let links = || std::fs::read_dir("/sys/class/net").unwrap().count();
+    let before = links();
+    let out = env.berth(&["start", "f"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("exec /sbin/init") && err.contains("ermission denied"), "{err}");
+    assert_eq!(env.status("f"), "Stopped");
+    assert!(env.processes().is_empty(), "nothing of the container runs");
+    wait_for(Duration::from_secs(5), "the veth to go with its namespace", || links() == before);
+    // put right, it starts
+    std::fs::remove_file(&init).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", &init).unwrap();
+    env.ok(&["start", "f"]);
+    assert_eq!(env.ok(&["exec", "f", "--", "cat", "/proc/1/comm"]).trim(), "init");
+}
