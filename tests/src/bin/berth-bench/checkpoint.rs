@@ -129,7 +129,8 @@ fn start_hog(env: &Env, mb: u64) -> f64 {
     rss
 }
 
-/// `rounds` of: berth stateful snapshot, bare dump, berth restore, bare restore.
+/// `rounds` of: berth stateful snapshot, bare dump, berth restore onto the running container
+/// and onto the stopped one, bare restore (onto the stopped one).
 pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report) {
     let api = Api::new(env).await;
     if !api.m.stateful_supported().await.unwrap_or(false) {
@@ -138,7 +139,7 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
     }
     let c = api.container(api.launch("ck").await.expect("launch")).await;
     let what = if hog_mb == 0 { "idle".to_string() } else { format!("{hog_mb} MB touched") };
-    let (mut snap, mut dump, mut restore, mut bare) = (vec![], vec![], vec![], vec![]);
+    let (mut snap, mut dump, mut restore, mut replace, mut bare) = (vec![], vec![], vec![], vec![], vec![]);
     let bare_dir = env.pool().join("bare-criu");
     let mut touched = 0.0;
     for round in 0..rounds {
@@ -154,8 +155,14 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
         let keys = tty_keys(Path::new(&st.console));
         let images = bare_dir.join(format!("r{round}"));
         dump.push(bare_dump(st.init_pid, &keys, &images));
+        // onto the running container: its tree is killed first (the kernel frees its memory)
         let (t, r) = timed(s.restore(&none())).await;
         r.unwrap_or_else(|e| panic!("restore: {e}"));
+        replace.push(t);
+        // onto the stopped container: the same work as the bare restore
+        c.stop(&flag("force")).await.expect("stop");
+        let (t, r) = timed(s.restore(&none())).await;
+        r.unwrap_or_else(|e| panic!("restore onto the stopped container: {e}"));
         restore.push(t);
         c.stop(&flag("force")).await.expect("stop");
         bare.push(bare_restore(env, "ck", &images, &keys));
@@ -171,9 +178,10 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
     f.reference = Some(dname.clone());
     f.peers = "Incus adds ~750";
     report.add(&dname, "ms", dump);
-    let f = report.add(&format!("restore of a stateful snapshot ({what})"), "ms", restore);
+    let f = report.add(&format!("restore of a stateful snapshot onto the stopped container ({what})"), "ms", restore);
     f.target = Some(Target::Ratio(1.2));
     f.reference = Some(rname.clone());
+    report.add(&format!("restore of a stateful snapshot replacing the running tree ({what})"), "ms", replace).reference = Some(rname.clone());
     report.add(&rname, "ms", bare);
     if hog_mb > 0 {
         report.note(format!("the {hog_mb} MB container's hog had {touched:.0} MB resident"));
