@@ -3,7 +3,7 @@
 //! once.
 
 use super::report::{Report, Target};
-use super::util::{Api, daemon_pid, host_used_mib, monitor_status, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed};
+use super::util::{Api, daemon_pid, host_file_cache_mib, host_unavailable_mib, host_used_mib, meminfo, meminfo_growth, monitor_status, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed};
 use berth_tests::Env;
 use std::time::{Duration, Instant};
 
@@ -83,7 +83,8 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     api.m.list_containers().await.expect("list");
     let first = 200.min(max);
     settle_memory();
-    let base = host_used_mib();
+    let (base, base_unavailable, base_cache) = (host_used_mib(), host_unavailable_mib(), host_file_cache_mib());
+    let before = meminfo();
     let mut each = Vec::new();
     let t0 = Instant::now();
     for i in 0..first {
@@ -100,9 +101,12 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     std::thread::sleep(Duration::from_millis(2500));
     settle_memory();
     let used = (host_used_mib() - base) * MB;
-    let f = report.add(&format!("host memory for {first} running busybox containers"), "MB", vec![used]);
+    report.note(format!("host memory per running container, kB: {}", meminfo_growth(&before, &meminfo(), first)));
+    let f = report.add(&format!("host memory for {first} running busybox containers (used: total − free − buff/cache)"), "MB", vec![used]);
     f.target = Some(Target::Max(250.0));
     f.peers = "LXC 258, Incus 3070";
+    report.add("  the same as MemTotal − MemAvailable (caches dropped)", "MB", vec![(host_unavailable_mib() - base_unavailable) * MB]);
+    report.add("  page cache they add (reclaimable; each rootfs's own busybox)", "MB", vec![(host_file_cache_mib() - base_cache) * MB]);
     // asking a monitor for its pid wakes it: read the memory once they are idle again
     let monitors: Vec<i32> = (0..first).filter_map(|i| monitor_status(env, &format!("r{i:03}"))).map(|s| s.monitor_pid).collect();
     std::thread::sleep(Duration::from_millis(2500));

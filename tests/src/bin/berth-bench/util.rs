@@ -89,11 +89,46 @@ pub fn pss_mib(pid: i32) -> Option<f64> {
     proc_kib(pid, "smaps_rollup", "Pss:").map(|k| k / 1024.0)
 }
 
-/// Memory in use on the host (MemTotal − MemAvailable), MiB.
-pub fn host_used_mib() -> f64 {
+/// /proc/meminfo as kB by field.
+pub fn meminfo() -> std::collections::HashMap<String, f64> {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let get = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (get("MemTotal:") - get("MemAvailable:")) / 1024.0
+    s.lines().filter_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+    }).collect()
+}
+
+/// What grew between two meminfo readings, per one of `n` things, in the fields that tell
+/// where host memory goes.
+pub fn meminfo_growth(before: &std::collections::HashMap<String, f64>, after: &std::collections::HashMap<String, f64>, n: usize) -> String {
+    let per = |k: &str| (after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0)) / n.max(1) as f64;
+    ["AnonPages", "Shmem", "Mapped", "Active(file)", "Inactive(file)", "SUnreclaim", "SReclaimable", "PageTables", "KernelStack", "VmallocUsed", "Percpu", "MemFree", "MemAvailable"]
+        .iter()
+        .map(|k| format!("{k} {:+.0}", per(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Host memory in use, MiB, as `free` shows it: total − free − buff/cache (the "used" column
+/// of procps until 4.0), i.e. what the kernel cannot reclaim. Page cache is measured apart.
+pub fn host_used_mib() -> f64 {
+    let m = meminfo();
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    (get("MemTotal") - get("MemFree") - get("Buffers") - get("Cached") - get("SReclaimable") + get("Shmem")) / 1024.0
+}
+
+/// MemTotal − MemAvailable, MiB (the "used" column of procps 4). MemAvailable counts page
+/// cache only above the low watermark: on a host whose caches were just dropped, new cache
+/// counts half as used.
+pub fn host_unavailable_mib() -> f64 {
+    let m = meminfo();
+    (m.get("MemTotal").copied().unwrap_or(0.0) - m.get("MemAvailable").copied().unwrap_or(0.0)) / 1024.0
+}
+
+/// Page cache of files, MiB.
+pub fn host_file_cache_mib() -> f64 {
+    let m = meminfo();
+    (m.get("Active(file)").copied().unwrap_or(0.0) + m.get("Inactive(file)").copied().unwrap_or(0.0)) / 1024.0
 }
 
 /// Drops clean caches so that memory readings compare like with like.
