@@ -122,6 +122,17 @@ impl HostRuntime {
         }
     }
 
+    /// The CRIU images whose dump left links in `source`'s files (see
+    /// `berth_runtime::criu::images`): a stateful snapshot's, or a statefully stopped
+    /// container's saved state (usually absent, which names no links).
+    fn dump_state_of(&self, name: &str, source: &VolumeSource) -> PathBuf {
+        match source {
+            VolumeSource::Snapshot { container, id } => self.pool.snapshot(container, id).state(),
+            VolumeSource::Container(c) => self.pool.stop_state(c).state(),
+            VolumeSource::Image => self.pool.stop_state(name).state(),
+        }
+    }
+
     /// Whether stateful operations work here: CRIU's version, or why not (probed once).
     pub fn stateful_support(&self) -> Result<String, String> {
         self.criu_probe.get_or_init(|| berth_runtime::criu::probe(self.criu.as_deref())).clone()
@@ -406,16 +417,10 @@ impl Runtime for SharedHost {
                     h.pool.clone_image(&rec.image, &rec.name)?;
                     "create"
                 }
-                VolumeSource::Container(c) => {
-                    h.pool.copy_volume(&h.pool.container_volume(c), &rec.name)?;
-                    // a container stopped statefully holds the links CRIU made for its restore
-                    berth_runtime::criu::images::remove_link_remaps(&h.pool.stop_state(c).state(), &h.pool.rootfs(&rec.name));
-                    "copy"
-                }
-                VolumeSource::Snapshot { container, id } => {
-                    let snap = h.pool.snapshot(container, id);
-                    h.pool.copy_volume(&snap.volume(), &rec.name)?;
-                    berth_runtime::criu::images::remove_link_remaps(&snap.state(), &h.pool.rootfs(&rec.name));
+                VolumeSource::Container(_) | VolumeSource::Snapshot { .. } => {
+                    h.pool.copy_volume(&h.volume_of(&rec.name, &source), &rec.name)?;
+                    // a copy of the files alone: the links CRIU made for a dump go
+                    berth_runtime::criu::images::remove_link_remaps(&h.dump_state_of(&rec.name, &source), &h.pool.rootfs(&rec.name));
                     "copy"
                 }
             };
@@ -675,14 +680,7 @@ impl Runtime for SharedHost {
             let images = h.cfg.state_dir.join("images");
             std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
             let tmp = images.join(format!(".build-{}-{}.tar.zst", std::process::id(), crate::types::now_us()));
-            // a stateful snapshot's files (and a statefully stopped container's) hold the links
-            // CRIU made for the dump
-            let state = match &source {
-                VolumeSource::Snapshot { container, id } => h.pool.snapshot(container, id).state(),
-                VolumeSource::Container(c) => h.pool.stop_state(c).state(),
-                VolumeSource::Image => h.pool.stop_state(&rec.name).state(),
-            };
-            let skip = berth_runtime::criu::images::link_remaps(&state);
+            let skip = berth_runtime::criu::images::link_remaps(&h.dump_state_of(&rec.name, &source));
             let res = image::publish::publish(&volume, &meta, shifted, &skip, &tmp, &op.cancel).map_err(RuntimeError::from).and_then(|_| {
                 let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
                 h.import_files(f, None, &known, &op)

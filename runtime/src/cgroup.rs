@@ -62,30 +62,18 @@ impl Layout {
 
     /// Parses mountinfo text (separate for tests).
     pub fn parse(mountinfo: &str) -> Layout {
-        let mut hierarchies = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else { continue };
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            if pre.len() < 5 || post.len() < 3 {
+        let mut hierarchies: Vec<Hierarchy> = Vec::new();
+        for m in cgroup_mounts(mountinfo) {
+            if hierarchies.iter().any(|h| h.mountpoint == m.mountpoint) {
                 continue;
             }
-            let mountpoint = PathBuf::from(unescape_mountinfo(pre[4]));
-            if hierarchies.iter().any(|h: &Hierarchy| h.mountpoint == mountpoint) {
+            if m.fstype == "cgroup2" {
+                hierarchies.push(Hierarchy { mountpoint: m.mountpoint, v1_options: None });
                 continue;
             }
-            match post[0] {
-                "cgroup2" => hierarchies.push(Hierarchy { mountpoint, v1_options: None }),
-                "cgroup" => {
-                    let opts: Vec<&str> = post[2]
-                        .split(',')
-                        .filter(|o| KNOWN_V1.contains(o) || o.starts_with("name="))
-                        .collect();
-                    if !opts.is_empty() {
-                        hierarchies.push(Hierarchy { mountpoint, v1_options: Some(opts.join(",")) });
-                    }
-                }
-                _ => {}
+            let opts: Vec<&str> = m.super_options.split(',').filter(|o| KNOWN_V1.contains(o) || o.starts_with("name=")).collect();
+            if !opts.is_empty() {
+                hierarchies.push(Hierarchy { mountpoint: m.mountpoint, v1_options: Some(opts.join(",")) });
             }
         }
         Layout { hierarchies }
