@@ -89,32 +89,60 @@ pub fn pss_mib(pid: i32) -> Option<f64> {
     proc_kib(pid, "smaps_rollup", "Pss:").map(|k| k / 1024.0)
 }
 
-/// /proc/meminfo as kB by field.
+/// /proc/meminfo as kB by field, and [`PER_CPU_FREE`] read at the same time.
 pub fn meminfo() -> std::collections::HashMap<String, f64> {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    s.lines().filter_map(|l| {
+    let mut m: std::collections::HashMap<String, f64> = s.lines().filter_map(|l| {
         let (k, v) = l.split_once(':')?;
         Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
-    }).collect()
+    }).collect();
+    m.insert(PER_CPU_FREE.to_string(), per_cpu_free_kib());
+    m
 }
+
+/// The key of [`meminfo`]'s map for the free pages on the per-CPU lists.
+pub const PER_CPU_FREE: &str = "PerCpuFree";
 
 /// What grew between two meminfo readings, per one of `n` things, in the fields that tell
 /// where host memory goes.
 pub fn meminfo_growth(before: &std::collections::HashMap<String, f64>, after: &std::collections::HashMap<String, f64>, n: usize) -> String {
     let per = |k: &str| (after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0)) / n.max(1) as f64;
-    ["AnonPages", "Shmem", "Mapped", "Active(file)", "Inactive(file)", "SUnreclaim", "SReclaimable", "PageTables", "KernelStack", "VmallocUsed", "Percpu", "MemFree", "MemAvailable"]
+    ["AnonPages", "Shmem", "Mapped", "Active(file)", "Inactive(file)", "SUnreclaim", "SReclaimable", "PageTables", "KernelStack", "VmallocUsed", "Percpu", "MemFree", PER_CPU_FREE, "MemAvailable"]
         .iter()
         .map(|k| format!("{k} {:+.0}", per(k)))
+        .chain(std::iter::once(format!("named by no counter {:+.0}", unnamed(before, after) / n.max(1) as f64)))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// Memory taken between two readings that no field of /proc/meminfo names, kB: what left the
+/// free lists less anon, page cache, slab, page tables and vmalloc (kernel stacks are vmalloc).
+fn unnamed(before: &std::collections::HashMap<String, f64>, after: &std::collections::HashMap<String, f64>) -> f64 {
+    let d = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
+    let taken = -(d("MemFree") + d(PER_CPU_FREE));
+    taken - ["AnonPages", "Buffers", "Cached", "SReclaimable", "SUnreclaim", "PageTables", "VmallocUsed", "Percpu"].iter().map(|k| d(k)).sum::<f64>()
+}
+
 /// Host memory in use, MiB, as `free` shows it: total − free − buff/cache (the "used" column
 /// of procps until 4.0), i.e. what the kernel cannot reclaim. Page cache is measured apart.
+///
+/// MemFree leaves out the free pages the page allocator keeps on its per-CPU lists, which it
+/// tunes by itself up to tens of MB (here: 0–50 MB between two readings a second apart): they
+/// are free, and they are counted as such here, from /proc/zoneinfo.
 pub fn host_used_mib() -> f64 {
     let m = meminfo();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-    (get("MemTotal") - get("MemFree") - get("Buffers") - get("Cached") - get("SReclaimable") + get("Shmem")) / 1024.0
+    (get("MemTotal") - get("MemFree") - get(PER_CPU_FREE) - get("Buffers") - get("Cached") - get("SReclaimable") + get("Shmem")) / 1024.0
+}
+
+/// Free pages on the page allocator's per-CPU lists (the `count:` of every zone's pagesets in
+/// /proc/zoneinfo), kB.
+pub fn per_cpu_free_kib() -> f64 {
+    let s = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
+    let pages: f64 = s.lines().filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as f64;
+    pages * page / 1024.0
 }
 
 /// MemTotal − MemAvailable, MiB (the "used" column of procps 4). MemAvailable counts page
@@ -122,7 +150,8 @@ pub fn host_used_mib() -> f64 {
 /// counts half as used.
 pub fn host_unavailable_mib() -> f64 {
     let m = meminfo();
-    (m.get("MemTotal").copied().unwrap_or(0.0) - m.get("MemAvailable").copied().unwrap_or(0.0)) / 1024.0
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    (get("MemTotal") - get("MemAvailable") - get(PER_CPU_FREE)) / 1024.0
 }
 
 /// Page cache of files, MiB.
@@ -137,6 +166,8 @@ pub fn settle_memory() {
     unsafe { libc::sync() };
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
     std::thread::sleep(Duration::from_millis(200));
+    // folds the per-CPU differences of the counters into the totals /proc/meminfo shows
+    let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
 }
 
 /// The monitor of a running container, asked on its socket.
