@@ -59,6 +59,9 @@ pub struct HostRuntime {
     /// Whether CRIU works here (its version, or why not), probed on first use: `criu check`
     /// takes longer than berthd takes to start.
     criu_probe: std::sync::OnceLock<Result<String, String>>,
+    /// A monitor started ahead of the next start or restore, so that it skips the monitor's
+    /// exec and start-up; refilled in the background after each use.
+    standby: std::sync::Mutex<Option<berth_runtime::monitor::Standby>>,
 }
 
 /// Maximum console log size before rotation.
@@ -88,6 +91,7 @@ impl HostRuntime {
             network,
             criu: berth_runtime::criu::find(),
             criu_probe: std::sync::OnceLock::new(),
+            standby: std::sync::Mutex::new(None),
         })
     }
 
@@ -316,9 +320,37 @@ impl HostRuntime {
         spec.cgroups.apply_limits(memory, processes)?;
         self.remove_host_veths(rec);
         spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
-        let (init_pid, monitor_pid) = berth_runtime::monitor::spawn(&self.cfg.exe, &spec)?;
+        let (init_pid, monitor_pid) = self.start_monitor(&spec)?;
         op.set_progress(meta.memory_bytes, Some(meta.memory_bytes));
         Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
+    }
+
+    /// Starts the monitor for `spec` (on the standby when a live one waits) and waits for its
+    /// report: (init pid, monitor pid).
+    fn start_monitor(&self, spec: &berth_runtime::spec::ContainerSpec) -> Result<(i32, i32), RuntimeError> {
+        let waiting = self.standby.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let monitor = match waiting.and_then(|mut m| m.alive().then_some(m)) {
+            Some(m) => m,
+            None => berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &spec.cgroups.monitor_procs())?,
+        };
+        Ok(monitor.start(spec)?)
+    }
+
+    /// Starts a standby monitor unless one waits. Blocking (one fork and exec).
+    pub fn refill_standby(&self) {
+        if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        match berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &self.cgroups("").monitor_procs()) {
+            Ok(m) => {
+                let mut slot = self.standby.lock().unwrap_or_else(|p| p.into_inner());
+                // another refill may have won: the spare one is ended when dropped
+                if slot.is_none() {
+                    *slot = Some(m);
+                }
+            }
+            Err(e) => tracing::warn!("could not start a standby monitor: {e}"),
+        }
     }
 
     /// The pool.
@@ -406,6 +438,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError>
 #[derive(Debug, Clone)]
 pub struct SharedHost(pub Arc<HostRuntime>);
 
+impl SharedHost {
+    /// Refills the standby monitor off the caller's path, after a start or restore used it.
+    fn refill_standby(&self) {
+        let h = self.0.clone();
+        tokio::task::spawn_blocking(move || h.refill_standby());
+    }
+}
+
 #[ractor::async_trait]
 impl Runtime for SharedHost {
     async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
@@ -483,7 +523,7 @@ impl Runtime for SharedHost {
 
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
         let (h, rec) = (self.0.clone(), rec.clone());
-        blocking(move || {
+        let started = blocking(move || {
             let spec = h.spec(&rec)?;
             if !spec.rootfs.is_dir() {
                 return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
@@ -496,10 +536,12 @@ impl Runtime for SharedHost {
             let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
             let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
             spec.cgroups.apply_limits(memory, processes)?;
-            let (init_pid, monitor_pid) = berth_runtime::monitor::spawn(&h.cfg.exe, &spec)?;
+            let (init_pid, monitor_pid) = h.start_monitor(&spec)?;
             Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
         })
-        .await
+        .await;
+        self.refill_standby();
+        started
     }
 
     async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
@@ -784,7 +826,9 @@ impl Runtime for SharedHost {
 
     async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError> {
         let (h, rec, slot) = (self.0.clone(), rec.clone(), slot.clone());
-        blocking(move || h.restore(&rec, &slot, &op)).await
+        let restored = blocking(move || h.restore(&rec, &slot, &op)).await;
+        self.refill_standby();
+        restored
     }
 
     async fn has_stop_state(&self, container: &str) -> bool {

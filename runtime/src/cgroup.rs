@@ -290,11 +290,15 @@ impl ContainerCgroups {
     /// Moves `pid` into the monitors' cgroups (`0` = the calling process).
     pub fn attach_monitor(&self, pid: libc::pid_t) -> Result<()> {
         let s = pid.to_string();
-        for (_, d) in self.monitor_dirs() {
-            let p = d.join("cgroup.procs");
-            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", d.display()))?;
+        for p in self.monitor_procs() {
+            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", p.parent().unwrap_or(&p).display()))?;
         }
         Ok(())
+    }
+
+    /// The `cgroup.procs` files of the monitors' cgroups, one per hierarchy.
+    pub fn monitor_procs(&self) -> Vec<PathBuf> {
+        self.monitor_dirs().map(|(_, d)| d.join("cgroup.procs")).collect()
     }
 
     /// Sets (or clears, with `None`) the memory limit in bytes and the process limit. A limit

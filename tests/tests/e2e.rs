@@ -192,9 +192,26 @@ fn containers_survive_berthd_being_killed() {
     env.ok(&["launch", "busybox", "x"]);
     let init = env.init_pid("x");
     let daemon = env.daemon_pid().expect("berthd runs");
+    // the monitor shows whose it is; berthd keeps a standby monitor for the next start
+    let conn = berth_runtime::monitor::client::Conn::connect(&env.run.join("containers/x/monitor.sock")).unwrap();
+    let monitor = match conn.call(&berth_runtime::monitor::proto::Request::Status).unwrap() {
+        berth_runtime::monitor::proto::Reply::Status(s) => s.monitor_pid,
+        other => panic!("{other:?}"),
+    };
+    drop(conn);
+    let args = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).trim().to_string()).collect::<Vec<_>>();
+    assert_eq!(args(monitor).get(1..), Some(&["x".to_string()][..]), "monitor {monitor}'s command line: {:?}", args(monitor));
+    let mut standby = None;
+    wait_for(Duration::from_secs(5), "berthd's standby monitor", || {
+        standby = children_of(daemon).into_iter().find(|&p| args(p).get(1).is_some_and(|a| a == "(standby)"));
+        standby.is_some()
+    });
+    let standby = standby.unwrap();
+    let gone = |pid: i32| !std::path::Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
     // SAFETY: kill -9 of the daemon we started.
     unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
-    wait_for(Duration::from_secs(5), "berthd to die", || !std::path::Path::new(&format!("/proc/{daemon}")).exists() || std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap_or_default().contains(") Z "));
+    wait_for(Duration::from_secs(5), "berthd to die", || gone(daemon as i32));
+    wait_for(Duration::from_secs(5), "the standby monitor to end with berthd", || gone(standby));
     // the next call re-activates berthd, which finds the container still running
     let list = env.ok(&["list"]);
     let row: Vec<&str> = list.lines().find(|l| l.starts_with("x ")).expect("x is listed").split_whitespace().collect();
@@ -205,6 +222,14 @@ fn containers_survive_berthd_being_killed() {
     // and berthd keeps following it: a stop from inside is noticed
     env.ok(&["exec", "x", "--", "poweroff"]);
     wait_for(Duration::from_secs(15), "the container to power off", || env.status("x") == "Stopped");
+}
+
+/// The processes whose parent is `pid` (a child belongs to the thread that forked it).
+fn children_of(pid: u32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .flat_map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .collect()
 }
 
 #[test]
