@@ -53,7 +53,8 @@ pub fn bin_dir() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf()
 }
 
-fn bin(name: &str) -> PathBuf {
+/// A binary of the workspace, built.
+pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.is_file(), "{} is missing: build the workspace's binaries first (make test does)", p.display());
     p

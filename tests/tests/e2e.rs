@@ -232,6 +232,35 @@ fn children_of(pid: u32) -> Vec<i32> {
         .collect()
 }
 
+/// Runs berth-monitor as berthd runs a standby, with `input` on its stdin; (exit code, stdout).
+fn monitor_given(input: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(berth_tests::bin("berth-monitor"))
+        .arg("(standby)")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run berth-monitor");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), text(&out.stdout))
+}
+
+#[test]
+fn a_standby_monitor_ends_quietly_unused_and_reports_a_bad_spec() {
+    // told its cgroups (none here), then its stdin closes: berthd no longer needs it
+    assert_eq!(monitor_given(b"[]\n"), (Some(0), String::new()));
+    assert_eq!(monitor_given(b""), (Some(0), String::new()));
+    // a spec that is not one is reported, as from a berthd from before standbys (no first line)
+    for input in [&b"[]\n{\"name\": 7}"[..], b"{\"name\": 7}", b"[]\n\xff\xfe", b"\0\n\0"] {
+        let (code, out) = monitor_given(input);
+        assert_eq!(code, Some(2), "{input:?}: {out}");
+        assert!(out.contains("read the container spec"), "{input:?}: {out}");
+    }
+}
+
 #[test]
 fn a_container_does_not_outlive_its_monitor() {
     if !root_or_skip() {

@@ -169,18 +169,20 @@ fn set_title(name: &str) {
 pub fn main_stdio() -> ! {
     use std::io::BufRead;
     let mut stdin = std::io::BufReader::new(std::io::stdin().lock());
-    let mut line = String::new();
-    if matches!(stdin.read_line(&mut line), Ok(0)) {
+    let mut line = Vec::new();
+    if matches!(stdin.read_until(b'\n', &mut line), Ok(0)) {
         // a standby berthd no longer needs
         sys::exit_now(0);
     }
-    // wait in the monitors' cgroups: the start that uses this standby need not move it
-    let join: Vec<std::path::PathBuf> = serde_json::from_str(&line).unwrap_or_default();
-    let joined = if join.iter().all(|p| sys::write_file(p, b"0").is_ok()) { join } else { Vec::new() };
-    let mut input = Vec::new();
+    let (joined, mut input) = match serde_json::from_slice::<Vec<std::path::PathBuf>>(&line) {
+        // wait in the monitors' cgroups: the start that uses this standby need not move it
+        Ok(join) => (if join.iter().all(|p| sys::write_file(p, b"0").is_ok()) { join } else { Vec::new() }, Vec::new()),
+        // a berthd from before standbys sends the spec alone
+        Err(_) => (Vec::new(), line),
+    };
     let read = stdin.read_to_end(&mut input);
     drop(stdin);
-    if matches!(read, Ok(0)) {
+    if read.is_ok() && input.is_empty() {
         sys::exit_now(0);
     }
     let spec: ContainerSpec = match read.ok().and_then(|_| serde_json::from_slice(&input).ok()) {
