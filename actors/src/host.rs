@@ -1,5 +1,6 @@
-//! The real [`Runtime`]: containers run under per-container monitor processes (started as
-//! `berth-monitor <name>`), storage lives in the pool, cgroups in the host's hierarchies.
+//! The real [`Runtime`]: containers run under per-container monitor processes (started ahead
+//! of need as `berth-monitor (standby)`, then `berth-monitor <name>`), storage lives in the
+//! pool, cgroups in the host's hierarchies.
 //! Blocking runtime calls run on tokio's blocking pool; monitors are spoken to asynchronously
 //! over their SOCK_SEQPACKET sockets.
 
@@ -30,7 +31,7 @@ pub struct HostConfig {
     pub state_dir: PathBuf,
     /// Runtime directory (`/run/berth`).
     pub run_dir: PathBuf,
-    /// The berth-monitor binary, run as `<exe> <name>`.
+    /// The berth-monitor binary (run ahead of need, see `monitor::Standby`).
     pub exe: PathBuf,
     /// Name of the parent cgroup (`berth`).
     pub cgroup_parent: String,
@@ -62,6 +63,8 @@ pub struct HostRuntime {
     /// A monitor started ahead of the next start or restore, so that it skips the monitor's
     /// exec and start-up; refilled in the background after each use.
     standby: std::sync::Mutex<Option<berth_runtime::monitor::Standby>>,
+    /// A refill is under way (concurrent starts start one spare, not one each).
+    filling: std::sync::atomic::AtomicBool,
 }
 
 /// Maximum console log size before rotation.
@@ -92,6 +95,7 @@ impl HostRuntime {
             criu: berth_runtime::criu::find(),
             criu_probe: std::sync::OnceLock::new(),
             standby: std::sync::Mutex::new(None),
+            filling: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -329,28 +333,30 @@ impl HostRuntime {
     /// report: (init pid, monitor pid).
     fn start_monitor(&self, spec: &berth_runtime::spec::ContainerSpec) -> Result<(i32, i32), RuntimeError> {
         let waiting = self.standby.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let monitor = match waiting.and_then(|mut m| m.alive().then_some(m)) {
+        // (a standby that is not usable any more is ended as it is dropped)
+        let monitor = match waiting.and_then(|mut m| m.usable().then_some(m)) {
             Some(m) => m,
             None => berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &spec.cgroups.monitor_procs())?,
         };
         Ok(monitor.start(spec)?)
     }
 
-    /// Starts a standby monitor unless one waits. Blocking (one fork and exec).
+    /// Starts a standby monitor unless one waits or is being started. Blocking (one fork and
+    /// exec).
     pub fn refill_standby(&self) {
-        if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        use std::sync::atomic::Ordering;
+        if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
         match berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &self.cgroups("").monitor_procs()) {
             Ok(m) => {
-                let mut slot = self.standby.lock().unwrap_or_else(|p| p.into_inner());
-                // another refill may have won: the spare one is ended when dropped
-                if slot.is_none() {
-                    *slot = Some(m);
-                }
+                let spare = self.standby.lock().unwrap_or_else(|p| p.into_inner()).replace(m);
+                // (cannot be Some: only this refill fills the slot; dropped outside the lock)
+                drop(spare);
             }
             Err(e) => tracing::warn!("could not start a standby monitor: {e}"),
         }
+        self.filling.store(false, Ordering::Release);
     }
 
     /// The pool.

@@ -238,6 +238,8 @@ fn monitor_given(input: &[u8]) -> (Option<i32>, String) {
     use std::process::{Command, Stdio};
     let mut child = Command::new(berth_tests::bin("berth-monitor"))
         .arg("(standby)")
+        // cgroups that cannot be joined: it waits where it is, as on a first start after boot
+        .env("BERTH_MONITOR_CGROUPS", "/nonexistent/cgroup.procs")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -250,15 +252,30 @@ fn monitor_given(input: &[u8]) -> (Option<i32>, String) {
 
 #[test]
 fn a_standby_monitor_ends_quietly_unused_and_reports_a_bad_spec() {
-    // told its cgroups (none here), then its stdin closes: berthd no longer needs it
-    assert_eq!(monitor_given(b"[]\n"), (Some(0), String::new()));
+    // its stdin closes: berthd no longer needs it
     assert_eq!(monitor_given(b""), (Some(0), String::new()));
-    // a spec that is not one is reported, as from a berthd from before standbys (no first line)
-    for input in [&b"[]\n{\"name\": 7}"[..], b"{\"name\": 7}", b"[]\n\xff\xfe", b"\0\n\0"] {
+    // a spec that is not one is reported
+    for input in [&b"{\"name\": 7}"[..], b"[]\n{}", b"\xff\xfe", b"\0"] {
         let (code, out) = monitor_given(input);
         assert_eq!(code, Some(2), "{input:?}: {out}");
         assert!(out.contains("read the container spec"), "{input:?}: {out}");
     }
+}
+
+#[test]
+fn a_standby_monitor_is_not_used_once_its_binary_is_replaced() {
+    let dir = std::env::temp_dir().join(format!("berth-standby-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("berth-monitor");
+    std::fs::copy(berth_tests::bin("berth-monitor"), &exe).unwrap();
+    let mut standby = berth_runtime::monitor::Standby::spawn(&exe, &[]).unwrap();
+    assert!(standby.usable(), "a fresh standby is usable");
+    // an upgrade installs a new binary under the same name
+    std::fs::remove_file(&exe).unwrap();
+    std::fs::copy(berth_tests::bin("berth-monitor"), &exe).unwrap();
+    assert!(!standby.usable(), "a standby running the replaced binary is not");
+    drop(standby);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -67,55 +67,73 @@ pub fn spawn(exe: &Path, spec: &ContainerSpec) -> Result<(i32, i32)> {
 /// container name, so that the name can be written over it (see [`set_title`]).
 const STANDBY_TITLE: &str = "(standby)                                                      ";
 
-/// A monitor process started ahead of need, blocked reading its spec on stdin: the start that
-/// uses it skips the exec, the dynamic loading and the runtime start-up of a new process and
-/// the move into the monitors' cgroups (≈1.7 ms of a 10 ms start). It exits, quietly, when
-/// its stdin closes: when it is dropped or when berthd dies. Until then it is berthd's child.
-///
-/// Its stdin carries two things: at once, a JSON line naming the `cgroup.procs` files to join
-/// while it waits (see [`crate::cgroup::ContainerCgroups::monitor_procs`]); at start, the
-/// [`ContainerSpec`] as JSON up to EOF.
+/// The environment variable that names, one per line, the `cgroup.procs` files a standby
+/// joins while it waits (see [`crate::cgroup::ContainerCgroups::monitor_procs`]). It is kept
+/// out of stdin so that stdin is the spec alone, as for monitors from before standbys.
+const JOIN_ENV: &str = "BERTH_MONITOR_CGROUPS";
+
+/// A monitor process started ahead of need, waiting in the monitors' cgroups and blocked
+/// reading its spec on stdin: the start that uses it skips the exec, the dynamic loading and
+/// the runtime start-up of a new process and the move into the monitors' cgroups (≈1.7 ms of
+/// an 8–10 ms start). It exits, quietly, when its stdin closes: when it is dropped or when
+/// berthd dies. Until then it is berthd's child.
 #[derive(Debug)]
-pub struct Standby(std::process::Child);
+pub struct Standby {
+    child: std::process::Child,
+    exe: std::path::PathBuf,
+    join: Vec<std::path::PathBuf>,
+}
 
 impl Standby {
-    /// Runs `exe (standby)` and tells it the cgroups to wait in, `join`.
+    /// Runs `exe (standby)`, to wait in the cgroups whose `cgroup.procs` files are `join`.
     pub fn spawn(exe: &Path, join: &[std::path::PathBuf]) -> Result<Standby> {
         use std::process::{Command, Stdio};
-        let mut child = Command::new(exe)
+        let list: Vec<&std::ffi::OsStr> = join.iter().map(|p| p.as_os_str()).collect();
+        let child = Command::new(exe)
             .arg(STANDBY_TITLE)
+            .env(JOIN_ENV, list.join(std::ffi::OsStr::new("\n")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .step(|| format!("run {}", exe.display()))?;
-        let mut line = proto::encode(&join);
-        line.push(b'\n');
-        // a few hundred bytes: the pipe holds them whatever the monitor is doing
-        if let Some(stdin) = child.stdin.as_mut() {
-            stdin.write_all(&line).step(|| "send the monitor its cgroups")?;
-        }
-        Ok(Standby(child))
+        Ok(Standby { child, exe: exe.to_path_buf(), join: join.to_vec() })
     }
 
-    /// Whether the process is still waiting (nobody killed it).
-    pub fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
+    /// Whether the process still waits and runs the binary now installed (an upgrade since it
+    /// started makes it an older monitor than berthd expects).
+    pub fn usable(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+            && std::fs::read_link(format!("/proc/{}/exe", self.child.id())).is_ok_and(|p| !p.as_os_str().as_encoded_bytes().ends_with(b" (deleted)"))
     }
 
-    /// Hands `spec` to this monitor and waits for its report.
+    /// Hands `spec` to this monitor and waits for its report. A monitor that is gone before it
+    /// could take the spec is replaced by a new one, once.
     /// Returns (init pid, monitor pid).
-    pub fn start(mut self, spec: &ContainerSpec) -> Result<(i32, i32)> {
+    pub fn start(self, spec: &ContainerSpec) -> Result<(i32, i32)> {
+        self.start_or_replace(spec, true)
+    }
+
+    fn start_or_replace(mut self, spec: &ContainerSpec, replace: bool) -> Result<(i32, i32)> {
         std::fs::create_dir_all(&spec.run_dir).step(|| format!("create {}", spec.run_dir.display()))?;
         let input = proto::encode(spec);
         {
-            let mut stdin = self.0.stdin.take().ok_or_else(|| Error::Protocol("monitor stdin".into()))?;
-            stdin.write_all(&input).step(|| "send the spec to the monitor")?;
+            let mut stdin = self.child.stdin.take().ok_or_else(|| Error::Protocol("monitor stdin".into()))?;
+            match stdin.write_all(&input) {
+                Ok(()) => {}
+                // nothing was started: the spec never reached it
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && replace => {
+                    drop(stdin);
+                    let fresh = Standby::spawn(&self.exe, &self.join)?;
+                    return fresh.start_or_replace(spec, false);
+                }
+                Err(e) => return Err(e).step(|| "send the spec to the monitor"),
+            }
         }
         let mut out = String::new();
-        let mut stdout = self.0.stdout.take().ok_or_else(|| Error::Protocol("monitor stdout".into()))?;
+        let mut stdout = self.child.stdout.take().ok_or_else(|| Error::Protocol("monitor stdout".into()))?;
         let read = stdout.read_to_string(&mut out);
-        let _ = self.0.wait();
+        let _ = self.child.wait();
         read.step(|| "read the monitor's report")?;
         let line = out.lines().next().unwrap_or("");
         match serde_json::from_str::<StartReport>(line) {
@@ -127,11 +145,11 @@ impl Standby {
 }
 
 impl Drop for Standby {
-    /// An unused standby: closing its stdin ends it; it is reaped here.
+    /// Closing its stdin ends an unused standby; every one is reaped here (after a start, the
+    /// status is already known and this returns at once).
     fn drop(&mut self) {
-        if self.0.stdin.take().is_some() {
-            let _ = self.0.wait();
-        }
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 }
 
@@ -167,22 +185,18 @@ fn set_title(name: &str) {
 
 /// Entry point of `berth-monitor`: never returns.
 pub fn main_stdio() -> ! {
-    use std::io::BufRead;
-    let mut stdin = std::io::BufReader::new(std::io::stdin().lock());
-    let mut line = Vec::new();
-    if matches!(stdin.read_until(b'\n', &mut line), Ok(0)) {
-        // a standby berthd no longer needs
-        sys::exit_now(0);
-    }
-    let (joined, mut input) = match serde_json::from_slice::<Vec<std::path::PathBuf>>(&line) {
-        // wait in the monitors' cgroups: the start that uses this standby need not move it
-        Ok(join) => (if join.iter().all(|p| sys::write_file(p, b"0").is_ok()) { join } else { Vec::new() }, Vec::new()),
-        // a berthd from before standbys sends the spec alone
-        Err(_) => (Vec::new(), line),
-    };
-    let read = stdin.read_to_end(&mut input);
-    drop(stdin);
+    use std::os::unix::ffi::OsStrExt;
+    // wait in the monitors' cgroups: the start that uses this standby need not move it
+    let join: Vec<std::path::PathBuf> = std::env::var_os(JOIN_ENV)
+        .map(|v| v.as_encoded_bytes().split(|b| *b == b'\n').filter(|p| !p.is_empty()).map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p))).collect())
+        .unwrap_or_default();
+    // SAFETY: single-threaded; the container and CRIU need not see it.
+    unsafe { std::env::remove_var(JOIN_ENV) };
+    let joined = if !join.is_empty() && join.iter().all(|p| sys::write_file(p, b"0").is_ok()) { join } else { Vec::new() };
+    let mut input = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut input);
     if read.is_ok() && input.is_empty() {
+        // a standby berthd no longer needs
         sys::exit_now(0);
     }
     let spec: ContainerSpec = match read.ok().and_then(|_| serde_json::from_slice(&input).ok()) {
@@ -238,9 +252,9 @@ fn log(msg: &str) {
     let _ = sys::write_all_fd(2, format!("{} monitor[{}]: {msg}\n", proto::now_us(), std::process::id()).as_bytes());
 }
 
-/// Sets up the monitor's files, cgroup and socket, then starts the container.
-/// Sets up the monitor and starts the container. `joined`: the `cgroup.procs` files this
-/// process joined as a standby.
+/// Sets up the monitor's files, cgroup and socket, then starts the container. `joined`: the
+/// `cgroup.procs` files this process joined as a standby (it joins them now otherwise, as on
+/// the first start after boot, before the monitors' cgroups exist).
 fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monitor> {
     let files = RunFiles::at(&spec.run_dir);
     std::fs::create_dir_all(files.dir()).step(|| format!("create {}", files.dir().display()))?;
