@@ -336,9 +336,15 @@ impl HostRuntime {
         // (a standby that is not usable any more is ended as it is dropped)
         let monitor = match waiting.and_then(|mut m| m.usable().then_some(m)) {
             Some(m) => m,
-            None => berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &spec.cgroups.monitor_procs())?,
+            None => self.new_monitor()?,
         };
         Ok(monitor.start(spec)?)
+    }
+
+    /// Runs a new monitor, to wait in the monitors' cgroups (their files are the same for
+    /// every container).
+    fn new_monitor(&self) -> Result<berth_runtime::monitor::Standby, berth_runtime::Error> {
+        berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &self.cgroups("").monitor_procs())
     }
 
     /// Starts a standby monitor unless one waits or is being started. Blocking (one fork and
@@ -348,7 +354,7 @@ impl HostRuntime {
         if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() || self.filling.swap(true, Ordering::AcqRel) {
             return;
         }
-        match berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &self.cgroups("").monitor_procs()) {
+        match self.new_monitor() {
             Ok(m) => {
                 let spare = self.standby.lock().unwrap_or_else(|p| p.into_inner()).replace(m);
                 // (cannot be Some: only this refill fills the slot; dropped outside the lock)

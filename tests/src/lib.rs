@@ -290,6 +290,16 @@ impl Env {
         v["init_pid"].as_u64().unwrap() as u32
     }
 
+    /// The monitor of a running container, asked on its socket.
+    pub fn monitor_status(&self, name: &str) -> Option<berth_runtime::monitor::proto::Status> {
+        use berth_runtime::monitor::{client::Conn, proto};
+        let conn = Conn::connect(&self.run.join("containers").join(name).join("monitor.sock")).ok()?;
+        match conn.call(&proto::Request::Status).ok()? {
+            proto::Reply::Status(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// A container's status.
     pub fn status(&self, name: &str) -> String {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();

@@ -193,12 +193,7 @@ fn containers_survive_berthd_being_killed() {
     let init = env.init_pid("x");
     let daemon = env.daemon_pid().expect("berthd runs");
     // the monitor shows whose it is; berthd keeps a standby monitor for the next start
-    let conn = berth_runtime::monitor::client::Conn::connect(&env.run.join("containers/x/monitor.sock")).unwrap();
-    let monitor = match conn.call(&berth_runtime::monitor::proto::Request::Status).unwrap() {
-        berth_runtime::monitor::proto::Reply::Status(s) => s.monitor_pid,
-        other => panic!("{other:?}"),
-    };
-    drop(conn);
+    let monitor = env.monitor_status("x").expect("the monitor answers").monitor_pid;
     let args = |pid: i32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).trim().to_string()).collect::<Vec<_>>();
     assert_eq!(args(monitor).get(1..), Some(&["x".to_string()][..]), "monitor {monitor}'s command line: {:?}", args(monitor));
     let mut standby = None;
@@ -287,12 +282,7 @@ fn a_container_does_not_outlive_its_monitor() {
     env.ok(&["launch", "busybox", "m"]);
     env.ok(&["exec", "m", "--", "sh", "-c", "sleep 1000 >/dev/null 2>&1 </dev/null &"]);
     let init = env.init_pid("m");
-    let conn = berth_runtime::monitor::client::Conn::connect(&env.run.join("containers/m/monitor.sock")).unwrap();
-    let monitor = match conn.call(&berth_runtime::monitor::proto::Request::Status).unwrap() {
-        berth_runtime::monitor::proto::Reply::Status(s) => s.monitor_pid,
-        other => panic!("{other:?}"),
-    };
-    drop(conn);
+    let monitor = env.monitor_status("m").expect("the monitor answers").monitor_pid;
     // SAFETY: kill -9 of the container's monitor.
     unsafe { libc::kill(monitor, libc::SIGKILL) };
     // init goes with it (and the rest of the container with init), and berth says so

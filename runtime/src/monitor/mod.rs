@@ -5,9 +5,9 @@
 //!
 //! Lifecycle: berthd runs `berth-monitor` ahead of need (a [`Standby`]), writes the
 //! [`ContainerSpec`] as JSON on its stdin when a container starts, and reads one
-//! [`StartReport`] line from stdout; the monitor then shows as `berth-monitor <name>`. The process forks once (so it is no child of
-//! berthd), starts a new session, moves into the monitors' cgroup, binds its socket, starts the
-//! container and reports. When init is gone for good it writes `exit.json`, answers every
+//! [`StartReport`] line from stdout; the monitor then shows as `berth-monitor <name>`. The
+//! process forks once (so it is no child of berthd), starts a new session, moves into the
+//! monitors' cgroup, binds its socket, starts the container and reports. When init is gone for good it writes `exit.json`, answers every
 //! waiter and exits.
 
 pub mod client;
@@ -57,12 +57,6 @@ impl StartReport {
     }
 }
 
-/// Starts a monitor for `spec` by running `exe` and waits for its report.
-/// Returns (init pid, monitor pid). Blocking; safe to call from a multi-threaded process.
-pub fn spawn(exe: &Path, spec: &ContainerSpec) -> Result<(i32, i32)> {
-    Standby::spawn(exe, &spec.cgroups.monitor_procs())?.start(spec)
-}
-
 /// What a standby monitor shows in `ps` until it knows its container: as long as the longest
 /// container name, so that the name can be written over it (see [`set_title`]).
 const STANDBY_TITLE: &str = "(standby)                                                      ";
@@ -76,7 +70,8 @@ const JOIN_ENV: &str = "BERTH_MONITOR_CGROUPS";
 /// reading its spec on stdin: the start that uses it skips the exec, the dynamic loading and
 /// the runtime start-up of a new process and the move into the monitors' cgroups (≈1.7 ms of
 /// an 8–10 ms start). It exits, quietly, when its stdin closes: when it is dropped or when
-/// berthd dies. Until then it is berthd's child.
+/// berthd dies. Until then it is berthd's child. A start that finds no standby runs one and
+/// uses it at once.
 #[derive(Debug)]
 pub struct Standby {
     child: std::process::Child,
@@ -282,7 +277,7 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
     if !spec.cgroups.exists() {
         spec.cgroups.create()?;
     }
-    if joined.is_empty() || joined != spec.cgroups.monitor_procs() {
+    if joined != spec.cgroups.monitor_procs() {
         spec.cgroups.attach_monitor(0)?;
     }
     let _ = std::fs::remove_file(files.exit_record());

@@ -151,7 +151,7 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
         let (t, s) = timed(c.create_snapshot(&format!("s{round}"), &flag("stateful"))).await;
         let s = api.snapshot(s.unwrap_or_else(|e| panic!("stateful snapshot: {e}"))).await;
         snap.push(t);
-        let st = super::util::monitor_status(env, "ck").expect("the container runs");
+        let st = env.monitor_status("ck").expect("the container runs");
         let keys = tty_keys(Path::new(&st.console));
         let images = bare_dir.join(format!("r{round}"));
         dump.push(bare_dump(st.init_pid, &keys, &images));

@@ -3,7 +3,7 @@
 //! once.
 
 use super::report::{Report, Target};
-use super::util::{Api, daemon_pid, host_file_cache_mib, host_unavailable_mib, host_used_mib, meminfo, meminfo_growth, monitor_status, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed};
+use super::util::{Api, daemon_pid, host_file_cache_mib, host_unavailable_mib, host_used_mib, meminfo, meminfo_growth, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed};
 use berth_tests::Env;
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     report.add("  the same as MemTotal − MemAvailable (caches dropped)", "MB", vec![(host_unavailable_mib() - base_unavailable) * MB]);
     report.add("  page cache they add (reclaimable; each rootfs's own busybox)", "MB", vec![(host_file_cache_mib() - base_cache) * MB]);
     // asking a monitor for its pid wakes it: read the memory once they are idle again
-    let monitors: Vec<i32> = (0..first).filter_map(|i| monitor_status(env, &format!("r{i:03}"))).map(|s| s.monitor_pid).collect();
+    let monitors: Vec<i32> = (0..first).filter_map(|i| env.monitor_status(&format!("r{i:03}"))).map(|s| s.monitor_pid).collect();
     std::thread::sleep(Duration::from_millis(2500));
     let rss: Vec<f64> = monitors.iter().filter_map(|&p| rss_mib(p)).map(|m| m * MB).collect();
     let pss: Vec<f64> = monitors.iter().filter_map(|&p| pss_mib(p)).map(|m| m * MB).collect();

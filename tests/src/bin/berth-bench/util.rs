@@ -2,8 +2,6 @@
 //! memory readings and the monitors' status.
 
 use berth_interfaces::client::{ContainerProxy, ManagerProxy, SnapshotProxy};
-use berth_runtime::monitor::client::Conn;
-use berth_runtime::monitor::proto::{Reply, Request, Status};
 use berth_tests::Env;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -168,15 +166,6 @@ pub fn settle_memory() {
     std::thread::sleep(Duration::from_millis(200));
     // folds the per-CPU differences of the counters into the totals /proc/meminfo shows
     let _ = std::fs::write("/proc/sys/vm/stat_refresh", "1");
-}
-
-/// The monitor of a running container, asked on its socket.
-pub fn monitor_status(env: &Env, name: &str) -> Option<Status> {
-    let conn = Conn::connect(&env.run.join("containers").join(name).join("monitor.sock")).ok()?;
-    match conn.call(&Request::Status).ok()? {
-        Reply::Status(s) => Some(s),
-        _ => None,
-    }
 }
 
 /// berthd's pid, from the bus.
