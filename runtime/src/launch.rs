@@ -126,6 +126,13 @@ fn mount_point(spec: &ContainerSpec) -> Result<std::path::PathBuf> {
 pub fn rootfs_mount(rootfs: &Path, idmap_pid: Option<libc::pid_t>) -> Result<OwnedFd> {
     let mnt = sys::open_tree(rootfs, libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC)
         .step(|| format!("clone the mount of {}", rootfs.display()))?;
+    // The clone of a shared mount (systemd makes every host mount shared) joins its peer group:
+    // mounts made in the container would propagate back to the host, and pivot_root refuses a
+    // shared new root. The container's root is private; systemd in the container shares it again
+    // for itself.
+    let private = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: 0 };
+    sys::mount_setattr(mnt.as_fd(), libc::AT_RECURSIVE as libc::c_uint, &private)
+        .step(|| format!("make the mount of {} private", rootfs.display()))?;
     if let Some(pid) = idmap_pid {
         let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).step(|| "open init's user namespace")?;
         let attr = libc::mount_attr {

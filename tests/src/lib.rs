@@ -60,6 +60,48 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Copies an executable to `to` so that it can be exec'd right after, while other test threads
+/// fork. A copy made in this process holds a writable fd on `to` that a child forked meanwhile
+/// inherits until it execs, and an exec of `to` in that window fails with ETXTBSY; `cp` holds
+/// that fd in its own process, which has exited when this returns.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp").arg("--").arg(from).arg(to).status().expect("run cp");
+    assert!(st.success(), "cp {} {}: {st}", from.display(), to.display());
+}
+
+/// Every test process runs in a mount namespace of its own whose root mount is shared, as
+/// systemd makes it on users' hosts: this machine's root is private, which hid a bug that kept
+/// every container from starting on a systemd host. Runs before `main`, while the process is
+/// still single-threaded (unshare of the mount namespace refuses threaded callers); the bench
+/// keeps the machine's namespace.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static SHARED_ROOT: extern "C" fn() = shared_root_namespace;
+
+extern "C" fn shared_root_namespace() {
+    let in_test_harness = std::fs::read_link("/proc/self/exe")
+        .ok()
+        .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n == "deps"))
+        .unwrap_or(false);
+    // SAFETY: plain syscalls with valid C strings; nothing else runs yet.
+    unsafe {
+        if !in_test_harness || libc::geteuid() != 0 || libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return;
+        }
+        libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SHARED, std::ptr::null());
+    }
+}
+
+/// Whether `/` is a shared mount in this process's mount namespace.
+pub fn root_is_shared() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .last()
+        .is_some_and(|l| l.split(" - ").next().unwrap_or("").split(' ').skip(6).any(|f| f.starts_with("shared:")))
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// One isolated berth installation on a private bus.
@@ -92,6 +134,7 @@ impl Env {
     pub fn with(opts: Options) -> Env {
         let storage = opts.storage.unwrap_or(Storage::Dir);
         check_installed_policy();
+        assert!(root_is_shared(), "tests run where / is a shared mount, as on a systemd host");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
         let dir = PathBuf::from(format!("/tmp/berth-e2e-{id}"));

@@ -262,12 +262,12 @@ fn a_standby_monitor_is_not_used_once_its_binary_is_replaced() {
     let dir = std::env::temp_dir().join(format!("berth-standby-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join("berth-monitor");
-    std::fs::copy(berth_tests::bin("berth-monitor"), &exe).unwrap();
+    berth_tests::copy_executable(&berth_tests::bin("berth-monitor"), &exe);
     let mut standby = berth_runtime::monitor::Standby::spawn(&exe, &[]).unwrap();
     assert!(standby.usable(), "a fresh standby is usable");
     // an upgrade installs a new binary under the same name
     std::fs::remove_file(&exe).unwrap();
-    std::fs::copy(berth_tests::bin("berth-monitor"), &exe).unwrap();
+    berth_tests::copy_executable(&berth_tests::bin("berth-monitor"), &exe);
     assert!(!standby.usable(), "a standby running the replaced binary is not");
     drop(standby);
     let _ = std::fs::remove_dir_all(&dir);
