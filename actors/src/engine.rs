@@ -29,6 +29,7 @@ pub struct Engine {
     events: Events,
     ops: Operations,
     host: Arc<HostInfo>,
+    activity: crate::activity::Activity,
 }
 
 impl std::fmt::Debug for Engine {
@@ -55,13 +56,32 @@ impl Engine {
         let (manager, _) = Actor::spawn(None, ManagerActor, args)
             .await
             .map_err(|e| Error::Store(format!("start the manager: {e}")))?;
-        Ok(Engine { manager, runtime, store, events, ops, host: Arc::new(host) })
+        Ok(Engine { manager, runtime, store, events, ops, host: Arc::new(host), activity: Default::default() })
     }
 
     /// Stops the actors (containers keep running under their monitors).
     pub async fn shutdown(&self) {
         let _ = self.manager.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
         let _ = self.store.actor().stop_and_wait(None, Some(std::time::Duration::from_secs(5))).await;
+    }
+
+    /// Calls in flight and when the engine was last used (for the daemon's idle exit).
+    pub fn activity(&self) -> &crate::activity::Activity {
+        &self.activity
+    }
+
+    /// How long the engine has been idle: nothing in flight, no operation running; `None`
+    /// while busy.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if !self.ops.list().is_empty() {
+            return None;
+        }
+        self.activity.idle_for()
+    }
+
+    /// Answers once the Manager has handled every message sent before (a liveness probe).
+    pub async fn ping(&self) -> Result<()> {
+        ractor::call!(self.manager, ManagerMsg::Ping).map_err(gone("the manager"))
     }
 
     /// Host facts.
@@ -76,6 +96,7 @@ impl Engine {
 
     /// Creates a container (and starts it if asked).
     pub async fn create_container(&self, req: CreateRequest) -> Result<(ContainerInfo, Created)> {
+        let _busy = self.activity.hold();
         if !(req.name.is_empty() && req.pick_name) {
             validate_name(&req.name)?;
         }
@@ -84,6 +105,7 @@ impl Engine {
 
     /// Every container.
     pub async fn list_containers(&self) -> Result<Vec<ContainerSummary>> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::List).map_err(gone("the manager"))
     }
 
@@ -102,21 +124,25 @@ impl Engine {
 
     /// A container's current info.
     pub async fn container(&self, name: &str) -> Result<ContainerInfo> {
+        let _busy = self.activity.hold();
         self.to_container(name, ContainerMsg::Info).await
     }
 
     /// Starts a container (restoring the state a stateful stop saved, unless `stateless`).
     pub async fn start_container(&self, name: &str, opts: StartOptions) -> Result<()> {
+        let _busy = self.activity.hold();
         self.to_container(name, |r| ContainerMsg::Start(opts, r)).await
     }
 
     /// Copies a container, or one of its snapshots, to a new container.
     pub async fn copy_container(&self, req: CopyRequest) -> Result<ContainerInfo> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::Copy, Box::new(req)).map_err(gone("the manager"))?
     }
 
     /// Takes a snapshot (an empty name picks `snapN`).
     pub async fn create_snapshot(&self, container: &str, name: &str, stateful: bool, uid: u32) -> Result<SnapshotRecord> {
+        let _busy = self.activity.hold();
         if !name.is_empty() {
             validate_name(name)?;
         }
@@ -126,12 +152,14 @@ impl Engine {
 
     /// A container's snapshots, oldest first.
     pub async fn list_snapshots(&self, container: &str) -> Result<Vec<SnapshotRecord>> {
+        let _busy = self.activity.hold();
         self.to_container(container, ContainerMsg::ListSnapshots).await
     }
 
     /// The log of the last checkpoint or restore of a container, if any (at most the last
     /// 256 KiB).
     pub async fn criu_log(&self, name: &str) -> Result<Option<(String, String)>> {
+        let _busy = self.activity.hold();
         self.container(name).await?;
         let Some(path) = self.runtime.criu_log(name) else { return Ok(None) };
         let text = tokio::task::spawn_blocking(move || {
@@ -151,17 +179,20 @@ impl Engine {
 
     /// Every snapshot of every container (from the database: one query).
     pub async fn all_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        let _busy = self.activity.hold();
         self.store.all_snapshots().await
     }
 
     /// One snapshot.
     pub async fn snapshot(&self, container: &str, name: &str) -> Result<SnapshotRecord> {
+        let _busy = self.activity.hold();
         validate_name(name)?;
         self.to_container(container, |r| ContainerMsg::GetSnapshot(name.to_string(), r)).await
     }
 
     /// Restores a snapshot (`stateful`: its running state too; None: what it holds).
     pub async fn restore_snapshot(&self, container: &str, name: &str, stateful: Option<bool>, uid: u32) -> Result<()> {
+        let _busy = self.activity.hold();
         validate_name(name)?;
         let name = name.to_string();
         self.to_container(container, |reply| ContainerMsg::RestoreSnapshot { name, stateful, uid, reply }).await
@@ -169,6 +200,7 @@ impl Engine {
 
     /// Renames a snapshot.
     pub async fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<SnapshotRecord> {
+        let _busy = self.activity.hold();
         validate_name(from)?;
         validate_name(to)?;
         let (from, to) = (from.to_string(), to.to_string());
@@ -177,6 +209,7 @@ impl Engine {
 
     /// Deletes a snapshot.
     pub async fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
+        let _busy = self.activity.hold();
         validate_name(name)?;
         let name = name.to_string();
         self.to_container(container, |reply| ContainerMsg::DeleteSnapshot { name, reply }).await
@@ -184,42 +217,50 @@ impl Engine {
 
     /// Stops a container.
     pub async fn stop_container(&self, name: &str, opts: StopOptions) -> Result<()> {
+        let _busy = self.activity.hold();
         self.to_container(name, |r| ContainerMsg::Stop(opts, r)).await
     }
 
     /// Restarts a container.
     pub async fn restart_container(&self, name: &str, opts: StopOptions) -> Result<()> {
+        let _busy = self.activity.hold();
         self.to_container(name, |r| ContainerMsg::Restart(opts, r)).await
     }
 
     /// Deletes a container.
     pub async fn delete_container(&self, name: &str, force: bool) -> Result<()> {
+        let _busy = self.activity.hold();
         self.to_container(name, |reply| ContainerMsg::Delete { force, reply }).await
     }
 
     /// Runs a process in a container; returns its exit status.
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32> {
+        let _busy = self.activity.hold();
         self.to_container(name, |r| ContainerMsg::Exec(Box::new(req), r)).await
     }
 
     /// Every image.
     pub async fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::ListImages).map_err(gone("the manager"))
     }
 
     /// An image by alias, fingerprint or unique prefix.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::ResolveImage, reference.to_string()).map_err(gone("the manager"))?
     }
 
     /// Builds an image from a built-in recipe (an operation).
     pub async fn build_image(&self, recipe: &str, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, |reply| ManagerMsg::BuildImage { recipe: recipe.to_string(), opts, uid, reply })
             .map_err(gone("the manager"))?
     }
 
     /// Imports an image from open files (an operation).
     pub async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, |reply| ManagerMsg::ImportImage { archive, rootfs, opts, uid, reply })
             .map_err(gone("the manager"))?
     }
@@ -227,6 +268,7 @@ impl Engine {
     /// Publishes a stopped container, or a snapshot of any container, as a new image (an
     /// operation).
     pub async fn publish(&self, name: &str, snapshot: Option<&str>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+        let _busy = self.activity.hold();
         if let Some(s) = snapshot {
             validate_name(s)?;
         }
@@ -246,26 +288,31 @@ impl Engine {
 
     /// Points an alias at an image.
     pub async fn add_image_alias(&self, reference: &str, alias: &str) -> Result<ImageRecord> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::AddAlias, reference.to_string(), alias.to_string()).map_err(gone("the manager"))?
     }
 
     /// Removes an alias.
     pub async fn remove_image_alias(&self, alias: &str) -> Result<()> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::RemoveAlias, alias.to_string()).map_err(gone("the manager"))?
     }
 
     /// Renames an alias.
     pub async fn rename_image_alias(&self, from: &str, to: &str) -> Result<()> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::RenameAlias, from.to_string(), to.to_string()).map_err(gone("the manager"))?
     }
 
     /// Sets (empty value: removes) image properties.
     pub async fn set_image_properties(&self, reference: &str, props: BTreeMap<String, String>) -> Result<ImageRecord> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::SetImageProperties, reference.to_string(), props).map_err(gone("the manager"))?
     }
 
     /// Writes an image's file(s) to open files; returns the bytes written.
     pub async fn export_image(&self, reference: &str, out: OwnedFd, rootfs: Option<OwnedFd>, uid: u32) -> Result<u64> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::ExportImage, reference.to_string(), out, rootfs, uid).map_err(gone("the manager"))?
     }
 
@@ -281,6 +328,7 @@ impl Engine {
 
     /// Deletes an image.
     pub async fn delete_image(&self, reference: &str) -> Result<()> {
+        let _busy = self.activity.hold();
         ractor::call!(self.manager, ManagerMsg::DeleteImage, reference.to_string()).map_err(gone("the manager"))?
     }
 

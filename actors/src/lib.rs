@@ -6,6 +6,7 @@
 //! See `docs/architecture.md` for the runtime semantics (mailbox order, restart policy, what
 //! is persisted when, what survives a crash).
 
+pub mod activity;
 pub mod config;
 pub mod container;
 pub mod engine;

@@ -136,7 +136,18 @@ pub enum ManagerMsg {
     ImageUpdated(Box<ImageRecord>),
     /// Internal: an image was deleted.
     ImageRemoved(String),
+    /// Internal, sent once by `pre_start`: finish interrupted changes, sweep orphans, then
+    /// spawn the containers' actors in batches.
+    Startup,
+    /// Internal: spawn the next batch of containers loaded but not spawned yet.
+    SpawnSome,
+    /// Answers once every message sent before it was handled (the watchdog's liveness probe).
+    Ping(RpcReplyPort<()>),
 }
+
+/// Containers whose actors one `SpawnSome` spawns: between two batches the Manager answers
+/// the calls that queued meanwhile.
+const SPAWN_BATCH: usize = 64;
 
 /// What the Manager starts with.
 pub struct ManagerArgs {
@@ -162,6 +173,9 @@ pub struct ManagerActor;
 
 enum Slot {
     Live(ActorRef<ContainerMsg>),
+    /// Loaded from the database at start, its actor not spawned yet: the first message for it
+    /// spawns it, and `SpawnSome` spawns the rest in the background.
+    Unspawned(Box<(ContainerRecord, Vec<SnapshotRecord>)>),
     /// The actor failed too often.
     GaveUp,
 }
@@ -190,8 +204,11 @@ pub struct ManagerState {
     image_ids: HashMap<ActorId, String>,
     /// Names being created (registered but not provisioned yet).
     creating: HashMap<String, ()>,
-    /// Names reserved by copies waiting for their source.
+    /// Names reserved by copies waiting for their source, and by interrupted creates and
+    /// deletes until startup has finished them.
     reserved: HashSet<String>,
+    /// Interrupted creates and deletes found at load, finished by `startup`.
+    interrupted: Vec<ContainerRecord>,
 }
 
 impl std::fmt::Debug for ManagerState {
@@ -221,14 +238,35 @@ impl Actor for ManagerActor {
             image_ids: HashMap::new(),
             creating: HashMap::new(),
             reserved: HashSet::new(),
+            interrupted: Vec::new(),
         };
         let loaded = s.store.load().await?;
-        s.startup(&me, loaded).await?;
+        s.load(&me, loaded).await?;
+        me.send_message(ManagerMsg::Startup)?;
         Ok(s)
     }
 
     async fn handle(&self, me: ActorRef<ManagerMsg>, msg: ManagerMsg, s: &mut ManagerState) -> Result<(), ActorProcessingErr> {
+        // a message about a container whose actor is not spawned yet spawns it first
+        match &msg {
+            ManagerMsg::ToContainer(name, _) => s.wake(&me, name).await,
+            ManagerMsg::Create(req, _) => s.wake(&me, &req.name).await,
+            ManagerMsg::Copy(req, _) => s.wake(&me, &req.source).await,
+            _ => {}
+        }
         match msg {
+            ManagerMsg::Startup => s.startup(&me).await?,
+            ManagerMsg::SpawnSome => {
+                let next: Vec<String> =
+                    s.containers.iter().filter(|(_, c)| matches!(c.slot, Slot::Unspawned(_))).map(|(n, _)| n.clone()).take(SPAWN_BATCH).collect();
+                for name in &next {
+                    s.wake(&me, name).await;
+                }
+                if next.len() == SPAWN_BATCH {
+                    me.send_message(ManagerMsg::SpawnSome)?;
+                }
+            }
+            ManagerMsg::Ping(r) => drop(r.send(())),
             ManagerMsg::Create(req, reply) => s.create(&me, *req, reply).await,
             ManagerMsg::Copy(req, reply) => s.copy(&me, *req, reply),
             ManagerMsg::CopyReady { req, lent, reply } => s.copy_ready(&me, *req, lent, reply).await,
@@ -238,7 +276,7 @@ impl Actor for ManagerActor {
                         m.fail(Error::Unavailable(format!("container {name:?}")));
                     }
                 }
-                Some(Slot::GaveUp) => m.fail(Error::Unavailable(format!(
+                Some(Slot::GaveUp | Slot::Unspawned(_)) => m.fail(Error::Unavailable(format!(
                     "container {name:?} (its actor failed {MAX_RESTARTS} times within {} s; restart berthd)",
                     RESTART_WINDOW.as_secs()
                 ))),
@@ -391,42 +429,73 @@ impl Actor for ManagerActor {
 }
 
 impl ManagerState {
-    /// Finishes or undoes interrupted changes, removes orphaned files, then spawns every
-    /// container and image actor (each reconciles its own state).
-    async fn startup(&mut self, me: &ActorRef<ManagerMsg>, loaded: Loaded) -> Result<()> {
+    /// Registers what the database holds, without touching the host: image actors (few) are
+    /// spawned, containers are listed from their records and spawned later (`wake`), so that
+    /// berthd answers its first call quickly however many containers are defined. Names with
+    /// an interrupted create or delete stay reserved until `startup` has finished them.
+    async fn load(&mut self, me: &ActorRef<ManagerMsg>, loaded: Loaded) -> Result<()> {
         for rec in &loaded.images {
             self.spawn_image(me, rec.clone()).await?;
-        }
-        for note in self.rt.cleanup_images(self.known_images()).await {
-            tracing::warn!("{note}");
         }
         let mut snapshots: HashMap<String, Vec<SnapshotRecord>> = HashMap::new();
         for sn in loaded.snapshots {
             snapshots.entry(sn.container.clone()).or_default().push(sn);
         }
-        let mut live = Vec::new();
         for rec in loaded.containers {
             match rec.pending {
                 Pending::Create | Pending::Delete => {
-                    tracing::info!(container = %rec.name, pending = rec.pending.as_str(), "finishing interrupted change");
-                    if let Err(e) = self.rt.deprovision(&rec.name).await {
-                        tracing::error!(container = %rec.name, "cleanup failed, will retry next start: {e}");
-                        continue;
-                    }
-                    self.store.delete_container(&rec.name).await?;
+                    self.reserved.insert(rec.name.clone());
+                    self.interrupted.push(rec);
                 }
-                Pending::None => live.push(rec),
+                Pending::None => {
+                    let summary = ContainerSummary { name: rec.name.clone(), status: rec.status, image: rec.image.clone(), init_pid: rec.init_pid };
+                    let snaps = snapshots.remove(&rec.name).unwrap_or_default();
+                    let slot = Slot::Unspawned(Box::new((rec, snaps)));
+                    self.containers.insert(summary.name.clone(), Child { slot, summary, failures: Vec::new() });
+                }
             }
         }
-        let names: HashSet<String> = live.iter().map(|r| r.name.clone()).collect();
+        Ok(())
+    }
+
+    /// After `load`, with the name owned: finishes or undoes interrupted changes, removes
+    /// orphaned files, then has the containers' actors spawned in batches (each reconciles
+    /// its own state with what runs).
+    async fn startup(&mut self, me: &ActorRef<ManagerMsg>) -> Result<()> {
+        for note in self.rt.cleanup_images(self.known_images()).await {
+            tracing::warn!("{note}");
+        }
+        for rec in std::mem::take(&mut self.interrupted) {
+            tracing::info!(container = %rec.name, pending = rec.pending.as_str(), "finishing interrupted change");
+            match self.rt.deprovision(&rec.name).await {
+                Ok(()) => {
+                    self.store.delete_container(&rec.name).await?;
+                    self.reserved.remove(&rec.name);
+                }
+                // the name stays reserved: a new container must not land on those files
+                Err(e) => tracing::error!(container = %rec.name, "cleanup failed, will retry next start: {e}"),
+            }
+        }
+        let names: HashSet<String> = self.containers.keys().cloned().collect();
         for note in self.rt.sweep_orphan_snapshots(names).await {
             tracing::warn!("{note}");
         }
-        for rec in live {
-            let snaps = snapshots.remove(&rec.name).unwrap_or_default();
-            self.spawn_container(me, rec, snaps).await?;
-        }
+        let _ = me.send_message(ManagerMsg::SpawnSome);
         Ok(())
+    }
+
+    /// Spawns the actor of a container loaded but not spawned yet (no-op otherwise). An actor
+    /// that cannot be spawned leaves the name unavailable, as one that failed too often.
+    async fn wake(&mut self, me: &ActorRef<ManagerMsg>, name: &str) {
+        let Some(child) = self.containers.get_mut(name) else { return };
+        if !matches!(child.slot, Slot::Unspawned(_)) {
+            return;
+        }
+        let Slot::Unspawned(loaded) = std::mem::replace(&mut child.slot, Slot::GaveUp) else { return };
+        let (rec, snaps) = *loaded;
+        if let Err(e) = self.spawn_container(me, rec, snaps).await {
+            tracing::error!(container = %name, "{e}");
+        }
     }
 
     async fn spawn_container(
@@ -667,7 +736,7 @@ impl ManagerState {
             }
             match self.containers.get(&req.source).map(|c| &c.slot) {
                 Some(Slot::Live(a)) => Ok(a.clone()),
-                Some(Slot::GaveUp) => Err(Error::Unavailable(format!("container {:?}", req.source))),
+                Some(Slot::GaveUp | Slot::Unspawned(_)) => Err(Error::Unavailable(format!("container {:?}", req.source))),
                 None => Err(Error::NoSuchContainer(req.source.clone())),
             }
         })();

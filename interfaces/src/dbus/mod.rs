@@ -47,7 +47,17 @@ impl Context {
             uid: if header.sender().is_none() { Some(current_uid()) } else { None },
             interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
         };
-        self.auth.check(&caller, action, details).await
+        // a pending check (a password prompt may take minutes) keeps berthd from idling out
+        let _busy = self.engine.activity().hold();
+        let detail = |k: &str| details.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).unwrap_or("");
+        let (container, verb) = (detail("container"), detail("verb"));
+        let r = self.auth.check(&caller, action, details).await;
+        // one journal entry per authorization, with fields a journalctl match can select on
+        match &r {
+            Ok(uid) => tracing::info!(operation = verb, action, container, caller_uid = uid, "authorized"),
+            Err(e) => tracing::info!(operation = verb, action, container, caller = caller.bus_name.as_deref().unwrap_or(""), "refused: {e}"),
+        }
+        r
     }
 }
 
@@ -69,9 +79,12 @@ pub async fn serve(conn: &Connection, ctx: Context) -> Result<(), Error> {
     // Subscribe before listing so that nothing created in between is missed.
     let events = ctx.engine.subscribe();
     let server = conn.object_server();
-    server.at(paths::ROOT, fdo::ObjectManager).await?;
-    server.at(paths::ROOT, manager::ManagerIface::new(ctx.clone())).await?;
+    // The objects first, the ObjectManager last: exported under an ObjectManager, each object
+    // would emit InterfacesAdded, which nobody can have asked for before berthd owns its name
+    // and which made activation with 1,000 containers defined take 70–140 ms.
     resync(conn, &ctx).await?;
+    server.at(paths::ROOT, manager::ManagerIface::new(ctx.clone())).await?;
+    server.at(paths::ROOT, fdo::ObjectManager).await?;
     tokio::spawn(project(conn.clone(), ctx, events));
     Ok(())
 }
