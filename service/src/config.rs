@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
-              [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--no-favordynmods]
+              [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--favordynmods]
+              [--idle-timeout SECONDS]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd --version
 
@@ -20,9 +21,12 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
                        idmapped mounts (used automatically where the pool refuses them)
   --bridge NAME|none   host bridge for the containers' eth0 (default berthbr0; created with a
                        10.x.y.0/20 that clashes with no host route); none: only loopback
-  --no-favordynmods    leave the cgroup mounts as they are (by default berthd turns on the
-                       kernel's favordynmods option, without which each start waits 5-20 ms
-                       for an RCU grace period: see docs/performance.md)
+  --favordynmods       turn on the kernel's favordynmods option of the cgroup mounts (a
+                       host-wide setting, so only when asked): without it each start waits
+                       5-20 ms for an RCU grace period (see docs/performance.md)
+  --idle-timeout SECS  exit after SECS without a call, an operation or a pending
+                       authorization; the next call activates berthd again (default 60,
+                       0: never)
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir";
 
@@ -45,8 +49,10 @@ pub struct Config {
     pub no_idmapped_mounts: bool,
     /// Host bridge for containers' eth0 (None: no network).
     pub bridge: Option<String>,
-    /// Leave the cgroup mounts' options alone (no `favordynmods`).
-    pub no_favordynmods: bool,
+    /// Turn on `favordynmods` on the cgroup mounts (opt-in: a host-wide setting).
+    pub favordynmods: bool,
+    /// Exit after this long idle (None: never).
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// `berthd init` settings.
@@ -84,7 +90,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         monitor: None,
         no_idmapped_mounts: false,
         bridge: Some("berthbr0".into()),
-        no_favordynmods: false,
+        favordynmods: false,
+        idle_timeout: Some(std::time::Duration::from_secs(60)),
     };
     let mut init: Option<InitOptions> = None;
     let mut it = args.iter();
@@ -102,7 +109,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
-            "--no-favordynmods" => cfg.no_favordynmods = true,
+            "--favordynmods" => cfg.favordynmods = true,
+            // the default since berthd stopped changing host-wide settings unasked
+            "--no-favordynmods" => cfg.favordynmods = false,
+            "--idle-timeout" => {
+                let v = val("--idle-timeout")?;
+                let secs: u64 = v.parse().ok().filter(|n| *n <= 7 * 24 * 3600).ok_or_else(|| format!("invalid idle timeout {v:?} (seconds, at most a week)"))?;
+                cfg.idle_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+            }
             "--bridge" => {
                 let v = val("--bridge")?;
                 if v == "none" {
@@ -178,5 +192,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(p(&["--nope"]).is_err());
+        match p(&["--idle-timeout", "0"]).unwrap() {
+            Command::Run(c) => assert_eq!((c.idle_timeout, c.favordynmods), (None, false)),
+            other => panic!("{other:?}"),
+        }
+        match p(&["--idle-timeout", "5", "--favordynmods"]).unwrap() {
+            Command::Run(c) => assert_eq!((c.idle_timeout, c.favordynmods), (Some(std::time::Duration::from_secs(5)), true)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["-1", "x", "", "999999999"] {
+            assert!(p(&["--idle-timeout", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -101,19 +101,44 @@ fn find_libexec(name: &str) -> Result<std::path::PathBuf, String> {
         .ok_or_else(|| format!("{name} not found (looked at {} and {})", candidates[0].display(), candidates[1].display()))
 }
 
-/// Runs the daemon until SIGTERM/SIGINT or until the bus goes away.
+/// Takes `<state>/berthd.lock`, waiting for a berthd that is still draining after an idle
+/// exit (the bus may activate its successor the moment it released the name). Held for the
+/// life of the process.
+async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("berthd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!("lock {}: {e}", path.display()));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("another berthd has held {} for 60 s", path.display()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, until the bus goes away, or until it has been idle
+/// for the configured time.
 pub async fn run(cfg: Config) -> Result<(), String> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+    crate::logging::init();
     ensure_dir(&cfg.state_dir, 0o711)?;
+    let _lock = lock_state(&cfg.state_dir).await?;
     ensure_dir(&cfg.run_dir, 0o711)?;
     ensure_dir(&cfg.run_dir.join("containers"), 0o711)?;
-    if !cfg.no_favordynmods {
+    if cfg.favordynmods {
         use berth_runtime::cgroup::{Favor, favor_dynamic_changes};
         match favor_dynamic_changes(&cfg.run_dir.join(".cgroup2-favor")) {
             Ok(Favor::Already(_)) => {}
@@ -177,28 +202,83 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Err(e) => return Err(format!("could not own {BUS_NAME}: {e} (is another berthd running?)")),
     }
     tracing::info!(state = %cfg.state_dir.display(), "berthd {} serving {BUS_NAME}", env!("CARGO_PKG_VERSION"));
-    crate::notify::notify("READY=1");
+    let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
+    crate::notify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
     tokio::spawn(autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
+    tokio::spawn(count_messages(conn.clone(), engine.activity().clone()));
+    if let Some(period) = crate::notify::watchdog_period() {
+        tokio::spawn(watchdog(engine.clone(), period));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
-    loop {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let why = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
             _ = hup.recv() => continue,
             _ = conn.closed() => {
                 tracing::warn!("the bus connection closed");
-                break;
+                break "the bus connection closed";
+            }
+            _ = tick.tick() => {
+                if let Some(limit) = cfg.idle_timeout
+                    && engine.idle_for().is_some_and(|idle| idle >= limit)
+                {
+                    break "idle";
+                }
             }
         }
-    }
-    tracing::info!("shutting down; containers keep running under their monitors");
-    crate::notify::notify("STOPPING=1");
+    };
+    tracing::info!("shutting down ({why}); containers keep running under their monitors");
+    crate::notify::notify(&format!("STOPPING=1\nSTATUS=Shutting down ({why})"));
+    // New calls now go to the bus, which activates a successor; it waits for our lock.
     let _ = conn.release_name(BUS_NAME).await;
+    drain(&engine).await;
     engine.shutdown().await;
     Ok(())
+}
+
+/// Waits until the calls that reached us before the name was released are answered: nothing
+/// in flight and no message for 200 ms.
+async fn drain(engine: &berth_actors::Engine) {
+    let quiet = std::time::Duration::from_millis(200);
+    loop {
+        match engine.activity().idle_for() {
+            Some(idle) if idle >= quiet && engine.idle_for().is_some() => return,
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Every message that reaches berthd (a method call, a property read, an introspection)
+/// counts as activity for the idle exit.
+async fn count_messages(conn: zbus::Connection, activity: berth_actors::activity::Activity) {
+    use futures_util::StreamExt;
+    let mut stream = zbus::MessageStream::from(&conn);
+    while let Some(m) = stream.next().await {
+        if let Ok(m) = m
+            && m.message_type() == zbus::message::Type::MethodCall
+        {
+            activity.touch();
+        }
+    }
+}
+
+/// Pings systemd's watchdog while the Manager answers: a wedged actor system stops the
+/// pings and systemd restarts berthd (containers keep running under their monitors).
+async fn watchdog(engine: berth_actors::Engine, period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(period, engine.ping()).await {
+            Ok(Ok(())) => crate::notify::notify("WATCHDOG=1"),
+            Ok(Err(e)) => tracing::error!("watchdog: the manager does not answer: {e}"),
+            Err(_) => tracing::error!("watchdog: the manager did not answer within {period:?}"),
+        }
+    }
 }
 
 /// After a host boot (the kernel's boot id differs from the one berthd last recorded in

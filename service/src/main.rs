@@ -9,6 +9,7 @@
 
 mod config;
 mod daemon;
+mod logging;
 mod notify;
 
 use std::process::ExitCode;

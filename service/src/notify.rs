@@ -1,4 +1,5 @@
-//! sd_notify: READY=1 / STOPPING=1 to systemd when it started us with `Type=notify`.
+//! sd_notify: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 to systemd when it started us with
+//! `Type=notify`.
 
 /// Sends `state` to $NOTIFY_SOCKET if set (silently nothing otherwise).
 pub fn notify(state: &str) {
@@ -17,4 +18,15 @@ pub fn notify(state: &str) {
     if let Err(e) = r {
         tracing::warn!("sd_notify {state}: {e}");
     }
+}
+
+/// Half the watchdog interval systemd asked for (`WatchdogSec=`), when it asked us.
+pub fn watchdog_period() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok())
+        && pid != std::process::id()
+    {
+        return None;
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }

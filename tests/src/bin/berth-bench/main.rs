@@ -69,8 +69,15 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// berthd as the bench runs it: with the favordynmods cgroup option that users opt into for
+/// fast starts (docs/operations.md), and no idle exit, which would put an activation inside
+/// whatever figure follows a long bare-CRIU or peer measurement.
+fn bench_args() -> Vec<String> {
+    vec!["--favordynmods".into(), "--idle-timeout".into(), "0".into()]
+}
+
 fn btrfs_env(size: &str) -> Env {
-    Env::with(Options { storage: Some(Storage::Btrfs), pool_size: Some(size.into()), ..Default::default() })
+    Env::with(Options { storage: Some(Storage::Btrfs), pool_size: Some(size.into()), daemon_args: bench_args(), ..Default::default() })
 }
 
 fn main() {
@@ -114,7 +121,7 @@ fn main() {
     }
     if on("dir") {
         println!("one container's life on dir ({} runs)", args.runs.min(10));
-        let env = Env::new(Storage::Dir);
+        let env = Env::with(Options { storage: Some(Storage::Dir), daemon_args: bench_args(), ..Default::default() });
         rt.block_on(lifecycle::measure(&env, Storage::Dir, args.runs.min(10), &mut report));
     }
     if on("api") {

@@ -1,0 +1,76 @@
+//! End-to-end: berthd's life as a D-Bus activated service — it exits when idle, the next
+//! call activates it again, containers run on meanwhile and no call is lost.
+
+use berth_tests::{Env, Options, Storage, text};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    root
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn an_idle_berthd_exits_and_the_next_call_finds_its_containers_running() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(Options { storage: Some(Storage::Dir), daemon_args: vec!["--idle-timeout".into(), "2".into()], ..Default::default() });
+    env.ok(&["launch", "busybox", "c1"]);
+    let init = env.init_pid("c1");
+    let first = env.daemon_pid().expect("berthd runs");
+    berth_tests::wait_for(Duration::from_secs(15), "berthd to exit once idle", || !alive(first));
+    assert!(!env.name_owned("org.berth.Berth1"), "the name went with it");
+    assert!(alive(init), "the container runs on without berthd");
+    // the next call activates a new berthd, which finds the container as it was
+    assert_eq!(env.status("c1"), "Running");
+    assert_eq!(env.init_pid("c1"), init);
+    let second = env.daemon_pid().expect("berthd runs again");
+    assert_ne!(second, first);
+    assert!(env.daemon_log_tail().contains("shutting down (idle)"), "{}", env.daemon_log_tail());
+}
+
+#[test]
+fn calls_that_arrive_while_berthd_idles_out_are_all_answered() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(Options { storage: Some(Storage::Dir), daemon_args: vec!["--idle-timeout".into(), "1".into()], ..Default::default() });
+    env.ok(&["launch", "busybox", "c1"]);
+    // Gaps around the timeout (1 s, checked every 0.5 s, then a 0.2 s drain), from two
+    // clients out of step, so that calls land just before, during and just after exits.
+    let gaps_ms = [1050u64, 1250, 1450, 1150, 1350, 1550, 1000, 1700, 1200];
+    let env = &env;
+    let pids: Vec<HashSet<u32>> = std::thread::scope(|s| {
+        let clients: Vec<_> = [0u64, 170]
+            .into_iter()
+            .map(|offset| {
+                s.spawn(move || {
+                    let mut seen = HashSet::new();
+                    std::thread::sleep(Duration::from_millis(offset));
+                    for (i, gap) in gaps_ms.iter().enumerate() {
+                        std::thread::sleep(Duration::from_millis(*gap));
+                        let out = env.berth(&["exec", "c1", "--", "echo", &format!("call {i}")]);
+                        assert!(out.status.success(), "call {i} after a {gap} ms gap failed: {}\n{}", text(&out.stderr), env.daemon_log_tail());
+                        assert_eq!(text(&out.stdout).trim(), format!("call {i}"));
+                        if let Some(p) = env.daemon_pid() {
+                            seen.insert(p);
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().expect("client")).collect()
+    });
+    let all: HashSet<u32> = pids.into_iter().flatten().collect();
+    assert!(all.len() >= 3, "berthd exited and came back between calls (pids {all:?})");
+    assert_eq!(env.status("c1"), "Running");
+}
