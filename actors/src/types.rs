@@ -175,6 +175,25 @@ pub struct ContainerInfo {
     pub stateful: bool,
 }
 
+impl ContainerRecord {
+    /// What callers see of this record.
+    pub fn info(&self) -> ContainerInfo {
+        ContainerInfo {
+            name: self.name.clone(),
+            status: self.status,
+            init_pid: self.init_pid,
+            image: self.image.clone(),
+            created_at_us: self.created_at_us,
+            ephemeral: self.ephemeral,
+            profiles: self.profiles.clone(),
+            config: self.config.clone(),
+            expanded_config: self.config.clone(),
+            architecture: self.architecture.clone(),
+            stateful: self.config.contains_key(crate::container::STATEFUL_KEY),
+        }
+    }
+}
+
 /// A short line for lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSummary {

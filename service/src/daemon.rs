@@ -147,6 +147,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             Err(e) => tracing::warn!("cgroups: cannot turn on favordynmods, starts will be slower: {e}"),
         }
     }
+    let t0 = std::time::Instant::now();
     let db = Db::open(&cfg.state_dir.join("berth.db")).map_err(|e| e.to_string())?;
     let (pool_cfg, created) = ensure_pool(&db, &cfg.state_dir, None, None)?;
     if created {
@@ -193,15 +194,23 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
+    let t_engine = t0.elapsed();
     let conn = connect(&cfg).await?;
+    let t_connect = t0.elapsed();
     let auth = Arc::new(PolkitAuthorizer::new(conn.clone()));
     dbus::serve(&conn, Context { engine: engine.clone(), auth }).await.map_err(|e| format!("export objects: {e}"))?;
+    let t_export = t0.elapsed();
     match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
         Ok(zbus::fdo::RequestNameReply::PrimaryOwner) | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => {}
         Ok(other) => return Err(format!("could not own {BUS_NAME}: {other:?} (is another berthd running?)")),
         Err(e) => return Err(format!("could not own {BUS_NAME}: {e} (is another berthd running?)")),
     }
-    tracing::info!(state = %cfg.state_dir.display(), "berthd {} serving {BUS_NAME}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        state = %cfg.state_dir.display(),
+        "berthd {} serving {BUS_NAME} after {:?} (engine {t_engine:?}, bus {t_connect:?}, objects {t_export:?})",
+        env!("CARGO_PKG_VERSION"),
+        t0.elapsed()
+    );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
     crate::notify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
     tokio::spawn(autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));

@@ -390,20 +390,7 @@ impl Actor for ContainerActor {
 
 impl ContainerState {
     fn info(&self) -> ContainerInfo {
-        let r = &self.rec;
-        ContainerInfo {
-            name: r.name.clone(),
-            status: r.status,
-            init_pid: r.init_pid,
-            image: r.image.clone(),
-            created_at_us: r.created_at_us,
-            ephemeral: r.ephemeral,
-            profiles: r.profiles.clone(),
-            config: r.config.clone(),
-            expanded_config: r.config.clone(),
-            architecture: r.architecture.clone(),
-            stateful: r.config.contains_key(STATEFUL_KEY),
-        }
+        self.rec.info()
     }
 
     fn summary(&self) -> ContainerSummary {

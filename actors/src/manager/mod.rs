@@ -249,7 +249,8 @@ impl Actor for ManagerActor {
     async fn handle(&self, me: ActorRef<ManagerMsg>, msg: ManagerMsg, s: &mut ManagerState) -> Result<(), ActorProcessingErr> {
         // a message about a container whose actor is not spawned yet spawns it first
         match &msg {
-            ManagerMsg::ToContainer(name, _) => s.wake(&me, name).await,
+            // an unspawned container's info is its record's: reading it spawns nothing
+            ManagerMsg::ToContainer(name, m) if !matches!(m, ContainerMsg::Info(_)) => s.wake(&me, name).await,
             ManagerMsg::Create(req, _) => s.wake(&me, &req.name).await,
             ManagerMsg::Copy(req, _) => s.wake(&me, &req.source).await,
             _ => {}
@@ -276,7 +277,11 @@ impl Actor for ManagerActor {
                         m.fail(Error::Unavailable(format!("container {name:?}")));
                     }
                 }
-                Some(Slot::GaveUp | Slot::Unspawned(_)) => m.fail(Error::Unavailable(format!(
+                Some(Slot::Unspawned(loaded)) => match m {
+                    ContainerMsg::Info(r) => drop(r.send(Ok(loaded.0.info()))),
+                    m => m.fail(Error::Unavailable(format!("container {name:?}"))),
+                },
+                Some(Slot::GaveUp) => m.fail(Error::Unavailable(format!(
                     "container {name:?} (its actor failed {MAX_RESTARTS} times within {} s; restart berthd)",
                     RESTART_WINDOW.as_secs()
                 ))),

@@ -28,6 +28,9 @@ impl ImageIface {
     }
 }
 
+/// The interface name.
+pub const INTERFACE: &str = "org.berth.Berth1.Image";
+
 #[interface(name = "org.berth.Berth1.Image")]
 impl ImageIface {
     /// Deletes the image; containers made from it keep working.

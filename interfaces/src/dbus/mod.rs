@@ -7,6 +7,7 @@
 pub mod container;
 pub mod image;
 pub mod manager;
+pub mod objects;
 pub mod operation;
 pub mod options;
 pub mod snapshot;
@@ -79,12 +80,10 @@ pub async fn serve(conn: &Connection, ctx: Context) -> Result<(), Error> {
     // Subscribe before listing so that nothing created in between is missed.
     let events = ctx.engine.subscribe();
     let server = conn.object_server();
-    // The objects first, the ObjectManager last: exported under an ObjectManager, each object
-    // would emit InterfacesAdded, which nobody can have asked for before berthd owns its name
-    // and which made activation with 1,000 containers defined take 70–140 ms.
-    resync(conn, &ctx).await?;
+    // nothing is announced: nobody can listen before berthd owns its name (see objects.rs)
+    resync(conn, &ctx, false).await?;
     server.at(paths::ROOT, manager::ManagerIface::new(ctx.clone())).await?;
-    server.at(paths::ROOT, fdo::ObjectManager).await?;
+    server.at(paths::ROOT, objects::ObjectManagerIface::new(ctx.clone())).await?;
     tokio::spawn(project(conn.clone(), ctx, events));
     Ok(())
 }
@@ -108,18 +107,25 @@ async fn export_image(conn: &Connection, ctx: &Context, fp: &str) -> zbus::Resul
     Ok(added.is_none())
 }
 
-/// Makes the exported objects match the engine (startup, and after missed events).
-async fn resync(conn: &Connection, ctx: &Context) -> Result<(), Error> {
+/// Makes the exported objects match the engine (startup, and after missed events, when the
+/// objects that were missing are `announce`d).
+async fn resync(conn: &Connection, ctx: &Context, announce: bool) -> Result<(), Error> {
     let containers = ctx.engine.list_containers().await?;
     let images = ctx.engine.list_images().await?;
     for c in &containers {
-        export_container(conn, ctx, &c.name).await?;
+        if export_container(conn, ctx, &c.name).await? && announce {
+            objects::announce::<container::ContainerIface>(conn, &paths::container(&c.name), container::INTERFACE).await?;
+        }
     }
     for i in &images {
-        export_image(conn, ctx, &i.fingerprint).await?;
+        if export_image(conn, ctx, &i.fingerprint).await? && announce {
+            objects::announce::<image::ImageIface>(conn, &paths::image(&i.fingerprint), image::INTERFACE).await?;
+        }
     }
     for sn in ctx.engine.all_snapshots().await? {
-        export_snapshot(conn, ctx, &sn.container, &sn.name).await?;
+        if export_snapshot(conn, ctx, &sn.container, &sn.name).await? && announce {
+            objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&sn.container, &sn.name), snapshot::INTERFACE).await?;
+        }
     }
     Ok(())
 }
@@ -133,7 +139,7 @@ async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadc
             Ok(ev) => ev,
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!("the D-Bus projector missed {n} events; resynchronizing");
-                if let Err(e) = resync(&conn, &ctx).await {
+                if let Err(e) = resync(&conn, &ctx, true).await {
                     tracing::error!("resync: {e}");
                 }
                 continue;
@@ -149,7 +155,9 @@ async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadc
 async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>, ev: Event) -> zbus::Result<()> {
     match ev {
         Event::ContainerCreated { name } => {
-            export_container(conn, ctx, &name).await?;
+            if export_container(conn, ctx, &name).await? {
+                objects::announce::<container::ContainerIface>(conn, &paths::container(&name), container::INTERFACE).await?;
+            }
             let p = path(paths::container(&name));
             manager::ManagerIface::container_new(root, &name, p.as_ref()).await?;
         }
@@ -184,23 +192,29 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         Event::ContainerRemoved { name } => {
             let p = paths::container(&name);
             match conn.object_server().remove::<container::ContainerIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(true) => objects::withdraw(conn, &p, container::INTERFACE).await?,
+                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::container_removed(root, &name, path(p).as_ref()).await?;
         }
         Event::SnapshotCreated { container, name } => {
-            export_snapshot(conn, ctx, &container, &name).await?;
+            if export_snapshot(conn, ctx, &container, &name).await? {
+                objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&container, &name), snapshot::INTERFACE).await?;
+            }
         }
         Event::SnapshotRemoved { container, name } => {
             let p = paths::snapshot(&container, &name);
             match conn.object_server().remove::<snapshot::SnapshotIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(true) => objects::withdraw(conn, &p, snapshot::INTERFACE).await?,
+                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
         Event::ImageAdded { fingerprint } => {
-            export_image(conn, ctx, &fingerprint).await?;
+            if export_image(conn, ctx, &fingerprint).await? {
+                objects::announce::<image::ImageIface>(conn, &paths::image(&fingerprint), image::INTERFACE).await?;
+            }
             manager::ManagerIface::image_new(root, &fingerprint, path(paths::image(&fingerprint)).as_ref()).await?;
         }
         Event::ImageChanged { fingerprint } => {
@@ -215,7 +229,9 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         Event::OperationNew { id } => {
             let Some(op) = ctx.engine.operation(id) else { return Ok(()) };
             let p = paths::operation(id);
-            conn.object_server().at(p.as_str(), operation::OperationIface::new(ctx.clone(), op.clone())).await?;
+            if conn.object_server().at(p.as_str(), operation::OperationIface::new(ctx.clone(), op.clone())).await?.is_none() {
+                objects::announce::<operation::OperationIface>(conn, &p, operation::INTERFACE).await?;
+            }
             manager::ManagerIface::operation_new(root, path(p.clone()).as_ref()).await?;
             // progress, at most four times a second, while it runs
             let conn = conn.clone();
@@ -254,14 +270,16 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
                 operation::OperationIface::completed(&emitter, success, &message).await?;
             }
             match conn.object_server().remove::<operation::OperationIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(true) => objects::withdraw(conn, &p, operation::INTERFACE).await?,
+                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
         Event::ImageRemoved { fingerprint } => {
             let p = paths::image(&fingerprint);
             match conn.object_server().remove::<image::ImageIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(true) => objects::withdraw(conn, &p, image::INTERFACE).await?,
+                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::image_removed(root, &fingerprint, path(p).as_ref()).await?;
