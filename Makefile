@@ -2,11 +2,13 @@
 #   make demo   set up the machine if needed, launch a container from the busybox image,
 #               run a command in it, list containers (re-runnable)
 #   make test   set up the machine if needed, then run the whole test suite
+#   make test-vm  the VM tier: tests that need systemd as PID 1 and pure cgroup v2, each in a
+#               qemu guest (tests/vm/run-all; scripts/setup must have run: it builds CRIU)
 
 CARGO ?= cargo
 DEMO ?= demo
 
-.PHONY: demo test setup bins bench check-root
+.PHONY: demo test test-vm setup bins bench check-root
 
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "berth manages system containers: run make as root (sudo make $(MAKECMDGOALS))"; exit 1; }
@@ -25,6 +27,9 @@ bins:
 
 test: setup bins
 	$(CARGO) test --release --locked --workspace
+
+test-vm: check-root bins
+	tests/vm/run-all
 
 bench: check-root bins
 	target/release/berth-bench --runs 30
