@@ -319,8 +319,7 @@ impl HostRuntime {
             return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
         }
         spec.cgroups.create()?;
-        let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
-        let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+        let (memory, processes) = crate::config::limits(&rec.config);
         spec.cgroups.apply_limits(memory, processes)?;
         self.remove_host_veths(rec);
         spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
@@ -545,8 +544,7 @@ impl Runtime for SharedHost {
                 spec.cgroups.create()?;
             }
             h.apply_templates(&rec, "start")?;
-            let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
-            let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+            let (memory, processes) = crate::config::limits(&rec.config);
             spec.cgroups.apply_limits(memory, processes)?;
             let (init_pid, monitor_pid) = h.start_monitor(&spec)?;
             Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
