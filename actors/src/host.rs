@@ -81,6 +81,8 @@ impl HostRuntime {
         if !idmap_supported {
             tracing::warn!(pool = %pool.config().path.display(), "the pool refuses idmapped mounts; container roots will be shifted with chown");
         }
+        // image archives are root's alone, also where an older berthd made their directory
+        berth_runtime::image::store::ensure_dir(&cfg.state_dir.join("images"))?;
         let network = match &cfg.bridge {
             Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
             None => None,
@@ -661,7 +663,7 @@ impl Runtime for SharedHost {
                 blocking(move || {
                     image::check_static(&h.cfg.busybox)?;
                     let images = h.cfg.state_dir.join("images");
-                    std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+                    image::store::ensure_dir(&images)?;
                     let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
                     let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
                         let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
