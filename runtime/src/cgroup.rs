@@ -377,6 +377,16 @@ impl ContainerCgroups {
         }
     }
 
+    /// Whether the container's freezer says frozen (or freezing): v1 `freezer.state`, v2
+    /// `cgroup.freeze` (what was asked, not whether every process has stopped yet).
+    pub fn is_frozen(&self) -> bool {
+        let Some(dir) = self.freezer_dir() else { return false };
+        match std::fs::read_to_string(dir.join("freezer.state")) {
+            Ok(s) => s.trim() != "THAWED",
+            Err(_) => std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"),
+        }
+    }
+
     /// Thaws the container.
     pub fn thaw(&self) -> Result<()> {
         let Some(dir) = self.freezer_dir() else { return Ok(()) };

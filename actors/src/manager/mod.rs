@@ -424,7 +424,7 @@ impl ManagerState {
         }
         for rec in live {
             let snaps = snapshots.remove(&rec.name).unwrap_or_default();
-            self.spawn_container(me, rec, snaps).await?;
+            self.spawn_container(me, rec, snaps, true).await?;
         }
         Ok(())
     }
@@ -434,6 +434,7 @@ impl ManagerState {
         me: &ActorRef<ManagerMsg>,
         rec: ContainerRecord,
         snapshots: Vec<SnapshotRecord>,
+        recover: bool,
     ) -> Result<ActorRef<ContainerMsg>> {
         let summary = ContainerSummary {
             name: rec.name.clone(),
@@ -450,6 +451,7 @@ impl ManagerState {
             manager: me.clone(),
             snapshots,
             ops: self.ops.clone(),
+            recover,
         };
         let (actor, _) = Actor::spawn_linked(None, ContainerActor, args, me.get_cell())
             .await
@@ -503,7 +505,7 @@ impl ManagerState {
                 }
             };
             match self.store.container(&name).await {
-                Ok(Some(rec)) => match self.spawn_container(me, rec, snaps).await {
+                Ok(Some(rec)) => match self.spawn_container(me, rec, snaps, false).await {
                     Ok(_) => tracing::info!(container = %name, "container actor respawned from the database"),
                     Err(e) => {
                         tracing::error!(container = %name, "respawn failed: {e}");
@@ -554,7 +556,7 @@ impl ManagerState {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let actor = match self.spawn_container(me, rec, Vec::new()).await {
+                let actor = match self.spawn_container(me, rec, Vec::new(), false).await {
                     Ok(a) => a,
                     Err(e) => {
                         let _ = self.store.delete_container(&name).await;
@@ -744,7 +746,7 @@ impl ManagerState {
             return;
         }
         let name = rec.name.clone();
-        let actor = match self.spawn_container(me, rec, Vec::new()).await {
+        let actor = match self.spawn_container(me, rec, Vec::new(), false).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = self.store.delete_container(&name).await;
