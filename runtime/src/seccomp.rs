@@ -192,7 +192,7 @@ mod tests {
             match code {
                 c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
                     let k = i.k as usize;
-                    assert!(k % 4 == 0 && k + 4 <= data.len(), "load at {k}");
+                    assert!(k.is_multiple_of(4) && k + 4 <= data.len(), "load at {k}");
                     acc = u32::from_le_bytes([data[k], data[k + 1], data[k + 2], data[k + 3]]);
                     pc += 1;
                 }
