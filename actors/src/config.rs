@@ -4,6 +4,7 @@
 //! `user.*`, `environment.*` and `image.*` are free-form.
 
 use crate::error::{Error, Result};
+use berth_runtime::cgroup::ProcessLimit;
 use std::collections::BTreeMap;
 
 /// One checked key.
@@ -25,6 +26,24 @@ const KEYS: &[Key] = &[
         help: "make a systemd container checkpointable when it is created (default true)",
     },
 ];
+
+/// Processes a container may have when `limits.processes` does not say (its `pids.max`):
+/// enough for any system a container runs (a busy Debian with systemd has a few hundred), few
+/// enough that a fork bomb in one container leaves the host's pid space (kernel.pid_max,
+/// 4194304 here) and the other containers alone. LXD sets none; systemd gives a service 15%
+/// of the host's pids (`DefaultTasksMax`).
+pub const DEFAULT_PROCESSES: u64 = 10_000;
+
+/// The cgroup limits `config` asks for: the memory limit in bytes, and the process limit
+/// (`limits.processes`, else [`DEFAULT_PROCESSES`]).
+pub fn limits(config: &BTreeMap<String, String>) -> (Option<u64>, ProcessLimit) {
+    let memory = config.get("limits.memory").and_then(|v| parse_size(v));
+    let processes = match config.get("limits.processes").and_then(|v| v.parse().ok()) {
+        Some(n) => ProcessLimit::Set(n),
+        None => ProcessLimit::Default(DEFAULT_PROCESSES),
+    };
+    (memory, processes)
+}
 
 /// Free-form namespaces.
 const FREE: &[&str] = &["user.", "environment.", "image."];
@@ -138,6 +157,15 @@ mod tests {
         assert!(validate_key("boot.stop_signal", "SIGFOO").is_err());
         assert!(validate_key("nope.key", "1").is_err());
         assert!(validate_key("bad key", "1").is_err());
+    }
+
+    #[test]
+    fn limits_default_to_a_process_limit() {
+        let mut c = BTreeMap::new();
+        assert_eq!(limits(&c), (None, ProcessLimit::Default(DEFAULT_PROCESSES)));
+        c.insert("limits.processes".to_string(), "50".to_string());
+        c.insert("limits.memory".to_string(), "1MiB".to_string());
+        assert_eq!(limits(&c), (Some(1 << 20), ProcessLimit::Set(50)));
     }
 
     #[test]

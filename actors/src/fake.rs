@@ -221,6 +221,11 @@ impl Runtime for FakeRuntime {
         Ok(self.lock().running.get(name).copied())
     }
 
+    async fn recover_checkpoint(&self, _name: &str) -> Result<Vec<String>, RuntimeError> {
+        // nothing here outlives the engine
+        Ok(Vec::new())
+    }
+
     async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
         let mut i = self.lock();
         if !i.running.contains_key(name) {

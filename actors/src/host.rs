@@ -65,7 +65,15 @@ pub struct HostRuntime {
     standby: std::sync::Mutex<Option<berth_runtime::monitor::Standby>>,
     /// A refill is under way (concurrent starts start one spare, not one each).
     filling: std::sync::atomic::AtomicBool,
+    /// CRIU processes an earlier berthd left dumping containers, found once (at start).
+    orphan_criu: std::sync::OnceLock<Vec<berth_runtime::criu::recover::OrphanCriu>>,
 }
+
+/// How long berthd, starting, waits for a CRIU that an earlier berthd left dumping a
+/// container before killing it. Such a CRIU ends on its own at its next notification (it
+/// then lets the processes go and unlocks the network), and a dump of a few GiB ends within
+/// this (200 MB take 0.5–1.4 s here); killing it mid-dump leaves more to undo.
+const ORPHAN_CRIU_WAIT: Duration = Duration::from_secs(20);
 
 /// Maximum console log size before rotation.
 const CONSOLE_LOG_MAX: u64 = 1 << 20;
@@ -81,6 +89,8 @@ impl HostRuntime {
         if !idmap_supported {
             tracing::warn!(pool = %pool.config().path.display(), "the pool refuses idmapped mounts; container roots will be shifted with chown");
         }
+        // image archives are root's alone, also where an older berthd made their directory
+        berth_runtime::image::store::ensure_dir(&cfg.state_dir.join("images"))?;
         let network = match &cfg.bridge {
             Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
             None => None,
@@ -96,6 +106,7 @@ impl HostRuntime {
             criu_probe: std::sync::OnceLock::new(),
             standby: std::sync::Mutex::new(None),
             filling: std::sync::atomic::AtomicBool::new(false),
+            orphan_criu: std::sync::OnceLock::new(),
         })
     }
 
@@ -291,6 +302,47 @@ impl HostRuntime {
         }
     }
 
+    /// What a checkpoint interrupted by the death of an earlier berthd left on `name` (see
+    /// `berth_runtime::criu::recover` for what is left, measured), undone. Returns notes.
+    fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        use berth_runtime::criu::recover::{self, Ended};
+        let orphans = self.orphan_criu.get_or_init(|| recover::orphan_criu(&self.cfg.run_dir.join("containers")));
+        let mut notes = Vec::new();
+        let mut interrupted = false;
+        // 1. its CRIU ends first: it freezes the cgroup again on its way out
+        for o in orphans.iter().filter(|o| o.container == name) {
+            interrupted = true;
+            let ended = recover::wait_or_kill(o.pid, ORPHAN_CRIU_WAIT)
+                .map_err(|e| RuntimeError::Failed(format!("wait for CRIU (pid {}): {e}", o.pid)))?;
+            notes.push(match ended {
+                Ended::Exited => format!("waited for CRIU (pid {}), left dumping it by an earlier berthd, to end", o.pid),
+                Ended::Killed => format!("killed CRIU (pid {}), left dumping it by an earlier berthd, after {} s", o.pid, ORPHAN_CRIU_WAIT.as_secs()),
+            });
+        }
+        // 2. the rest concerns a container that runs
+        let Ok(conn) = berth_runtime::monitor::client::Conn::connect(&self.files(name).socket()) else { return Ok(notes) };
+        let init = match conn.call(&Request::Status)? {
+            Reply::Status(s) => s.init_pid,
+            other => return Err(RuntimeError::Failed(format!("unexpected answer from the monitor: {other:?}"))),
+        };
+        let cg = self.cgroups(name);
+        if cg.is_frozen() {
+            interrupted = true;
+            cg.thaw()?;
+            notes.push("thawed it: a checkpoint froze it and never finished".into());
+        }
+        if interrupted && init > 0 {
+            match berth_runtime::criu::recover::remove_network_locks(init) {
+                Ok(tables) if !tables.is_empty() => notes.push(format!("removed CRIU's network lock ({})", tables.join(", "))),
+                Ok(_) => {}
+                Err(e) => notes.push(format!("could not look for CRIU's network lock: {e}")),
+            }
+        }
+        // a stateful stop tells the monitor a checkpoint runs (so CRIU's kill reads as one)
+        conn.call(&Request::Checkpointing { active: false })?;
+        Ok(notes)
+    }
+
     /// Puts the container's host veths aside (down, renamed: see `Netlink::set_aside`), so
     /// that nothing crosses them and their names are free for the next run at once.
     fn remove_host_veths(&self, rec: &ContainerRecord) {
@@ -319,8 +371,7 @@ impl HostRuntime {
             return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
         }
         spec.cgroups.create()?;
-        let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
-        let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+        let (memory, processes) = crate::config::limits(&rec.config);
         spec.cgroups.apply_limits(memory, processes)?;
         self.remove_host_veths(rec);
         spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
@@ -545,8 +596,7 @@ impl Runtime for SharedHost {
                 spec.cgroups.create()?;
             }
             h.apply_templates(&rec, "start")?;
-            let memory = rec.config.get("limits.memory").and_then(|v| crate::config::parse_size(v));
-            let processes = rec.config.get("limits.processes").and_then(|v| v.parse().ok());
+            let (memory, processes) = crate::config::limits(&rec.config);
             spec.cgroups.apply_limits(memory, processes)?;
             let (init_pid, monitor_pid) = h.start_monitor(&spec)?;
             Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
@@ -594,6 +644,11 @@ impl Runtime for SharedHost {
             }
             _ => Ok(None),
         }
+    }
+
+    async fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let (h, name) = (self.0.clone(), name.to_string());
+        blocking(move || h.recover_checkpoint(&name)).await
     }
 
     async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
@@ -663,7 +718,7 @@ impl Runtime for SharedHost {
                 blocking(move || {
                     image::check_static(&h.cfg.busybox)?;
                     let images = h.cfg.state_dir.join("images");
-                    std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+                    image::store::ensure_dir(&images)?;
                     let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
                     let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
                         let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;

@@ -175,6 +175,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn disconnect(&self, rec: &ContainerRecord) -> Result<(), RuntimeError>;
     /// Whether the container runs (reconciliation after a daemon restart).
     async fn probe(&self, name: &str) -> Result<Option<Running>, RuntimeError>;
+    /// Undoes what a checkpoint interrupted by the death of an earlier berthd left on the
+    /// container: a CRIU still dumping it is waited for (killed after a while), a cgroup left
+    /// frozen thawed, CRIU's network lock removed, the monitor told no checkpoint runs. Only
+    /// when no checkpoint of this berthd's can be running (at start). Returns what it did.
+    async fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError>;
     /// Events of a running container until it stops (the channel closes after `Exited`).
     async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError>;
     /// Runs a process in the running container and returns its exit status.

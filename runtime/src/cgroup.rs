@@ -220,6 +220,15 @@ pub struct ContainerCgroups {
     pub owner: Option<(u32, u32)>,
 }
 
+/// The process limit (`pids.max`) a container's cgroups get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessLimit {
+    /// Asked for by the container's config: a host without the pids controller cannot give it.
+    Set(u64),
+    /// berth's default: applied where the pids controller exists, skipped where it does not.
+    Default(u64),
+}
+
 impl ContainerCgroups {
     /// The cgroups for container `name` under `parent`.
     pub fn new(layout: Layout, parent: &str, name: &str) -> Self {
@@ -301,10 +310,10 @@ impl ContainerCgroups {
         self.monitor_dirs().map(|(_, d)| d.join("cgroup.procs")).collect()
     }
 
-    /// Sets (or clears, with `None`) the memory limit in bytes and the process limit. A limit
-    /// asked for on a host without the controller is an error; clearing one that cannot exist
-    /// is not.
-    pub fn apply_limits(&self, memory: Option<u64>, processes: Option<u64>) -> Result<()> {
+    /// Sets (or clears, with `None`) the memory limit in bytes, and the process limit. A limit
+    /// asked for on a host without the controller is an error; clearing one that cannot exist,
+    /// or a default process limit where there is no pids controller, is not.
+    pub fn apply_limits(&self, memory: Option<u64>, processes: ProcessLimit) -> Result<()> {
         let v2 = self.layout.version() == 2;
         let write = |controller: &str, knob: &str, value: Option<String>, unlimited: &str| -> Result<()> {
             let file = self.dir_for(controller).map(|d| d.join(knob)).filter(|p| p.exists());
@@ -325,7 +334,13 @@ impl ContainerCgroups {
         } else {
             write("memory", "memory.limit_in_bytes", mem, "-1")?;
         }
-        write("pids", "pids.max", processes.map(|p| p.to_string()), "max")
+        match processes {
+            ProcessLimit::Set(n) => write("pids", "pids.max", Some(n.to_string()), "max"),
+            ProcessLimit::Default(n) if self.dir_for("pids").is_some_and(|d| d.join("pids.max").exists()) => {
+                write("pids", "pids.max", Some(n.to_string()), "max")
+            }
+            ProcessLimit::Default(_) => Ok(()),
+        }
     }
 
     /// The group that freezes the container: the v1 `freezer` hierarchy's, else the v2 one's
@@ -359,6 +374,16 @@ impl ContainerCgroups {
                 return Err(Error::Invalid(format!("the container did not freeze within {} ms", timeout.as_millis())));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Whether the container's freezer says frozen (or freezing): v1 `freezer.state`, v2
+    /// `cgroup.freeze` (what was asked, not whether every process has stopped yet).
+    pub fn is_frozen(&self) -> bool {
+        let Some(dir) = self.freezer_dir() else { return false };
+        match std::fs::read_to_string(dir.join("freezer.state")) {
+            Ok(s) => s.trim() != "THAWED",
+            Err(_) => std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"),
         }
     }
 

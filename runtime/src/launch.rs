@@ -214,6 +214,9 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave:
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_p.push(std::ptr::null());
+    // last: the filter binds init and all it starts; root of the new user namespace may
+    // install it without no_new_privs (see seccomp.rs)
+    os(crate::seccomp::install, "install the seccomp filter")?;
     // SAFETY: argv_p and envp_p are NULL-terminated arrays of valid C strings.
     unsafe { libc::execve(argv_p[0], argv_p.as_ptr(), envp_p.as_ptr()) };
     Err(SetupFailure { step: format!("exec {}", spec.init[0]), error: io::Error::last_os_error() })

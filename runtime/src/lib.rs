@@ -17,6 +17,7 @@ pub mod monitor;
 pub mod net;
 pub mod pty;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod sys;
 

@@ -517,9 +517,47 @@ fn host_users_cannot_reach_container_files() {
         assert!(!out.status.success(), "{} is readable by {user}: {}", p.display(), text(&out.stdout));
     }
     // what made this matter: on disk the file is a setuid program of host root
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let m = std::fs::metadata(&planted).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o4755));
+
+    // nor through the pool's loop file (the whole filesystem) or the kept image archives
+    let loop_file = env.state.join("disks/default.img");
+    let images = env.state.join("images");
+    let archive = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.path().join("image")).find(|p| p.is_file()).expect("a kept archive");
+    let modes = || -> Vec<u32> {
+        [&loop_file, &env.state.join("disks"), &images].iter().map(|p| std::fs::metadata(p).unwrap().mode() & 0o7777).collect()
+    };
+    let unreadable = |why: &str| {
+        for p in [&loop_file, &archive] {
+            let out = run_as(&["cat", p.to_str().unwrap()]);
+            assert!(!out.status.success() && out.stdout.is_empty(), "{why}: {} is readable by {user}", p.display());
+            let mut nobody = std::process::Command::new("setpriv");
+            nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups", "head", "-c", "1"]).arg(p);
+            let out = berth_tests::run(&mut nobody, Duration::from_secs(10));
+            assert!(!out.status.success() && text(&out.stderr).contains("Permission denied"), "{why}: nobody opened {}", p.display());
+        }
+    };
+    assert_eq!(modes(), [0o600, 0o700, 0o700], "as made");
+    unreadable("as made");
+    // an older berth made them readable: berthd puts them right when it starts
+    for (p, mode) in [(&loop_file, 0o644), (&env.state.join("disks"), 0o755), (&images, 0o755)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let pid = env.daemon_pid().unwrap();
+    // SAFETY: signalling our own test daemon.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "berthd to exit", || env.daemon_pid() != Some(pid));
+    env.ok(&["list"]);
+    assert_eq!(modes(), [0o600, 0o700, 0o700], "after a start of berthd");
+    unreadable("after a start of berthd");
+    // and `berthd init` too
+    std::fs::set_permissions(&loop_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut init = std::process::Command::new(berth_tests::bin("berthd"));
+    init.arg("init").arg("--state-dir").arg(&env.state);
+    let out = berth_tests::run(&mut init, Duration::from_secs(60));
+    assert!(out.status.success(), "berthd init: {}", text(&out.stderr));
+    assert_eq!(modes()[0], 0o600, "after berthd init");
 }
 
 #[test]

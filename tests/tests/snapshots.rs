@@ -450,3 +450,89 @@ fn the_links_criu_makes_for_a_dump_stay_out_of_copies_of_the_files() {
     assert!(link_remaps_in(&rootfs("l1")).is_empty());
     assert_eq!(std::fs::read_to_string(rootfs("l1").join("b")).unwrap(), "kept\n");
 }
+
+/// The container's freezer state as the host sees it (`THAWED`, `FREEZING`, `FROZEN`; on a
+/// v2 host `0` or `1`).
+fn freezer_state(env: &Env, c: &str) -> String {
+    let dirs = env.cgroup_dirs(c);
+    let v1 = dirs.iter().map(|d| d.join("freezer.state")).find(|p| p.exists());
+    let f = v1.or_else(|| dirs.iter().map(|d| d.join("cgroup.freeze")).find(|p| p.exists())).expect("a freezer");
+    std::fs::read_to_string(f).unwrap().trim().to_string()
+}
+
+/// CRIU's network-lock tables (`inet CRIU-<pid>`) in the network namespace of `pid`.
+fn criu_lock_tables(pid: u32) -> Vec<String> {
+    let out = berth_tests::run(
+        std::process::Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(["nft", "list", "tables"]),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "nft: {}", text(&out.stderr));
+    text(&out.stdout).lines().filter(|l| l.contains("CRIU-")).map(str::to_string).collect()
+}
+
+#[test]
+fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "k1"]);
+    // a process holding 200 MB of touched memory: the dump takes about a second (0.5 s for
+    // 95 MiB here)
+    env.ok(&["exec", "k1", "--", "sh", "-c", "awk 'BEGIN{s=sprintf(\"%200000000s\",\"\"); system(\"sleep 1000\")}' >/dev/null 2>&1 </dev/null &"]);
+    wait_for(std::time::Duration::from_secs(20), "the memory hog", || {
+        let out = env.berth(&["exec", "k1", "--", "sh", "-c", "pidof sleep >/dev/null && awk '/VmRSS/{print $2}' /proc/$(pidof awk | cut -d' ' -f1)/status"]);
+        text(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 190_000
+    });
+    let init = env.init_pid("k1");
+    let cli = berth_tests::bin("berth");
+    // berthd dies at different moments of the dump: early (freezing, CRIU seizing the
+    // tree), while it copies memory, and in a stateful stop
+    for (round, (delay_ms, stop)) in [(30u64, false), (60, true), (120, false), (300, false)].into_iter().enumerate() {
+        let daemon = env.daemon_pid().expect("berthd runs");
+        let args: Vec<String> = if stop {
+            vec!["stop".into(), "--stateful".into(), "k1".into()]
+        } else {
+            vec!["snapshot".into(), "create".into(), "--stateful".into(), "k1".into(), format!("r{round}")]
+        };
+        let mut call = std::process::Command::new(&cli)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // (the delay is the point of the test: where in the dump the kill lands)
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own test daemon.
+        unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+        let _ = call.wait();
+        wait_for(std::time::Duration::from_secs(10), "berthd to exit", || env.daemon_pid() != Some(daemon));
+        let what = format!("round {round}: berthd killed {delay_ms} ms into `berth {}`", args.join(" "));
+
+        // the next call starts a berthd, which finds the container as it was
+        assert_eq!(env.status("k1"), "Running", "{what}");
+        assert_eq!(env.init_pid("k1"), init, "{what}: the same init");
+        assert!(matches!(freezer_state(&env, "k1").as_str(), "THAWED" | "0"), "{what}: thawed, not {}", freezer_state(&env, "k1"));
+        assert!(criu_lock_tables(init).is_empty(), "{what}: CRIU's network lock is gone: {:?}", criu_lock_tables(init));
+        let mut exec = std::process::Command::new(&cli);
+        exec.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args(["exec", "k1", "--", "cat", "/proc/1/comm"]);
+        // (run() fails the test when the bound passes)
+        let out = berth_tests::run(&mut exec, std::time::Duration::from_secs(10));
+        assert_eq!(text(&out.stdout).trim(), "init", "{what}: exec answers: {}", text(&out.stderr));
+        assert!(env.ok(&["exec", "k1", "--", "ps"]).contains("awk"), "{what}: its processes run on");
+        // what CRIU left half-done is no snapshot, and its files are gone
+        assert!(snapshot_names(&env, "k1").is_empty(), "{what}: {:?}", snapshot_names(&env, "k1"));
+        wait_for(std::time::Duration::from_secs(10), "staged files to be swept", || snapshot_dirs(&env, "k1").is_empty());
+    }
+    // and it is an ordinary container again: a stateful snapshot, a forced stop
+    env.ok(&["snapshot", "create", "--stateful", "k1", "after"]);
+    assert_eq!(snapshot_names(&env, "k1"), ["after"]);
+    let mut stop = std::process::Command::new(&cli);
+    stop.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args(["stop", "--force", "k1"]);
+    let out = berth_tests::run(&mut stop, std::time::Duration::from_secs(20));
+    assert!(out.status.success(), "stop --force: {}", text(&out.stderr));
+    assert_eq!(env.status("k1"), "Stopped");
+    let exit = std::fs::read_to_string(env.run.join("containers/k1/exit.json")).unwrap();
+    assert!(!exit.contains("checkpointed"), "the monitor was told the interrupted stop's checkpoint is over: {exit}");
+}

@@ -202,6 +202,10 @@ pub struct ContainerArgs {
     pub snapshots: Vec<SnapshotRecord>,
     /// Long operations (checkpoints and restores are shown as operations).
     pub ops: Operations,
+    /// Undo what a checkpoint interrupted by the death of an earlier berthd left behind: true
+    /// when berthd loads its containers at start, when no checkpoint of its own can be running
+    /// (a respawned actor's may be: its task outlives the actor).
+    pub recover: bool,
 }
 
 impl std::fmt::Debug for ContainerArgs {
@@ -240,6 +244,8 @@ pub struct ContainerState {
     ops: Operations,
     /// Snapshots to spawn actors for once started.
     initial_snapshots: Vec<SnapshotRecord>,
+    /// See [`ContainerArgs::recover`]; done once, in `post_start`.
+    recover: bool,
 }
 
 impl std::fmt::Debug for ContainerState {
@@ -273,6 +279,7 @@ impl Actor for ContainerActor {
             deferred: VecDeque::new(),
             ops: a.ops,
             initial_snapshots: a.snapshots,
+            recover: a.recover,
         })
     }
 
@@ -280,6 +287,11 @@ impl Actor for ContainerActor {
         // A loaded or respawned container finds out whether it really runs and brings up its
         // snapshots; a new one (pending create) waits for Provision.
         if s.rec.pending == Pending::None {
+            // first: a CRIU an earlier berthd left may still write a staged snapshot, which
+            // loading the snapshots sweeps
+            if std::mem::take(&mut s.recover) && s.rec.status != Status::Frozen {
+                s.recover_checkpoint().await;
+            }
             s.load_snapshots(&me).await?;
             s.reconcile(&me).await;
         }
@@ -420,6 +432,19 @@ impl ContainerState {
             status: self.rec.status,
             init_pid: self.rec.init_pid,
         });
+    }
+
+    /// Undoes what a checkpoint interrupted by the death of an earlier berthd left on the
+    /// container (see [`Runtime::recover_checkpoint`]), and says so in the log.
+    async fn recover_checkpoint(&mut self) {
+        match self.rt.recover_checkpoint(&self.rec.name).await {
+            Ok(notes) => {
+                for note in notes {
+                    tracing::warn!(container = %self.rec.name, "recovered from an interrupted checkpoint: {note}");
+                }
+            }
+            Err(e) => tracing::error!(container = %self.rec.name, "recover from an interrupted checkpoint: {e}"),
+        }
     }
 
     /// Brings the record in line with what runs (startup or respawn).

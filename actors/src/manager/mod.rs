@@ -498,7 +498,8 @@ impl ManagerState {
         }
         let Slot::Unspawned(loaded) = std::mem::replace(&mut child.slot, Slot::GaveUp) else { return };
         let (rec, snaps) = *loaded;
-        if let Err(e) = self.spawn_container(me, rec, snaps).await {
+        // loaded at start: no checkpoint of this berthd can be running on it yet
+        if let Err(e) = self.spawn_container(me, rec, snaps, true).await {
             tracing::error!(container = %name, "{e}");
         }
     }
@@ -508,6 +509,7 @@ impl ManagerState {
         me: &ActorRef<ManagerMsg>,
         rec: ContainerRecord,
         snapshots: Vec<SnapshotRecord>,
+        recover: bool,
     ) -> Result<ActorRef<ContainerMsg>> {
         let summary = ContainerSummary {
             name: rec.name.clone(),
@@ -524,6 +526,7 @@ impl ManagerState {
             manager: me.clone(),
             snapshots,
             ops: self.ops.clone(),
+            recover,
         };
         let (actor, _) = Actor::spawn_linked(None, ContainerActor, args, me.get_cell())
             .await
@@ -577,7 +580,7 @@ impl ManagerState {
                 }
             };
             match self.store.container(&name).await {
-                Ok(Some(rec)) => match self.spawn_container(me, rec, snaps).await {
+                Ok(Some(rec)) => match self.spawn_container(me, rec, snaps, false).await {
                     Ok(_) => tracing::info!(container = %name, "container actor respawned from the database"),
                     Err(e) => {
                         tracing::error!(container = %name, "respawn failed: {e}");
@@ -628,7 +631,7 @@ impl ManagerState {
                     let _ = reply.send(Err(e));
                     return;
                 }
-                let actor = match self.spawn_container(me, rec, Vec::new()).await {
+                let actor = match self.spawn_container(me, rec, Vec::new(), false).await {
                     Ok(a) => a,
                     Err(e) => {
                         let _ = self.store.delete_container(&name).await;
@@ -818,7 +821,7 @@ impl ManagerState {
             return;
         }
         let name = rec.name.clone();
-        let actor = match self.spawn_container(me, rec, Vec::new()).await {
+        let actor = match self.spawn_container(me, rec, Vec::new(), false).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = self.store.delete_container(&name).await;

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod images;
 pub mod prepare;
 pub mod preflight;
+pub mod recover;
 pub mod restore;
 
 use protobuf::Message;

@@ -25,6 +25,15 @@ const UNIFIED: &str = "image";
 const META: &str = "meta";
 const ROOTFS: &str = "rootfs";
 
+/// Creates the store's directory (`<state>/images`) root-only, or makes an existing one so:
+/// the kept archives hold every image's files, setuid-root programs included, readable by
+/// anyone who reaches them. Idempotent; berthd calls it at start for directories made before.
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).step(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", dir.display()))
+}
+
 /// Where the store lives and how it unpacks.
 #[derive(Debug, Clone)]
 pub struct Store<'a> {
@@ -75,7 +84,7 @@ impl Store<'_> {
         progress: Progress<'_>,
         cancel: &AtomicBool,
     ) -> Result<Imported> {
-        std::fs::create_dir_all(&self.dir).step(|| format!("create {}", self.dir.display()))?;
+        ensure_dir(&self.dir)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!(".import-{}-{}-{seq}", std::process::id(), crate::monitor::proto::now_us()));

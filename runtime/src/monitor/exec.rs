@@ -174,6 +174,9 @@ fn limit_bounding_set(keep: u64) -> io::Result<()> {
 fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bounding: u64) -> io::Error {
     let r = (|| -> io::Result<()> {
         limit_bounding_set(bounding)?;
+        // while still root of the container's user namespace (which seccomp needs without
+        // no_new_privs): the process gets init's filter
+        crate::seccomp::install()?;
         // SAFETY: plain syscalls.
         sys::cvt(unsafe { libc::setsid() })?;
         match tty_slave {

@@ -113,6 +113,9 @@ impl Pool {
     pub fn mount(&self) -> Result<()> {
         let p = &self.cfg.path;
         std::fs::create_dir_all(p).step(|| format!("create {}", p.display()))?;
+        if let Some(src) = &self.cfg.source {
+            secure_loop_file(src)?;
+        }
         if let Some(src) = &self.cfg.source
             && !is_mountpoint(p)
         {
@@ -279,13 +282,25 @@ pub fn run_tool(cmd: &mut Command) -> Result<()> {
     })
 }
 
-fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
+/// Makes a pool's loop file root's alone (0600, in a 0700 directory), also one an older
+/// berth made 0644: the file is the whole filesystem, and anyone who can read it reads every
+/// container's files past their modes and the pool's 0700 directories.
+fn secure_loop_file(file: &Path) -> Result<()> {
     if let Some(d) = file.parent() {
-        std::fs::create_dir_all(d).step(|| format!("create {}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", d.display()))?;
+    }
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).step(|| format!("chmod {}", file.display()))
+}
+
+fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(d) = file.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).step(|| format!("create {}", d.display()))?;
     }
     let f = std::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(file)
         .step(|| format!("create {}", file.display()))?;
     f.set_len(size).step(|| format!("size {}", file.display()))?;

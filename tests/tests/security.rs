@@ -1,0 +1,155 @@
+//! End-to-end: what confines a container's processes besides its namespaces — the seccomp
+//! filter (also after a stateful restore) and the process limit.
+
+use berth_tests::{Env, Storage, text};
+use std::time::Duration;
+
+fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    root
+}
+
+/// A static program that makes each call the filter denies (and two it does not) and prints
+/// `name errno` (0 for success); `i386_*` go through `int $0x80`, the 32-bit entry.
+const PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+
+static void report(const char *name, long r) { printf("%s %d\n", name, r < 0 ? errno : 0); errno = 0; }
+
+static long int80(long nr) {
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(0), "c"(0), "d"(0), "S"(0) : "memory");
+    return ret;
+}
+
+int main(void) {
+    report("kexec_load", syscall(SYS_kexec_load, 0, 0, NULL, 0));
+    report("kexec_file_load", syscall(SYS_kexec_file_load, -1, -1, 0, NULL, 0));
+    report("init_module", syscall(SYS_init_module, NULL, 0, ""));
+    report("finit_module", syscall(SYS_finit_module, -1, "", 0));
+    report("delete_module", syscall(SYS_delete_module, "berth_nope", 0));
+    report("open_by_handle_at", syscall(SYS_open_by_handle_at, -1, NULL, 0));
+    report("umount2_force", syscall(SYS_umount2, "/berth-nope", MNT_FORCE));
+    report("umount2", syscall(SYS_umount2, "/berth-nope", 0));
+    report("acct", syscall(SYS_acct, NULL));
+    long r = int80(283); /* kexec_load on i386 */
+    printf("i386_kexec_load %ld\n", r < 0 ? -r : 0);
+    r = int80(20); /* getpid on i386 */
+    printf("i386_getpid %ld\n", r < 0 ? -r : 0);
+    return 0;
+}
+"#;
+
+/// What the probe printed, as (name, errno) pairs.
+fn probe_results(out: &str) -> Vec<(String, i32)> {
+    out.lines()
+        .filter_map(|l| {
+            let (n, e) = l.split_once(' ')?;
+            Some((n.to_string(), e.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Compiles the probe into the container's root filesystem as `/probe`.
+fn install_probe(env: &Env, c: &str) {
+    let src = env.dir.join("probe.c");
+    std::fs::write(&src, PROBE_C).unwrap();
+    let dst = env.pool().join("containers").join(c).join("rootfs/probe");
+    let out = berth_tests::run(
+        std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&dst).arg(&src),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "gcc (build-essential, installed by scripts/setup): {}", text(&out.stderr));
+}
+
+fn status_field(status: &str, field: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or("").trim().to_string()
+}
+
+fn check_filtered(env: &Env, c: &str, when: &str) {
+    let init = env.ok(&["exec", c, "--", "cat", "/proc/1/status"]);
+    assert_eq!(status_field(&init, "Seccomp"), "2", "{when}: init runs under a filter\n{init}");
+    let own = env.ok(&["exec", c, "--", "cat", "/proc/self/status"]);
+    assert_eq!(status_field(&own, "Seccomp"), "2", "{when}: an exec'd process too\n{own}");
+    assert_eq!(status_field(&own, "Seccomp_filters"), "1", "{when}: one filter, not one per exec hop");
+    assert_eq!(status_field(&own, "NoNewPrivs"), "0", "{when}: setuid programs keep working in a system container");
+    let got = probe_results(&env.ok(&["exec", c, "--", "/probe"]));
+    let want: Vec<(String, i32)> = [
+        // denied by the filter: ENOSYS, which the kernel's own refusal (EPERM) is not
+        ("kexec_load", libc::ENOSYS),
+        ("kexec_file_load", libc::ENOSYS),
+        ("init_module", libc::ENOSYS),
+        ("finit_module", libc::ENOSYS),
+        ("delete_module", libc::ENOSYS),
+        ("open_by_handle_at", libc::ENOSYS),
+        // a forced unmount: EACCES from the filter before the kernel looks the path up
+        ("umount2_force", libc::EACCES),
+        // not denied: the kernel answers
+        ("umount2", libc::ENOENT),
+        ("acct", libc::EPERM),
+        // the i386 entry has its own numbers, and its own rules
+        ("i386_kexec_load", libc::ENOSYS),
+        ("i386_getpid", 0),
+    ]
+    .iter()
+    .map(|(n, e)| (n.to_string(), *e))
+    .collect();
+    // (i386_getpid prints the pid, not 0: only its being no errno matters)
+    let got: Vec<(String, i32)> = got.into_iter().map(|(n, e)| if n == "i386_getpid" && e > 0 { (n, 0) } else { (n, e) }).collect();
+    assert_eq!(got, want, "{when}");
+}
+
+#[test]
+fn container_processes_run_under_a_seccomp_filter_also_after_a_restore() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "sc"]);
+    install_probe(&env, "sc");
+    check_filtered(&env, "sc", "after a start");
+    // CRIU dumps and restores the filter with the processes
+    env.ok(&["snapshot", "create", "sc", "live", "--stateful"]);
+    env.ok(&["snapshot", "restore", "sc", "live"]);
+    check_filtered(&env, "sc", "after a stateful restore");
+    env.ok(&["stop", "--stateful", "sc"]);
+    env.ok(&["start", "sc"]);
+    check_filtered(&env, "sc", "after a stateful stop and start");
+}
+
+/// The container's `pids.max` as the host sees it (its group in the pids hierarchy).
+fn pids_max(env: &Env, c: &str) -> String {
+    let f = env.cgroup_dirs(c).into_iter().map(|d| d.join("pids.max")).find(|p| p.exists()).expect("a pids hierarchy");
+    std::fs::read_to_string(f).unwrap().trim().to_string()
+}
+
+#[test]
+fn containers_get_a_default_process_limit_that_config_overrides() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "p1"]);
+    env.ok(&["launch", "busybox", "p2", "-c", "limits.processes=50"]);
+    assert_eq!(pids_max(&env, "p1"), "10000");
+    assert_eq!(pids_max(&env, "p2"), "50");
+    // enforced: of 60 processes asked for, the ones past 50 are refused
+    // (sh gives up at the first fork refused: its status says nothing more)
+    let _ = env.berth(&["exec", "p2", "--", "sh", "-c", "for i in $(seq 60); do sleep 100 </dev/null >/dev/null 2>&1 & done"]);
+    let pids = env.cgroup_dirs("p2").into_iter().find(|d| d.join("pids.max").exists()).unwrap();
+    let current: u32 = std::fs::read_to_string(pids.join("pids.current")).unwrap().trim().parse().unwrap();
+    assert!(current <= 50, "{current} processes");
+    let events = std::fs::read_to_string(pids.join("pids.events")).unwrap();
+    let refused: u64 = events.lines().find_map(|l| l.strip_prefix("max ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    assert!(refused > 0, "forks past the limit were refused: {events}");
+    // the default holds for a container started again
+    env.ok(&["restart", "--force", "p1"]);
+    assert_eq!(pids_max(&env, "p1"), "10000");
+}
