@@ -1,9 +1,10 @@
 # berth — the two commands of the README, and their parts.
 #   make demo   set up the machine if needed, launch a container from the busybox image,
 #               run a command in it, list containers (re-runnable)
-#   make test   set up the machine if needed, then run the whole test suite
-#   make test-vm  the VM tier: tests that need systemd as PID 1 and pure cgroup v2, each in a
-#               qemu guest (tests/vm/run-all; scripts/setup must have run: it builds CRIU)
+#   make test   set up the machine if needed, then run the whole test suite: the host tests,
+#               then the VM tier
+#   make test-vm  the VM tier alone: tests that need systemd as PID 1 and pure cgroup v2, each
+#               in a qemu guest (tests/vm/run-all builds or reuses the guest image)
 
 CARGO ?= cargo
 DEMO ?= demo
@@ -27,8 +28,9 @@ bins:
 
 test: setup bins
 	$(CARGO) test --release --locked --workspace
+	tests/vm/run-all
 
-test-vm: check-root bins
+test-vm: setup bins
 	tests/vm/run-all
 
 bench: check-root bins

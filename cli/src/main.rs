@@ -5,6 +5,7 @@ mod images;
 mod progress;
 mod snapshots;
 mod term;
+mod unit;
 
 use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
 use berth_interfaces::wire::{ContainerEntry, ImageEntry};
@@ -56,6 +57,13 @@ enum Cmd {
         /// Checkpoint the running processes (CRIU) and stop; the next start restores them.
         #[arg(long, conflicts_with_all = ["force", "timeout"])]
         stateful: bool,
+    },
+    /// Start a container and stay with it as the main process of its `berth@NAME.service`
+    /// unit (used by that unit).
+    #[command(hide = true)]
+    Supervise {
+        /// The container.
+        name: String,
     },
     /// Restart containers.
     Restart {
@@ -263,6 +271,7 @@ async fn run(cli: Cli) -> R<u8> {
             })
             .await
         }
+        Cmd::Supervise { name } => unit::supervise(&conn, &m, &name).await,
         Cmd::Restart { stop: StopArgs { names, force, timeout } } => {
             let o = stop_opts(force, timeout);
             each(&conn, &m, &names, |c| {
@@ -344,7 +353,7 @@ async fn run(cli: Cli) -> R<u8> {
 }
 
 /// With `--if-needed`, "already in that state" (InvalidState) is success.
-fn tolerate(r: zbus::Result<()>, if_needed: bool) -> zbus::Result<()> {
+pub(crate) fn tolerate(r: zbus::Result<()>, if_needed: bool) -> zbus::Result<()> {
     match r {
         Err(e) if if_needed && error_parts(&e).is_some_and(|(n, _)| n == "org.berth.Berth1.Error.InvalidState") => Ok(()),
         other => other,
@@ -362,7 +371,7 @@ fn stop_opts(force: bool, timeout: Option<u32>) -> HashMap<&'static str, Variant
     o
 }
 
-async fn container<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, name: &str) -> R<ContainerProxy<'a>> {
+pub(crate) async fn container<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, name: &str) -> R<ContainerProxy<'a>> {
     let path = m.get_container(name).await?;
     container_at(conn, path).await
 }

@@ -4,6 +4,7 @@
 
 pub mod errors;
 pub mod paths;
+pub mod sdnotify;
 pub mod wire;
 
 #[cfg(feature = "server")]

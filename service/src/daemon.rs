@@ -212,10 +212,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         t0.elapsed()
     );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
-    crate::notify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
+    berth_interfaces::sdnotify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
     tokio::spawn(autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
     tokio::spawn(count_messages(conn.clone(), engine.activity().clone()));
-    if let Some(period) = crate::notify::watchdog_period() {
+    if let Some(period) = berth_interfaces::sdnotify::watchdog_period() {
         tokio::spawn(watchdog(engine.clone(), period));
     }
 
@@ -242,7 +242,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         }
     };
     tracing::info!("shutting down ({why}); containers keep running under their monitors");
-    crate::notify::notify(&format!("STOPPING=1\nSTATUS=Shutting down ({why})"));
+    berth_interfaces::sdnotify::notify(&format!("STOPPING=1\nSTATUS=Shutting down ({why})"));
     // New calls now go to the bus, which activates a successor; it waits for our lock.
     let _ = conn.release_name(BUS_NAME).await;
     drain(&engine).await;
@@ -283,7 +283,7 @@ async fn watchdog(engine: berth_actors::Engine, period: std::time::Duration) {
     loop {
         tick.tick().await;
         match tokio::time::timeout(period, engine.ping()).await {
-            Ok(Ok(())) => crate::notify::notify("WATCHDOG=1"),
+            Ok(Ok(())) => berth_interfaces::sdnotify::notify("WATCHDOG=1"),
             Ok(Err(e)) => tracing::error!("watchdog: the manager does not answer: {e}"),
             Err(_) => tracing::error!("watchdog: the manager did not answer within {period:?}"),
         }

@@ -10,7 +10,6 @@
 mod config;
 mod daemon;
 mod logging;
-mod notify;
 
 use std::process::ExitCode;
 

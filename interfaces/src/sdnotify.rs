@@ -1,5 +1,5 @@
 //! sd_notify: READY=1, STATUS=, WATCHDOG=1 and STOPPING=1 to systemd when it started us with
-//! `Type=notify`.
+//! `Type=notify` (berthd, and the CLI as the main process of a `berth@` unit).
 
 /// Sends `state` to $NOTIFY_SOCKET if set (silently nothing otherwise).
 pub fn notify(state: &str) {

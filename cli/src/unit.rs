@@ -1,0 +1,87 @@
+//! `berth supervise NAME`: the main process of `berth@NAME.service`.
+//!
+//! It starts the container (restoring a saved running state, as `berth start` does), tells
+//! systemd READY=1 once init runs, then follows init through a pidfd: a restart or a restore
+//! gives the container a new init, which it follows too; a container that stops without
+//! `systemctl stop` ends it with exit status 1, so the unit fails. SIGTERM (what `systemctl
+//! stop` sends) stops the container gracefully and ends it with status 0.
+
+use crate::{Fail, R};
+use berth_interfaces::client::{ContainerProxy, ManagerProxy};
+use berth_interfaces::sdnotify::notify;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use zbus::Variant;
+
+/// How long a container may be without a running init before its stop counts as final: a
+/// restart or a restore replaces init within this.
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// init's pid once the container runs with an init other than `gone` (the one that just
+/// ended, which berthd may not have noticed yet), waiting up to `SETTLE` for a restart or
+/// restore to finish; `None` when it stays stopped.
+async fn running_init(c: &ContainerProxy<'_>, gone: u32) -> R<Option<u32>> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        if c.status().await? == "Running" {
+            let pid = c.init_pid().await?;
+            if pid > 0 && pid != gone {
+                return Ok(Some(pid));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `berth supervise NAME`.
+pub(crate) async fn supervise(conn: &zbus::Connection, m: &ManagerProxy<'_>, name: &str) -> R<u8> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Fail(format!("cannot handle SIGTERM: {e}"), 1))?;
+    let c = crate::container(conn, m, name).await?;
+    if c.status().await? != "Running" {
+        let none: HashMap<&str, Variant<'_>> = HashMap::new();
+        crate::tolerate(c.start(&none).await, true)?;
+    }
+    let mut gone = 0;
+    loop {
+        let Some(pid) = running_init(&c, gone).await? else {
+            notify(&format!("STATUS=Container {name} stopped on its own"));
+            return Err(Fail(format!("container {name} stopped without systemctl stop"), 1));
+        };
+        notify(&format!("READY=1\nSTATUS=Container {name} running, init pid {pid}"));
+        gone = pid;
+        let pidfd = match pidfd_open(pid) {
+            // SAFETY: the OwnedFd stays open, and is the same fd, for the AsyncFd's whole life.
+            Ok(fd) => unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| Fail(format!("watch init: {}", e.into_parts().1), 1))?,
+            // ended already: look again
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => return Err(Fail(format!("watch init {pid}: {e}"), 1)),
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                notify(&format!("STOPPING=1\nSTATUS=Stopping container {name}"));
+                let none: HashMap<&str, Variant<'_>> = HashMap::new();
+                crate::tolerate(c.stop(&none).await, true)?;
+                return Ok(0);
+            }
+            // readable: init exited
+            r = pidfd.readable() => drop(r),
+        }
+    }
+}
