@@ -556,6 +556,18 @@ async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Forma
         c.config().await?,
         c.architecture().await?,
     );
+    // environment.* values for those allowed to exec; `(hidden)` for the others
+    let config = match c.get_config(&HashMap::new()).await {
+        Ok((full, _)) => full,
+        Err(e)
+            if error_parts(&e).is_some_and(|(n, _)| {
+                n == "org.berth.Berth1.Error.NotAuthorized" || n == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+            }) =>
+        {
+            config
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut config: Vec<(String, String)> = config.into_iter().collect();
     config.sort();
     if format == Format::Json {

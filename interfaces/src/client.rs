@@ -86,6 +86,9 @@ pub trait Container {
     /// Takes a snapshot.
     #[zbus(allow_interactive_auth)]
     fn create_snapshot(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    /// Config and expanded config with `environment.*` values (authorized as exec; never
+    /// asks for a password: `berth info` falls back to the properties).
+    fn get_config(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<(HashMap<String, String>, HashMap<String, String>)>;
     /// The last checkpoint/restore log: (path, text).
     #[zbus(allow_interactive_auth)]
     fn get_checkpoint_log(&self) -> zbus::Result<(String, String)>;

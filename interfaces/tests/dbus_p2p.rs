@@ -193,6 +193,30 @@ async fn object_manager_lists_containers_and_images() {
             objects.iter().filter(|(_, i)| !i.is_empty()).map(|(p, _)| p.to_string()).collect();
         assert!(with_ifaces.contains(&"/org/berth/Berth1/container/a".to_string()), "{with_ifaces:?}");
         assert!(with_ifaces.iter().any(|p| p.starts_with("/org/berth/Berth1/image/")), "{with_ifaces:?}");
+        let props = &objects[&zbus::OwnedObjectPath::try_from("/org/berth/Berth1/container/a").unwrap()];
+        let c = props.iter().find(|(n, _)| n.as_str() == "org.berth.Berth1.Container").map(|(_, p)| p).expect("the container interface");
+        assert_eq!(String::try_from(c["Name"].clone()).unwrap(), "a");
+        // objects that come and go are announced (read off the connection: on a p2p
+        // connection signals have no sender for a proxy's match)
+        use futures_util::StreamExt;
+        let mut stream = zbus::MessageStream::from(&e.client).filter_map(|m| async move {
+            let m = m.ok()?;
+            let h = m.header();
+            (h.message_type() == zbus::message::Type::Signal && h.interface().is_some_and(|i| i.as_str() == "org.freedesktop.DBus.ObjectManager"))
+                .then(|| (h.member().map(|n| n.to_string()).unwrap_or_default(), m.clone()))
+        });
+        let mut stream = std::pin::pin!(stream);
+        m.create_container("b", "busybox", &HashMap::new()).await.unwrap();
+        let (member, msg) = stream.next().await.unwrap();
+        assert_eq!(member, "InterfacesAdded");
+        let (path, ifaces): (zbus::OwnedObjectPath, HashMap<String, HashMap<String, zbus::OwnedVariant>>) = msg.body().deserialize().unwrap();
+        assert_eq!(path.as_str(), "/org/berth/Berth1/container/b");
+        assert_eq!(String::try_from(ifaces["org.berth.Berth1.Container"]["Status"].try_clone().unwrap()).unwrap(), "Stopped");
+        m.delete_container("b", &HashMap::new()).await.unwrap();
+        let (member, msg) = stream.next().await.unwrap();
+        assert_eq!(member, "InterfacesRemoved");
+        let (path, ifaces): (zbus::OwnedObjectPath, Vec<String>) = msg.body().deserialize().unwrap();
+        assert_eq!((path.as_str(), ifaces), ("/org/berth/Berth1/container/b", vec!["org.berth.Berth1.Container".to_string()]));
     })
     .await
 }

@@ -153,3 +153,26 @@ fn containers_get_a_default_process_limit_that_config_overrides() {
     env.ok(&["restart", "--force", "p1"]);
     assert_eq!(pids_max(&env, "p1"), "10000");
 }
+
+#[test]
+fn environment_values_are_read_only_by_those_allowed_to_exec() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["init", "busybox", "s", "-c", "environment.TOKEN=s3cret", "-c", "user.note=public"]);
+    let user = berth_tests::unprivileged_user();
+    // the properties, readable by anyone, hide the value (busctl gets every property)
+    let out = env.busctl_as(user, &["introspect", "org.berth.Berth1", "/org/berth/Berth1/container/s", "org.berth.Berth1.Container"]);
+    let props = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(props.contains("environment.TOKEN") && props.contains("(hidden)") && props.contains("public"), "{props}");
+    assert!(!props.contains("s3cret"), "an unprivileged caller read a secret:\n{props}");
+    let out = env.busctl_as(user, &["call", "org.berth.Berth1", "/org/berth/Berth1", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"]);
+    assert!(out.status.success() && !text(&out.stdout).contains("s3cret"), "GetManagedObjects shows the secret to anyone");
+    // GetConfig is authorized as exec: refused to them, answered to root
+    let out = env.busctl_as(user, &["--allow-interactive-authorization=no", "call", "org.berth.Berth1", "/org/berth/Berth1/container/s", "org.berth.Berth1.Container", "GetConfig", "a{sv}", "0"]);
+    assert!(!out.status.success() && !text(&out.stdout).contains("s3cret"), "{}", text(&out.stdout));
+    let info = env.ok(&["info", "s"]);
+    assert!(info.contains("s3cret"), "root's berth info shows the value:\n{info}");
+}

@@ -211,6 +211,21 @@ impl ContainerIface {
         Ok(super::path(crate::paths::snapshot(&rec.container, &rec.name)))
     }
 
+    /// The container's config and expanded config with every value, `environment.*` ones
+    /// included (the `Config` properties, readable by anyone, show those as `(hidden)`): as
+    /// secret as what runs in the container, so authorized as exec. No options yet.
+    #[zbus(out_args("config", "expanded_config"))]
+    async fn get_config(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<(HashMap<String, String>, HashMap<String, String>)> {
+        Options::parse("GetConfig", options, &[])?;
+        self.ctx.authorize(&h, auth::EXEC, &[("container", &self.name), ("verb", "get-config")]).await?;
+        let info = self.info().await?;
+        Ok((info.config.into_iter().collect(), info.expanded_config.into_iter().collect()))
+    }
+
     /// The log of the container's last checkpoint or restore (CRIU's, at most its last
     /// 256 KiB) and where it is kept; empty when there was none.
     #[zbus(out_args("path", "log"))]
@@ -275,16 +290,16 @@ impl ContainerIface {
         Ok(self.info().await?.profiles)
     }
 
-    /// Local config.
+    /// Local config; `environment.*` values read `(hidden)` (GetConfig has them).
     #[zbus(property)]
     async fn config(&self) -> Result<HashMap<String, String>> {
-        Ok(self.info().await?.config.into_iter().collect())
+        Ok(redact(self.info().await?.config))
     }
 
-    /// Config with profiles applied.
+    /// Config with profiles applied; `environment.*` values read `(hidden)`.
     #[zbus(property)]
     async fn expanded_config(&self) -> Result<HashMap<String, String>> {
-        Ok(self.info().await?.expanded_config.into_iter().collect())
+        Ok(redact(self.info().await?.expanded_config))
     }
 
     /// Saved running state exists (after a stateful stop).
@@ -299,3 +314,11 @@ impl ContainerIface {
         Ok(self.info().await?.architecture)
     }
 }
+
+/// What anyone may read of a config: `environment.*` values (passwords, tokens) are hidden.
+pub(crate) fn redact(config: std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+    config.into_iter().map(|(k, v)| if k.starts_with("environment.") { (k, HIDDEN.to_string()) } else { (k, v) }).collect()
+}
+
+/// What a hidden value reads as.
+pub const HIDDEN: &str = "(hidden)";

@@ -155,9 +155,9 @@ async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadc
 async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>, ev: Event) -> zbus::Result<()> {
     match ev {
         Event::ContainerCreated { name } => {
-            if export_container(conn, ctx, &name).await? {
-                objects::announce::<container::ContainerIface>(conn, &paths::container(&name), container::INTERFACE).await?;
-            }
+            // announced whoever exported it: a create exports its object before it replies
+            export_container(conn, ctx, &name).await?;
+            objects::announce::<container::ContainerIface>(conn, &paths::container(&name), container::INTERFACE).await?;
             let p = path(paths::container(&name));
             manager::ManagerIface::container_new(root, &name, p.as_ref()).await?;
         }
@@ -191,30 +191,28 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         }
         Event::ContainerRemoved { name } => {
             let p = paths::container(&name);
+            // withdrawn whoever removed it (a delete may have, before it replied)
             match conn.object_server().remove::<container::ContainerIface, _>(p.as_str()).await {
-                Ok(true) => objects::withdraw(conn, &p, container::INTERFACE).await?,
-                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, container::INTERFACE).await?,
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::container_removed(root, &name, path(p).as_ref()).await?;
         }
         Event::SnapshotCreated { container, name } => {
-            if export_snapshot(conn, ctx, &container, &name).await? {
-                objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&container, &name), snapshot::INTERFACE).await?;
-            }
+            export_snapshot(conn, ctx, &container, &name).await?;
+            objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&container, &name), snapshot::INTERFACE).await?;
         }
         Event::SnapshotRemoved { container, name } => {
             let p = paths::snapshot(&container, &name);
+            // withdrawn whoever removed it (a delete may have, before it replied)
             match conn.object_server().remove::<snapshot::SnapshotIface, _>(p.as_str()).await {
-                Ok(true) => objects::withdraw(conn, &p, snapshot::INTERFACE).await?,
-                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, snapshot::INTERFACE).await?,
                 Err(e) => return Err(e),
             }
         }
         Event::ImageAdded { fingerprint } => {
-            if export_image(conn, ctx, &fingerprint).await? {
-                objects::announce::<image::ImageIface>(conn, &paths::image(&fingerprint), image::INTERFACE).await?;
-            }
+            export_image(conn, ctx, &fingerprint).await?;
+            objects::announce::<image::ImageIface>(conn, &paths::image(&fingerprint), image::INTERFACE).await?;
             manager::ManagerIface::image_new(root, &fingerprint, path(paths::image(&fingerprint)).as_ref()).await?;
         }
         Event::ImageChanged { fingerprint } => {
@@ -277,9 +275,9 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         }
         Event::ImageRemoved { fingerprint } => {
             let p = paths::image(&fingerprint);
+            // withdrawn whoever removed it (a delete may have, before it replied)
             match conn.object_server().remove::<image::ImageIface, _>(p.as_str()).await {
-                Ok(true) => objects::withdraw(conn, &p, image::INTERFACE).await?,
-                Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, image::INTERFACE).await?,
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::image_removed(root, &fingerprint, path(p).as_ref()).await?;

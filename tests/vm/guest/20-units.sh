@@ -54,7 +54,7 @@ run systemctl start berth-containers.target
 wait_for 60 "berth@u2 active through the target" systemctl -q is-active berth@u2.service
 assert_eq "$(container_status u2)" Running "u2 started through berth-containers.target"
 run systemctl stop berth-containers.target
-wait_for 60 "berth@u2 stopped with the target" bash -c '! systemctl -q is-active berth@u2.service'
+wait_for 60 "berth@u2 stopped with the target" bash -c '[ "$(systemctl is-active berth@u2.service)" = inactive ]'
 assert_eq "$(container_status u2)" Stopped "u2 after the target stopped"
 
 section "the journal: structured fields on authorizations"
