@@ -16,6 +16,21 @@ struct Key {
 
 const KEYS: &[Key] = &[
     Key { name: "boot.autostart", check: check_bool, help: "start the container when berth starts after a host boot" },
+    Key {
+        name: "boot.autostart.delay",
+        check: check_seconds,
+        help: "seconds to wait after starting this container at boot before starting the next",
+    },
+    Key {
+        name: "boot.autostart.priority",
+        check: check_priority,
+        help: "order of starts at boot, highest first (integer, default 0); stops at host shutdown go the other way",
+    },
+    Key {
+        name: "boot.host_shutdown_timeout",
+        check: check_seconds,
+        help: "seconds a stop at host shutdown waits for the container before killing it (default 30)",
+    },
     Key { name: "boot.stop_signal", check: check_signal, help: "signal asking init to power off (default: by init)" },
     Key { name: "boot.stop_timeout", check: check_seconds, help: "seconds a graceful stop waits before killing" },
     Key { name: "limits.memory", check: check_size, help: "memory limit, e.g. 512MiB" },
@@ -105,6 +120,20 @@ fn check_signal(v: &str) -> Result<(), String> {
 
 fn check_seconds(v: &str) -> Result<(), String> {
     v.parse::<u32>().map(drop).map_err(|_| "expected a number of seconds".into())
+}
+
+fn check_priority(v: &str) -> Result<(), String> {
+    v.parse::<i32>().map(drop).map_err(|_| "expected an integer".into())
+}
+
+/// Where a container stands in boot order: `boot.autostart.priority` (default 0).
+pub fn autostart_priority(config: &BTreeMap<String, String>) -> i32 {
+    config.get("boot.autostart.priority").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// A whole number of seconds from `key` of `config`, if set and valid.
+pub fn seconds(config: &BTreeMap<String, String>, key: &str) -> Option<std::time::Duration> {
+    config.get(key).and_then(|v| v.parse::<u32>().ok()).map(|s| std::time::Duration::from_secs(s.into()))
 }
 
 fn check_count(v: &str) -> Result<(), String> {

@@ -8,6 +8,7 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
               [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--favordynmods]
               [--idle-timeout SECONDS]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
+       berthd shutdown [--bus ADDRESS]
        berthd --version
 
   --bus ADDRESS        D-Bus address to serve on (default: the activating bus, else
@@ -28,7 +29,10 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
                        authorization; the next call activates berthd again (default 60,
                        0: never)
   init                 create the default storage pool: btrfs (on a loop file when the state
-                       directory is not on btrfs) when btrfs-progs is installed, else dir";
+                       directory is not on btrfs) when btrfs-progs is installed, else dir
+  shutdown             stop every running container through berthd, lowest
+                       boot.autostart.priority first, each within its
+                       boot.host_shutdown_timeout (host shutdown runs this)";
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -73,6 +77,8 @@ pub enum Command {
     Run(Config),
     /// Create the storage pool.
     Init(InitOptions),
+    /// Stop every running container (host shutdown); the bus address, if not the system bus.
+    Shutdown(Option<String>),
     /// Print usage.
     Help,
     /// Print the version.
@@ -94,13 +100,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         idle_timeout: Some(std::time::Duration::from_secs(60)),
     };
     let mut init: Option<InitOptions> = None;
+    let mut shutdown = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
-            "init" if init.is_none() => {
+            "shutdown" if init.is_none() && !shutdown => shutdown = true,
+            "init" if init.is_none() && !shutdown => {
                 init = Some(InitOptions { state_dir: cfg.state_dir.clone(), storage: None, size: None })
             }
             "--bus" => cfg.bus = Some(val("--bus")?),
@@ -155,6 +163,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if shutdown {
+        return Ok(Command::Shutdown(cfg.bus));
+    }
     Ok(match init {
         Some(mut i) => {
             i.state_dir = cfg.state_dir;
@@ -192,6 +203,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(p(&["--nope"]).is_err());
+        match p(&["shutdown", "--bus", "unix:path=/x"]).unwrap() {
+            Command::Shutdown(bus) => assert_eq!(bus.as_deref(), Some("unix:path=/x")),
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["shutdown", "init"]).is_err());
         match p(&["--idle-timeout", "0"]).unwrap() {
             Command::Run(c) => assert_eq!((c.idle_timeout, c.favordynmods), (None, false)),
             other => panic!("{other:?}"),

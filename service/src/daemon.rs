@@ -213,7 +213,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
     berth_interfaces::sdnotify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
-    tokio::spawn(autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
+    tokio::spawn(crate::boot::autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
     tokio::spawn(count_messages(conn.clone(), engine.activity().clone()));
     if let Some(period) = berth_interfaces::sdnotify::watchdog_period() {
         tokio::spawn(watchdog(engine.clone(), period));
@@ -287,36 +287,5 @@ async fn watchdog(engine: berth_actors::Engine, period: std::time::Duration) {
             Ok(Err(e)) => tracing::error!("watchdog: the manager does not answer: {e}"),
             Err(_) => tracing::error!("watchdog: the manager did not answer within {period:?}"),
         }
-    }
-}
-
-/// After a host boot (the kernel's boot id differs from the one berthd last recorded in
-/// `marker`), starts every stopped container with `boot.autostart=true`, as LXD does. The id
-/// is recorded afterwards, so a berthd that restarts later during the same boot starts
-/// nothing. Failures are logged: one container that cannot start does not keep the others.
-async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::path::PathBuf) {
-    let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()) else { return };
-    if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == boot) {
-        return;
-    }
-    let containers = match engine.list_containers().await {
-        Ok(c) => c,
-        Err(e) => return tracing::error!("autostart: list containers: {e}"),
-    };
-    for c in containers.into_iter().filter(|c| c.status == berth_actors::types::Status::Stopped) {
-        let wanted = match engine.container(&c.name).await {
-            Ok(info) => info.config.get("boot.autostart").and_then(|v| berth_actors::config::parse_bool(v)) == Some(true),
-            Err(_) => false,
-        };
-        if wanted {
-            match engine.start_container(&c.name, Default::default()).await {
-                Ok(()) => tracing::info!(container = %c.name, "started at boot (boot.autostart)"),
-                Err(e) => tracing::error!(container = %c.name, "boot.autostart: {e}"),
-            }
-        }
-    }
-    let tmp = marker.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker)) {
-        tracing::error!("record the boot id in {}: {e}", marker.display());
     }
 }

@@ -7,6 +7,7 @@
 //!          [--busybox PATH]
 //!   berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
 
+mod boot;
 mod config;
 mod daemon;
 mod logging;
@@ -30,6 +31,22 @@ fn main() -> ExitCode {
         config::Command::Version => {
             println!("berthd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        config::Command::Shutdown(bus) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("berthd: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(boot::shutdown(bus.as_deref())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berthd shutdown: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         config::Command::Init(opts) => match daemon::init_pool(&opts) {
             Ok(msg) => {

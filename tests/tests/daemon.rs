@@ -74,3 +74,53 @@ fn calls_that_arrive_while_berthd_idles_out_are_all_answered() {
     assert!(all.len() >= 3, "berthd exited and came back between calls (pids {all:?})");
     assert_eq!(env.status("c1"), "Running");
 }
+
+/// init's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+fn started_at_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    after_comm.split(' ').nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn boot_autostart_goes_by_priority_and_host_shutdown_the_other_way() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    for (name, extra) in [("a", vec!["-c", "boot.autostart.priority=1", "-c", "boot.autostart.delay=1"]), ("b", vec!["-c", "boot.autostart.priority=5"]), ("c", vec!["-c", "boot.autostart.priority=1"])] {
+        let mut args = vec!["init", "busybox", name, "-c", "boot.autostart=true", "-c", "boot.host_shutdown_timeout=5"];
+        args.extend(extra);
+        env.ok(&args);
+    }
+    env.ok(&["init", "busybox", "manual"]);
+    let bad = env.berth(&["init", "busybox", "x", "-c", "boot.autostart.priority=high"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("boot.autostart.priority"), "{}", text(&bad.stderr));
+    // as if the host had rebooted since berthd last ran
+    let pid = env.daemon_pid().expect("berthd runs");
+    // SAFETY: kill of the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    berth_tests::wait_for(Duration::from_secs(10), "berthd to exit", || !alive(pid));
+    std::fs::write(env.state.join("boot-id"), "a-boot-long-ago").unwrap();
+    env.ok(&["list"]);
+    berth_tests::wait_for(Duration::from_secs(20), "a, b and c to start", || ["a", "b", "c"].iter().all(|n| env.status(n) == "Running"));
+    assert_eq!(env.status("manual"), "Stopped");
+    let (a, b, c) = (env.init_pid("a"), env.init_pid("b"), env.init_pid("c"));
+    // highest priority first, then by name; a's delay holds c back a second
+    assert!(started_at_ticks(b) <= started_at_ticks(a), "b (priority 5) started after a (priority 1)");
+    // SAFETY: sysconf has no failure mode for this name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let gap = (started_at_ticks(c) as f64 - started_at_ticks(a) as f64) / hz;
+    assert!(gap >= 0.9, "c started {gap:.2} s after a, whose boot.autostart.delay is 1 s");
+    // host shutdown: lowest priority first
+    let out = berth_tests::run(
+        std::process::Command::new(berth_tests::bin("berthd")).args(["shutdown", "--bus", &env.bus]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "berthd shutdown: {}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["stopped a (priority 1)", "stopped c (priority 1)", "stopped b (priority 5)"], "{lines:?}");
+    for n in ["a", "b", "c", "manual"] {
+        assert_eq!(env.status(n), "Stopped", "{n}");
+    }
+}

@@ -57,7 +57,7 @@ fn units_pass_systemd_analyze_verify() {
     let bins = bin_dir();
     let docs = repo();
     let mut units = Vec::new();
-    for u in ["berthd.service", "berth@.service", "berth-containers.target"] {
+    for u in ["berthd.service", "berth@.service", "berth-containers.target", "berth-shutdown.service"] {
         let src = std::fs::read_to_string(repo().join("systemd").join(u)).unwrap();
         let rendered = src
             .replace("@SBINDIR@", &bins.display().to_string())

@@ -15,6 +15,8 @@ capture en systemctl is-enabled berth-containers.target
 assert_eq "$en" enabled "berth-containers.target"
 capture en systemctl is-enabled berthd.service
 assert_eq "$en" enabled "berthd.service"
+capture st systemctl is-active berth-shutdown.service
+assert_eq "$st" active "berth-shutdown.service (its ExecStop stops containers at shutdown)"
 
 section "systemctl start berth@u1: active while the container runs"
 run berth init busybox u1
@@ -56,6 +58,17 @@ assert_eq "$(container_status u2)" Running "u2 started through berth-containers.
 run systemctl stop berth-containers.target
 wait_for 60 "berth@u2 stopped with the target" bash -c '[ "$(systemctl is-active berth@u2.service)" = inactive ]'
 assert_eq "$(container_status u2)" Stopped "u2 after the target stopped"
+
+section "berth-shutdown.service stops what runs, lowest priority first"
+run berth launch busybox p1 -c boot.autostart.priority=1
+run berth launch busybox p5 -c boot.autostart.priority=5
+run systemctl stop berth-shutdown.service
+assert_eq "$(container_status p1)" Stopped "p1 after berth-shutdown.service stopped"
+assert_eq "$(container_status p5)" Stopped "p5 after berth-shutdown.service stopped"
+capture order journalctl -u berth-shutdown.service -o cat --no-pager
+assert_contains "$order" "stopped p1 (priority 1)
+stopped p5 (priority 5)" "the stop order in berth-shutdown's journal"
+run systemctl start berth-shutdown.service
 
 section "the journal: structured fields on authorizations"
 run berth launch busybox j1

@@ -1,0 +1,120 @@
+//! Host boot and host shutdown.
+//!
+//! After a host boot berthd starts the containers with `boot.autostart=true`, highest
+//! `boot.autostart.priority` first, waiting `boot.autostart.delay` after each. At host
+//! shutdown `berthd shutdown` (run by berth-shutdown.service's ExecStop, while berthd still
+//! serves) stops the running containers the other way round: lowest priority first, those of
+//! one priority together, each within its `boot.host_shutdown_timeout`.
+
+use berth_actors::config::{autostart_priority, parse_bool, seconds};
+use berth_interfaces::client::{ContainerProxy, ManagerProxy};
+use std::collections::HashMap;
+use std::time::Duration;
+use zbus::Variant;
+
+/// What a graceful stop at host shutdown waits for when the container does not say.
+const DEFAULT_HOST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After a host boot (the kernel's boot id differs from the one berthd last recorded in
+/// `marker`), starts every stopped container with `boot.autostart=true`, in priority order. The
+/// id is recorded afterwards, so a berthd that restarts later during the same boot starts
+/// nothing. Failures are logged: one container that cannot start does not keep the others.
+pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::path::PathBuf) {
+    let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()) else { return };
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == boot) {
+        return;
+    }
+    // delays between starts are not idleness
+    let _busy = engine.activity().hold();
+    let containers = match engine.list_containers().await {
+        Ok(c) => c,
+        Err(e) => return tracing::error!("autostart: list containers: {e}"),
+    };
+    let mut wanted = Vec::new();
+    for c in containers.into_iter().filter(|c| c.status == berth_actors::types::Status::Stopped) {
+        if let Ok(info) = engine.container(&c.name).await
+            && info.config.get("boot.autostart").and_then(|v| parse_bool(v)) == Some(true)
+        {
+            wanted.push((autostart_priority(&info.config), c.name, seconds(&info.config, "boot.autostart.delay")));
+        }
+    }
+    wanted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    for (priority, name, delay) in wanted {
+        match engine.start_container(&name, Default::default()).await {
+            Ok(()) => tracing::info!(container = %name, priority, "started at boot (boot.autostart)"),
+            Err(e) => tracing::error!(container = %name, "boot.autostart: {e}"),
+        }
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+    }
+    let tmp = marker.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker)) {
+        tracing::error!("record the boot id in {}: {e}", marker.display());
+    }
+}
+
+/// `berthd shutdown`: stops every running container over the bus at `bus` (the system bus
+/// when `None`), lowest `boot.autostart.priority` first; prints what it did. Fails when a
+/// container could not be stopped.
+pub async fn shutdown(bus: Option<&str>) -> Result<(), String> {
+    let conn = match bus {
+        Some(a) => zbus::connection::Builder::address(a).build().await,
+        None => zbus::Connection::system().await,
+    }
+    .map_err(|e| format!("cannot reach the bus: {e}"))?;
+    let m = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+    let mut running = Vec::new();
+    for c in m.list_containers().await.map_err(|e| format!("list containers: {e}"))? {
+        if c.status != "Running" {
+            continue;
+        }
+        let proxy = ContainerProxy::builder(&conn)
+            .path(c.path.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let config = proxy.config().await.unwrap_or_default().into_iter().collect();
+        let timeout = seconds(&config, "boot.host_shutdown_timeout").unwrap_or(DEFAULT_HOST_SHUTDOWN_TIMEOUT);
+        running.push((autostart_priority(&config), c.name, proxy, timeout));
+    }
+    running.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let mut failed = Vec::new();
+    let mut rest = running.as_slice();
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|c| c.0 == first.0).count();
+        let (group, later) = rest.split_at(n);
+        rest = later;
+        let stops = group.iter().map(|(priority, name, proxy, timeout)| async move {
+            let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
+            let opts = HashMap::from([("timeout", Variant::from(secs))]);
+            let r = proxy.stop(&opts).await;
+            (priority, name, r)
+        });
+        for (priority, name, r) in futures_util::future::join_all(stops).await {
+            match r {
+                Ok(()) => println!("stopped {name} (priority {priority})"),
+                Err(e) => {
+                    eprintln!("berthd shutdown: stop {name}: {e}");
+                    failed.push(name.clone());
+                }
+            }
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("could not stop {}", failed.join(", "))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_order_starts_and_stops() {
+        let cfg = |p: &str| std::collections::BTreeMap::from([("boot.autostart.priority".to_string(), p.to_string())]);
+        assert_eq!(autostart_priority(&cfg("10")), 10);
+        assert_eq!(autostart_priority(&cfg("-3")), -3);
+        assert_eq!(autostart_priority(&Default::default()), 0);
+        assert_eq!(seconds(&std::collections::BTreeMap::from([("boot.autostart.delay".to_string(), "2".to_string())]), "boot.autostart.delay"), Some(Duration::from_secs(2)));
+    }
+}
