@@ -33,7 +33,7 @@ const KEYS: &[Key] = &[
     },
     Key { name: "boot.stop_signal", check: check_signal, help: "signal asking init to power off (default: by init)" },
     Key { name: "boot.stop_timeout", check: check_seconds, help: "seconds a graceful stop waits before killing" },
-    Key { name: "limits.memory", check: check_size, help: "memory limit, e.g. 512MiB" },
+    Key { name: "limits.memory", check: check_memory, help: "memory limit, e.g. 512MiB (at least 4MiB)" },
     Key { name: "limits.processes", check: check_count, help: "maximum number of processes" },
     Key {
         name: "migration.stateful",
@@ -63,8 +63,22 @@ pub fn limits(config: &BTreeMap<String, String>) -> (Option<u64>, ProcessLimit) 
 /// Free-form namespaces.
 const FREE: &[&str] = &["user.", "environment.", "image."];
 
-/// Checks user-supplied config (keys and values); `volatile.*` is refused.
+/// Keys a container's config may have.
+pub const MAX_KEYS: usize = 1024;
+/// Bytes of keys and values a container's config may hold: it is kept in memory, in every
+/// `Config` read and in the database row.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Checks user-supplied config (keys and values, and their number and size); `volatile.*`
+/// is refused.
 pub fn validate_user_config(config: &BTreeMap<String, String>) -> Result<()> {
+    if config.len() > MAX_KEYS {
+        return Err(Error::InvalidConfig(format!("{} config keys; a container may have at most {MAX_KEYS}", config.len())));
+    }
+    let bytes: usize = config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_CONFIG_BYTES {
+        return Err(Error::InvalidConfig(format!("the config holds {bytes} bytes; at most {MAX_CONFIG_BYTES} are allowed")));
+    }
     for (k, v) in config {
         validate_key(k, v)?;
     }
@@ -140,6 +154,18 @@ fn check_count(v: &str) -> Result<(), String> {
     match v.parse::<u64>() {
         Ok(n) if n > 0 => Ok(()),
         _ => Err("expected a positive integer".into()),
+    }
+}
+
+/// Less than this and nothing starts: the kernel charges the container's first page tables,
+/// stacks and page cache to it, and init is killed before it execs (with no word of memory).
+const MIN_MEMORY: u64 = 4 << 20;
+
+fn check_memory(v: &str) -> Result<(), String> {
+    match parse_size(v) {
+        Some(n) if n >= MIN_MEMORY => Ok(()),
+        Some(_) => Err("a container needs at least 4MiB of memory to start".into()),
+        None => Err("expected a size such as 512MiB, 2GB or a number of bytes".into()),
     }
 }
 

@@ -110,6 +110,9 @@ async fn create_is_idempotent_and_refuses_clashes() {
         assert_eq!(c, Created::Identity);
         r.config.insert("user.role".into(), "db".into());
         assert!(matches!(e.create_container(r).await, Err(Error::AlreadyExists { .. })));
+        // hostnames ignore case: WEB would be web on the network
+        assert!(matches!(e.create_container(req("WEB")).await, Err(Error::AlreadyExists { .. })));
+        assert!(matches!(e.container("WEB").await, Err(Error::NoSuchContainer(_))));
         // an unnamed create that asks for a name gets a free one, twice over
         let (a, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
         let (b, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
@@ -141,6 +144,15 @@ async fn bad_input_changes_nothing() {
         let mut r = req("c2");
         r.config.insert("limits.memory".into(), "lots".into());
         assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(_))));
+        let mut r = req("c2");
+        r.config.insert("limits.memory".into(), "1".into());
+        assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(m)) if m.contains("4MiB")));
+        let mut r = req("c2");
+        r.config = (0..100_000).map(|i| (format!("user.k{i}"), "v".repeat(100))).collect();
+        assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(m)) if m.contains("at most")));
+        let mut r = req("c2");
+        r.config = (0..200).map(|i| (format!("user.k{i}"), "v".repeat(60_000))).collect();
+        assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(m)) if m.contains("bytes")));
         let mut r = req("c2");
         r.config.insert("volatile.x".into(), "1".into());
         assert!(matches!(e.create_container(r).await, Err(Error::InvalidConfig(_))));

@@ -668,6 +668,10 @@ impl ManagerState {
         if self.reserved.contains(&name) {
             return Err(Error::AlreadyExists { kind: "container", name });
         }
+        // a container's name is its hostname, and hostnames ignore case
+        if let Some(other) = self.clash_ignoring_case(&name) {
+            return Err(Error::AlreadyExists { kind: "container", name: format!("{name} (as {other}: names differ in more than case)") });
+        }
         if let Some(existing) = self.containers.get(&name) {
             // Typed idempotence: the same definition again is Identity, anything else a clash.
             if let Slot::Live(actor) = &existing.slot
@@ -702,6 +706,11 @@ impl ManagerState {
             pending: Pending::Create,
         };
         Ok(Prepared::New(rec, req.start))
+    }
+
+    /// Another container (or reserved name) whose name equals `name` but for case.
+    fn clash_ignoring_case(&self, name: &str) -> Option<String> {
+        self.containers.keys().chain(self.reserved.iter()).find(|k| *k != name && k.eq_ignore_ascii_case(name)).cloned()
     }
 
     /// A free name such as `brisk-otter`.
@@ -739,7 +748,7 @@ impl ManagerState {
             {
                 return Err(Error::NoSuchProfile(p.clone()));
             }
-            if self.containers.contains_key(&req.name) || self.reserved.contains(&req.name) {
+            if self.containers.contains_key(&req.name) || self.reserved.contains(&req.name) || self.clash_ignoring_case(&req.name).is_some() {
                 return Err(Error::AlreadyExists { kind: "container", name: req.name.clone() });
             }
             match self.containers.get(&req.source).map(|c| &c.slot) {
