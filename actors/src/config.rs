@@ -169,10 +169,6 @@ fn check_memory(v: &str) -> Result<(), String> {
     }
 }
 
-fn check_size(v: &str) -> Result<(), String> {
-    parse_size(v).map(drop).ok_or_else(|| "expected a size such as 512MiB, 2GB or a number of bytes".into())
-}
-
 /// Parses a size with an optional unit (B, kB/MB/GB/TB, KiB/MiB/GiB/TiB).
 pub fn parse_size(v: &str) -> Option<u64> {
     let v = v.trim();
