@@ -364,11 +364,20 @@ pub fn idmapped_tree(path: &Path, map: &IdMap) -> Result<std::os::fd::OwnedFd> {
     // is sound even from a multi-threaded process.
     match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a user namespace for the id mapping")? {
         crate::sys::Forked::Child => {
-            // our copy of the write end must go, or the read below never sees EOF
-            drop(w);
-            let mut b = [0u8; 1];
-            // SAFETY: reading one byte into a valid buffer.
-            unsafe { libc::read(std::os::fd::AsRawFd::as_raw_fd(&r), b.as_mut_ptr().cast(), 1) };
+            // Every fd but our read end goes: our copy of the write end, or the read below
+            // never sees EOF, and the write ends of other threads' pipes forked at the same
+            // moment, whose children would otherwise wait for ours as ours waits for theirs
+            // (two concurrent calls then hang for good).
+            let keep = std::os::fd::AsRawFd::as_raw_fd(&r) as libc::c_uint;
+            // SAFETY: close_range and read are async-signal-safe syscalls; nothing else runs.
+            unsafe {
+                if keep > 0 {
+                    libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0);
+                }
+                libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
+                let mut b = [0u8; 1];
+                libc::read(keep as libc::c_int, b.as_mut_ptr().cast(), 1);
+            }
             crate::sys::exit_now(0)
         }
         crate::sys::Forked::Parent { pid, .. } => {
@@ -387,6 +396,34 @@ pub fn idmapped_tree(path: &Path, map: &IdMap) -> Result<std::os::fd::OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_idmapped_mounts_never_wait_for_each_other() {
+        if !unsafe_is_root() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("berth-idmap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if probe_idmap(&dir).is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        // each thread's child used to inherit the others' pipe ends and wait for them for good
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..4 {
+            let (dir, tx) = (dir.clone(), tx.clone());
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    idmapped_tree(&dir, &IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 }).unwrap();
+                }
+                tx.send(()).unwrap();
+            });
+        }
+        for _ in 0..4 {
+            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("200 idmapped mounts from 4 threads within 60 s");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn shift_keeps_setuid_and_skips_unmapped_owners() {
