@@ -199,7 +199,7 @@ async fn object_manager_lists_containers_and_images() {
         // objects that come and go are announced (read off the connection: on a p2p
         // connection signals have no sender for a proxy's match)
         use futures_util::StreamExt;
-        let mut stream = zbus::MessageStream::from(&e.client).filter_map(|m| async move {
+        let stream = zbus::MessageStream::from(&e.client).filter_map(|m| async move {
             let m = m.ok()?;
             let h = m.header();
             (h.message_type() == zbus::message::Type::Signal && h.interface().is_some_and(|i| i.as_str() == "org.freedesktop.DBus.ObjectManager"))
