@@ -61,22 +61,35 @@ impl Layout {
     }
 
     /// Parses mountinfo text (separate for tests).
+    ///
+    /// A hierarchy can be mounted more than once: CRIU mounts each one again under a
+    /// `.criu.cgyard.*` directory for the length of a dump or restore, and with `/` shared
+    /// (every systemd host) those mounts show in every namespace. One mount stands for each
+    /// hierarchy: the one under `/sys/fs/cgroup` showing its root, else the first. Otherwise a
+    /// berthd starting beside a restore could take the yard for the hierarchy, and fail when
+    /// CRIU unmounts it.
     pub fn parse(mountinfo: &str) -> Layout {
-        let mut hierarchies: Vec<Hierarchy> = Vec::new();
+        // (hierarchy, preference) in the order the hierarchies first appear
+        let mut found: Vec<(Hierarchy, u8)> = Vec::new();
         for m in cgroup_mounts(mountinfo) {
-            if hierarchies.iter().any(|h| h.mountpoint == m.mountpoint) {
-                continue;
-            }
-            if m.fstype == "cgroup2" {
-                hierarchies.push(Hierarchy { mountpoint: m.mountpoint, v1_options: None });
-                continue;
-            }
-            let opts: Vec<&str> = m.super_options.split(',').filter(|o| KNOWN_V1.contains(o) || o.starts_with("name=")).collect();
-            if !opts.is_empty() {
-                hierarchies.push(Hierarchy { mountpoint: m.mountpoint, v1_options: Some(opts.join(",")) });
+            let v1_options = if m.fstype == "cgroup2" {
+                None
+            } else {
+                let opts: Vec<&str> = m.super_options.split(',').filter(|o| KNOWN_V1.contains(o) || o.starts_with("name=")).collect();
+                if opts.is_empty() {
+                    continue;
+                }
+                Some(opts.join(","))
+            };
+            let preference = u8::from(m.mountpoint.starts_with("/sys/fs/cgroup")) * 2 + u8::from(m.root == "/");
+            let candidate = Hierarchy { mountpoint: m.mountpoint, v1_options };
+            match found.iter_mut().find(|(h, _)| h.v1_options == candidate.v1_options) {
+                Some(slot) if preference > slot.1 => *slot = (candidate, preference),
+                Some(_) => {}
+                None => found.push((candidate, preference)),
             }
         }
-        Layout { hierarchies }
+        Layout { hierarchies: found.into_iter().map(|(h, _)| h).collect() }
     }
 
     /// 1 when any v1 hierarchy carries controllers, else 2.
@@ -116,7 +129,8 @@ pub fn favor_dynamic_changes(scratch: &Path) -> Result<Favor> {
     if let Some(m) = mounts.iter().find(|m| m.super_options.split(',').any(|o| o == "favordynmods")) {
         return Ok(Favor::Already(m.mountpoint.clone()));
     }
-    if let Some(m) = mounts.iter().find(|m| m.fstype == "cgroup2") {
+    // the v2 tree's own mount, not a CRIU yard's (see Layout::parse)
+    if let Some(m) = mounts.iter().filter(|m| m.fstype == "cgroup2").min_by_key(|m| (!m.mountpoint.starts_with("/sys/fs/cgroup"), m.root != "/")) {
         let (flags, data) = remount_args(m);
         crate::sys::mount(None, &m.mountpoint, None, flags, Some(&data)).step(|| format!("remount {} with favordynmods", m.mountpoint.display()))?;
         return Ok(Favor::Remounted(m.mountpoint.clone()));
@@ -134,6 +148,8 @@ pub fn favor_dynamic_changes(scratch: &Path) -> Result<Favor> {
 /// A cgroup or cgroup2 mount as mountinfo shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CgroupMount {
+    /// The directory of the hierarchy this mount shows (`/` for its root).
+    root: String,
     mountpoint: PathBuf,
     fstype: String,
     /// Per-mount options (`rw,nosuid,nodev,noexec,relatime`).
@@ -153,6 +169,7 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
                 return None;
             }
             Some(CgroupMount {
+                root: unescape_mountinfo(pre[3]),
                 mountpoint: PathBuf::from(unescape_mountinfo(pre[4])),
                 fstype: post[0].to_string(),
                 mount_options: pre[5].to_string(),
@@ -548,6 +565,33 @@ mod tests {
         assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/memory/berth/c1"));
         assert_eq!(cg.dir_for("cpuacct").unwrap(), Path::new("/sys/fs/cgroup/cpu,cpuacct/berth/c1"));
         assert!(cg.dir_for("pids").is_none());
+    }
+
+    #[test]
+    fn a_criu_cgroup_yard_is_not_taken_for_the_hierarchies() {
+        // a restore's yard, mounted after the host's hierarchies (as mountinfo lists them) ...
+        let yard = "\
+60 1 0:50 / /tmp/.criu.cgyard.Xa1b2c rw - tmpfs none rw
+61 60 0:31 / /tmp/.criu.cgyard.Xa1b2c/unified rw - cgroup2 none rw
+62 60 0:33 / /tmp/.criu.cgyard.Xa1b2c/cpu,cpuacct rw - cgroup none rw,cpu,cpuacct
+63 60 0:34 / /tmp/.criu.cgyard.Xa1b2c/memory rw - cgroup none rw,memory
+64 60 0:35 / /tmp/.criu.cgyard.Xa1b2c/pids rw - cgroup none rw,pids
+";
+        let host = Layout::parse(HYBRID);
+        let with_yard = Layout::parse(&format!("{HYBRID}{yard}"));
+        let without_pids: Vec<_> = with_yard.hierarchies.iter().filter(|h| !h.has_controller("pids")).cloned().collect();
+        assert_eq!(without_pids, host.hierarchies);
+        // ... or before them, and a hierarchy only the yard shows (a bind of a subtree elsewhere)
+        let pids_elsewhere = "70 1 0:35 /berth /srv/pids rw - cgroup none rw,pids\n";
+        let l = Layout::parse(&format!("{yard}{pids_elsewhere}{HYBRID}"));
+        for h in &l.hierarchies {
+            if h.has_controller("pids") {
+                assert_eq!(h.mountpoint, Path::new("/tmp/.criu.cgyard.Xa1b2c/pids"), "the root beats a subtree");
+            } else {
+                assert!(h.mountpoint.starts_with("/sys/fs/cgroup"), "{h:?}");
+            }
+        }
+        assert_eq!(l.hierarchies.len(), 5);
     }
 
     #[test]
