@@ -348,6 +348,9 @@ async fn images_resolve_by_alias_fingerprint_and_prefix() {
         assert_eq!(e.image("zzz").await, Err(Error::NoSuchImage("zzz".into())));
         let (again, c) = e.build_image("busybox", aliases(&[]), 0).await.unwrap();
         assert_eq!((again.fingerprint, c), (img.fingerprint.clone(), Created::Identity));
+        // again with the alias it has (a retry after a crash): the image back, unchanged
+        let (again, c) = e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
+        assert_eq!((again.fingerprint, again.aliases, c), (img.fingerprint.clone(), img.aliases.clone(), Created::Identity));
         assert!(matches!(e.build_image("busybox", aliases(&["bad alias"]), 0).await, Err(Error::InvalidName { .. })));
         assert!(matches!(e.build_image("nope", aliases(&[]), 0).await, Err(Error::InvalidConfig(_))));
     })

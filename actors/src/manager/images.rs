@@ -70,16 +70,13 @@ impl ManagerState {
 
     /// Checks aliases asked for a new image: valid names, not taken by another image.
     pub(super) fn check_new_aliases(&self, opts: &ImageOptions, for_fp: Option<&str>) -> Result<()> {
+        validate_options(opts)?;
         for a in &opts.aliases {
-            validate_alias(a)?;
             if let Some(owner) = self.alias_owner(a)
                 && Some(owner) != for_fp
             {
                 return Err(Error::AlreadyExists { kind: "image alias", name: a.clone() });
             }
-        }
-        for (k, v) in &opts.properties {
-            validate_property(k, v)?;
         }
         Ok(())
     }
@@ -97,7 +94,9 @@ impl ManagerState {
         F: Future<Output = std::result::Result<NewImage, RuntimeError>> + Send + 'static,
     {
         let JobSpec { verb, object, uid, op_kind, opts, reply } = spec;
-        if let Err(e) = self.check_new_aliases(&opts, None) {
+        // whose the aliases may be is known once the job knows its fingerprint: an alias the
+        // same image already has is no conflict (a retry, or the same image imported again)
+        if let Err(e) = validate_options(&opts) {
             let _ = reply.send(Err(e));
             return false;
         }
@@ -278,6 +277,17 @@ impl ManagerState {
         self.replace_record(rec.clone());
         Ok(rec)
     }
+}
+
+/// Aliases and properties asked for an image are well formed.
+fn validate_options(opts: &ImageOptions) -> Result<()> {
+    for a in &opts.aliases {
+        validate_alias(a)?;
+    }
+    for (k, v) in &opts.properties {
+        validate_property(k, v)?;
+    }
+    Ok(())
 }
 
 /// Checks an image alias: 1–255 printable characters without whitespace, control characters
