@@ -391,8 +391,68 @@ fn an_image_that_would_overflow_the_pool_is_refused() {
     let bomb = archive::zstd_bomb(2 << 30);
     assert!(bomb.len() < 1 << 20);
     let o = import(&env, &write(&env, "bomb.tar.zst", &bomb), &[]);
-    assert!(text(&o.stderr).contains("InvalidImage") && text(&o.stderr).contains("more than the storage pool can hold"), "{}", text(&o.stderr));
+    // the image is not at fault: this host has no room for it
+    assert!(text(&o.stderr).contains("ImportFailed") && text(&o.stderr).contains("more than the storage pool can hold"), "{}", text(&o.stderr));
     assert_eq!(store_state(&env), before);
+}
+
+#[test]
+fn an_import_from_an_endless_source_stops_at_what_the_pool_could_hold() {
+    if !root_or_skip() {
+        return;
+    }
+    // a 1 GiB pool; /dev/zero never ends (nor would a pipe whose writer keeps writing)
+    let env = Env::with(Options { storage: Some(Storage::Btrfs), ..Default::default() });
+    let before = store_state(&env);
+    let host_free = berth_runtime::image::store::free_bytes(&env.state);
+    let t0 = std::time::Instant::now();
+    let o = import(&env, Path::new("/dev/zero"), &["--alias", "endless"]);
+    let took = t0.elapsed();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("ImportFailed") && err.contains("room for") && err.contains("No space left"), "{err}");
+    // bounded by the pool's free space (< 1 GiB), not by the host's disk
+    let kept: u64 = err.split("more than ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect("the bound in the message");
+    assert!(kept < 1 << 30, "kept {kept} bytes for a 1 GiB pool");
+    eprintln!("an endless import stopped after {kept} bytes in {took:?}");
+    // nothing kept, on the host or in the pool
+    assert_eq!(store_state(&env), before);
+    let after = berth_runtime::image::store::free_bytes(&env.state);
+    assert!(after + (64 << 20) >= host_free, "the host lost {} bytes", host_free.saturating_sub(after));
+    // and the next import works
+    let ok = archive::tar(&[archive::metadata(), E::Dir("rootfs")]);
+    let o = import(&env, &write(&env, "ok.tar", &ok), &["--alias", "after"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // the same image with the alias it already has (a retry): the image back, unchanged
+    let listed = env.ok(&["image", "list", "--format", "json"]);
+    let o = import(&env, &env.dir.join("ok.tar"), &["--alias", "after"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(env.ok(&["image", "list", "--format", "json"]), listed);
+}
+
+#[test]
+fn publish_on_a_full_pool_fails_as_publish_and_works_once_space_is_back() {
+    if !root_or_skip() {
+        return;
+    }
+    // a 1 GiB pool that a container fills
+    let env = Env::with(Options { storage: Some(Storage::Btrfs), ..Default::default() });
+    env.ok(&["launch", "busybox", "filler"]);
+    let o = env.berth(&["exec", "filler", "--", "dd", "if=/dev/urandom", "of=/root/fill", "bs=1M"]);
+    assert!(text(&o.stderr).contains("No space left"), "the pool did not fill: {}", text(&o.stderr));
+    env.ok(&["stop", "--force", "filler"]);
+    let before = store_state(&env);
+    let o = env.berth(&["publish", "filler", "--alias", "full"]);
+    assert!(!o.status.success());
+    // the container is a fine image; the pool has no room for it
+    let err = text(&o.stderr);
+    assert!(err.contains("PublishFailed") && !err.contains("InvalidImage"), "{err}");
+    assert_eq!(store_state(&env), before, "nothing of the publish is kept");
+    // the space comes back with the culprit's file
+    env.ok(&["start", "filler"]);
+    env.ok(&["exec", "filler", "--", "rm", "/root/fill"]);
+    env.ok(&["stop", "--force", "filler"]);
+    env.ok(&["publish", "filler", "--alias", "full"]);
 }
 
 #[test]

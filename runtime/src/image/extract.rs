@@ -149,11 +149,11 @@ fn show(p: &[u8]) -> String {
 /// Turns an I/O error while writing into the right error. The staging volume is new and the
 /// helper's alone, so a failure there comes from the archive's shape (a hardlink to a
 /// directory, a loop of symlinks in a path, too many links to one file, a name too long once
-/// links are followed…): InvalidImage. A full pool is InvalidImage too, with its own message.
-/// Only trouble of the host itself (I/O, memory, descriptors) is a host error.
+/// links are followed…): InvalidImage. Trouble of the host itself (a full pool, I/O, memory,
+/// descriptors) is a host error: the image is fine, this host cannot take it now.
 fn write_err(what: &str, path: &[u8], e: io::Error) -> Error {
     match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => invalid(format!("the storage pool ran out of space while unpacking {}", show(path))),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::os(format!("the storage pool ran out of space while unpacking {}", show(path)), e),
         None
         | Some(
             libc::EIO | libc::EROFS | libc::ENOMEM | libc::ENFILE | libc::EMFILE | libc::EBADF | libc::EFAULT | libc::ENOSYS | libc::EUCLEAN
@@ -332,10 +332,10 @@ impl Extractor {
             Kind::File => {
                 self.report.bytes = self.report.bytes.saturating_add(e.size);
                 if self.report.bytes > self.limits.max_bytes {
-                    return Err(invalid(format!(
-                        "the image unpacks to more than {} bytes, more than the storage pool can hold",
-                        self.limits.max_bytes
-                    )));
+                    return Err(Error::os(
+                        format!("the image unpacks to more than {} bytes, more than the storage pool can hold", self.limits.max_bytes),
+                        io::Error::from_raw_os_error(libc::ENOSPC),
+                    ));
                 }
                 self.replace(pfd, &cname, &e.path)?;
                 // SAFETY: openat of a single component relative to our parent fd, never

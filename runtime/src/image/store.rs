@@ -109,14 +109,15 @@ impl Store<'_> {
             Some(r) => file_size(r).map(|b| 2 * (a + b)),
             None => Some(2 * a),
         });
-        // 1. keep the bytes as received, hashing them on the way
+        // 1. keep the bytes as received, hashing them on the way, no more than can be unpacked
         let mut hasher = Sha256::new();
         let mut done = 0u64;
+        let mut room = self.room_for_archives(tmp);
         let first = tmp.join(if split { META } else { UNIFIED });
-        let size_a = keep(archive, &first, &mut hasher, &mut done, total, progress, cancel)?;
+        let size_a = keep(archive, &first, &mut hasher, &mut done, total, progress, cancel, &mut room)?;
         let mut size = size_a;
         if let Some(r) = rootfs {
-            size += keep(r, &tmp.join(ROOTFS), &mut hasher, &mut done, total, progress, cancel)?;
+            size += keep(r, &tmp.join(ROOTFS), &mut hasher, &mut done, total, progress, cancel, &mut room)?;
         }
         let fp: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         if known.contains(&fp) {
@@ -183,6 +184,25 @@ impl Store<'_> {
             return Err(e);
         }
         Ok(Imported { fingerprint: fp, metadata: Some(meta), size, split, known: false, claim: Some(claim) })
+    }
+
+    /// How many bytes of archives an import may keep in `tmp`. An archive unpacks to at least
+    /// about its own size (compression only shrinks), so more than the pool has free cannot
+    /// become an image; and the archives must leave the file system they are kept on its
+    /// reserve (the host's root file system, usually). Where the pool shares that file system
+    /// (a `dir` pool), the archives and their unpacked copy share its free space. This bounds
+    /// an import from an endless source (a pipe, `/dev/zero`) to what could have worked.
+    fn room_for_archives(&self, tmp: &Path) -> u64 {
+        let pool = &self.pool.config().path;
+        // btrfs counts the space of deleted files as used until its transaction commits
+        // (up to 30 s later): what was just deleted to make room must count as free
+        if let Ok(dir) = std::fs::File::open(pool) {
+            // SAFETY: syncfs on an fd we own.
+            unsafe { libc::syncfs(dir.as_raw_fd()) };
+        }
+        let here = free_bytes(tmp).saturating_sub(reserve_of(tmp));
+        let pool_free = free_bytes(pool).saturating_sub(64 << 20);
+        if same_filesystem(tmp, pool) { here / 2 } else { here.min(pool_free) }
     }
 
     /// Whether an image is completely stored: its volume, committed last, is in the pool.
@@ -298,7 +318,30 @@ pub fn free_bytes(p: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// Copies `src` into a new file `dst` while hashing; returns the byte count.
+/// What an import leaves free on the file system at `p`: 5% of it, at most 1 GiB.
+fn reserve_of(p: &Path) -> u64 {
+    let Ok(c) = crate::sys::cpath(p) else { return 0 };
+    // SAFETY: statvfs is plain data.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_blocks as u64 * st.f_frsize as u64 / 20).min(1 << 30)
+}
+
+/// Whether `a` and `b` are on one file system.
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Copies `src` into a new file `dst` while hashing; returns the byte count. At most `room`
+/// bytes (less what was kept), then a host error: no space for the image.
+#[allow(clippy::too_many_arguments)]
 fn keep(
     mut src: std::fs::File,
     dst: &Path,
@@ -307,6 +350,7 @@ fn keep(
     total: Option<u64>,
     progress: Progress<'_>,
     cancel: &AtomicBool,
+    room: &mut u64,
 ) -> Result<u64> {
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -326,11 +370,15 @@ fn keep(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::InvalidImage(format!("reading the image failed: {e}"))),
         };
+        if n as u64 > *room {
+            return Err(Error::os(
+                format!("keep the image: more than {} bytes, what the storage pool and {} have room for", *done + *room, dst.parent().unwrap_or(dst).display()),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            ));
+        }
+        *room -= n as u64;
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::InvalidImage("the disk ran out of space while storing the image".into()),
-            _ => Error::os(format!("write {}", dst.display()), e),
-        })?;
+        out.write_all(&buf[..n]).map_err(|e| Error::os(format!("write {}", dst.display()), e))?;
         n_total += n as u64;
         *done += n as u64;
         since += n as u64;
