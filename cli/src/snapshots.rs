@@ -80,8 +80,15 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCm
             }
             let call = c.create_snapshot(snapshot.as_deref().unwrap_or(""), &o);
             let path = if stateful { progress::with_progress(conn, "snapshot-create", call).await? } else { call.await? };
+            // the snapshot exists once the call returned: another client may delete it before
+            // its name is read back, so the name is also read from its object path
+            let from_path = path.as_str().rsplit('/').next().and_then(berth_interfaces::paths::unescape_label);
             let s = SnapshotProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?;
-            println!("Snapshot {}/{}{}", name, s.name().await?, if stateful { " (stateful)" } else { "" });
+            let taken = match s.name().await {
+                Ok(n) => n,
+                Err(e) => from_path.ok_or(e)?,
+            };
+            println!("Snapshot {}/{}{}", name, taken, if stateful { " (stateful)" } else { "" });
             Ok(0)
         }
         SnapshotCmd::List { name, format } => {
