@@ -132,6 +132,18 @@ impl HostRuntime {
         Ok(vec![net.nic(&rec.name, addr, mac)])
     }
 
+    /// The NICs of `rec` (see [`Self::nics`]), each port held to the NIC's own MAC and address
+    /// on the bridge before the container can send on it.
+    fn guarded_nics(&self, rec: &ContainerRecord) -> Result<Vec<berth_runtime::net::Nic>, RuntimeError> {
+        let nics = self.nics(rec)?;
+        if let Some(net) = &self.network {
+            for nic in &nics {
+                net.guard(nic)?;
+            }
+        }
+        Ok(nics)
+    }
+
     /// The files of a container or snapshot.
     fn volume_of(&self, name: &str, source: &VolumeSource) -> PathBuf {
         match source {
@@ -487,7 +499,7 @@ impl HostRuntime {
             run_dir: self.files(&rec.name).dir().to_path_buf(),
             cap_drop: DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
             console_log_max: CONSOLE_LOG_MAX,
-            nics: self.nics(rec)?,
+            nics: self.guarded_nics(rec)?,
             restore: None,
         })
     }
@@ -572,6 +584,7 @@ impl Runtime for SharedHost {
             h.pool.remove_snapshots(&name)?;
             h.pool.delete_container(&name)?;
             if let Some(net) = &h.network {
+                net.unguard(&name)?;
                 net.release(&name)?;
             }
             let dir = h.files(&name).dir().to_path_buf();

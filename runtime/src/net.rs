@@ -416,12 +416,77 @@ pub fn stable_mac(container: &str) -> [u8; 6] {
     [0x00, 0x16, 0x3e, ((n >> 16) & 0x7f) as u8, (n >> 8) as u8, n as u8]
 }
 
+/// The nftables table (bridge family) that keeps each container to its own addresses on
+/// `bridge`: frames entering the bridge from a container's port must carry its MAC, ARP must
+/// speak for its own MAC and IPv4 address (or 0.0.0.0, a probe), IPv4 must come from its
+/// address, and VLAN tags are dropped; IPv6 is held to the MAC only (berth gives containers
+/// no IPv6 address). One table per bridge, so that berth never touches another program's
+/// rules; one chain per port, so that a port's rules are replaced or removed whole.
+pub fn guard_table(bridge: &str) -> String {
+    format!("berth_{bridge}")
+}
+
+/// The nft script that puts the port of `nic` under guard (idempotent; one transaction).
+fn guard_script(nic: &Nic) -> String {
+    let table = guard_table(&nic.bridge);
+    let port = &nic.host_name;
+    let mac = format_mac(&nic.hwaddr);
+    let mut s = format!(
+        "add table bridge {table}\n\
+         add map bridge {table} ports {{ type ifname : verdict; }}\n\
+         add chain bridge {table} guard {{ type filter hook prerouting priority -200; policy accept; }}\n\
+         flush chain bridge {table} guard\n\
+         add rule bridge {table} guard iifname vmap @ports\n\
+         add chain bridge {table} port_{port}\n\
+         flush chain bridge {table} port_{port}\n\
+         add rule bridge {table} port_{port} ether saddr != {mac} drop\n\
+         add rule bridge {table} port_{port} ether type {{ 0x8100, 0x88a8 }} drop\n\
+         add rule bridge {table} port_{port} arp saddr ether != {mac} drop\n"
+    );
+    match nic.ipv4 {
+        Some((ip, _)) => s.push_str(&format!(
+            "add rule bridge {table} port_{port} arp saddr ip != {{ 0.0.0.0, {ip} }} drop\n\
+             add rule bridge {table} port_{port} ip saddr != {ip} drop\n"
+        )),
+        None => s.push_str(&format!(
+            "add rule bridge {table} port_{port} arp saddr ip != 0.0.0.0 drop\n\
+             add rule bridge {table} port_{port} ether type ip drop\n"
+        )),
+    }
+    s.push_str(&format!("add element bridge {table} ports {{ \"{port}\" : jump port_{port} }}\n"));
+    s
+}
+
+/// Runs `nft -f -` with `script`.
+fn nft(script: &str, what: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::os(format!("{what}: run nft (is nftables installed?)"), e))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).step(|| format!("{what}: write to nft"))?;
+    }
+    let out = child.wait_with_output().step(|| format!("{what}: wait for nft"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(Error::Tool { tool: "nft".into(), status: out.status.to_string(), stderr: format!("{what}: {}", stderr.trim()) })
+}
+
 /// Persistent state of one bridge network: its subnet and the address of every container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct BridgeState {
     subnet: String,
     leases: std::collections::BTreeMap<String, Ipv4Addr>,
 }
+
+/// What a port is held to: its container's MAC and address.
+type Guard = ([u8; 6], Option<(Ipv4Addr, u8)>);
 
 /// A host bridge berth owns and the IPv4 leases of its containers, kept in
 /// `<dir>/<bridge>.json` so addresses survive daemon restarts and host reboots.
@@ -433,6 +498,8 @@ pub struct BridgeNetwork {
     pub subnet: (Ipv4Addr, u8),
     file: std::path::PathBuf,
     state: std::sync::Mutex<BridgeState>,
+    /// The ports this process put under guard, with what they were held to.
+    guarded: std::sync::Mutex<std::collections::HashMap<String, Guard>>,
 }
 
 impl BridgeNetwork {
@@ -478,7 +545,13 @@ impl BridgeNetwork {
             }
         }
         nl.ensure_bridge(bridge, gw, subnet.1)?;
-        let net = BridgeNetwork { bridge: bridge.to_string(), subnet, file, state: std::sync::Mutex::new(state) };
+        let net = BridgeNetwork {
+            bridge: bridge.to_string(),
+            subnet,
+            file,
+            state: std::sync::Mutex::new(state),
+            guarded: std::sync::Mutex::new(std::collections::HashMap::new()),
+        };
         net.save(&net.state.lock().unwrap_or_else(|p| p.into_inner()))?;
         Ok(net)
     }
@@ -511,6 +584,36 @@ impl BridgeNetwork {
         st.leases.insert(container.to_string(), addr);
         self.save(&st)?;
         Ok(addr)
+    }
+
+    /// Holds the port of `nic` to its MAC and address (see [`guard_table`]) before the
+    /// container can send on it. Runs nft once per port and berthd process, or when what the
+    /// port is held to changed (a new MAC or address); a start of a guarded port costs nothing.
+    pub fn guard(&self, nic: &Nic) -> Result<()> {
+        let want = (nic.hwaddr, nic.ipv4);
+        let mut g = self.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        if g.get(&nic.host_name) == Some(&want) {
+            return Ok(());
+        }
+        nft(&guard_script(nic), &format!("guard the bridge port {}", nic.host_name))?;
+        g.insert(nic.host_name.clone(), want);
+        Ok(())
+    }
+
+    /// Removes the guard of `container`'s port (its NIC is gone for good).
+    pub fn unguard(&self, container: &str) -> Result<()> {
+        let port = host_veth_name(&self.bridge, container, 0);
+        self.guarded.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+        let table = guard_table(&self.bridge);
+        // nothing to remove when the port was never guarded (nft refuses the whole script)
+        let listed = std::process::Command::new("nft").args(["list", "chain", "bridge", &table, &format!("port_{port}")]).output();
+        if !listed.is_ok_and(|o| o.status.success()) {
+            return Ok(());
+        }
+        nft(
+            &format!("delete element bridge {table} ports {{ \"{port}\" }}\ndelete chain bridge {table} port_{port}\n"),
+            &format!("remove the guard of the bridge port {port}"),
+        )
     }
 
     /// Forgets `container`'s address.
@@ -567,6 +670,32 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_port_is_held_to_its_mac_and_address() {
+        let nic = Nic {
+            name: "eth0".into(),
+            host_name: "vb0123abcd0".into(),
+            bridge: "berthbr0".into(),
+            hwaddr: [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03],
+            ipv4: Some((Ipv4Addr::new(10, 1, 0, 5), 20)),
+            gateway: None,
+            mtu: 0,
+        };
+        let s = guard_script(&nic);
+        for rule in [
+            "port_vb0123abcd0 ether saddr != 00:16:3e:01:02:03 drop",
+            "port_vb0123abcd0 arp saddr ether != 00:16:3e:01:02:03 drop",
+            "port_vb0123abcd0 arp saddr ip != { 0.0.0.0, 10.1.0.5 } drop",
+            "port_vb0123abcd0 ip saddr != 10.1.0.5 drop",
+            "ports { \"vb0123abcd0\" : jump port_vb0123abcd0 }",
+        ] {
+            assert!(s.contains(rule), "{rule} in\n{s}");
+        }
+        assert!(s.lines().all(|l| l.contains(" bridge berth_berthbr0")), "{s}");
+        let s = guard_script(&Nic { ipv4: None, ..nic });
+        assert!(s.contains("port_vb0123abcd0 ether type ip drop"), "{s}");
+    }
 
     #[test]
     fn macs_and_overlaps() {

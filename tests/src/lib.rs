@@ -423,6 +423,7 @@ impl Drop for Env {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         // 5. the bridge
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("nft").args(["delete", "table", "bridge", &format!("berth_{}", self.bridge)]).output();
         // 6. the daemons
         for child in [self.polkitd.take(), self.dbus.take()].into_iter().flatten() {
             let mut child = child;

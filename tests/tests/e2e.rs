@@ -486,6 +486,62 @@ fn containers_get_an_address_on_the_bridge_and_reach_each_other() {
 }
 
 #[test]
+fn a_container_cannot_take_a_neighbours_address_or_mac() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "n1"]);
+    env.ok(&["launch", "busybox", "n2"]);
+    let info = |name: &str| -> serde_json::Value { serde_json::from_str(&env.ok(&["info", name, "--format", "json"])).unwrap() };
+    let a1 = info("n1")["config"]["volatile.eth0.ipv4"].as_str().unwrap().split('/').next().unwrap().to_string();
+    let mac = |name: &str| env.ok(&["exec", name, "--", "cat", "/sys/class/net/eth0/address"]).trim().to_string();
+    let (mac1, mac2) = (mac("n1"), mac("n2"));
+    let host_ping = |addr: &str| std::process::Command::new("busybox").args(["ping", "-c", "1", "-W", "2", addr]).output().unwrap().status.success();
+    let host_sees = |addr: &str| {
+        let o = std::process::Command::new("ip").args(["neigh", "show", addr, "dev", &env.bridge]).output().unwrap();
+        text(&o.stdout)
+    };
+    // n2 claims n1's address and announces it (gratuitous ARP), as an attacker would
+    let take_over = || {
+        assert!(host_ping(&a1), "the host reaches n1");
+        assert!(host_sees(&a1).contains(&mac1), "{}", host_sees(&a1));
+        // the kernel keeps a fresh entry for a second (locktime) whatever it hears
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        env.berth(&["exec", "n2", "--", "arping", "-U", "-c", "3", "-w", "3", "-I", "eth0", "-s", &a1, &a1]);
+        host_sees(&a1)
+    };
+    env.ok(&["exec", "n2", "--", "ip", "addr", "add", &format!("{a1}/32"), "dev", "eth0"]);
+    let seen = take_over();
+    assert!(seen.contains(&mac1) && !seen.contains(&mac2), "n2 took over n1's address: {seen}");
+    // n2 wearing n1's MAC gets nothing across
+    let gw = env.ok(&["exec", "n2", "--", "ip", "route"]).lines().find_map(|l| l.strip_prefix("default via ").map(|r| r.split(' ').next().unwrap().to_string())).unwrap();
+    env.ok(&["exec", "n2", "--", "ip", "addr", "del", &format!("{a1}/32"), "dev", "eth0"]);
+    env.ok(&["exec", "n2", "--", "ping", "-c", "1", "-W", "2", &gw]);
+    env.ok(&["exec", "n2", "--", "ip", "link", "set", "eth0", "address", &mac1]);
+    assert!(!env.berth(&["exec", "n2", "--", "ping", "-c", "1", "-W", "2", &gw]).status.success(), "n2 with n1's MAC reached the host");
+    env.ok(&["exec", "n2", "--", "ip", "link", "set", "eth0", "address", &mac2]);
+    // one chain per guarded port, in berth's own table for this bridge
+    let table = format!("berth_{}", env.bridge);
+    let nft = |args: &[&str]| std::process::Command::new("nft").args(args).output().unwrap();
+    let listed = text(&nft(&["list", "table", "bridge", &table]).stdout);
+    assert_eq!(listed.matches("chain port_vb").count(), 2, "{listed}");
+    // the test can tell: without the guard, the same attack works
+    assert!(nft(&["delete", "table", "bridge", &table]).status.success());
+    env.ok(&["exec", "n2", "--", "ip", "addr", "add", &format!("{a1}/32"), "dev", "eth0"]);
+    let seen = take_over();
+    assert!(seen.contains(&mac2), "without the guard n2 should have taken n1's address: {seen}");
+    // deleting a container whose guard is already gone works
+    env.ok(&["delete", "--force", "n2"]);
+    env.ok(&["launch", "busybox", "n3"]);
+    let listed = text(&nft(&["list", "table", "bridge", &table]).stdout);
+    assert_eq!(listed.matches("chain port_vb").count(), 1, "{listed}");
+    env.ok(&["delete", "--force", "n3"]);
+    let listed = text(&nft(&["list", "table", "bridge", &table]).stdout);
+    assert_eq!(listed.matches("chain port_vb").count(), 0, "{listed}");
+}
+
+#[test]
 fn host_users_cannot_reach_container_files() {
     if !root_or_skip() {
         return;
