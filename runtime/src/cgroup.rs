@@ -288,6 +288,7 @@ impl ContainerCgroups {
             ensure_dir(h, &parent, &h.mountpoint)?;
             let dir = parent.join(&self.name);
             ensure_dir(h, &dir, &parent)?;
+            crate::devices::confine(h, &dir)?;
             if let Some((uid, gid)) = self.owner {
                 delegate(&dir, uid, gid)?;
             }

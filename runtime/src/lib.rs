@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod criu;
+pub mod devices;
 pub mod error;
 pub mod fdpass;
 pub mod idmap;

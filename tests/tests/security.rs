@@ -1,7 +1,7 @@
 //! End-to-end: what confines a container's processes besides its namespaces — the seccomp
-//! filter (also after a stateful restore) and the process limit.
+//! filter (also after a stateful restore), device control and the process limit.
 
-use berth_tests::{Env, Storage, text};
+use berth_tests::{Env, Options, Storage, text};
 use std::time::Duration;
 
 fn root_or_skip() -> bool {
@@ -175,4 +175,78 @@ fn environment_values_are_read_only_by_those_allowed_to_exec() {
     assert!(!out.status.success() && !text(&out.stdout).contains("s3cret"), "{}", text(&out.stdout));
     let info = env.ok(&["info", "s"]);
     assert!(info.contains("s3cret"), "root's berth info shows the value:\n{info}");
+}
+
+/// Where a device node the host's root makes in the container's rootfs is seen inside (the
+/// container's /dev is a tmpfs of its own, which hides the rootfs's).
+const DEVICE_PROBE: &str = "/dev-probe";
+
+/// Makes `/dev-probe`, a character device 1:11 (kmsg: opened for writing and closed, it writes
+/// nothing), in the container's rootfs, as a careless host or a privileged helper could.
+fn make_device_probe(env: &Env, c: &str) {
+    let node = env.pool().join("containers").join(c).join(format!("rootfs{DEVICE_PROBE}"));
+    let _ = std::fs::remove_file(&node);
+    let out = berth_tests::run(
+        std::process::Command::new("mknod").args(["-m", "0666"]).arg(&node).args(["c", "1", "11"]),
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "mknod {}: {}", node.display(), text(&out.stderr));
+}
+
+/// Inside the container: the allowed devices work, the probe does not open.
+fn check_devices(env: &Env, c: &str, when: &str) {
+    let out = env.ok(&["exec", c, "--", "sh", "-c", "echo x > /dev/null && cat /dev/null && head -c 4 /dev/urandom | wc -c"]);
+    assert_eq!(out.trim(), "4", "{when}: /dev/null and /dev/urandom work");
+    let out = env.berth(&["exec", c, "--", "sh", "-c", &format!(": > {DEVICE_PROBE}")]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("Operation not permitted"), "{when}: {DEVICE_PROBE} (c 1:11) opened: {err}");
+}
+
+#[test]
+fn containers_use_only_the_allowed_devices_also_after_a_restore() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "dev"]);
+    make_device_probe(&env, "dev");
+    check_devices(&env, "dev", "after a start");
+    // what the host set: the v1 lists, and one program on the v2 group
+    let dirs = env.cgroup_dirs("dev");
+    let v1 = dirs.iter().find(|d| d.join("devices.list").exists()).expect("a v1 devices hierarchy");
+    let list = std::fs::read_to_string(v1.join("devices.list")).unwrap();
+    assert_eq!(list.lines().collect::<Vec<_>>(), berth_runtime::devices::v1_lines(berth_runtime::devices::DEFAULT));
+    let v2 = dirs.iter().find(|d| d.starts_with("/sys/fs/cgroup/unified")).expect("the v2 tree");
+    let progs = berth_runtime::devices::attached_programs(v2).unwrap();
+    assert!(progs.len() == 1 && progs[0].starts_with("berth_dev_"), "{progs:?}");
+    // CRIU restores into the same groups (the restored tree's own child groups included)
+    env.ok(&["snapshot", "create", "dev", "live", "--stateful"]);
+    env.ok(&["snapshot", "restore", "dev", "live"]);
+    check_devices(&env, "dev", "after a stateful restore");
+    env.ok(&["stop", "--stateful", "dev"]);
+    env.ok(&["start", "dev"]);
+    check_devices(&env, "dev", "after a stateful stop and start");
+    assert_eq!(berth_runtime::devices::attached_programs(v2).unwrap(), progs, "attached once, whatever the restarts");
+    // groups a reboot wiped are made again, confined again
+    env.ok(&["stop", "--force", "dev"]);
+    for d in &dirs {
+        std::fs::remove_dir(d).unwrap();
+    }
+    env.ok(&["start", "dev"]);
+    check_devices(&env, "dev", "after its groups were made again");
+}
+
+#[test]
+fn on_pure_cgroup_v2_the_device_program_alone_confines() {
+    if !root_or_skip() {
+        return;
+    }
+    // no devices controller in berthd's view: only the BPF program stands in the way
+    let env = Env::with(Options { cgroup_v2: true, ..Default::default() });
+    env.ok(&["launch", "busybox", "dev2"]);
+    let init = env.init_pid("dev2");
+    let v1 = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    assert!(v1.lines().any(|l| l.contains(":devices:/") && !l.contains(&env.cgroup_parent)), "not in a v1 devices group of berth's: {v1}");
+    make_device_probe(&env, "dev2");
+    check_devices(&env, "dev2", "on cgroup v2");
 }
