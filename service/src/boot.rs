@@ -41,7 +41,9 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
     wanted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for (priority, name, delay) in wanted {
         match engine.start_container(&name, Default::default()).await {
-            Ok(()) => tracing::info!(container = %name, priority, "started at boot (boot.autostart)"),
+            // not `priority`: in the journal that would be PRIORITY, the entry's level (0 is
+            // an emergency, which journald sends to every terminal)
+            Ok(()) => tracing::info!(container = %name, autostart_priority = priority, "started at boot (boot.autostart)"),
             Err(e) => tracing::error!(container = %name, "boot.autostart: {e}"),
         }
         if let Some(d) = delay {
