@@ -4,10 +4,12 @@
 //! systemd READY=1 once init runs, then follows init through a pidfd: a restart or a restore
 //! gives the container a new init, which it follows too; a container that stops without
 //! `systemctl stop` ends it with exit status 1, so the unit fails. SIGTERM (what `systemctl
-//! stop` sends) stops the container gracefully and ends it with status 0.
+//! stop` sends) stops the container gracefully and ends it with status 0; at host shutdown,
+//! when berthd has exited idle and systemd activates nothing any more, it leaves the
+//! container to berth-shutdown.service, which stops after the units.
 
 use crate::{Fail, R};
-use berth_interfaces::client::{ContainerProxy, ManagerProxy};
+use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
 use berth_interfaces::sdnotify::notify;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -18,6 +20,9 @@ use zbus::Variant;
 /// How long a container may be without a running init before its stop counts as final: a
 /// restart or a restore replaces init within this.
 const SETTLE: Duration = Duration::from_secs(5);
+
+/// systemd's answer to a bus activation once the host shuts down.
+const SHUTTING_DOWN: &str = "org.freedesktop.systemd1.ShuttingDown";
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
@@ -77,7 +82,16 @@ pub(crate) async fn supervise(conn: &zbus::Connection, m: &ManagerProxy<'_>, nam
             _ = term.recv() => {
                 notify(&format!("STOPPING=1\nSTATUS=Stopping container {name}"));
                 let none: HashMap<&str, Variant<'_>> = HashMap::new();
-                crate::tolerate(c.stop(&none).await, true)?;
+                match crate::tolerate(c.stop(&none).await, true) {
+                    // berthd had exited idle, and the host shuts down: systemd activates
+                    // nothing now. berth-shutdown.service, which stops after this unit, runs a
+                    // berthd of its own and stops the container.
+                    Err(e) if error_parts(&e).is_some_and(|(n, _)| n == SHUTTING_DOWN) => {
+                        eprintln!("berth: the host shuts down and berthd cannot be activated: berth-shutdown.service stops container {name}");
+                        return Ok(0);
+                    }
+                    r => r?,
+                }
                 return Ok(0);
             }
             // readable: init exited

@@ -41,7 +41,9 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
     wanted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     for (priority, name, delay) in wanted {
         match engine.start_container(&name, Default::default()).await {
-            Ok(()) => tracing::info!(container = %name, priority, "started at boot (boot.autostart)"),
+            // not `priority`: in the journal that would be PRIORITY, the entry's level (0 is
+            // an emergency, which journald sends to every terminal)
+            Ok(()) => tracing::info!(container = %name, autostart_priority = priority, "started at boot (boot.autostart)"),
             Err(e) => tracing::error!(container = %name, "boot.autostart: {e}"),
         }
         if let Some(d) = delay {
@@ -57,19 +59,98 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
 /// `berthd shutdown`: stops every running container over the bus at `bus` (the system bus
 /// when `None`), lowest `boot.autostart.priority` first; prints what it did. Fails when a
 /// container could not be stopped.
-pub async fn shutdown(bus: Option<&str>) -> Result<(), String> {
+///
+/// When no berthd serves, it runs one of its own (this binary with `daemon_args` and
+/// `--no-autostart`) for the while: berthd exits when idle, and once the host shuts down
+/// the bus activates nothing (systemd refuses with `org.freedesktop.systemd1.ShuttingDown`
+/// as soon as dbus.service is to stop), which left the containers to be killed at the end of
+/// the shutdown, ungracefully and in no order.
+pub async fn shutdown(bus: Option<&str>, daemon_args: &[String]) -> Result<(), String> {
     let conn = match bus {
         Some(a) => zbus::connection::Builder::address(a).build().await,
         None => zbus::Connection::system().await,
     }
     .map_err(|e| format!("cannot reach the bus: {e}"))?;
     let m = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+    let mut own = None;
+    let listed = if served(&conn).await { m.list_containers().await } else { Err(zbus::Error::Failure("no berthd serves".into())) };
+    let listed = match listed {
+        Ok(l) => l,
+        // none served, or the one that did exited idle before our call came
+        Err(e) if !served(&conn).await => {
+            own = Some(OwnDaemon::start(&conn, daemon_args).await.map_err(|s| format!("{e}; {s}"))?);
+            m.list_containers().await.map_err(|e| format!("list containers: {e}"))?
+        }
+        Err(e) => return Err(format!("list containers: {e}")),
+    };
+    let r = stop_all(&conn, listed).await;
+    if let Some(d) = own {
+        d.stop().await;
+    }
+    r
+}
+
+/// Whether a berthd owns the bus name.
+async fn served(conn: &zbus::Connection) -> bool {
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else { return false };
+    let Ok(name) = zbus::names::BusName::try_from(berth_interfaces::wire::BUS_NAME) else { return false };
+    dbus.name_has_owner(name).await.unwrap_or(false)
+}
+
+/// A berthd that `berthd shutdown` runs when none serves.
+struct OwnDaemon(tokio::process::Child);
+
+impl OwnDaemon {
+    /// Starts it and waits until it owns the bus name.
+    async fn start(conn: &zbus::Connection, args: &[String]) -> Result<OwnDaemon, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("find berthd: {e}"))?;
+        eprintln!("berthd shutdown: no berthd serves: running {} for the while", exe.display());
+        let mut child = tokio::process::Command::new(&exe)
+            .args(args)
+            .arg("--no-autostart")
+            // our unit's notifications are not its to send
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("run {}: {e}", exe.display()))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if served(conn).await {
+                return Ok(OwnDaemon(child));
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("the berthd it ran exited ({st})"));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err("the berthd it ran did not serve within 90 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then a wait for it to exit (killed after 30 s).
+    async fn stop(mut self) {
+        if let Some(pid) = self.0.id() {
+            // SAFETY: kill of our own child, which we have not reaped yet.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.0.wait()).await.is_err() {
+            let _ = self.0.kill().await;
+        }
+    }
+}
+
+/// Stops the running ones of `listed`, lowest priority first, those of one priority together.
+async fn stop_all(conn: &zbus::Connection, listed: Vec<berth_interfaces::wire::ContainerEntry>) -> Result<(), String> {
     let mut running = Vec::new();
-    for c in m.list_containers().await.map_err(|e| format!("list containers: {e}"))? {
+    for c in listed {
         if c.status != "Running" {
             continue;
         }
-        let proxy = ContainerProxy::builder(&conn)
+        let proxy = ContainerProxy::builder(conn)
             .path(c.path.clone())
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()

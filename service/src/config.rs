@@ -6,9 +6,9 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
               [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--favordynmods]
-              [--idle-timeout SECONDS]
+              [--idle-timeout SECONDS] [--no-autostart]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
-       berthd shutdown [--bus ADDRESS]
+       berthd shutdown [--bus ADDRESS] [the daemon's options]
        berthd --version
 
   --bus ADDRESS        D-Bus address to serve on (default: the activating bus, else
@@ -28,11 +28,15 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
   --idle-timeout SECS  exit after SECS without a call, an operation or a pending
                        authorization; the next call activates berthd again (default 60,
                        0: never)
+  --no-autostart       do not start the boot.autostart containers, even after a host boot
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir
   shutdown             stop every running container through berthd, lowest
                        boot.autostart.priority first, each within its
-                       boot.host_shutdown_timeout (host shutdown runs this)";
+                       boot.host_shutdown_timeout (host shutdown runs this). When no
+                       berthd serves (it exited idle, and the bus activates none once the
+                       host shuts down), runs one for the while, with the daemon's options
+                       given";
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ pub struct Config {
     pub favordynmods: bool,
     /// Exit after this long idle (None: never).
     pub idle_timeout: Option<std::time::Duration>,
+    /// Start no boot.autostart container, even after a host boot.
+    pub no_autostart: bool,
 }
 
 /// `berthd init` settings.
@@ -77,8 +83,9 @@ pub enum Command {
     Run(Config),
     /// Create the storage pool.
     Init(InitOptions),
-    /// Stop every running container (host shutdown); the bus address, if not the system bus.
-    Shutdown(Option<String>),
+    /// Stop every running container (host shutdown); the daemon's settings, for the bus
+    /// address and for a berthd of its own when none serves.
+    Shutdown(Config),
     /// Print usage.
     Help,
     /// Print the version.
@@ -98,6 +105,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         bridge: Some("berthbr0".into()),
         favordynmods: false,
         idle_timeout: Some(std::time::Duration::from_secs(60)),
+        no_autostart: false,
     };
     let mut init: Option<InitOptions> = None;
     let mut shutdown = false;
@@ -117,6 +125,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
+            "--no-autostart" => cfg.no_autostart = true,
             "--favordynmods" => cfg.favordynmods = true,
             // the default since berthd stopped changing host-wide settings unasked
             "--no-favordynmods" => cfg.favordynmods = false,
@@ -164,7 +173,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
     }
     if shutdown {
-        return Ok(Command::Shutdown(cfg.bus));
+        return Ok(Command::Shutdown(cfg));
     }
     Ok(match init {
         Some(mut i) => {
@@ -203,8 +212,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(p(&["--nope"]).is_err());
-        match p(&["shutdown", "--bus", "unix:path=/x"]).unwrap() {
-            Command::Shutdown(bus) => assert_eq!(bus.as_deref(), Some("unix:path=/x")),
+        match p(&["shutdown", "--bus", "unix:path=/x", "--state-dir", "/s"]).unwrap() {
+            Command::Shutdown(c) => assert_eq!((c.bus.as_deref(), c.state_dir), (Some("unix:path=/x"), PathBuf::from("/s"))),
+            other => panic!("{other:?}"),
+        }
+        match p(&["--no-autostart"]).unwrap() {
+            Command::Run(c) => assert!(c.no_autostart),
             other => panic!("{other:?}"),
         }
         assert!(p(&["shutdown", "init"]).is_err());

@@ -213,7 +213,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
     berth_interfaces::sdnotify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
-    tokio::spawn(crate::boot::autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
+    if !cfg.no_autostart {
+        tokio::spawn(crate::boot::autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
+    }
     tokio::spawn(count_messages(conn.clone(), engine.activity().clone()));
     if let Some(period) = berth_interfaces::sdnotify::watchdog_period() {
         tokio::spawn(watchdog(engine.clone(), period));

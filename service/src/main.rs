@@ -6,6 +6,7 @@
 //!   berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME]
 //!          [--busybox PATH]
 //!   berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
+//!   berthd shutdown [--bus ADDRESS] [the daemon's options]
 
 mod boot;
 mod config;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
             println!("berthd {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        config::Command::Shutdown(bus) => {
+        config::Command::Shutdown(cfg) => {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -40,7 +41,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(boot::shutdown(bus.as_deref())) {
+            // a berthd of our own, if need be, gets our options but `shutdown`
+            let mut daemon_args = args.clone();
+            if let Some(i) = daemon_args.iter().position(|a| a == "shutdown") {
+                daemon_args.remove(i);
+            }
+            match rt.block_on(boot::shutdown(cfg.bus.as_deref(), &daemon_args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berthd shutdown: {e}");

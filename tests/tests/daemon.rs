@@ -126,3 +126,65 @@ fn boot_autostart_goes_by_priority_and_host_shutdown_the_other_way() {
         assert_eq!(env.status(n), "Stopped", "{n}");
     }
 }
+
+/// At host shutdown berthd has often exited idle, and systemd activates nothing once dbus.service
+/// is to stop: `berthd shutdown` then runs a berthd of its own (given its options, without
+/// autostart) for the stops, and ends it afterwards.
+#[test]
+fn host_shutdown_runs_a_berthd_of_its_own_when_none_serves() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    env.ok(&["launch", "busybox", "hi", "-c", "boot.autostart.priority=5", "-c", "boot.host_shutdown_timeout=5"]);
+    env.ok(&["launch", "busybox", "lo", "-c", "boot.autostart.priority=1", "-c", "boot.host_shutdown_timeout=5"]);
+    env.ok(&["init", "busybox", "auto", "-c", "boot.autostart=true"]);
+    let (hi, lo) = (env.init_pid("hi"), env.init_pid("lo"));
+    // the bus activates no berthd any more (as systemd refuses to at shutdown) ...
+    let service = env.dir.join("services/org.berth.Berth1.service");
+    let saved = std::fs::read(&service).unwrap();
+    std::fs::remove_file(&service).unwrap();
+    let reload = |env: &Env| {
+        let out = env.busctl(&["call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "ReloadConfig"]);
+        assert!(out.status.success(), "ReloadConfig: {}", text(&out.stderr));
+    };
+    reload(&env);
+    // ... and berthd has exited, since a host boot (which its stand-in must not act on)
+    let pid = env.daemon_pid().expect("berthd runs");
+    // SAFETY: kill of the daemon we started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    berth_tests::wait_for(Duration::from_secs(10), "berthd to exit", || !alive(pid));
+    assert!(!env.name_owned("org.berth.Berth1"));
+    std::fs::write(env.state.join("boot-id"), "a-boot-long-ago").unwrap();
+    assert!(alive(hi) && alive(lo), "the containers run on without berthd");
+
+    let out = berth_tests::run(
+        std::process::Command::new(berth_tests::bin("berthd")).args(["shutdown", "--bus", &env.bus]).args([
+            "--state-dir".as_ref(),
+            env.state.as_os_str(),
+            "--run-dir".as_ref(),
+            env.run.as_os_str(),
+            "--cgroup-parent".as_ref(),
+            env.cgroup_parent.as_ref(),
+            "--bridge".as_ref(),
+            env.bridge.as_ref(),
+            "--monitor".as_ref(),
+            berth_tests::bin("berth-monitor").as_os_str(),
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "berthd shutdown: {}\n{}", text(&out.stderr), text(&out.stdout));
+    assert!(text(&out.stderr).contains("no berthd serves"), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["stopped lo (priority 1)", "stopped hi (priority 5)"], "{lines:?}");
+    assert!(!alive(hi) && !alive(lo), "the containers' inits are gone");
+    assert!(!env.name_owned("org.berth.Berth1"), "the berthd it ran is gone");
+
+    // back to how it was, without a boot to act on
+    std::fs::write(env.state.join("boot-id"), std::fs::read("/proc/sys/kernel/random/boot_id").unwrap()).unwrap();
+    std::fs::write(&service, saved).unwrap();
+    reload(&env);
+    for n in ["hi", "lo", "auto"] {
+        assert_eq!(env.status(n), "Stopped", "{n}");
+    }
+}

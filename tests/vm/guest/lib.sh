@@ -27,7 +27,9 @@ trap '_on_err $?' ERR
 _on_exit() {
   local rc=$?
   trap - ERR
-  if [ "$rc" != 0 ]; then
+  if [ "$rc" = 0 ] && [ -n "${_rebooting:-}" ]; then
+    printf '[%ss] %s: boot %s done\n' "$(_elapsed)" "$test_name" "${vm_boot:-1}"
+  elif [ "$rc" != 0 ]; then
     printf '\n[%ss] %s failed (exit %s); diagnostics:\n' "$(_elapsed)" "$test_name" "$rc"
     diagnostics 2>&1 | sed 's/^/  | /' || true
   else
@@ -103,6 +105,25 @@ wait_for() {
     sleep 0.2
   done
   log "ok: $what"
+}
+
+# ---------------------------------------------------------------------------------------------
+# multi-boot tests (a header line `# berth-vm: boots=N`; see runner)
+# ---------------------------------------------------------------------------------------------
+# which boot of this test this is: 1, then 2... after each reboot_guest
+vm_boot=${BERTH_VM_BOOT:-1}
+# a directory of this test's own that outlives the guest's reboots (the root disk)
+vm_state=/var/lib/berth-vm/state/$test_name
+mkdir -p "$vm_state"
+
+# reboot_guest: end this boot of the test; the runner saves its output, reboots the guest
+# (`systemctl reboot`, an orderly shutdown) and runs the test again with vm_boot one higher
+reboot_guest() {
+  [ -n "${BERTH_VM_REBOOT_REQUEST:-}" ] || fail "reboot_guest: not run by the VM tier's runner"
+  : >"$BERTH_VM_REBOOT_REQUEST"
+  _rebooting=1
+  log "boot $vm_boot ends: the runner reboots the guest"
+  exit 0
 }
 
 # ---------------------------------------------------------------------------------------------
