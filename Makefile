@@ -9,7 +9,7 @@
 CARGO ?= cargo
 DEMO ?= demo
 
-.PHONY: demo test test-vm setup bins bench check-root
+.PHONY: demo test test-vm setup bins bench check-root lint
 
 check-root:
 	@[ "$$(id -u)" = 0 ] || { echo "berth manages system containers: run make as root (sudo make $(MAKECMDGOALS))"; exit 1; }
@@ -26,9 +26,13 @@ demo: setup
 bins:
 	$(CARGO) build --release --locked --workspace --bins
 
-test: setup bins
+test: setup bins lint
 	$(CARGO) test --release --locked --workspace
 	tests/vm/run-all
+
+# the gate every commit passes: clippy with warnings as errors
+lint:
+	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test-vm: setup bins
 	tests/vm/run-all
