@@ -29,6 +29,19 @@ const IFA_LOCAL: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const RTA_GATEWAY: u16 = 5;
 const RTA_OIF: u16 = 4;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_BRIDGE: u8 = 7;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_DATA_VALUE: u16 = 1;
 
 /// One NIC of a container, bridged to a host bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +89,20 @@ impl Msg {
         Msg { buf, nests: Vec::new() }
     }
 
+    /// A message that asks for no answer (a batch's begin or end).
+    fn bare(kind: u16, header: &[u8]) -> Msg {
+        let mut m = Msg::new(kind, 0, header);
+        m.buf[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        m
+    }
+
+    /// Writes the length and the sequence number.
+    fn seal(&mut self, seq: u32) {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+    }
+
     fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Self {
         let len = 4 + data.len();
         self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
@@ -117,6 +144,19 @@ impl Msg {
     }
 }
 
+/// nfgenmsg: family, version 0, resource id (big-endian).
+fn nfgenmsg(family: u8, res_id: u8) -> Vec<u8> {
+    vec![family, 0, 0, res_id]
+}
+
+/// A set element that was not there is what removing it wanted.
+fn absent(e: Error) -> Result<()> {
+    match &e {
+        Error::Os { source, .. } if source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// ifinfomsg: family, type, index, flags, change.
 fn ifinfo(index: i32, flags: u32, change: u32) -> Vec<u8> {
     let mut v = vec![0u8; 16];
@@ -139,14 +179,60 @@ impl Netlink {
         Ok(Netlink { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: 0 })
     }
 
+    /// Opens a netfilter socket (nftables) in the calling thread's network namespace.
+    pub fn open_netfilter() -> Result<Netlink> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        if fd < 0 {
+            return Err(Error::os("open a netfilter netlink socket", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // an answer that never comes must not hang a start
+        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        // SAFETY: setsockopt with a valid timeval.
+        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+        Ok(Netlink { fd, seq: 0 })
+    }
+
+    /// Adds (`add`) or deletes the element `key` of nftables set `set` in bridge table `table`,
+    /// as a batch of its own (nftables takes changes only in batches). Adding an element that
+    /// is there is no error; deleting one that is not is ENOENT.
+    pub fn set_element(&mut self, table: &str, set: &str, key: &[u8], add: bool) -> Result<()> {
+        let what = format!("{} element of nftables set {table}/{set}", if add { "add an" } else { "delete an" });
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | if add { NFT_MSG_NEWSETELEM } else { NFT_MSG_DELSETELEM };
+        let mut m = Msg::new(kind, if add { NLM_F_CREATE } else { 0 }, &nfgenmsg(NFPROTO_BRIDGE, 0));
+        m.str(NFTA_SET_ELEM_LIST_TABLE, table).str(NFTA_SET_ELEM_LIST_SET, set);
+        m.begin(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED).begin(NFTA_LIST_ELEM | NLA_F_NESTED).begin(NFTA_SET_ELEM_KEY | NLA_F_NESTED);
+        m.attr(NFTA_DATA_VALUE, key).end().end().end();
+        // the batch: begin, the message, end; only the message asks for an answer
+        let mut begin = Msg::bare(NFNL_MSG_BATCH_BEGIN, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8));
+        let mut end = Msg::bare(NFNL_MSG_BATCH_END, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8));
+        self.seq += 1;
+        begin.seal(self.seq);
+        self.seq += 1;
+        m.seal(self.seq);
+        end.seal(self.seq + 1);
+        let mut buf = begin.buf;
+        buf.extend_from_slice(&m.buf);
+        buf.extend_from_slice(&end.buf);
+        let r = self.exchange(&buf, &what);
+        self.seq += 1;
+        r
+    }
+
     /// Sends `m` and waits for its acknowledgement.
     fn call(&mut self, m: &mut Msg, what: &str) -> Result<()> {
         self.seq += 1;
-        let len = m.buf.len() as u32;
-        m.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        m.buf[8..12].copy_from_slice(&self.seq.to_ne_bytes());
+        m.seal(self.seq);
+        self.exchange(&m.buf, what)
+    }
+
+    /// Sends `buf` (one or more sealed messages) and waits for the acknowledgement of the one
+    /// numbered `self.seq`.
+    fn exchange(&mut self, out: &[u8], what: &str) -> Result<()> {
         // SAFETY: sending our buffer on our socket (to the kernel: zeroed sockaddr_nl).
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), m.buf.as_ptr().cast(), m.buf.len(), 0) };
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), out.as_ptr().cast(), out.len(), 0) };
         if n < 0 {
             return Err(Error::os(what.to_string(), std::io::Error::last_os_error()));
         }
@@ -165,9 +251,15 @@ impl Netlink {
                 if mlen < 16 {
                     return Err(Error::Protocol(format!("{what}: short netlink message")));
                 }
-                if kind == NLMSG_ERROR && seq == self.seq && off + 20 <= n as usize {
+                if kind == NLMSG_ERROR && off + 20 <= n as usize {
                     let code = i32::from_ne_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
-                    return if code == 0 { Ok(()) } else { Err(Error::os(what.to_string(), std::io::Error::from_raw_os_error(-code))) };
+                    // an error answers any message of ours (a batch's begin or end included)
+                    if code != 0 {
+                        return Err(Error::os(what.to_string(), std::io::Error::from_raw_os_error(-code)));
+                    }
+                    if seq == self.seq {
+                        return Ok(());
+                    }
                 }
                 off += align(mlen);
             }
@@ -421,40 +513,51 @@ pub fn stable_mac(container: &str) -> [u8; 6] {
 /// speak for its own MAC and IPv4 address (or 0.0.0.0, a probe), IPv4 must come from its
 /// address, and VLAN tags are dropped; IPv6 is held to the MAC only (berth gives containers
 /// no IPv6 address). One table per bridge, so that berth never touches another program's
-/// rules; one chain per port, so that a port's rules are replaced or removed whole.
+/// rules. Its rules are fixed; what each port may use is in three sets (`ports`, `macs`,
+/// `ip4s`) whose elements berthd adds and removes over netlink, microseconds a port.
 pub fn guard_table(bridge: &str) -> String {
     format!("berth_{bridge}")
 }
 
-/// The nft script that puts the port of `nic` under guard (idempotent; one transaction).
-fn guard_script(nic: &Nic) -> String {
-    let table = guard_table(&nic.bridge);
-    let port = &nic.host_name;
-    let mac = format_mac(&nic.hwaddr);
-    let mut s = format!(
-        "add table bridge {table}\n\
-         add map bridge {table} ports {{ type ifname : verdict; }}\n\
-         add chain bridge {table} guard {{ type filter hook prerouting priority -200; policy accept; }}\n\
-         flush chain bridge {table} guard\n\
-         add rule bridge {table} guard iifname vmap @ports\n\
-         add chain bridge {table} port_{port}\n\
-         flush chain bridge {table} port_{port}\n\
-         add rule bridge {table} port_{port} ether saddr != {mac} drop\n\
-         add rule bridge {table} port_{port} ether type {{ 0x8100, 0x88a8 }} drop\n\
-         add rule bridge {table} port_{port} arp saddr ether != {mac} drop\n"
-    );
-    match nic.ipv4 {
-        Some((ip, _)) => s.push_str(&format!(
-            "add rule bridge {table} port_{port} arp saddr ip != {{ 0.0.0.0, {ip} }} drop\n\
-             add rule bridge {table} port_{port} ip saddr != {ip} drop\n"
-        )),
-        None => s.push_str(&format!(
-            "add rule bridge {table} port_{port} arp saddr ip != 0.0.0.0 drop\n\
-             add rule bridge {table} port_{port} ether type ip drop\n"
-        )),
+/// The nft script of the table's sets and rules (idempotent; one transaction, so that the
+/// rules are never missing while it runs).
+fn guard_ruleset(bridge: &str) -> String {
+    let t = format!("bridge {}", guard_table(bridge));
+    format!(
+        "add table {t}\n\
+         add set {t} ports {{ type ifname; }}\n\
+         add set {t} macs {{ type ifname . ether_addr; }}\n\
+         add set {t} ip4s {{ type ifname . ipv4_addr; }}\n\
+         add chain {t} guard {{ type filter hook prerouting priority -200; policy accept; }}\n\
+         flush chain {t} guard\n\
+         add rule {t} guard iifname != @ports accept\n\
+         add rule {t} guard ether type {{ 0x8100, 0x88a8 }} drop\n\
+         add rule {t} guard iifname . ether saddr != @macs drop\n\
+         add rule {t} guard iifname . arp saddr ether != @macs drop\n\
+         add rule {t} guard arp saddr ip 0.0.0.0 accept\n\
+         add rule {t} guard iifname . arp saddr ip != @ip4s drop\n\
+         add rule {t} guard iifname . ip saddr != @ip4s drop\n"
+    )
+}
+
+/// The set elements that hold port `port` to `guard`: (set, key) with keys laid out as the
+/// kernel compares them (each part of a concatenation padded to 4 bytes; an interface name
+/// is 16 bytes, NUL-padded). A port with no address gets no `ip4s` element: its IPv4 and ARP
+/// (but probes) are dropped.
+fn guard_elements(port: &str, guard: &Guard) -> Vec<(&'static str, Vec<u8>)> {
+    let mut name = [0u8; 16];
+    let n = port.len().min(15);
+    name[..n].copy_from_slice(&port.as_bytes()[..n]);
+    let mut mac = name.to_vec();
+    mac.extend_from_slice(&guard.0);
+    mac.extend_from_slice(&[0, 0]);
+    let mut out = vec![("ports", name.to_vec()), ("macs", mac)];
+    if let Some((ip, _)) = guard.1 {
+        let mut k = name.to_vec();
+        k.extend_from_slice(&ip.octets());
+        out.push(("ip4s", k));
     }
-    s.push_str(&format!("add element bridge {table} ports {{ \"{port}\" : jump port_{port} }}\n"));
-    s
+    out
 }
 
 /// Runs `nft -f -` with `script`.
@@ -483,6 +586,9 @@ fn nft(script: &str, what: &str) -> Result<()> {
 struct BridgeState {
     subnet: String,
     leases: std::collections::BTreeMap<String, Ipv4Addr>,
+    /// What each guarded port is held to, so that its elements can be removed exactly.
+    #[serde(default)]
+    guards: std::collections::BTreeMap<String, Guard>,
 }
 
 /// What a port is held to: its container's MAC and address.
@@ -498,8 +604,8 @@ pub struct BridgeNetwork {
     pub subnet: (Ipv4Addr, u8),
     file: std::path::PathBuf,
     state: std::sync::Mutex<BridgeState>,
-    /// The ports this process put under guard, with what they were held to.
-    guarded: std::sync::Mutex<std::collections::HashMap<String, Guard>>,
+    /// Whether this process has (re)written the guard table's rules.
+    ruleset: std::sync::Mutex<bool>,
 }
 
 impl BridgeNetwork {
@@ -550,7 +656,7 @@ impl BridgeNetwork {
             subnet,
             file,
             state: std::sync::Mutex::new(state),
-            guarded: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ruleset: std::sync::Mutex::new(false),
         };
         net.save(&net.state.lock().unwrap_or_else(|p| p.into_inner()))?;
         Ok(net)
@@ -587,33 +693,58 @@ impl BridgeNetwork {
     }
 
     /// Holds the port of `nic` to its MAC and address (see [`guard_table`]) before the
-    /// container can send on it. Runs nft once per port and berthd process, or when what the
-    /// port is held to changed (a new MAC or address); a start of a guarded port costs nothing.
+    /// container can send on it: its set elements, added over netlink at every start (a
+    /// reboot empties the sets; adding what is there is no error). The table's rules are
+    /// written by `nft` once per berthd process, at its first guard.
     pub fn guard(&self, nic: &Nic) -> Result<()> {
-        let want = (nic.hwaddr, nic.ipv4);
-        let mut g = self.guarded.lock().unwrap_or_else(|p| p.into_inner());
-        if g.get(&nic.host_name) == Some(&want) {
-            return Ok(());
+        {
+            let mut written = self.ruleset.lock().unwrap_or_else(|p| p.into_inner());
+            if !*written {
+                nft(&guard_ruleset(&self.bridge), &format!("write the guard rules of bridge {}", self.bridge))?;
+                *written = true;
+            }
         }
-        nft(&guard_script(nic), &format!("guard the bridge port {}", nic.host_name))?;
-        g.insert(nic.host_name.clone(), want);
+        let want: Guard = (nic.hwaddr, nic.ipv4);
+        let port = &nic.host_name;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nl = Netlink::open_netfilter()?;
+        let table = guard_table(&self.bridge);
+        if let Some(old) = st.guards.get(port).copied()
+            && old != want
+        {
+            for (set, key) in guard_elements(port, &old) {
+                nl.set_element(&table, set, &key, false).or_else(absent)?;
+            }
+        }
+        for (set, key) in guard_elements(port, &want) {
+            match nl.set_element(&table, set, &key, true) {
+                // the table went (`nft flush ruleset` by a firewall reload): write it again
+                Err(e) if e.errno() == Some(libc::ENOENT) => {
+                    nft(&guard_ruleset(&self.bridge), &format!("write the guard rules of bridge {} again", self.bridge))?;
+                    nl.set_element(&table, set, &key, true)?;
+                }
+                r => r?,
+            }
+        }
+        if st.guards.get(port) != Some(&want) {
+            st.guards.insert(port.clone(), want);
+            self.save(&st)?;
+        }
         Ok(())
     }
 
     /// Removes the guard of `container`'s port (its NIC is gone for good).
     pub fn unguard(&self, container: &str) -> Result<()> {
         let port = host_veth_name(&self.bridge, container, 0);
-        self.guarded.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = st.guards.get(&port).copied() else { return Ok(()) };
+        let mut nl = Netlink::open_netfilter()?;
         let table = guard_table(&self.bridge);
-        // nothing to remove when the port was never guarded (nft refuses the whole script)
-        let listed = std::process::Command::new("nft").args(["list", "chain", "bridge", &table, &format!("port_{port}")]).output();
-        if !listed.is_ok_and(|o| o.status.success()) {
-            return Ok(());
+        for (set, key) in guard_elements(&port, &old) {
+            nl.set_element(&table, set, &key, false).or_else(absent)?;
         }
-        nft(
-            &format!("delete element bridge {table} ports {{ \"{port}\" }}\ndelete chain bridge {table} port_{port}\n"),
-            &format!("remove the guard of the bridge port {port}"),
-        )
+        st.guards.remove(&port);
+        self.save(&st)
     }
 
     /// Forgets `container`'s address.
@@ -673,28 +804,26 @@ mod tests {
 
     #[test]
     fn a_port_is_held_to_its_mac_and_address() {
-        let nic = Nic {
-            name: "eth0".into(),
-            host_name: "vb0123abcd0".into(),
-            bridge: "berthbr0".into(),
-            hwaddr: [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03],
-            ipv4: Some((Ipv4Addr::new(10, 1, 0, 5), 20)),
-            gateway: None,
-            mtu: 0,
-        };
-        let s = guard_script(&nic);
+        let rules = guard_ruleset("berthbr0");
         for rule in [
-            "port_vb0123abcd0 ether saddr != 00:16:3e:01:02:03 drop",
-            "port_vb0123abcd0 arp saddr ether != 00:16:3e:01:02:03 drop",
-            "port_vb0123abcd0 arp saddr ip != { 0.0.0.0, 10.1.0.5 } drop",
-            "port_vb0123abcd0 ip saddr != 10.1.0.5 drop",
-            "ports { \"vb0123abcd0\" : jump port_vb0123abcd0 }",
+            "guard iifname != @ports accept",
+            "guard iifname . ether saddr != @macs drop",
+            "guard iifname . arp saddr ether != @macs drop",
+            "guard iifname . arp saddr ip != @ip4s drop",
+            "guard iifname . ip saddr != @ip4s drop",
         ] {
-            assert!(s.contains(rule), "{rule} in\n{s}");
+            assert!(rules.contains(rule), "{rule} in\n{rules}");
         }
-        assert!(s.lines().all(|l| l.contains(" bridge berth_berthbr0")), "{s}");
-        let s = guard_script(&Nic { ipv4: None, ..nic });
-        assert!(s.contains("port_vb0123abcd0 ether type ip drop"), "{s}");
+        assert!(rules.lines().all(|l| l.contains(" bridge berth_berthbr0")), "{rules}");
+        // keys as the kernel lays out a concatenation: 16 bytes of name, then 4-byte words
+        let g: Guard = ([0x00, 0x16, 0x3e, 0x01, 0x02, 0x03], Some((Ipv4Addr::new(10, 1, 0, 5), 20)));
+        let e = guard_elements("vb0123abcd0", &g);
+        let mut name = b"vb0123abcd0".to_vec();
+        name.resize(16, 0);
+        assert_eq!(e[0], ("ports", name.clone()));
+        assert_eq!(e[1], ("macs", [name.clone(), vec![0x00, 0x16, 0x3e, 0x01, 0x02, 0x03, 0, 0]].concat()));
+        assert_eq!(e[2], ("ip4s", [name, vec![10, 1, 0, 5]].concat()));
+        assert_eq!(guard_elements("vb0123abcd0", &(g.0, None)).len(), 2, "no address, no ip4s element");
     }
 
     #[test]
