@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
               [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--favordynmods]
-              [--idle-timeout SECONDS]
+              [--idle-timeout SECONDS] [--no-scopes]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd shutdown [--bus ADDRESS]
        berthd --version
@@ -28,6 +28,10 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
   --idle-timeout SECS  exit after SECS without a call, an operation or a pending
                        authorization; the next call activates berthd again (default 60,
                        0: never)
+  --no-scopes          keep running containers in berth's own cgroup tree (<parent>/NAME at
+                       the top) also where systemd manages a pure cgroup v2 tree; by default
+                       each gets a transient scope there, <parent>-NAME.scope in
+                       <parent>.slice
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir
   shutdown             stop every running container through berthd, lowest
@@ -57,6 +61,8 @@ pub struct Config {
     pub favordynmods: bool,
     /// Exit after this long idle (None: never).
     pub idle_timeout: Option<std::time::Duration>,
+    /// Give running containers systemd scopes where systemd manages a pure v2 tree.
+    pub scopes: bool,
 }
 
 /// `berthd init` settings.
@@ -98,6 +104,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         bridge: Some("berthbr0".into()),
         favordynmods: false,
         idle_timeout: Some(std::time::Duration::from_secs(60)),
+        scopes: true,
     };
     let mut init: Option<InitOptions> = None;
     let mut shutdown = false;
@@ -117,6 +124,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--busybox" => cfg.busybox = val("--busybox")?.into(),
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
+            "--no-scopes" => cfg.scopes = false,
             "--favordynmods" => cfg.favordynmods = true,
             // the default since berthd stopped changing host-wide settings unasked
             "--no-favordynmods" => cfg.favordynmods = false,
