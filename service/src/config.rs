@@ -194,7 +194,11 @@ mod tests {
     #[test]
     fn parses() {
         match p(&["--state-dir", "/x", "--cgroup-parent", "t1"]).unwrap() {
-            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str()), (PathBuf::from("/x"), "t1")),
+            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str(), c.scopes), (PathBuf::from("/x"), "t1", true)),
+            other => panic!("{other:?}"),
+        }
+        match p(&["--no-scopes"]).unwrap() {
+            Command::Run(c) => assert!(!c.scopes),
             other => panic!("{other:?}"),
         }
         match p(&["init", "--storage", "dir", "--state-dir", "/s"]).unwrap() {
