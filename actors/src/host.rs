@@ -9,7 +9,8 @@ use crate::runtime::{CheckpointStats, MonitorEvent, NewImage, Running, Runtime, 
 use crate::types::{ContainerRecord, ExecRequest};
 use berth_runtime::image::store::Store as ImageStore;
 use berth_runtime::image::template;
-use berth_runtime::cgroup::{ContainerCgroups, Layout};
+use berth_runtime::cgroup::{ContainerCgroups, Layout, ProcessLimit};
+use berth_runtime::systemd::{self, ScopeError, UnitManager};
 use berth_runtime::idmap::IdMap;
 use berth_runtime::monitor::proto::{self, ExitInfo, Reply, Request, TtySize};
 use berth_runtime::spec::{ContainerSpec, DEFAULT_CAP_DROP, RunFiles, default_init_env};
@@ -44,6 +45,9 @@ pub struct HostConfig {
     pub no_idmapped_mounts: bool,
     /// The host bridge containers' `eth0` attach to; None gives containers only `lo`.
     pub bridge: Option<String>,
+    /// systemd's unit manager, on a host systemd runs: on a pure cgroup v2 tree each running
+    /// container then gets a transient scope of its own (see `berth_runtime::systemd`).
+    pub units: Option<Arc<dyn UnitManager>>,
 }
 
 /// The host runtime.
@@ -67,7 +71,14 @@ pub struct HostRuntime {
     filling: std::sync::atomic::AtomicBool,
     /// CRIU processes an earlier berthd left dumping containers, found once (at start).
     orphan_criu: std::sync::OnceLock<Vec<berth_runtime::criu::recover::OrphanCriu>>,
+    /// Set when running containers go in systemd units (systemd manages the host's pure v2
+    /// tree); None where berth keeps its own tree.
+    units: Option<Arc<dyn UnitManager>>,
 }
+
+/// How long a start waits for an earlier run's scope of the same name to go (its monitor
+/// exits right after the stop is answered, and systemd collects the scope once it is empty).
+const SCOPE_GONE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long berthd, starting, waits for a CRIU that an earlier berthd left dumping a
 /// container before killing it. Such a CRIU ends on its own at its next notification (it
@@ -95,7 +106,14 @@ impl HostRuntime {
             Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
             None => None,
         };
+        // systemd's tree: containers go in scopes; elsewhere (hybrid or v1 hosts, no systemd)
+        // berth's own tree as before
+        let units = cfg.units.clone().filter(|_| layout.version() == 2 && layout.unified().is_some() && systemd::booted());
+        if units.is_some() {
+            tracing::info!("cgroups: each running container gets a systemd scope in {}", systemd::scope(&cfg.cgroup_parent, "x").slice);
+        }
         Ok(HostRuntime {
+            units,
             cfg,
             pool,
             layout,
@@ -382,32 +400,89 @@ impl HostRuntime {
         if !spec.rootfs.is_dir() {
             return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
         }
-        spec.cgroups.create()?;
-        let (memory, processes) = crate::config::limits(&rec.config);
-        spec.cgroups.apply_limits(memory, processes)?;
+        if spec.cgroups.unit_dir().is_none() {
+            spec.cgroups.create()?;
+        }
+        let limits = crate::config::limits(&rec.config);
         self.remove_host_veths(rec);
         spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
-        let (init_pid, monitor_pid) = self.start_monitor(&spec)?;
+        let (init_pid, monitor_pid) = self.start_monitor(&spec, limits)?;
         op.set_progress(meta.memory_bytes, Some(meta.memory_bytes));
         Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
     }
 
-    /// Starts the monitor for `spec` (on the standby when a live one waits) and waits for its
-    /// report: (init pid, monitor pid).
-    fn start_monitor(&self, spec: &berth_runtime::spec::ContainerSpec) -> Result<(i32, i32), RuntimeError> {
+    /// Starts the monitor for `spec` (on the standby when a live one waits), with the
+    /// container's `limits` (memory, processes) applied to its groups, and waits for its
+    /// report: (init pid, monitor pid). In berth's own tree the groups exist already; in a
+    /// systemd unit they are made here, once the monitor is in the unit.
+    fn start_monitor(&self, spec: &berth_runtime::spec::ContainerSpec, limits: (Option<u64>, ProcessLimit)) -> Result<(i32, i32), RuntimeError> {
+        let in_unit = spec.cgroups.unit_dir().is_some();
+        if !in_unit {
+            spec.cgroups.apply_limits(limits.0, limits.1)?;
+        }
         let waiting = self.standby.lock().unwrap_or_else(|p| p.into_inner()).take();
         // (a standby that is not usable any more is ended as it is dropped)
         let monitor = match waiting.and_then(|mut m| m.usable().then_some(m)) {
             Some(m) => m,
             None => self.new_monitor()?,
         };
+        if in_unit {
+            // (on failure the monitor is dropped and exits: a scope, empty, goes too)
+            self.place_in_unit(&spec.name, &spec.cgroups, monitor.pid())?;
+            spec.cgroups.apply_limits(limits.0, limits.1)?;
+        }
         Ok(monitor.start(spec)?)
     }
 
+    /// Puts the monitor `pid` (still waiting for its spec) in the container's unit: a new
+    /// scope (systemd moves it there), or the running `berth@NAME.service` that started the
+    /// container; then makes the unit's `monitor/` and `payload/` groups and moves the monitor
+    /// (and a service's own processes) to `monitor/`.
+    fn place_in_unit(&self, name: &str, cg: &ContainerCgroups, pid: u32) -> Result<(), RuntimeError> {
+        let Some(units) = &self.units else { return Err(RuntimeError::Failed("no systemd to place the container with".into())) };
+        let scope = systemd::scope(&self.cfg.cgroup_parent, name);
+        let t0 = std::time::Instant::now();
+        if cg.placement != (berth_runtime::cgroup::Placement::Unit { cgroup: scope.cgroup.clone() }) {
+            // berth@NAME.service: systemd made (and delegated) its group
+            cg.create()?;
+            cg.settle_monitor(pid as i32)?;
+            tracing::info!(container = %name, "placed in berth@{name}.service in {} µs", t0.elapsed().as_micros());
+            return Ok(());
+        }
+        let deadline = t0 + SCOPE_GONE_WAIT;
+        let mut stopped_leftover = false;
+        loop {
+            match units.start_scope(&scope, pid) {
+                Ok(()) => break,
+                // an earlier run's scope: its monitor is on its way out, or systemd has not
+                // collected it yet
+                Err(ScopeError::Exists(_)) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(ScopeError::Exists(_)) if !stopped_leftover => {
+                    // nothing of the container runs (no monitor holds it), so what is left
+                    // in the scope is debris of a dead run
+                    if berth_runtime::monitor::client::Conn::connect(&self.files(name).socket()).is_ok() {
+                        return Err(RuntimeError::Failed(format!("container {name} is already running (in {})", scope.unit)));
+                    }
+                    tracing::warn!(container = %name, "stopping {}, left over from an earlier run", scope.unit);
+                    units.stop_unit(&scope.unit).map_err(|e| RuntimeError::Failed(format!("stop {}: {e}", scope.unit)))?;
+                    stopped_leftover = true;
+                }
+                Err(e) => return Err(RuntimeError::Failed(format!("give container {name} its systemd scope {}: {e}", scope.unit))),
+            }
+        }
+        let t_scope = t0.elapsed();
+        cg.create()?;
+        cg.settle_monitor(pid as i32)?;
+        tracing::info!(container = %name, "placed in {} in {} µs (systemd {} µs)", scope.unit, t0.elapsed().as_micros(), t_scope.as_micros());
+        Ok(())
+    }
+
     /// Runs a new monitor, to wait in the monitors' cgroups (their files are the same for
-    /// every container).
+    /// every container); where containers get systemd units, in berthd's own group until it
+    /// is moved into the unit of the container it starts.
     fn new_monitor(&self) -> Result<berth_runtime::monitor::Standby, berth_runtime::Error> {
-        berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &self.cgroups("").monitor_procs())
+        let join = if self.units.is_some() { Vec::new() } else { self.cgroups("").monitor_procs() };
+        berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &join)
     }
 
     /// Starts a standby monitor unless one waits or is being started. Blocking (one fork and
@@ -433,8 +508,52 @@ impl HostRuntime {
         &self.pool
     }
 
+    /// The groups of container `name`: where containers get systemd units, in its scope, or
+    /// in the `berth@NAME.service` that started it (or in berth's tree while one started
+    /// there by an older berthd still runs in it); else in berth's tree.
     fn cgroups(&self, name: &str) -> ContainerCgroups {
+        let tree = self.tree_cgroups(name);
+        if self.units.is_none() {
+            return tree;
+        }
+        let scoped = tree.clone().in_unit(&systemd::scope(&self.cfg.cgroup_parent, name).cgroup);
+        if scoped.exists() {
+            return scoped;
+        }
+        let service = tree.clone().in_unit(&systemd::service_cgroup(name));
+        if service.exists() {
+            return service;
+        }
+        if tree.exists() && !tree.pids().is_empty() {
+            return tree;
+        }
+        scoped
+    }
+
+    /// The groups of container `name` in berth's own tree.
+    fn tree_cgroups(&self, name: &str) -> ContainerCgroups {
         ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name).delegated_to(self.idmap.uid_base, self.idmap.gid_base)
+    }
+
+    /// Whether `berth@NAME.service` runs (its group holds a process: `berth supervise NAME`,
+    /// in the group itself until a start moved it to `monitor/`).
+    fn service_runs(&self, name: &str) -> bool {
+        let Some(v2) = self.layout.unified() else { return false };
+        let dir = v2.mountpoint.join(systemd::service_cgroup(name));
+        let busy = |d: &Path| std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty());
+        busy(&dir) || busy(&dir.join(berth_runtime::cgroup::MONITOR))
+    }
+
+    /// The groups a new run of container `name` gets: where containers get systemd units,
+    /// those of `berth@NAME.service` while it runs (it is starting the container, or
+    /// restarting it), else a new scope's.
+    fn new_cgroups(&self, name: &str) -> ContainerCgroups {
+        let tree = self.tree_cgroups(name);
+        match self.units {
+            Some(_) if self.service_runs(name) => tree.in_unit(&systemd::service_cgroup(name)),
+            Some(_) => tree.in_unit(&systemd::scope(&self.cfg.cgroup_parent, name).cgroup),
+            None => tree,
+        }
     }
 
     fn files(&self, name: &str) -> RunFiles {
@@ -492,7 +611,7 @@ impl HostRuntime {
             rootfs,
             idmap: self.idmap,
             shifted: rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true"),
-            cgroups: self.cgroups(&rec.name),
+            cgroups: self.new_cgroups(&rec.name),
             init: vec!["/sbin/init".into()],
             env,
             stop_signal,
@@ -526,7 +645,10 @@ impl Runtime for SharedHost {
     async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
         let (h, rec, source) = (self.0.clone(), rec.clone(), source.clone());
         blocking(move || {
-            h.cgroups(&rec.name).create()?;
+            // (a unit's groups are made at each start)
+            if h.units.is_none() {
+                h.cgroups(&rec.name).create()?;
+            }
             let trigger = match &source {
                 VolumeSource::Image => {
                     h.pool.clone_image(&rec.image, &rec.name)?;
@@ -581,6 +703,10 @@ impl Runtime for SharedHost {
         let (h, name) = (self.0.clone(), name.to_string());
         blocking(move || {
             h.cgroups(&name).remove()?;
+            if h.units.is_some() {
+                // what an older berthd made in its own tree (nothing is made there now)
+                h.tree_cgroups(&name).remove()?;
+            }
             h.pool.remove_snapshots(&name)?;
             h.pool.delete_container(&name)?;
             if let Some(net) = &h.network {
@@ -604,14 +730,13 @@ impl Runtime for SharedHost {
             if !spec.rootfs.is_dir() {
                 return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
             }
-            // recreates groups a reboot wiped (made at create, delegated then)
-            if !spec.cgroups.exists() {
+            // recreates groups a reboot wiped (made at create, delegated then); a unit's are
+            // made once the monitor is in it
+            if spec.cgroups.unit_dir().is_none() && !spec.cgroups.exists() {
                 spec.cgroups.create()?;
             }
             h.apply_templates(&rec, "start")?;
-            let (memory, processes) = crate::config::limits(&rec.config);
-            spec.cgroups.apply_limits(memory, processes)?;
-            let (init_pid, monitor_pid) = h.start_monitor(&spec)?;
+            let (init_pid, monitor_pid) = h.start_monitor(&spec, crate::config::limits(&rec.config))?;
             Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
         })
         .await;

@@ -5,6 +5,12 @@
 //! the container confined in all of them); monitors share `<parent>.monitor` so that stopping
 //! berthd's own unit never takes them (or their containers) down. Directories are created when a
 //! container is created, so starting it only writes a pid to each `cgroup.procs`.
+//!
+//! On a pure cgroup v2 host managed by systemd a container is instead placed in a unit systemd
+//! delegated to berth ([`Placement::Unit`]: its transient scope, or the `berth@NAME.service`
+//! that started it): the monitor in `<unit>/monitor`, the container in `<unit>/payload` (v2
+//! allows no processes in a group whose controllers are handed to children). berth writes
+//! nothing outside that unit's group there.
 
 use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -222,6 +228,27 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Where a container's groups are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// berth's own tree: `<parent>/<name>` in every hierarchy, monitors in `<parent>.monitor`.
+    #[default]
+    Tree,
+    /// A systemd unit's group delegated to berth, `cgroup` (relative to the v2 mount, e.g.
+    /// `berth.slice/berth-web.scope`): the monitor in `monitor/`, the container in `payload/`.
+    /// systemd creates the unit's group (and removes it with the unit); berth only its two
+    /// children.
+    Unit {
+        /// The unit's group, relative to the cgroup2 mount, without a leading `/`.
+        cgroup: String,
+    },
+}
+
+/// The child of a unit's group that holds the container (its cgroup namespace root).
+pub const PAYLOAD: &str = "payload";
+/// The child of a unit's group that holds the container's monitor.
+pub const MONITOR: &str = "monitor";
+
 /// The cgroups of one container (and the shared monitor cgroup) on this host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerCgroups {
@@ -235,6 +262,9 @@ pub struct ContainerCgroups {
     /// does, so that an init such as systemd can make and manage groups below its own.
     #[serde(default)]
     pub owner: Option<(u32, u32)>,
+    /// Where the groups are.
+    #[serde(default)]
+    pub placement: Placement,
 }
 
 /// The process limit (`pids.max`) a container's cgroups get.
@@ -249,7 +279,31 @@ pub enum ProcessLimit {
 impl ContainerCgroups {
     /// The cgroups for container `name` under `parent`.
     pub fn new(layout: Layout, parent: &str, name: &str) -> Self {
-        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string(), owner: None }
+        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string(), owner: None, placement: Placement::Tree }
+    }
+
+    /// The same, placed in the delegated unit group `cgroup` (see [`Placement::Unit`]). Only
+    /// for a pure v2 layout.
+    pub fn in_unit(mut self, cgroup: &str) -> Self {
+        self.placement = Placement::Unit { cgroup: cgroup.trim_matches('/').to_string() };
+        self
+    }
+
+    /// The unit's group, when the container is placed in one (on the v2 mount).
+    pub fn unit_dir(&self) -> Option<PathBuf> {
+        match &self.placement {
+            Placement::Tree => None,
+            Placement::Unit { cgroup } => Some(self.layout.unified()?.mountpoint.join(cgroup)),
+        }
+    }
+
+    /// The container's group relative to each hierarchy's root, with a leading `/` (CRIU's
+    /// cgroup root for a restore).
+    pub fn relative_dir(&self) -> String {
+        match &self.placement {
+            Placement::Tree => format!("/{}/{}", self.parent, self.name),
+            Placement::Unit { cgroup } => format!("/{cgroup}/{PAYLOAD}"),
+        }
     }
 
     /// The same, delegated to the container's root (`uid`, `gid` on the host).
@@ -260,7 +314,15 @@ impl ContainerCgroups {
 
     /// The container's directory in each hierarchy.
     pub fn dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.layout.hierarchies.iter().map(|h| h.mountpoint.join(&self.parent).join(&self.name))
+        self.layout.hierarchies.iter().filter_map(|h| self.dir_in(h))
+    }
+
+    /// The container's directory in hierarchy `h` (a unit placement has one only in v2).
+    fn dir_in(&self, h: &Hierarchy) -> Option<PathBuf> {
+        match &self.placement {
+            Placement::Tree => Some(h.mountpoint.join(&self.parent).join(&self.name)),
+            Placement::Unit { cgroup } => h.is_v2().then(|| h.mountpoint.join(cgroup).join(PAYLOAD)),
+        }
     }
 
     /// The container's directory in the hierarchy carrying `controller` (v1) or the v2 tree.
@@ -271,18 +333,42 @@ impl ContainerCgroups {
             .iter()
             .find(|h| h.has_controller(controller))
             .or_else(|| if self.layout.version() == 2 { self.layout.unified() } else { None })?;
-        Some(h.mountpoint.join(&self.parent).join(&self.name))
+        self.dir_in(h)
     }
 
-    /// The monitors' shared directory in each hierarchy.
+    /// The monitors' shared directory in each hierarchy (in a unit: its monitor's).
     fn monitor_dirs(&self) -> impl Iterator<Item = (&Hierarchy, PathBuf)> + '_ {
         let m = format!("{}.monitor", self.parent);
-        self.layout.hierarchies.iter().map(move |h| (h, h.mountpoint.join(&m)))
+        self.layout.hierarchies.iter().filter_map(move |h| match &self.placement {
+            Placement::Tree => Some((h, h.mountpoint.join(&m))),
+            Placement::Unit { cgroup } => h.is_v2().then(|| (h, h.mountpoint.join(cgroup).join(MONITOR))),
+        })
     }
 
     /// Creates the parent, monitor and container directories where missing, and delegates the
-    /// container's to its root. Idempotent.
+    /// container's to its root. Idempotent. In a unit, only the unit's `monitor/` and
+    /// `payload/` are made: the unit's own group must exist (systemd makes it).
     pub fn create(&self) -> Result<()> {
+        if let Some(unit) = self.unit_dir() {
+            if !unit.is_dir() {
+                return Err(Error::os(format!("use the cgroup of the container's unit {}", unit.display()), std::io::ErrorKind::NotFound.into()));
+            }
+            for d in [unit.join(MONITOR), unit.join(PAYLOAD)] {
+                match std::fs::create_dir(&d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::os(format!("create cgroup {}", d.display()), e)),
+                }
+            }
+            // the unit is new at each start (systemd removes it with its last process)
+            if let Some(h) = self.layout.unified() {
+                crate::devices::confine(h, &unit.join(PAYLOAD))?;
+            }
+            if let Some((uid, gid)) = self.owner {
+                delegate(&unit.join(PAYLOAD), uid, gid)?;
+            }
+            return Ok(());
+        }
         for h in &self.layout.hierarchies {
             let parent = h.mountpoint.join(&self.parent);
             ensure_dir(h, &parent, &h.mountpoint)?;
@@ -310,6 +396,32 @@ impl ContainerCgroups {
         for d in self.dirs() {
             let p = d.join("cgroup.procs");
             crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// In a unit: moves `pid` (the monitor) into `monitor/`, and with it whatever else runs in
+    /// the unit's own group (a service's main process), then hands the unit's controllers to
+    /// its children, which v2 allows only once the group itself holds no process.
+    /// [`Self::create`] must have run. Does nothing in berth's tree.
+    pub fn settle_monitor(&self, pid: libc::pid_t) -> Result<()> {
+        let Some(unit) = self.unit_dir() else { return Ok(()) };
+        self.attach_monitor(pid)?;
+        if let Ok(procs) = std::fs::read_to_string(unit.join("cgroup.procs")) {
+            for p in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+                match self.attach_monitor(p) {
+                    Ok(()) => {}
+                    // (exited meanwhile)
+                    Err(e) if e.errno() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let controllers = std::fs::read_to_string(unit.join("cgroup.controllers")).step(|| format!("read {}", unit.join("cgroup.controllers").display()))?;
+        let want: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+        if !want.is_empty() {
+            let p = unit.join("cgroup.subtree_control");
+            crate::sys::write_file(&p, want.join(" ").as_bytes()).step(|| format!("enable {} in {}", controllers.trim(), p.display()))?;
         }
         Ok(())
     }
@@ -365,9 +477,9 @@ impl ContainerCgroups {
     /// (on a hybrid host the v2 tree has no controllers, so no freezer).
     pub fn freezer_dir(&self) -> Option<PathBuf> {
         if let Some(h) = self.layout.hierarchies.iter().find(|h| h.has_controller("freezer")) {
-            return Some(h.mountpoint.join(&self.parent).join(&self.name));
+            return self.dir_in(h);
         }
-        let d = self.layout.unified()?.mountpoint.join(&self.parent).join(&self.name);
+        let d = self.dir_in(self.layout.unified()?)?;
         d.join("cgroup.freeze").exists().then_some(d)
     }
 
@@ -424,7 +536,8 @@ impl ContainerCgroups {
     }
 
     /// Kills whatever is left in the container's cgroups and removes its directories
-    /// (deepest first). Idempotent: missing directories are fine.
+    /// (deepest first). Idempotent: missing directories are fine. In a unit, its `monitor/`
+    /// goes too (the unit's own group is systemd's, removed with the unit).
     pub fn remove(&self) -> Result<()> {
         for _attempt in 0..50 {
             let pids = self.pids();
@@ -439,6 +552,11 @@ impl ContainerCgroups {
         }
         for d in self.dirs() {
             remove_tree(&d).step(|| format!("remove cgroup {}", d.display()))?;
+        }
+        if let Some(unit) = self.unit_dir() {
+            let d = unit.join(MONITOR);
+            // busy while the monitor still runs in it: then its unit goes with it
+            let _ = remove_tree(&d);
         }
         Ok(())
     }
@@ -601,6 +719,44 @@ mod tests {
         assert_eq!(l.version(), 2);
         let cg = ContainerCgroups::new(l, "berth", "web");
         assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/berth/web"));
+    }
+
+    #[test]
+    fn a_unit_placement_keeps_everything_in_the_unit_s_group() {
+        let l = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+        let scope = crate::systemd::scope("berth", "my-web");
+        let cg = ContainerCgroups::new(l, "berth", "my-web").in_unit(&scope.cgroup);
+        let unit = Path::new("/sys/fs/cgroup/berth.slice/berth-my\\x2dweb.scope");
+        assert_eq!(cg.unit_dir().unwrap(), unit);
+        assert_eq!(cg.dirs().collect::<Vec<_>>(), [unit.join("payload")]);
+        assert_eq!(cg.dir_for("memory").unwrap(), unit.join("payload"));
+        assert_eq!(cg.monitor_procs(), [unit.join("monitor/cgroup.procs")]);
+        assert_eq!(cg.relative_dir(), "/berth.slice/berth-my\\x2dweb.scope/payload");
+        // the spec travels to the monitor as JSON, and a spec without a placement is berth's tree
+        let back: ContainerCgroups = serde_json::from_str(&serde_json::to_string(&cg).unwrap()).unwrap();
+        assert_eq!(back.placement, cg.placement);
+        let mut old = serde_json::to_value(&cg).unwrap();
+        old.as_object_mut().unwrap().remove("placement");
+        let old: ContainerCgroups = serde_json::from_value(old).unwrap();
+        assert_eq!(old.placement, Placement::Tree);
+        assert_eq!(old.relative_dir(), "/berth/my-web");
+        assert_eq!(old.monitor_procs(), [Path::new("/sys/fs/cgroup/berth.monitor/cgroup.procs")]);
+    }
+
+    #[test]
+    fn a_unit_placement_makes_nothing_without_its_unit() {
+        let tmp = std::env::temp_dir().join(format!("berth-cg-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let mi = format!("30 25 0:26 / {} rw - cgroup2 cgroup2 rw\n", tmp.display());
+        let cg = ContainerCgroups::new(Layout::parse(&mi), "berth", "c1").in_unit("berth.slice/berth-c1.scope");
+        assert!(cg.create().is_err());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "nothing made outside the unit");
+        std::fs::create_dir_all(tmp.join("berth.slice/berth-c1.scope")).unwrap();
+        cg.create().unwrap();
+        assert!(tmp.join("berth.slice/berth-c1.scope/payload").is_dir() && tmp.join("berth.slice/berth-c1.scope/monitor").is_dir());
+        assert!(cg.exists());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod sys;
+pub mod systemd;
 
 pub use error::{Error, Result};
 pub mod image;

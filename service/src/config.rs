@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent NAME] [--busybox PATH]
               [--monitor PATH] [--no-idmapped-mounts] [--bridge NAME|none] [--favordynmods]
-              [--idle-timeout SECONDS] [--no-autostart]
+              [--idle-timeout SECONDS] [--no-autostart] [--no-scopes]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd shutdown [--bus ADDRESS] [the daemon's options]
        berthd --version
@@ -29,6 +29,10 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
                        authorization; the next call activates berthd again (default 60,
                        0: never)
   --no-autostart       do not start the boot.autostart containers, even after a host boot
+  --no-scopes          keep running containers in berth's own cgroup tree (<parent>/NAME at
+                       the top) also where systemd manages a pure cgroup v2 tree; by default
+                       each gets a transient scope there, <parent>-NAME.scope in
+                       <parent>.slice
   init                 create the default storage pool: btrfs (on a loop file when the state
                        directory is not on btrfs) when btrfs-progs is installed, else dir
   shutdown             stop every running container through berthd, lowest
@@ -63,6 +67,8 @@ pub struct Config {
     pub idle_timeout: Option<std::time::Duration>,
     /// Start no boot.autostart container, even after a host boot.
     pub no_autostart: bool,
+    /// Give running containers systemd scopes where systemd manages a pure v2 tree.
+    pub scopes: bool,
 }
 
 /// `berthd init` settings.
@@ -106,6 +112,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         favordynmods: false,
         idle_timeout: Some(std::time::Duration::from_secs(60)),
         no_autostart: false,
+        scopes: true,
     };
     let mut init: Option<InitOptions> = None;
     let mut shutdown = false;
@@ -126,6 +133,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--monitor" => cfg.monitor = Some(val("--monitor")?.into()),
             "--no-idmapped-mounts" => cfg.no_idmapped_mounts = true,
             "--no-autostart" => cfg.no_autostart = true,
+            "--no-scopes" => cfg.scopes = false,
             "--favordynmods" => cfg.favordynmods = true,
             // the default since berthd stopped changing host-wide settings unasked
             "--no-favordynmods" => cfg.favordynmods = false,
@@ -195,7 +203,11 @@ mod tests {
     #[test]
     fn parses() {
         match p(&["--state-dir", "/x", "--cgroup-parent", "t1"]).unwrap() {
-            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str()), (PathBuf::from("/x"), "t1")),
+            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str(), c.scopes), (PathBuf::from("/x"), "t1", true)),
+            other => panic!("{other:?}"),
+        }
+        match p(&["--no-scopes"]).unwrap() {
+            Command::Run(c) => assert!(!c.scopes),
             other => panic!("{other:?}"),
         }
         match p(&["init", "--storage", "dir", "--state-dir", "/s"]).unwrap() {

@@ -170,6 +170,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             helper,
             no_idmapped_mounts: cfg.no_idmapped_mounts,
             bridge: cfg.bridge.clone(),
+            units: (cfg.scopes && berth_runtime::systemd::booted()).then(|| {
+                let s = Arc::new(crate::systemd::Systemd::new(tokio::runtime::Handle::current()));
+                s.warm();
+                s as Arc<dyn berth_runtime::systemd::UnitManager>
+            }),
         },
         pool,
     )

@@ -12,6 +12,7 @@ mod boot;
 mod config;
 mod daemon;
 mod logging;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -75,7 +75,7 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     for h in &spec.cgroups.layout.hierarchies {
         let mut r = rpc::Cgroup_root::new();
         r.set_ctrl(h.v1_options.clone().unwrap_or_default());
-        r.set_path(format!("/{}/{}", spec.cgroups.parent, spec.cgroups.name));
+        r.set_path(spec.cgroups.relative_dir());
         o.cg_root.push(r);
     }
     let mut req = rpc::Criu_req::new();

@@ -95,6 +95,11 @@ impl Standby {
         Ok(Standby { child, exe: exe.to_path_buf(), join: join.to_vec() })
     }
 
+    /// The waiting process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process still waits and runs the binary now installed (an upgrade since it
     /// started makes it an older monitor than berthd expects).
     pub fn usable(&mut self) -> bool {
@@ -106,7 +111,9 @@ impl Standby {
     /// could take the spec is replaced by a new one, once.
     /// Returns (init pid, monitor pid).
     pub fn start(self, spec: &ContainerSpec) -> Result<(i32, i32)> {
-        self.start_or_replace(spec, true)
+        // one placed in a systemd unit cannot be swapped for a new process
+        let replace = spec.cgroups.unit_dir().is_none();
+        self.start_or_replace(spec, replace)
     }
 
     fn start_or_replace(mut self, spec: &ContainerSpec, replace: bool) -> Result<(i32, i32)> {
@@ -277,7 +284,10 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
     if !spec.cgroups.exists() {
         spec.cgroups.create()?;
     }
-    if joined != spec.cgroups.monitor_procs() {
+    // in a systemd unit berthd has put this process in its group already (see
+    // `ContainerCgroups::settle_monitor`)
+    let in_unit = spec.cgroups.unit_dir().is_some();
+    if !in_unit && joined != spec.cgroups.monitor_procs() {
         spec.cgroups.attach_monitor(0)?;
     }
     let _ = std::fs::remove_file(files.exit_record());
@@ -304,6 +314,7 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
         checkpointing: false,
         deadline: None,
         console_log,
+        term: None,
     })
 }
 
@@ -350,6 +361,50 @@ fn set_nonblocking(fd: RawFd) {
         let fl = libc::fcntl(fd, libc::F_GETFL);
         libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
+}
+
+/// How long a container whose systemd unit is stopped (`systemctl stop berth-web.scope`) gets
+/// to power off before its init is killed: well within the default 90 s systemd waits.
+const UNIT_STOP_MS: u64 = 30_000;
+
+/// The write end of the pipe that SIGTERM is reported on, and the monitor's pid (a child
+/// forked from the monitor inherits the handler until it execs, and must not report).
+static TERM_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static TERM_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_term(_: libc::c_int) {
+    use std::sync::atomic::Ordering;
+    // SAFETY: getpid and write are async-signal-safe; the fd stays open for the process's life.
+    unsafe {
+        let fd = TERM_PIPE.load(Ordering::Relaxed);
+        if fd >= 0 && libc::getpid() == TERM_PID.load(Ordering::Relaxed) {
+            let b = 1u8;
+            libc::write(fd, (&b as *const u8).cast(), 1);
+        }
+    }
+}
+
+/// Reports SIGTERM on a pipe, whose read end is returned: in a systemd unit, stopping the unit
+/// (`systemctl stop`) sends SIGTERM to every process in it, and the monitor answers by stopping
+/// its container as `berth stop` would, so that berthd hears that it stopped.
+fn watch_sigterm() -> Option<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    let (r, w) = sys::pipe_cloexec().ok()?;
+    set_nonblocking(r.as_raw_fd());
+    set_nonblocking(w.as_raw_fd());
+    TERM_PID.store(std::process::id() as i32, Ordering::Relaxed);
+    TERM_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::Relaxed);
+    // SAFETY: installing a handler that only calls async-signal-safe functions.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+    }
+    Some(r)
 }
 
 /// The console log: appended, rotated to `.1` when it passes its size limit.
@@ -422,9 +477,12 @@ struct Monitor {
     checkpointing: bool,
     deadline: Option<Instant>,
     console_log: ConsoleLog,
+    /// SIGTERM arrives here (in a systemd unit only).
+    term: Option<OwnedFd>,
 }
 
 enum Slot {
+    Term,
     Listener,
     Init,
     Console,
@@ -440,6 +498,9 @@ impl Monitor {
         let mut buf = vec![0u8; proto::MAX_MESSAGE];
         let mut trimmer: Option<Trimmer> = None; // built at the first idle moment, off the start path
         let mut busy = true; // something happened since the last trim
+        if self.spec.cgroups.unit_dir().is_some() {
+            self.term = watch_sigterm();
+        }
         loop {
             let mut pfds = Vec::with_capacity(4 + self.clients.len() + self.execs.len());
             let mut slots = Vec::with_capacity(pfds.capacity());
@@ -447,6 +508,9 @@ impl Monitor {
                 pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
                 slots.push(slot);
             };
+            if let Some(t) = &self.term {
+                add(t.as_raw_fd(), Slot::Term);
+            }
             add(self.listener.as_raw_fd(), Slot::Listener);
             add(self.init.pidfd.as_raw_fd(), Slot::Init);
             add(self.init.console.as_raw_fd(), Slot::Console);
@@ -492,6 +556,9 @@ impl Monitor {
                     continue;
                 }
                 match slot {
+                    Slot::Term => {
+                        self.take_sigterm();
+                    }
                     Slot::Listener => self.accept(),
                     Slot::Console => self.drain_console(&mut buf),
                     Slot::Client(id) => self.read_client(id, &mut buf),
@@ -514,6 +581,23 @@ impl Monitor {
                 self.clients.retain(|c| c.id != e.client);
             }
         }
+    }
+
+    /// Whether SIGTERM came (drains its pipe); if so, stops the container: its unit is being
+    /// stopped.
+    fn take_sigterm(&mut self) -> bool {
+        let Some(t) = &self.term else { return false };
+        let mut buf = [0u8; 16];
+        // SAFETY: reading into a local buffer from our non-blocking pipe.
+        let n = unsafe { libc::read(t.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return false;
+        }
+        if !self.stopping {
+            log("SIGTERM: the container's systemd unit is stopping; stopping the container");
+            self.stop(self.spec.stop_signal, UNIT_STOP_MS);
+        }
+        true
     }
 
     fn accept(&mut self) {
@@ -642,7 +726,9 @@ impl Monitor {
             (None, Some(libc::WTERMSIG(status)))
         };
         // reboot(2) inside a pid namespace kills its init with SIGHUP (restart) or SIGINT
-        // (power off / halt).
+        // (power off / halt). A unit stop also signals init (busybox's reboots on SIGTERM):
+        // no restart then.
+        self.take_sigterm();
         if signal == Some(libc::SIGHUP) && !self.stopping {
             log("init asked for a reboot; starting the container again");
             match launch::start(&self.spec) {

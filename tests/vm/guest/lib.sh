@@ -166,14 +166,15 @@ status_is() { [ "$(container_status "$1")" = "$2" ]; }
 container_exists() { berth list --format json | jq -e --arg n "$1" 'any(.[]; .name == $n)' >/dev/null; }
 
 # container_cgroup NAME: the container's cgroup v2 directory: the ancestor of its init's group
-# (or that group itself) named after the container
+# (or that group itself) named after the container, or the payload/ group of its systemd unit
 container_cgroup() {
   local pid rel
   pid=$(container_pid "$1")
   if [ -z "$pid" ] || [ "$pid" = 0 ]; then fail "container $1 has no init pid"; fi
   rel=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
   [ -n "$rel" ] || fail "/proc/$pid/cgroup has no v2 entry: $(cat "/proc/$pid/cgroup")"
-  while [ -n "$rel" ] && [ "$rel" != / ] && [ "$(basename "$rel")" != "$1" ]; do rel=$(dirname "$rel"); done
-  [ "$(basename "$rel")" = "$1" ] || fail "init ($pid) of $1 is in $(sed -n 's/^0:://p' "/proc/$pid/cgroup"), under no group named $1"
+  _is_container_group() { [ "$(basename "$1")" = "$2" ] || [[ "$1" =~ \.(scope|service)/payload$ ]]; }
+  while [ -n "$rel" ] && [ "$rel" != / ] && ! _is_container_group "$rel" "$1"; do rel=$(dirname "$rel"); done
+  _is_container_group "$rel" "$1" || fail "init ($pid) of $1 is in $(sed -n 's/^0:://p' "/proc/$pid/cgroup"), under no group named $1 or payload"
   echo "/sys/fs/cgroup$rel"
 }
