@@ -208,6 +208,17 @@ fn remount_args(m: &CgroupMount) -> (libc::c_ulong, String) {
     (flags, data.join(","))
 }
 
+/// Whether `dir` is on a cgroup2 file system (a unit's group always is; the unit tests
+/// stand one in with a plain directory, where no device program can attach).
+fn on_cgroup2(dir: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c) = crate::sys::cpath(dir) else { return false };
+    // SAFETY: statfs is plain data.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == CGROUP2_SUPER_MAGIC }
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space).
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -361,7 +372,9 @@ impl ContainerCgroups {
                 }
             }
             // the unit is new at each start (systemd removes it with its last process)
-            if let Some(h) = self.layout.unified() {
+            if let Some(h) = self.layout.unified()
+                && on_cgroup2(&unit)
+            {
                 crate::devices::confine(h, &unit.join(PAYLOAD))?;
             }
             if let Some((uid, gid)) = self.owner {
