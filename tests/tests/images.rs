@@ -392,7 +392,9 @@ fn an_image_that_would_overflow_the_pool_is_refused() {
     assert!(bomb.len() < 1 << 20);
     let o = import(&env, &write(&env, "bomb.tar.zst", &bomb), &[]);
     // the image is not at fault: this host has no room for it
-    assert!(text(&o.stderr).contains("ImportFailed") && text(&o.stderr).contains("more than the storage pool can hold"), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    // stopped by berth's bound, or by the pool itself when btrfs runs out a little before it
+    assert!(err.contains("ImportFailed") && (err.contains("more than the storage pool can hold") || err.contains("ran out of space")), "{err}");
     assert_eq!(store_state(&env), before);
 }
 

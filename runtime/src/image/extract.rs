@@ -330,13 +330,6 @@ impl Extractor {
                 self.set_dir_meta(tree, &rel, &e)?;
             }
             Kind::File => {
-                self.report.bytes = self.report.bytes.saturating_add(e.size);
-                if self.report.bytes > self.limits.max_bytes {
-                    return Err(Error::os(
-                        format!("the image unpacks to more than {} bytes, more than the storage pool can hold", self.limits.max_bytes),
-                        io::Error::from_raw_os_error(libc::ENOSPC),
-                    ));
-                }
                 self.replace(pfd, &cname, &e.path)?;
                 // SAFETY: openat of a single component relative to our parent fd, never
                 // following a symlink, creating exclusively.
@@ -348,10 +341,23 @@ impl Extractor {
                 }
                 // SAFETY: fresh fd.
                 let file = unsafe { std::fs::File::from_raw_fd(fd) };
-                let written = copy_exact(data, &file, e.size, &e.path, e.sparse)?;
-                if written != e.size {
+                // No more is written than the pool can hold (one byte past it tells): a header
+                // may claim any size, so what counts is the data that comes. An archive that
+                // ends first is truncated (the image's fault); one whose data goes on past
+                // the pool's room is too big for this host (not the image's fault).
+                let room = self.limits.max_bytes.saturating_sub(self.report.bytes);
+                let want = e.size.min(room.saturating_add(1));
+                let written = copy_exact(data, &file, want, &e.path, e.sparse)?;
+                if written != want {
                     return Err(invalid(format!("truncated archive: {} is shorter than its header says", show(&e.path))));
                 }
+                if want < e.size {
+                    return Err(Error::os(
+                        format!("the image unpacks to more than {} bytes, more than the storage pool can hold", self.limits.max_bytes),
+                        io::Error::from_raw_os_error(libc::ENOSPC),
+                    ));
+                }
+                self.report.bytes = self.report.bytes.saturating_add(e.size);
                 set_owner_mode(file.as_raw_fd(), &e)?;
                 set_xattrs(file.as_raw_fd(), &e);
                 let ts = [libc::timespec { tv_sec: e.mtime, tv_nsec: 0 }; 2];
