@@ -185,6 +185,11 @@ impl Systemd {
                 ("Slice", Value::from(scope.slice.as_str())),
                 ("Delegate", Value::from(true)),
                 ("CollectMode", Value::from("inactive-or-failed")),
+                // at host shutdown units stop in the reverse of their start order: the
+                // scope after berth-shutdown.service, whose ExecStop stops the containers
+                // gracefully, lowest boot.autostart.priority first (systemd would otherwise
+                // SIGTERM every scope at once, in no order)
+                ("Before", Value::from(vec!["berth-shutdown.service"])),
                 ("PIDs", Value::from(vec![pid])),
             ];
             let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
