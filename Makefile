@@ -30,8 +30,9 @@ test: setup bins lint
 	$(CARGO) test --release --locked --workspace
 	tests/vm/run-all
 
-# the gate every commit passes: clippy with warnings as errors
+# the gate every commit passes: rustfmt's layout, and clippy with warnings as errors
 lint:
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --locked --workspace --all-targets -- -D warnings
 
 test-vm: setup bins

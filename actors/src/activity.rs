@@ -19,7 +19,12 @@ struct Inner {
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity { inner: Arc::new(Inner { busy: AtomicUsize::new(0), last: Mutex::new(Instant::now()) }) }
+        Activity {
+            inner: Arc::new(Inner {
+                busy: AtomicUsize::new(0),
+                last: Mutex::new(Instant::now()),
+            }),
+        }
     }
 }
 
@@ -42,7 +47,9 @@ impl Activity {
     pub fn hold(&self) -> Busy {
         self.inner.busy.fetch_add(1, Ordering::SeqCst);
         self.touch();
-        Busy { activity: self.clone() }
+        Busy {
+            activity: self.clone(),
+        }
     }
 
     /// Records that something happened now (a message arrived, a call ended).
@@ -55,7 +62,13 @@ impl Activity {
         if self.inner.busy.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(self.inner.last.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+        Some(
+            self.inner
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
     }
 }
 

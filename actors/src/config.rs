@@ -15,7 +15,11 @@ struct Key {
 }
 
 const KEYS: &[Key] = &[
-    Key { name: "boot.autostart", check: check_bool, help: "start the container when berth starts after a host boot" },
+    Key {
+        name: "boot.autostart",
+        check: check_bool,
+        help: "start the container when berth starts after a host boot",
+    },
     Key {
         name: "boot.autostart.delay",
         check: check_seconds,
@@ -31,10 +35,26 @@ const KEYS: &[Key] = &[
         check: check_seconds,
         help: "seconds a stop at host shutdown waits for the container before killing it (default 30)",
     },
-    Key { name: "boot.stop_signal", check: check_signal, help: "signal asking init to power off (default: by init)" },
-    Key { name: "boot.stop_timeout", check: check_seconds, help: "seconds a graceful stop waits before killing" },
-    Key { name: "limits.memory", check: check_memory, help: "memory limit, e.g. 512MiB (at least 4MiB)" },
-    Key { name: "limits.processes", check: check_count, help: "maximum number of processes" },
+    Key {
+        name: "boot.stop_signal",
+        check: check_signal,
+        help: "signal asking init to power off (default: by init)",
+    },
+    Key {
+        name: "boot.stop_timeout",
+        check: check_seconds,
+        help: "seconds a graceful stop waits before killing",
+    },
+    Key {
+        name: "limits.memory",
+        check: check_memory,
+        help: "memory limit, e.g. 512MiB (at least 4MiB)",
+    },
+    Key {
+        name: "limits.processes",
+        check: check_count,
+        help: "maximum number of processes",
+    },
     Key {
         name: "migration.stateful",
         check: check_bool,
@@ -73,11 +93,16 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 /// is refused.
 pub fn validate_user_config(config: &BTreeMap<String, String>) -> Result<()> {
     if config.len() > MAX_KEYS {
-        return Err(Error::InvalidConfig(format!("{} config keys; a container may have at most {MAX_KEYS}", config.len())));
+        return Err(Error::InvalidConfig(format!(
+            "{} config keys; a container may have at most {MAX_KEYS}",
+            config.len()
+        )));
     }
     let bytes: usize = config.iter().map(|(k, v)| k.len() + v.len()).sum();
     if bytes > MAX_CONFIG_BYTES {
-        return Err(Error::InvalidConfig(format!("the config holds {bytes} bytes; at most {MAX_CONFIG_BYTES} are allowed")));
+        return Err(Error::InvalidConfig(format!(
+            "the config holds {bytes} bytes; at most {MAX_CONFIG_BYTES} are allowed"
+        )));
     }
     for (k, v) in config {
         validate_key(k, v)?;
@@ -88,26 +113,36 @@ pub fn validate_user_config(config: &BTreeMap<String, String>) -> Result<()> {
 /// Checks one user-supplied key and value.
 pub fn validate_key(key: &str, value: &str) -> Result<()> {
     let invalid = |m: String| Err(Error::InvalidConfig(m));
-    if key.is_empty() || key.len() > 256 || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if key.is_empty() || key.len() > 256 || key.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return invalid(format!("invalid config key {key:?}"));
     }
     if value.len() > 64 * 1024 {
         return invalid(format!("config value of {key:?} is longer than 64 KiB"));
     }
     if key.starts_with("volatile.") {
-        return invalid(format!("config key {key:?} is managed by berth and cannot be set"));
+        return invalid(format!(
+            "config key {key:?} is managed by berth and cannot be set"
+        ));
     }
     if let Some(prefix) = FREE.iter().find(|p| key.starts_with(**p)) {
         if key.len() == prefix.len() {
             return invalid(format!("config key {key:?} needs a name after {prefix:?}"));
         }
-        if *prefix == "environment." && !key[prefix.len()..].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return invalid(format!("environment variable name in {key:?} must be [A-Za-z0-9_]"));
+        if *prefix == "environment."
+            && !key[prefix.len()..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(format!(
+                "environment variable name in {key:?} must be [A-Za-z0-9_]"
+            ));
         }
         return Ok(());
     }
     match KEYS.iter().find(|k| k.name == key) {
-        Some(k) => (k.check)(value).map_err(|why| Error::InvalidConfig(format!("{key}={value:?}: {why} ({})", k.help))),
+        Some(k) => (k.check)(value)
+            .map_err(|why| Error::InvalidConfig(format!("{key}={value:?}: {why} ({})", k.help))),
         None => invalid(format!(
             "unknown config key {key:?} (known: {}, and user.*, environment.*)",
             KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
@@ -116,7 +151,9 @@ pub fn validate_key(key: &str, value: &str) -> Result<()> {
 }
 
 fn check_bool(v: &str) -> Result<(), String> {
-    parse_bool(v).map(drop).ok_or_else(|| "expected true or false".into())
+    parse_bool(v)
+        .map(drop)
+        .ok_or_else(|| "expected true or false".into())
 }
 
 /// Parses LXD-style booleans.
@@ -129,25 +166,37 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 }
 
 fn check_signal(v: &str) -> Result<(), String> {
-    berth_runtime::sys::parse_signal(v).map(drop).ok_or_else(|| "expected a signal name or number".into())
+    berth_runtime::sys::parse_signal(v)
+        .map(drop)
+        .ok_or_else(|| "expected a signal name or number".into())
 }
 
 fn check_seconds(v: &str) -> Result<(), String> {
-    v.parse::<u32>().map(drop).map_err(|_| "expected a number of seconds".into())
+    v.parse::<u32>()
+        .map(drop)
+        .map_err(|_| "expected a number of seconds".into())
 }
 
 fn check_priority(v: &str) -> Result<(), String> {
-    v.parse::<i32>().map(drop).map_err(|_| "expected an integer".into())
+    v.parse::<i32>()
+        .map(drop)
+        .map_err(|_| "expected an integer".into())
 }
 
 /// Where a container stands in boot order: `boot.autostart.priority` (default 0).
 pub fn autostart_priority(config: &BTreeMap<String, String>) -> i32 {
-    config.get("boot.autostart.priority").and_then(|v| v.parse().ok()).unwrap_or(0)
+    config
+        .get("boot.autostart.priority")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A whole number of seconds from `key` of `config`, if set and valid.
 pub fn seconds(config: &BTreeMap<String, String>, key: &str) -> Option<std::time::Duration> {
-    config.get(key).and_then(|v| v.parse::<u32>().ok()).map(|s| std::time::Duration::from_secs(s.into()))
+    config
+        .get(key)
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|s| std::time::Duration::from_secs(s.into()))
 }
 
 fn check_count(v: &str) -> Result<(), String> {

@@ -3,20 +3,20 @@
 //! (which forwards container operations to the container's own actor).
 
 use crate::container::ContainerMsg;
+use crate::container::ContainerMsg as CMsg;
 use crate::error::{Error, Result};
 use crate::events::{Event, Events};
-use crate::container::ContainerMsg as CMsg;
 use crate::manager::{ManagerActor, ManagerArgs, ManagerMsg};
 use crate::operation::{Operation, Operations};
 use crate::runtime::Runtime;
 use crate::store::{Db, Store, StoreActor};
 use crate::types::{
-    ContainerInfo, ContainerSummary, CopyRequest, CreateRequest, Created, ExecRequest, HostInfo, ImageOptions, ImageRecord,
-    SnapshotRecord, StartOptions, StopOptions, validate_name,
+    ContainerInfo, ContainerSummary, CopyRequest, CreateRequest, Created, ExecRequest, HostInfo,
+    ImageOptions, ImageRecord, SnapshotRecord, StartOptions, StopOptions, validate_name,
 };
+use ractor::{Actor, ActorRef, RactorErr, RpcReplyPort};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use ractor::{Actor, ActorRef, RactorErr, RpcReplyPort};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -34,7 +34,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("manager", &self.manager).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("manager", &self.manager)
+            .finish_non_exhaustive()
     }
 }
 
@@ -52,17 +54,40 @@ impl Engine {
         let store = Store::new(store_actor);
         let events = Events::default();
         let ops = Operations::new(events.clone());
-        let args = ManagerArgs { store: store.clone(), runtime: runtime.clone(), events: events.clone(), ops: ops.clone() };
+        let args = ManagerArgs {
+            store: store.clone(),
+            runtime: runtime.clone(),
+            events: events.clone(),
+            ops: ops.clone(),
+        };
         let (manager, _) = Actor::spawn(None, ManagerActor, args)
             .await
             .map_err(|e| Error::Store(format!("start the manager: {e}")))?;
-        Ok(Engine { manager, runtime, store, events, ops, host: Arc::new(host), activity: Default::default() })
+        Ok(Engine {
+            manager,
+            runtime,
+            store,
+            events,
+            ops,
+            host: Arc::new(host),
+            activity: Default::default(),
+        })
     }
 
     /// Stops the actors (containers keep running under their monitors).
     pub async fn shutdown(&self) {
-        let _ = self.manager.stop_and_wait(Some("shutdown".into()), Some(std::time::Duration::from_secs(10))).await;
-        let _ = self.store.actor().stop_and_wait(None, Some(std::time::Duration::from_secs(5))).await;
+        let _ = self
+            .manager
+            .stop_and_wait(
+                Some("shutdown".into()),
+                Some(std::time::Duration::from_secs(10)),
+            )
+            .await;
+        let _ = self
+            .store
+            .actor()
+            .stop_and_wait(None, Some(std::time::Duration::from_secs(5)))
+            .await;
     }
 
     /// Calls in flight and when the engine was last used (for the daemon's idle exit).
@@ -100,7 +125,8 @@ impl Engine {
         if !(req.name.is_empty() && req.pick_name) {
             validate_name(&req.name)?;
         }
-        ractor::call!(self.manager, ManagerMsg::Create, Box::new(req)).map_err(gone("the manager"))?
+        ractor::call!(self.manager, ManagerMsg::Create, Box::new(req))
+            .map_err(gone("the manager"))?
     }
 
     /// Every container.
@@ -119,7 +145,8 @@ impl Engine {
         self.manager
             .send_message(ManagerMsg::ToContainer(name.to_string(), build(tx.into())))
             .map_err(|_| Error::Unavailable("the manager".into()))?;
-        rx.await.unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))))
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))))
     }
 
     /// A container's current info.
@@ -131,7 +158,8 @@ impl Engine {
     /// Starts a container (restoring the state a stateful stop saved, unless `stateless`).
     pub async fn start_container(&self, name: &str, opts: StartOptions) -> Result<()> {
         let _busy = self.activity.hold();
-        self.to_container(name, |r| ContainerMsg::Start(opts, r)).await
+        self.to_container(name, |r| ContainerMsg::Start(opts, r))
+            .await
     }
 
     /// Copies a container, or one of its snapshots, to a new container.
@@ -141,19 +169,32 @@ impl Engine {
     }
 
     /// Takes a snapshot (an empty name picks `snapN`).
-    pub async fn create_snapshot(&self, container: &str, name: &str, stateful: bool, uid: u32) -> Result<SnapshotRecord> {
+    pub async fn create_snapshot(
+        &self,
+        container: &str,
+        name: &str,
+        stateful: bool,
+        uid: u32,
+    ) -> Result<SnapshotRecord> {
         let _busy = self.activity.hold();
         if !name.is_empty() {
             validate_name(name)?;
         }
         let name = name.to_string();
-        self.to_container(container, |reply| ContainerMsg::CreateSnapshot { name, stateful, uid, reply }).await
+        self.to_container(container, |reply| ContainerMsg::CreateSnapshot {
+            name,
+            stateful,
+            uid,
+            reply,
+        })
+        .await
     }
 
     /// A container's snapshots, oldest first.
     pub async fn list_snapshots(&self, container: &str) -> Result<Vec<SnapshotRecord>> {
         let _busy = self.activity.hold();
-        self.to_container(container, ContainerMsg::ListSnapshots).await
+        self.to_container(container, ContainerMsg::ListSnapshots)
+            .await
     }
 
     /// The log of the last checkpoint or restore of a container, if any (at most the last
@@ -161,15 +202,21 @@ impl Engine {
     pub async fn criu_log(&self, name: &str) -> Result<Option<(String, String)>> {
         let _busy = self.activity.hold();
         self.container(name).await?;
-        let Some(path) = self.runtime.criu_log(name) else { return Ok(None) };
+        let Some(path) = self.runtime.criu_log(name) else {
+            return Ok(None);
+        };
         let text = tokio::task::spawn_blocking(move || {
             use std::io::{Read, Seek, SeekFrom};
             let mut f = std::fs::File::open(&path).ok()?;
             let len = f.metadata().ok()?.len();
-            f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).ok()?;
+            f.seek(SeekFrom::Start(len.saturating_sub(256 << 10)))
+                .ok()?;
             let mut buf = Vec::new();
             f.read_to_end(&mut buf).ok()?;
-            Some((path.display().to_string(), String::from_utf8_lossy(&buf).into_owned()))
+            Some((
+                path.display().to_string(),
+                String::from_utf8_lossy(&buf).into_owned(),
+            ))
         })
         .await
         .ok()
@@ -187,24 +234,49 @@ impl Engine {
     pub async fn snapshot(&self, container: &str, name: &str) -> Result<SnapshotRecord> {
         let _busy = self.activity.hold();
         validate_name(name)?;
-        self.to_container(container, |r| ContainerMsg::GetSnapshot(name.to_string(), r)).await
+        self.to_container(container, |r| {
+            ContainerMsg::GetSnapshot(name.to_string(), r)
+        })
+        .await
     }
 
     /// Restores a snapshot (`stateful`: its running state too; None: what it holds).
-    pub async fn restore_snapshot(&self, container: &str, name: &str, stateful: Option<bool>, uid: u32) -> Result<()> {
+    pub async fn restore_snapshot(
+        &self,
+        container: &str,
+        name: &str,
+        stateful: Option<bool>,
+        uid: u32,
+    ) -> Result<()> {
         let _busy = self.activity.hold();
         validate_name(name)?;
         let name = name.to_string();
-        self.to_container(container, |reply| ContainerMsg::RestoreSnapshot { name, stateful, uid, reply }).await
+        self.to_container(container, |reply| ContainerMsg::RestoreSnapshot {
+            name,
+            stateful,
+            uid,
+            reply,
+        })
+        .await
     }
 
     /// Renames a snapshot.
-    pub async fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<SnapshotRecord> {
+    pub async fn rename_snapshot(
+        &self,
+        container: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<SnapshotRecord> {
         let _busy = self.activity.hold();
         validate_name(from)?;
         validate_name(to)?;
         let (from, to) = (from.to_string(), to.to_string());
-        self.to_container(container, |reply| ContainerMsg::RenameSnapshot { from, to, reply }).await
+        self.to_container(container, |reply| ContainerMsg::RenameSnapshot {
+            from,
+            to,
+            reply,
+        })
+        .await
     }
 
     /// Deletes a snapshot.
@@ -212,31 +284,39 @@ impl Engine {
         let _busy = self.activity.hold();
         validate_name(name)?;
         let name = name.to_string();
-        self.to_container(container, |reply| ContainerMsg::DeleteSnapshot { name, reply }).await
+        self.to_container(container, |reply| ContainerMsg::DeleteSnapshot {
+            name,
+            reply,
+        })
+        .await
     }
 
     /// Stops a container.
     pub async fn stop_container(&self, name: &str, opts: StopOptions) -> Result<()> {
         let _busy = self.activity.hold();
-        self.to_container(name, |r| ContainerMsg::Stop(opts, r)).await
+        self.to_container(name, |r| ContainerMsg::Stop(opts, r))
+            .await
     }
 
     /// Restarts a container.
     pub async fn restart_container(&self, name: &str, opts: StopOptions) -> Result<()> {
         let _busy = self.activity.hold();
-        self.to_container(name, |r| ContainerMsg::Restart(opts, r)).await
+        self.to_container(name, |r| ContainerMsg::Restart(opts, r))
+            .await
     }
 
     /// Deletes a container.
     pub async fn delete_container(&self, name: &str, force: bool) -> Result<()> {
         let _busy = self.activity.hold();
-        self.to_container(name, |reply| ContainerMsg::Delete { force, reply }).await
+        self.to_container(name, |reply| ContainerMsg::Delete { force, reply })
+            .await
     }
 
     /// Runs a process in a container; returns its exit status.
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32> {
         let _busy = self.activity.hold();
-        self.to_container(name, |r| ContainerMsg::Exec(Box::new(req), r)).await
+        self.to_container(name, |r| ContainerMsg::Exec(Box::new(req), r))
+            .await
     }
 
     /// Every image.
@@ -248,39 +328,84 @@ impl Engine {
     /// An image by alias, fingerprint or unique prefix.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::ResolveImage, reference.to_string()).map_err(gone("the manager"))?
+        ractor::call!(
+            self.manager,
+            ManagerMsg::ResolveImage,
+            reference.to_string()
+        )
+        .map_err(gone("the manager"))?
     }
 
     /// Builds an image from a built-in recipe (an operation).
-    pub async fn build_image(&self, recipe: &str, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+    pub async fn build_image(
+        &self,
+        recipe: &str,
+        opts: ImageOptions,
+        uid: u32,
+    ) -> Result<(ImageRecord, Created)> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, |reply| ManagerMsg::BuildImage { recipe: recipe.to_string(), opts, uid, reply })
-            .map_err(gone("the manager"))?
+        ractor::call!(self.manager, |reply| ManagerMsg::BuildImage {
+            recipe: recipe.to_string(),
+            opts,
+            uid,
+            reply
+        })
+        .map_err(gone("the manager"))?
     }
 
     /// Imports an image from open files (an operation).
-    pub async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+    pub async fn import_image(
+        &self,
+        archive: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        opts: ImageOptions,
+        uid: u32,
+    ) -> Result<(ImageRecord, Created)> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, |reply| ManagerMsg::ImportImage { archive, rootfs, opts, uid, reply })
-            .map_err(gone("the manager"))?
+        ractor::call!(self.manager, |reply| ManagerMsg::ImportImage {
+            archive,
+            rootfs,
+            opts,
+            uid,
+            reply
+        })
+        .map_err(gone("the manager"))?
     }
 
     /// Publishes a stopped container, or a snapshot of any container, as a new image (an
     /// operation).
-    pub async fn publish(&self, name: &str, snapshot: Option<&str>, opts: ImageOptions, uid: u32) -> Result<(ImageRecord, Created)> {
+    pub async fn publish(
+        &self,
+        name: &str,
+        snapshot: Option<&str>,
+        opts: ImageOptions,
+        uid: u32,
+    ) -> Result<(ImageRecord, Created)> {
         let _busy = self.activity.hold();
         if let Some(s) = snapshot {
             validate_name(s)?;
         }
         let snapshot = snapshot.map(str::to_string);
         let sn = snapshot.clone();
-        let (record, source) = self.to_container(name, |r| CMsg::BeginPublish(sn, r)).await?;
+        let (record, source) = self
+            .to_container(name, |r| CMsg::BeginPublish(sn, r))
+            .await?;
         let sn = snapshot.clone();
-        let res = ractor::call!(self.manager, |reply| ManagerMsg::Publish { record: Box::new(record), source, snapshot: sn, opts, uid, reply });
+        let res = ractor::call!(self.manager, |reply| ManagerMsg::Publish {
+            record: Box::new(record),
+            source,
+            snapshot: sn,
+            opts,
+            uid,
+            reply
+        });
         match res {
             Ok(r) => r,
             Err(_) => {
-                let _ = self.manager.cast(ManagerMsg::ToContainer(name.to_string(), CMsg::EndPublish(snapshot)));
+                let _ = self.manager.cast(ManagerMsg::ToContainer(
+                    name.to_string(),
+                    CMsg::EndPublish(snapshot),
+                ));
                 Err(Error::Unavailable("the manager".into()))
             }
         }
@@ -289,31 +414,68 @@ impl Engine {
     /// Points an alias at an image.
     pub async fn add_image_alias(&self, reference: &str, alias: &str) -> Result<ImageRecord> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::AddAlias, reference.to_string(), alias.to_string()).map_err(gone("the manager"))?
+        ractor::call!(
+            self.manager,
+            ManagerMsg::AddAlias,
+            reference.to_string(),
+            alias.to_string()
+        )
+        .map_err(gone("the manager"))?
     }
 
     /// Removes an alias.
     pub async fn remove_image_alias(&self, alias: &str) -> Result<()> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::RemoveAlias, alias.to_string()).map_err(gone("the manager"))?
+        ractor::call!(self.manager, ManagerMsg::RemoveAlias, alias.to_string())
+            .map_err(gone("the manager"))?
     }
 
     /// Renames an alias.
     pub async fn rename_image_alias(&self, from: &str, to: &str) -> Result<()> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::RenameAlias, from.to_string(), to.to_string()).map_err(gone("the manager"))?
+        ractor::call!(
+            self.manager,
+            ManagerMsg::RenameAlias,
+            from.to_string(),
+            to.to_string()
+        )
+        .map_err(gone("the manager"))?
     }
 
     /// Sets (empty value: removes) image properties.
-    pub async fn set_image_properties(&self, reference: &str, props: BTreeMap<String, String>) -> Result<ImageRecord> {
+    pub async fn set_image_properties(
+        &self,
+        reference: &str,
+        props: BTreeMap<String, String>,
+    ) -> Result<ImageRecord> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::SetImageProperties, reference.to_string(), props).map_err(gone("the manager"))?
+        ractor::call!(
+            self.manager,
+            ManagerMsg::SetImageProperties,
+            reference.to_string(),
+            props
+        )
+        .map_err(gone("the manager"))?
     }
 
     /// Writes an image's file(s) to open files; returns the bytes written.
-    pub async fn export_image(&self, reference: &str, out: OwnedFd, rootfs: Option<OwnedFd>, uid: u32) -> Result<u64> {
+    pub async fn export_image(
+        &self,
+        reference: &str,
+        out: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        uid: u32,
+    ) -> Result<u64> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::ExportImage, reference.to_string(), out, rootfs, uid).map_err(gone("the manager"))?
+        ractor::call!(
+            self.manager,
+            ManagerMsg::ExportImage,
+            reference.to_string(),
+            out,
+            rootfs,
+            uid
+        )
+        .map_err(gone("the manager"))?
     }
 
     /// Live operations.
@@ -329,7 +491,8 @@ impl Engine {
     /// Deletes an image.
     pub async fn delete_image(&self, reference: &str) -> Result<()> {
         let _busy = self.activity.hold();
-        ractor::call!(self.manager, ManagerMsg::DeleteImage, reference.to_string()).map_err(gone("the manager"))?
+        ractor::call!(self.manager, ManagerMsg::DeleteImage, reference.to_string())
+            .map_err(gone("the manager"))?
     }
 
     /// The Manager actor (tests).

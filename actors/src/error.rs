@@ -144,7 +144,11 @@ impl std::fmt::Display for Op {
 impl Error {
     /// A host failure of `op` on `what`.
     pub fn runtime(op: Op, what: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        Error::Runtime { op, what: what.into(), detail: e.to_string() }
+        Error::Runtime {
+            op,
+            what: what.into(),
+            detail: e.to_string(),
+        }
     }
 }
 

@@ -88,7 +88,9 @@ pub struct Events {
 
 impl Default for Events {
     fn default() -> Self {
-        Events { tx: broadcast::channel(CAPACITY).0 }
+        Events {
+            tx: broadcast::channel(CAPACITY).0,
+        }
     }
 }
 

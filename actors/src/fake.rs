@@ -3,7 +3,10 @@
 //! it, and tests can make a container power off by itself or a start fail.
 
 use crate::operation::Operation;
-use crate::runtime::{CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot, VolumeSource};
+use crate::runtime::{
+    CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot,
+    VolumeSource,
+};
 use crate::types::{ContainerRecord, ExecRequest};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -51,7 +54,12 @@ pub struct FakeRuntime {
 impl FakeRuntime {
     /// A fresh fake.
     pub fn new() -> Self {
-        FakeRuntime { inner: Mutex::new(Inner { next_pid: 1000, ..Default::default() }) }
+        FakeRuntime {
+            inner: Mutex::new(Inner {
+                next_pid: 1000,
+                ..Default::default()
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -73,7 +81,9 @@ impl FakeRuntime {
         let mut i = self.lock();
         i.running.remove(name);
         for w in i.watchers.remove(name).unwrap_or_default() {
-            let _ = w.send(MonitorEvent::Exited { reason: "poweroff".into() });
+            let _ = w.send(MonitorEvent::Exited {
+                reason: "poweroff".into(),
+            });
         }
     }
 
@@ -99,15 +109,27 @@ impl FakeRuntime {
 
     /// Snapshot directories of `name` (committed or staged), as (id, committed).
     pub fn snapshot_dirs(&self, name: &str) -> Vec<(String, bool)> {
-        let mut v: Vec<(String, bool)> =
-            self.lock().snapshots.iter().filter(|((c, _), _)| c == name).map(|((_, id), s)| (id.clone(), s.committed)).collect();
+        let mut v: Vec<(String, bool)> = self
+            .lock()
+            .snapshots
+            .iter()
+            .filter(|((c, _), _)| c == name)
+            .map(|((_, id), s)| (id.clone(), s.committed))
+            .collect();
         v.sort();
         v
     }
 
     /// Stages snapshot files as an interrupted capture would leave them (no row).
     pub fn capture_snapshot_for_test(&self, name: &str, id: &str) {
-        self.lock().snapshots.insert((name.into(), id.into()), FakeSnapshot { files: String::new(), committed: false, state: false });
+        self.lock().snapshots.insert(
+            (name.into(), id.into()),
+            FakeSnapshot {
+                files: String::new(),
+                committed: false,
+                state: false,
+            },
+        );
     }
 
     /// Whether a stateful stop saved a state for `name`.
@@ -132,7 +154,10 @@ impl FakeRuntime {
 
     fn new_run(i: &mut Inner, name: &str) -> Running {
         i.next_pid += 1;
-        let run = Running { init_pid: i.next_pid, monitor_pid: i.next_pid + 10_000 };
+        let run = Running {
+            init_pid: i.next_pid,
+            monitor_pid: i.next_pid + 10_000,
+        };
         i.running.insert(name.to_string(), run);
         run
     }
@@ -145,14 +170,25 @@ impl FakeRuntime {
 
 #[ractor::async_trait]
 impl Runtime for FakeRuntime {
-    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
+    async fn provision(
+        &self,
+        rec: &ContainerRecord,
+        source: &VolumeSource,
+    ) -> Result<BTreeMap<String, String>, RuntimeError> {
         let mut i = self.lock();
         let files = match source {
             VolumeSource::Image if !i.images.contains(&rec.image) => {
-                return Err(RuntimeError::InvalidImage(format!("image {} has no volume", rec.image)));
+                return Err(RuntimeError::InvalidImage(format!(
+                    "image {} has no volume",
+                    rec.image
+                )));
             }
             VolumeSource::Image => format!("image {}", rec.image),
-            VolumeSource::Container(c) => i.files.get(c).cloned().ok_or_else(|| RuntimeError::Failed(format!("{c} has no files")))?,
+            VolumeSource::Container(c) => i
+                .files
+                .get(c)
+                .cloned()
+                .ok_or_else(|| RuntimeError::Failed(format!("{c} has no files")))?,
             VolumeSource::Snapshot { container, id } => i
                 .snapshots
                 .get(&(container.clone(), id.clone()))
@@ -163,7 +199,10 @@ impl Runtime for FakeRuntime {
         i.files.insert(rec.name.clone(), files);
         i.provisioned.insert(rec.name.clone());
         i.log.push(format!("provision {}", rec.name));
-        Ok(BTreeMap::from([("volatile.idmap.base".to_string(), "1000000".to_string())]))
+        Ok(BTreeMap::from([(
+            "volatile.idmap.base".to_string(),
+            "1000000".to_string(),
+        )]))
     }
 
     async fn deprovision(&self, name: &str) -> Result<(), RuntimeError> {
@@ -191,23 +230,42 @@ impl Runtime for FakeRuntime {
         Ok(Self::new_run(&mut i, &rec.name))
     }
 
-    async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
+    async fn stop(
+        &self,
+        rec: &ContainerRecord,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
         let delay = {
             let mut i = self.lock();
-            i.log.push(format!("stop {}{}", rec.name, if force { " force" } else { "" }));
+            i.log.push(format!(
+                "stop {}{}",
+                rec.name,
+                if force { " force" } else { "" }
+            ));
             if !i.running.contains_key(&rec.name) {
                 return Err(RuntimeError::NotRunning);
             }
-            if force { Duration::ZERO } else { i.stop_delay.min(timeout) }
+            if force {
+                Duration::ZERO
+            } else {
+                i.stop_delay.min(timeout)
+            }
         };
         tokio::time::sleep(delay).await;
         let mut i = self.lock();
         if i.running.remove(&rec.name).is_none() {
             return Ok("already gone".into());
         }
-        let reason = if force || delay >= timeout && timeout > Duration::ZERO { "killed" } else { "poweroff" };
+        let reason = if force || delay >= timeout && timeout > Duration::ZERO {
+            "killed"
+        } else {
+            "poweroff"
+        };
         for w in i.watchers.remove(&rec.name).unwrap_or_default() {
-            let _ = w.send(MonitorEvent::Exited { reason: reason.into() });
+            let _ = w.send(MonitorEvent::Exited {
+                reason: reason.into(),
+            });
         }
         Ok(reason.into())
     }
@@ -226,7 +284,10 @@ impl Runtime for FakeRuntime {
         Ok(Vec::new())
     }
 
-    async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
+    async fn watch(
+        &self,
+        name: &str,
+    ) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
         let mut i = self.lock();
         if !i.running.contains_key(name) {
             return Err(RuntimeError::NotRunning);
@@ -240,9 +301,14 @@ impl Runtime for FakeRuntime {
         if !self.lock().running.contains_key(name) {
             return Err(RuntimeError::NotRunning);
         }
-        self.lock().log.push(format!("exec {name} {}", req.argv.join(" ")));
+        self.lock()
+            .log
+            .push(format!("exec {name} {}", req.argv.join(" ")));
         if let Some(out) = req.stdio[1].as_ref() {
-            let mut f = std::fs::File::from(out.try_clone().map_err(|e| RuntimeError::Failed(e.to_string()))?);
+            let mut f = std::fs::File::from(
+                out.try_clone()
+                    .map_err(|e| RuntimeError::Failed(e.to_string()))?,
+            );
             let _ = writeln!(f, "{}", req.argv.join(" "));
         }
         Ok(match req.argv.first().map(String::as_str) {
@@ -252,20 +318,32 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn build_image(
+        &self,
+        recipe: &str,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
         if recipe != "busybox" {
             return Err(RuntimeError::Invalid(format!("unknown recipe {recipe:?}")));
         }
         op.set_progress(1234, Some(1234));
         let fp = format!("{:064x}", 0xb05b0c5u64);
         if known.contains(&fp) {
-            return Ok(NewImage { fingerprint: fp, known: true, ..Default::default() });
+            return Ok(NewImage {
+                fingerprint: fp,
+                known: true,
+                ..Default::default()
+            });
         }
         self.lock().images.insert(fp.clone());
         Ok(NewImage {
             fingerprint: fp,
             architecture: "x86_64".into(),
-            properties: BTreeMap::from([("os".to_string(), "busybox".to_string()), ("description".to_string(), "fake busybox".to_string())]),
+            properties: BTreeMap::from([
+                ("os".to_string(), "busybox".to_string()),
+                ("description".to_string(), "fake busybox".to_string()),
+            ]),
             created_at_us: 1,
             size: 1234,
             ..Default::default()
@@ -273,24 +351,40 @@ impl Runtime for FakeRuntime {
     }
 
     /// The fake "image format": any bytes not starting with `bad`; the fingerprint is a hash.
-    async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn import_image(
+        &self,
+        archive: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
         let mut data = Vec::new();
-        std::fs::File::from(archive).read_to_end(&mut data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        std::fs::File::from(archive)
+            .read_to_end(&mut data)
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
         if let Some(r) = rootfs {
-            std::fs::File::from(r).read_to_end(&mut data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+            std::fs::File::from(r)
+                .read_to_end(&mut data)
+                .map_err(|e| RuntimeError::Failed(e.to_string()))?;
         }
         if op.cancelled() {
             return Err(RuntimeError::Cancelled);
         }
         op.set_progress(data.len() as u64, Some(data.len() as u64));
         if data.starts_with(b"bad") || data.is_empty() {
-            return Err(RuntimeError::InvalidImage("the fake cannot read this archive".into()));
+            return Err(RuntimeError::InvalidImage(
+                "the fake cannot read this archive".into(),
+            ));
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         data.hash(&mut h);
         let fp = format!("{:064x}", h.finish());
         if known.contains(&fp) {
-            return Ok(NewImage { fingerprint: fp, known: true, ..Default::default() });
+            return Ok(NewImage {
+                fingerprint: fp,
+                known: true,
+                ..Default::default()
+            });
         }
         let mut i = self.lock();
         i.images.insert(fp.clone());
@@ -305,20 +399,46 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn publish(&self, rec: &ContainerRecord, _source: &VolumeSource, properties: BTreeMap<String, String>, _known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn publish(
+        &self,
+        rec: &ContainerRecord,
+        _source: &VolumeSource,
+        properties: BTreeMap<String, String>,
+        _known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
         op.set_progress(1, Some(1));
         let fp = format!("{:064x}", crate::types::now_us());
         let mut i = self.lock();
         i.log.push(format!("publish {}", rec.name));
         i.images.insert(fp.clone());
         i.archives.insert(fp.clone(), rec.name.as_bytes().to_vec());
-        Ok(NewImage { fingerprint: fp, architecture: rec.architecture.clone(), properties, size: 1, ..Default::default() })
+        Ok(NewImage {
+            fingerprint: fp,
+            architecture: rec.architecture.clone(),
+            properties,
+            size: 1,
+            ..Default::default()
+        })
     }
 
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, _rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError> {
-        let data = self.lock().archives.get(fingerprint).cloned().unwrap_or_default();
+    async fn export_image(
+        &self,
+        fingerprint: &str,
+        out: OwnedFd,
+        _rootfs: Option<OwnedFd>,
+        op: Arc<Operation>,
+    ) -> Result<u64, RuntimeError> {
+        let data = self
+            .lock()
+            .archives
+            .get(fingerprint)
+            .cloned()
+            .unwrap_or_default();
         op.set_progress(data.len() as u64, Some(data.len() as u64));
-        std::fs::File::from(out).write_all(&data).map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        std::fs::File::from(out)
+            .write_all(&data)
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
         Ok(data.len() as u64)
     }
 
@@ -333,13 +453,29 @@ impl Runtime for FakeRuntime {
 
     async fn capture_snapshot(&self, container: &str, id: &str) -> Result<u64, RuntimeError> {
         let mut i = self.lock();
-        let files = i.files.get(container).cloned().ok_or_else(|| RuntimeError::Failed(format!("{container} has no files")))?;
+        let files = i
+            .files
+            .get(container)
+            .cloned()
+            .ok_or_else(|| RuntimeError::Failed(format!("{container} has no files")))?;
         i.log.push(format!("capture {container}"));
-        i.snapshots.insert((container.into(), id.into()), FakeSnapshot { files, committed: false, state: false });
+        i.snapshots.insert(
+            (container.into(), id.into()),
+            FakeSnapshot {
+                files,
+                committed: false,
+                state: false,
+            },
+        );
         Ok(7)
     }
 
-    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError> {
+    async fn checkpoint(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<CheckpointStats, RuntimeError> {
         let delay = self.lock().checkpoint_delay;
         tokio::time::sleep(delay).await;
         let mut i = self.lock();
@@ -354,26 +490,45 @@ impl Runtime for FakeRuntime {
         let files = i.files.get(&rec.name).cloned().unwrap_or_default();
         match slot {
             StateSlot::Snapshot(id) => {
-                i.snapshots.insert((rec.name.clone(), id.clone()), FakeSnapshot { files, committed: false, state: true });
+                i.snapshots.insert(
+                    (rec.name.clone(), id.clone()),
+                    FakeSnapshot {
+                        files,
+                        committed: false,
+                        state: true,
+                    },
+                );
             }
             StateSlot::Stop => {
                 i.stop_states.insert(rec.name.clone(), files);
                 i.running.remove(&rec.name);
                 for w in i.watchers.remove(&rec.name).unwrap_or_default() {
-                    let _ = w.send(MonitorEvent::Exited { reason: "checkpointed".into() });
+                    let _ = w.send(MonitorEvent::Exited {
+                        reason: "checkpointed".into(),
+                    });
                 }
             }
         }
-        Ok(CheckpointStats { state_bytes: 4096, volume_bytes: 0, frozen_us: 10 })
+        Ok(CheckpointStats {
+            state_bytes: 4096,
+            volume_bytes: 0,
+            frozen_us: 10,
+        })
     }
 
     async fn commit_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
-        match self.lock().snapshots.get_mut(&(container.into(), id.into())) {
+        match self
+            .lock()
+            .snapshots
+            .get_mut(&(container.into(), id.into()))
+        {
             Some(s) => {
                 s.committed = true;
                 Ok(())
             }
-            None => Err(RuntimeError::Failed(format!("nothing staged for {container}/{id}"))),
+            None => Err(RuntimeError::Failed(format!(
+                "nothing staged for {container}/{id}"
+            ))),
         }
     }
 
@@ -386,20 +541,31 @@ impl Runtime for FakeRuntime {
         let mut i = self.lock();
         let before = i.snapshots.len();
         i.snapshots.retain(|(c, _), _| containers.contains(c));
-        (0..before - i.snapshots.len()).map(|n| format!("orphan {n}")).collect()
+        (0..before - i.snapshots.len())
+            .map(|n| format!("orphan {n}"))
+            .collect()
     }
 
     async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String> {
         let mut i = self.lock();
-        let gone: Vec<String> =
-            i.snapshots.keys().filter(|(c, id)| c == container && !keep.contains(id)).map(|(_, id)| id.clone()).collect();
+        let gone: Vec<String> = i
+            .snapshots
+            .keys()
+            .filter(|(c, id)| c == container && !keep.contains(id))
+            .map(|(_, id)| id.clone())
+            .collect();
         for id in &gone {
             i.snapshots.remove(&(container.to_string(), id.clone()));
         }
         gone
     }
 
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str, _with_state: bool) -> Result<(), RuntimeError> {
+    async fn restore_files(
+        &self,
+        rec: &ContainerRecord,
+        id: &str,
+        _with_state: bool,
+    ) -> Result<(), RuntimeError> {
         let mut i = self.lock();
         if i.running.contains_key(&rec.name) {
             return Err(RuntimeError::Failed(format!("{} still runs", rec.name)));
@@ -415,14 +581,22 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError> {
+    async fn restore(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<Running, RuntimeError> {
         let mut i = self.lock();
         i.log.push(format!("restore {} {slot:?}", rec.name));
         if let Some(msg) = i.fail_restore.remove(&rec.name) {
             return Err(RuntimeError::Failed(msg));
         }
         let has = match slot {
-            StateSlot::Snapshot(id) => i.snapshots.get(&(rec.name.clone(), id.clone())).is_some_and(|s| s.state),
+            StateSlot::Snapshot(id) => i
+                .snapshots
+                .get(&(rec.name.clone(), id.clone()))
+                .is_some_and(|s| s.state),
             StateSlot::Stop => i.stop_states.contains_key(&rec.name),
         };
         if !has {

@@ -5,16 +5,19 @@
 //! over their SOCK_SEQPACKET sockets.
 
 use crate::operation::Operation;
-use crate::runtime::{CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot, VolumeSource};
+use crate::runtime::{
+    CheckpointStats, MonitorEvent, NewImage, Running, Runtime, RuntimeError, StateSlot,
+    VolumeSource,
+};
 use crate::types::{ContainerRecord, ExecRequest};
+use berth_runtime::cgroup::{ContainerCgroups, Layout, ProcessLimit};
+use berth_runtime::idmap::IdMap;
 use berth_runtime::image::store::Store as ImageStore;
 use berth_runtime::image::template;
-use berth_runtime::cgroup::{ContainerCgroups, Layout, ProcessLimit};
-use berth_runtime::systemd::{self, ScopeError, UnitManager};
-use berth_runtime::idmap::IdMap;
 use berth_runtime::monitor::proto::{self, ExitInfo, Reply, Request, TtySize};
 use berth_runtime::spec::{ContainerSpec, DEFAULT_CAP_DROP, RunFiles, default_init_env};
 use berth_runtime::storage::Pool;
+use berth_runtime::systemd::{self, ScopeError, UnitManager};
 use berth_runtime::{fdpass, image, init};
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -94,7 +97,9 @@ impl HostRuntime {
     pub fn new(cfg: HostConfig, pool: Pool) -> Result<HostRuntime, RuntimeError> {
         let layout = Layout::detect()?;
         if layout.hierarchies.is_empty() {
-            return Err(RuntimeError::NotSupported("no cgroup hierarchy is mounted".into()));
+            return Err(RuntimeError::NotSupported(
+                "no cgroup hierarchy is mounted".into(),
+            ));
         }
         let idmap_supported = !cfg.no_idmapped_mounts && pool.supports_idmap();
         if !idmap_supported {
@@ -103,14 +108,23 @@ impl HostRuntime {
         // image archives are root's alone, also where an older berthd made their directory
         berth_runtime::image::store::ensure_dir(&cfg.state_dir.join("images"))?;
         let network = match &cfg.bridge {
-            Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(&cfg.state_dir.join("network"), b)?),
+            Some(b) => Some(berth_runtime::net::BridgeNetwork::setup(
+                &cfg.state_dir.join("network"),
+                b,
+            )?),
             None => None,
         };
         // systemd's tree: containers go in scopes; elsewhere (hybrid or v1 hosts, no systemd)
         // berth's own tree as before
-        let units = cfg.units.clone().filter(|_| layout.version() == 2 && layout.unified().is_some() && systemd::booted());
+        let units = cfg
+            .units
+            .clone()
+            .filter(|_| layout.version() == 2 && layout.unified().is_some() && systemd::booted());
         if units.is_some() {
-            tracing::info!("cgroups: each running container gets a systemd scope in {}", systemd::scope(&cfg.cgroup_parent, "x").slice);
+            tracing::info!(
+                "cgroups: each running container gets a systemd scope in {}",
+                systemd::scope(&cfg.cgroup_parent, "x").slice
+            );
         }
         Ok(HostRuntime {
             units,
@@ -140,7 +154,9 @@ impl HostRuntime {
 
     /// The NICs of `rec`: `eth0` on the bridge, with its leased address and recorded MAC.
     fn nics(&self, rec: &ContainerRecord) -> Result<Vec<berth_runtime::net::Nic>, RuntimeError> {
-        let Some(net) = &self.network else { return Ok(Vec::new()) };
+        let Some(net) = &self.network else {
+            return Ok(Vec::new());
+        };
         let addr = net.lease(&rec.name)?;
         let mac = rec
             .config
@@ -152,7 +168,10 @@ impl HostRuntime {
 
     /// The NICs of `rec` (see [`Self::nics`]), each port held to the NIC's own MAC and address
     /// on the bridge before the container can send on it.
-    fn guarded_nics(&self, rec: &ContainerRecord) -> Result<Vec<berth_runtime::net::Nic>, RuntimeError> {
+    fn guarded_nics(
+        &self,
+        rec: &ContainerRecord,
+    ) -> Result<Vec<berth_runtime::net::Nic>, RuntimeError> {
         let nics = self.nics(rec)?;
         if let Some(net) = &self.network {
             for nic in &nics {
@@ -184,40 +203,65 @@ impl HostRuntime {
 
     /// Whether stateful operations work here: CRIU's version, or why not (probed once).
     pub fn stateful_support(&self) -> Result<String, String> {
-        self.criu_probe.get_or_init(|| berth_runtime::criu::probe(self.criu.as_deref())).clone()
+        self.criu_probe
+            .get_or_init(|| berth_runtime::criu::probe(self.criu.as_deref()))
+            .clone()
     }
 
     /// Why the running container `name` cannot be checkpointed (empty when it can).
     fn preflight(&self, name: &str, init: i32) -> Vec<String> {
         let cg = self.cgroups(name);
         let dir = cg.freezer_dir().or_else(|| cg.dirs().next());
-        let mut pids = dir.map(|d| berth_runtime::criu::preflight::cgroup_pids(&d)).unwrap_or_default();
+        let mut pids = dir
+            .map(|d| berth_runtime::criu::preflight::cgroup_pids(&d))
+            .unwrap_or_default();
         pids.retain(|p| *p != init);
         pids.insert(0, init);
         let mut reasons = berth_runtime::criu::preflight::check(init, &pids);
         if self.pool.driver() == berth_runtime::storage::DriverKind::Btrfs {
-            reasons.extend(pids.iter().filter_map(|p| berth_runtime::criu::preflight::symlink_watch(*p)));
+            reasons.extend(
+                pids.iter()
+                    .filter_map(|p| berth_runtime::criu::preflight::symlink_watch(*p)),
+            );
         }
         reasons
     }
 
     /// CRIU dump of a running container into `slot` (see [`Runtime::checkpoint`]).
-    fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: &Operation) -> Result<CheckpointStats, RuntimeError> {
+    fn checkpoint(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: &Operation,
+    ) -> Result<CheckpointStats, RuntimeError> {
         use berth_runtime::criu::checkpoint::{DumpPlan, dump};
-        let version = self.stateful_support().map_err(RuntimeError::NotSupported)?;
-        let criu = self.criu.clone().ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
+        let version = self
+            .stateful_support()
+            .map_err(RuntimeError::NotSupported)?;
+        let criu = self
+            .criu
+            .clone()
+            .ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
         let name = &rec.name;
         let files = self.files(name);
-        let conn = berth_runtime::monitor::client::Conn::connect(&files.socket()).map_err(|_| RuntimeError::NotRunning)?;
+        let conn = berth_runtime::monitor::client::Conn::connect(&files.socket())
+            .map_err(|_| RuntimeError::NotRunning)?;
         let status = match conn.call(&Request::Status)? {
             Reply::Status(s) => s,
-            other => return Err(RuntimeError::Failed(format!("unexpected answer from the monitor: {other:?}"))),
+            other => {
+                return Err(RuntimeError::Failed(format!(
+                    "unexpected answer from the monitor: {other:?}"
+                )));
+            }
         };
         let t0 = std::time::Instant::now();
         let reasons = self.preflight(name, status.init_pid);
         let preflight_us = t0.elapsed().as_micros();
         if !reasons.is_empty() {
-            return Err(RuntimeError::NotSupported(format!("cannot checkpoint container {name}: {}", reasons.join("; "))));
+            return Err(RuntimeError::NotSupported(format!(
+                "cannot checkpoint container {name}: {}",
+                reasons.join("; ")
+            )));
         }
         let stop = *slot == StateSlot::Stop;
         let (staging, images) = match slot {
@@ -227,13 +271,16 @@ impl HostRuntime {
                 (st, images)
             }
             StateSlot::Stop => {
-                let st = berth_runtime::storage::snapshots::SnapshotPaths { dir: self.pool.snapshots_dir(name).join(".staging-stop") };
+                let st = berth_runtime::storage::snapshots::SnapshotPaths {
+                    dir: self.pool.snapshots_dir(name).join(".staging-stop"),
+                };
                 self.pool.remove_snapshot_dir(&st.dir)?;
                 let images = st.state();
                 (st, images)
             }
         };
-        std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+        std::fs::create_dir_all(&images)
+            .map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
         let cg = self.cgroups(name);
         let memory_total = memory_usage(&cg);
         if stop {
@@ -248,13 +295,21 @@ impl HostRuntime {
             attempt += 1;
             let _ = std::fs::remove_dir_all(&images);
             if let Err(e) = std::fs::create_dir_all(&images) {
-                break Err(berth_runtime::criu::Failure { step: "prepare the images".into(), message: e.to_string(), log: None });
+                break Err(berth_runtime::criu::Failure {
+                    step: "prepare the images".into(),
+                    message: e.to_string(),
+                    log: None,
+                });
             }
             let freeze_at = std::time::Instant::now();
             if let Some(dir) = &freezer
                 && let Err(e) = freeze_settled(&cg, dir)
             {
-                break Err(berth_runtime::criu::Failure { step: "freeze the container".into(), message: e.to_string(), log: None });
+                break Err(berth_runtime::criu::Failure {
+                    step: "freeze the container".into(),
+                    message: e.to_string(),
+                    log: None,
+                });
             }
             freeze_us = freeze_at.elapsed().as_micros();
             let frozen_at = std::time::Instant::now();
@@ -274,7 +329,10 @@ impl HostRuntime {
                     if !stop {
                         let t = std::time::Instant::now();
                         let _ = self.pool.delete_volume(&staging.volume());
-                        volume_bytes = self.pool.capture_volume(name, &staging).map_err(|e| e.to_string())?;
+                        volume_bytes = self
+                            .pool
+                            .capture_volume(name, &staging)
+                            .map_err(|e| e.to_string())?;
                         files_us = t.elapsed().as_micros();
                     }
                     Ok(())
@@ -286,7 +344,10 @@ impl HostRuntime {
             match r {
                 // datagrams with credentials queued for a reader (journald's sockets, while
                 // something logs) cannot be dumped: let the reader drain them and try again
-                Err(f) if attempt < DUMP_ATTEMPTS && f.message.contains("Control messages in queue") => {
+                Err(f)
+                    if attempt < DUMP_ATTEMPTS
+                        && f.message.contains("Control messages in queue") =>
+                {
                     tracing::info!(container = %name, attempt, "a socket queue held credentials; retrying the dump");
                     std::thread::sleep(Duration::from_millis(25 * attempt));
                 }
@@ -310,8 +371,12 @@ impl HostRuntime {
                 if stop {
                     let dst = self.pool.stop_state(name);
                     self.pool.remove_snapshot_dir(&dst.dir)?;
-                    std::fs::rename(&staging.dir, &dst.dir)
-                        .map_err(|e| RuntimeError::Failed(format!("keep the saved state: rename {}: {e}", staging.dir.display())))?;
+                    std::fs::rename(&staging.dir, &dst.dir).map_err(|e| {
+                        RuntimeError::Failed(format!(
+                            "keep the saved state: rename {}: {e}",
+                            staging.dir.display()
+                        ))
+                    })?;
                     // the dead tree's network namespace goes away in the background; its
                     // veths must not be in the way of a quick restore
                     self.remove_host_veths(rec);
@@ -327,7 +392,11 @@ impl HostRuntime {
                     attempt,
                     stats.memory_bytes >> 20
                 );
-                Ok(CheckpointStats { state_bytes: stats.image_bytes, volume_bytes, frozen_us })
+                Ok(CheckpointStats {
+                    state_bytes: stats.image_bytes,
+                    volume_bytes,
+                    frozen_us,
+                })
             }
         }
     }
@@ -336,7 +405,9 @@ impl HostRuntime {
     /// `berth_runtime::criu::recover` for what is left, measured), undone. Returns notes.
     fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
         use berth_runtime::criu::recover::{self, Ended};
-        let orphans = self.orphan_criu.get_or_init(|| recover::orphan_criu(&self.cfg.run_dir.join("containers")));
+        let orphans = self
+            .orphan_criu
+            .get_or_init(|| recover::orphan_criu(&self.cfg.run_dir.join("containers")));
         let mut notes = Vec::new();
         let mut interrupted = false;
         // 1. its CRIU ends first: it freezes the cgroup again on its way out
@@ -345,15 +416,29 @@ impl HostRuntime {
             let ended = recover::wait_or_kill(o.pid, ORPHAN_CRIU_WAIT)
                 .map_err(|e| RuntimeError::Failed(format!("wait for CRIU (pid {}): {e}", o.pid)))?;
             notes.push(match ended {
-                Ended::Exited => format!("waited for CRIU (pid {}), left dumping it by an earlier berthd, to end", o.pid),
-                Ended::Killed => format!("killed CRIU (pid {}), left dumping it by an earlier berthd, after {} s", o.pid, ORPHAN_CRIU_WAIT.as_secs()),
+                Ended::Exited => format!(
+                    "waited for CRIU (pid {}), left dumping it by an earlier berthd, to end",
+                    o.pid
+                ),
+                Ended::Killed => format!(
+                    "killed CRIU (pid {}), left dumping it by an earlier berthd, after {} s",
+                    o.pid,
+                    ORPHAN_CRIU_WAIT.as_secs()
+                ),
             });
         }
         // 2. the rest concerns a container that runs
-        let Ok(conn) = berth_runtime::monitor::client::Conn::connect(&self.files(name).socket()) else { return Ok(notes) };
+        let Ok(conn) = berth_runtime::monitor::client::Conn::connect(&self.files(name).socket())
+        else {
+            return Ok(notes);
+        };
         let init = match conn.call(&Request::Status)? {
             Reply::Status(s) => s.init_pid,
-            other => return Err(RuntimeError::Failed(format!("unexpected answer from the monitor: {other:?}"))),
+            other => {
+                return Err(RuntimeError::Failed(format!(
+                    "unexpected answer from the monitor: {other:?}"
+                )));
+            }
         };
         let cg = self.cgroups(name);
         if cg.is_frozen() {
@@ -363,7 +448,10 @@ impl HostRuntime {
         }
         if interrupted && init > 0 {
             match berth_runtime::criu::recover::remove_network_locks(init) {
-                Ok(tables) if !tables.is_empty() => notes.push(format!("removed CRIU's network lock ({})", tables.join(", "))),
+                Ok(tables) if !tables.is_empty() => notes.push(format!(
+                    "removed CRIU's network lock ({})",
+                    tables.join(", ")
+                )),
                 Ok(_) => {}
                 Err(e) => notes.push(format!("could not look for CRIU's network lock: {e}")),
             }
@@ -384,43 +472,73 @@ impl HostRuntime {
     }
 
     /// CRIU restore of `slot` under a new monitor (see [`Runtime::restore`]).
-    fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: &Operation) -> Result<Running, RuntimeError> {
-        self.stateful_support().map_err(RuntimeError::NotSupported)?;
-        let criu = self.criu.clone().ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
+    fn restore(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: &Operation,
+    ) -> Result<Running, RuntimeError> {
+        self.stateful_support()
+            .map_err(RuntimeError::NotSupported)?;
+        let criu = self
+            .criu
+            .clone()
+            .ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
         let images = match slot {
             StateSlot::Snapshot(id) => self.pool.snapshot(&rec.name, id).state(),
             StateSlot::Stop => self.pool.stop_state(&rec.name).state(),
         };
-        let meta: berth_runtime::criu::CheckpointMeta = std::fs::read(images.join(berth_runtime::criu::META_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| RuntimeError::Failed(format!("no saved running state in {}", images.display())))?;
+        let meta: berth_runtime::criu::CheckpointMeta =
+            std::fs::read(images.join(berth_runtime::criu::META_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| {
+                    RuntimeError::Failed(format!("no saved running state in {}", images.display()))
+                })?;
         op.set_progress(0, Some(meta.memory_bytes));
         let mut spec = self.spec(rec)?;
         if !spec.rootfs.is_dir() {
-            return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
+            return Err(RuntimeError::Failed(format!(
+                "the root filesystem {} is missing",
+                spec.rootfs.display()
+            )));
         }
         if spec.cgroups.unit_dir().is_none() {
             spec.cgroups.create()?;
         }
         let limits = crate::config::limits(&rec.config);
         self.remove_host_veths(rec);
-        spec.restore = Some(berth_runtime::criu::restore::RestorePlan { criu, images, log: "criu-restore.log".into() });
+        spec.restore = Some(berth_runtime::criu::restore::RestorePlan {
+            criu,
+            images,
+            log: "criu-restore.log".into(),
+        });
         let (init_pid, monitor_pid) = self.start_monitor(&spec, limits)?;
         op.set_progress(meta.memory_bytes, Some(meta.memory_bytes));
-        Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
+        Ok(Running {
+            init_pid: init_pid as u32,
+            monitor_pid: monitor_pid as u32,
+        })
     }
 
     /// Starts the monitor for `spec` (on the standby when a live one waits), with the
     /// container's `limits` (memory, processes) applied to its groups, and waits for its
     /// report: (init pid, monitor pid). In berth's own tree the groups exist already; in a
     /// systemd unit they are made here, once the monitor is in the unit.
-    fn start_monitor(&self, spec: &berth_runtime::spec::ContainerSpec, limits: (Option<u64>, ProcessLimit)) -> Result<(i32, i32), RuntimeError> {
+    fn start_monitor(
+        &self,
+        spec: &berth_runtime::spec::ContainerSpec,
+        limits: (Option<u64>, ProcessLimit),
+    ) -> Result<(i32, i32), RuntimeError> {
         let in_unit = spec.cgroups.unit_dir().is_some();
         if !in_unit {
             spec.cgroups.apply_limits(limits.0, limits.1)?;
         }
-        let waiting = self.standby.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let waiting = self
+            .standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         // (a standby that is not usable any more is ended as it is dropped)
         let monitor = match waiting.and_then(|mut m| m.usable().then_some(m)) {
             Some(m) => m,
@@ -438,11 +556,24 @@ impl HostRuntime {
     /// scope (systemd moves it there), or the running `berth@NAME.service` that started the
     /// container; then makes the unit's `monitor/` and `payload/` groups and moves the monitor
     /// (and a service's own processes) to `monitor/`.
-    fn place_in_unit(&self, name: &str, cg: &ContainerCgroups, pid: u32) -> Result<(), RuntimeError> {
-        let Some(units) = &self.units else { return Err(RuntimeError::Failed("no systemd to place the container with".into())) };
+    fn place_in_unit(
+        &self,
+        name: &str,
+        cg: &ContainerCgroups,
+        pid: u32,
+    ) -> Result<(), RuntimeError> {
+        let Some(units) = &self.units else {
+            return Err(RuntimeError::Failed(
+                "no systemd to place the container with".into(),
+            ));
+        };
         let scope = systemd::scope(&self.cfg.cgroup_parent, name);
         let t0 = std::time::Instant::now();
-        if cg.placement != (berth_runtime::cgroup::Placement::Unit { cgroup: scope.cgroup.clone() }) {
+        if cg.placement
+            != (berth_runtime::cgroup::Placement::Unit {
+                cgroup: scope.cgroup.clone(),
+            })
+        {
             // berth@NAME.service: systemd made (and delegated) its group
             cg.create()?;
             cg.settle_monitor(pid as i32)?;
@@ -456,18 +587,32 @@ impl HostRuntime {
                 Ok(()) => break,
                 // an earlier run's scope: its monitor is on its way out, or systemd has not
                 // collected it yet
-                Err(ScopeError::Exists(_)) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(ScopeError::Exists(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 Err(ScopeError::Exists(_)) if !stopped_leftover => {
                     // nothing of the container runs (no monitor holds it), so what is left
                     // in the scope is debris of a dead run
-                    if berth_runtime::monitor::client::Conn::connect(&self.files(name).socket()).is_ok() {
-                        return Err(RuntimeError::Failed(format!("container {name} is already running (in {})", scope.unit)));
+                    if berth_runtime::monitor::client::Conn::connect(&self.files(name).socket())
+                        .is_ok()
+                    {
+                        return Err(RuntimeError::Failed(format!(
+                            "container {name} is already running (in {})",
+                            scope.unit
+                        )));
                     }
                     tracing::warn!(container = %name, "stopping {}, left over from an earlier run", scope.unit);
-                    units.stop_unit(&scope.unit).map_err(|e| RuntimeError::Failed(format!("stop {}: {e}", scope.unit)))?;
+                    units
+                        .stop_unit(&scope.unit)
+                        .map_err(|e| RuntimeError::Failed(format!("stop {}: {e}", scope.unit)))?;
                     stopped_leftover = true;
                 }
-                Err(e) => return Err(RuntimeError::Failed(format!("give container {name} its systemd scope {}: {e}", scope.unit))),
+                Err(e) => {
+                    return Err(RuntimeError::Failed(format!(
+                        "give container {name} its systemd scope {}: {e}",
+                        scope.unit
+                    )));
+                }
             }
         }
         let t_scope = t0.elapsed();
@@ -481,7 +626,11 @@ impl HostRuntime {
     /// every container); where containers get systemd units, in berthd's own group until it
     /// is moved into the unit of the container it starts.
     fn new_monitor(&self) -> Result<berth_runtime::monitor::Standby, berth_runtime::Error> {
-        let join = if self.units.is_some() { Vec::new() } else { self.cgroups("").monitor_procs() };
+        let join = if self.units.is_some() {
+            Vec::new()
+        } else {
+            self.cgroups("").monitor_procs()
+        };
         berth_runtime::monitor::Standby::spawn(&self.cfg.exe, &join)
     }
 
@@ -489,12 +638,22 @@ impl HostRuntime {
     /// exec).
     pub fn refill_standby(&self) {
         use std::sync::atomic::Ordering;
-        if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() || self.filling.swap(true, Ordering::AcqRel) {
+        if self
+            .standby
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || self.filling.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         match self.new_monitor() {
             Ok(m) => {
-                let spare = self.standby.lock().unwrap_or_else(|p| p.into_inner()).replace(m);
+                let spare = self
+                    .standby
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(m);
                 // (cannot be Some: only this refill fills the slot; dropped outside the lock)
                 drop(spare);
             }
@@ -516,7 +675,9 @@ impl HostRuntime {
         if self.units.is_none() {
             return tree;
         }
-        let scoped = tree.clone().in_unit(&systemd::scope(&self.cfg.cgroup_parent, name).cgroup);
+        let scoped = tree
+            .clone()
+            .in_unit(&systemd::scope(&self.cfg.cgroup_parent, name).cgroup);
         if scoped.exists() {
             return scoped;
         }
@@ -532,15 +693,20 @@ impl HostRuntime {
 
     /// The groups of container `name` in berth's own tree.
     fn tree_cgroups(&self, name: &str) -> ContainerCgroups {
-        ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name).delegated_to(self.idmap.uid_base, self.idmap.gid_base)
+        ContainerCgroups::new(self.layout.clone(), &self.cfg.cgroup_parent, name)
+            .delegated_to(self.idmap.uid_base, self.idmap.gid_base)
     }
 
     /// Whether `berth@NAME.service` runs (its group holds a process: `berth supervise NAME`,
     /// in the group itself until a start moved it to `monitor/`).
     fn service_runs(&self, name: &str) -> bool {
-        let Some(v2) = self.layout.unified() else { return false };
+        let Some(v2) = self.layout.unified() else {
+            return false;
+        };
         let dir = v2.mountpoint.join(systemd::service_cgroup(name));
-        let busy = |d: &Path| std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty());
+        let busy = |d: &Path| {
+            std::fs::read_to_string(d.join("cgroup.procs")).is_ok_and(|s| !s.trim().is_empty())
+        };
         busy(&dir) || busy(&dir.join(berth_runtime::cgroup::MONITOR))
     }
 
@@ -561,7 +727,12 @@ impl HostRuntime {
     }
 
     fn images(&self) -> ImageStore<'_> {
-        ImageStore { dir: self.cfg.state_dir.join("images"), pool: &self.pool, helper: &self.cfg.helper, ids: self.idmap }
+        ImageStore {
+            dir: self.cfg.state_dir.join("images"),
+            pool: &self.pool,
+            helper: &self.cfg.helper,
+            ids: self.idmap,
+        }
     }
 
     /// Renders the templates of `rec`'s volume for `trigger`.
@@ -574,15 +745,38 @@ impl HostRuntime {
             config: rec.config.clone(),
             ..Default::default()
         };
-        let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true");
-        let owner = if shifted { (self.idmap.uid_base, self.idmap.gid_base) } else { (0, 0) };
-        berth_runtime::image::store::apply_templates(&self.pool.container_volume(&rec.name), &ctx, owner)?;
+        let shifted = rec
+            .config
+            .get("volatile.rootfs.shifted")
+            .is_some_and(|v| v == "true");
+        let owner = if shifted {
+            (self.idmap.uid_base, self.idmap.gid_base)
+        } else {
+            (0, 0)
+        };
+        berth_runtime::image::store::apply_templates(
+            &self.pool.container_volume(&rec.name),
+            &ctx,
+            owner,
+        )?;
         Ok(())
     }
 
     /// Imports open files into the store, reporting to `op`.
-    fn import_files(&self, archive: std::fs::File, rootfs: Option<std::fs::File>, known: &HashSet<String>, op: &Operation) -> Result<NewImage, RuntimeError> {
-        let imported = self.images().import(archive, rootfs, known, &mut |done, total| op.set_progress(done, total), &op.cancel)?;
+    fn import_files(
+        &self,
+        archive: std::fs::File,
+        rootfs: Option<std::fs::File>,
+        known: &HashSet<String>,
+        op: &Operation,
+    ) -> Result<NewImage, RuntimeError> {
+        let imported = self.images().import(
+            archive,
+            rootfs,
+            known,
+            &mut |done, total| op.set_progress(done, total),
+            &op.cancel,
+        )?;
         let meta = imported.metadata.unwrap_or_default();
         Ok(NewImage {
             fingerprint: imported.fingerprint,
@@ -592,13 +786,19 @@ impl HostRuntime {
             properties: meta.properties,
             created_at_us: (meta.creation_date.max(0) as u64) * 1_000_000,
             size: imported.size,
-            claim: imported.claim.map(crate::runtime::ImageClaim::new).unwrap_or_default(),
+            claim: imported
+                .claim
+                .map(crate::runtime::ImageClaim::new)
+                .unwrap_or_default(),
         })
     }
 
     fn spec(&self, rec: &ContainerRecord) -> Result<ContainerSpec, RuntimeError> {
         let rootfs = self.pool.rootfs(&rec.name);
-        let stop_signal = init::stop_signal(&rootfs, rec.config.get("boot.stop_signal").map(String::as_str));
+        let stop_signal = init::stop_signal(
+            &rootfs,
+            rec.config.get("boot.stop_signal").map(String::as_str),
+        );
         let mut env = default_init_env();
         for (k, v) in &rec.config {
             if let Some(var) = k.strip_prefix("environment.") {
@@ -610,7 +810,10 @@ impl HostRuntime {
             name: rec.name.clone(),
             rootfs,
             idmap: self.idmap,
-            shifted: rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true"),
+            shifted: rec
+                .config
+                .get("volatile.rootfs.shifted")
+                .is_some_and(|v| v == "true"),
             cgroups: self.new_cgroups(&rec.name),
             init: vec!["/sbin/init".into()],
             env,
@@ -624,8 +827,12 @@ impl HostRuntime {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> Result<T, RuntimeError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| RuntimeError::Failed(format!("blocking task: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RuntimeError::Failed(format!("blocking task: {e}")))?
 }
 
 /// The HostRuntime as shared by the engine.
@@ -642,7 +849,11 @@ impl SharedHost {
 
 #[ractor::async_trait]
 impl Runtime for SharedHost {
-    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError> {
+    async fn provision(
+        &self,
+        rec: &ContainerRecord,
+        source: &VolumeSource,
+    ) -> Result<BTreeMap<String, String>, RuntimeError> {
         let (h, rec, source) = (self.0.clone(), rec.clone(), source.clone());
         blocking(move || {
             // (a unit's groups are made at each start)
@@ -655,26 +866,48 @@ impl Runtime for SharedHost {
                     "create"
                 }
                 VolumeSource::Container(_) | VolumeSource::Snapshot { .. } => {
-                    h.pool.copy_volume(&h.volume_of(&rec.name, &source), &rec.name)?;
+                    h.pool
+                        .copy_volume(&h.volume_of(&rec.name, &source), &rec.name)?;
                     // a copy of the files alone: the links CRIU made for a dump go
-                    berth_runtime::criu::images::remove_link_remaps(&h.dump_state_of(&rec.name, &source), &h.pool.rootfs(&rec.name));
+                    berth_runtime::criu::images::remove_link_remaps(
+                        &h.dump_state_of(&rec.name, &source),
+                        &h.pool.rootfs(&rec.name),
+                    );
                     "copy"
                 }
             };
             let rootfs = h.pool.rootfs(&rec.name);
             if !rootfs.is_dir() {
-                return Err(RuntimeError::InvalidImage(format!("image {} has no rootfs/", rec.image)));
+                return Err(RuntimeError::InvalidImage(format!(
+                    "image {} has no rootfs/",
+                    rec.image
+                )));
             }
             let mut extra = BTreeMap::from([
-                ("volatile.idmap.base".to_string(), h.idmap.uid_base.to_string()),
-                ("volatile.idmap.count".to_string(), h.idmap.count.to_string()),
+                (
+                    "volatile.idmap.base".to_string(),
+                    h.idmap.uid_base.to_string(),
+                ),
+                (
+                    "volatile.idmap.count".to_string(),
+                    h.idmap.count.to_string(),
+                ),
             ]);
             // a copy of shifted files is shifted already
-            let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true");
+            let shifted = rec
+                .config
+                .get("volatile.rootfs.shifted")
+                .is_some_and(|v| v == "true");
             if let Some(net) = &h.network {
                 let addr = net.lease(&rec.name)?;
-                extra.insert("volatile.eth0.hwaddr".into(), berth_runtime::net::format_mac(&berth_runtime::net::random_mac()));
-                extra.insert("volatile.eth0.ipv4".into(), format!("{addr}/{}", net.subnet.1));
+                extra.insert(
+                    "volatile.eth0.hwaddr".into(),
+                    berth_runtime::net::format_mac(&berth_runtime::net::random_mac()),
+                );
+                extra.insert(
+                    "volatile.eth0.ipv4".into(),
+                    format!("{addr}/{}", net.subnet.1),
+                );
             }
             if shifted {
                 extra.insert("volatile.rootfs.shifted".into(), "true".into());
@@ -685,8 +918,17 @@ impl Runtime for SharedHost {
             let mut with = rec.clone();
             with.config.extend(extra.clone());
             h.apply_templates(&with, trigger)?;
-            if rec.config.get("migration.stateful").and_then(|v| crate::config::parse_bool(v)) != Some(false) {
-                let owner = if extra.contains_key("volatile.rootfs.shifted") { (h.idmap.uid_base, h.idmap.gid_base) } else { (0, 0) };
+            if rec
+                .config
+                .get("migration.stateful")
+                .and_then(|v| crate::config::parse_bool(v))
+                != Some(false)
+            {
+                let owner = if extra.contains_key("volatile.rootfs.shifted") {
+                    (h.idmap.uid_base, h.idmap.gid_base)
+                } else {
+                    (0, 0)
+                };
                 for what in berth_runtime::criu::prepare::apply(&rootfs, owner)? {
                     tracing::info!(container = %rec.name, "made checkpointable: {what}");
                 }
@@ -717,7 +959,10 @@ impl Runtime for SharedHost {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(RuntimeError::Failed(format!("remove {}: {e}", dir.display()))),
+                Err(e) => Err(RuntimeError::Failed(format!(
+                    "remove {}: {e}",
+                    dir.display()
+                ))),
             }
         })
         .await
@@ -728,7 +973,10 @@ impl Runtime for SharedHost {
         let started = blocking(move || {
             let spec = h.spec(&rec)?;
             if !spec.rootfs.is_dir() {
-                return Err(RuntimeError::Failed(format!("the root filesystem {} is missing", spec.rootfs.display())));
+                return Err(RuntimeError::Failed(format!(
+                    "the root filesystem {} is missing",
+                    spec.rootfs.display()
+                )));
             }
             // recreates groups a reboot wiped (made at create, delegated then); a unit's are
             // made once the monitor is in it
@@ -736,19 +984,36 @@ impl Runtime for SharedHost {
                 spec.cgroups.create()?;
             }
             h.apply_templates(&rec, "start")?;
-            let (init_pid, monitor_pid) = h.start_monitor(&spec, crate::config::limits(&rec.config))?;
-            Ok(Running { init_pid: init_pid as u32, monitor_pid: monitor_pid as u32 })
+            let (init_pid, monitor_pid) =
+                h.start_monitor(&spec, crate::config::limits(&rec.config))?;
+            Ok(Running {
+                init_pid: init_pid as u32,
+                monitor_pid: monitor_pid as u32,
+            })
         })
         .await;
         self.refill_standby();
         started
     }
 
-    async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError> {
-        let signal = init::stop_signal(&self.0.pool.rootfs(&rec.name), rec.config.get("boot.stop_signal").map(String::as_str));
+    async fn stop(
+        &self,
+        rec: &ContainerRecord,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError> {
+        let signal = init::stop_signal(
+            &self.0.pool.rootfs(&rec.name),
+            rec.config.get("boot.stop_signal").map(String::as_str),
+        );
         let conn = MonitorConn::connect(&self.0.files(&rec.name).socket())?;
-        let timeout_ms = if force { 0 } else { timeout.as_millis().max(1) as u64 };
-        conn.send(&Request::Stop { signal, timeout_ms }, &[]).await?;
+        let timeout_ms = if force {
+            0
+        } else {
+            timeout.as_millis().max(1) as u64
+        };
+        conn.send(&Request::Stop { signal, timeout_ms }, &[])
+            .await?;
         loop {
             match conn.recv().await? {
                 Some(Reply::Exited(info)) => return Ok(describe(&info)),
@@ -777,9 +1042,10 @@ impl Runtime for SharedHost {
         };
         conn.send(&Request::Status, &[]).await?;
         match conn.recv().await? {
-            Some(Reply::Status(s)) if !s.stopping || s.init_pid > 0 => {
-                Ok(Some(Running { init_pid: s.init_pid as u32, monitor_pid: s.monitor_pid as u32 }))
-            }
+            Some(Reply::Status(s)) if !s.stopping || s.init_pid > 0 => Ok(Some(Running {
+                init_pid: s.init_pid as u32,
+                monitor_pid: s.monitor_pid as u32,
+            })),
             _ => Ok(None),
         }
     }
@@ -789,16 +1055,23 @@ impl Runtime for SharedHost {
         blocking(move || h.recover_checkpoint(&name)).await
     }
 
-    async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
+    async fn watch(
+        &self,
+        name: &str,
+    ) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError> {
         let conn = MonitorConn::connect(&self.0.files(name).socket())?;
         conn.send(&Request::Watch, &[]).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             loop {
                 let ev = match conn.recv().await {
-                    Ok(Some(Reply::Restarted { init_pid })) => MonitorEvent::Restarted { init_pid: init_pid as u32 },
+                    Ok(Some(Reply::Restarted { init_pid })) => MonitorEvent::Restarted {
+                        init_pid: init_pid as u32,
+                    },
                     Ok(Some(Reply::Exited(info))) => {
-                        let _ = tx.send(MonitorEvent::Exited { reason: describe(&info) });
+                        let _ = tx.send(MonitorEvent::Exited {
+                            reason: describe(&info),
+                        });
                         return;
                     }
                     Ok(Some(_)) => continue,
@@ -826,7 +1099,11 @@ impl Runtime for SharedHost {
                 .map(OwnedFd::from)
                 .map_err(|e| RuntimeError::Failed(format!("open /dev/null: {e}")))
         };
-        let fds = [a.map_or_else(null, Ok)?, b.map_or_else(null, Ok)?, c.map_or_else(null, Ok)?];
+        let fds = [
+            a.map_or_else(null, Ok)?,
+            b.map_or_else(null, Ok)?,
+            c.map_or_else(null, Ok)?,
+        ];
         let wire = proto::ExecRequest {
             argv: req.argv,
             env: req.env,
@@ -849,7 +1126,12 @@ impl Runtime for SharedHost {
         }
     }
 
-    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn build_image(
+        &self,
+        recipe: &str,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
         let h = self.0.clone();
         match recipe {
             "busybox" => {
@@ -857,11 +1139,19 @@ impl Runtime for SharedHost {
                     image::check_static(&h.cfg.busybox)?;
                     let images = h.cfg.state_dir.join("images");
                     image::store::ensure_dir(&images)?;
-                    let tmp = images.join(format!(".build-{}-{}.tar", std::process::id(), crate::types::now_us()));
-                    let res = image::build_busybox(&h.cfg.busybox, &tmp).map_err(RuntimeError::from).and_then(|_| {
-                        let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
-                        h.import_files(f, None, &known, &op)
-                    });
+                    let tmp = images.join(format!(
+                        ".build-{}-{}.tar",
+                        std::process::id(),
+                        crate::types::now_us()
+                    ));
+                    let res = image::build_busybox(&h.cfg.busybox, &tmp)
+                        .map_err(RuntimeError::from)
+                        .and_then(|_| {
+                            let f = std::fs::File::open(&tmp).map_err(|e| {
+                                RuntimeError::Failed(format!("open {}: {e}", tmp.display()))
+                            })?;
+                            h.import_files(f, None, &known, &op)
+                        });
                     let _ = std::fs::remove_file(&tmp);
                     res
                 })
@@ -875,10 +1165,17 @@ impl Runtime for SharedHost {
                     let res = (|| -> Result<NewImage, RuntimeError> {
                         // building is the first half of the progress, storing the second
                         let mirror = image::debian::host_mirror();
-                        let meta = image::debian::build(&dir, &mirror, &mut |p, t| op.set_progress(p, Some(2 * t)), &op.cancel)?;
+                        let meta = image::debian::build(
+                            &dir,
+                            &mirror,
+                            &mut |p, t| op.set_progress(p, Some(2 * t)),
+                            &op.cancel,
+                        )?;
                         image::publish::publish(&dir, &meta, None, &[], &archive, &op.cancel)?;
                         image::debian::remove_build_dir(&dir)?;
-                        let f = std::fs::File::open(&archive).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", archive.display())))?;
+                        let f = std::fs::File::open(&archive).map_err(|e| {
+                            RuntimeError::Failed(format!("open {}: {e}", archive.display()))
+                        })?;
                         h.import_files(f, None, &known, &op)
                     })();
                     // debootstrap, killed by a cancel, leaves /proc and friends mounted in it
@@ -890,13 +1187,29 @@ impl Runtime for SharedHost {
                 })
                 .await
             }
-            other => Err(RuntimeError::Invalid(format!("unknown image recipe {other:?}; built-in recipes: busybox, debian/bookworm"))),
+            other => Err(RuntimeError::Invalid(format!(
+                "unknown image recipe {other:?}; built-in recipes: busybox, debian/bookworm"
+            ))),
         }
     }
 
-    async fn import_image(&self, archive: OwnedFd, rootfs: Option<OwnedFd>, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError> {
+    async fn import_image(
+        &self,
+        archive: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError> {
         let h = self.0.clone();
-        blocking(move || h.import_files(std::fs::File::from(archive), rootfs.map(std::fs::File::from), &known, &op)).await
+        blocking(move || {
+            h.import_files(
+                std::fs::File::from(archive),
+                rootfs.map(std::fs::File::from),
+                &known,
+                &op,
+            )
+        })
+        .await
     }
 
     async fn publish(
@@ -915,42 +1228,82 @@ impl Runtime for SharedHost {
                 .ok()
                 .and_then(|t| image::Metadata::parse(&t).ok())
                 .unwrap_or_default();
-            meta.architecture = if rec.architecture.is_empty() { image::host_architecture().to_string() } else { rec.architecture.clone() };
+            meta.architecture = if rec.architecture.is_empty() {
+                image::host_architecture().to_string()
+            } else {
+                rec.architecture.clone()
+            };
             meta.creation_date = (crate::types::now_us() / 1_000_000) as i64;
             meta.expiry_date = 0;
-            for (k, v) in rec.config.iter().filter_map(|(k, v)| k.strip_prefix("image.").map(|k| (k, v))) {
-                meta.properties.entry(k.to_string()).or_insert_with(|| v.clone());
+            for (k, v) in rec
+                .config
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix("image.").map(|k| (k, v)))
+            {
+                meta.properties
+                    .entry(k.to_string())
+                    .or_insert_with(|| v.clone());
             }
-            meta.properties.entry("description".into()).or_insert_with(|| format!("published from container {}", rec.name));
+            meta.properties
+                .entry("description".into())
+                .or_insert_with(|| format!("published from container {}", rec.name));
             meta.properties.extend(properties);
-            let shifted = rec.config.get("volatile.rootfs.shifted").is_some_and(|v| v == "true").then_some(h.idmap);
+            let shifted = rec
+                .config
+                .get("volatile.rootfs.shifted")
+                .is_some_and(|v| v == "true")
+                .then_some(h.idmap);
             let images = h.cfg.state_dir.join("images");
-            std::fs::create_dir_all(&images).map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
-            let tmp = images.join(format!(".build-{}-{}.tar.zst", std::process::id(), crate::types::now_us()));
-            let skip = berth_runtime::criu::images::link_remaps(&h.dump_state_of(&rec.name, &source));
-            let res = image::publish::publish(&volume, &meta, shifted, &skip, &tmp, &op.cancel).map_err(RuntimeError::from).and_then(|_| {
-                let f = std::fs::File::open(&tmp).map_err(|e| RuntimeError::Failed(format!("open {}: {e}", tmp.display())))?;
-                h.import_files(f, None, &known, &op)
-            });
+            std::fs::create_dir_all(&images)
+                .map_err(|e| RuntimeError::Failed(format!("create {}: {e}", images.display())))?;
+            let tmp = images.join(format!(
+                ".build-{}-{}.tar.zst",
+                std::process::id(),
+                crate::types::now_us()
+            ));
+            let skip =
+                berth_runtime::criu::images::link_remaps(&h.dump_state_of(&rec.name, &source));
+            let res = image::publish::publish(&volume, &meta, shifted, &skip, &tmp, &op.cancel)
+                .map_err(RuntimeError::from)
+                .and_then(|_| {
+                    let f = std::fs::File::open(&tmp).map_err(|e| {
+                        RuntimeError::Failed(format!("open {}: {e}", tmp.display()))
+                    })?;
+                    h.import_files(f, None, &known, &op)
+                });
             let _ = std::fs::remove_file(&tmp);
             res
         })
         .await
     }
 
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError> {
+    async fn export_image(
+        &self,
+        fingerprint: &str,
+        out: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        op: Arc<Operation>,
+    ) -> Result<u64, RuntimeError> {
         let (h, fp) = (self.0.clone(), fingerprint.to_string());
         blocking(move || {
             let mut out = std::fs::File::from(out);
             let mut r = rootfs.map(std::fs::File::from);
-            Ok(h.images().export(&fp, &mut out, r.as_mut(), &mut |d, t| op.set_progress(d, t), &op.cancel)?)
+            Ok(h.images().export(
+                &fp,
+                &mut out,
+                r.as_mut(),
+                &mut |d, t| op.set_progress(d, t),
+                &op.cancel,
+            )?)
         })
         .await
     }
 
     async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String> {
         let h = self.0.clone();
-        tokio::task::spawn_blocking(move || h.images().remove_orphans(&known)).await.unwrap_or_default()
+        tokio::task::spawn_blocking(move || h.images().remove_orphans(&known))
+            .await
+            .unwrap_or_default()
     }
 
     async fn remove_image(&self, fingerprint: &str) -> Result<(), RuntimeError> {
@@ -967,7 +1320,12 @@ impl Runtime for SharedHost {
         .await
     }
 
-    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError> {
+    async fn checkpoint(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<CheckpointStats, RuntimeError> {
         let (h, rec, slot) = (self.0.clone(), rec.clone(), slot.clone());
         blocking(move || h.checkpoint(&rec, &slot, &op)).await
     }
@@ -985,7 +1343,8 @@ impl Runtime for SharedHost {
     async fn remove_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError> {
         let (h, c, id) = (self.0.clone(), container.to_string(), id.to_string());
         blocking(move || {
-            h.pool.remove_snapshot_dir(&h.pool.staged_snapshot(&c, &id).dir)?;
+            h.pool
+                .remove_snapshot_dir(&h.pool.staged_snapshot(&c, &id).dir)?;
             h.pool.remove_snapshot_dir(&h.pool.snapshot(&c, &id).dir)?;
             Ok(())
         })
@@ -995,12 +1354,21 @@ impl Runtime for SharedHost {
     async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String> {
         let h = self.0.clone();
         tokio::task::spawn_blocking(move || {
-            let mut notes: Vec<String> = h.pool.sweep_volume_debris().into_iter().map(|d| format!("removed {d}, left by an interrupted restore")).collect();
+            let mut notes: Vec<String> = h
+                .pool
+                .sweep_volume_debris()
+                .into_iter()
+                .map(|d| format!("removed {d}, left by an interrupted restore"))
+                .collect();
             for c in h.pool.containers_with_snapshots() {
                 if !containers.contains(&c) {
                     match h.pool.remove_snapshots(&c) {
-                        Ok(()) => notes.push(format!("removed the snapshots of deleted container {c}")),
-                        Err(e) => notes.push(format!("remove the snapshots of deleted container {c}: {e}")),
+                        Ok(()) => {
+                            notes.push(format!("removed the snapshots of deleted container {c}"))
+                        }
+                        Err(e) => notes.push(format!(
+                            "remove the snapshots of deleted container {c}: {e}"
+                        )),
                     }
                 }
             }
@@ -1012,10 +1380,17 @@ impl Runtime for SharedHost {
 
     async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String> {
         let (h, c) = (self.0.clone(), container.to_string());
-        tokio::task::spawn_blocking(move || h.pool.sweep_snapshots(&c, &keep)).await.unwrap_or_default()
+        tokio::task::spawn_blocking(move || h.pool.sweep_snapshots(&c, &keep))
+            .await
+            .unwrap_or_default()
     }
 
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str, with_state: bool) -> Result<(), RuntimeError> {
+    async fn restore_files(
+        &self,
+        rec: &ContainerRecord,
+        id: &str,
+        with_state: bool,
+    ) -> Result<(), RuntimeError> {
         let (h, c, id) = (self.0.clone(), rec.name.clone(), id.to_string());
         blocking(move || {
             let snap = h.pool.snapshot(&c, &id);
@@ -1029,7 +1404,12 @@ impl Runtime for SharedHost {
         .await
     }
 
-    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError> {
+    async fn restore(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<Running, RuntimeError> {
         let (h, rec, slot) = (self.0.clone(), rec.clone(), slot.clone());
         let restored = blocking(move || h.restore(&rec, &slot, &op)).await;
         self.refill_standby();
@@ -1057,7 +1437,12 @@ impl Runtime for SharedHost {
         ["criu-restore.log", "criu-dump.log"]
             .iter()
             .map(|f| dir.join(f))
-            .filter_map(|p| std::fs::metadata(&p).and_then(|m| m.modified()).ok().map(|t| (t, p)))
+            .filter_map(|p| {
+                std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .map(|t| (t, p))
+            })
             .max()
             .map(|(_, p)| p)
     }
@@ -1075,7 +1460,10 @@ fn freeze_settled(cg: &ContainerCgroups, dir: &Path) -> Result<(), RuntimeError>
         cg.thaw()?;
         std::thread::sleep(Duration::from_millis(1));
     }
-    Err(RuntimeError::Failed("the container never froze outside a vfork (a process keeps spawning commands); try again".into()))
+    Err(RuntimeError::Failed(
+        "the container never froze outside a vfork (a process keeps spawning commands); try again"
+            .into(),
+    ))
 }
 
 /// Dumps tried before a transient failure (a socket queue holding credentials) is final.
@@ -1109,7 +1497,12 @@ impl MonitorConn {
     fn connect(path: &Path) -> Result<MonitorConn, RuntimeError> {
         let c = match berth_runtime::monitor::client::Conn::connect(path) {
             Ok(c) => c,
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR)) => {
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR)
+                ) =>
+            {
                 return Err(RuntimeError::NotRunning);
             }
             Err(e) => return Err(e.into()),
@@ -1118,7 +1511,10 @@ impl MonitorConn {
         let fd = unsafe { OwnedFd::from_raw_fd(libc::dup(c.raw_fd())) };
         drop(c);
         if fd.as_raw_fd() < 0 {
-            return Err(RuntimeError::Failed(format!("dup: {}", io::Error::last_os_error())));
+            return Err(RuntimeError::Failed(format!(
+                "dup: {}",
+                io::Error::last_os_error()
+            )));
         }
         // SAFETY: fcntl on our fd.
         unsafe {
@@ -1158,7 +1554,11 @@ impl MonitorConn {
             let mut guard = self.fd.readable().await.map_err(io_err)?;
             match guard.try_io(|inner| fdpass::recv(inner.get_ref().as_fd(), &mut buf)) {
                 Ok(Ok((0, _))) => return Ok(None),
-                Ok(Ok((n, _fds))) => return proto::decode(&buf[..n]).map(Some).map_err(|e| RuntimeError::Failed(e.to_string())),
+                Ok(Ok((n, _fds))) => {
+                    return proto::decode(&buf[..n])
+                        .map(Some)
+                        .map_err(|e| RuntimeError::Failed(e.to_string()));
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(None),
                 Ok(Err(e)) => return Err(io_err(e)),
                 Err(_would_block) => continue,
@@ -1168,7 +1568,10 @@ impl MonitorConn {
 }
 
 fn io_err(e: io::Error) -> RuntimeError {
-    if matches!(e.raw_os_error(), Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)) {
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+    ) {
         RuntimeError::NotRunning
     } else {
         RuntimeError::Failed(format!("monitor connection: {e}"))

@@ -40,7 +40,9 @@ pub struct ImageArgs {
 
 impl std::fmt::Debug for ImageArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageArgs").field("record", &self.record).finish_non_exhaustive()
+        f.debug_struct("ImageArgs")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,11 +56,20 @@ impl Actor for ImageActor {
     type State = ImageArgs;
     type Arguments = ImageArgs;
 
-    async fn pre_start(&self, _: ActorRef<ImageMsg>, a: ImageArgs) -> Result<ImageArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<ImageMsg>,
+        a: ImageArgs,
+    ) -> Result<ImageArgs, ActorProcessingErr> {
         Ok(a)
     }
 
-    async fn handle(&self, me: ActorRef<ImageMsg>, msg: ImageMsg, s: &mut ImageArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<ImageMsg>,
+        msg: ImageMsg,
+        s: &mut ImageArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ImageMsg::Info(r) => drop(r.send(s.record.clone())),
             ImageMsg::Replace(rec) => s.record = *rec,
@@ -67,15 +78,20 @@ impl Actor for ImageActor {
                 if let Err(e) = s.store.update_image(&s.record).await {
                     tracing::warn!(image = %s.record.fingerprint, "record use: {e}");
                 }
-                let _ = s.manager.cast(ManagerMsg::ImageUpdated(Box::new(s.record.clone())));
+                let _ = s
+                    .manager
+                    .cast(ManagerMsg::ImageUpdated(Box::new(s.record.clone())));
             }
             ImageMsg::Delete(r) => {
                 let fp = s.record.fingerprint.clone();
                 let res = async {
-                    s.runtime
-                        .remove_image(&fp)
-                        .await
-                        .map_err(|e| crate::container::map_rt(crate::error::Op::DeleteImage, format!("image {fp}"), e))?;
+                    s.runtime.remove_image(&fp).await.map_err(|e| {
+                        crate::container::map_rt(
+                            crate::error::Op::DeleteImage,
+                            format!("image {fp}"),
+                            e,
+                        )
+                    })?;
                     s.store.delete_image(&fp).await?;
                     Ok::<(), Error>(())
                 }

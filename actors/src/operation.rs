@@ -71,12 +71,19 @@ impl Operation {
     /// Bytes per second since the start.
     pub fn rate(&self) -> u64 {
         let secs = (now_us().saturating_sub(self.started_at_us)) as f64 / 1e6;
-        if secs <= 0.0 { 0 } else { (self.done.load(Ordering::Relaxed) as f64 / secs) as u64 }
+        if secs <= 0.0 {
+            0
+        } else {
+            (self.done.load(Ordering::Relaxed) as f64 / secs) as u64
+        }
     }
 
     /// Current status.
     pub fn status(&self) -> OpStatus {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records progress.
@@ -109,7 +116,10 @@ pub struct Operations {
 impl Operations {
     /// An empty registry publishing on `events`.
     pub fn new(events: Events) -> Operations {
-        Operations { inner: Arc::new(Mutex::new(Registry::default())), events }
+        Operations {
+            inner: Arc::new(Mutex::new(Registry::default())),
+            events,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -117,7 +127,13 @@ impl Operations {
     }
 
     /// Starts tracking a new operation.
-    pub fn start(&self, verb: &str, objects: Vec<String>, uid: u32, cancelable: bool) -> Arc<Operation> {
+    pub fn start(
+        &self,
+        verb: &str,
+        objects: Vec<String>,
+        uid: u32,
+        cancelable: bool,
+    ) -> Arc<Operation> {
         let op = {
             let mut g = self.lock();
             g.last_id += 1;
@@ -150,7 +166,11 @@ impl Operations {
             OpStatus::Cancelled => (false, "cancelled".into()),
             OpStatus::Running => (false, String::new()),
         };
-        self.events.publish(Event::OperationDone { id: op.id, success, message });
+        self.events.publish(Event::OperationDone {
+            id: op.id,
+            success,
+            message,
+        });
     }
 
     /// A live operation.
@@ -184,6 +204,13 @@ mod tests {
         assert!(ops.get(op.id).is_none());
         assert_eq!(op.status(), OpStatus::Cancelled);
         assert_eq!(rx.try_recv().unwrap(), Event::OperationNew { id: 1 });
-        assert_eq!(rx.try_recv().unwrap(), Event::OperationDone { id: 1, success: false, message: "cancelled".into() });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Event::OperationDone {
+                id: 1,
+                success: false,
+                message: "cancelled".into()
+            }
+        );
     }
 }

@@ -108,7 +108,11 @@ impl ImageClaim {
 
 impl std::fmt::Debug for ImageClaim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "ImageClaim(held)" } else { "ImageClaim(none)" })
+        f.write_str(if self.0.is_some() {
+            "ImageClaim(held)"
+        } else {
+            "ImageClaim(none)"
+        })
     }
 }
 
@@ -160,7 +164,11 @@ pub struct CheckpointStats {
 pub trait Runtime: Send + Sync + 'static {
     /// Creates a container's storage and cgroups from its image or `source`. Returns config
     /// entries to record (`volatile.*`). Called with the record persisted as pending.
-    async fn provision(&self, rec: &ContainerRecord, source: &VolumeSource) -> Result<BTreeMap<String, String>, RuntimeError>;
+    async fn provision(
+        &self,
+        rec: &ContainerRecord,
+        source: &VolumeSource,
+    ) -> Result<BTreeMap<String, String>, RuntimeError>;
     /// Removes everything a container has on the host (storage, cgroups, runtime files).
     /// It must not be running. Idempotent.
     async fn deprovision(&self, name: &str) -> Result<(), RuntimeError>;
@@ -168,7 +176,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError>;
     /// Stops the container: `signal` (None = the init's power-off signal), SIGKILL after
     /// `timeout` (zero = at once). Returns once init is gone, with the reason.
-    async fn stop(&self, rec: &ContainerRecord, force: bool, timeout: Duration) -> Result<String, RuntimeError>;
+    async fn stop(
+        &self,
+        rec: &ContainerRecord,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<String, RuntimeError>;
     /// Cuts the running container off its network without a word to its peers (its host
     /// veths go), so that killing its tree closes no connection: a stateful restore onto it
     /// brings those connections back. Idempotent.
@@ -181,12 +194,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// when no checkpoint of this berthd's can be running (at start). Returns what it did.
     async fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError>;
     /// Events of a running container until it stops (the channel closes after `Exited`).
-    async fn watch(&self, name: &str) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError>;
+    async fn watch(
+        &self,
+        name: &str,
+    ) -> Result<mpsc::UnboundedReceiver<MonitorEvent>, RuntimeError>;
     /// Runs a process in the running container and returns its exit status.
     async fn exec(&self, name: &str, req: ExecRequest) -> Result<i32, RuntimeError>;
     /// Builds an image from a built-in recipe, stores and unpacks it. `known`: registered
     /// fingerprints (a known result changes nothing).
-    async fn build_image(&self, recipe: &str, known: HashSet<String>, op: Arc<Operation>) -> Result<NewImage, RuntimeError>;
+    async fn build_image(
+        &self,
+        recipe: &str,
+        known: HashSet<String>,
+        op: Arc<Operation>,
+    ) -> Result<NewImage, RuntimeError>;
     /// Stores an image read from `archive` (and a split image's `rootfs`) and unpacks it.
     async fn import_image(
         &self,
@@ -206,7 +227,13 @@ pub trait Runtime: Send + Sync + 'static {
         op: Arc<Operation>,
     ) -> Result<NewImage, RuntimeError>;
     /// Writes a stored image's file(s) to `out` (and a split image's rootfs to `rootfs`).
-    async fn export_image(&self, fingerprint: &str, out: OwnedFd, rootfs: Option<OwnedFd>, op: Arc<Operation>) -> Result<u64, RuntimeError>;
+    async fn export_image(
+        &self,
+        fingerprint: &str,
+        out: OwnedFd,
+        rootfs: Option<OwnedFd>,
+        op: Arc<Operation>,
+    ) -> Result<u64, RuntimeError>;
     /// Removes image files nobody registered (interrupted imports); returns what it did.
     async fn cleanup_images(&self, known: HashSet<String>) -> Vec<String>;
     /// Removes an image's files. Idempotent.
@@ -219,7 +246,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// running and the files are captured while it is frozen (staged like
     /// [`Runtime::capture_snapshot`]); for a stop the tree is killed once dumped. On failure
     /// nothing is kept and the container runs on.
-    async fn checkpoint(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<CheckpointStats, RuntimeError>;
+    async fn checkpoint(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<CheckpointStats, RuntimeError>;
     /// Moves staged snapshot `id` into place.
     async fn commit_snapshot(&self, container: &str, id: &str) -> Result<(), RuntimeError>;
     /// Removes snapshot `id`'s files, staged or committed. Idempotent.
@@ -231,10 +263,20 @@ pub trait Runtime: Send + Sync + 'static {
     async fn sweep_snapshots(&self, container: &str, keep: Vec<String>) -> Vec<String>;
     /// Replaces the stopped container's files with snapshot `id`'s. `with_state`: its running
     /// state is restored next (so the links CRIU made in the files for it stay).
-    async fn restore_files(&self, rec: &ContainerRecord, id: &str, with_state: bool) -> Result<(), RuntimeError>;
+    async fn restore_files(
+        &self,
+        rec: &ContainerRecord,
+        id: &str,
+        with_state: bool,
+    ) -> Result<(), RuntimeError>;
     /// Starts the stopped container from the running state in `slot` (files must already be
     /// those of the checkpoint). Returns once the restored init runs.
-    async fn restore(&self, rec: &ContainerRecord, slot: &StateSlot, op: Arc<Operation>) -> Result<Running, RuntimeError>;
+    async fn restore(
+        &self,
+        rec: &ContainerRecord,
+        slot: &StateSlot,
+        op: Arc<Operation>,
+    ) -> Result<Running, RuntimeError>;
     /// Whether a stateful stop saved a state for `container`.
     async fn has_stop_state(&self, container: &str) -> bool;
     /// Removes the saved state of a stateful stop. Idempotent. `unused`: the state was not

@@ -52,7 +52,10 @@ pub struct SnapshotArgs {
 
 impl std::fmt::Debug for SnapshotArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotArgs").field("record", &self.record).field("staged", &self.staged).finish_non_exhaustive()
+        f.debug_struct("SnapshotArgs")
+            .field("record", &self.record)
+            .field("staged", &self.staged)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,7 +75,10 @@ pub struct SnapshotState {
 
 impl std::fmt::Debug for SnapshotState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotState").field("rec", &self.rec).field("staged", &self.staged).finish_non_exhaustive()
+        f.debug_struct("SnapshotState")
+            .field("rec", &self.rec)
+            .field("staged", &self.staged)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,11 +88,27 @@ impl Actor for SnapshotActor {
     type State = SnapshotState;
     type Arguments = SnapshotArgs;
 
-    async fn pre_start(&self, _me: ActorRef<SnapshotMsg>, a: SnapshotArgs) -> Result<SnapshotState, ActorProcessingErr> {
-        Ok(SnapshotState { rec: a.record, staged: a.staged, lends: 0, store: a.store, rt: a.runtime, events: a.events })
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SnapshotMsg>,
+        a: SnapshotArgs,
+    ) -> Result<SnapshotState, ActorProcessingErr> {
+        Ok(SnapshotState {
+            rec: a.record,
+            staged: a.staged,
+            lends: 0,
+            store: a.store,
+            rt: a.runtime,
+            events: a.events,
+        })
     }
 
-    async fn handle(&self, me: ActorRef<SnapshotMsg>, msg: SnapshotMsg, s: &mut SnapshotState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<SnapshotMsg>,
+        msg: SnapshotMsg,
+        s: &mut SnapshotState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SnapshotMsg::Info(r) => drop(r.send(s.rec.clone())),
             SnapshotMsg::Capture(r) => {
@@ -118,7 +140,10 @@ impl Actor for SnapshotActor {
             }
             SnapshotMsg::Lend(r) => {
                 let res = if s.staged {
-                    Err(Error::Busy(format!("snapshot {} is still being taken", s.what())))
+                    Err(Error::Busy(format!(
+                        "snapshot {} is still being taken",
+                        s.what()
+                    )))
                 } else {
                     s.lends += 1;
                     Ok(s.rec.clone())
@@ -147,7 +172,10 @@ impl SnapshotState {
     /// Files into place, then the row: the row is the commit point.
     async fn commit(&mut self) -> Result<SnapshotRecord> {
         if !self.staged {
-            return Err(Error::Busy(format!("snapshot {} is already committed", self.what())));
+            return Err(Error::Busy(format!(
+                "snapshot {} is already committed",
+                self.what()
+            )));
         }
         self.rt
             .commit_snapshot(&self.rec.container, &self.rec.id)
@@ -155,13 +183,20 @@ impl SnapshotState {
             .map_err(|e| crate::container::map_rt(Op::Snapshot, self.what(), e))?;
         self.store.insert_snapshot(&self.rec).await?;
         self.staged = false;
-        self.events.publish(Event::SnapshotCreated { container: self.rec.container.clone(), name: self.rec.name.clone() });
+        self.events.publish(Event::SnapshotCreated {
+            container: self.rec.container.clone(),
+            name: self.rec.name.clone(),
+        });
         Ok(self.rec.clone())
     }
 
     /// Removes staged (or uncommitted) files and stops.
     async fn discard(&mut self, me: &ActorRef<SnapshotMsg>) {
-        if let Err(e) = self.rt.remove_snapshot(&self.rec.container, &self.rec.id).await {
+        if let Err(e) = self
+            .rt
+            .remove_snapshot(&self.rec.container, &self.rec.id)
+            .await
+        {
             tracing::warn!(snapshot = %self.what(), "remove staged files: {e} (swept at the next start)");
         }
         me.stop(Some("discarded".into()));
@@ -169,12 +204,23 @@ impl SnapshotState {
 
     async fn rename(&mut self, to: String) -> Result<SnapshotRecord> {
         if self.staged {
-            return Err(Error::Busy(format!("snapshot {} is still being taken", self.what())));
+            return Err(Error::Busy(format!(
+                "snapshot {} is still being taken",
+                self.what()
+            )));
         }
-        self.store.rename_snapshot(&self.rec.container, &self.rec.name, &to).await?;
+        self.store
+            .rename_snapshot(&self.rec.container, &self.rec.name, &to)
+            .await?;
         let from = std::mem::replace(&mut self.rec.name, to);
-        self.events.publish(Event::SnapshotRemoved { container: self.rec.container.clone(), name: from });
-        self.events.publish(Event::SnapshotCreated { container: self.rec.container.clone(), name: self.rec.name.clone() });
+        self.events.publish(Event::SnapshotRemoved {
+            container: self.rec.container.clone(),
+            name: from,
+        });
+        self.events.publish(Event::SnapshotCreated {
+            container: self.rec.container.clone(),
+            name: self.rec.name.clone(),
+        });
         Ok(self.rec.clone())
     }
 
@@ -182,14 +228,29 @@ impl SnapshotState {
     /// leaves files no row names, swept at the next start.
     async fn delete(&mut self, me: &ActorRef<SnapshotMsg>) -> Result<()> {
         if self.lends > 0 {
-            return Err(Error::Busy(format!("snapshot {} is being restored or copied; try again when that is done", self.what())));
+            return Err(Error::Busy(format!(
+                "snapshot {} is being restored or copied; try again when that is done",
+                self.what()
+            )));
         }
         if self.staged {
-            return Err(Error::Busy(format!("snapshot {} is still being taken", self.what())));
+            return Err(Error::Busy(format!(
+                "snapshot {} is still being taken",
+                self.what()
+            )));
         }
-        self.store.delete_snapshot(&self.rec.container, &self.rec.name).await?;
-        self.events.publish(Event::SnapshotRemoved { container: self.rec.container.clone(), name: self.rec.name.clone() });
-        if let Err(e) = self.rt.remove_snapshot(&self.rec.container, &self.rec.id).await {
+        self.store
+            .delete_snapshot(&self.rec.container, &self.rec.name)
+            .await?;
+        self.events.publish(Event::SnapshotRemoved {
+            container: self.rec.container.clone(),
+            name: self.rec.name.clone(),
+        });
+        if let Err(e) = self
+            .rt
+            .remove_snapshot(&self.rec.container, &self.rec.id)
+            .await
+        {
             tracing::warn!(snapshot = %self.what(), "remove files: {e} (swept at the next start)");
         }
         me.stop(Some("deleted".into()));

@@ -94,7 +94,8 @@ impl Db {
                 .mode(0o600)
                 .open(path)
                 .map_err(|e| Error::Store(format!("open {}: {e}", path.display())))?;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::Store(format!("chmod {}: {e}", path.display())))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::Store(format!("chmod {}: {e}", path.display())))?;
         }
         let conn = Connection::open(path)?;
         Self::setup(conn)
@@ -116,7 +117,9 @@ impl Db {
     }
 
     fn migrate(&mut self) -> Result<()> {
-        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version as usize > MIGRATIONS.len() {
             return Err(Error::Store(format!(
                 "the database is at schema version {version}, newer than this berth ({}); upgrade berth",
@@ -134,7 +137,9 @@ impl Db {
 
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
     /// Loads every container and image.
@@ -165,8 +170,10 @@ impl Db {
                 init_pid: pid.max(0) as u32,
                 created_at_us: created.max(0) as u64,
                 ephemeral: eph,
-                profiles: serde_json::from_str(&profiles).map_err(|e| Error::Store(format!("profiles of {name}: {e}")))?,
-                config: serde_json::from_str(&config).map_err(|e| Error::Store(format!("config of {name}: {e}")))?,
+                profiles: serde_json::from_str(&profiles)
+                    .map_err(|e| Error::Store(format!("profiles of {name}: {e}")))?,
+                config: serde_json::from_str(&config)
+                    .map_err(|e| Error::Store(format!("config of {name}: {e}")))?,
                 architecture: arch,
                 pending: Pending::parse(&pending),
                 name,
@@ -192,7 +199,8 @@ impl Db {
         for row in rows {
             let (fp, arch, size, created, uploaded, used, props, split) = row?;
             out.images.push(ImageRecord {
-                properties: serde_json::from_str(&props).map_err(|e| Error::Store(format!("properties of {fp}: {e}")))?,
+                properties: serde_json::from_str(&props)
+                    .map_err(|e| Error::Store(format!("properties of {fp}: {e}")))?,
                 aliases: Vec::new(),
                 architecture: arch,
                 size: size.max(0) as u64,
@@ -204,7 +212,9 @@ impl Db {
             });
         }
         out.snapshots = self.snapshots(None)?;
-        let mut st = self.conn.prepare("SELECT name, image FROM image_aliases ORDER BY name")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT name, image FROM image_aliases ORDER BY name")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (alias, fp) = row?;
@@ -247,7 +257,10 @@ impl Db {
             params![s.container, s.name, s.id, s.created_at_us as i64, s.stateful, s.size as i64],
         )?;
         if n == 0 {
-            return Err(Error::AlreadyExists { kind: "snapshot", name: format!("{}/{}", s.container, s.name) });
+            return Err(Error::AlreadyExists {
+                kind: "snapshot",
+                name: format!("{}/{}", s.container, s.name),
+            });
         }
         Ok(())
     }
@@ -256,21 +269,37 @@ impl Db {
     pub fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<()> {
         let taken: Option<String> = self
             .conn
-            .query_row("SELECT name FROM snapshots WHERE container=?1 AND name=?2", params![container, to], |r| r.get(0))
+            .query_row(
+                "SELECT name FROM snapshots WHERE container=?1 AND name=?2",
+                params![container, to],
+                |r| r.get(0),
+            )
             .optional()?;
         if taken.is_some() {
-            return Err(Error::AlreadyExists { kind: "snapshot", name: format!("{container}/{to}") });
+            return Err(Error::AlreadyExists {
+                kind: "snapshot",
+                name: format!("{container}/{to}"),
+            });
         }
-        let n = self.conn.execute("UPDATE snapshots SET name=?3 WHERE container=?1 AND name=?2", params![container, from, to])?;
+        let n = self.conn.execute(
+            "UPDATE snapshots SET name=?3 WHERE container=?1 AND name=?2",
+            params![container, from, to],
+        )?;
         if n == 0 {
-            return Err(Error::NoSuchSnapshot { container: container.to_string(), name: from.to_string() });
+            return Err(Error::NoSuchSnapshot {
+                container: container.to_string(),
+                name: from.to_string(),
+            });
         }
         Ok(())
     }
 
     /// Removes a snapshot's row. Missing is fine.
     pub fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM snapshots WHERE container=?1 AND name=?2", params![container, name])?;
+        self.conn.execute(
+            "DELETE FROM snapshots WHERE container=?1 AND name=?2",
+            params![container, name],
+        )?;
         Ok(())
     }
 
@@ -282,7 +311,10 @@ impl Db {
             c,
         )?;
         if n == 0 {
-            return Err(Error::AlreadyExists { kind: "container", name: c.name.clone() });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                name: c.name.clone(),
+            });
         }
         Ok(())
     }
@@ -321,7 +353,8 @@ impl Db {
 
     /// Removes a container's row. Missing is fine.
     pub fn delete_container(&self, name: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM containers WHERE name=?1", params![name])?;
+        self.conn
+            .execute("DELETE FROM containers WHERE name=?1", params![name])?;
         Ok(())
     }
 
@@ -344,12 +377,23 @@ impl Db {
             ],
         )?;
         for a in &img.aliases {
-            let owner: Option<String> =
-                tx.query_row("SELECT image FROM image_aliases WHERE name=?1", params![a], |r| r.get(0)).optional()?;
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT image FROM image_aliases WHERE name=?1",
+                    params![a],
+                    |r| r.get(0),
+                )
+                .optional()?;
             if owner.is_some() {
-                return Err(Error::AlreadyExists { kind: "image alias", name: a.clone() });
+                return Err(Error::AlreadyExists {
+                    kind: "image alias",
+                    name: a.clone(),
+                });
             }
-            tx.execute("INSERT INTO image_aliases (name, image) VALUES (?1, ?2)", params![a, img.fingerprint])?;
+            tx.execute(
+                "INSERT INTO image_aliases (name, image) VALUES (?1, ?2)",
+                params![a, img.fingerprint],
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -359,14 +403,19 @@ impl Db {
     pub fn update_image(&self, img: &ImageRecord) -> Result<()> {
         self.conn.execute(
             "UPDATE images SET properties=?2, last_used_at=?3 WHERE fingerprint=?1",
-            params![img.fingerprint, json(&img.properties), img.last_used_at_us as i64],
+            params![
+                img.fingerprint,
+                json(&img.properties),
+                img.last_used_at_us as i64
+            ],
         )?;
         Ok(())
     }
 
     /// Removes an alias. Missing is fine.
     pub fn delete_alias(&self, alias: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM image_aliases WHERE name=?1", params![alias])?;
+        self.conn
+            .execute("DELETE FROM image_aliases WHERE name=?1", params![alias])?;
         Ok(())
     }
 
@@ -381,13 +430,23 @@ impl Db {
 
     /// Removes an image and its aliases.
     pub fn delete_image(&self, fingerprint: &str) -> Result<()> {
-        self.conn.execute("DELETE FROM images WHERE fingerprint=?1", params![fingerprint])?;
+        self.conn.execute(
+            "DELETE FROM images WHERE fingerprint=?1",
+            params![fingerprint],
+        )?;
         Ok(())
     }
 
     /// A setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM settings WHERE key=?1", params![key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM settings WHERE key=?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Sets a setting.
@@ -455,7 +514,12 @@ impl Actor for StoreActor {
         Ok(db)
     }
 
-    async fn handle(&self, _: ActorRef<StoreMsg>, msg: StoreMsg, db: &mut Db) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<StoreMsg>,
+        msg: StoreMsg,
+        db: &mut Db,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             StoreMsg::Load(r) => drop(r.send(db.load())),
             StoreMsg::Container(n, r) => drop(r.send(db.container(&n))),
@@ -581,12 +645,23 @@ impl Store {
 
     /// Renames a snapshot.
     pub async fn rename_snapshot(&self, container: &str, from: &str, to: &str) -> Result<()> {
-        store_call!(self, RenameSnapshot, container.to_string(), from.to_string(), to.to_string())
+        store_call!(
+            self,
+            RenameSnapshot,
+            container.to_string(),
+            from.to_string(),
+            to.to_string()
+        )
     }
 
     /// Deletes a snapshot's row.
     pub async fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
-        store_call!(self, DeleteSnapshot, container.to_string(), name.to_string())
+        store_call!(
+            self,
+            DeleteSnapshot,
+            container.to_string(),
+            name.to_string()
+        )
     }
 }
 
@@ -620,7 +695,10 @@ mod tests {
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         let mut c = rec("c1");
         db.insert_container(&c).unwrap();
-        assert!(matches!(db.insert_container(&c), Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            db.insert_container(&c),
+            Err(Error::AlreadyExists { .. })
+        ));
         c.status = Status::Running;
         c.init_pid = 42;
         c.pending = Pending::None;
@@ -628,7 +706,10 @@ mod tests {
         assert_eq!(db.load().unwrap().containers, vec![c.clone()]);
         db.delete_container("c1").unwrap();
         assert!(db.load().unwrap().containers.is_empty());
-        assert!(matches!(db.update_container(&c), Err(Error::NoSuchContainer(_))));
+        assert!(matches!(
+            db.update_container(&c),
+            Err(Error::NoSuchContainer(_))
+        ));
     }
 
     #[test]
@@ -649,7 +730,10 @@ mod tests {
         let mut other = img.clone();
         other.fingerprint = "b".repeat(64);
         // the alias is taken: nothing of `other` is written
-        assert!(matches!(db.insert_image(&other), Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            db.insert_image(&other),
+            Err(Error::AlreadyExists { .. })
+        ));
         let loaded = db.load().unwrap();
         assert_eq!(loaded.images, vec![img.clone()]);
         db.delete_image(&img.fingerprint).unwrap();

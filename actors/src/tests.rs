@@ -1,5 +1,6 @@
 //! Actor tests: the whole engine over the in-memory fake runtime.
 
+use crate::Engine;
 use crate::container::ContainerMsg;
 use crate::error::Error;
 use crate::events::Event;
@@ -7,7 +8,6 @@ use crate::fake::FakeRuntime;
 use crate::manager::{MAX_RESTARTS, ManagerMsg};
 use crate::store::Db;
 use crate::types::*;
-use crate::Engine;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::Arc;
@@ -24,22 +24,35 @@ fn host() -> HostInfo {
 
 async fn engine() -> (Engine, Arc<FakeRuntime>) {
     let rt = Arc::new(FakeRuntime::new());
-    let e = Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host()).await.unwrap();
-    e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
+    let e = Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host())
+        .await
+        .unwrap();
+    e.build_image("busybox", aliases(&["busybox"]), 0)
+        .await
+        .unwrap();
     (e, rt)
 }
 
 fn aliases(a: &[&str]) -> ImageOptions {
-    ImageOptions { aliases: a.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ImageOptions {
+        aliases: a.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 fn req(name: &str) -> CreateRequest {
-    CreateRequest { name: name.into(), image: "busybox".into(), ..Default::default() }
+    CreateRequest {
+        name: name.into(),
+        image: "busybox".into(),
+        ..Default::default()
+    }
 }
 
 /// Every test body runs under a timeout.
 async fn within<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(20), f).await.expect("test timed out");
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test timed out");
 }
 
 async fn wait_for(e: &Engine, name: &str, status: Status) -> ContainerInfo {
@@ -61,8 +74,14 @@ async fn lifecycle() {
         let (info, created) = e.create_container(req("c1")).await.unwrap();
         assert_eq!(created, Created::New);
         assert_eq!(info.status, Status::Stopped);
-        assert_eq!(info.config.get("image.os").map(String::as_str), Some("busybox"));
-        assert_eq!(info.config.get("volatile.idmap.base").map(String::as_str), Some("1000000"));
+        assert_eq!(
+            info.config.get("image.os").map(String::as_str),
+            Some("busybox")
+        );
+        assert_eq!(
+            info.config.get("volatile.idmap.base").map(String::as_str),
+            Some("1000000")
+        );
         assert!(rt.is_provisioned("c1"));
 
         e.start_container("c1", Default::default()).await.unwrap();
@@ -71,12 +90,22 @@ async fn lifecycle() {
         assert_eq!(rt.is_running("c1").unwrap().init_pid, info.init_pid);
         let list = e.list_containers().await.unwrap();
         assert_eq!(list.len(), 1);
-        assert_eq!((list[0].status, list[0].init_pid), (Status::Running, info.init_pid));
+        assert_eq!(
+            (list[0].status, list[0].init_pid),
+            (Status::Running, info.init_pid)
+        );
 
         // exec with a pipe as stdout: the fake writes argv there
         let (mut r, w) = std::io::pipe().unwrap();
         let code = e
-            .exec("c1", ExecRequest { argv: vec!["exit".into(), "7".into()], stdio: [None, Some(w.into()), None], ..Default::default() })
+            .exec(
+                "c1",
+                ExecRequest {
+                    argv: vec!["exit".into(), "7".into()],
+                    stdio: [None, Some(w.into()), None],
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(code, 7);
@@ -84,11 +113,22 @@ async fn lifecycle() {
         r.read_to_string(&mut out).unwrap();
         assert_eq!(out, "exit 7\n");
 
-        e.stop_container("c1", StopOptions { force: false, ..Default::default() }).await.unwrap();
+        e.stop_container(
+            "c1",
+            StopOptions {
+                force: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
         assert_eq!(e.container("c1").await.unwrap().init_pid, 0);
         e.delete_container("c1", false).await.unwrap();
-        assert_eq!(e.container("c1").await, Err(Error::NoSuchContainer("c1".into())));
+        assert_eq!(
+            e.container("c1").await,
+            Err(Error::NoSuchContainer("c1".into()))
+        );
         assert!(!rt.is_provisioned("c1"));
         assert!(e.list_containers().await.unwrap().is_empty());
         // the name is free again at once
@@ -109,13 +149,34 @@ async fn create_is_idempotent_and_refuses_clashes() {
         let (_, c) = e.create_container(r.clone()).await.unwrap();
         assert_eq!(c, Created::Identity);
         r.config.insert("user.role".into(), "db".into());
-        assert!(matches!(e.create_container(r).await, Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            e.create_container(r).await,
+            Err(Error::AlreadyExists { .. })
+        ));
         // hostnames ignore case: WEB would be web on the network
-        assert!(matches!(e.create_container(req("WEB")).await, Err(Error::AlreadyExists { .. })));
-        assert!(matches!(e.container("WEB").await, Err(Error::NoSuchContainer(_))));
+        assert!(matches!(
+            e.create_container(req("WEB")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            e.container("WEB").await,
+            Err(Error::NoSuchContainer(_))
+        ));
         // an unnamed create that asks for a name gets a free one, twice over
-        let (a, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
-        let (b, _) = e.create_container(CreateRequest { pick_name: true, ..req("") }).await.unwrap();
+        let (a, _) = e
+            .create_container(CreateRequest {
+                pick_name: true,
+                ..req("")
+            })
+            .await
+            .unwrap();
+        let (b, _) = e
+            .create_container(CreateRequest {
+                pick_name: true,
+                ..req("")
+            })
+            .await
+            .unwrap();
         validate_name(&a.name).unwrap();
         assert_ne!(a.name, b.name);
     })
@@ -179,8 +240,14 @@ async fn a_failed_start_leaves_it_stopped() {
         let (e, rt) = engine().await;
         e.create_container(req("c1")).await.unwrap();
         rt.fail_next_start("c1", "mount proc: EPERM");
-        let err = e.start_container("c1", Default::default()).await.unwrap_err();
-        assert!(matches!(&err, Error::Runtime { detail, .. } if detail.contains("mount proc")), "{err}");
+        let err = e
+            .start_container("c1", Default::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Runtime { detail, .. } if detail.contains("mount proc")),
+            "{err}"
+        );
         assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
         e.start_container("c1", Default::default()).await.unwrap();
     })
@@ -191,14 +258,39 @@ async fn a_failed_start_leaves_it_stopped() {
 async fn graceful_stop_keeps_the_mailbox_answering_and_force_escalates() {
     within(async {
         let (e, rt) = engine().await;
-        e.create_container(CreateRequest { start: true, ..req("slow") }).await.unwrap();
+        e.create_container(CreateRequest {
+            start: true,
+            ..req("slow")
+        })
+        .await
+        .unwrap();
         rt.set_stop_delay(Duration::from_secs(30));
         let e2 = e.clone();
-        let graceful = tokio::spawn(async move { e2.stop_container("slow", StopOptions { force: false, ..Default::default() }).await });
+        let graceful = tokio::spawn(async move {
+            e2.stop_container(
+                "slow",
+                StopOptions {
+                    force: false,
+                    ..Default::default()
+                },
+            )
+            .await
+        });
         wait_for(&e, "slow", Status::Stopping).await;
         // a second operation is refused, not queued behind the stop
-        assert!(matches!(e.start_container("slow", Default::default()).await, Err(Error::Busy(_))));
-        e.stop_container("slow", StopOptions { force: true, ..Default::default() }).await.unwrap();
+        assert!(matches!(
+            e.start_container("slow", Default::default()).await,
+            Err(Error::Busy(_))
+        ));
+        e.stop_container(
+            "slow",
+            StopOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         graceful.await.unwrap().unwrap();
         assert_eq!(e.container("slow").await.unwrap().status, Status::Stopped);
         assert!(rt.log().contains(&"stop slow force".to_string()));
@@ -211,8 +303,19 @@ async fn power_off_from_inside_is_noticed_and_ephemeral_ones_vanish() {
     within(async {
         let (e, rt) = engine().await;
         let mut events = e.subscribe();
-        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
-        e.create_container(CreateRequest { start: true, ephemeral: true, ..req("eph") }).await.unwrap();
+        e.create_container(CreateRequest {
+            start: true,
+            ..req("c1")
+        })
+        .await
+        .unwrap();
+        e.create_container(CreateRequest {
+            start: true,
+            ephemeral: true,
+            ..req("eph")
+        })
+        .await
+        .unwrap();
         rt.power_off_from_inside("c1");
         wait_for(&e, "c1", Status::Stopped).await;
         rt.power_off_from_inside("eph");
@@ -222,7 +325,10 @@ async fn power_off_from_inside_is_noticed_and_ephemeral_ones_vanish() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(matches!(e.container("eph").await, Err(Error::NoSuchContainer(_))));
+        assert!(matches!(
+            e.container("eph").await,
+            Err(Error::NoSuchContainer(_))
+        ));
         assert!(!rt.is_provisioned("eph"));
         // events in order for c1: created, starting, running, stopped
         let mut seen = Vec::new();
@@ -238,7 +344,15 @@ async fn power_off_from_inside_is_noticed_and_ephemeral_ones_vanish() {
             }
             v
         });
-        assert_eq!(dedup, [Status::Stopped, Status::Starting, Status::Running, Status::Stopped]);
+        assert_eq!(
+            dedup,
+            [
+                Status::Stopped,
+                Status::Starting,
+                Status::Running,
+                Status::Stopped
+            ]
+        );
     })
     .await
 }
@@ -247,9 +361,22 @@ async fn power_off_from_inside_is_noticed_and_ephemeral_ones_vanish() {
 async fn restart_gives_a_new_init() {
     within(async {
         let (e, _rt) = engine().await;
-        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
+        e.create_container(CreateRequest {
+            start: true,
+            ..req("c1")
+        })
+        .await
+        .unwrap();
         let before = e.container("c1").await.unwrap().init_pid;
-        e.restart_container("c1", StopOptions { force: false, ..Default::default() }).await.unwrap();
+        e.restart_container(
+            "c1",
+            StopOptions {
+                force: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let after = e.container("c1").await.unwrap();
         assert_eq!(after.status, Status::Running);
         assert_ne!(after.init_pid, before);
@@ -261,15 +388,26 @@ async fn restart_gives_a_new_init() {
 async fn a_crashed_container_actor_is_respawned_and_finds_its_container() {
     within(async {
         let (e, rt) = engine().await;
-        e.create_container(CreateRequest { start: true, ..req("c1") }).await.unwrap();
+        e.create_container(CreateRequest {
+            start: true,
+            ..req("c1")
+        })
+        .await
+        .unwrap();
         let pid = e.container("c1").await.unwrap().init_pid;
         for round in 0..MAX_RESTARTS {
-            e.manager().send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash)).unwrap();
+            e.manager()
+                .send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash))
+                .unwrap();
             // it answers again, as Running with the same init
             let mut ok = false;
             for _ in 0..200 {
                 if let Ok(i) = e.container("c1").await {
-                    assert_eq!((i.status, i.init_pid), (Status::Running, pid), "round {round}");
+                    assert_eq!(
+                        (i.status, i.init_pid),
+                        (Status::Running, pid),
+                        "round {round}"
+                    );
                     ok = true;
                     break;
                 }
@@ -280,7 +418,9 @@ async fn a_crashed_container_actor_is_respawned_and_finds_its_container() {
         }
         assert_eq!(rt.is_running("c1").unwrap().init_pid, pid);
         // one more failure within the window: the manager gives up on it
-        e.manager().send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash)).unwrap();
+        e.manager()
+            .send_message(ManagerMsg::ToContainer("c1".into(), ContainerMsg::Crash))
+            .unwrap();
         let mut gave_up = false;
         for _ in 0..200 {
             // (a call that reaches the dying actor is transiently Unavailable too)
@@ -309,10 +449,24 @@ async fn startup_reconciles_with_what_runs() {
         let _ = std::fs::remove_file(&db_path);
         let pid;
         {
-            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host()).await.unwrap();
-            e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
-            e.create_container(CreateRequest { start: true, ..req("keeps") }).await.unwrap();
-            e.create_container(CreateRequest { start: true, ..req("dies") }).await.unwrap();
+            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
+                .await
+                .unwrap();
+            e.build_image("busybox", aliases(&["busybox"]), 0)
+                .await
+                .unwrap();
+            e.create_container(CreateRequest {
+                start: true,
+                ..req("keeps")
+            })
+            .await
+            .unwrap();
+            e.create_container(CreateRequest {
+                start: true,
+                ..req("dies")
+            })
+            .await
+            .unwrap();
             pid = e.container("keeps").await.unwrap().init_pid;
             e.shutdown().await;
         }
@@ -326,11 +480,16 @@ async fn startup_reconciles_with_what_runs() {
             half.status = Status::Stopped;
             db.insert_container(&half).unwrap();
         }
-        let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host()).await.unwrap();
+        let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
+            .await
+            .unwrap();
         let keeps = wait_for(&e, "keeps", Status::Running).await;
         assert_eq!(keeps.init_pid, pid);
         wait_for(&e, "dies", Status::Stopped).await;
-        assert!(matches!(e.container("half").await, Err(Error::NoSuchContainer(_))));
+        assert!(matches!(
+            e.container("half").await,
+            Err(Error::NoSuchContainer(_))
+        ));
         assert!(rt.log().contains(&"deprovision half".to_string()));
         e.shutdown().await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -347,12 +506,31 @@ async fn images_resolve_by_alias_fingerprint_and_prefix() {
         assert_eq!(e.image(&img.fingerprint[..12]).await.unwrap(), img);
         assert_eq!(e.image("zzz").await, Err(Error::NoSuchImage("zzz".into())));
         let (again, c) = e.build_image("busybox", aliases(&[]), 0).await.unwrap();
-        assert_eq!((again.fingerprint, c), (img.fingerprint.clone(), Created::Identity));
+        assert_eq!(
+            (again.fingerprint, c),
+            (img.fingerprint.clone(), Created::Identity)
+        );
         // again with the alias it has (a retry after a crash): the image back, unchanged
-        let (again, c) = e.build_image("busybox", aliases(&["busybox"]), 0).await.unwrap();
-        assert_eq!((again.fingerprint, again.aliases, c), (img.fingerprint.clone(), img.aliases.clone(), Created::Identity));
-        assert!(matches!(e.build_image("busybox", aliases(&["bad alias"]), 0).await, Err(Error::InvalidName { .. })));
-        assert!(matches!(e.build_image("nope", aliases(&[]), 0).await, Err(Error::InvalidConfig(_))));
+        let (again, c) = e
+            .build_image("busybox", aliases(&["busybox"]), 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.fingerprint, again.aliases, c),
+            (
+                img.fingerprint.clone(),
+                img.aliases.clone(),
+                Created::Identity
+            )
+        );
+        assert!(matches!(
+            e.build_image("busybox", aliases(&["bad alias"]), 0).await,
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            e.build_image("nope", aliases(&[]), 0).await,
+            Err(Error::InvalidConfig(_))
+        ));
     })
     .await
 }

@@ -14,7 +14,12 @@ pub const MAX_NAME_LEN: usize = 63;
 /// Checks a container (or snapshot/profile) name: a DNS label of 1–63 characters from
 /// `[a-zA-Z0-9-]`, not starting with a digit or `-`, not ending with `-`.
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason: &str| Err(Error::InvalidName { name: name.to_string(), reason: reason.to_string() });
+    let bad = |reason: &str| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
     if name.is_empty() {
         return bad("the name is empty");
     }
@@ -24,8 +29,13 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.contains('/') || name.contains("..") {
         return bad("names cannot contain '/' or '..'");
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
-        return bad(&format!("{c:?} is not allowed; use letters, digits and '-' (a DNS label)"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return bad(&format!(
+            "{c:?} is not allowed; use letters, digits and '-' (a DNS label)"
+        ));
     }
     let first = name.as_bytes()[0];
     if first.is_ascii_digit() || first == b'-' {
@@ -82,7 +92,10 @@ impl Status {
 
     /// Whether processes exist in this status.
     pub fn is_active(self) -> bool {
-        matches!(self, Status::Starting | Status::Running | Status::Stopping | Status::Frozen)
+        matches!(
+            self,
+            Status::Starting | Status::Running | Status::Stopping | Status::Frozen
+        )
     }
 }
 
@@ -301,7 +314,11 @@ pub fn new_snapshot_id() -> String {
     let mut r = [0u8; 4];
     // SAFETY: getrandom into a valid buffer.
     unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
-    format!("{}-{}", now_us(), r.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "{}-{}",
+        now_us(),
+        r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// Default grace period of a stop.
@@ -352,7 +369,10 @@ pub struct ImageRecord {
 impl ImageRecord {
     /// The image's description property, or "".
     pub fn description(&self) -> &str {
-        self.properties.get("description").map(String::as_str).unwrap_or("")
+        self.properties
+            .get("description")
+            .map(String::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -389,7 +409,10 @@ pub struct StatefulProbe {
 impl StatefulProbe {
     /// A probe run at most once.
     pub fn new(probe: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
-        StatefulProbe { cell: Default::default(), probe: std::sync::Arc::new(probe) }
+        StatefulProbe {
+            cell: Default::default(),
+            probe: std::sync::Arc::new(probe),
+        }
     }
 
     /// A known answer (tests).
@@ -405,7 +428,9 @@ impl StatefulProbe {
 
 impl std::fmt::Debug for StatefulProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StatefulProbe").field("answer", &self.cell.get()).finish()
+        f.debug_struct("StatefulProbe")
+            .field("answer", &self.cell.get())
+            .finish()
     }
 }
 
@@ -426,14 +451,37 @@ mod tests {
         for ok in ["c1", "web", "a-b-c", "A9", &"x".repeat(63)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1abc", "-a", "a-", "a/b", "a..b", "..", "a_b", "a.b", "ü", "a b", &"x".repeat(64)] {
-            assert!(matches!(validate_name(bad), Err(Error::InvalidName { .. })), "{bad}");
+        for bad in [
+            "",
+            "1abc",
+            "-a",
+            "a-",
+            "a/b",
+            "a..b",
+            "..",
+            "a_b",
+            "a.b",
+            "ü",
+            "a b",
+            &"x".repeat(64),
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::InvalidName { .. })),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn status_round_trip() {
-        for s in [Status::Stopped, Status::Starting, Status::Running, Status::Stopping, Status::Frozen, Status::Error] {
+        for s in [
+            Status::Stopped,
+            Status::Starting,
+            Status::Running,
+            Status::Stopping,
+            Status::Frozen,
+            Status::Error,
+        ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("running"), None);

@@ -118,10 +118,18 @@ pub(crate) enum AliasCmd {
 
 /// An Image object.
 pub(crate) async fn image_at(conn: &Connection, path: OwnedObjectPath) -> R<ImageProxy<'_>> {
-    Ok(ImageProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
+    Ok(ImageProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
 }
 
-async fn image_ref<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, reference: &str) -> R<ImageProxy<'a>> {
+async fn image_ref<'a>(
+    conn: &'a Connection,
+    m: &ManagerProxy<'_>,
+    reference: &str,
+) -> R<ImageProxy<'a>> {
     let path = m.get_image(reference).await?;
     image_at(conn, path).await
 }
@@ -151,13 +159,21 @@ fn extension(head: &[u8]) -> &'static str {
 const EXTENSIONS: [&str; 6] = ["tar", "tar.gz", "tar.xz", "tar.zst", "tar.bz2", "squashfs"];
 
 fn exists_error(p: &Path) -> Fail {
-    Fail(format!("{} already exists; remove it or pass --force to overwrite it", p.display()), 1)
+    Fail(
+        format!(
+            "{} already exists; remove it or pass --force to overwrite it",
+            p.display()
+        ),
+        1,
+    )
 }
 
 /// The name the exported file `tmp` gets in `dir`.
 fn export_name(tmp: &Path, dir: &Path, prefix: &str, fp: &str) -> PathBuf {
     let mut head = [0u8; 8];
-    let n = std::fs::File::open(tmp).and_then(|mut f| f.read(&mut head)).unwrap_or(0);
+    let n = std::fs::File::open(tmp)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
     dir.join(format!("{prefix}{fp}.{}", extension(&head[..n])))
 }
 
@@ -166,12 +182,20 @@ fn export_name(tmp: &Path, dir: &Path, prefix: &str, fp: &str) -> PathBuf {
 fn finish_export(files: &[(PathBuf, PathBuf)], force: bool) -> R<()> {
     let mut placed: Vec<&PathBuf> = Vec::new();
     for (tmp, dest) in files {
-        let r = if force { std::fs::rename(tmp, dest) } else { std::fs::hard_link(tmp, dest) };
+        let r = if force {
+            std::fs::rename(tmp, dest)
+        } else {
+            std::fs::hard_link(tmp, dest)
+        };
         if let Err(e) = r {
             for p in placed {
                 let _ = std::fs::remove_file(p);
             }
-            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists { exists_error(dest) } else { Fail(format!("cannot write {}: {e}", dest.display()), 1) });
+            return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists_error(dest)
+            } else {
+                Fail(format!("cannot write {}: {e}", dest.display()), 1)
+            });
         }
         placed.push(dest);
     }
@@ -195,7 +219,10 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             }
             images.retain(|i| {
                 filters.iter().all(|f| match f.split_once('=') {
-                    Some((k, v)) => props.get(&i.fingerprint).and_then(|p| p.get(k)).is_some_and(|x| x == v),
+                    Some((k, v)) => props
+                        .get(&i.fingerprint)
+                        .and_then(|p| p.get(k))
+                        .is_some_and(|x| x == v),
                     None => {
                         i.fingerprint.starts_with(f.as_str())
                             || i.aliases.iter().any(|a| a.contains(f.as_str()))
@@ -212,7 +239,13 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             } else {
                 let rows: Vec<Vec<String>> = images
                     .iter()
-                    .map(|i| vec![i.aliases.join(","), i.fingerprint.chars().take(12).collect(), i.description.clone()])
+                    .map(|i| {
+                        vec![
+                            i.aliases.join(","),
+                            i.fingerprint.chars().take(12).collect(),
+                            i.description.clone(),
+                        ]
+                    })
                     .collect();
                 table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
             }
@@ -223,7 +256,14 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             println!("Fingerprint: {}", img.fingerprint().await?);
             println!("Aliases: {}", img.aliases().await?.join(", "));
             println!("Architecture: {}", img.architecture().await?);
-            println!("Type: {}", if img.split().await? { "split" } else { "unified" });
+            println!(
+                "Type: {}",
+                if img.split().await? {
+                    "split"
+                } else {
+                    "unified"
+                }
+            );
             println!("Size: {} bytes", img.size().await?);
             println!("Created: {}", crate::fmt_time(img.created_at().await?));
             println!("Uploaded: {}", crate::fmt_time(img.uploaded_at().await?));
@@ -235,7 +275,12 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             }
             Ok(0)
         }
-        ImageCmd::Import { file, rootfs, alias, property } => {
+        ImageCmd::Import {
+            file,
+            rootfs,
+            alias,
+            property,
+        } => {
             let archive = open(&file)?;
             let root = rootfs.as_deref().map(open).transpose()?;
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
@@ -249,12 +294,25 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             if let Some(r) = &root {
                 o.insert("rootfs", zbus::Fd::from(r).into());
             }
-            let path = progress::with_progress(conn, "image-import", m.import_image(zbus::Fd::from(&archive), &o)).await?;
+            let path = progress::with_progress(
+                conn,
+                "image-import",
+                m.import_image(zbus::Fd::from(&archive), &o),
+            )
+            .await?;
             let img = image_at(conn, path).await?;
-            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
+            println!(
+                "Image {} ({})",
+                img.fingerprint().await?,
+                img.aliases().await?.join(", ")
+            );
             Ok(0)
         }
-        ImageCmd::Export { reference, dir, force } => {
+        ImageCmd::Export {
+            reference,
+            dir,
+            force,
+        } => {
             let img = image_ref(conn, m, &reference).await?;
             let fp = img.fingerprint().await?;
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
@@ -263,7 +321,11 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             if !force {
                 let prefixes: &[&str] = if split { &["meta-", ""] } else { &[""] };
                 for prefix in prefixes {
-                    if let Some(p) = EXTENSIONS.iter().map(|x| dir.join(format!("{prefix}{fp}.{x}"))).find(|p| p.symlink_metadata().is_ok()) {
+                    if let Some(p) = EXTENSIONS
+                        .iter()
+                        .map(|x| dir.join(format!("{prefix}{fp}.{x}")))
+                        .find(|p| p.symlink_metadata().is_ok())
+                    {
                         return Err(exists_error(&p));
                     }
                 }
@@ -278,12 +340,21 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
                     .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
             };
             let (main, main_tmp) = create(&format!(".{fp}.export"))?;
-            let rootfs = if split { Some(create(&format!(".{fp}.rootfs.export"))?) } else { None };
+            let rootfs = if split {
+                Some(create(&format!(".{fp}.rootfs.export"))?)
+            } else {
+                None
+            };
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if let Some((r, _)) = &rootfs {
                 o.insert("rootfs", zbus::Fd::from(r).into());
             }
-            let res = progress::with_progress(conn, "image-export", img.export(zbus::Fd::from(&main), &o)).await;
+            let res = progress::with_progress(
+                conn,
+                "image-export",
+                img.export(zbus::Fd::from(&main), &o),
+            )
+            .await;
             drop(o);
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&main_tmp);
@@ -292,7 +363,10 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
                 }
                 return Err(e.into());
             }
-            let mut files = vec![(main_tmp.clone(), export_name(&main_tmp, &dir, if split { "meta-" } else { "" }, &fp))];
+            let mut files = vec![(
+                main_tmp.clone(),
+                export_name(&main_tmp, &dir, if split { "meta-" } else { "" }, &fp),
+            )];
             if let Some((_, p)) = &rootfs {
                 files.push((p.clone(), export_name(p, &dir, "", &fp)));
             }
@@ -312,9 +386,14 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             if !alias.is_empty() {
                 o.insert("aliases", alias.into());
             }
-            let path = progress::with_progress(conn, "image-build", m.build_image(&recipe, &o)).await?;
+            let path =
+                progress::with_progress(conn, "image-build", m.build_image(&recipe, &o)).await?;
             let img = image_at(conn, path).await?;
-            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
+            println!(
+                "Image {} ({})",
+                img.fingerprint().await?,
+                img.aliases().await?.join(", ")
+            );
             Ok(0)
         }
         ImageCmd::Delete { references } => {
@@ -324,11 +403,17 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             Ok(0)
         }
         ImageCmd::Alias(AliasCmd::Create { alias, reference }) => {
-            image_ref(conn, m, &reference).await?.add_alias(&alias).await?;
+            image_ref(conn, m, &reference)
+                .await?
+                .add_alias(&alias)
+                .await?;
             Ok(0)
         }
         ImageCmd::Alias(AliasCmd::Delete { alias }) => {
-            image_ref(conn, m, &alias).await?.remove_alias(&alias).await?;
+            image_ref(conn, m, &alias)
+                .await?
+                .remove_alias(&alias)
+                .await?;
             Ok(0)
         }
         ImageCmd::Alias(AliasCmd::Rename { from, to }) => {
@@ -339,21 +424,42 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             let images = m.list_images().await?;
             let mut rows: Vec<Vec<String>> = images
                 .iter()
-                .flat_map(|i| i.aliases.iter().map(move |a| vec![a.clone(), i.fingerprint.chars().take(12).collect(), i.description.clone()]))
+                .flat_map(|i| {
+                    i.aliases.iter().map(move |a| {
+                        vec![
+                            a.clone(),
+                            i.fingerprint.chars().take(12).collect(),
+                            i.description.clone(),
+                        ]
+                    })
+                })
                 .collect();
             rows.sort();
             table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
             Ok(0)
         }
-        ImageCmd::SetProperty { reference, key, value } => {
+        ImageCmd::SetProperty {
+            reference,
+            key,
+            value,
+        } => {
             if value.is_empty() {
-                return Err(Fail("an empty value removes a property: use unset-property".into(), 2));
+                return Err(Fail(
+                    "an empty value removes a property: use unset-property".into(),
+                    2,
+                ));
             }
-            image_ref(conn, m, &reference).await?.set_properties(&HashMap::from([(key.as_str(), value.as_str())])).await?;
+            image_ref(conn, m, &reference)
+                .await?
+                .set_properties(&HashMap::from([(key.as_str(), value.as_str())]))
+                .await?;
             Ok(0)
         }
         ImageCmd::UnsetProperty { reference, key } => {
-            image_ref(conn, m, &reference).await?.set_properties(&HashMap::from([(key.as_str(), "")])).await?;
+            image_ref(conn, m, &reference)
+                .await?
+                .set_properties(&HashMap::from([(key.as_str(), "")]))
+                .await?;
             Ok(0)
         }
     }

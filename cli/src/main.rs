@@ -17,7 +17,12 @@ use zbus::proxy::CacheProperties;
 use zbus::{Connection, OwnedObjectPath, Variant};
 
 #[derive(Parser, Debug)]
-#[command(name = "berth", version, about = "Manage berth system containers", disable_help_subcommand = true)]
+#[command(
+    name = "berth",
+    version,
+    about = "Manage berth system containers",
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -193,12 +198,25 @@ pub(crate) struct Fail(pub(crate) String, pub(crate) u8);
 impl From<zbus::Error> for Fail {
     fn from(e: zbus::Error) -> Self {
         match error_parts(&e) {
-            Some((name, msg)) if name.starts_with("org.freedesktop.DBus.Error.ServiceUnknown") || name.ends_with(".NameHasNoOwner") => {
-                Fail(format!("berthd is not running and could not be started ({msg})"), 1)
+            Some((name, msg))
+                if name.starts_with("org.freedesktop.DBus.Error.ServiceUnknown")
+                    || name.ends_with(".NameHasNoOwner") =>
+            {
+                Fail(
+                    format!("berthd is not running and could not be started ({msg})"),
+                    1,
+                )
             }
             Some((name, msg)) => {
                 let short = name.rsplit('.').next().unwrap_or(&name).to_string();
-                Fail(if msg.is_empty() { short } else { format!("{msg} ({short})") }, 1)
+                Fail(
+                    if msg.is_empty() {
+                        short
+                    } else {
+                        format!("{msg} ({short})")
+                    },
+                    1,
+                )
             }
             None => Fail(format!("cannot talk to berthd: {e}"), 1),
         }
@@ -213,7 +231,10 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to the default before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: {e}");
@@ -230,12 +251,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> R<u8> {
-    let conn = Connection::system().await.map_err(|e| Fail(format!("cannot reach the system bus: {e}"), 1))?;
-    let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await?;
+    let conn = Connection::system()
+        .await
+        .map_err(|e| Fail(format!("cannot reach the system bus: {e}"), 1))?;
+    let m = ManagerProxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
     match cli.cmd {
         Cmd::Launch(a) => create(&conn, &m, a, true).await,
         Cmd::Init(a) => create(&conn, &m, a, false).await,
-        Cmd::Start { names, if_needed, stateless } => {
+        Cmd::Start {
+            names,
+            if_needed,
+            stateless,
+        } => {
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if stateless {
                 o.insert("stateless", true.into());
@@ -245,7 +275,10 @@ async fn run(cli: Cli) -> R<u8> {
                 let o = o.clone();
                 async move {
                     if c.stateful().await.unwrap_or(false) && !stateless {
-                        tolerate(progress::with_progress(conn2, "stateful-start", c.start(&o)).await, if_needed)
+                        tolerate(
+                            progress::with_progress(conn2, "stateful-start", c.start(&o)).await,
+                            if_needed,
+                        )
                     } else {
                         tolerate(c.start(&o).await, if_needed)
                     }
@@ -253,7 +286,16 @@ async fn run(cli: Cli) -> R<u8> {
             })
             .await
         }
-        Cmd::Stop { stop: StopArgs { names, force, timeout }, if_needed, stateful } => {
+        Cmd::Stop {
+            stop:
+                StopArgs {
+                    names,
+                    force,
+                    timeout,
+                },
+            if_needed,
+            stateful,
+        } => {
             let mut o = stop_opts(force, timeout);
             if stateful {
                 o.insert("stateful", Variant::from(true));
@@ -263,7 +305,10 @@ async fn run(cli: Cli) -> R<u8> {
                 let o = o.clone();
                 async move {
                     if stateful {
-                        tolerate(progress::with_progress(conn2, "stateful-stop", c.stop(&o)).await, if_needed)
+                        tolerate(
+                            progress::with_progress(conn2, "stateful-stop", c.stop(&o)).await,
+                            if_needed,
+                        )
                     } else {
                         tolerate(c.stop(&o).await, if_needed)
                     }
@@ -272,7 +317,14 @@ async fn run(cli: Cli) -> R<u8> {
             .await
         }
         Cmd::Supervise { name } => unit::supervise(&conn, &m, &name).await,
-        Cmd::Restart { stop: StopArgs { names, force, timeout } } => {
+        Cmd::Restart {
+            stop:
+                StopArgs {
+                    names,
+                    force,
+                    timeout,
+                },
+        } => {
             let o = stop_opts(force, timeout);
             each(&conn, &m, &names, |c| {
                 let o = o.clone();
@@ -291,7 +343,11 @@ async fn run(cli: Cli) -> R<u8> {
             Ok(0)
         }
         Cmd::List { format } => list(&conn, &m, format).await,
-        Cmd::Info { name, format, show_log } => {
+        Cmd::Info {
+            name,
+            format,
+            show_log,
+        } => {
             if show_log {
                 let c = container(&conn, &m, &name).await?;
                 let (path, log) = c.get_checkpoint_log().await?;
@@ -305,15 +361,31 @@ async fn run(cli: Cli) -> R<u8> {
             info(&conn, &m, &name, format).await
         }
         Cmd::Snapshot(cmd) => snapshots::run(&conn, &m, cmd).await,
-        Cmd::Copy { source, name, config, ephemeral, start } => {
+        Cmd::Copy {
+            source,
+            name,
+            config,
+            ephemeral,
+            start,
+        } => {
             let config = parse_kv(&config, "config")?;
             snapshots::copy(&conn, &m, &source, name, config, ephemeral, start).await
         }
-        Cmd::Exec { name, env, user, cwd, tty, no_tty, command } => {
-            exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await
-        }
+        Cmd::Exec {
+            name,
+            env,
+            user,
+            cwd,
+            tty,
+            no_tty,
+            command,
+        } => exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await,
         Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
-        Cmd::Publish { name, alias, property } => {
+        Cmd::Publish {
+            name,
+            alias,
+            property,
+        } => {
             let (cname, snap) = match name.split_once('/') {
                 Some((c, s)) => (c.to_string(), Some(s.to_string())),
                 None => (name.clone(), None),
@@ -340,13 +412,21 @@ async fn run(cli: Cli) -> R<u8> {
             }
             let path = match snap_path {
                 Some(p) => {
-                    let sp = berth_interfaces::client::SnapshotProxy::builder(&conn).path(p).cache_properties(CacheProperties::No).build().await?;
+                    let sp = berth_interfaces::client::SnapshotProxy::builder(&conn)
+                        .path(p)
+                        .cache_properties(CacheProperties::No)
+                        .build()
+                        .await?;
                     progress::with_progress(&conn, "publish", sp.publish(&o)).await?
                 }
                 None => progress::with_progress(&conn, "publish", c.publish(&o)).await?,
             };
             let img = images::image_at(&conn, path).await?;
-            println!("Image {} ({})", img.fingerprint().await?, img.aliases().await?.join(", "));
+            println!(
+                "Image {} ({})",
+                img.fingerprint().await?,
+                img.aliases().await?.join(", ")
+            );
             Ok(0)
         }
     }
@@ -355,7 +435,13 @@ async fn run(cli: Cli) -> R<u8> {
 /// With `--if-needed`, "already in that state" (InvalidState) is success.
 pub(crate) fn tolerate(r: zbus::Result<()>, if_needed: bool) -> zbus::Result<()> {
     match r {
-        Err(e) if if_needed && error_parts(&e).is_some_and(|(n, _)| n == "org.berth.Berth1.Error.InvalidState") => Ok(()),
+        Err(e)
+            if if_needed
+                && error_parts(&e)
+                    .is_some_and(|(n, _)| n == "org.berth.Berth1.Error.InvalidState") =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -371,16 +457,29 @@ fn stop_opts(force: bool, timeout: Option<u32>) -> HashMap<&'static str, Variant
     o
 }
 
-pub(crate) async fn container<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, name: &str) -> R<ContainerProxy<'a>> {
+pub(crate) async fn container<'a>(
+    conn: &'a Connection,
+    m: &ManagerProxy<'_>,
+    name: &str,
+) -> R<ContainerProxy<'a>> {
     let path = m.get_container(name).await?;
     container_at(conn, path).await
 }
 
 async fn container_at(conn: &Connection, path: OwnedObjectPath) -> R<ContainerProxy<'_>> {
-    Ok(ContainerProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
+    Ok(ContainerProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
 }
 
-async fn each<'c, F, Fut>(conn: &'c Connection, m: &ManagerProxy<'_>, names: &[String], f: F) -> R<u8>
+async fn each<'c, F, Fut>(
+    conn: &'c Connection,
+    m: &ManagerProxy<'_>,
+    names: &[String],
+    f: F,
+) -> R<u8>
 where
     F: Fn(ContainerProxy<'c>) -> Fut,
     Fut: std::future::Future<Output = zbus::Result<()>>,
@@ -444,7 +543,11 @@ pub(crate) fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 pub(crate) fn short_image(fp: &str, images: &[ImageEntry]) -> String {
@@ -463,7 +566,11 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -488,8 +595,17 @@ async fn list_extras(conn: &Connection) -> R<HashMap<String, Extra>> {
         .await?;
     let mut out = HashMap::new();
     for (path, ifaces) in om.get_managed_objects().await.map_err(zbus::Error::from)? {
-        let Some(props) = ifaces.iter().find(|(i, _)| i.as_str() == "org.berth.Berth1.Container").map(|(_, p)| p) else { continue };
-        let init_pid = props.get("InitPid").and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        let Some(props) = ifaces
+            .iter()
+            .find(|(i, _)| i.as_str() == "org.berth.Berth1.Container")
+            .map(|(_, p)| p)
+        else {
+            continue;
+        };
+        let init_pid = props
+            .get("InitPid")
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0);
         let ipv4 = props
             .get("Config")
             .and_then(|v| HashMap::<String, String>::try_from(v.try_clone().ok()?).ok())
@@ -531,8 +647,16 @@ async fn list(conn: &Connection, m: &ManagerProxy<'_>, format: Format) -> R<u8> 
                     vec![
                         c.name.clone(),
                         c.status.to_uppercase(),
-                        if running { x.init_pid.to_string() } else { "-".into() },
-                        if running && !x.ipv4.is_empty() { x.ipv4.split('/').next().unwrap_or("").to_string() } else { "-".into() },
+                        if running {
+                            x.init_pid.to_string()
+                        } else {
+                            "-".into()
+                        },
+                        if running && !x.ipv4.is_empty() {
+                            x.ipv4.split('/').next().unwrap_or("").to_string()
+                        } else {
+                            "-".into()
+                        },
                         short_image(&c.image, &images),
                     ]
                 })
@@ -561,7 +685,8 @@ async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Forma
         Ok((full, _)) => full,
         Err(e)
             if error_parts(&e).is_some_and(|(n, _)| {
-                n == "org.berth.Berth1.Error.NotAuthorized" || n == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
+                n == "org.berth.Berth1.Error.NotAuthorized"
+                    || n == "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
             }) =>
         {
             config
@@ -581,7 +706,14 @@ async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Forma
     }
     println!("Name: {name}");
     println!("Status: {}", status.to_uppercase());
-    println!("Init PID: {}", if pid == 0 { "-".to_string() } else { pid.to_string() });
+    println!(
+        "Init PID: {}",
+        if pid == 0 {
+            "-".to_string()
+        } else {
+            pid.to_string()
+        }
+    );
     println!("Image: {} ({image})", short_image(&image, &images));
     println!("Architecture: {arch}");
     println!("Created: {}", fmt_time(created));
@@ -608,7 +740,12 @@ pub(crate) fn fmt_time(us: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -628,9 +765,14 @@ async fn exec(
         None => (None, None),
         Some(u) => {
             let (a, b) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
-            let uid: u32 = a.parse().map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))?;
+            let uid: u32 = a
+                .parse()
+                .map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))?;
             let gid: Option<u32> = b
-                .map(|g| g.parse().map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2)))
+                .map(|g| {
+                    g.parse()
+                        .map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))
+                })
                 .transpose()?;
             (Some(uid), gid)
         }

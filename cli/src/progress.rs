@@ -11,22 +11,38 @@ use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
 /// Awaits `call`, showing the progress of the `verb` operation it starts.
-pub(crate) async fn with_progress<T>(conn: &Connection, verb: &str, call: impl Future<Output = zbus::Result<T>>) -> zbus::Result<T> {
+pub(crate) async fn with_progress<T>(
+    conn: &Connection,
+    verb: &str,
+    call: impl Future<Output = zbus::Result<T>>,
+) -> zbus::Result<T> {
     if !std::io::stderr().is_terminal() {
         return call.await;
     }
-    let Ok(m) = ManagerProxy::new(conn).await else { return call.await };
-    let Ok(mut new_ops) = m.receive_operation_new().await else { return call.await };
+    let Ok(m) = ManagerProxy::new(conn).await else {
+        return call.await;
+    };
+    let Ok(mut new_ops) = m.receive_operation_new().await else {
+        return call.await;
+    };
     // SAFETY: getuid has no failure mode.
     let me = unsafe { libc::getuid() };
     let watch = async {
         // find our operation, then draw until the call returns
         let op = loop {
-            let Some(sig) = new_ops.next().await else { return std::future::pending::<()>().await };
+            let Some(sig) = new_ops.next().await else {
+                return std::future::pending::<()>().await;
+            };
             let Ok(args) = sig.args() else { continue };
-            let builder = OperationProxy::builder(conn).path(args.operation().to_owned()).cache_properties(CacheProperties::No);
-            let Ok(p) = builder.build().await else { continue };
-            if p.verb().await.is_ok_and(|v| v == verb) && p.started_by_uid().await.is_ok_and(|u| u == me) {
+            let builder = OperationProxy::builder(conn)
+                .path(args.operation().to_owned())
+                .cache_properties(CacheProperties::No);
+            let Ok(p) = builder.build().await else {
+                continue;
+            };
+            if p.verb().await.is_ok_and(|v| v == verb)
+                && p.started_by_uid().await.is_ok_and(|u| u == me)
+            {
                 break p;
             }
         };
@@ -45,13 +61,22 @@ pub(crate) async fn with_progress<T>(conn: &Connection, verb: &str, call: impl F
 }
 
 async fn draw(op: &OperationProxy<'_>) {
-    let (Ok(bytes), Ok(rate)) = (op.bytes().await, op.rate().await) else { return };
+    let (Ok(bytes), Ok(rate)) = (op.bytes().await, op.rate().await) else {
+        return;
+    };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let line = match (op.progress_valid().await, op.progress().await) {
         (Ok(true), Ok(p)) => {
             let width = 30usize;
             let filled = ((p * width as f64) as usize).min(width);
-            format!("[{}{}] {:>3.0}%  {:.1} MiB  {:.1} MiB/s", "=".repeat(filled), " ".repeat(width - filled), p * 100.0, mib(bytes), mib(rate))
+            format!(
+                "[{}{}] {:>3.0}%  {:.1} MiB  {:.1} MiB/s",
+                "=".repeat(filled),
+                " ".repeat(width - filled),
+                p * 100.0,
+                mib(bytes),
+                mib(rate)
+            )
         }
         _ => format!("{:.1} MiB  {:.1} MiB/s", mib(bytes), mib(rate)),
     };

@@ -61,34 +61,67 @@ pub(crate) enum SnapshotCmd {
     },
 }
 
-async fn snapshot<'a>(conn: &'a Connection, m: &ManagerProxy<'_>, name: &str, snap: &str) -> R<SnapshotProxy<'a>> {
+async fn snapshot<'a>(
+    conn: &'a Connection,
+    m: &ManagerProxy<'_>,
+    name: &str,
+    snap: &str,
+) -> R<SnapshotProxy<'a>> {
     let c = container(conn, m, name).await?;
     let list = c.list_snapshots().await?;
     let Some((_, path, ..)) = list.into_iter().find(|s| s.0 == snap) else {
-        return Err(Fail(format!("container {name:?} has no snapshot named {snap:?} (NoSuchSnapshot)"), 1));
+        return Err(Fail(
+            format!("container {name:?} has no snapshot named {snap:?} (NoSuchSnapshot)"),
+            1,
+        ));
     };
-    Ok(SnapshotProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?)
+    Ok(SnapshotProxy::builder(conn)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
 }
 
 pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCmd) -> R<u8> {
     match cmd {
-        SnapshotCmd::Create { name, snapshot, stateful } => {
+        SnapshotCmd::Create {
+            name,
+            snapshot,
+            stateful,
+        } => {
             let c = container(conn, m, &name).await?;
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if stateful {
                 o.insert("stateful", true.into());
             }
             let call = c.create_snapshot(snapshot.as_deref().unwrap_or(""), &o);
-            let path = if stateful { progress::with_progress(conn, "snapshot-create", call).await? } else { call.await? };
+            let path = if stateful {
+                progress::with_progress(conn, "snapshot-create", call).await?
+            } else {
+                call.await?
+            };
             // the snapshot exists once the call returned: another client may delete it before
             // its name is read back, so the name is also read from its object path
-            let from_path = path.as_str().rsplit('/').next().and_then(berth_interfaces::paths::unescape_label);
-            let s = SnapshotProxy::builder(conn).path(path).cache_properties(CacheProperties::No).build().await?;
+            let from_path = path
+                .as_str()
+                .rsplit('/')
+                .next()
+                .and_then(berth_interfaces::paths::unescape_label);
+            let s = SnapshotProxy::builder(conn)
+                .path(path)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
             let taken = match s.name().await {
                 Ok(n) => n,
                 Err(e) => from_path.ok_or(e)?,
             };
-            println!("Snapshot {}/{}{}", name, taken, if stateful { " (stateful)" } else { "" });
+            println!(
+                "Snapshot {}/{}{}",
+                name,
+                taken,
+                if stateful { " (stateful)" } else { "" }
+            );
             Ok(0)
         }
         SnapshotCmd::List { name, format } => {
@@ -108,7 +141,12 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCm
                     let rows: Vec<Vec<String>> = list
                         .iter()
                         .map(|(n, _, created, stateful, size)| {
-                            vec![n.clone(), fmt_time(*created), if *stateful { "YES".into() } else { "NO".into() }, crate::human(*size)]
+                            vec![
+                                n.clone(),
+                                fmt_time(*created),
+                                if *stateful { "YES".into() } else { "NO".into() },
+                                crate::human(*size),
+                            ]
                         })
                         .collect();
                     table(&["NAME", "TAKEN AT", "STATEFUL", "SIZE"], &rows);
@@ -116,7 +154,12 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCm
             }
             Ok(0)
         }
-        SnapshotCmd::Restore { name, snapshot: snap, stateful, stateless } => {
+        SnapshotCmd::Restore {
+            name,
+            snapshot: snap,
+            stateful,
+            stateless,
+        } => {
             let s = snapshot(conn, m, &name, &snap).await?;
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
             if stateful {
@@ -133,12 +176,22 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCm
             }
             Ok(0)
         }
-        SnapshotCmd::Delete { name, snapshot: snap } => {
+        SnapshotCmd::Delete {
+            name,
+            snapshot: snap,
+        } => {
             snapshot(conn, m, &name, &snap).await?.delete().await?;
             Ok(0)
         }
-        SnapshotCmd::Rename { name, snapshot: snap, new_name } => {
-            snapshot(conn, m, &name, &snap).await?.rename(&new_name).await?;
+        SnapshotCmd::Rename {
+            name,
+            snapshot: snap,
+            new_name,
+        } => {
+            snapshot(conn, m, &name, &snap)
+                .await?
+                .rename(&new_name)
+                .await?;
             Ok(0)
         }
     }
@@ -167,7 +220,9 @@ pub(crate) async fn copy(
     if name.is_none() {
         o.insert("pick-name", true.into());
     }
-    let path = m.copy_container(source, name.as_deref().unwrap_or(""), &o).await?;
+    let path = m
+        .copy_container(source, name.as_deref().unwrap_or(""), &o)
+        .await?;
     let c = crate::container_at(conn, path).await?;
     println!("Copied {source} to {}", c.name().await?);
     Ok(0)

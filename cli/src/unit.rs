@@ -66,9 +66,14 @@ pub(crate) async fn supervise(conn: &zbus::Connection, m: &ManagerProxy<'_>, nam
     loop {
         let Some(pid) = running_init(&c, gone).await? else {
             notify(&format!("STATUS=Container {name} stopped on its own"));
-            return Err(Fail(format!("container {name} stopped without systemctl stop"), 1));
+            return Err(Fail(
+                format!("container {name} stopped without systemctl stop"),
+                1,
+            ));
         };
-        notify(&format!("READY=1\nSTATUS=Container {name} running, init pid {pid}"));
+        notify(&format!(
+            "READY=1\nSTATUS=Container {name} running, init pid {pid}"
+        ));
         gone = pid;
         let pidfd = match pidfd_open(pid) {
             // SAFETY: the OwnedFd stays open, and is the same fd, for the AsyncFd's whole life.

@@ -36,8 +36,17 @@ pub const CANCEL_OPERATION_OTHER_USER: &str = "org.berth.Berth1.cancel-operation
 
 /// Every action id berth uses.
 pub const ALL_ACTIONS: &[&str] = &[
-    MANAGE_CONTAINERS, CREATE_CONTAINER, DELETE_CONTAINER, SNAPSHOT, CHECKPOINT, SET_CONFIG,
-    SET_PRIVILEGED_CONFIG, MANAGE_IMAGES, MANAGE_PROFILES, EXEC, CANCEL_OPERATION,
+    MANAGE_CONTAINERS,
+    CREATE_CONTAINER,
+    DELETE_CONTAINER,
+    SNAPSHOT,
+    CHECKPOINT,
+    SET_CONFIG,
+    SET_PRIVILEGED_CONFIG,
+    MANAGE_IMAGES,
+    MANAGE_PROFILES,
+    EXEC,
+    CANCEL_OPERATION,
     CANCEL_OPERATION_OTHER_USER,
 ];
 
@@ -58,7 +67,12 @@ pub struct Caller {
 #[async_trait::async_trait]
 pub trait Authorizer: Send + Sync + 'static {
     /// The caller's uid when allowed; otherwise the error to reply with.
-    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<u32, Error>;
+    async fn check(
+        &self,
+        caller: &Caller,
+        action: &str,
+        details: &[(&str, &str)],
+    ) -> Result<u32, Error>;
 }
 
 /// Asks polkit (root callers pass without asking).
@@ -71,7 +85,10 @@ pub struct PolkitAuthorizer {
 impl PolkitAuthorizer {
     /// Uses `conn` (the system bus berthd serves on) to reach polkit and the bus driver.
     pub fn new(conn: Connection) -> Self {
-        PolkitAuthorizer { conn, authority: Default::default() }
+        PolkitAuthorizer {
+            conn,
+            authority: Default::default(),
+        }
     }
 
     async fn authority(&self) -> Result<&AuthorityProxy<'static>, Error> {
@@ -96,17 +113,30 @@ impl PolkitAuthorizer {
 
 #[async_trait::async_trait]
 impl Authorizer for PolkitAuthorizer {
-    async fn check(&self, caller: &Caller, action: &str, details: &[(&str, &str)]) -> Result<u32, Error> {
+    async fn check(
+        &self,
+        caller: &Caller,
+        action: &str,
+        details: &[(&str, &str)],
+    ) -> Result<u32, Error> {
         let uid = match (caller.uid, &caller.bus_name) {
             (Some(u), _) => u,
             (None, Some(n)) => self.uid_of(n).await?,
-            (None, None) => return Err(Error::new(Name::NotAuthorized, format!("cannot identify the caller for {action}"))),
+            (None, None) => {
+                return Err(Error::new(
+                    Name::NotAuthorized,
+                    format!("cannot identify the caller for {action}"),
+                ));
+            }
         };
         if uid == 0 {
             return Ok(0);
         }
         let Some(subject) = &caller.subject else {
-            return Err(Error::new(Name::NotAuthorized, format!("cannot identify the caller for {action}")));
+            return Err(Error::new(
+                Name::NotAuthorized,
+                format!("cannot identify the caller for {action}"),
+            ));
         };
         let flags = if caller.interactive {
             CheckAuthorizationFlags::ALLOW_USER_INTERACTION
@@ -119,22 +149,44 @@ impl Authorizer for PolkitAuthorizer {
             .await?
             .check_authorization(subject, action, &details, flags, "")
             .await
-            .map_err(|e| Error::new(Name::NotAuthorized, format!("polkit could not check {action}: {e}")))?;
-        decide(action, r.is_authorized, r.is_challenge, r.details.contains_key("polkit.dismissed"), caller.interactive)?;
+            .map_err(|e| {
+                Error::new(
+                    Name::NotAuthorized,
+                    format!("polkit could not check {action}: {e}"),
+                )
+            })?;
+        decide(
+            action,
+            r.is_authorized,
+            r.is_challenge,
+            r.details.contains_key("polkit.dismissed"),
+            caller.interactive,
+        )?;
         Ok(uid)
     }
 }
 
 /// polkit's answer → ours.
-pub fn decide(action: &str, authorized: bool, challenge: bool, dismissed: bool, interactive: bool) -> Result<(), Error> {
+pub fn decide(
+    action: &str,
+    authorized: bool,
+    challenge: bool,
+    dismissed: bool,
+    interactive: bool,
+) -> Result<(), Error> {
     if authorized {
         Ok(())
     } else if dismissed {
-        Err(Error::new(Name::NotAuthorizedDismissed, format!("authentication for {action} was dismissed")))
+        Err(Error::new(
+            Name::NotAuthorizedDismissed,
+            format!("authentication for {action} was dismissed"),
+        ))
     } else if challenge && !interactive {
-        Err(Error::Fdo(zbus::fdo::Error::InteractiveAuthorizationRequired(format!(
-            "{action} needs authentication; call again allowing interactive authorization"
-        ))))
+        Err(Error::Fdo(
+            zbus::fdo::Error::InteractiveAuthorizationRequired(format!(
+                "{action} needs authentication; call again allowing interactive authorization"
+            )),
+        ))
     } else {
         Err(Error::new(
             Name::NotAuthorized,
@@ -152,9 +204,17 @@ pub struct StaticAuthorizer {
 
 #[async_trait::async_trait]
 impl Authorizer for StaticAuthorizer {
-    async fn check(&self, caller: &Caller, action: &str, _details: &[(&str, &str)]) -> Result<u32, Error> {
+    async fn check(
+        &self,
+        caller: &Caller,
+        action: &str,
+        _details: &[(&str, &str)],
+    ) -> Result<u32, Error> {
         if self.deny.iter().any(|a| a == action) {
-            Err(Error::new(Name::NotAuthorized, format!("not authorized for {action}")))
+            Err(Error::new(
+                Name::NotAuthorized,
+                format!("not authorized for {action}"),
+            ))
         } else {
             Ok(caller.uid.unwrap_or(0))
         }

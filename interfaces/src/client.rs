@@ -6,37 +6,64 @@ use std::collections::HashMap;
 use zbus::{OwnedObjectPath, Variant, proxy};
 
 /// `org.berth.Berth1.Manager`.
-#[proxy(interface = "org.berth.Berth1.Manager", default_service = "org.berth.Berth1", default_path = "/org/berth/Berth1")]
+#[proxy(
+    interface = "org.berth.Berth1.Manager",
+    default_service = "org.berth.Berth1",
+    default_path = "/org/berth/Berth1"
+)]
 pub trait Manager {
     /// Creates a container.
     #[zbus(allow_interactive_auth)]
-    fn create_container(&self, name: &str, image: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn create_container(
+        &self,
+        name: &str,
+        image: &str,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     /// Copies a container or `container/snapshot` to a new container.
     #[zbus(allow_interactive_auth)]
-    fn copy_container(&self, source: &str, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn copy_container(
+        &self,
+        source: &str,
+        name: &str,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     /// Finds a container.
     fn get_container(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     /// Lists containers.
     fn list_containers(&self) -> zbus::Result<Vec<ContainerEntry>>;
     /// Starts a container by name.
     #[zbus(allow_interactive_auth)]
-    fn start_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    fn start_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>)
+    -> zbus::Result<()>;
     /// Stops a container by name.
     #[zbus(allow_interactive_auth)]
     fn stop_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
     /// Deletes a container by name.
     #[zbus(allow_interactive_auth)]
-    fn delete_container(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<()>;
+    fn delete_container(
+        &self,
+        name: &str,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<()>;
     /// Finds an image.
     fn get_image(&self, reference: &str) -> zbus::Result<OwnedObjectPath>;
     /// Lists images.
     fn list_images(&self) -> zbus::Result<Vec<ImageEntry>>;
     /// Builds an image from a recipe.
     #[zbus(allow_interactive_auth)]
-    fn build_image(&self, recipe: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn build_image(
+        &self,
+        recipe: &str,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     /// Imports an image from an open file.
     #[zbus(allow_interactive_auth)]
-    fn import_image(&self, archive: zbus::Fd<'_>, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn import_image(
+        &self,
+        archive: zbus::Fd<'_>,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     /// Renames an alias.
     #[zbus(allow_interactive_auth)]
     fn rename_image_alias(&self, from: &str, to: &str) -> zbus::Result<()>;
@@ -63,7 +90,10 @@ pub trait Manager {
 }
 
 /// `org.berth.Berth1.Container`.
-#[proxy(interface = "org.berth.Berth1.Container", default_service = "org.berth.Berth1")]
+#[proxy(
+    interface = "org.berth.Berth1.Container",
+    default_service = "org.berth.Berth1"
+)]
 pub trait Container {
     /// Starts.
     #[zbus(allow_interactive_auth)]
@@ -85,10 +115,17 @@ pub trait Container {
     fn publish(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
     /// Takes a snapshot.
     #[zbus(allow_interactive_auth)]
-    fn create_snapshot(&self, name: &str, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
+    fn create_snapshot(
+        &self,
+        name: &str,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     /// Config and expanded config with `environment.*` values (authorized as exec; never
     /// asks for a password: `berth info` falls back to the properties).
-    fn get_config(&self, options: &HashMap<&str, Variant<'_>>) -> zbus::Result<(HashMap<String, String>, HashMap<String, String>)>;
+    fn get_config(
+        &self,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<(HashMap<String, String>, HashMap<String, String>)>;
     /// The last checkpoint/restore log: (path, text).
     #[zbus(allow_interactive_auth)]
     fn get_checkpoint_log(&self) -> zbus::Result<(String, String)>;
@@ -127,7 +164,10 @@ pub trait Container {
 }
 
 /// `org.berth.Berth1.Snapshot`.
-#[proxy(interface = "org.berth.Berth1.Snapshot", default_service = "org.berth.Berth1")]
+#[proxy(
+    interface = "org.berth.Berth1.Snapshot",
+    default_service = "org.berth.Berth1"
+)]
 pub trait Snapshot {
     /// Restores it.
     #[zbus(allow_interactive_auth)]
@@ -156,7 +196,10 @@ pub trait Snapshot {
 }
 
 /// `org.berth.Berth1.Image`.
-#[proxy(interface = "org.berth.Berth1.Image", default_service = "org.berth.Berth1")]
+#[proxy(
+    interface = "org.berth.Berth1.Image",
+    default_service = "org.berth.Berth1"
+)]
 pub trait Image {
     /// Deletes.
     #[zbus(allow_interactive_auth)]
@@ -200,7 +243,10 @@ pub trait Image {
 }
 
 /// `org.berth.Berth1.Operation`.
-#[proxy(interface = "org.berth.Berth1.Operation", default_service = "org.berth.Berth1")]
+#[proxy(
+    interface = "org.berth.Berth1.Operation",
+    default_service = "org.berth.Berth1"
+)]
 pub trait Operation {
     /// Cancels it.
     #[zbus(allow_interactive_auth)]
@@ -231,10 +277,15 @@ pub trait Operation {
 /// A D-Bus error as `(name, message)` when it is one.
 pub fn error_parts(e: &zbus::Error) -> Option<(String, String)> {
     match e {
-        zbus::Error::MethodError(name, msg, _) => Some((name.to_string(), msg.clone().unwrap_or_default())),
+        zbus::Error::MethodError(name, msg, _) => {
+            Some((name.to_string(), msg.clone().unwrap_or_default()))
+        }
         zbus::Error::FDO(f) => {
             use zbus::DBusError;
-            Some((f.name().to_string(), f.description().unwrap_or_default().to_string()))
+            Some((
+                f.name().to_string(),
+                f.description().unwrap_or_default().to_string(),
+            ))
         }
         _ => None,
     }

@@ -49,7 +49,11 @@ pub fn container(name: &str) -> String {
 
 /// A snapshot's object path.
 pub fn snapshot(container_name: &str, name: &str) -> String {
-    format!("{}/snapshot/{}", container(container_name), escape_label(name))
+    format!(
+        "{}/snapshot/{}",
+        container(container_name),
+        escape_label(name)
+    )
 }
 
 /// An operation's object path.
@@ -69,7 +73,10 @@ mod tests {
     #[test]
     fn labels_escape_like_systemd() {
         assert_eq!(container("web-1"), "/org/berth/Berth1/container/web_2d1");
-        assert_eq!(snapshot("web-1", "snap0"), "/org/berth/Berth1/container/web_2d1/snapshot/snap0");
+        assert_eq!(
+            snapshot("web-1", "snap0"),
+            "/org/berth/Berth1/container/web_2d1/snapshot/snap0"
+        );
         assert_eq!(escape_label("a.b/c"), "a_2eb_2fc");
         assert_eq!(unescape_label("web_2d1").as_deref(), Some("web-1"));
         assert_eq!(unescape_label("bad_2"), None);

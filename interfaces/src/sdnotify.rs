@@ -3,7 +3,9 @@
 
 /// Sends `state` to $NOTIFY_SOCKET if set (silently nothing otherwise).
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let sock = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,
         Err(_) => return,
@@ -11,7 +13,8 @@ pub fn notify(state: &str) {
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
     let r = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
         use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
     } else {
         sock.send_to(state.as_bytes(), &path)
     };
@@ -23,7 +26,9 @@ pub fn notify(state: &str) {
 /// Half the watchdog interval systemd asked for (`WatchdogSec=`), when it asked us.
 pub fn watchdog_period() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok())
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
         && pid != std::process::id()
     {
         return None;

@@ -29,23 +29,55 @@ async fn env(deny: &[&str]) -> Env {
         storage_driver: "btrfs".into(),
         stateful: berth_actors::types::StatefulProbe::fixed(Err("no CRIU in this test".into())),
     };
-    let engine = berth_actors::Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host).await.unwrap();
-    engine.build_image("busybox", berth_actors::types::ImageOptions { aliases: vec!["busybox".into()], ..Default::default() }, 0).await.unwrap();
-    let ctx = Context { engine, auth: Arc::new(StaticAuthorizer { deny: deny.iter().map(|s| s.to_string()).collect() }) };
+    let engine = berth_actors::Engine::start(Db::open_in_memory().unwrap(), rt.clone(), host)
+        .await
+        .unwrap();
+    engine
+        .build_image(
+            "busybox",
+            berth_actors::types::ImageOptions {
+                aliases: vec!["busybox".into()],
+                ..Default::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let ctx = Context {
+        engine,
+        auth: Arc::new(StaticAuthorizer {
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+        }),
+    };
     let (s0, s1) = std::os::unix::net::UnixStream::pair().unwrap();
-    let server = connection::Builder::unix_stream(s0).server(Guid::generate()).p2p().build();
-    let client = connection::Builder::unix_stream(s1).p2p().method_timeout(Duration::from_secs(10)).build();
+    let server = connection::Builder::unix_stream(s0)
+        .server(Guid::generate())
+        .p2p()
+        .build();
+    let client = connection::Builder::unix_stream(s1)
+        .p2p()
+        .method_timeout(Duration::from_secs(10))
+        .build();
     let (server, client) = tokio::try_join!(server, client).unwrap();
     dbus::serve(&server, ctx.clone()).await.unwrap();
-    Env { client, server, ctx, rt }
+    Env {
+        client,
+        server,
+        ctx,
+        rt,
+    }
 }
 
 fn err_name(e: &zbus::Error) -> String {
-    berth_interfaces::client::error_parts(e).map(|(n, _)| n).unwrap_or_else(|| format!("{e:?}"))
+    berth_interfaces::client::error_parts(e)
+        .map(|(n, _)| n)
+        .unwrap_or_else(|| format!("{e:?}"))
 }
 
 async fn within<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test timed out");
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +86,18 @@ async fn container_lifecycle_over_dbus() {
         let e = env(&[]).await;
         let m = ManagerProxy::new(&e.client).await.unwrap();
         assert_eq!(m.storage_driver().await.unwrap(), "btrfs");
-        let path = m.create_container("web-1", "busybox", &HashMap::new()).await.unwrap();
+        let path = m
+            .create_container("web-1", "busybox", &HashMap::new())
+            .await
+            .unwrap();
         assert_eq!(path.as_str(), "/org/berth/Berth1/container/web_2d1");
         assert_eq!(m.get_container("web-1").await.unwrap(), path);
-        let c = ContainerProxy::builder(&e.client).path(path.clone()).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let c = ContainerProxy::builder(&e.client)
+            .path(path.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         assert_eq!(c.status().await.unwrap(), "Stopped");
         assert_eq!(c.name().await.unwrap(), "web-1");
 
@@ -76,7 +116,10 @@ async fn container_lifecycle_over_dbus() {
             while let Some(sig) = changes.next().await {
                 let args = sig.args().unwrap();
                 if args.interface_name().as_str() == "org.berth.Berth1.Container"
-                    && args.changed_properties().get("Status").is_some_and(|v| format!("{v:?}").contains("Running"))
+                    && args
+                        .changed_properties()
+                        .get("Status")
+                        .is_some_and(|v| format!("{v:?}").contains("Running"))
                 {
                     return true;
                 }
@@ -89,7 +132,14 @@ async fn container_lifecycle_over_dbus() {
 
         let list = m.list_containers().await.unwrap();
         assert_eq!(list.len(), 1);
-        assert_eq!((list[0].name.as_str(), list[0].status.as_str(), &list[0].path), ("web-1", "Running", &path));
+        assert_eq!(
+            (
+                list[0].name.as_str(),
+                list[0].status.as_str(),
+                &list[0].path
+            ),
+            ("web-1", "Running", &path)
+        );
 
         // exec with our pipe as stdout (the fake writes argv there)
         let (mut r, w) = std::io::pipe().unwrap();
@@ -104,7 +154,9 @@ async fn container_lifecycle_over_dbus() {
         r.read_to_string(&mut out).unwrap();
         assert_eq!(out, "exit 3\n");
 
-        c.stop(&HashMap::from([("force", Variant::from(true))])).await.unwrap();
+        c.stop(&HashMap::from([("force", Variant::from(true))]))
+            .await
+            .unwrap();
         assert_eq!(c.status().await.unwrap(), "Stopped");
         assert!(e.rt.log().contains(&"stop web-1 force".to_string()));
         m.delete_container("web-1", &HashMap::new()).await.unwrap();
@@ -112,7 +164,11 @@ async fn container_lifecycle_over_dbus() {
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NoSuchContainer");
         // the object is gone
         let err = c.status().await.unwrap_err();
-        assert!(format!("{err:?}").contains("UnknownObject") || format!("{err:?}").contains("UnknownInterface"), "{err:?}");
+        assert!(
+            format!("{err:?}").contains("UnknownObject")
+                || format!("{err:?}").contains("UnknownInterface"),
+            "{err:?}"
+        );
     })
     .await
 }
@@ -125,37 +181,91 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
         let none = HashMap::new();
         for bad in ["-x", "a/b", "..", &"x".repeat(64), "a_b", "ü"] {
             let err = m.create_container(bad, "busybox", &none).await.unwrap_err();
-            assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName", "{bad}");
+            assert_eq!(
+                err_name(&err),
+                "org.berth.Berth1.Error.InvalidName",
+                "{bad}"
+            );
             let err = m.get_container(bad).await.unwrap_err();
-            assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName", "{bad}");
+            assert_eq!(
+                err_name(&err),
+                "org.berth.Berth1.Error.InvalidName",
+                "{bad}"
+            );
         }
-        let err = m.create_container("c1", "no-such-image", &none).await.unwrap_err();
+        let err = m
+            .create_container("c1", "no-such-image", &none)
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NoSuchImage");
-        let err = m.create_container("c1", "busybox", &HashMap::from([("colour", Variant::from("red"))])).await.unwrap_err();
+        let err = m
+            .create_container(
+                "c1",
+                "busybox",
+                &HashMap::from([("colour", Variant::from("red"))]),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
-        let err = m.create_container("c1", "busybox", &HashMap::from([("start", Variant::from("yes"))])).await.unwrap_err();
+        let err = m
+            .create_container(
+                "c1",
+                "busybox",
+                &HashMap::from([("start", Variant::from("yes"))]),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
         let cfg = HashMap::from([("limits.memory", "plenty")]);
-        let err = m.create_container("c1", "busybox", &HashMap::from([("config", Variant::from(cfg))])).await.unwrap_err();
+        let err = m
+            .create_container(
+                "c1",
+                "busybox",
+                &HashMap::from([("config", Variant::from(cfg))]),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
         assert!(m.list_containers().await.unwrap().is_empty());
         assert!(!e.rt.is_provisioned("c1"));
 
-        m.create_container("c1", "busybox", &HashMap::from([("start", Variant::from(true))])).await.unwrap();
+        m.create_container(
+            "c1",
+            "busybox",
+            &HashMap::from([("start", Variant::from(true))]),
+        )
+        .await
+        .unwrap();
         let err = m.start_container("c1", &none).await.unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidState");
         let err = m.delete_container("c1", &none).await.unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidState");
-        let err = m.stop_container("c1", &HashMap::from([("timeout", Variant::from(-1i32))])).await.unwrap_err();
+        let err = m
+            .stop_container("c1", &HashMap::from([("timeout", Variant::from(-1i32))]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
-        let c = ContainerProxy::builder(&e.client).path(m.get_container("c1").await.unwrap()).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let c = ContainerProxy::builder(&e.client)
+            .path(m.get_container("c1").await.unwrap())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let err = c.exec(&[], &none).await.unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
-        let err = c.exec(&["true"], &HashMap::from([("uid", Variant::from(70000u32))])).await.unwrap_err();
+        let err = c
+            .exec(
+                &["true"],
+                &HashMap::from([("uid", Variant::from(70000u32))]),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
         assert_eq!(c.status().await.unwrap(), "Running");
         // and the service keeps serving
-        m.delete_container("c1", &HashMap::from([("force", Variant::from(true))])).await.unwrap();
+        m.delete_container("c1", &HashMap::from([("force", Variant::from(true))]))
+            .await
+            .unwrap();
         assert!(m.list_containers().await.unwrap().is_empty());
     })
     .await
@@ -166,7 +276,10 @@ async fn refused_actions_change_nothing() {
     within(async {
         let e = env(&[auth::CREATE_CONTAINER, auth::EXEC]).await;
         let m = ManagerProxy::new(&e.client).await.unwrap();
-        let err = m.create_container("c1", "busybox", &HashMap::new()).await.unwrap_err();
+        let err = m
+            .create_container("c1", "busybox", &HashMap::new())
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NotAuthorized");
         assert!(m.list_containers().await.unwrap().is_empty());
         assert!(!e.rt.is_provisioned("c1"));
@@ -181,7 +294,9 @@ async fn object_manager_lists_containers_and_images() {
     within(async {
         let e = env(&[]).await;
         let m = ManagerProxy::new(&e.client).await.unwrap();
-        m.create_container("a", "busybox", &HashMap::new()).await.unwrap();
+        m.create_container("a", "busybox", &HashMap::new())
+            .await
+            .unwrap();
         let om = zbus::fdo::ObjectManagerProxy::builder(&e.client)
             .destination("org.berth.Berth1")
             .path("/org/berth/Berth1")
@@ -189,12 +304,28 @@ async fn object_manager_lists_containers_and_images() {
             .await
             .unwrap();
         let objects = om.get_managed_objects().await.unwrap();
-        let with_ifaces: Vec<String> =
-            objects.iter().filter(|(_, i)| !i.is_empty()).map(|(p, _)| p.to_string()).collect();
-        assert!(with_ifaces.contains(&"/org/berth/Berth1/container/a".to_string()), "{with_ifaces:?}");
-        assert!(with_ifaces.iter().any(|p| p.starts_with("/org/berth/Berth1/image/")), "{with_ifaces:?}");
-        let props = &objects[&zbus::OwnedObjectPath::try_from("/org/berth/Berth1/container/a").unwrap()];
-        let c = props.iter().find(|(n, _)| n.as_str() == "org.berth.Berth1.Container").map(|(_, p)| p).expect("the container interface");
+        let with_ifaces: Vec<String> = objects
+            .iter()
+            .filter(|(_, i)| !i.is_empty())
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert!(
+            with_ifaces.contains(&"/org/berth/Berth1/container/a".to_string()),
+            "{with_ifaces:?}"
+        );
+        assert!(
+            with_ifaces
+                .iter()
+                .any(|p| p.starts_with("/org/berth/Berth1/image/")),
+            "{with_ifaces:?}"
+        );
+        let props =
+            &objects[&zbus::OwnedObjectPath::try_from("/org/berth/Berth1/container/a").unwrap()];
+        let c = props
+            .iter()
+            .find(|(n, _)| n.as_str() == "org.berth.Berth1.Container")
+            .map(|(_, p)| p)
+            .expect("the container interface");
         assert_eq!(String::try_from(c["Name"].clone()).unwrap(), "a");
         // objects that come and go are announced (read off the connection: on a p2p
         // connection signals have no sender for a proxy's match)
@@ -202,21 +333,48 @@ async fn object_manager_lists_containers_and_images() {
         let stream = zbus::MessageStream::from(&e.client).filter_map(|m| async move {
             let m = m.ok()?;
             let h = m.header();
-            (h.message_type() == zbus::message::Type::Signal && h.interface().is_some_and(|i| i.as_str() == "org.freedesktop.DBus.ObjectManager"))
-                .then(|| (h.member().map(|n| n.to_string()).unwrap_or_default(), m.clone()))
+            (h.message_type() == zbus::message::Type::Signal
+                && h.interface()
+                    .is_some_and(|i| i.as_str() == "org.freedesktop.DBus.ObjectManager"))
+            .then(|| {
+                (
+                    h.member().map(|n| n.to_string()).unwrap_or_default(),
+                    m.clone(),
+                )
+            })
         });
         let mut stream = std::pin::pin!(stream);
-        m.create_container("b", "busybox", &HashMap::new()).await.unwrap();
+        m.create_container("b", "busybox", &HashMap::new())
+            .await
+            .unwrap();
         let (member, msg) = stream.next().await.unwrap();
         assert_eq!(member, "InterfacesAdded");
-        let (path, ifaces): (zbus::OwnedObjectPath, HashMap<String, HashMap<String, zbus::OwnedVariant>>) = msg.body().deserialize().unwrap();
+        let (path, ifaces): (
+            zbus::OwnedObjectPath,
+            HashMap<String, HashMap<String, zbus::OwnedVariant>>,
+        ) = msg.body().deserialize().unwrap();
         assert_eq!(path.as_str(), "/org/berth/Berth1/container/b");
-        assert_eq!(String::try_from(ifaces["org.berth.Berth1.Container"]["Status"].try_clone().unwrap()).unwrap(), "Stopped");
+        assert_eq!(
+            String::try_from(
+                ifaces["org.berth.Berth1.Container"]["Status"]
+                    .try_clone()
+                    .unwrap()
+            )
+            .unwrap(),
+            "Stopped"
+        );
         m.delete_container("b", &HashMap::new()).await.unwrap();
         let (member, msg) = stream.next().await.unwrap();
         assert_eq!(member, "InterfacesRemoved");
-        let (path, ifaces): (zbus::OwnedObjectPath, Vec<String>) = msg.body().deserialize().unwrap();
-        assert_eq!((path.as_str(), ifaces), ("/org/berth/Berth1/container/b", vec!["org.berth.Berth1.Container".to_string()]));
+        let (path, ifaces): (zbus::OwnedObjectPath, Vec<String>) =
+            msg.body().deserialize().unwrap();
+        assert_eq!(
+            (path.as_str(), ifaces),
+            (
+                "/org/berth/Berth1/container/b",
+                vec!["org.berth.Berth1.Container".to_string()]
+            )
+        );
     })
     .await
 }
@@ -272,9 +430,14 @@ async fn checked_in_introspection_matches() {
 
 /// The `<interface name="…">…</interface>` element, as a standalone document.
 fn extract_interface(xml: &str, iface: &str) -> String {
-    let start = xml.find(&format!("<interface name=\"{iface}\">")).expect("interface served");
+    let start = xml
+        .find(&format!("<interface name=\"{iface}\">"))
+        .expect("interface served");
     let end = start + xml[start..].find("</interface>").unwrap() + "</interface>".len();
-    let body: Vec<&str> = xml[start..end].lines().map(|l| l.strip_prefix("  ").unwrap_or(l)).collect();
+    let body: Vec<&str> = xml[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect();
     format!(
         "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<node>\n  {}\n</node>\n",
         body.join("\n  ").trim_end()
@@ -289,30 +452,69 @@ async fn snapshots_over_dbus() {
         let e = env(&[auth::CHECKPOINT]).await;
         let m = ManagerProxy::new(&e.client).await.unwrap();
         let none = HashMap::new();
-        let path = m.create_container("c1", "busybox", &HashMap::from([("start", Variant::from(true))])).await.unwrap();
-        let c = ContainerProxy::builder(&e.client).path(path).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let path = m
+            .create_container(
+                "c1",
+                "busybox",
+                &HashMap::from([("start", Variant::from(true))]),
+            )
+            .await
+            .unwrap();
+        let c = ContainerProxy::builder(&e.client)
+            .path(path)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let s = c.create_snapshot("", &none).await.unwrap();
         assert_eq!(s.as_str(), "/org/berth/Berth1/container/c1/snapshot/snap0");
-        let sp = berth_interfaces::client::SnapshotProxy::builder(&e.client).path(s.clone()).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let sp = berth_interfaces::client::SnapshotProxy::builder(&e.client)
+            .path(s.clone())
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         assert_eq!(sp.name().await.unwrap(), "snap0");
         assert!(!sp.stateful().await.unwrap());
         // stateful needs the checkpoint action, which this caller is denied
-        let err = c.create_snapshot("live", &HashMap::from([("stateful", Variant::from(true))])).await.unwrap_err();
+        let err = c
+            .create_snapshot("live", &HashMap::from([("stateful", Variant::from(true))]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NotAuthorized");
-        let err = c.stop(&HashMap::from([("stateful", Variant::from(true))])).await.unwrap_err();
+        let err = c
+            .stop(&HashMap::from([("stateful", Variant::from(true))]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NotAuthorized");
         // bad input
         let err = c.create_snapshot("x/y", &none).await.unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName");
-        let err = c.create_snapshot("s2", &HashMap::from([("stateful", Variant::from("yes"))])).await.unwrap_err();
+        let err = c
+            .create_snapshot("s2", &HashMap::from([("stateful", Variant::from("yes"))]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
-        let err = sp.restore(&HashMap::from([("colour", Variant::from(1u32))])).await.unwrap_err();
+        let err = sp
+            .restore(&HashMap::from([("colour", Variant::from(1u32))]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
-        let err = c.stop(&HashMap::from([("stateful", Variant::from(true)), ("force", Variant::from(true))])).await.unwrap_err();
+        let err = c
+            .stop(&HashMap::from([
+                ("stateful", Variant::from(true)),
+                ("force", Variant::from(true)),
+            ]))
+            .await
+            .unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidConfig");
         for bad in ["c1/", "/snap0", "c1/snap0/x", "c1/../x"] {
             let err = m.copy_container(bad, "c2", &none).await.unwrap_err();
-            assert_eq!(err_name(&err), "org.berth.Berth1.Error.InvalidName", "{bad}");
+            assert_eq!(
+                err_name(&err),
+                "org.berth.Berth1.Error.InvalidName",
+                "{bad}"
+            );
         }
         let err = m.copy_container("c1/nope", "c2", &none).await.unwrap_err();
         assert_eq!(err_name(&err), "org.berth.Berth1.Error.NoSuchSnapshot");
@@ -321,8 +523,15 @@ async fn snapshots_over_dbus() {
         let copy = m.copy_container("c1/snap0", "c2", &none).await.unwrap();
         assert_eq!(copy.as_str(), "/org/berth/Berth1/container/c2");
         let renamed = sp.rename("first").await.unwrap();
-        assert_eq!(renamed.as_str(), "/org/berth/Berth1/container/c1/snapshot/first");
-        let fp = berth_interfaces::client::SnapshotProxy::builder(&e.client).path(renamed).build().await.unwrap();
+        assert_eq!(
+            renamed.as_str(),
+            "/org/berth/Berth1/container/c1/snapshot/first"
+        );
+        let fp = berth_interfaces::client::SnapshotProxy::builder(&e.client)
+            .path(renamed)
+            .build()
+            .await
+            .unwrap();
         fp.restore(&none).await.unwrap();
         fp.delete().await.unwrap();
         assert!(c.list_snapshots().await.unwrap().is_empty());

@@ -6,7 +6,12 @@ use berth_interfaces::errors::{Name, PREFIX};
 use std::collections::BTreeMap;
 
 fn repo_file(rel: &str) -> String {
-    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)).unwrap()
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(rel),
+    )
+    .unwrap()
 }
 
 /// action id → (allow_any, allow_inactive, allow_active)
@@ -17,7 +22,10 @@ fn policy_actions() -> BTreeMap<String, (String, String, String)> {
         let id = chunk.split('"').next().unwrap().to_string();
         let get = |tag: &str| {
             let open = format!("<{tag}>");
-            let start = chunk.find(&open).map(|i| i + open.len()).unwrap_or_else(|| panic!("{id}: no {tag}"));
+            let start = chunk
+                .find(&open)
+                .map(|i| i + open.len())
+                .unwrap_or_else(|| panic!("{id}: no {tag}"));
             chunk[start..].split('<').next().unwrap().trim().to_string()
         };
         let defaults = (get("allow_any"), get("allow_inactive"), get("allow_active"));
@@ -40,8 +48,17 @@ fn policy_defaults_are_the_documented_ones() {
     let p = policy_actions();
     let d = |a: &str| p[&format!("org.berth.Berth1.{a}")].clone();
     let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
-    for a in ["manage-containers", "create-container", "delete-container", "snapshot"] {
-        assert_eq!(d(a), t("auth_admin", "auth_admin", "auth_admin_keep"), "{a}");
+    for a in [
+        "manage-containers",
+        "create-container",
+        "delete-container",
+        "snapshot",
+    ] {
+        assert_eq!(
+            d(a),
+            t("auth_admin", "auth_admin", "auth_admin_keep"),
+            "{a}"
+        );
     }
     for a in ["checkpoint", "set-privileged-config"] {
         assert_eq!(d(a), t("auth_admin", "auth_admin", "auth_admin"), "{a}");

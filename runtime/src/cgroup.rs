@@ -34,7 +34,9 @@ impl Hierarchy {
 
     /// Whether this v1 hierarchy carries `controller`.
     pub fn has_controller(&self, controller: &str) -> bool {
-        self.v1_options.as_deref().is_some_and(|o| o.split(',').any(|c| c == controller))
+        self.v1_options
+            .as_deref()
+            .is_some_and(|o| o.split(',').any(|c| c == controller))
     }
 
     /// The name of the directory a container sees this hierarchy under in `/sys/fs/cgroup`.
@@ -55,14 +57,27 @@ pub struct Layout {
 
 /// v1 controller options berth knows and mounts inside containers.
 const KNOWN_V1: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
-    "perf_event", "hugetlb", "pids", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
 ];
 
 impl Layout {
     /// Reads the layout from `/proc/self/mountinfo`.
     pub fn detect() -> Result<Layout> {
-        let mi = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
+        let mi =
+            std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
         Ok(Self::parse(&mi))
     }
 
@@ -81,26 +96,43 @@ impl Layout {
             let v1_options = if m.fstype == "cgroup2" {
                 None
             } else {
-                let opts: Vec<&str> = m.super_options.split(',').filter(|o| KNOWN_V1.contains(o) || o.starts_with("name=")).collect();
+                let opts: Vec<&str> = m
+                    .super_options
+                    .split(',')
+                    .filter(|o| KNOWN_V1.contains(o) || o.starts_with("name="))
+                    .collect();
                 if opts.is_empty() {
                     continue;
                 }
                 Some(opts.join(","))
             };
-            let preference = u8::from(m.mountpoint.starts_with("/sys/fs/cgroup")) * 2 + u8::from(m.root == "/");
-            let candidate = Hierarchy { mountpoint: m.mountpoint, v1_options };
-            match found.iter_mut().find(|(h, _)| h.v1_options == candidate.v1_options) {
+            let preference =
+                u8::from(m.mountpoint.starts_with("/sys/fs/cgroup")) * 2 + u8::from(m.root == "/");
+            let candidate = Hierarchy {
+                mountpoint: m.mountpoint,
+                v1_options,
+            };
+            match found
+                .iter_mut()
+                .find(|(h, _)| h.v1_options == candidate.v1_options)
+            {
                 Some(slot) if preference > slot.1 => *slot = (candidate, preference),
                 Some(_) => {}
                 None => found.push((candidate, preference)),
             }
         }
-        Layout { hierarchies: found.into_iter().map(|(h, _)| h).collect() }
+        Layout {
+            hierarchies: found.into_iter().map(|(h, _)| h).collect(),
+        }
     }
 
     /// 1 when any v1 hierarchy carries controllers, else 2.
     pub fn version(&self) -> u32 {
-        if self.hierarchies.iter().any(|h| !h.is_v2()) { 1 } else { 2 }
+        if self.hierarchies.iter().any(|h| !h.is_v2()) {
+            1
+        } else {
+            2
+        }
     }
 
     /// The v2 tree, when one is mounted.
@@ -130,20 +162,35 @@ pub enum Favor {
 /// keeps it until the next boot. Its price, per the kernel's documentation, is a dearer fork
 /// and exit: not measurable here (fork + exit + wait 160–190 µs either way).
 pub fn favor_dynamic_changes(scratch: &Path) -> Result<Favor> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
+    let mi =
+        std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
     let mounts = cgroup_mounts(&mi);
-    if let Some(m) = mounts.iter().find(|m| m.super_options.split(',').any(|o| o == "favordynmods")) {
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| m.super_options.split(',').any(|o| o == "favordynmods"))
+    {
         return Ok(Favor::Already(m.mountpoint.clone()));
     }
     // the v2 tree's own mount, not a CRIU yard's (see Layout::parse)
-    if let Some(m) = mounts.iter().filter(|m| m.fstype == "cgroup2").min_by_key(|m| (!m.mountpoint.starts_with("/sys/fs/cgroup"), m.root != "/")) {
+    if let Some(m) = mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup2")
+        .min_by_key(|m| (!m.mountpoint.starts_with("/sys/fs/cgroup"), m.root != "/"))
+    {
         let (flags, data) = remount_args(m);
-        crate::sys::mount(None, &m.mountpoint, None, flags, Some(&data)).step(|| format!("remount {} with favordynmods", m.mountpoint.display()))?;
+        crate::sys::mount(None, &m.mountpoint, None, flags, Some(&data))
+            .step(|| format!("remount {} with favordynmods", m.mountpoint.display()))?;
         return Ok(Favor::Remounted(m.mountpoint.clone()));
     }
     std::fs::create_dir_all(scratch).step(|| format!("create {}", scratch.display()))?;
-    let r = crate::sys::mount(Some(Path::new("cgroup2")), scratch, Some(c"cgroup2"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("favordynmods"))
-        .step(|| format!("mount cgroup2 with favordynmods on {}", scratch.display()));
+    let r = crate::sys::mount(
+        Some(Path::new("cgroup2")),
+        scratch,
+        Some(c"cgroup2"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("favordynmods"),
+    )
+    .step(|| format!("mount cgroup2 with favordynmods on {}", scratch.display()));
     if r.is_ok() {
         let _ = crate::sys::umount2(scratch, libc::MNT_DETACH);
     }
@@ -203,7 +250,11 @@ fn remount_args(m: &CgroupMount) -> (libc::c_ulong, String) {
             _ => 0,
         };
     }
-    let mut data: Vec<&str> = m.super_options.split(',').filter(|o| !o.is_empty() && *o != "rw" && *o != "ro").collect();
+    let mut data: Vec<&str> = m
+        .super_options
+        .split(',')
+        .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
+        .collect();
     data.push("favordynmods");
     (flags, data.join(","))
 }
@@ -212,7 +263,9 @@ fn remount_args(m: &CgroupMount) -> (libc::c_ulong, String) {
 /// stand one in with a plain directory, where no device program can attach).
 fn on_cgroup2(dir: &Path) -> bool {
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let Ok(c) = crate::sys::cpath(dir) else { return false };
+    let Ok(c) = crate::sys::cpath(dir) else {
+        return false;
+    };
     // SAFETY: statfs is plain data.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
@@ -227,7 +280,8 @@ fn unescape_mountinfo(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
         {
             out.push(v);
             i += 4;
@@ -290,13 +344,21 @@ pub enum ProcessLimit {
 impl ContainerCgroups {
     /// The cgroups for container `name` under `parent`.
     pub fn new(layout: Layout, parent: &str, name: &str) -> Self {
-        ContainerCgroups { layout, parent: parent.to_string(), name: name.to_string(), owner: None, placement: Placement::Tree }
+        ContainerCgroups {
+            layout,
+            parent: parent.to_string(),
+            name: name.to_string(),
+            owner: None,
+            placement: Placement::Tree,
+        }
     }
 
     /// The same, placed in the delegated unit group `cgroup` (see [`Placement::Unit`]). Only
     /// for a pure v2 layout.
     pub fn in_unit(mut self, cgroup: &str) -> Self {
-        self.placement = Placement::Unit { cgroup: cgroup.trim_matches('/').to_string() };
+        self.placement = Placement::Unit {
+            cgroup: cgroup.trim_matches('/').to_string(),
+        };
         self
     }
 
@@ -325,14 +387,19 @@ impl ContainerCgroups {
 
     /// The container's directory in each hierarchy.
     pub fn dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        self.layout.hierarchies.iter().filter_map(|h| self.dir_in(h))
+        self.layout
+            .hierarchies
+            .iter()
+            .filter_map(|h| self.dir_in(h))
     }
 
     /// The container's directory in hierarchy `h` (a unit placement has one only in v2).
     fn dir_in(&self, h: &Hierarchy) -> Option<PathBuf> {
         match &self.placement {
             Placement::Tree => Some(h.mountpoint.join(&self.parent).join(&self.name)),
-            Placement::Unit { cgroup } => h.is_v2().then(|| h.mountpoint.join(cgroup).join(PAYLOAD)),
+            Placement::Unit { cgroup } => {
+                h.is_v2().then(|| h.mountpoint.join(cgroup).join(PAYLOAD))
+            }
         }
     }
 
@@ -343,17 +410,28 @@ impl ContainerCgroups {
             .hierarchies
             .iter()
             .find(|h| h.has_controller(controller))
-            .or_else(|| if self.layout.version() == 2 { self.layout.unified() } else { None })?;
+            .or_else(|| {
+                if self.layout.version() == 2 {
+                    self.layout.unified()
+                } else {
+                    None
+                }
+            })?;
         self.dir_in(h)
     }
 
     /// The monitors' shared directory in each hierarchy (in a unit: its monitor's).
     fn monitor_dirs(&self) -> impl Iterator<Item = (&Hierarchy, PathBuf)> + '_ {
         let m = format!("{}.monitor", self.parent);
-        self.layout.hierarchies.iter().filter_map(move |h| match &self.placement {
-            Placement::Tree => Some((h, h.mountpoint.join(&m))),
-            Placement::Unit { cgroup } => h.is_v2().then(|| (h, h.mountpoint.join(cgroup).join(MONITOR))),
-        })
+        self.layout
+            .hierarchies
+            .iter()
+            .filter_map(move |h| match &self.placement {
+                Placement::Tree => Some((h, h.mountpoint.join(&m))),
+                Placement::Unit { cgroup } => h
+                    .is_v2()
+                    .then(|| (h, h.mountpoint.join(cgroup).join(MONITOR))),
+            })
     }
 
     /// Creates the parent, monitor and container directories where missing, and delegates the
@@ -362,7 +440,10 @@ impl ContainerCgroups {
     pub fn create(&self) -> Result<()> {
         if let Some(unit) = self.unit_dir() {
             if !unit.is_dir() {
-                return Err(Error::os(format!("use the cgroup of the container's unit {}", unit.display()), std::io::ErrorKind::NotFound.into()));
+                return Err(Error::os(
+                    format!("use the cgroup of the container's unit {}", unit.display()),
+                    std::io::ErrorKind::NotFound.into(),
+                ));
             }
             for d in [unit.join(MONITOR), unit.join(PAYLOAD)] {
                 match std::fs::create_dir(&d) {
@@ -408,7 +489,8 @@ impl ContainerCgroups {
         let s = pid.to_string();
         for d in self.dirs() {
             let p = d.join("cgroup.procs");
-            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", d.display()))?;
+            crate::sys::write_file(&p, s.as_bytes())
+                .step(|| format!("join cgroup {}", d.display()))?;
         }
         Ok(())
     }
@@ -418,10 +500,15 @@ impl ContainerCgroups {
     /// its children, which v2 allows only once the group itself holds no process.
     /// [`Self::create`] must have run. Does nothing in berth's tree.
     pub fn settle_monitor(&self, pid: libc::pid_t) -> Result<()> {
-        let Some(unit) = self.unit_dir() else { return Ok(()) };
+        let Some(unit) = self.unit_dir() else {
+            return Ok(());
+        };
         self.attach_monitor(pid)?;
         if let Ok(procs) = std::fs::read_to_string(unit.join("cgroup.procs")) {
-            for p in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
+            for p in procs
+                .lines()
+                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+            {
                 match self.attach_monitor(p) {
                     Ok(()) => {}
                     // (exited meanwhile)
@@ -430,11 +517,16 @@ impl ContainerCgroups {
                 }
             }
         }
-        let controllers = std::fs::read_to_string(unit.join("cgroup.controllers")).step(|| format!("read {}", unit.join("cgroup.controllers").display()))?;
-        let want: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
+        let controllers = std::fs::read_to_string(unit.join("cgroup.controllers"))
+            .step(|| format!("read {}", unit.join("cgroup.controllers").display()))?;
+        let want: Vec<String> = controllers
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect();
         if !want.is_empty() {
             let p = unit.join("cgroup.subtree_control");
-            crate::sys::write_file(&p, want.join(" ").as_bytes()).step(|| format!("enable {} in {}", controllers.trim(), p.display()))?;
+            crate::sys::write_file(&p, want.join(" ").as_bytes())
+                .step(|| format!("enable {} in {}", controllers.trim(), p.display()))?;
         }
         Ok(())
     }
@@ -443,14 +535,17 @@ impl ContainerCgroups {
     pub fn attach_monitor(&self, pid: libc::pid_t) -> Result<()> {
         let s = pid.to_string();
         for p in self.monitor_procs() {
-            crate::sys::write_file(&p, s.as_bytes()).step(|| format!("join cgroup {}", p.parent().unwrap_or(&p).display()))?;
+            crate::sys::write_file(&p, s.as_bytes())
+                .step(|| format!("join cgroup {}", p.parent().unwrap_or(&p).display()))?;
         }
         Ok(())
     }
 
     /// The `cgroup.procs` files of the monitors' cgroups, one per hierarchy.
     pub fn monitor_procs(&self) -> Vec<PathBuf> {
-        self.monitor_dirs().map(|(_, d)| d.join("cgroup.procs")).collect()
+        self.monitor_dirs()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
     }
 
     /// Sets (or clears, with `None`) the memory limit in bytes, and the process limit. A limit
@@ -458,12 +553,20 @@ impl ContainerCgroups {
     /// or a default process limit where there is no pids controller, is not.
     pub fn apply_limits(&self, memory: Option<u64>, processes: ProcessLimit) -> Result<()> {
         let v2 = self.layout.version() == 2;
-        let write = |controller: &str, knob: &str, value: Option<String>, unlimited: &str| -> Result<()> {
-            let file = self.dir_for(controller).map(|d| d.join(knob)).filter(|p| p.exists());
+        let write = |controller: &str,
+                     knob: &str,
+                     value: Option<String>,
+                     unlimited: &str|
+         -> Result<()> {
+            let file = self
+                .dir_for(controller)
+                .map(|d| d.join(knob))
+                .filter(|p| p.exists());
             match (file, value) {
                 (Some(p), v) => {
                     let v = v.unwrap_or_else(|| unlimited.to_string());
-                    crate::sys::write_file(&p, v.as_bytes()).step(|| format!("write {v} to {}", p.display()))
+                    crate::sys::write_file(&p, v.as_bytes())
+                        .step(|| format!("write {v} to {}", p.display()))
                 }
                 (None, None) => Ok(()),
                 (None, Some(_)) => Err(Error::Invalid(format!(
@@ -479,7 +582,11 @@ impl ContainerCgroups {
         }
         match processes {
             ProcessLimit::Set(n) => write("pids", "pids.max", Some(n.to_string()), "max"),
-            ProcessLimit::Default(n) if self.dir_for("pids").is_some_and(|d| d.join("pids.max").exists()) => {
+            ProcessLimit::Default(n)
+                if self
+                    .dir_for("pids")
+                    .is_some_and(|d| d.join("pids.max").exists()) =>
+            {
                 write("pids", "pids.max", Some(n.to_string()), "max")
             }
             ProcessLimit::Default(_) => Ok(()),
@@ -489,7 +596,12 @@ impl ContainerCgroups {
     /// The group that freezes the container: the v1 `freezer` hierarchy's, else the v2 one's
     /// (on a hybrid host the v2 tree has no controllers, so no freezer).
     pub fn freezer_dir(&self) -> Option<PathBuf> {
-        if let Some(h) = self.layout.hierarchies.iter().find(|h| h.has_controller("freezer")) {
+        if let Some(h) = self
+            .layout
+            .hierarchies
+            .iter()
+            .find(|h| h.has_controller("freezer"))
+        {
             return self.dir_in(h);
         }
         let d = self.dir_in(self.layout.unified()?)?;
@@ -498,23 +610,35 @@ impl ContainerCgroups {
 
     /// Freezes every process of the container and waits until they are (up to `timeout`).
     pub fn freeze(&self, timeout: std::time::Duration) -> Result<()> {
-        let dir = self.freezer_dir().ok_or_else(|| Error::Invalid("no cgroup freezer on this host".into()))?;
+        let dir = self
+            .freezer_dir()
+            .ok_or_else(|| Error::Invalid("no cgroup freezer on this host".into()))?;
         let v1 = dir.join("freezer.state").exists();
-        let (knob, value) = if v1 { ("freezer.state", "FROZEN") } else { ("cgroup.freeze", "1") };
-        crate::sys::write_file(&dir.join(knob), value.as_bytes()).step(|| format!("freeze {}", dir.display()))?;
+        let (knob, value) = if v1 {
+            ("freezer.state", "FROZEN")
+        } else {
+            ("cgroup.freeze", "1")
+        };
+        crate::sys::write_file(&dir.join(knob), value.as_bytes())
+            .step(|| format!("freeze {}", dir.display()))?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let frozen = if v1 {
-                std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+                std::fs::read_to_string(dir.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
             } else {
-                std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+                std::fs::read_to_string(dir.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
             };
             if frozen {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
                 let _ = self.thaw();
-                return Err(Error::Invalid(format!("the container did not freeze within {} ms", timeout.as_millis())));
+                return Err(Error::Invalid(format!(
+                    "the container did not freeze within {} ms",
+                    timeout.as_millis()
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -523,18 +647,29 @@ impl ContainerCgroups {
     /// Whether the container's freezer says frozen (or freezing): v1 `freezer.state`, v2
     /// `cgroup.freeze` (what was asked, not whether every process has stopped yet).
     pub fn is_frozen(&self) -> bool {
-        let Some(dir) = self.freezer_dir() else { return false };
+        let Some(dir) = self.freezer_dir() else {
+            return false;
+        };
         match std::fs::read_to_string(dir.join("freezer.state")) {
             Ok(s) => s.trim() != "THAWED",
-            Err(_) => std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1"),
+            Err(_) => {
+                std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+            }
         }
     }
 
     /// Thaws the container.
     pub fn thaw(&self) -> Result<()> {
-        let Some(dir) = self.freezer_dir() else { return Ok(()) };
-        let (knob, value) = if dir.join("freezer.state").exists() { ("freezer.state", "THAWED") } else { ("cgroup.freeze", "0") };
-        crate::sys::write_file(&dir.join(knob), value.as_bytes()).step(|| format!("thaw {}", dir.display()))
+        let Some(dir) = self.freezer_dir() else {
+            return Ok(());
+        };
+        let (knob, value) = if dir.join("freezer.state").exists() {
+            ("freezer.state", "THAWED")
+        } else {
+            ("cgroup.freeze", "0")
+        };
+        crate::sys::write_file(&dir.join(knob), value.as_bytes())
+            .step(|| format!("thaw {}", dir.display()))
     }
 
     /// Pids in the container's cgroups (all hierarchies, whole subtree), deduplicated.
@@ -576,14 +711,23 @@ impl ContainerCgroups {
 }
 
 /// Files of a group its owner may write to manage groups below it (not its own limits).
-const DELEGATED: &[&str] = &["cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads", "cgroup.clone_children", "notify_on_release"];
+const DELEGATED: &[&str] = &[
+    "cgroup.procs",
+    "tasks",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+    "cgroup.clone_children",
+    "notify_on_release",
+];
 
 fn delegate(dir: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).step(|| format!("delegate {}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .step(|| format!("delegate {}", dir.display()))?;
     for f in DELEGATED {
         let p = dir.join(f);
         if p.exists() {
-            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).step(|| format!("delegate {}", p.display()))?;
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                .step(|| format!("delegate {}", p.display()))?;
         }
     }
     Ok(())
@@ -599,8 +743,10 @@ fn ensure_dir(h: &Hierarchy, dir: &Path, parent: &Path) -> Result<()> {
     }
     if h.has_controller("cpuset") {
         for knob in ["cpuset.cpus", "cpuset.mems"] {
-            let v = std::fs::read(parent.join(knob)).step(|| format!("read {}", parent.join(knob).display()))?;
-            crate::sys::write_file(&dir.join(knob), &v).step(|| format!("write {}", dir.join(knob).display()))?;
+            let v = std::fs::read(parent.join(knob))
+                .step(|| format!("read {}", parent.join(knob).display()))?;
+            crate::sys::write_file(&dir.join(knob), &v)
+                .step(|| format!("write {}", dir.join(knob).display()))?;
         }
         let _ = crate::sys::write_file(&dir.join("cgroup.clone_children"), b"1");
     }
@@ -609,7 +755,10 @@ fn ensure_dir(h: &Hierarchy, dir: &Path, parent: &Path) -> Result<()> {
         if let Ok(c) = std::fs::read_to_string(parent.join("cgroup.controllers")) {
             let want: Vec<String> = c.split_whitespace().map(|c| format!("+{c}")).collect();
             if !want.is_empty() && parent != h.mountpoint {
-                let _ = crate::sys::write_file(&parent.join("cgroup.subtree_control"), want.join(" ").as_bytes());
+                let _ = crate::sys::write_file(
+                    &parent.join("cgroup.subtree_control"),
+                    want.join(" ").as_bytes(),
+                );
             }
         }
     }
@@ -618,7 +767,10 @@ fn ensure_dir(h: &Hierarchy, dir: &Path, parent: &Path) -> Result<()> {
 
 fn collect_pids(dir: &Path, out: &mut Vec<libc::pid_t>) {
     if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        out.extend(s.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()));
+        out.extend(
+            s.lines()
+                .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+        );
     }
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
@@ -671,10 +823,27 @@ mod tests {
         let m = cgroup_mounts(mi);
         assert_eq!(m.len(), 2);
         let (flags, data) = remount_args(&m[0]);
-        assert_eq!(flags, libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RELATIME);
+        assert_eq!(
+            flags,
+            libc::MS_REMOUNT
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC
+                | libc::MS_RELATIME
+        );
         assert_eq!(data, "nsdelegate,memory_recursiveprot,favordynmods");
-        let (flags, data) = remount_args(&CgroupMount { mount_options: "ro,relatime".into(), super_options: "rw".into(), ..m[0].clone() });
-        assert_eq!((flags, data.as_str()), (libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_RELATIME, "favordynmods"));
+        let (flags, data) = remount_args(&CgroupMount {
+            mount_options: "ro,relatime".into(),
+            super_options: "rw".into(),
+            ..m[0].clone()
+        });
+        assert_eq!(
+            (flags, data.as_str()),
+            (
+                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_RELATIME,
+                "favordynmods"
+            )
+        );
     }
 
     const HYBRID: &str = "\
@@ -691,11 +860,21 @@ mod tests {
         assert_eq!(l.version(), 1);
         assert_eq!(l.hierarchies.len(), 4);
         assert!(l.unified().is_some());
-        let names: Vec<String> = l.hierarchies.iter().map(|h| h.container_dir_name()).collect();
+        let names: Vec<String> = l
+            .hierarchies
+            .iter()
+            .map(|h| h.container_dir_name())
+            .collect();
         assert_eq!(names, ["unified", "systemd", "cpu,cpuacct", "memory"]);
         let cg = ContainerCgroups::new(l, "berth", "c1");
-        assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/memory/berth/c1"));
-        assert_eq!(cg.dir_for("cpuacct").unwrap(), Path::new("/sys/fs/cgroup/cpu,cpuacct/berth/c1"));
+        assert_eq!(
+            cg.dir_for("memory").unwrap(),
+            Path::new("/sys/fs/cgroup/memory/berth/c1")
+        );
+        assert_eq!(
+            cg.dir_for("cpuacct").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/berth/c1")
+        );
         assert!(cg.dir_for("pids").is_none());
     }
 
@@ -711,14 +890,23 @@ mod tests {
 ";
         let host = Layout::parse(HYBRID);
         let with_yard = Layout::parse(&format!("{HYBRID}{yard}"));
-        let without_pids: Vec<_> = with_yard.hierarchies.iter().filter(|h| !h.has_controller("pids")).cloned().collect();
+        let without_pids: Vec<_> = with_yard
+            .hierarchies
+            .iter()
+            .filter(|h| !h.has_controller("pids"))
+            .cloned()
+            .collect();
         assert_eq!(without_pids, host.hierarchies);
         // ... or before them, and a hierarchy only the yard shows (a bind of a subtree elsewhere)
         let pids_elsewhere = "70 1 0:35 /berth /srv/pids rw - cgroup none rw,pids\n";
         let l = Layout::parse(&format!("{yard}{pids_elsewhere}{HYBRID}"));
         for h in &l.hierarchies {
             if h.has_controller("pids") {
-                assert_eq!(h.mountpoint, Path::new("/tmp/.criu.cgyard.Xa1b2c/pids"), "the root beats a subtree");
+                assert_eq!(
+                    h.mountpoint,
+                    Path::new("/tmp/.criu.cgyard.Xa1b2c/pids"),
+                    "the root beats a subtree"
+                );
             } else {
                 assert!(h.mountpoint.starts_with("/sys/fs/cgroup"), "{h:?}");
             }
@@ -728,15 +916,22 @@ mod tests {
 
     #[test]
     fn parses_pure_v2() {
-        let l = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+        let l = Layout::parse(
+            "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
         assert_eq!(l.version(), 2);
         let cg = ContainerCgroups::new(l, "berth", "web");
-        assert_eq!(cg.dir_for("memory").unwrap(), Path::new("/sys/fs/cgroup/berth/web"));
+        assert_eq!(
+            cg.dir_for("memory").unwrap(),
+            Path::new("/sys/fs/cgroup/berth/web")
+        );
     }
 
     #[test]
     fn a_unit_placement_keeps_everything_in_the_unit_s_group() {
-        let l = Layout::parse("30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n");
+        let l = Layout::parse(
+            "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        );
         let scope = crate::systemd::scope("berth", "my-web");
         let cg = ContainerCgroups::new(l, "berth", "my-web").in_unit(&scope.cgroup);
         let unit = Path::new("/sys/fs/cgroup/berth.slice/berth-my\\x2dweb.scope");
@@ -744,16 +939,23 @@ mod tests {
         assert_eq!(cg.dirs().collect::<Vec<_>>(), [unit.join("payload")]);
         assert_eq!(cg.dir_for("memory").unwrap(), unit.join("payload"));
         assert_eq!(cg.monitor_procs(), [unit.join("monitor/cgroup.procs")]);
-        assert_eq!(cg.relative_dir(), "/berth.slice/berth-my\\x2dweb.scope/payload");
+        assert_eq!(
+            cg.relative_dir(),
+            "/berth.slice/berth-my\\x2dweb.scope/payload"
+        );
         // the spec travels to the monitor as JSON, and a spec without a placement is berth's tree
-        let back: ContainerCgroups = serde_json::from_str(&serde_json::to_string(&cg).unwrap()).unwrap();
+        let back: ContainerCgroups =
+            serde_json::from_str(&serde_json::to_string(&cg).unwrap()).unwrap();
         assert_eq!(back.placement, cg.placement);
         let mut old = serde_json::to_value(&cg).unwrap();
         old.as_object_mut().unwrap().remove("placement");
         let old: ContainerCgroups = serde_json::from_value(old).unwrap();
         assert_eq!(old.placement, Placement::Tree);
         assert_eq!(old.relative_dir(), "/berth/my-web");
-        assert_eq!(old.monitor_procs(), [Path::new("/sys/fs/cgroup/berth.monitor/cgroup.procs")]);
+        assert_eq!(
+            old.monitor_procs(),
+            [Path::new("/sys/fs/cgroup/berth.monitor/cgroup.procs")]
+        );
     }
 
     #[test]
@@ -761,12 +963,20 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("berth-cg-unit-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         let mi = format!("30 25 0:26 / {} rw - cgroup2 cgroup2 rw\n", tmp.display());
-        let cg = ContainerCgroups::new(Layout::parse(&mi), "berth", "c1").in_unit("berth.slice/berth-c1.scope");
+        let cg = ContainerCgroups::new(Layout::parse(&mi), "berth", "c1")
+            .in_unit("berth.slice/berth-c1.scope");
         assert!(cg.create().is_err());
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "nothing made outside the unit");
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing made outside the unit"
+        );
         std::fs::create_dir_all(tmp.join("berth.slice/berth-c1.scope")).unwrap();
         cg.create().unwrap();
-        assert!(tmp.join("berth.slice/berth-c1.scope/payload").is_dir() && tmp.join("berth.slice/berth-c1.scope/monitor").is_dir());
+        assert!(
+            tmp.join("berth.slice/berth-c1.scope/payload").is_dir()
+                && tmp.join("berth.slice/berth-c1.scope/monitor").is_dir()
+        );
         assert!(cg.exists());
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 1);
         std::fs::remove_dir_all(&tmp).unwrap();

@@ -59,7 +59,12 @@ pub struct Rule {
 }
 
 const fn rule(kind: Kind, major: Option<u32>, minor: Option<u32>, access: u8) -> Rule {
-    Rule { kind, major, minor, access }
+    Rule {
+        kind,
+        major,
+        minor,
+        access,
+    }
 }
 
 const fn chr(major: u32, minor: u32) -> Rule {
@@ -103,7 +108,10 @@ impl Rule {
 
     /// Whether the rule allows `access` (any combination of bits) to the device.
     pub fn allows(&self, kind: Kind, major: u32, minor: u32, access: u8) -> bool {
-        self.kind == kind && self.major.is_none_or(|m| m == major) && self.minor.is_none_or(|m| m == minor) && access & !self.access == 0
+        self.kind == kind
+            && self.major.is_none_or(|m| m == major)
+            && self.minor.is_none_or(|m| m == minor)
+            && access & !self.access == 0
     }
 }
 
@@ -150,21 +158,31 @@ pub fn apply_v1(dir: &Path, rules: &[Rule]) -> Result<()> {
     match crate::sys::write_file(&deny, b"a") {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            remove_children(dir).step(|| format!("remove the child groups of {} to restrict its devices", dir.display()))?;
+            remove_children(dir).step(|| {
+                format!(
+                    "remove the child groups of {} to restrict its devices",
+                    dir.display()
+                )
+            })?;
             write_when_childless(&deny, b"a").step(|| format!("write a to {}", deny.display()))?;
         }
         Err(e) => return Err(Error::os(format!("write a to {}", deny.display()), e)),
     }
     let allow = dir.join("devices.allow");
     for l in &want {
-        crate::sys::write_file(&allow, l.as_bytes()).step(|| format!("write {l} to {}", allow.display()))?;
+        crate::sys::write_file(&allow, l.as_bytes())
+            .step(|| format!("write {l} to {}", allow.display()))?;
     }
     Ok(())
 }
 
 /// Whether `list` (a `devices.list`) holds exactly the lines `want`, in any order.
 fn same_lines(list: &str, want: &[String]) -> bool {
-    let mut have: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let mut have: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
     have.sort_unstable();
     want.sort_unstable();
@@ -178,7 +196,10 @@ fn write_when_childless(file: &Path, value: &[u8]) -> io::Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         match crate::sys::write_file(file, value) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             r => return r,
@@ -231,7 +252,12 @@ const JMP32_JNE_X: u8 = 0x5e; // BPF_JMP32 | BPF_JNE | BPF_X
 const JMP_EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn { code, regs: (dst & 0xf) | (src << 4), off, imm }
+    Insn {
+        code,
+        regs: (dst & 0xf) | (src << 4),
+        off,
+        imm,
+    }
 }
 
 // registers: r1 the context, then scratch; r2 type, r3 access, r4 major, r5 minor
@@ -263,7 +289,7 @@ pub fn program(rules: &[Rule]) -> Vec<Insn> {
             block.push(vec![
                 insn(ALU32_MOV_X, R1, R3, 0, 0),                        // w1 = access
                 insn(ALU32_AND_K, R1, 0, 0, i32::from(r.access & RWM)), // w1 &= allowed
-                insn(JMP32_JNE_X, R1, R3, 0, 0),                        // not all of it allowed: next rule
+                insn(JMP32_JNE_X, R1, R3, 0, 0), // not all of it allowed: next rule
             ]);
         }
         if let Some(m) = r.major {
@@ -272,7 +298,10 @@ pub fn program(rules: &[Rule]) -> Vec<Insn> {
         if let Some(m) = r.minor {
             block.push(vec![insn(JMP32_JNE_K, R5, 0, 0, m as i32)]);
         }
-        block.push(vec![insn(ALU64_MOV_K, R0, 0, 0, 1), insn(JMP_EXIT, 0, 0, 0, 0)]);
+        block.push(vec![
+            insn(ALU64_MOV_K, R0, 0, 0, 1),
+            insn(JMP_EXIT, 0, 0, 0, 0),
+        ]);
         let flat: Vec<Insn> = block.into_iter().flatten().collect();
         let len = flat.len();
         // every jump of the block goes to its end
@@ -402,8 +431,19 @@ fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialized #[repr(C)] prefix of `union bpf_attr` for `cmd`,
     // of the size passed; the kernel zero-fills the rest and writes at most that many bytes.
     // Pointers inside it point to buffers that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as libc::c_uint) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
 }
 
 /// A new fd returned by bpf(2).
@@ -418,7 +458,10 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
 pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd> {
     let license = c"Apache-2.0";
     let mut prog_name = [0u8; BPF_OBJ_NAME_LEN];
-    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1)) {
+    for (d, s) in prog_name
+        .iter_mut()
+        .zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1))
+    {
         *d = s;
     }
     let attr = |log: &mut Vec<u8>| ProgLoadAttr {
@@ -428,7 +471,11 @@ pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd> {
         license: license.as_ptr() as u64,
         log_level: u32::from(!log.is_empty()),
         log_size: log.len() as u32,
-        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         prog_name,
         ..Default::default()
     };
@@ -441,18 +488,33 @@ pub fn load(insns: &[Insn], name: &str) -> Result<OwnedFd> {
             let end = log.iter().position(|&b| b == 0).unwrap_or(0);
             let verifier = String::from_utf8_lossy(&log[..end]);
             let verifier: Vec<&str> = verifier.lines().rev().take(4).collect();
-            Err(Error::os(format!("load the device program (verifier: {})", verifier.into_iter().rev().collect::<Vec<_>>().join("; ")), e))
+            Err(Error::os(
+                format!(
+                    "load the device program (verifier: {})",
+                    verifier.into_iter().rev().collect::<Vec<_>>().join("; ")
+                ),
+                e,
+            ))
         }
     }
 }
 
 /// Opens a cgroup2 directory for bpf(2).
 fn open_cgroup(dir: &Path) -> Result<OwnedFd> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::Invalid(format!("a NUL in {}", dir.display())))?;
+    let c = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Invalid(format!("a NUL in {}", dir.display())))?;
     // SAFETY: open(2) of a NUL-terminated path; the fd is owned below.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
-        return Err(Error::os(format!("open cgroup {}", dir.display()), io::Error::last_os_error()));
+        return Err(Error::os(
+            format!("open cgroup {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: a fresh fd from open(2).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -480,16 +542,33 @@ fn query(cg: &OwnedFd) -> io::Result<Vec<u32>> {
 
 /// An attached program's fd and name, or `None` when it went away meanwhile.
 fn prog_by_id(id: u32) -> io::Result<Option<(OwnedFd, String)>> {
-    let fd = match bpf(BPF_PROG_GET_FD_BY_ID, &mut GetIdAttr { prog_id: id, ..Default::default() }) {
+    let fd = match bpf(
+        BPF_PROG_GET_FD_BY_ID,
+        &mut GetIdAttr {
+            prog_id: id,
+            ..Default::default()
+        },
+    ) {
         Ok(fd) => owned(fd)?,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
     let mut info = ProgInfo::default();
-    let mut a = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: std::mem::size_of::<ProgInfo>() as u32, info: &mut info as *mut ProgInfo as u64 };
+    let mut a = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfo>() as u32,
+        info: &mut info as *mut ProgInfo as u64,
+    };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
-    let end = info.name.iter().position(|&b| b == 0).unwrap_or(info.name.len());
-    Ok(Some((fd, String::from_utf8_lossy(&info.name[..end]).into_owned())))
+    let end = info
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(info.name.len());
+    Ok(Some((
+        fd,
+        String::from_utf8_lossy(&info.name[..end]).into_owned(),
+    )))
 }
 
 /// The names of the device programs attached to the cgroup2 group `dir` itself.
@@ -528,13 +607,21 @@ pub fn attach_program(dir: &Path, rules: &[Rule]) -> Result<()> {
         attach_flags: BPF_F_ALLOW_MULTI,
         ..Default::default()
     };
-    bpf(BPF_PROG_ATTACH, &mut a).step(|| format!("attach the device program to {}", dir.display()))?;
+    bpf(BPF_PROG_ATTACH, &mut a)
+        .step(|| format!("attach the device program to {}", dir.display()))?;
     for old in stale {
-        let mut a =
-            AttachAttr { target_fd: cg.as_raw_fd() as u32, attach_bpf_fd: old.as_raw_fd() as u32, attach_type: BPF_CGROUP_DEVICE, ..Default::default() };
+        let mut a = AttachAttr {
+            target_fd: cg.as_raw_fd() as u32,
+            attach_bpf_fd: old.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            ..Default::default()
+        };
         match bpf(BPF_PROG_DETACH, &mut a) {
             Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                return Err(Error::os(format!("detach an older device program from {}", dir.display()), e));
+                return Err(Error::os(
+                    format!("detach an older device program from {}", dir.display()),
+                    e,
+                ));
             }
             _ => {}
         }
@@ -566,7 +653,10 @@ mod tests {
                 "c 10:200 rwm",
             ]
         );
-        let partial = [rule(Kind::Block, Some(7), None, READ | WRITE), rule(Kind::Char, None, Some(4), READ)];
+        let partial = [
+            rule(Kind::Block, Some(7), None, READ | WRITE),
+            rule(Kind::Char, None, Some(4), READ),
+        ];
         assert_eq!(v1_lines(&partial), ["b 7:* rw", "c *:4 r"]);
     }
 
@@ -598,8 +688,12 @@ mod tests {
                 ALU32_AND_K => r[dst] = (r[dst] as u32 & i.imm as u32) as u64,
                 ALU32_RSH_K => r[dst] = ((r[dst] as u32) >> i.imm) as u64,
                 ALU64_MOV_K => r[dst] = i.imm as i64 as u64,
-                JMP32_JNE_K if r[dst] as u32 != i.imm as u32 => pc = (pc as isize + i.off as isize) as usize,
-                JMP32_JNE_X if r[dst] as u32 != r[src] as u32 => pc = (pc as isize + i.off as isize) as usize,
+                JMP32_JNE_K if r[dst] as u32 != i.imm as u32 => {
+                    pc = (pc as isize + i.off as isize) as usize
+                }
+                JMP32_JNE_X if r[dst] as u32 != r[src] as u32 => {
+                    pc = (pc as isize + i.off as isize) as usize
+                }
                 JMP32_JNE_K | JMP32_JNE_X => {}
                 JMP_EXIT => return r[0],
                 c => panic!("unexpected opcode {c:#x}"),
@@ -610,10 +704,28 @@ mod tests {
 
     #[test]
     fn the_program_answers_as_the_rules_do() {
-        let odd =
-            [rule(Kind::Block, Some(7), None, READ | WRITE), rule(Kind::Char, None, Some(4), READ), rule(Kind::Char, Some(u32::MAX), Some(0x8000_0000), RWM)];
+        let odd = [
+            rule(Kind::Block, Some(7), None, READ | WRITE),
+            rule(Kind::Char, None, Some(4), READ),
+            rule(Kind::Char, Some(u32::MAX), Some(0x8000_0000), RWM),
+        ];
         let majors = [0, 1, 4, 5, 7, 10, 136, 254, 0x8000_0000, u32::MAX];
-        let minors = [0, 1, 3, 4, 5, 7, 8, 9, 11, 200, 229, 12345, 0x8000_0000, u32::MAX];
+        let minors = [
+            0,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            9,
+            11,
+            200,
+            229,
+            12345,
+            0x8000_0000,
+            u32::MAX,
+        ];
         for rules in [DEFAULT, &odd[..], &[]] {
             let p = program(rules);
             for kind in [Kind::Block, Kind::Char] {
@@ -622,7 +734,11 @@ mod tests {
                         for access in 1..=RWM {
                             let ctx = [(u32::from(access) << 16) | kind as u32, major, minor];
                             let want = u64::from(allowed(rules, kind, major, minor, access));
-                            assert_eq!(run(&p, ctx), want, "{kind:?} {major}:{minor} access {access} under {rules:?}");
+                            assert_eq!(
+                                run(&p, ctx),
+                                want,
+                                "{kind:?} {major}:{minor} access {access} under {rules:?}"
+                            );
                         }
                     }
                 }
@@ -641,7 +757,10 @@ mod tests {
     fn the_program_name_fits_and_follows_the_policy() {
         let a = program_name(&program(DEFAULT));
         assert_eq!(a.len(), BPF_OBJ_NAME_LEN - 1);
-        assert!(a.starts_with(NAME_PREFIX) && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{a}");
+        assert!(
+            a.starts_with(NAME_PREFIX) && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{a}"
+        );
         assert_ne!(a, program_name(&program(&DEFAULT[1..])));
         assert_eq!(a, program_name(&program(DEFAULT)));
     }
@@ -656,7 +775,9 @@ mod tests {
 
     impl Scratch {
         fn new(h: &Hierarchy, what: &str) -> Scratch {
-            let d = h.mountpoint.join(format!("berth-devtest-{what}-{}", std::process::id()));
+            let d = h
+                .mountpoint
+                .join(format!("berth-devtest-{what}-{}", std::process::id()));
             let _ = remove_children(&d);
             let _ = std::fs::remove_dir(&d);
             std::fs::create_dir(&d).unwrap();
@@ -677,7 +798,11 @@ mod tests {
     }
 
     fn hierarchy(pick: impl Fn(&Hierarchy) -> bool) -> Option<Hierarchy> {
-        crate::cgroup::Layout::detect().ok()?.hierarchies.into_iter().find(pick)
+        crate::cgroup::Layout::detect()
+            .ok()?
+            .hierarchies
+            .into_iter()
+            .find(pick)
     }
 
     /// Forks a child that joins `group` and reports, one bit each (set = as expected): 1,
@@ -696,8 +821,11 @@ mod tests {
         let (host, chr, blk) = (cstr(&path("")), cstr(&path("c")), cstr(&path("b")));
         let procs = cstr(&group.join("cgroup.procs"));
         let null = c"/dev/null";
-        // SAFETY: mknod(2) on a NUL-terminated path.
-        assert_eq!(unsafe { libc::mknod(host.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 11)) }, 0);
+        assert_eq!(
+            // SAFETY: mknod(2) on a NUL-terminated path.
+            unsafe { libc::mknod(host.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 11)) },
+            0
+        );
         // SAFETY: the child makes only async-signal-safe calls (open, write, close, mknod,
         // _exit) on data prepared before the fork.
         let pid = unsafe { libc::fork() };
@@ -755,7 +883,11 @@ mod tests {
         attach_program(&g.0, DEFAULT).unwrap();
         attach_program(&g.0, DEFAULT).unwrap();
         let name = program_name(&program(DEFAULT));
-        assert_eq!(attached_programs(&g.0).unwrap(), std::slice::from_ref(&name), "attached once");
+        assert_eq!(
+            attached_programs(&g.0).unwrap(),
+            std::slice::from_ref(&name),
+            "attached once"
+        );
         assert_eq!(probe_in(&g.0, &node), 1 | 2 | 4 | 8);
         // a group below inherits it
         let child = g.0.join("below");

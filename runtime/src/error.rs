@@ -6,7 +6,14 @@ use std::path::PathBuf;
 /// "container setup failed at STEP: ERRNO", or the step alone when it carries no errno (a
 /// restore's failure, which names CRIU's step and first error itself).
 fn setup_message(step: &str, errno: i32) -> String {
-    if errno == 0 { step.to_string() } else { format!("container setup failed at {step}: {}", io::Error::from_raw_os_error(errno)) }
+    if errno == 0 {
+        step.to_string()
+    } else {
+        format!(
+            "container setup failed at {step}: {}",
+            io::Error::from_raw_os_error(errno)
+        )
+    }
 }
 
 /// Result alias for the runtime.
@@ -74,7 +81,10 @@ pub enum Error {
 impl Error {
     /// Wraps an `io::Error` with the step that failed.
     pub fn os(step: impl Into<String>, source: io::Error) -> Self {
-        Error::Os { step: step.into(), source }
+        Error::Os {
+            step: step.into(),
+            source,
+        }
     }
 
     /// The errno of an OS-level failure, if this is one.

@@ -29,7 +29,11 @@ impl IdMap {
         let from = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| root_range(&s));
         let (ub, uc) = from("/etc/subuid").unwrap_or((DEFAULT_BASE, DEFAULT_COUNT));
         let (gb, gc) = from("/etc/subgid").unwrap_or((DEFAULT_BASE, DEFAULT_COUNT));
-        IdMap { uid_base: ub, gid_base: gb, count: uc.min(gc).min(DEFAULT_COUNT) }
+        IdMap {
+            uid_base: ub,
+            gid_base: gb,
+            count: uc.min(gc).min(DEFAULT_COUNT),
+        }
     }
 
     /// The `uid_map` line for `/proc/<pid>/uid_map`.
@@ -57,8 +61,10 @@ impl IdMap {
         use crate::error::Context;
         let uid = format!("/proc/{pid}/uid_map");
         let gid = format!("/proc/{pid}/gid_map");
-        crate::sys::write_file(Path::new(&uid), self.uid_map_line().as_bytes()).step(|| format!("write {uid}"))?;
-        crate::sys::write_file(Path::new(&gid), self.gid_map_line().as_bytes()).step(|| format!("write {gid}"))?;
+        crate::sys::write_file(Path::new(&uid), self.uid_map_line().as_bytes())
+            .step(|| format!("write {uid}"))?;
+        crate::sys::write_file(Path::new(&gid), self.gid_map_line().as_bytes())
+            .step(|| format!("write {gid}"))?;
         Ok(())
     }
 }
@@ -91,7 +97,11 @@ mod tests {
 
     #[test]
     fn map_lines() {
-        let m = IdMap { uid_base: 1_000_000, gid_base: 2_000_000, count: 65536 };
+        let m = IdMap {
+            uid_base: 1_000_000,
+            gid_base: 2_000_000,
+            count: 65536,
+        };
         assert_eq!(m.uid_map_line(), "0 1000000 65536\n");
         assert_eq!(m.gid_map_line(), "0 2000000 65536\n");
         assert_eq!(m.host_uid(0), Some(1_000_000));

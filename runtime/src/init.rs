@@ -41,7 +41,13 @@ pub fn open_in_root(root: &Path, rel: &str) -> std::io::Result<OwnedFd> {
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: valid dirfd, C string and open_how of the size passed.
     let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), c.as_ptr(), &how as *const libc::open_how, std::mem::size_of::<libc::open_how>())
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -55,7 +61,9 @@ pub fn resolve_init(root: &Path) -> Option<PathBuf> {
     let fd = open_in_root(root, "sbin/init").ok()?;
     let host = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
     let canon_root = std::fs::canonicalize(root).ok()?;
-    host.strip_prefix(&canon_root).ok().map(|p| Path::new("/").join(p))
+    host.strip_prefix(&canon_root)
+        .ok()
+        .map(|p| Path::new("/").join(p))
 }
 
 /// What `/sbin/init` in `root` is.
@@ -67,7 +75,10 @@ pub fn detect(root: &Path) -> InitKind {
 }
 
 fn classify(p: &Path) -> InitKind {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if name == "busybox" {
         InitKind::Busybox
     } else if name == "systemd" || p.to_string_lossy().contains("/systemd/") {
@@ -79,7 +90,9 @@ fn classify(p: &Path) -> InitKind {
 
 /// The stop signal for a container: `configured` (a name or number) if given, else by init.
 pub fn stop_signal(root: &Path, configured: Option<&str>) -> libc::c_int {
-    configured.and_then(sys::parse_signal).unwrap_or_else(|| detect(root).poweroff_signal())
+    configured
+        .and_then(sys::parse_signal)
+        .unwrap_or_else(|| detect(root).poweroff_signal())
 }
 
 #[cfg(test)]
@@ -104,7 +117,8 @@ mod tests {
         assert_eq!(stop_signal(&root, Some("SIGTERM")), libc::SIGTERM);
         // a link pointing at the host's init is resolved inside the root (and is missing)
         std::fs::remove_file(root.join("sbin/init")).unwrap();
-        std::os::unix::fs::symlink("/../../../../usr/sbin/nothing-here", root.join("sbin/init")).unwrap();
+        std::os::unix::fs::symlink("/../../../../usr/sbin/nothing-here", root.join("sbin/init"))
+            .unwrap();
         assert_eq!(detect(&root), InitKind::Other);
         let _ = std::fs::remove_dir_all(&root);
     }

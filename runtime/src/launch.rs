@@ -55,12 +55,24 @@ pub fn start(spec: &ContainerSpec) -> Result<Started> {
     match unsafe { sys::clone3_fork(CLONE_FLAGS as u64) }.step(|| "clone the container's init")? {
         sys::Forked::Child => {
             drop(parent_sock);
-            child_main(spec, child_sock.as_fd(), &target, console.slave.as_raw_fd(), &console.slave_path)
+            child_main(
+                spec,
+                child_sock.as_fd(),
+                &target,
+                console.slave.as_raw_fd(),
+                &console.slave_path,
+            )
         }
         sys::Forked::Parent { pid, pidfd } => {
             drop(child_sock);
             match parent_side(spec, pid, &parent_sock) {
-                Ok(()) => Ok(Started { pid, pidfd, console: console.master, console_slave: console.slave, console_path: console.slave_path }),
+                Ok(()) => Ok(Started {
+                    pid,
+                    pidfd,
+                    console: console.master,
+                    console_slave: console.slave,
+                    console_path: console.slave_path,
+                }),
                 Err(e) => {
                     // SAFETY: kill/waitpid on our own child.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -101,7 +113,10 @@ fn parent_side(spec: &ContainerSpec, pid: libc::pid_t, sock: &OwnedFd) -> Result
         // SAFETY: non-blocking wait on our own child.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
-            return Err(Error::Setup { step: format!("init exited during setup (status {status:#x})"), errno: libc::EIO });
+            return Err(Error::Setup {
+                step: format!("init exited during setup (status {status:#x})"),
+                errno: libc::EIO,
+            });
         }
         return Ok(());
     }
@@ -118,7 +133,8 @@ fn mount_point(spec: &ContainerSpec) -> Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let p = spec.run_dir.join("root");
     std::fs::create_dir_all(&p).step(|| format!("create {}", p.display()))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).step(|| format!("chmod {}", p.display()))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+        .step(|| format!("chmod {}", p.display()))?;
     Ok(p)
 }
 
@@ -130,11 +146,17 @@ pub fn rootfs_mount(rootfs: &Path, idmap_pid: Option<libc::pid_t>) -> Result<Own
     // mounts made in the container would propagate back to the host, and pivot_root refuses a
     // shared new root. The container's root is private; systemd in the container shares it again
     // for itself.
-    let private = libc::mount_attr { attr_set: 0, attr_clr: 0, propagation: libc::MS_PRIVATE, userns_fd: 0 };
+    let private = libc::mount_attr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
     sys::mount_setattr(mnt.as_fd(), libc::AT_RECURSIVE as libc::c_uint, &private)
         .step(|| format!("make the mount of {} private", rootfs.display()))?;
     if let Some(pid) = idmap_pid {
-        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user")).step(|| "open init's user namespace")?;
+        let userns = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+            .step(|| "open init's user namespace")?;
         let attr = libc::mount_attr {
             attr_set: libc::MOUNT_ATTR_IDMAP,
             attr_clr: 0,
@@ -148,7 +170,13 @@ pub fn rootfs_mount(rootfs: &Path, idmap_pid: Option<libc::pid_t>) -> Result<Own
 }
 
 /// Child: wait for "go", become root in the new namespaces, build the rootfs, exec init.
-fn child_main(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave: RawFd, console: &Path) -> ! {
+fn child_main(
+    spec: &ContainerSpec,
+    sock: BorrowedFd<'_>,
+    target: &Path,
+    slave: RawFd,
+    console: &Path,
+) -> ! {
     let failure = match child_setup(spec, sock, target, slave, console) {
         Ok(never) => match never {},
         Err(f) => f,
@@ -160,22 +188,50 @@ fn child_main(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave: 
 
 enum Never {}
 
-fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave: RawFd, console: &Path) -> Result<Never, SetupFailure> {
-    let (n, mnt) = recv_fd(sock).map_err(|error| SetupFailure { step: "receive the rootfs mount".into(), error })?;
+fn child_setup(
+    spec: &ContainerSpec,
+    sock: BorrowedFd<'_>,
+    target: &Path,
+    slave: RawFd,
+    console: &Path,
+) -> Result<Never, SetupFailure> {
+    let (n, mnt) = recv_fd(sock).map_err(|error| SetupFailure {
+        step: "receive the rootfs mount".into(),
+        error,
+    })?;
     let mnt = match (n, mnt) {
         (2, Some(m)) => m,
-        _ => return Err(SetupFailure { step: "receive the rootfs mount".into(), error: io::Error::from_raw_os_error(libc::EPROTO) }),
+        _ => {
+            return Err(SetupFailure {
+                step: "receive the rootfs mount".into(),
+                error: io::Error::from_raw_os_error(libc::EPROTO),
+            });
+        }
     };
     os(become_root, "become root in the user namespace")?;
     // init dies with its monitor (as LXC's does): a container nobody reaps, watches or can
     // exec into would be running while berth records it stopped. Set after the id change,
     // which clears it; the monitor cannot have died yet, since it just sent "go".
-    // SAFETY: plain syscall.
-    os(|| sys::cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) }).map(drop), "set the parent-death signal")?;
-    // SAFETY: plain syscall.
-    os(|| sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map(drop), "unshare the cgroup namespace")?;
+    os(
+        || {
+            // SAFETY: plain syscall.
+            sys::cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })
+                .map(drop)
+        },
+        "set the parent-death signal",
+    )?;
+    os(
+        // SAFETY: plain syscall.
+        || sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) }).map(drop),
+        "unshare the cgroup namespace",
+    )?;
 
-    let plan = RootfsPlan { rootfs: &spec.rootfs, target, cgroups: &spec.cgroups.layout, console };
+    let plan = RootfsPlan {
+        rootfs: &spec.rootfs,
+        target,
+        cgroups: &spec.cgroups.layout,
+        console,
+    };
     rootfs::setup(&plan, mnt.as_fd())?;
     drop(mnt);
 
@@ -190,10 +246,23 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave:
     let mut net = [0u8; 8];
     match recv(sock, &mut net) {
         Ok(3) if &net[..3] == b"net" => {}
-        Ok(_) => return Err(SetupFailure { step: "wait for the network".into(), error: io::Error::from_raw_os_error(libc::EPROTO) }),
-        Err(error) => return Err(SetupFailure { step: "wait for the network".into(), error }),
+        Ok(_) => {
+            return Err(SetupFailure {
+                step: "wait for the network".into(),
+                error: io::Error::from_raw_os_error(libc::EPROTO),
+            });
+        }
+        Err(error) => {
+            return Err(SetupFailure {
+                step: "wait for the network".into(),
+                error,
+            });
+        }
     }
-    configure_network(&spec.nics).map_err(|e| SetupFailure { step: e.to_string(), error: io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO)) })?;
+    configure_network(&spec.nics).map_err(|e| SetupFailure {
+        step: e.to_string(),
+        error: io::Error::from_raw_os_error(e.errno().unwrap_or(libc::EIO)),
+    })?;
 
     // init leads a new session with the console as stdio but not as its controlling tty, so
     // that a getty or shell that init starts on /dev/console can take it (as on real hardware).
@@ -202,14 +271,27 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave:
     for fd in 0..3 {
         os(|| sys::dup2(slave, fd), "attach the console to stdio")?;
     }
-    os(|| sys::close_range_from(3, libc::CLOSE_RANGE_CLOEXEC as libc::c_int), "close inherited fds")?;
+    os(
+        || sys::close_range_from(3, libc::CLOSE_RANGE_CLOEXEC as libc::c_int),
+        "close inherited fds",
+    )?;
 
-    let argv: Vec<CString> = spec.init.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+    let argv: Vec<CString> = spec
+        .init
+        .iter()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
     if argv.is_empty() {
-        return Err(SetupFailure { step: "exec init".into(), error: io::Error::from_raw_os_error(libc::EINVAL) });
+        return Err(SetupFailure {
+            step: "exec init".into(),
+            error: io::Error::from_raw_os_error(libc::EINVAL),
+        });
     }
-    let envp: Vec<CString> =
-        spec.env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
+    let envp: Vec<CString> = spec
+        .env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
@@ -219,7 +301,10 @@ fn child_setup(spec: &ContainerSpec, sock: BorrowedFd<'_>, target: &Path, slave:
     os(crate::seccomp::install, "install the seccomp filter")?;
     // SAFETY: argv_p and envp_p are NULL-terminated arrays of valid C strings.
     unsafe { libc::execve(argv_p[0], argv_p.as_ptr(), envp_p.as_ptr()) };
-    Err(SetupFailure { step: format!("exec {}", spec.init[0]), error: io::Error::last_os_error() })
+    Err(SetupFailure {
+        step: format!("exec {}", spec.init[0]),
+        error: io::Error::last_os_error(),
+    })
 }
 
 /// Inside the new network namespace: `lo` up, then each NIC's address and routes.
@@ -233,7 +318,10 @@ pub fn configure_network(nics: &[crate::net::Nic]) -> Result<()> {
 }
 
 fn os(f: impl FnOnce() -> io::Result<()>, step: &str) -> Result<(), SetupFailure> {
-    f().map_err(|error| SetupFailure { step: step.to_string(), error })
+    f().map_err(|error| SetupFailure {
+        step: step.to_string(),
+        error,
+    })
 }
 
 /// setresgid/setresuid to 0 and an empty supplementary group list.
@@ -285,8 +373,15 @@ fn decode_failure(b: &[u8]) -> (i32, String) {
 pub fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid out array.
-    sys::cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })
-        .step(|| "socketpair")?;
+    sys::cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })
+    .step(|| "socketpair")?;
     // SAFETY: fresh fds.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -313,5 +408,12 @@ fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut buf = [0u8; 16];
     let (n, mut fds) = crate::fdpass::recv(sock, &mut buf)?;
-    Ok((n, if fds.is_empty() { None } else { Some(fds.remove(0)) }))
+    Ok((
+        n,
+        if fds.is_empty() {
+            None
+        } else {
+            Some(fds.remove(0))
+        },
+    ))
 }

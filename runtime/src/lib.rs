@@ -25,5 +25,5 @@ pub mod systemd;
 
 pub use error::{Error, Result};
 pub mod image;
-pub mod storage;
 pub mod init;
+pub mod storage;

@@ -86,7 +86,10 @@ impl Msg {
         buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
         buf.extend_from_slice(header);
         buf.resize(align(buf.len()), 0);
-        Msg { buf, nests: Vec::new() }
+        Msg {
+            buf,
+            nests: Vec::new(),
+        }
     }
 
     /// A message that asks for no answer (a batch's begin or end).
@@ -171,27 +174,59 @@ impl Netlink {
     /// Opens a route socket in the calling thread's network namespace.
     pub fn open() -> Result<Netlink> {
         // SAFETY: plain syscall.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
-            return Err(Error::os("open a netlink socket", std::io::Error::last_os_error()));
+            return Err(Error::os(
+                "open a netlink socket",
+                std::io::Error::last_os_error(),
+            ));
         }
-        // SAFETY: fresh fd.
-        Ok(Netlink { fd: unsafe { OwnedFd::from_raw_fd(fd) }, seq: 0 })
+        Ok(Netlink {
+            // SAFETY: fresh fd.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            seq: 0,
+        })
     }
 
     /// Opens a netfilter socket (nftables) in the calling thread's network namespace.
     pub fn open_netfilter() -> Result<Netlink> {
         // SAFETY: plain syscall.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_NETFILTER,
+            )
+        };
         if fd < 0 {
-            return Err(Error::os("open a netfilter netlink socket", std::io::Error::last_os_error()));
+            return Err(Error::os(
+                "open a netfilter netlink socket",
+                std::io::Error::last_os_error(),
+            ));
         }
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // an answer that never comes must not hang a start
-        let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
         // SAFETY: setsockopt with a valid timeval.
-        unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32) };
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
         Ok(Netlink { fd, seq: 0 })
     }
 
@@ -199,15 +234,36 @@ impl Netlink {
     /// as a batch of its own (nftables takes changes only in batches). Adding an element that
     /// is there is no error; deleting one that is not is ENOENT.
     pub fn set_element(&mut self, table: &str, set: &str, key: &[u8], add: bool) -> Result<()> {
-        let what = format!("{} element of nftables set {table}/{set}", if add { "add an" } else { "delete an" });
-        let kind = (NFNL_SUBSYS_NFTABLES << 8) | if add { NFT_MSG_NEWSETELEM } else { NFT_MSG_DELSETELEM };
-        let mut m = Msg::new(kind, if add { NLM_F_CREATE } else { 0 }, &nfgenmsg(NFPROTO_BRIDGE, 0));
-        m.str(NFTA_SET_ELEM_LIST_TABLE, table).str(NFTA_SET_ELEM_LIST_SET, set);
-        m.begin(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED).begin(NFTA_LIST_ELEM | NLA_F_NESTED).begin(NFTA_SET_ELEM_KEY | NLA_F_NESTED);
+        let what = format!(
+            "{} element of nftables set {table}/{set}",
+            if add { "add an" } else { "delete an" }
+        );
+        let kind = (NFNL_SUBSYS_NFTABLES << 8)
+            | if add {
+                NFT_MSG_NEWSETELEM
+            } else {
+                NFT_MSG_DELSETELEM
+            };
+        let mut m = Msg::new(
+            kind,
+            if add { NLM_F_CREATE } else { 0 },
+            &nfgenmsg(NFPROTO_BRIDGE, 0),
+        );
+        m.str(NFTA_SET_ELEM_LIST_TABLE, table)
+            .str(NFTA_SET_ELEM_LIST_SET, set);
+        m.begin(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED)
+            .begin(NFTA_LIST_ELEM | NLA_F_NESTED)
+            .begin(NFTA_SET_ELEM_KEY | NLA_F_NESTED);
         m.attr(NFTA_DATA_VALUE, key).end().end().end();
         // the batch: begin, the message, end; only the message asks for an answer
-        let mut begin = Msg::bare(NFNL_MSG_BATCH_BEGIN, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8));
-        let mut end = Msg::bare(NFNL_MSG_BATCH_END, &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8));
+        let mut begin = Msg::bare(
+            NFNL_MSG_BATCH_BEGIN,
+            &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8),
+        );
+        let mut end = Msg::bare(
+            NFNL_MSG_BATCH_END,
+            &nfgenmsg(libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES as u8),
+        );
         self.seq += 1;
         begin.seal(self.seq);
         self.seq += 1;
@@ -239,23 +295,34 @@ impl Netlink {
         let mut buf = vec![0u8; 8192];
         loop {
             // SAFETY: receiving into our buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(Error::os(what.to_string(), std::io::Error::last_os_error()));
             }
             let mut off = 0usize;
             while off + 16 <= n as usize {
-                let mlen = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let mlen = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
                 let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+                let seq =
+                    u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
                 if mlen < 16 {
                     return Err(Error::Protocol(format!("{what}: short netlink message")));
                 }
                 if kind == NLMSG_ERROR && off + 20 <= n as usize {
-                    let code = i32::from_ne_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
+                    let code = i32::from_ne_bytes([
+                        buf[off + 16],
+                        buf[off + 17],
+                        buf[off + 18],
+                        buf[off + 19],
+                    ]);
                     // an error answers any message of ours (a batch's begin or end included)
                     if code != 0 {
-                        return Err(Error::os(what.to_string(), std::io::Error::from_raw_os_error(-code)));
+                        return Err(Error::os(
+                            what.to_string(),
+                            std::io::Error::from_raw_os_error(-code),
+                        ));
                     }
                     if seq == self.seq {
                         return Ok(());
@@ -278,14 +345,19 @@ impl Netlink {
     pub fn ensure_bridge(&mut self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<i32> {
         if self.index(name).is_none() {
             let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifinfo(0, 0, 0));
-            m.str(IFLA_IFNAME, name).begin(IFLA_LINKINFO).str(IFLA_INFO_KIND, "bridge").end();
+            m.str(IFLA_IFNAME, name)
+                .begin(IFLA_LINKINFO)
+                .str(IFLA_INFO_KIND, "bridge")
+                .end();
             match self.call(&mut m, &format!("create bridge {name}")) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(e),
             }
         }
-        let index = self.index(name).ok_or_else(|| Error::Protocol(format!("bridge {name} vanished")))?;
+        let index = self
+            .index(name)
+            .ok_or_else(|| Error::Protocol(format!("bridge {name} vanished")))?;
         match self.add_address(index, addr, prefix) {
             Ok(()) => {}
             Err(e) if e.errno() == Some(libc::EEXIST) => {}
@@ -297,12 +369,18 @@ impl Netlink {
 
     /// Brings interface `name` up.
     pub fn up(&mut self, name: &str) -> Result<()> {
-        let index = self.index(name).ok_or_else(|| Error::Protocol(format!("no interface {name}")))?;
+        let index = self
+            .index(name)
+            .ok_or_else(|| Error::Protocol(format!("no interface {name}")))?;
         self.set_up(index, &format!("bring up {name}"))
     }
 
     fn set_up(&mut self, index: i32, what: &str) -> Result<()> {
-        let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(index, libc::IFF_UP as u32, libc::IFF_UP as u32));
+        let mut m = Msg::new(
+            RTM_NEWLINK,
+            0,
+            &ifinfo(index, libc::IFF_UP as u32, libc::IFF_UP as u32),
+        );
         self.call(&mut m, what)
     }
 
@@ -313,21 +391,31 @@ impl Netlink {
         hdr[1] = prefix;
         hdr[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
         let mut m = Msg::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &hdr);
-        m.attr(IFA_LOCAL, &addr.octets()).attr(IFA_ADDRESS, &addr.octets());
+        m.attr(IFA_LOCAL, &addr.octets())
+            .attr(IFA_ADDRESS, &addr.octets());
         self.call(&mut m, &format!("add address {addr}/{prefix}"))
     }
 
     /// Creates the veth pair of `nic`: the host end attached to its bridge and up, the other end
     /// created directly in the network namespace of process `pid`.
     pub fn add_veth(&mut self, nic: &Nic, pid: libc::pid_t) -> Result<()> {
-        let bridge = self.index(&nic.bridge).ok_or_else(|| Error::Invalid(format!("bridge {} does not exist", nic.bridge)))?;
+        let bridge = self
+            .index(&nic.bridge)
+            .ok_or_else(|| Error::Invalid(format!("bridge {} does not exist", nic.bridge)))?;
         let mut m = Msg::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &ifinfo(0, 0, 0));
-        m.str(IFLA_IFNAME, &nic.host_name).u32(IFLA_MASTER, bridge as u32);
+        m.str(IFLA_IFNAME, &nic.host_name)
+            .u32(IFLA_MASTER, bridge as u32);
         if nic.mtu > 0 {
             m.u32(IFLA_MTU, nic.mtu);
         }
-        m.begin(IFLA_LINKINFO).str(IFLA_INFO_KIND, "veth").begin(IFLA_INFO_DATA).begin(VETH_INFO_PEER);
-        m.raw(&ifinfo(0, 0, 0)).str(IFLA_IFNAME, &nic.name).u32(IFLA_NET_NS_PID, pid as u32).attr(IFLA_ADDRESS, &nic.hwaddr);
+        m.begin(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "veth")
+            .begin(IFLA_INFO_DATA)
+            .begin(VETH_INFO_PEER);
+        m.raw(&ifinfo(0, 0, 0))
+            .str(IFLA_IFNAME, &nic.name)
+            .u32(IFLA_NET_NS_PID, pid as u32)
+            .attr(IFLA_ADDRESS, &nic.hwaddr);
         if nic.mtu > 0 {
             m.u32(IFLA_MTU, nic.mtu);
         }
@@ -347,7 +435,9 @@ impl Netlink {
                 r => break r?,
             }
         }
-        let host = self.index(&nic.host_name).ok_or_else(|| Error::Protocol(format!("veth {} vanished", nic.host_name)))?;
+        let host = self
+            .index(&nic.host_name)
+            .ok_or_else(|| Error::Protocol(format!("veth {} vanished", nic.host_name)))?;
         self.set_up(host, &format!("bring up {}", nic.host_name))
     }
 
@@ -356,11 +446,19 @@ impl Netlink {
     /// delete, which waits for the kernel's RCU barrier (10–30 ms measured); a veth put aside
     /// like this goes with its peer's network namespace.
     pub fn set_aside(&mut self, name: &str) -> Result<()> {
-        let Some(index) = self.index(name) else { return Ok(()) };
+        let Some(index) = self.index(name) else {
+            return Ok(());
+        };
         let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(index, 0, libc::IFF_UP as u32));
         self.call(&mut m, &format!("take {name} down"))?;
         let mac = random_mac();
-        let aside = format!("vx{:02x}{:02x}{:02x}{}", mac[3], mac[4], mac[5], &name[name.len().saturating_sub(5)..]);
+        let aside = format!(
+            "vx{:02x}{:02x}{:02x}{}",
+            mac[3],
+            mac[4],
+            mac[5],
+            &name[name.len().saturating_sub(5)..]
+        );
         let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(index, 0, 0));
         m.str(IFLA_IFNAME, &aside);
         match self.call(&mut m, &format!("rename {name} to {aside}")) {
@@ -372,7 +470,9 @@ impl Netlink {
 
     /// Deletes interface `name` (missing is fine).
     pub fn delete(&mut self, name: &str) -> Result<()> {
-        let Some(index) = self.index(name) else { return Ok(()) };
+        let Some(index) = self.index(name) else {
+            return Ok(());
+        };
         let mut m = Msg::new(17 /* RTM_DELLINK */, 0, &ifinfo(index, 0, 0));
         match self.call(&mut m, &format!("delete {name}")) {
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
@@ -382,7 +482,9 @@ impl Netlink {
 
     /// Inside the container's namespace: lo and the NIC up, its address and default route.
     pub fn configure_inside(&mut self, nic: &Nic) -> Result<()> {
-        let index = self.index(&nic.name).ok_or_else(|| Error::Protocol(format!("{} is missing in the container", nic.name)))?;
+        let index = self
+            .index(&nic.name)
+            .ok_or_else(|| Error::Protocol(format!("{} is missing in the container", nic.name)))?;
         if let Some((addr, prefix)) = nic.ipv4 {
             match self.add_address(index, addr, prefix) {
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
@@ -410,25 +512,37 @@ impl Netlink {
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<std::result::Result<_, _>>().ok()?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
     parts.try_into().ok()
 }
 
 /// Formats a MAC address.
 pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// IPv4 networks routed on the host (from /proc/net/route), as (network, prefix).
 pub fn host_routes() -> Vec<(Ipv4Addr, u8)> {
-    let Ok(t) = std::fs::read_to_string("/proc/net/route") else { return Vec::new() };
+    let Ok(t) = std::fs::read_to_string("/proc/net/route") else {
+        return Vec::new();
+    };
     t.lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             let dst = u32::from_str_radix(f.get(1)?, 16).ok()?;
             let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            Some((Ipv4Addr::from(u32::from_be(dst)), u32::from_be(mask).count_ones() as u8))
+            Some((
+                Ipv4Addr::from(u32::from_be(dst)),
+                u32::from_be(mask).count_ones() as u8,
+            ))
         })
         .collect()
 }
@@ -448,11 +562,19 @@ pub const BRIDGE_PREFIX: u8 = 20;
 /// A /20 (`BRIDGE_PREFIX`) in 10.0.0.0/8 for a new bridge that overlaps no route of the host
 /// (default route excepted) and none of `taken`.
 pub fn pick_subnet(taken: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
-    let routes: Vec<(Ipv4Addr, u8)> = host_routes().into_iter().filter(|r| r.1 > 0).chain(taken.iter().copied()).collect();
+    let routes: Vec<(Ipv4Addr, u8)> = host_routes()
+        .into_iter()
+        .filter(|r| r.1 > 0)
+        .chain(taken.iter().copied())
+        .collect();
     let step = 1u16 << (24 - BRIDGE_PREFIX);
     (0u16..=255)
         .map(|i| (77u16 + i * 7) % 256)
-        .flat_map(|b| (0u16..256).step_by(step as usize).map(move |c| Ipv4Addr::new(10, b as u8, c as u8, 0)))
+        .flat_map(|b| {
+            (0u16..256)
+                .step_by(step as usize)
+                .map(move |c| Ipv4Addr::new(10, b as u8, c as u8, 0))
+        })
         .map(|n| (n, BRIDGE_PREFIX))
         .find(|n| !routes.iter().any(|r| overlaps(*n, *r)))
 }
@@ -463,8 +585,16 @@ pub fn check_ifname(name: &str) -> Result<()> {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok { Ok(()) } else { Err(Error::Invalid(format!("invalid interface name {name:?} (1-15 characters of A-Z a-z 0-9 _ . -)"))) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid interface name {name:?} (1-15 characters of A-Z a-z 0-9 _ . -)"
+        )))
+    }
 }
 
 fn fnv1a(parts: &[&str]) -> u32 {
@@ -496,7 +626,10 @@ pub fn random_mac() -> [u8; 6] {
     // SAFETY: getrandom into a valid buffer.
     let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
     if n != 3 {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         r = [(t >> 8) as u8, (t >> 16) as u8, (t >> 24) as u8];
     }
     [0x00, 0x16, 0x3e, r[0] & 0x7f, r[1], r[2]]
@@ -505,7 +638,14 @@ pub fn random_mac() -> [u8; 6] {
 /// A MAC derived from a container name, for containers created before they had one recorded.
 pub fn stable_mac(container: &str) -> [u8; 6] {
     let n = fnv1a(&[container]);
-    [0x00, 0x16, 0x3e, ((n >> 16) & 0x7f) as u8, (n >> 8) as u8, n as u8]
+    [
+        0x00,
+        0x16,
+        0x3e,
+        ((n >> 16) & 0x7f) as u8,
+        (n >> 8) as u8,
+        n as u8,
+    ]
 }
 
 /// The nftables table (bridge family) that keeps each container to its own addresses on
@@ -571,14 +711,22 @@ fn nft(script: &str, what: &str) -> Result<()> {
         .spawn()
         .map_err(|e| Error::os(format!("{what}: run nft (is nftables installed?)"), e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).step(|| format!("{what}: write to nft"))?;
+        stdin
+            .write_all(script.as_bytes())
+            .step(|| format!("{what}: write to nft"))?;
     }
-    let out = child.wait_with_output().step(|| format!("{what}: wait for nft"))?;
+    let out = child
+        .wait_with_output()
+        .step(|| format!("{what}: wait for nft"))?;
     if out.status.success() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(Error::Tool { tool: "nft".into(), status: out.status.to_string(), stderr: format!("{what}: {}", stderr.trim()) })
+    Err(Error::Tool {
+        tool: "nft".into(),
+        status: out.status.to_string(),
+        stderr: format!("{what}: {}", stderr.trim()),
+    })
 }
 
 /// Persistent state of one bridge network: its subnet and the address of every container.
@@ -616,7 +764,8 @@ impl BridgeNetwork {
         std::fs::create_dir_all(dir).step(|| format!("create {}", dir.display()))?;
         let file = dir.join(format!("{bridge}.json"));
         let mut state: BridgeState = match std::fs::read(&file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Protocol(format!("{}: {e}", file.display())))?,
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::Protocol(format!("{}: {e}", file.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BridgeState::default(),
             Err(e) => return Err(Error::os(format!("read {}", file.display()), e)),
         };
@@ -634,7 +783,9 @@ impl BridgeNetwork {
         let subnet = match parsed {
             Some(s) => s,
             None => {
-                let s = pick_subnet(&[]).ok_or_else(|| Error::Invalid("no free /20 in 10.0.0.0/8 for the bridge".into()))?;
+                let s = pick_subnet(&[]).ok_or_else(|| {
+                    Error::Invalid("no free /20 in 10.0.0.0/8 for the bridge".into())
+                })?;
                 state.subnet = format!("{}/{}", s.0, s.1);
                 s
             }
@@ -642,7 +793,11 @@ impl BridgeNetwork {
         let gw = gateway_of(subnet);
         if parsed.is_none() || nl.index(bridge).is_none() {
             // a fresh bridge must not shadow a route that appeared since the subnet was chosen
-            if parsed.is_some() && host_routes().iter().any(|r| r.1 > 0 && overlaps(*r, subnet)) {
+            if parsed.is_some()
+                && host_routes()
+                    .iter()
+                    .any(|r| r.1 > 0 && overlaps(*r, subnet))
+            {
                 return Err(Error::Invalid(format!(
                     "the bridge network {} now overlaps a host route; remove {} to pick another",
                     state.subnet,
@@ -686,7 +841,12 @@ impl BridgeNetwork {
         let addr = (2..size - 1)
             .map(|i| Ipv4Addr::from(base + i))
             .find(|a| !used.contains(a))
-            .ok_or_else(|| Error::Invalid(format!("the bridge network {} has no free address", st.subnet)))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the bridge network {} has no free address",
+                    st.subnet
+                ))
+            })?;
         st.leases.insert(container.to_string(), addr);
         self.save(&st)?;
         Ok(addr)
@@ -700,7 +860,10 @@ impl BridgeNetwork {
         {
             let mut written = self.ruleset.lock().unwrap_or_else(|p| p.into_inner());
             if !*written {
-                nft(&guard_ruleset(&self.bridge), &format!("write the guard rules of bridge {}", self.bridge))?;
+                nft(
+                    &guard_ruleset(&self.bridge),
+                    &format!("write the guard rules of bridge {}", self.bridge),
+                )?;
                 *written = true;
             }
         }
@@ -720,7 +883,10 @@ impl BridgeNetwork {
             match nl.set_element(&table, set, &key, true) {
                 // the table went (`nft flush ruleset` by a firewall reload): write it again
                 Err(e) if e.errno() == Some(libc::ENOENT) => {
-                    nft(&guard_ruleset(&self.bridge), &format!("write the guard rules of bridge {} again", self.bridge))?;
+                    nft(
+                        &guard_ruleset(&self.bridge),
+                        &format!("write the guard rules of bridge {} again", self.bridge),
+                    )?;
                     nl.set_element(&table, set, &key, true)?;
                 }
                 r => r?,
@@ -737,7 +903,9 @@ impl BridgeNetwork {
     pub fn unguard(&self, container: &str) -> Result<()> {
         let port = host_veth_name(&self.bridge, container, 0);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(old) = st.guards.get(&port).copied() else { return Ok(()) };
+        let Some(old) = st.guards.get(&port).copied() else {
+            return Ok(());
+        };
         let mut nl = Netlink::open_netfilter()?;
         let table = guard_table(&self.bridge);
         for (set, key) in guard_elements(&port, &old) {
@@ -814,16 +982,32 @@ mod tests {
         ] {
             assert!(rules.contains(rule), "{rule} in\n{rules}");
         }
-        assert!(rules.lines().all(|l| l.contains(" bridge berth_berthbr0")), "{rules}");
+        assert!(
+            rules.lines().all(|l| l.contains(" bridge berth_berthbr0")),
+            "{rules}"
+        );
         // keys as the kernel lays out a concatenation: 16 bytes of name, then 4-byte words
-        let g: Guard = ([0x00, 0x16, 0x3e, 0x01, 0x02, 0x03], Some((Ipv4Addr::new(10, 1, 0, 5), 20)));
+        let g: Guard = (
+            [0x00, 0x16, 0x3e, 0x01, 0x02, 0x03],
+            Some((Ipv4Addr::new(10, 1, 0, 5), 20)),
+        );
         let e = guard_elements("vb0123abcd0", &g);
         let mut name = b"vb0123abcd0".to_vec();
         name.resize(16, 0);
         assert_eq!(e[0], ("ports", name.clone()));
-        assert_eq!(e[1], ("macs", [name.clone(), vec![0x00, 0x16, 0x3e, 0x01, 0x02, 0x03, 0, 0]].concat()));
+        assert_eq!(
+            e[1],
+            (
+                "macs",
+                [name.clone(), vec![0x00, 0x16, 0x3e, 0x01, 0x02, 0x03, 0, 0]].concat()
+            )
+        );
         assert_eq!(e[2], ("ip4s", [name, vec![10, 1, 0, 5]].concat()));
-        assert_eq!(guard_elements("vb0123abcd0", &(g.0, None)).len(), 2, "no address, no ip4s element");
+        assert_eq!(
+            guard_elements("vb0123abcd0", &(g.0, None)).len(),
+            2,
+            "no address, no ip4s element"
+        );
     }
 
     #[test]
@@ -831,21 +1015,41 @@ mod tests {
         let m = parse_mac("00:16:3e:aa:bb:0c").unwrap();
         assert_eq!(format_mac(&m), "00:16:3e:aa:bb:0c");
         assert!(parse_mac("00:16:3e:aa:bb").is_none());
-        assert!(overlaps((Ipv4Addr::new(10, 0, 0, 0), 8), (Ipv4Addr::new(10, 77, 0, 0), 24)));
-        assert!(!overlaps((Ipv4Addr::new(10, 78, 0, 0), 24), (Ipv4Addr::new(10, 77, 0, 0), 24)));
+        assert!(overlaps(
+            (Ipv4Addr::new(10, 0, 0, 0), 8),
+            (Ipv4Addr::new(10, 77, 0, 0), 24)
+        ));
+        assert!(!overlaps(
+            (Ipv4Addr::new(10, 78, 0, 0), 24),
+            (Ipv4Addr::new(10, 77, 0, 0), 24)
+        ));
         let taken = (Ipv4Addr::new(10, 77, 0, 0), 24);
         let s = pick_subnet(&[taken]).unwrap();
         assert_eq!(s.1, BRIDGE_PREFIX);
         assert!(!overlaps(s, taken), "{s:?} overlaps {taken:?}");
-        assert_eq!(u32::from(s.0) & !(u32::MAX << (32 - BRIDGE_PREFIX)), 0, "{s:?} is not a network address");
-        assert_eq!(parse_cidr("10.1.2.3/24"), Some((Ipv4Addr::new(10, 1, 2, 0), 24)));
+        assert_eq!(
+            u32::from(s.0) & !(u32::MAX << (32 - BRIDGE_PREFIX)),
+            0,
+            "{s:?} is not a network address"
+        );
+        assert_eq!(
+            parse_cidr("10.1.2.3/24"),
+            Some((Ipv4Addr::new(10, 1, 2, 0), 24))
+        );
         assert_eq!(parse_cidr("10.1.2.3/33"), None);
         assert!(check_ifname("berthbr0").is_ok());
         assert!(check_ifname("a-very-long-name0").is_err());
         assert!(check_ifname("br/0").is_err());
         assert_eq!(host_veth_name("berthbr0", "c1", 0).len(), 11);
-        assert_ne!(host_veth_name("berthbr0", "c1", 0), host_veth_name("berthbr0", "c2", 0));
-        assert_ne!(host_veth_name("berthbr0", "c1", 0), host_veth_name("bt1", "c1", 0), "two installations, one name");
+        assert_ne!(
+            host_veth_name("berthbr0", "c1", 0),
+            host_veth_name("berthbr0", "c2", 0)
+        );
+        assert_ne!(
+            host_veth_name("berthbr0", "c1", 0),
+            host_veth_name("bt1", "c1", 0),
+            "two installations, one name"
+        );
         assert_eq!(stable_mac("c1"), stable_mac("c1"));
         assert_eq!(random_mac()[..3], [0, 0x16, 0x3e]);
     }
@@ -853,10 +1057,16 @@ mod tests {
     #[test]
     fn messages_are_aligned_and_nested() {
         let mut m = Msg::new(RTM_NEWLINK, 0, &ifinfo(0, 0, 0));
-        m.str(IFLA_IFNAME, "abc").begin(IFLA_LINKINFO).str(IFLA_INFO_KIND, "veth").end();
+        m.str(IFLA_IFNAME, "abc")
+            .begin(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "veth")
+            .end();
         assert_eq!(m.buf.len() % 4, 0);
         // the nest's length covers its header and the kind attribute
         let at = 32 + 8; // header, ifinfo, "abc\0" attribute
-        assert_eq!(u16::from_ne_bytes([m.buf[at], m.buf[at + 1]]) as usize, 4 + 4 + 8);
+        assert_eq!(
+            u16::from_ne_bytes([m.buf[at], m.buf[at + 1]]) as usize,
+            4 + 4 + 8
+        );
     }
 }

@@ -22,7 +22,12 @@ pub struct Console {
 /// the slave's path.
 pub fn open_pty(ptmx: &CStr) -> std::io::Result<(OwnedFd, OwnedFd, PathBuf)> {
     // SAFETY: valid C string; returns a fresh fd or -1.
-    let m = sys::cvt(unsafe { libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    let m = sys::cvt(unsafe {
+        libc::open(
+            ptmx.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
     // SAFETY: fresh fd owned by us.
     let master = unsafe { OwnedFd::from_raw_fd(m) };
     // SAFETY: master is a ptmx fd.
@@ -36,10 +41,19 @@ pub fn open_pty(ptmx: &CStr) -> std::io::Result<(OwnedFd, OwnedFd, PathBuf)> {
     // SAFETY: ptsname_r NUL-terminated the buffer.
     let path = unsafe { CStr::from_ptr(name.as_ptr()) };
     // SAFETY: valid C string.
-    let s = sys::cvt(unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    let s = sys::cvt(unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
     // SAFETY: fresh fd.
     let slave = unsafe { OwnedFd::from_raw_fd(s) };
-    Ok((master, slave, PathBuf::from(path.to_string_lossy().into_owned())))
+    Ok((
+        master,
+        slave,
+        PathBuf::from(path.to_string_lossy().into_owned()),
+    ))
 }
 
 /// The console of a new container: a host pty whose slave belongs to the container's root.
@@ -49,12 +63,21 @@ pub fn open_console(uid: u32, gid: u32) -> Result<Console> {
     sys::cvt(unsafe { libc::fchown(slave.as_raw_fd(), uid, gid) }).step(|| "chown the console")?;
     // SAFETY: as above.
     sys::cvt(unsafe { libc::fchmod(slave.as_raw_fd(), 0o620) }).step(|| "chmod the console")?;
-    Ok(Console { master, slave, slave_path })
+    Ok(Console {
+        master,
+        slave,
+        slave_path,
+    })
 }
 
 /// Sets a terminal's window size.
 pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> std::io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ with a valid winsize.
     sys::cvt(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
 }

@@ -29,7 +29,10 @@ trait Step<T> {
 
 impl<T> Step<T> for io::Result<T> {
     fn at(self, step: impl FnOnce() -> String) -> R<T> {
-        self.map_err(|error| SetupFailure { step: step(), error })
+        self.map_err(|error| SetupFailure {
+            step: step(),
+            error,
+        })
     }
 }
 
@@ -63,21 +66,44 @@ fn fs(name: &'static CStr) -> Option<&'static CStr> {
 /// (idmapped) mount of the rootfs prepared by the parent.
 pub fn setup(plan: &RootfsPlan<'_>, rootfs_mnt: BorrowedFd<'_>) -> R {
     // Nothing we mount may propagate back to the host.
-    sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_SLAVE, None)
-        .at(|| "make / a recursive slave".into())?;
-    sys::move_mount_to(rootfs_mnt, plan.target)
-        .at(|| format!("attach the rootfs mount of {} on {}", plan.rootfs.display(), plan.target.display()))?;
+    sys::mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_SLAVE,
+        None,
+    )
+    .at(|| "make / a recursive slave".into())?;
+    sys::move_mount_to(rootfs_mnt, plan.target).at(|| {
+        format!(
+            "attach the rootfs mount of {} on {}",
+            plan.rootfs.display(),
+            plan.target.display()
+        )
+    })?;
     // from here on the rootfs is the working directory: no host path is walked again
     sys::fchdir(rootfs_mnt).at(|| "enter the rootfs".into())?;
     let root = Path::new(".");
 
     let proc_ = ensure_dir(root, "proc")?;
-    sys::mount(Some(Path::new("proc")), &proc_, fs(c"proc"), NOSUID | NODEV | NOEXEC, None)
-        .at(|| "mount proc on /proc".into())?;
+    sys::mount(
+        Some(Path::new("proc")),
+        &proc_,
+        fs(c"proc"),
+        NOSUID | NODEV | NOEXEC,
+        None,
+    )
+    .at(|| "mount proc on /proc".into())?;
 
     let sysfs = ensure_dir(root, "sys")?;
-    sys::mount(Some(Path::new("sysfs")), &sysfs, fs(c"sysfs"), libc::MS_RDONLY | NOSUID | NODEV | NOEXEC, None)
-        .at(|| "mount sysfs on /sys (read-only)".into())?;
+    sys::mount(
+        Some(Path::new("sysfs")),
+        &sysfs,
+        fs(c"sysfs"),
+        libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+        None,
+    )
+    .at(|| "mount sysfs on /sys (read-only)".into())?;
     mount_cgroups(&sysfs.join("fs/cgroup"), plan.cgroups)?;
 
     setup_dev(root, plan.console)?;
@@ -94,15 +120,33 @@ fn mount_cgroups(at: &Path, layout: &Layout) -> R {
         return sys::mount(Some(Path::new("cgroup2")), at, fs(c"cgroup2"), flags, None)
             .at(|| "mount cgroup2 on /sys/fs/cgroup".into());
     }
-    sys::mount(Some(Path::new("tmpfs")), at, fs(c"tmpfs"), flags, Some("mode=755,size=64k"))
-        .at(|| "mount tmpfs on /sys/fs/cgroup".into())?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        at,
+        fs(c"tmpfs"),
+        flags,
+        Some("mode=755,size=64k"),
+    )
+    .at(|| "mount tmpfs on /sys/fs/cgroup".into())?;
     for h in &layout.hierarchies {
         let name = h.container_dir_name();
         let dir = at.join(&name);
         std::fs::create_dir_all(&dir).at(|| format!("mkdir /sys/fs/cgroup/{name}"))?;
         match &h.v1_options {
-            None => sys::mount(Some(Path::new("cgroup2")), &dir, fs(c"cgroup2"), flags, None),
-            Some(opts) => sys::mount(Some(Path::new("cgroup")), &dir, fs(c"cgroup"), flags, Some(opts)),
+            None => sys::mount(
+                Some(Path::new("cgroup2")),
+                &dir,
+                fs(c"cgroup2"),
+                flags,
+                None,
+            ),
+            Some(opts) => sys::mount(
+                Some(Path::new("cgroup")),
+                &dir,
+                fs(c"cgroup"),
+                flags,
+                Some(opts),
+            ),
         }
         .at(|| format!("mount cgroup hierarchy {name} on /sys/fs/cgroup/{name}"))?;
         // co-mounted controllers ("cpu,cpuacct") are also reachable by each name
@@ -110,7 +154,8 @@ fn mount_cgroups(at: &Path, layout: &Layout) -> R {
             for part in name.split(',') {
                 let link = at.join(part);
                 if !link.exists() {
-                    std::os::unix::fs::symlink(&name, &link).at(|| format!("symlink /sys/fs/cgroup/{part}"))?;
+                    std::os::unix::fs::symlink(&name, &link)
+                        .at(|| format!("symlink /sys/fs/cgroup/{part}"))?;
                 }
             }
         }
@@ -129,12 +174,22 @@ fn mount_cgroups(at: &Path, layout: &Layout) -> R {
 /// ptmx, /dev/shm, /dev/mqueue and the console.
 fn setup_dev(root: &Path, console: &Path) -> R {
     let dev = ensure_dir(root, "dev")?;
-    sys::mount(Some(Path::new("tmpfs")), &dev, fs(c"tmpfs"), NOSUID | NOEXEC, Some("mode=755,size=65536k"))
-        .at(|| "mount tmpfs on /dev".into())?;
+    sys::mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        fs(c"tmpfs"),
+        NOSUID | NOEXEC,
+        Some("mode=755,size=65536k"),
+    )
+    .at(|| "mount tmpfs on /dev".into())?;
     for node in DEV_NODES.iter().copied().chain(std::iter::once("console")) {
         let target = dev.join(node);
         std::fs::File::create(&target).at(|| format!("create /dev/{node}"))?;
-        let source: PathBuf = if node == "console" { console.to_path_buf() } else { Path::new("/dev").join(node) };
+        let source: PathBuf = if node == "console" {
+            console.to_path_buf()
+        } else {
+            Path::new("/dev").join(node)
+        };
         sys::mount(Some(&source), &target, None, libc::MS_BIND, None)
             .at(|| format!("bind {} on /dev/{node}", source.display()))?;
     }
@@ -159,12 +214,24 @@ fn setup_dev(root: &Path, console: &Path) -> R {
     .at(|| "mount devpts on /dev/pts".into())?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).at(|| "mkdir /dev/shm".into())?;
-    sys::mount(Some(Path::new("shm")), &shm, fs(c"tmpfs"), NOSUID | NODEV, Some("mode=1777"))
-        .at(|| "mount tmpfs on /dev/shm".into())?;
+    sys::mount(
+        Some(Path::new("shm")),
+        &shm,
+        fs(c"tmpfs"),
+        NOSUID | NODEV,
+        Some("mode=1777"),
+    )
+    .at(|| "mount tmpfs on /dev/shm".into())?;
     let mq = dev.join("mqueue");
     std::fs::create_dir(&mq).at(|| "mkdir /dev/mqueue".into())?;
-    sys::mount(Some(Path::new("mqueue")), &mq, fs(c"mqueue"), NOSUID | NODEV | NOEXEC, None)
-        .at(|| "mount mqueue on /dev/mqueue".into())?;
+    sys::mount(
+        Some(Path::new("mqueue")),
+        &mq,
+        fs(c"mqueue"),
+        NOSUID | NODEV | NOEXEC,
+        None,
+    )
+    .at(|| "mount mqueue on /dev/mqueue".into())?;
     Ok(())
 }
 
@@ -184,7 +251,10 @@ fn ensure_dir(root: &Path, name: &str) -> R<PathBuf> {
         Ok(m) if m.is_dir() => Ok(p),
         Ok(_) => Err(SetupFailure {
             step: format!("check /{name}"),
-            error: io::Error::new(io::ErrorKind::InvalidData, format!("/{name} in the rootfs is not a directory")),
+            error: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/{name} in the rootfs is not a directory"),
+            ),
         }),
         Err(_) => {
             std::fs::create_dir(&p).at(|| format!("mkdir /{name}"))?;

@@ -56,7 +56,9 @@ pub struct Table {
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-compile_error!("berth's seccomp filter knows x86_64 and aarch64: add this target's AUDIT_ARCH and compat tables");
+compile_error!(
+    "berth's seccomp filter knows x86_64 and aarch64: add this target's AUDIT_ARCH and compat tables"
+);
 #[cfg(target_arch = "x86_64")]
 const NATIVE_ARCH: u32 = AUDIT_ARCH_X86_64;
 #[cfg(target_arch = "aarch64")]
@@ -84,21 +86,39 @@ pub fn tables() -> Vec<Table> {
     };
     let mut t = vec![native];
     if cfg!(target_arch = "x86_64") {
-        t.push(Table { arch: AUDIT_ARCH_I386, denied: &[283, 342, 128, 350, 129], umount2: 52, foreign_bit: None });
+        t.push(Table {
+            arch: AUDIT_ARCH_I386,
+            denied: &[283, 342, 128, 350, 129],
+            umount2: 52,
+            foreign_bit: None,
+        });
     }
     t
 }
 
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt, jf, k }
+    libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    }
 }
 
 fn ret_errno(errno: i32) -> libc::sock_filter {
-    stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA))
+    stmt(
+        libc::BPF_RET | libc::BPF_K,
+        libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA),
+    )
 }
 
 fn ret_allow() -> libc::sock_filter {
@@ -110,7 +130,12 @@ fn ret_allow() -> libc::sock_filter {
 fn arch_block(t: &Table) -> Vec<libc::sock_filter> {
     let mut b = vec![stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFF_NR)];
     if let Some(bit) = t.foreign_bit {
-        b.push(jump(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, bit, 0, 1));
+        b.push(jump(
+            libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K,
+            bit,
+            0,
+            1,
+        ));
         b.push(ret_errno(libc::ENOSYS));
     }
     for nr in t.denied {
@@ -118,9 +143,22 @@ fn arch_block(t: &Table) -> Vec<libc::sock_filter> {
         b.push(ret_errno(libc::ENOSYS));
     }
     // umount2(target, flags): flags is an int, the argument's low half
-    b.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, t.umount2, 0, 3));
-    b.push(stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, OFF_ARG1_LO));
-    b.push(jump(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, libc::MNT_FORCE as u32, 0, 1));
+    b.push(jump(
+        libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+        t.umount2,
+        0,
+        3,
+    ));
+    b.push(stmt(
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        OFF_ARG1_LO,
+    ));
+    b.push(jump(
+        libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K,
+        libc::MNT_FORCE as u32,
+        0,
+        1,
+    ));
     b.push(ret_errno(libc::EACCES));
     b.push(ret_allow());
     b
@@ -133,7 +171,12 @@ pub fn program() -> Vec<libc::sock_filter> {
         let block = arch_block(&t);
         // blocks are a few dozen instructions: a jump offset is a u8
         let skip = u8::try_from(block.len()).unwrap_or(u8::MAX);
-        p.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, t.arch, 0, skip));
+        p.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            t.arch,
+            0,
+            skip,
+        ));
         p.extend(block);
     }
     p.push(ret_errno(libc::ENOSYS));
@@ -156,7 +199,14 @@ pub fn install_program(prog: &[libc::sock_filter]) -> io::Result<()> {
         filter: prog.as_ptr().cast_mut(),
     };
     // SAFETY: fprog points at `prog`, which outlives the call; the kernel copies the program.
-    let r = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -187,7 +237,9 @@ mod tests {
         }
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
-            let i = prog.get(pc).unwrap_or_else(|| panic!("fell off the program at {pc}"));
+            let i = prog
+                .get(pc)
+                .unwrap_or_else(|| panic!("fell off the program at {pc}"));
             let code = u32::from(i.code);
             match code {
                 c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
@@ -199,7 +251,9 @@ mod tests {
                 c if c == libc::BPF_RET | libc::BPF_K => {
                     return match i.k & 0xffff_0000 {
                         libc::SECCOMP_RET_ALLOW => Verdict::Allow,
-                        libc::SECCOMP_RET_ERRNO => Verdict::Errno((i.k & libc::SECCOMP_RET_DATA) as i32),
+                        libc::SECCOMP_RET_ERRNO => {
+                            Verdict::Errno((i.k & libc::SECCOMP_RET_DATA) as i32)
+                        }
                         _ => Verdict::Other(i.k),
                     };
                 }
@@ -233,34 +287,79 @@ mod tests {
         // denied with ENOSYS: kexec_load, kexec_file_load, open_by_handle_at, init_module,
         // finit_module, delete_module
         for nr in [246, 320, 304, 175, 313, 176] {
-            assert_eq!(check(nr, x64, none), Verdict::Errno(libc::ENOSYS), "nr {nr}");
+            assert_eq!(
+                check(nr, x64, none),
+                Verdict::Errno(libc::ENOSYS),
+                "nr {nr}"
+            );
         }
         // umount2: a forced one is refused, others pass whatever else the flags say
         assert_eq!(check(166, x64, [0, 0, 0, 0, 0, 0]), Verdict::Allow);
-        assert_eq!(check(166, x64, [0, libc::MNT_DETACH as u64, 0, 0, 0, 0]), Verdict::Allow);
-        assert_eq!(check(166, x64, [0, libc::MNT_FORCE as u64, 0, 0, 0, 0]), Verdict::Errno(libc::EACCES));
-        assert_eq!(check(166, x64, [0, (libc::MNT_FORCE | libc::MNT_DETACH) as u64, 0, 0, 0, 0]), Verdict::Errno(libc::EACCES));
+        assert_eq!(
+            check(166, x64, [0, libc::MNT_DETACH as u64, 0, 0, 0, 0]),
+            Verdict::Allow
+        );
+        assert_eq!(
+            check(166, x64, [0, libc::MNT_FORCE as u64, 0, 0, 0, 0]),
+            Verdict::Errno(libc::EACCES)
+        );
+        assert_eq!(
+            check(
+                166,
+                x64,
+                [0, (libc::MNT_FORCE | libc::MNT_DETACH) as u64, 0, 0, 0, 0]
+            ),
+            Verdict::Errno(libc::EACCES)
+        );
         // only the int counts: garbage in the high half neither forces nor hides a force
         assert_eq!(check(166, x64, [0, 1 << 32, 0, 0, 0, 0]), Verdict::Allow);
-        assert_eq!(check(166, x64, [0, (1 << 32) | 1, 0, 0, 0, 0]), Verdict::Errno(libc::EACCES));
+        assert_eq!(
+            check(166, x64, [0, (1 << 32) | 1, 0, 0, 0, 0]),
+            Verdict::Errno(libc::EACCES)
+        );
         // the force flag on another call's second argument means nothing
         assert_eq!(check(1, x64, [0, 1, 0, 0, 0, 0]), Verdict::Allow);
         // x32: every call
         for nr in [X32_SYSCALL_BIT, X32_SYSCALL_BIT | 39, X32_SYSCALL_BIT | 528] {
-            assert_eq!(check(nr, x64, none), Verdict::Errno(libc::ENOSYS), "x32 nr {nr:#x}");
+            assert_eq!(
+                check(nr, x64, none),
+                Verdict::Errno(libc::ENOSYS),
+                "x32 nr {nr:#x}"
+            );
         }
         // i386 has its own numbers: 283 is kexec_load there, 246 is not
         for nr in [283, 342, 128, 350, 129] {
-            assert_eq!(check(nr, AUDIT_ARCH_I386, none), Verdict::Errno(libc::ENOSYS), "i386 nr {nr}");
+            assert_eq!(
+                check(nr, AUDIT_ARCH_I386, none),
+                Verdict::Errno(libc::ENOSYS),
+                "i386 nr {nr}"
+            );
         }
         for nr in [1, 4, 11, 246, 304, 175, 176, 313, 320] {
-            assert_eq!(check(nr, AUDIT_ARCH_I386, none), Verdict::Allow, "i386 nr {nr}");
+            assert_eq!(
+                check(nr, AUDIT_ARCH_I386, none),
+                Verdict::Allow,
+                "i386 nr {nr}"
+            );
         }
-        assert_eq!(check(52, AUDIT_ARCH_I386, [0, 1, 0, 0, 0, 0]), Verdict::Errno(libc::EACCES));
-        assert_eq!(check(52, AUDIT_ARCH_I386, [0, 2, 0, 0, 0, 0]), Verdict::Allow);
-        assert_eq!(check(166, AUDIT_ARCH_I386, [0, 1, 0, 0, 0, 0]), Verdict::Allow, "166 is not umount2 on i386");
+        assert_eq!(
+            check(52, AUDIT_ARCH_I386, [0, 1, 0, 0, 0, 0]),
+            Verdict::Errno(libc::EACCES)
+        );
+        assert_eq!(
+            check(52, AUDIT_ARCH_I386, [0, 2, 0, 0, 0, 0]),
+            Verdict::Allow
+        );
+        assert_eq!(
+            check(166, AUDIT_ARCH_I386, [0, 1, 0, 0, 0, 0]),
+            Verdict::Allow,
+            "166 is not umount2 on i386"
+        );
         // an architecture the filter has no table for
-        assert_eq!(check(39, AUDIT_ARCH_AARCH64, none), Verdict::Errno(libc::ENOSYS));
+        assert_eq!(
+            check(39, AUDIT_ARCH_AARCH64, none),
+            Verdict::Errno(libc::ENOSYS)
+        );
         assert_eq!(check(39, 0, none), Verdict::Errno(libc::ENOSYS));
     }
 
@@ -268,16 +367,37 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn i386_numbers_match_the_headers() {
-        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_32.h") else { return };
-        let nr = |name: &str| -> Option<u32> {
-            h.lines().find_map(|l| l.strip_prefix(&format!("#define __NR_{name} ")).and_then(|v| v.trim().parse().ok()))
+        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_32.h") else {
+            return;
         };
-        let i386 = tables().into_iter().find(|t| t.arch == AUDIT_ARCH_I386).expect("an i386 table");
-        let names = ["kexec_load", "open_by_handle_at", "init_module", "finit_module", "delete_module"];
-        let want: Vec<u32> = names.iter().map(|n| nr(n).unwrap_or_else(|| panic!("{n} in unistd_32.h"))).collect();
+        let nr = |name: &str| -> Option<u32> {
+            h.lines().find_map(|l| {
+                l.strip_prefix(&format!("#define __NR_{name} "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        };
+        let i386 = tables()
+            .into_iter()
+            .find(|t| t.arch == AUDIT_ARCH_I386)
+            .expect("an i386 table");
+        let names = [
+            "kexec_load",
+            "open_by_handle_at",
+            "init_module",
+            "finit_module",
+            "delete_module",
+        ];
+        let want: Vec<u32> = names
+            .iter()
+            .map(|n| nr(n).unwrap_or_else(|| panic!("{n} in unistd_32.h")))
+            .collect();
         assert_eq!(i386.denied, want.as_slice());
         assert_eq!(Some(i386.umount2), nr("umount2"));
-        assert_eq!(nr("kexec_file_load"), None, "i386 gained kexec_file_load: deny it there too");
+        assert_eq!(
+            nr("kexec_file_load"),
+            None,
+            "i386 gained kexec_file_load: deny it there too"
+        );
     }
 
     #[test]
@@ -318,6 +438,9 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
     }
 }

@@ -41,13 +41,22 @@ pub struct ContainerSpec {
 }
 
 /// Capabilities berth drops from every unprivileged container's bounding set (as LXC does).
-pub const DEFAULT_CAP_DROP: &[&str] = &["sys_module", "sys_time", "sys_rawio", "mac_admin", "mac_override"];
+pub const DEFAULT_CAP_DROP: &[&str] = &[
+    "sys_module",
+    "sys_time",
+    "sys_rawio",
+    "mac_admin",
+    "mac_override",
+];
 
 /// Default environment of a container's init.
 pub fn default_init_env() -> Vec<(String, String)> {
     vec![
         ("container".into(), "berth".into()),
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
         ("TERM".into(), "linux".into()),
     ]
 }
@@ -61,12 +70,16 @@ pub struct RunFiles {
 impl RunFiles {
     /// Files under `run_root/containers/<name>`.
     pub fn new(run_root: &Path, name: &str) -> Self {
-        RunFiles { dir: run_root.join("containers").join(name) }
+        RunFiles {
+            dir: run_root.join("containers").join(name),
+        }
     }
 
     /// Wraps an existing container run directory.
     pub fn at(dir: &Path) -> Self {
-        RunFiles { dir: dir.to_path_buf() }
+        RunFiles {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The directory itself.

@@ -11,7 +11,11 @@ use std::path::Path;
 
 /// Turns a `-1`-on-error return value into `io::Result`.
 pub fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
-    if ret == T::from(-1) { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// A path as a NUL-terminated C string; paths with interior NULs are rejected.
@@ -44,7 +48,11 @@ pub unsafe fn clone3_fork(flags: u64) -> io::Result<Forked> {
     // SAFETY: args is a valid clone_args of the size passed; with stack = 0 the child runs on a
     // copy of the parent's stack, exactly like fork(2). The caller upholds the threading rule.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone3, &mut args as *mut libc::clone_args, std::mem::size_of::<libc::clone_args>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
@@ -72,9 +80,19 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall; a NULL siginfo is allowed.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// `setns(fd, nstype)`; `fd` may be a namespace fd or a pidfd (then `nstype` is a set of
@@ -97,7 +115,11 @@ pub fn open_tree(path: &Path, flags: libc::c_uint) -> io::Result<OwnedFd> {
 }
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH | flags, attr)`.
-pub fn mount_setattr(fd: BorrowedFd<'_>, flags: libc::c_uint, attr: &libc::mount_attr) -> io::Result<()> {
+pub fn mount_setattr(
+    fd: BorrowedFd<'_>,
+    flags: libc::c_uint,
+    attr: &libc::mount_attr,
+) -> io::Result<()> {
     let empty = c"";
     // SAFETY: attr points to a valid mount_attr of the size passed.
     let r = unsafe {
@@ -110,7 +132,11 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, flags: libc::c_uint, attr: &libc::mount
             std::mem::size_of::<libc::mount_attr>(),
         )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Attaches the detached mount `fd` at `target` (`move_mount` with `F_EMPTY_PATH`).
@@ -128,7 +154,11 @@ pub fn move_mount_to(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
             libc::MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// `fchdir(2)`.
@@ -148,7 +178,10 @@ pub fn mount(
     let src = source.map(cpath).transpose()?;
     let tgt = cpath(target)?;
     let data = data
-        .map(|d| CString::new(d).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount data")))
+        .map(|d| {
+            CString::new(d)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount data"))
+        })
         .transpose()?;
     // SAFETY: every pointer is either NULL or a valid C string that outlives the call.
     cvt(unsafe {
@@ -157,7 +190,8 @@ pub fn mount(
             tgt.as_ptr(),
             fstype.map_or(std::ptr::null(), |s| s.as_ptr()),
             flags,
-            data.as_ref().map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
         )
     })
     .map(drop)
@@ -176,21 +210,33 @@ pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
     let o = cpath(put_old)?;
     // SAFETY: valid C strings.
     let r = unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Closes (or, with `CLOSE_RANGE_CLOEXEC`, marks close-on-exec) every fd from `first` up.
 pub fn close_range_from(first: libc::c_uint, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: plain syscall; the caller owns the fds it closes (it is about to exec or exit).
     let r = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, flags) };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Sets or clears `FD_CLOEXEC` on `fd`.
 pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: fcntl on an fd the caller owns.
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    let new = if on { flags | libc::FD_CLOEXEC } else { flags & !libc::FD_CLOEXEC };
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
     // SAFETY: as above.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, new) }).map(drop)
 }
@@ -261,7 +307,10 @@ pub fn ns_inode(pid: Option<libc::pid_t>, kind: &str) -> io::Result<u64> {
 /// limit now in force. berthd raises it to the hard limit (it holds a socket per running
 /// container); monitors bring it back to the conventional 1024 for what runs in containers.
 pub fn set_nofile_soft(soft: u64) -> io::Result<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into a valid rlimit.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) })?;
     r.rlim_cur = soft.min(r.rlim_max);
@@ -288,12 +337,20 @@ pub fn parse_signal(s: &str) -> Option<libc::c_int> {
     let up = s.to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
     if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off = if rest.is_empty() { 0 } else { rest.strip_prefix('+')?.parse::<libc::c_int>().ok()? };
+        let off = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('+')?.parse::<libc::c_int>().ok()?
+        };
         let n = libc::SIGRTMIN() + off;
         return (n <= libc::SIGRTMAX()).then_some(n);
     }
     if let Some(rest) = name.strip_prefix("RTMAX") {
-        let off = if rest.is_empty() { 0 } else { rest.strip_prefix('-')?.parse::<libc::c_int>().ok()? };
+        let off = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix('-')?.parse::<libc::c_int>().ok()?
+        };
         let n = libc::SIGRTMAX() - off;
         return (n >= libc::SIGRTMIN()).then_some(n);
     }

@@ -288,7 +288,9 @@ mod tests {
         ] {
             let s = scope("berth", n);
             assert!(
-                s.unit.len() <= UNIT_NAME_MAX && !s.unit.contains('/') && !s.cgroup.split('/').any(|c| c == ".." || c == "."),
+                s.unit.len() <= UNIT_NAME_MAX
+                    && !s.unit.contains('/')
+                    && !s.cgroup.split('/').any(|c| c == ".." || c == "."),
                 "{n:?}: {s:?}"
             );
         }

@@ -20,7 +20,11 @@ const DEFAULT_HOST_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// id is recorded afterwards, so a berthd that restarts later during the same boot starts
 /// nothing. Failures are logged: one container that cannot start does not keep the others.
 pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::path::PathBuf) {
-    let Ok(boot) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()) else { return };
+    let Ok(boot) =
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string())
+    else {
+        return;
+    };
     if std::fs::read_to_string(&marker).is_ok_and(|s| s.trim() == boot) {
         return;
     }
@@ -31,11 +35,22 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
         Err(e) => return tracing::error!("autostart: list containers: {e}"),
     };
     let mut wanted = Vec::new();
-    for c in containers.into_iter().filter(|c| c.status == berth_actors::types::Status::Stopped) {
+    for c in containers
+        .into_iter()
+        .filter(|c| c.status == berth_actors::types::Status::Stopped)
+    {
         if let Ok(info) = engine.container(&c.name).await
-            && info.config.get("boot.autostart").and_then(|v| parse_bool(v)) == Some(true)
+            && info
+                .config
+                .get("boot.autostart")
+                .and_then(|v| parse_bool(v))
+                == Some(true)
         {
-            wanted.push((autostart_priority(&info.config), c.name, seconds(&info.config, "boot.autostart.delay")));
+            wanted.push((
+                autostart_priority(&info.config),
+                c.name,
+                seconds(&info.config, "boot.autostart.delay"),
+            ));
         }
     }
     wanted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
@@ -43,7 +58,9 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
         match engine.start_container(&name, Default::default()).await {
             // not `priority`: in the journal that would be PRIORITY, the entry's level (0 is
             // an emergency, which journald sends to every terminal)
-            Ok(()) => tracing::info!(container = %name, autostart_priority = priority, "started at boot (boot.autostart)"),
+            Ok(()) => {
+                tracing::info!(container = %name, autostart_priority = priority, "started at boot (boot.autostart)")
+            }
             Err(e) => tracing::error!(container = %name, "boot.autostart: {e}"),
         }
         if let Some(d) = delay {
@@ -51,7 +68,9 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
         }
     }
     let tmp = marker.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker)) {
+    if let Err(e) =
+        std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker))
+    {
         tracing::error!("record the boot id in {}: {e}", marker.display());
     }
 }
@@ -73,13 +92,23 @@ pub async fn shutdown(bus: Option<&str>, daemon_args: &[String]) -> Result<(), S
     .map_err(|e| format!("cannot reach the bus: {e}"))?;
     let m = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
     let mut own = None;
-    let listed = if served(&conn).await { m.list_containers().await } else { Err(zbus::Error::Failure("no berthd serves".into())) };
+    let listed = if served(&conn).await {
+        m.list_containers().await
+    } else {
+        Err(zbus::Error::Failure("no berthd serves".into()))
+    };
     let listed = match listed {
         Ok(l) => l,
         // none served, or the one that did exited idle before our call came
         Err(e) if !served(&conn).await => {
-            own = Some(OwnDaemon::start(&conn, daemon_args).await.map_err(|s| format!("{e}; {s}"))?);
-            m.list_containers().await.map_err(|e| format!("list containers: {e}"))?
+            own = Some(
+                OwnDaemon::start(&conn, daemon_args)
+                    .await
+                    .map_err(|s| format!("{e}; {s}"))?,
+            );
+            m.list_containers()
+                .await
+                .map_err(|e| format!("list containers: {e}"))?
         }
         Err(e) => return Err(format!("list containers: {e}")),
     };
@@ -92,8 +121,12 @@ pub async fn shutdown(bus: Option<&str>, daemon_args: &[String]) -> Result<(), S
 
 /// Whether a berthd owns the bus name.
 async fn served(conn: &zbus::Connection) -> bool {
-    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else { return false };
-    let Ok(name) = zbus::names::BusName::try_from(berth_interfaces::wire::BUS_NAME) else { return false };
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(conn).await else {
+        return false;
+    };
+    let Ok(name) = zbus::names::BusName::try_from(berth_interfaces::wire::BUS_NAME) else {
+        return false;
+    };
     dbus.name_has_owner(name).await.unwrap_or(false)
 }
 
@@ -104,7 +137,10 @@ impl OwnDaemon {
     /// Starts it and waits until it owns the bus name.
     async fn start(conn: &zbus::Connection, args: &[String]) -> Result<OwnDaemon, String> {
         let exe = std::env::current_exe().map_err(|e| format!("find berthd: {e}"))?;
-        eprintln!("berthd shutdown: no berthd serves: running {} for the while", exe.display());
+        eprintln!(
+            "berthd shutdown: no berthd serves: running {} for the while",
+            exe.display()
+        );
         let mut child = tokio::process::Command::new(&exe)
             .args(args)
             .arg("--no-autostart")
@@ -137,14 +173,20 @@ impl OwnDaemon {
             // SAFETY: kill of our own child, which we have not reaped yet.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         }
-        if tokio::time::timeout(Duration::from_secs(30), self.0.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), self.0.wait())
+            .await
+            .is_err()
+        {
             let _ = self.0.kill().await;
         }
     }
 }
 
 /// Stops the running ones of `listed`, lowest priority first, those of one priority together.
-async fn stop_all(conn: &zbus::Connection, listed: Vec<berth_interfaces::wire::ContainerEntry>) -> Result<(), String> {
+async fn stop_all(
+    conn: &zbus::Connection,
+    listed: Vec<berth_interfaces::wire::ContainerEntry>,
+) -> Result<(), String> {
     let mut running = Vec::new();
     for c in listed {
         if c.status != "Running" {
@@ -156,8 +198,14 @@ async fn stop_all(conn: &zbus::Connection, listed: Vec<berth_interfaces::wire::C
             .build()
             .await
             .map_err(|e| e.to_string())?;
-        let config = proxy.config().await.unwrap_or_default().into_iter().collect();
-        let timeout = seconds(&config, "boot.host_shutdown_timeout").unwrap_or(DEFAULT_HOST_SHUTDOWN_TIMEOUT);
+        let config = proxy
+            .config()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let timeout =
+            seconds(&config, "boot.host_shutdown_timeout").unwrap_or(DEFAULT_HOST_SHUTDOWN_TIMEOUT);
         running.push((autostart_priority(&config), c.name, proxy, timeout));
     }
     running.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
@@ -167,12 +215,14 @@ async fn stop_all(conn: &zbus::Connection, listed: Vec<berth_interfaces::wire::C
         let n = rest.iter().take_while(|c| c.0 == first.0).count();
         let (group, later) = rest.split_at(n);
         rest = later;
-        let stops = group.iter().map(|(priority, name, proxy, timeout)| async move {
-            let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
-            let opts = HashMap::from([("timeout", Variant::from(secs))]);
-            let r = proxy.stop(&opts).await;
-            (priority, name, r)
-        });
+        let stops = group
+            .iter()
+            .map(|(priority, name, proxy, timeout)| async move {
+                let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
+                let opts = HashMap::from([("timeout", Variant::from(secs))]);
+                let r = proxy.stop(&opts).await;
+                (priority, name, r)
+            });
         for (priority, name, r) in futures_util::future::join_all(stops).await {
             match r {
                 Ok(()) => println!("stopped {name} (priority {priority})"),
@@ -183,7 +233,11 @@ async fn stop_all(conn: &zbus::Connection, listed: Vec<berth_interfaces::wire::C
             }
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(format!("could not stop {}", failed.join(", "))) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not stop {}", failed.join(", ")))
+    }
 }
 
 #[cfg(test)]
@@ -192,10 +246,24 @@ mod tests {
 
     #[test]
     fn priorities_order_starts_and_stops() {
-        let cfg = |p: &str| std::collections::BTreeMap::from([("boot.autostart.priority".to_string(), p.to_string())]);
+        let cfg = |p: &str| {
+            std::collections::BTreeMap::from([(
+                "boot.autostart.priority".to_string(),
+                p.to_string(),
+            )])
+        };
         assert_eq!(autostart_priority(&cfg("10")), 10);
         assert_eq!(autostart_priority(&cfg("-3")), -3);
         assert_eq!(autostart_priority(&Default::default()), 0);
-        assert_eq!(seconds(&std::collections::BTreeMap::from([("boot.autostart.delay".to_string(), "2".to_string())]), "boot.autostart.delay"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            seconds(
+                &std::collections::BTreeMap::from([(
+                    "boot.autostart.delay".to_string(),
+                    "2".to_string()
+                )]),
+                "boot.autostart.delay"
+            ),
+            Some(Duration::from_secs(2))
+        );
     }
 }

@@ -118,13 +118,21 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut shutdown = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         match a.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
             "shutdown" if init.is_none() && !shutdown => shutdown = true,
             "init" if init.is_none() && !shutdown => {
-                init = Some(InitOptions { state_dir: cfg.state_dir.clone(), storage: None, size: None })
+                init = Some(InitOptions {
+                    state_dir: cfg.state_dir.clone(),
+                    storage: None,
+                    size: None,
+                })
             }
             "--bus" => cfg.bus = Some(val("--bus")?),
             "--state-dir" => cfg.state_dir = val("--state-dir")?.into(),
@@ -139,7 +147,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "--no-favordynmods" => cfg.favordynmods = false,
             "--idle-timeout" => {
                 let v = val("--idle-timeout")?;
-                let secs: u64 = v.parse().ok().filter(|n| *n <= 7 * 24 * 3600).ok_or_else(|| format!("invalid idle timeout {v:?} (seconds, at most a week)"))?;
+                let secs: u64 =
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n <= 7 * 24 * 3600)
+                        .ok_or_else(|| {
+                            format!("invalid idle timeout {v:?} (seconds, at most a week)")
+                        })?;
                 cfg.idle_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
             }
             "--bridge" => {
@@ -169,7 +183,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--size" if init.is_some() => {
                 let v = val("--size")?;
-                let n = berth_actors::config::parse_size(&v).ok_or_else(|| format!("invalid size {v:?}"))?;
+                let n = berth_actors::config::parse_size(&v)
+                    .ok_or_else(|| format!("invalid size {v:?}"))?;
                 if n < 256 << 20 {
                     return Err("a btrfs pool needs at least 256MiB".into());
                 }
@@ -203,7 +218,10 @@ mod tests {
     #[test]
     fn parses() {
         match p(&["--state-dir", "/x", "--cgroup-parent", "t1"]).unwrap() {
-            Command::Run(c) => assert_eq!((c.state_dir, c.cgroup_parent.as_str(), c.scopes), (PathBuf::from("/x"), "t1", true)),
+            Command::Run(c) => assert_eq!(
+                (c.state_dir, c.cgroup_parent.as_str(), c.scopes),
+                (PathBuf::from("/x"), "t1", true)
+            ),
             other => panic!("{other:?}"),
         }
         match p(&["--no-scopes"]).unwrap() {
@@ -211,7 +229,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match p(&["init", "--storage", "dir", "--state-dir", "/s"]).unwrap() {
-            Command::Init(i) => assert_eq!((i.storage.as_deref(), i.state_dir), (Some("dir"), PathBuf::from("/s"))),
+            Command::Init(i) => assert_eq!(
+                (i.storage.as_deref(), i.state_dir),
+                (Some("dir"), PathBuf::from("/s"))
+            ),
             other => panic!("{other:?}"),
         }
         assert!(p(&["--cgroup-parent", "../x"]).is_err());
@@ -225,7 +246,10 @@ mod tests {
         }
         assert!(p(&["--nope"]).is_err());
         match p(&["shutdown", "--bus", "unix:path=/x", "--state-dir", "/s"]).unwrap() {
-            Command::Shutdown(c) => assert_eq!((c.bus.as_deref(), c.state_dir), (Some("unix:path=/x"), PathBuf::from("/s"))),
+            Command::Shutdown(c) => assert_eq!(
+                (c.bus.as_deref(), c.state_dir),
+                (Some("unix:path=/x"), PathBuf::from("/s"))
+            ),
             other => panic!("{other:?}"),
         }
         match p(&["--no-autostart"]).unwrap() {
@@ -238,7 +262,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match p(&["--idle-timeout", "5", "--favordynmods"]).unwrap() {
-            Command::Run(c) => assert_eq!((c.idle_timeout, c.favordynmods), (Some(std::time::Duration::from_secs(5)), true)),
+            Command::Run(c) => assert_eq!(
+                (c.idle_timeout, c.favordynmods),
+                (Some(std::time::Duration::from_secs(5)), true)
+            ),
             other => panic!("{other:?}"),
         }
         for bad in ["-1", "x", "", "999999999"] {

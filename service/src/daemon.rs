@@ -19,7 +19,8 @@ const POOL_SETTING: &str = "pool.default";
 
 fn ensure_dir(p: &Path, mode: u32) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("chmod {}: {e}", p.display()))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", p.display()))
 }
 
 /// LXD's default loop size: 20% of the free space, between 5 and 30 GiB.
@@ -30,30 +31,48 @@ fn default_loop_size(dir: &Path) -> u64 {
             // SAFETY: statvfs is plain data; c is a valid C string.
             let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
             // SAFETY: valid pointers.
-            (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+            (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
+                .then(|| st.f_bavail as u64 * st.f_frsize as u64)
         })
         .unwrap_or(0);
     (free / 5).clamp(5 << 30, 30 << 30)
 }
 
 /// Creates (or finds) the default pool and records it. Idempotent.
-fn ensure_pool(db: &Db, state_dir: &Path, storage: Option<&str>, size: Option<u64>) -> Result<(PoolConfig, bool), String> {
+fn ensure_pool(
+    db: &Db,
+    state_dir: &Path,
+    storage: Option<&str>,
+    size: Option<u64>,
+) -> Result<(PoolConfig, bool), String> {
     if let Some(s) = db.setting(POOL_SETTING).map_err(|e| e.to_string())? {
-        let cfg: PoolConfig = serde_json::from_str(&s).map_err(|e| format!("recorded pool config is unreadable: {e}"))?;
+        let cfg: PoolConfig = serde_json::from_str(&s)
+            .map_err(|e| format!("recorded pool config is unreadable: {e}"))?;
         return Ok((cfg, false));
     }
     let driver = storage.and_then(DriverKind::parse);
     let size = size.unwrap_or_else(|| default_loop_size(state_dir));
-    let cfg = Pool::init(&state_dir.join("pool"), driver, &state_dir.join("disks/default.img"), size)
-        .map_err(|e| format!("create the storage pool: {e}"))?;
+    let cfg = Pool::init(
+        &state_dir.join("pool"),
+        driver,
+        &state_dir.join("disks/default.img"),
+        size,
+    )
+    .map_err(|e| format!("create the storage pool: {e}"))?;
     let json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
-    db.set_setting(POOL_SETTING, &json).map_err(|e| e.to_string())?;
+    db.set_setting(POOL_SETTING, &json)
+        .map_err(|e| e.to_string())?;
     Ok((cfg, true))
 }
 
 fn describe(cfg: &PoolConfig) -> String {
     match &cfg.source {
-        Some(src) => format!("{} pool at {} (loop file {})", cfg.driver.as_str(), cfg.path.display(), src.display()),
+        Some(src) => format!(
+            "{} pool at {} (loop file {})",
+            cfg.driver.as_str(),
+            cfg.path.display(),
+            src.display()
+        ),
         None => format!("{} pool at {}", cfg.driver.as_str(), cfg.path.display()),
     }
 }
@@ -66,10 +85,17 @@ pub fn init_pool(opts: &InitOptions) -> Result<String, String> {
     if let Some(want) = opts.storage.as_deref()
         && want != cfg.driver.as_str()
     {
-        return Err(format!("a {} already exists; berth keeps one default pool", describe(&cfg)));
+        return Err(format!(
+            "a {} already exists; berth keeps one default pool",
+            describe(&cfg)
+        ));
     }
     Pool::new(cfg.clone()).mount().map_err(|e| e.to_string())?;
-    Ok(if created { format!("created the {}", describe(&cfg)) } else { format!("the {} is ready", describe(&cfg)) })
+    Ok(if created {
+        format!("created the {}", describe(&cfg))
+    } else {
+        format!("the {} is ready", describe(&cfg))
+    })
 }
 
 async fn connect(cfg: &Config) -> Result<zbus::Connection, String> {
@@ -98,7 +124,13 @@ fn find_libexec(name: &str) -> Result<std::path::PathBuf, String> {
         .iter()
         .find(|p| p.is_file())
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-        .ok_or_else(|| format!("{name} not found (looked at {} and {})", candidates[0].display(), candidates[1].display()))
+        .ok_or_else(|| {
+            format!(
+                "{name} not found (looked at {} and {})",
+                candidates[0].display(),
+                candidates[1].display()
+            )
+        })
 }
 
 /// Takes `<state>/berthd.lock`, waiting for a berthd that is still draining after an idle
@@ -124,7 +156,10 @@ async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
             return Err(format!("lock {}: {e}", path.display()));
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("another berthd has held {} for 60 s", path.display()));
+            return Err(format!(
+                "another berthd has held {} for 60 s",
+                path.display()
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -142,9 +177,16 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         use berth_runtime::cgroup::{Favor, favor_dynamic_changes};
         match favor_dynamic_changes(&cfg.run_dir.join(".cgroup2-favor")) {
             Ok(Favor::Already(_)) => {}
-            Ok(Favor::Remounted(p)) => tracing::info!("cgroups: remounted {} with favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)", p.display()),
-            Ok(Favor::Mounted(_)) => tracing::info!("cgroups: turned on favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)"),
-            Err(e) => tracing::warn!("cgroups: cannot turn on favordynmods, starts will be slower: {e}"),
+            Ok(Favor::Remounted(p)) => tracing::info!(
+                "cgroups: remounted {} with favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)",
+                p.display()
+            ),
+            Ok(Favor::Mounted(_)) => tracing::info!(
+                "cgroups: turned on favordynmods (moving a process into a cgroup no longer waits for an RCU grace period)"
+            ),
+            Err(e) => {
+                tracing::warn!("cgroups: cannot turn on favordynmods, starts will be slower: {e}")
+            }
         }
     }
     let t0 = std::time::Instant::now();
@@ -171,7 +213,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             no_idmapped_mounts: cfg.no_idmapped_mounts,
             bridge: cfg.bridge.clone(),
             units: (cfg.scopes && berth_runtime::systemd::booted()).then(|| {
-                let s = Arc::new(crate::systemd::Systemd::new(tokio::runtime::Handle::current()));
+                let s = Arc::new(crate::systemd::Systemd::new(
+                    tokio::runtime::Handle::current(),
+                ));
                 s.warm();
                 s as Arc<dyn berth_runtime::systemd::UnitManager>
             }),
@@ -203,12 +247,32 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let conn = connect(&cfg).await?;
     let t_connect = t0.elapsed();
     let auth = Arc::new(PolkitAuthorizer::new(conn.clone()));
-    dbus::serve(&conn, Context { engine: engine.clone(), auth }).await.map_err(|e| format!("export objects: {e}"))?;
+    dbus::serve(
+        &conn,
+        Context {
+            engine: engine.clone(),
+            auth,
+        },
+    )
+    .await
+    .map_err(|e| format!("export objects: {e}"))?;
     let t_export = t0.elapsed();
-    match conn.request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE).await {
-        Ok(zbus::fdo::RequestNameReply::PrimaryOwner) | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => {}
-        Ok(other) => return Err(format!("could not own {BUS_NAME}: {other:?} (is another berthd running?)")),
-        Err(e) => return Err(format!("could not own {BUS_NAME}: {e} (is another berthd running?)")),
+    match conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await
+    {
+        Ok(zbus::fdo::RequestNameReply::PrimaryOwner)
+        | Ok(zbus::fdo::RequestNameReply::AlreadyOwner) => {}
+        Ok(other) => {
+            return Err(format!(
+                "could not own {BUS_NAME}: {other:?} (is another berthd running?)"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "could not own {BUS_NAME}: {e} (is another berthd running?)"
+            ));
+        }
     }
     tracing::info!(
         state = %cfg.state_dir.display(),
@@ -217,18 +281,26 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         t0.elapsed()
     );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
-    berth_interfaces::sdnotify::notify(&format!("READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"));
+    berth_interfaces::sdnotify::notify(&format!(
+        "READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"
+    ));
     if !cfg.no_autostart {
-        tokio::spawn(crate::boot::autostart_after_boot(engine.clone(), cfg.state_dir.join("boot-id")));
+        tokio::spawn(crate::boot::autostart_after_boot(
+            engine.clone(),
+            cfg.state_dir.join("boot-id"),
+        ));
     }
     tokio::spawn(count_messages(conn.clone(), engine.activity().clone()));
     if let Some(period) = berth_interfaces::sdnotify::watchdog_period() {
         tokio::spawn(watchdog(engine.clone(), period));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| e.to_string())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let why = loop {
         tokio::select! {

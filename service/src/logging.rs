@@ -15,9 +15,15 @@ fn filter() -> EnvFilter {
 
 /// Whether stderr is the journal stream systemd gave us.
 fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else { return false };
-    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
     // SAFETY: fstat on fd 2 into a zeroed stat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer.
@@ -29,8 +35,15 @@ pub fn init() {
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(layer) => {
-                let layer = layer.with_field_prefix(None).with_syslog_identifier("berthd".into());
-                if tracing_subscriber::registry().with(filter()).with(layer).try_init().is_ok() {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("berthd".into());
+                if tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer)
+                    .try_init()
+                    .is_ok()
+                {
                     return;
                 }
             }

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         config::Command::Shutdown(cfg) => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("berthd: cannot start the async runtime: {e}");
@@ -70,7 +73,11 @@ fn main() -> ExitCode {
             if let Err(e) = berth_runtime::sys::set_nofile_soft(u64::MAX) {
                 eprintln!("berthd: cannot raise the open-file limit: {e}");
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("berthd: cannot start the async runtime: {e}");

@@ -24,7 +24,12 @@ pub enum E {
 
 /// A valid metadata.yaml.
 pub fn metadata() -> E {
-    E::File("metadata.yaml", b"architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: test\n".to_vec(), 0o644)
+    E::File(
+        "metadata.yaml",
+        b"architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: test\n"
+            .to_vec(),
+        0o644,
+    )
 }
 
 fn raw_header(name: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -55,7 +60,10 @@ pub fn tar(entries: &[E]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
         let (mut h, data): (tar::Header, Vec<u8>) = match e {
-            E::File(n, d, m) => (raw_header(n, tar::EntryType::Regular, d.len() as u64, *m), d.clone()),
+            E::File(n, d, m) => (
+                raw_header(n, tar::EntryType::Regular, d.len() as u64, *m),
+                d.clone(),
+            ),
             E::Dir(n) => (raw_header(n, tar::EntryType::Directory, 0, 0o755), vec![]),
             E::Symlink(n, t) => {
                 let mut h = raw_header(n, tar::EntryType::Symlink, 0, 0o777);
@@ -126,7 +134,8 @@ pub fn zstd_bomb(size: u64) -> Vec<u8> {
         enc.write_all(&chunk[..n]).unwrap();
         left -= n as u64;
     }
-    enc.write_all(&vec![0u8; ((512 - size % 512) % 512) as usize + 1024]).unwrap();
+    enc.write_all(&vec![0u8; ((512 - size % 512) % 512) as usize + 1024])
+        .unwrap();
     enc.finish().unwrap()
 }
 
@@ -142,12 +151,16 @@ pub fn write_noise_image(path: &std::path::Path, size: u64) {
     out.write_all(h.as_bytes()).unwrap();
     let mut rnd = std::fs::File::open("/dev/urandom").unwrap().take(size);
     std::io::copy(&mut rnd, &mut out).unwrap();
-    out.write_all(&vec![0u8; ((512 - size % 512) % 512) as usize + 1024]).unwrap();
+    out.write_all(&vec![0u8; ((512 - size % 512) % 512) as usize + 1024])
+        .unwrap();
     out.flush().unwrap();
 }
 
 /// sha256 of `data`, hex.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

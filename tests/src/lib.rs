@@ -39,7 +39,10 @@ pub struct Options {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// Where the workspace's binaries were built (`BERTH_BIN_DIR` overrides).
@@ -50,13 +53,22 @@ pub fn bin_dir() -> PathBuf {
     // tests run from target/<profile>/deps/<test>-<hash>, berth-bench from target/<profile>
     let exe = std::env::current_exe().expect("own executable");
     let dir = exe.parent().expect("executable directory");
-    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().unwrap_or(dir) } else { dir }.to_path_buf()
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    }
+    .to_path_buf()
 }
 
 /// A binary of the workspace, built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.is_file(), "{} is missing: build the workspace's binaries first (make test does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace's binaries first (make test does)",
+        p.display()
+    );
     p
 }
 
@@ -65,7 +77,12 @@ pub fn bin(name: &str) -> PathBuf {
 /// inherits until it execs, and an exec of `to` in that window fails with ETXTBSY; `cp` holds
 /// that fd in its own process, which has exited when this returns.
 pub fn copy_executable(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp").arg("--").arg(from).arg(to).status().expect("run cp");
+    let st = std::process::Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
     assert!(st.success(), "cp {} {}: {st}", from.display(), to.display());
 }
 
@@ -92,7 +109,13 @@ extern "C" fn shared_root_namespace() {
         if !in_test_harness() || libc::geteuid() != 0 || libc::unshare(libc::CLONE_NEWNS) != 0 {
             return;
         }
-        libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SHARED, std::ptr::null());
+        libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SHARED,
+            std::ptr::null(),
+        );
     }
 }
 
@@ -102,7 +125,14 @@ pub fn root_is_shared() -> bool {
         .unwrap_or_default()
         .lines()
         .rfind(|l| l.split(' ').nth(4) == Some("/"))
-        .is_some_and(|l| l.split(" - ").next().unwrap_or("").split(' ').skip(6).any(|f| f.starts_with("shared:")))
+        .is_some_and(|l| {
+            l.split(" - ")
+                .next()
+                .unwrap_or("")
+                .split(' ')
+                .skip(6)
+                .any(|f| f.starts_with("shared:"))
+        })
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -130,14 +160,20 @@ impl Env {
     /// A fresh environment with a pool of the given kind. berthd is not running yet: the
     /// first call to `org.berth.Berth1` activates it.
     pub fn new(storage: Storage) -> Env {
-        Env::with(Options { storage: Some(storage), ..Default::default() })
+        Env::with(Options {
+            storage: Some(storage),
+            ..Default::default()
+        })
     }
 
     /// A fresh environment set up as `opts` says.
     pub fn with(opts: Options) -> Env {
         let storage = opts.storage.unwrap_or(Storage::Dir);
         check_installed_policy();
-        assert!(!in_test_harness() || root_is_shared(), "tests run where / is a shared mount, as on a systemd host");
+        assert!(
+            !in_test_harness() || root_is_shared(),
+            "tests run where / is a shared mount, as on a systemd host"
+        );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}-{n}", std::process::id());
         let dir = PathBuf::from(format!("/tmp/berth-e2e-{id}"));
@@ -198,7 +234,10 @@ impl Env {
         let service = format!(
             "[D-BUS Service]\nName=org.berth.Berth1\nExec={berthd} --state-dir {state} --run-dir {run} --cgroup-parent {cg} --bridge {br} --monitor {monitor}{extra}\nUser=root\n",
             br = self.bridge,
-            extra = daemon_args.iter().map(|a| format!(" {a}")).collect::<String>(),
+            extra = daemon_args
+                .iter()
+                .map(|a| format!(" {a}"))
+                .collect::<String>(),
             berthd = bin("berthd").display(),
             monitor = bin("berth-monitor").display(),
             state = self.state.display(),
@@ -210,7 +249,10 @@ impl Env {
 
     fn start_bus(&mut self, cgroup_v2: bool) {
         let log = std::fs::File::create(self.dir.join("daemons.log")).unwrap();
-        let daemon = format!("exec dbus-daemon --config-file={} --nofork --nopidfile", self.dir.join("bus.conf").display());
+        let daemon = format!(
+            "exec dbus-daemon --config-file={} --nofork --nopidfile",
+            self.dir.join("bus.conf").display()
+        );
         let mut cmd = if cgroup_v2 {
             let mut c = Command::new("unshare");
             c.args(["--mount", "--propagation", "slave", "--", "sh", "-c"]).arg(format!(
@@ -228,11 +270,16 @@ impl Env {
             .spawn()
             .expect("dbus-daemon (install with scripts/setup)");
         self.dbus = Some(child);
-        wait_for(Duration::from_secs(10), "the private bus", || self.dir.join("bus.sock").exists());
+        wait_for(Duration::from_secs(10), "the private bus", || {
+            self.dir.join("bus.sock").exists()
+        });
     }
 
     fn start_polkitd(&mut self) {
-        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("daemons.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("daemons.log"))
+            .unwrap();
         let child = Command::new("/usr/lib/polkit-1/polkitd")
             .arg("--no-debug")
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
@@ -241,7 +288,9 @@ impl Env {
             .spawn()
             .expect("polkitd (install with scripts/setup)");
         self.polkitd = Some(child);
-        wait_for(Duration::from_secs(10), "polkitd", || self.name_owned("org.freedesktop.PolicyKit1"));
+        wait_for(Duration::from_secs(10), "polkitd", || {
+            self.name_owned("org.freedesktop.PolicyKit1")
+        });
     }
 
     fn init_pool(&self, storage: Storage, size: &str) {
@@ -257,7 +306,15 @@ impl Env {
 
     /// Whether `name` has an owner on the private bus.
     pub fn name_owned(&self, name: &str) -> bool {
-        let out = self.busctl(&["call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner", "s", name]);
+        let out = self.busctl(&[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
+        ]);
         text(&out.stdout).trim() == "b true"
     }
 
@@ -271,7 +328,11 @@ impl Env {
         let mut cmd = Command::new(bin("berth"));
         cmd.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus);
         // building an image from the Debian archive is slow work on a loaded 2-core machine
-        let limit = if args.starts_with(&["image", "build"]) && args.get(2) != Some(&"busybox") { 900 } else { 120 };
+        let limit = if args.starts_with(&["image", "build"]) && args.get(2) != Some(&"busybox") {
+            900
+        } else {
+            120
+        };
         run_input(&mut cmd, input, Duration::from_secs(limit))
     }
 
@@ -307,39 +368,67 @@ impl Env {
     /// `gdbus call` as another user (it prints error names): `dest path method args…`.
     pub fn gdbus_call_as(&self, user: &str, path: &str, method: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid", user, "--regid", user, "--clear-groups", "gdbus", "call"])
-            .arg(format!("--address={}", self.bus))
-            .args(["--dest", "org.berth.Berth1", "--object-path", path, "--method", method])
-            .args(args);
+        cmd.args([
+            "--reuid",
+            user,
+            "--regid",
+            user,
+            "--clear-groups",
+            "gdbus",
+            "call",
+        ])
+        .arg(format!("--address={}", self.bus))
+        .args([
+            "--dest",
+            "org.berth.Berth1",
+            "--object-path",
+            path,
+            "--method",
+            method,
+        ])
+        .args(args);
         run(&mut cmd, Duration::from_secs(60))
     }
 
     /// berthd's pid, asked from the bus.
     pub fn daemon_pid(&self) -> Option<u32> {
         let out = self.busctl(&[
-            "call", "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-            "GetConnectionUnixProcessID", "s", "org.berth.Berth1",
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "GetConnectionUnixProcessID",
+            "s",
+            "org.berth.Berth1",
         ]);
-        text(&out.stdout).trim().strip_prefix("u ").and_then(|p| p.parse().ok())
+        text(&out.stdout)
+            .trim()
+            .strip_prefix("u ")
+            .and_then(|p| p.parse().ok())
     }
 
     /// The last lines of the daemons' log (dbus-daemon passes activated berthd's stderr on).
     pub fn daemon_log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("daemons.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().rev().take(30).collect();
-        format!("--- daemons.log (tail) ---\n{}", lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        format!(
+            "--- daemons.log (tail) ---\n{}",
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 
     /// A container's init pid from `berth info --format json`.
     pub fn init_pid(&self, name: &str) -> u32 {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
         v["init_pid"].as_u64().unwrap() as u32
     }
 
     /// The monitor of a running container, asked on its socket.
     pub fn monitor_status(&self, name: &str) -> Option<berth_runtime::monitor::proto::Status> {
         use berth_runtime::monitor::{client::Conn, proto};
-        let conn = Conn::connect(&self.run.join("containers").join(name).join("monitor.sock")).ok()?;
+        let conn =
+            Conn::connect(&self.run.join("containers").join(name).join("monitor.sock")).ok()?;
         match conn.call(&proto::Request::Status).ok()? {
             proto::Reply::Status(s) => Some(s),
             _ => None,
@@ -348,7 +437,8 @@ impl Env {
 
     /// A container's status.
     pub fn status(&self, name: &str) -> String {
-        let v: serde_json::Value = serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["info", name, "--format", "json"])).unwrap();
         v["status"].as_str().unwrap().to_string()
     }
 
@@ -359,14 +449,19 @@ impl Env {
 
     /// Host cgroup directories of a container (one per hierarchy).
     pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
-        cgroup_mounts().into_iter().map(|m| m.join(&self.cgroup_parent).join(name)).collect()
+        cgroup_mounts()
+            .into_iter()
+            .map(|m| m.join(&self.cgroup_parent).join(name))
+            .collect()
     }
 
     /// Pids of processes whose cgroup path mentions this environment.
     pub fn processes(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
             if let Ok(cg) = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 && cg.contains(&format!("/{}/", self.cgroup_parent))
             {
@@ -412,7 +507,10 @@ impl Drop for Env {
             std::thread::sleep(Duration::from_millis(50));
         }
         for m in cgroup_mounts() {
-            for d in [m.join(&self.cgroup_parent), m.join(format!("{}.monitor", self.cgroup_parent))] {
+            for d in [
+                m.join(&self.cgroup_parent),
+                m.join(format!("{}.monitor", self.cgroup_parent)),
+            ] {
                 remove_cgroup_tree(&d);
             }
         }
@@ -422,10 +520,22 @@ impl Drop for Env {
         // SAFETY: umount2 with a valid C string.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         // 5. the bridge
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
-        let _ = Command::new("nft").args(["delete", "table", "bridge", &format!("berth_{}", self.bridge)]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let _ = Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "bridge",
+                &format!("berth_{}", self.bridge),
+            ])
+            .output();
         // 6. the daemons
-        for child in [self.polkitd.take(), self.dbus.take()].into_iter().flatten() {
+        for child in [self.polkitd.take(), self.dbus.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
@@ -474,8 +584,12 @@ fn set_mode(p: &Path, mode: u32) {
 /// The polkit policy polkitd reads must be the repository's (scripts/setup installs it).
 fn check_installed_policy() {
     let ours = std::fs::read(repo().join("polkit/org.berth.Berth1.policy")).unwrap();
-    let installed = std::fs::read("/usr/share/polkit-1/actions/org.berth.Berth1.policy").unwrap_or_default();
-    assert!(ours == installed, "the installed polkit policy differs from polkit/org.berth.Berth1.policy: run scripts/setup");
+    let installed =
+        std::fs::read("/usr/share/polkit-1/actions/org.berth.Berth1.policy").unwrap_or_default();
+    assert!(
+        ours == installed,
+        "the installed polkit policy differs from polkit/org.berth.Berth1.policy: run scripts/setup"
+    );
 }
 
 /// Output as text.
@@ -499,9 +613,13 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
 
 /// Runs a command with optional stdin and a timeout.
 pub fn run_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     if let Some(data) = input {
         use std::io::Write;
@@ -531,16 +649,32 @@ pub fn run_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> 
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
+    Output {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
 }
 
 /// Creates a system user for polkit tests if it does not exist; returns its name.
 pub fn unprivileged_user() -> &'static str {
     const USER: &str = "berth-e2e";
-    let exists = Command::new("id").arg(USER).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+    let exists = Command::new("id")
+        .arg(USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     if !exists {
         let out = run(
-            Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER]),
+            Command::new("useradd").args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ]),
             Duration::from_secs(30),
         );
         // a parallel test may have created it meanwhile

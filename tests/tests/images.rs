@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no failure mode.
     let root = unsafe { libc::geteuid() } == 0;
-    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    assert!(
+        root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(),
+        "end-to-end tests need root"
+    );
     root
 }
 
@@ -25,12 +28,20 @@ fn store_state(env: &Env) -> (String, Vec<String>, Vec<String>) {
     let list = env.ok(&["image", "list", "--format", "json"]);
     let ls = |p: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
     };
-    (list, ls(&env.state.join("images")), ls(&env.pool().join("images")))
+    (
+        list,
+        ls(&env.state.join("images")),
+        ls(&env.pool().join("images")),
+    )
 }
 
 /// The fingerprints of the images in the store.
@@ -64,7 +75,13 @@ fn spawn_import(env: &Env, file: &Path, alias: &str) -> std::process::Child {
 
 /// The busybox image of this environment as an uncompressed unified tarball.
 fn busybox_tar(env: &Env) -> Vec<u8> {
-    let fp = env.ok(&["image", "info", "busybox"]).lines().next().unwrap().trim_start_matches("Fingerprint: ").to_string();
+    let fp = env
+        .ok(&["image", "info", "busybox"])
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Fingerprint: ")
+        .to_string();
     std::fs::read(env.state.join("images").join(fp).join("image")).unwrap()
 }
 
@@ -94,9 +111,18 @@ fn every_compression_imports_with_lxd_fingerprints_and_exports_byte_identical() 
         let o = import(&env, &file, &["--alias", &format!("bb-{ext}")]);
         assert!(o.status.success(), "{ext}: {}", text(&o.stderr));
         let fp = archive::sha256(&data);
-        assert!(text(&o.stdout).contains(&fp), "{ext}: fingerprint is the sha256 of the file: {}", text(&o.stdout));
+        assert!(
+            text(&o.stdout).contains(&fp),
+            "{ext}: fingerprint is the sha256 of the file: {}",
+            text(&o.stdout)
+        );
         // export: same bytes, Incus's file name
-        let o = env.berth(&["image", "export", &format!("bb-{ext}"), out.to_str().unwrap()]);
+        let o = env.berth(&[
+            "image",
+            "export",
+            &format!("bb-{ext}"),
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let ext_name = match ext {
             "gz" => "tar.gz",
@@ -105,11 +131,19 @@ fn every_compression_imports_with_lxd_fingerprints_and_exports_byte_identical() 
             _ => "tar.bz2",
         };
         let exported = std::fs::read(out.join(format!("{fp}.{ext_name}"))).unwrap();
-        assert!(exported == data, "{ext}: export differs from what was imported");
+        assert!(
+            exported == data,
+            "{ext}: export differs from what was imported"
+        );
         // and it launches
         let name = format!("from-{ext}");
         env.ok(&["launch", &format!("bb-{ext}"), &name]);
-        assert_eq!(env.ok(&["exec", &name, "--", "cat", "/etc/os-release"]).lines().next(), Some("NAME=BusyBox"));
+        assert_eq!(
+            env.ok(&["exec", &name, "--", "cat", "/etc/os-release"])
+                .lines()
+                .next(),
+            Some("NAME=BusyBox")
+        );
         env.ok(&["delete", "--force", &name]);
     }
     // the same bytes again: not an error, the same image
@@ -137,7 +171,11 @@ mod bzip2_writer {
         }
 
         pub fn finish(self) -> std::io::Result<Vec<u8>> {
-            let mut c = Command::new("bzip2").arg("-c").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+            let mut c = Command::new("bzip2")
+                .arg("-c")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
             let mut stdin = c.stdin.take().unwrap();
             let data = self.0;
             let t = std::thread::spawn(move || stdin.write_all(&data));
@@ -168,7 +206,13 @@ fn split_images_with_squashfs_or_tarball_rootfs_and_templates() {
     let tar = busybox_tar(&env);
     let work = env.dir.join("split");
     std::fs::create_dir_all(work.join("r")).unwrap();
-    let st = std::process::Command::new("tar").arg("-C").arg(work.join("r")).arg("-xf").arg(write(&env, "bb.tar", &tar)).status().unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(work.join("r"))
+        .arg("-xf")
+        .arg(write(&env, "bb.tar", &tar))
+        .status()
+        .unwrap();
     assert!(st.success());
     let meta = archive::xz(&archive::tar(&[
         E::File(
@@ -190,26 +234,53 @@ fn split_images_with_squashfs_or_tarball_rootfs_and_templates() {
         .expect("mksquashfs (scripts/setup installs squashfs-tools)");
     assert!(st.success());
     let rootfs_tar = work.join("rootfs.tar.gz");
-    let st = std::process::Command::new("tar").arg("-C").arg(work.join("r/rootfs")).arg("-czf").arg(&rootfs_tar).arg(".").status().unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(work.join("r/rootfs"))
+        .arg("-czf")
+        .arg(&rootfs_tar)
+        .arg(".")
+        .status()
+        .unwrap();
     assert!(st.success());
     for (alias, rootfs) in [("sq", &sq), ("tg", &rootfs_tar)] {
-        let o = import(&env, &meta_file, &[rootfs.to_str().unwrap(), "--alias", alias]);
+        let o = import(
+            &env,
+            &meta_file,
+            &[rootfs.to_str().unwrap(), "--alias", alias],
+        );
         assert!(o.status.success(), "{alias}: {}", text(&o.stderr));
         let mut both = meta.clone();
         both.extend(std::fs::read(rootfs).unwrap());
         let fp = archive::sha256(&both);
-        assert!(text(&o.stdout).contains(&fp), "split fingerprint is sha256(metadata ‖ rootfs): {}", text(&o.stdout));
+        assert!(
+            text(&o.stdout).contains(&fp),
+            "split fingerprint is sha256(metadata ‖ rootfs): {}",
+            text(&o.stdout)
+        );
         assert!(env.ok(&["image", "info", alias]).contains("Type: split"));
         let name = format!("c-{alias}");
         env.ok(&["launch", alias, &name, "-c", "user.note=hi"]);
-        assert_eq!(env.ok(&["exec", &name, "--", "cat", "/etc/hostname"]).trim(), name, "create template");
-        assert_eq!(env.ok(&["exec", &name, "--", "cat", "/etc/motd"]).trim(), format!("hello {name} hi"), "start template");
+        assert_eq!(
+            env.ok(&["exec", &name, "--", "cat", "/etc/hostname"])
+                .trim(),
+            name,
+            "create template"
+        );
+        assert_eq!(
+            env.ok(&["exec", &name, "--", "cat", "/etc/motd"]).trim(),
+            format!("hello {name} hi"),
+            "start template"
+        );
         let out = env.dir.join(format!("out-{alias}"));
         std::fs::create_dir_all(&out).unwrap();
         env.ok(&["image", "export", alias, out.to_str().unwrap()]);
         assert!(std::fs::read(out.join(format!("meta-{fp}.tar.xz"))).unwrap() == meta);
         let ext = if alias == "sq" { "squashfs" } else { "tar.gz" };
-        assert!(std::fs::read(out.join(format!("{fp}.{ext}"))).unwrap() == std::fs::read(rootfs).unwrap());
+        assert!(
+            std::fs::read(out.join(format!("{fp}.{ext}"))).unwrap()
+                == std::fs::read(rootfs).unwrap()
+        );
     }
 }
 
@@ -220,22 +291,59 @@ fn publish_aliases_properties_and_deleting_an_image_in_use() {
     }
     let env = Env::new(Storage::Btrfs);
     env.ok(&["launch", "busybox", "src"]);
-    env.ok(&["exec", "src", "--", "sh", "-c", "echo made-here > /root/marker && chmod 4755 /root/marker"]);
+    env.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "echo made-here > /root/marker && chmod 4755 /root/marker",
+    ]);
     let o = env.berth(&["publish", "src", "--alias", "mine"]);
-    assert!(text(&o.stderr).contains("InvalidState"), "a running container cannot be published: {}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("InvalidState"),
+        "a running container cannot be published: {}",
+        text(&o.stderr)
+    );
     env.ok(&["stop", "--force", "src"]);
-    env.ok(&["publish", "src", "--alias", "mine", "--property", "owner=tests"]);
+    env.ok(&[
+        "publish",
+        "src",
+        "--alias",
+        "mine",
+        "--property",
+        "owner=tests",
+    ]);
     let info = env.ok(&["image", "info", "mine"]);
-    assert!(info.contains("owner: tests") && info.contains("os: busybox"), "{info}");
+    assert!(
+        info.contains("owner: tests") && info.contains("os: busybox"),
+        "{info}"
+    );
     env.ok(&["launch", "mine", "copy"]);
-    assert_eq!(env.ok(&["exec", "copy", "--", "cat", "/root/marker"]).trim(), "made-here");
-    assert_eq!(env.ok(&["exec", "copy", "--", "stat", "-c", "%a %u", "/root/marker"]).trim(), "4755 0", "setuid bit and owner kept");
+    assert_eq!(
+        env.ok(&["exec", "copy", "--", "cat", "/root/marker"])
+            .trim(),
+        "made-here"
+    );
+    assert_eq!(
+        env.ok(&["exec", "copy", "--", "stat", "-c", "%a %u", "/root/marker"])
+            .trim(),
+        "4755 0",
+        "setuid bit and owner kept"
+    );
     // aliases and properties
     env.ok(&["image", "alias", "create", "other", "mine"]);
     env.ok(&["image", "alias", "rename", "other", "renamed"]);
-    assert!(env.ok(&["image", "info", "renamed"]).contains("Aliases: mine, renamed"));
+    assert!(
+        env.ok(&["image", "info", "renamed"])
+            .contains("Aliases: mine, renamed")
+    );
     let o = env.berth(&["image", "alias", "create", "mine", "busybox"]);
-    assert!(text(&o.stderr).contains("AlreadyExists"), "an alias points to one image: {}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("AlreadyExists"),
+        "an alias points to one image: {}",
+        text(&o.stderr)
+    );
     env.ok(&["image", "alias", "delete", "renamed"]);
     env.ok(&["image", "set-property", "mine", "release", "7"]);
     assert!(env.ok(&["image", "list", "release=7"]).contains("mine"));
@@ -249,12 +357,26 @@ fn publish_aliases_properties_and_deleting_an_image_in_use() {
     let mut extra = Vec::new();
     let (prefix, pair) = loop {
         let all = fingerprints(&env);
-        if let Some((a, b)) = all.iter().enumerate().find_map(|(i, a)| all[i + 1..].iter().find(|b| b[..1] == a[..1]).map(|b| (a.clone(), b.clone()))) {
+        if let Some((a, b)) = all.iter().enumerate().find_map(|(i, a)| {
+            all[i + 1..]
+                .iter()
+                .find(|b| b[..1] == a[..1])
+                .map(|b| (a.clone(), b.clone()))
+        }) {
             break (a[..1].to_string(), (a, b));
         }
-        assert!(extra.len() < 17, "seventeen fingerprints always share a first digit");
-        let yaml = format!("architecture: x86_64\ncreation_date: {}\n", 1_700_000_000 + extra.len());
-        let data = archive::tar(&[E::File("metadata.yaml", yaml.into_bytes(), 0o644), E::Dir("rootfs")]);
+        assert!(
+            extra.len() < 17,
+            "seventeen fingerprints always share a first digit"
+        );
+        let yaml = format!(
+            "architecture: x86_64\ncreation_date: {}\n",
+            1_700_000_000 + extra.len()
+        );
+        let data = archive::tar(&[
+            E::File("metadata.yaml", yaml.into_bytes(), 0o644),
+            E::Dir("rootfs"),
+        ]);
         let f = env.dir.join(format!("tiny{}.tar", extra.len()));
         std::fs::write(&f, &data).unwrap();
         env.ok(&["image", "import", f.to_str().unwrap()]);
@@ -263,17 +385,40 @@ fn publish_aliases_properties_and_deleting_an_image_in_use() {
     let o = env.berth(&["image", "info", &prefix]);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("NoSuchImage") && err.contains("ambiguous"), "an ambiguous prefix is NoSuchImage: {err}");
-    assert!(err.contains(&pair.0) && err.contains(&pair.1), "the error lists the candidates: {err}");
+    assert!(
+        err.contains("NoSuchImage") && err.contains("ambiguous"),
+        "an ambiguous prefix is NoSuchImage: {err}"
+    );
+    assert!(
+        err.contains(&pair.0) && err.contains(&pair.1),
+        "the error lists the candidates: {err}"
+    );
     for fp in extra {
         env.ok(&["image", "delete", &fp]);
     }
     // delete an image with containers still using it: they keep working
     env.ok(&["image", "delete", "mine"]);
-    assert_eq!(env.ok(&["exec", "copy", "--", "cat", "/root/marker"]).trim(), "made-here");
+    assert_eq!(
+        env.ok(&["exec", "copy", "--", "cat", "/root/marker"])
+            .trim(),
+        "made-here"
+    );
     env.ok(&["restart", "--force", "copy"]);
-    assert_eq!(env.ok(&["exec", "copy", "--", "cat", "/root/marker"]).trim(), "made-here");
-    assert!(!env.state.join("images").join(&fps.iter().find(|f| !env.ok(&["image", "list"]).contains(&f[..12])).unwrap()[..]).exists());
+    assert_eq!(
+        env.ok(&["exec", "copy", "--", "cat", "/root/marker"])
+            .trim(),
+        "made-here"
+    );
+    assert!(
+        !env.state
+            .join("images")
+            .join(
+                &fps.iter()
+                    .find(|f| !env.ok(&["image", "list"]).contains(&f[..12]))
+                    .unwrap()[..]
+            )
+            .exists()
+    );
 }
 
 /// Each hostile archive: refused with InvalidImage, nothing left behind.
@@ -346,8 +491,16 @@ fn hostile_archives_are_refused_and_leave_nothing() {
         let file = write(&env, "hostile.bin", data);
         let o = import(&env, &file, &["--alias", "hostile"]);
         assert_eq!(o.status.code(), Some(1), "{what}: accepted!");
-        assert!(text(&o.stderr).contains("InvalidImage"), "{what}: {}", text(&o.stderr));
-        assert_eq!(store_state(&env), before, "{what}: something was left behind");
+        assert!(
+            text(&o.stderr).contains("InvalidImage"),
+            "{what}: {}",
+            text(&o.stderr)
+        );
+        assert_eq!(
+            store_state(&env),
+            before,
+            "{what}: something was left behind"
+        );
         assert!(!Path::new("/etc/berth-escape").exists() && !Path::new("/escape").exists());
     }
     // the daemon kept serving throughout
@@ -369,15 +522,40 @@ fn hostile_archives_are_refused_and_leave_nothing() {
     ]);
     let o = import(&env, &write(&env, "ok.tar", &ok), &["--alias", "links"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(!Path::new("/etc/inside").exists(), "a write escaped to the host");
+    assert!(
+        !Path::new("/etc/inside").exists(),
+        "a write escaped to the host"
+    );
     let fp = archive::sha256(&ok);
-    let inside = env.pool().join("images").join(&fp).join("rootfs/etc/inside");
+    let inside = env
+        .pool()
+        .join("images")
+        .join(&fp)
+        .join("rootfs/etc/inside");
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(&inside).expect("the file landed inside the image");
-    assert_eq!(md.mode() & 0o7777, 0o4755, "modes are kept exactly, setuid included");
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o4755,
+        "modes are kept exactly, setuid included"
+    );
     assert_eq!(md.uid(), 0, "the base stays unshifted");
-    assert!(!env.pool().join("images").join(&fp).join("rootfs/dev/null").exists(), "device nodes are not created");
-    assert!(env.pool().join("images").join(&fp).join("rootfs/not/listed/file").is_file(), "unlisted parents are made, as tar does");
+    assert!(
+        !env.pool()
+            .join("images")
+            .join(&fp)
+            .join("rootfs/dev/null")
+            .exists(),
+        "device nodes are not created"
+    );
+    assert!(
+        env.pool()
+            .join("images")
+            .join(&fp)
+            .join("rootfs/not/listed/file")
+            .is_file(),
+        "unlisted parents are made, as tar does"
+    );
 }
 
 #[test]
@@ -386,7 +564,10 @@ fn an_image_that_would_overflow_the_pool_is_refused() {
         return;
     }
     // a 1 GiB pool, and a few KiB of zstd that unpack to 2 GiB
-    let env = Env::with(Options { storage: Some(Storage::Btrfs), ..Default::default() });
+    let env = Env::with(Options {
+        storage: Some(Storage::Btrfs),
+        ..Default::default()
+    });
     let before = store_state(&env);
     let bomb = archive::zstd_bomb(2 << 30);
     assert!(bomb.len() < 1 << 20);
@@ -394,7 +575,12 @@ fn an_image_that_would_overflow_the_pool_is_refused() {
     // the image is not at fault: this host has no room for it
     let err = text(&o.stderr);
     // stopped by berth's bound, or by the pool itself when btrfs runs out a little before it
-    assert!(err.contains("ImportFailed") && (err.contains("more than the storage pool can hold") || err.contains("ran out of space")), "{err}");
+    assert!(
+        err.contains("ImportFailed")
+            && (err.contains("more than the storage pool can hold")
+                || err.contains("ran out of space")),
+        "{err}"
+    );
     assert_eq!(store_state(&env), before);
 }
 
@@ -404,7 +590,10 @@ fn an_import_from_an_endless_source_stops_at_what_the_pool_could_hold() {
         return;
     }
     // a 1 GiB pool; /dev/zero never ends (nor would a pipe whose writer keeps writing)
-    let env = Env::with(Options { storage: Some(Storage::Btrfs), ..Default::default() });
+    let env = Env::with(Options {
+        storage: Some(Storage::Btrfs),
+        ..Default::default()
+    });
     let before = store_state(&env);
     let host_free = berth_runtime::image::store::free_bytes(&env.state);
     let t0 = std::time::Instant::now();
@@ -412,15 +601,27 @@ fn an_import_from_an_endless_source_stops_at_what_the_pool_could_hold() {
     let took = t0.elapsed();
     assert!(!o.status.success());
     let err = text(&o.stderr);
-    assert!(err.contains("ImportFailed") && err.contains("room for") && err.contains("No space left"), "{err}");
+    assert!(
+        err.contains("ImportFailed") && err.contains("room for") && err.contains("No space left"),
+        "{err}"
+    );
     // bounded by the pool's free space (< 1 GiB), not by the host's disk
-    let kept: u64 = err.split("more than ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).expect("the bound in the message");
+    let kept: u64 = err
+        .split("more than ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the bound in the message");
     assert!(kept < 1 << 30, "kept {kept} bytes for a 1 GiB pool");
     eprintln!("an endless import stopped after {kept} bytes in {took:?}");
     // nothing kept, on the host or in the pool
     assert_eq!(store_state(&env), before);
     let after = berth_runtime::image::store::free_bytes(&env.state);
-    assert!(after + (64 << 20) >= host_free, "the host lost {} bytes", host_free.saturating_sub(after));
+    assert!(
+        after + (64 << 20) >= host_free,
+        "the host lost {} bytes",
+        host_free.saturating_sub(after)
+    );
     // and the next import works
     let ok = archive::tar(&[archive::metadata(), E::Dir("rootfs")]);
     let o = import(&env, &write(&env, "ok.tar", &ok), &["--alias", "after"]);
@@ -438,17 +639,35 @@ fn publish_on_a_full_pool_fails_as_publish_and_works_once_space_is_back() {
         return;
     }
     // a 1 GiB pool that a container fills
-    let env = Env::with(Options { storage: Some(Storage::Btrfs), ..Default::default() });
+    let env = Env::with(Options {
+        storage: Some(Storage::Btrfs),
+        ..Default::default()
+    });
     env.ok(&["launch", "busybox", "filler"]);
-    let o = env.berth(&["exec", "filler", "--", "dd", "if=/dev/urandom", "of=/root/fill", "bs=1M"]);
-    assert!(text(&o.stderr).contains("No space left"), "the pool did not fill: {}", text(&o.stderr));
+    let o = env.berth(&[
+        "exec",
+        "filler",
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/root/fill",
+        "bs=1M",
+    ]);
+    assert!(
+        text(&o.stderr).contains("No space left"),
+        "the pool did not fill: {}",
+        text(&o.stderr)
+    );
     env.ok(&["stop", "--force", "filler"]);
     let before = store_state(&env);
     let o = env.berth(&["publish", "filler", "--alias", "full"]);
     assert!(!o.status.success());
     // the container is a fine image; the pool has no room for it
     let err = text(&o.stderr);
-    assert!(err.contains("PublishFailed") && !err.contains("InvalidImage"), "{err}");
+    assert!(
+        err.contains("PublishFailed") && !err.contains("InvalidImage"),
+        "{err}"
+    );
     assert_eq!(store_state(&env), before, "nothing of the publish is kept");
     // the space comes back with the culprit's file
     env.ok(&["start", "filler"]);
@@ -470,31 +689,78 @@ fn a_long_import_is_an_operation_with_progress_that_can_be_cancelled() {
     let child = spawn_import(&env, &file, "big");
     // the operation appears, with progress
     let mut op = String::new();
-    berth_tests::wait_for(std::time::Duration::from_secs(30), "the import operation", || {
-        let o = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
-        match text(&o.stdout).split_whitespace().nth(2) {
-            Some(p) => {
-                op = p.trim_matches('"').to_string();
-                true
+    berth_tests::wait_for(
+        std::time::Duration::from_secs(30),
+        "the import operation",
+        || {
+            let o = env.busctl(&[
+                "call",
+                "org.berth.Berth1",
+                "/org/berth/Berth1",
+                "org.berth.Berth1.Manager",
+                "ListOperations",
+            ]);
+            match text(&o.stdout).split_whitespace().nth(2) {
+                Some(p) => {
+                    op = p.trim_matches('"').to_string();
+                    true
+                }
+                None => false,
             }
-            None => false,
-        }
-    });
-    let get = |prop: &str| text(&env.busctl(&["get-property", "org.berth.Berth1", &op, "org.berth.Berth1.Operation", prop]).stdout);
+        },
+    );
+    let get = |prop: &str| {
+        text(
+            &env.busctl(&[
+                "get-property",
+                "org.berth.Berth1",
+                &op,
+                "org.berth.Berth1.Operation",
+                prop,
+            ])
+            .stdout,
+        )
+    };
     assert_eq!(get("Operation").trim(), "s \"image-import\"");
     assert_eq!(get("Status").trim(), "s \"running\"");
     berth_tests::wait_for(std::time::Duration::from_secs(30), "progress", || {
-        get("Bytes").trim().strip_prefix("t ").and_then(|b| b.parse::<u64>().ok()).is_some_and(|b| b > 0)
+        get("Bytes")
+            .trim()
+            .strip_prefix("t ")
+            .and_then(|b| b.parse::<u64>().ok())
+            .is_some_and(|b| b > 0)
     });
     assert_eq!(get("ProgressValid").trim(), "b true");
     // cancel it: the import fails with Cancelled and nothing stays
-    let o = env.busctl(&["call", "org.berth.Berth1", &op, "org.berth.Berth1.Operation", "Cancel", "a{sv}", "0"]);
+    let o = env.busctl(&[
+        "call",
+        "org.berth.Berth1",
+        &op,
+        "org.berth.Berth1.Operation",
+        "Cancel",
+        "a{sv}",
+        "0",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = child.wait_with_output().unwrap();
-    assert!(text(&out.stderr).contains("Cancelled"), "{}", text(&out.stderr));
-    assert_eq!(store_state(&env), before, "a cancelled import left something behind");
+    assert!(
+        text(&out.stderr).contains("Cancelled"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        store_state(&env),
+        before,
+        "a cancelled import left something behind"
+    );
     // the object went away with the operation
-    let o = env.busctl(&["call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+    let o = env.busctl(&[
+        "call",
+        "org.berth.Berth1",
+        "/org/berth/Berth1",
+        "org.berth.Berth1.Manager",
+        "ListOperations",
+    ]);
     assert_eq!(text(&o.stdout).trim(), "ao 0");
 }
 
@@ -514,19 +780,31 @@ fn two_imports_of_the_same_archive_at_once_both_succeed() {
         let (ca, cb) = (spawn_import(&env, &file, &a), spawn_import(&env, &file, &b));
         for (alias, child) in [(&a, ca), (&b, cb)] {
             let o = child.wait_with_output().unwrap();
-            assert!(o.status.success(), "round {round}, import --alias {alias} failed: {}\n{}", text(&o.stderr), env.daemon_log_tail());
+            assert!(
+                o.status.success(),
+                "round {round}, import --alias {alias} failed: {}\n{}",
+                text(&o.stderr),
+                env.daemon_log_tail()
+            );
             assert!(text(&o.stdout).contains(&fp), "{}", text(&o.stdout));
         }
         // one image with both aliases, and nothing half-stored beside it
         let info = env.ok(&["image", "info", &fp]);
-        assert!(info.contains(&a) && info.contains(&b), "the second import is the same image, its alias added: {info}");
+        assert!(
+            info.contains(&a) && info.contains(&b),
+            "the second import is the same image, its alias added: {info}"
+        );
         let (_, files, volumes) = store_state(&env);
         let (_, mut want_files, mut want_volumes) = before.clone();
         want_files.push(fp.clone());
         want_files.sort();
         want_volumes.push(fp.clone());
         want_volumes.sort();
-        assert_eq!((files, volumes), (want_files, want_volumes), "round {round}: leftovers");
+        assert_eq!(
+            (files, volumes),
+            (want_files, want_volumes),
+            "round {round}: leftovers"
+        );
         env.ok(&["image", "delete", &fp]);
     }
     assert_eq!(store_state(&env), before);
@@ -547,8 +825,22 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid C strings and buffer.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    assert_eq!(r, 0, "setxattr {name} on {}: {}", p.display(), std::io::Error::last_os_error());
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
@@ -586,30 +878,83 @@ fn hostile_split_images_are_refused_and_leave_nothing() {
     let out = |d: &Path| std::os::unix::fs::symlink("../../../etc", d.join("etc")).unwrap();
     let device = |d: &Path| {
         let c = std::ffi::CString::new(d.join("kmem").as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mknod with a valid path; the test runs as root.
-        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(4, 300)) }, 0);
+        assert_eq!(
+            // SAFETY: mknod with a valid path; the test runs as root.
+            unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(4, 300)) },
+            0
+        );
     };
-    let good = tree("good", &|d: &Path| std::fs::write(d.join("f"), b"x").unwrap());
+    let good = tree("good", &|d: &Path| {
+        std::fs::write(d.join("f"), b"x").unwrap()
+    });
     let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
-        ("metadata tarball with ../", archive::tar(&[archive::metadata(), E::File("../escape", b"x".to_vec(), 0o644)]), good.clone(), "'..'"),
-        ("metadata tarball with a rootfs", archive::tar(&[archive::metadata(), E::Dir("rootfs")]), good.clone(), "unexpected entry"),
-        ("rootfs tarball with ../", meta.clone(), archive::tar(&[E::File("../../escape", b"x".to_vec(), 0o644)]), "'..'"),
-        ("squashfs symlink out", meta.clone(), tree("out", &out), "leads outside"),
-        ("squashfs symlink chain out", meta.clone(), tree("chain", &chain), "leads outside"),
-        ("squashfs device node outside /dev", meta.clone(), tree("device", &device), "(4:300)"),
-        ("truncated squashfs", meta.clone(), {
-            // cut inside what the superblock says is used (mksquashfs pads to 4 KiB after it)
-            let used = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
-            good[..used - 16].to_vec()
-        }, "squashfs"),
+        (
+            "metadata tarball with ../",
+            archive::tar(&[
+                archive::metadata(),
+                E::File("../escape", b"x".to_vec(), 0o644),
+            ]),
+            good.clone(),
+            "'..'",
+        ),
+        (
+            "metadata tarball with a rootfs",
+            archive::tar(&[archive::metadata(), E::Dir("rootfs")]),
+            good.clone(),
+            "unexpected entry",
+        ),
+        (
+            "rootfs tarball with ../",
+            meta.clone(),
+            archive::tar(&[E::File("../../escape", b"x".to_vec(), 0o644)]),
+            "'..'",
+        ),
+        (
+            "squashfs symlink out",
+            meta.clone(),
+            tree("out", &out),
+            "leads outside",
+        ),
+        (
+            "squashfs symlink chain out",
+            meta.clone(),
+            tree("chain", &chain),
+            "leads outside",
+        ),
+        (
+            "squashfs device node outside /dev",
+            meta.clone(),
+            tree("device", &device),
+            "(4:300)",
+        ),
+        (
+            "truncated squashfs",
+            meta.clone(),
+            {
+                // cut inside what the superblock says is used (mksquashfs pads to 4 KiB after it)
+                let used = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+                good[..used - 16].to_vec()
+            },
+            "squashfs",
+        ),
     ];
     for (what, m, r, says) in &cases {
-        let (mf, rf) = (write(&env, "hostile-meta.bin", m), write(&env, "hostile-rootfs.bin", r));
+        let (mf, rf) = (
+            write(&env, "hostile-meta.bin", m),
+            write(&env, "hostile-rootfs.bin", r),
+        );
         let o = import(&env, &mf, &[rf.to_str().unwrap(), "--alias", "hostile"]);
         assert_eq!(o.status.code(), Some(1), "{what}: accepted!");
         let err = text(&o.stderr);
-        assert!(err.contains("InvalidImage") && err.contains(says), "{what}: {err}");
-        assert_eq!(store_state(&env), before, "{what}: something was left behind");
+        assert!(
+            err.contains("InvalidImage") && err.contains(says),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            store_state(&env),
+            before,
+            "{what}: something was left behind"
+        );
         assert!(!Path::new("/escape").exists() && !env.dir.join("escape").exists());
     }
 }
@@ -629,9 +974,14 @@ fn squashfs_rootfs_keeps_hardlinks_and_xattrs() {
     // the same bytes in a file of its own: mksquashfs shares the data, yet it is no hardlink
     std::fs::write(r.join("bin/c"), b"same bytes\n").unwrap();
     std::fs::write(r.join("bin/ping"), b"#!/bin/sh\n").unwrap();
-    let st = std::process::Command::new("setcap").args(["cap_net_raw+ep"]).arg(r.join("bin/ping")).status().expect("setcap (libcap2-bin)");
+    let st = std::process::Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(r.join("bin/ping"))
+        .status()
+        .expect("setcap (libcap2-bin)");
     assert!(st.success());
-    let cap = get_xattr(&r.join("bin/ping"), "security.capability").expect("setcap wrote the capability");
+    let cap =
+        get_xattr(&r.join("bin/ping"), "security.capability").expect("setcap wrote the capability");
     set_xattr(&r.join("bin/a"), "user.berth", b"kept");
     set_xattr(&r, "user.root-dir", b"on the root");
     let sq = env.dir.join("sqx.squashfs");
@@ -641,16 +991,38 @@ fn squashfs_rootfs_keeps_hardlinks_and_xattrs() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let mut both = std::fs::read(&meta).unwrap();
     both.extend(std::fs::read(&sq).unwrap());
-    let rootfs = env.pool().join("images").join(archive::sha256(&both)).join("rootfs");
+    let rootfs = env
+        .pool()
+        .join("images")
+        .join(archive::sha256(&both))
+        .join("rootfs");
     use std::os::unix::fs::MetadataExt;
     let ino = |p: &str| std::fs::symlink_metadata(rootfs.join(p)).unwrap();
-    assert_eq!(ino("bin/a").ino(), ino("bin/b").ino(), "a hardlink stays a hardlink");
+    assert_eq!(
+        ino("bin/a").ino(),
+        ino("bin/b").ino(),
+        "a hardlink stays a hardlink"
+    );
     assert_eq!(ino("bin/a").nlink(), 2);
-    assert_ne!(ino("bin/c").ino(), ino("bin/a").ino(), "shared data is not a hardlink");
-    assert_eq!(std::fs::read(rootfs.join("bin/c")).unwrap(), b"same bytes\n");
-    assert_eq!(get_xattr(&rootfs.join("bin/a"), "user.berth").as_deref(), Some(&b"kept"[..]));
-    assert_eq!(get_xattr(&rootfs, "user.root-dir").as_deref(), Some(&b"on the root"[..]));
-    let got = get_xattr(&rootfs.join("bin/ping"), "security.capability").expect("the file capability is kept");
+    assert_ne!(
+        ino("bin/c").ino(),
+        ino("bin/a").ino(),
+        "shared data is not a hardlink"
+    );
+    assert_eq!(
+        std::fs::read(rootfs.join("bin/c")).unwrap(),
+        b"same bytes\n"
+    );
+    assert_eq!(
+        get_xattr(&rootfs.join("bin/a"), "user.berth").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        get_xattr(&rootfs, "user.root-dir").as_deref(),
+        Some(&b"on the root"[..])
+    );
+    let got = get_xattr(&rootfs.join("bin/ping"), "security.capability")
+        .expect("the file capability is kept");
     // the helper writes as the containers' root: the kernel may record that root in the
     // capability (v3); the capability bits themselves are those of the image
     assert_eq!(got[4..12], cap[4..12], "capability bits");
@@ -666,7 +1038,11 @@ fn gnu_sparse_entries_unpack_with_their_holes() {
     let env = Env::new(Storage::Dir);
     let d = env.dir.join("sparse");
     std::fs::create_dir_all(d.join("rootfs")).unwrap();
-    std::fs::write(d.join("metadata.yaml"), b"architecture: x86_64\ncreation_date: 1700000000\n").unwrap();
+    std::fs::write(
+        d.join("metadata.yaml"),
+        b"architecture: x86_64\ncreation_date: 1700000000\n",
+    )
+    .unwrap();
     let size: u64 = 64 << 20;
     {
         use std::io::{Seek, Write};
@@ -689,20 +1065,40 @@ fn gnu_sparse_entries_unpack_with_their_holes() {
         .unwrap();
     assert!(st.success());
     let data = std::fs::read(&tarball).unwrap();
-    assert!((data.len() as u64) < 1 << 20, "tar -S stored the holes as holes");
+    assert!(
+        (data.len() as u64) < 1 << 20,
+        "tar -S stored the holes as holes"
+    );
     let mut ar = tar::Archive::new(&data[..]);
-    let kinds: Vec<tar::EntryType> = ar.entries().unwrap().map(|e| e.unwrap().header().entry_type()).collect();
-    assert!(kinds.contains(&tar::EntryType::GNUSparse), "the archive has a GNU sparse entry: {kinds:?}");
+    let kinds: Vec<tar::EntryType> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().header().entry_type())
+        .collect();
+    assert!(
+        kinds.contains(&tar::EntryType::GNUSparse),
+        "the archive has a GNU sparse entry: {kinds:?}"
+    );
     let o = import(&env, &tarball, &["--alias", "sparse"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let file = env.pool().join("images").join(archive::sha256(&data)).join("rootfs/disk");
+    let file = env
+        .pool()
+        .join("images")
+        .join(archive::sha256(&data))
+        .join("rootfs/disk");
     let got = std::fs::read(&file).unwrap();
     assert_eq!(got.len() as u64, size);
     assert_eq!(&got[..4], b"head");
-    assert_eq!(&got[(size / 2) as usize..(size / 2) as usize + 6], b"middle");
+    assert_eq!(
+        &got[(size / 2) as usize..(size / 2) as usize + 6],
+        b"middle"
+    );
     assert!(got[4..(size / 2) as usize].iter().all(|b| *b == 0));
     use std::os::unix::fs::MetadataExt;
-    assert!(std::fs::metadata(&file).unwrap().blocks() * 512 < 1 << 20, "the holes are holes");
+    assert!(
+        std::fs::metadata(&file).unwrap().blocks() * 512 < 1 << 20,
+        "the holes are holes"
+    );
 }
 
 /// What a container holds beyond plain names and modes survives publish: a file name that is
@@ -722,23 +1118,55 @@ fn publish_keeps_raw_names_xattrs_and_capabilities() {
     set_xattr(&rootfs.join("root/marker"), "user.berth", b"published");
     set_xattr(&rootfs.join("root"), "user.dir", b"too");
     std::fs::write(rootfs.join("root/ping"), b"#!/bin/sh\n").unwrap();
-    let st = std::process::Command::new("setcap").arg("cap_net_raw+ep").arg(rootfs.join("root/ping")).status().expect("setcap (libcap2-bin)");
+    let st = std::process::Command::new("setcap")
+        .arg("cap_net_raw+ep")
+        .arg(rootfs.join("root/ping"))
+        .status()
+        .expect("setcap (libcap2-bin)");
     assert!(st.success());
     let cap = get_xattr(&rootfs.join("root/ping"), "security.capability").unwrap();
     env.ok(&["publish", "src", "--alias", "pub"]);
-    let fp = env.ok(&["image", "info", "pub"]).lines().next().unwrap().trim_start_matches("Fingerprint: ").to_string();
+    let fp = env
+        .ok(&["image", "info", "pub"])
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Fingerprint: ")
+        .to_string();
     let image = env.pool().join("images").join(&fp).join("rootfs");
-    assert_eq!(std::fs::read(image.join("root").join(raw)).unwrap(), b"raw name\n", "the name is kept byte for byte");
-    assert_eq!(get_xattr(&image.join("root/marker"), "user.berth").as_deref(), Some(&b"published"[..]));
-    assert_eq!(get_xattr(&image.join("root"), "user.dir").as_deref(), Some(&b"too"[..]));
-    let got = get_xattr(&image.join("root/ping"), "security.capability").expect("the capability is kept");
+    assert_eq!(
+        std::fs::read(image.join("root").join(raw)).unwrap(),
+        b"raw name\n",
+        "the name is kept byte for byte"
+    );
+    assert_eq!(
+        get_xattr(&image.join("root/marker"), "user.berth").as_deref(),
+        Some(&b"published"[..])
+    );
+    assert_eq!(
+        get_xattr(&image.join("root"), "user.dir").as_deref(),
+        Some(&b"too"[..])
+    );
+    let got =
+        get_xattr(&image.join("root/ping"), "security.capability").expect("the capability is kept");
     assert_eq!(got[4..12], cap[4..12], "capability bits");
     // and a container of the published image sees the name
     env.ok(&["launch", "pub", "copy"]);
     // (busybox ls prints unprintable bytes as '?'; the shell's glob and echo do not)
-    let o = env.berth(&["exec", "copy", "--", "sh", "-c", "for f in /root/*; do echo \"$f\"; done"]);
+    let o = env.berth(&[
+        "exec",
+        "copy",
+        "--",
+        "sh",
+        "-c",
+        "for f in /root/*; do echo \"$f\"; done",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(o.stdout.windows(4).any(|w| w == b"caf\xe9"), "{:?}", o.stdout);
+    assert!(
+        o.stdout.windows(4).any(|w| w == b"caf\xe9"),
+        "{:?}",
+        o.stdout
+    );
     env.ok(&["delete", "--force", "copy"]);
 }
 
@@ -758,7 +1186,10 @@ fn the_cli_ends_quietly_on_a_closed_pipe_and_export_does_not_overwrite() {
         .unwrap();
     assert!(o.status.success());
     let err = std::fs::read_to_string(env.dir.join("pipe.err")).unwrap();
-    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "a closed stdout is a quiet exit: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "a closed stdout is a quiet exit: {err}"
+    );
     // export refuses to replace a file unless told to
     let out = env.dir.join("export");
     std::fs::create_dir_all(&out).unwrap();
@@ -767,11 +1198,31 @@ fn the_cli_ends_quietly_on_a_closed_pipe_and_export_does_not_overwrite() {
     std::fs::write(&file, b"mine").unwrap();
     let o = env.berth(&["image", "export", "busybox", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("already exists") && text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
-    assert_eq!(std::fs::read(&file).unwrap(), b"mine", "the file was left alone");
-    let names = |d: &Path| std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name()).collect::<Vec<_>>();
+    assert!(
+        text(&o.stderr).contains("already exists") && text(&o.stderr).contains("--force"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"mine",
+        "the file was left alone"
+    );
+    let names = |d: &Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(&out).len(), 1, "no temporary file stays");
-    env.ok(&["image", "export", "busybox", out.to_str().unwrap(), "--force"]);
+    env.ok(&[
+        "image",
+        "export",
+        "busybox",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
     assert_ne!(std::fs::read(&file).unwrap(), b"mine", "--force overwrites");
     assert_eq!(names(&out).len(), 1);
 }

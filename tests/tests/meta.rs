@@ -11,7 +11,18 @@ use std::time::Duration;
 fn tree(package: &str) -> BTreeSet<String> {
     let out = run(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", package])
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+                "-p",
+                package,
+            ])
             .current_dir(repo()),
         Duration::from_secs(120),
     );
@@ -26,23 +37,49 @@ fn tree(package: &str) -> BTreeSet<String> {
 fn assert_none_of(package: &str, forbidden: &[&str]) {
     let deps = tree(package);
     for f in forbidden {
-        assert!(!deps.contains(*f), "{package} must not depend on {f} (dependency rule, docs/architecture.md)");
+        assert!(
+            !deps.contains(*f),
+            "{package} must not depend on {f} (dependency rule, docs/architecture.md)"
+        );
     }
 }
 
 #[test]
 fn runtime_knows_no_async_runtime_or_wire_protocol() {
-    assert_none_of("berth-runtime", &["tokio", "ractor", "zbus", "zlink", "berth-actors", "berth-interfaces", "rusqlite"]);
+    assert_none_of(
+        "berth-runtime",
+        &[
+            "tokio",
+            "ractor",
+            "zbus",
+            "zlink",
+            "berth-actors",
+            "berth-interfaces",
+            "rusqlite",
+        ],
+    );
 }
 
 #[test]
 fn actors_know_no_wire_protocol() {
-    assert_none_of("berth-actors", &["zbus", "zlink", "zbus_polkit", "berth-interfaces"]);
+    assert_none_of(
+        "berth-actors",
+        &["zbus", "zlink", "zbus_polkit", "berth-interfaces"],
+    );
 }
 
 #[test]
 fn the_cli_is_a_client_of_the_interfaces_only() {
-    assert_none_of("berth-cli", &["berth-actors", "berth-runtime", "ractor", "rusqlite", "zbus_polkit"]);
+    assert_none_of(
+        "berth-cli",
+        &[
+            "berth-actors",
+            "berth-runtime",
+            "ractor",
+            "rusqlite",
+            "zbus_polkit",
+        ],
+    );
 }
 
 #[test]
@@ -57,7 +94,12 @@ fn units_pass_systemd_analyze_verify() {
     let bins = bin_dir();
     let docs = repo();
     let mut units = Vec::new();
-    for u in ["berthd.service", "berth@.service", "berth-containers.target", "berth-shutdown.service"] {
+    for u in [
+        "berthd.service",
+        "berth@.service",
+        "berth-containers.target",
+        "berth-shutdown.service",
+    ] {
         let src = std::fs::read_to_string(repo().join("systemd").join(u)).unwrap();
         let rendered = src
             .replace("@SBINDIR@", &bins.display().to_string())
@@ -66,24 +108,33 @@ fn units_pass_systemd_analyze_verify() {
         // a placeholder is @UPPERCASE@ (unit names such as berth@.service may appear in comments)
         let parts: Vec<&str> = rendered.split('@').collect();
         let inner = &parts[1..parts.len().saturating_sub(1).max(1)];
-        let placeholder = inner.iter().any(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_uppercase()));
+        let placeholder = inner
+            .iter()
+            .any(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_uppercase()));
         assert!(!placeholder, "unrendered placeholder in {u}");
         std::fs::write(dir.join(u), rendered).unwrap();
-        units.push(dir.join(if u == "berth@.service" { "berth@web.service".to_string() } else { u.to_string() }));
+        units.push(dir.join(if u == "berth@.service" {
+            "berth@web.service".to_string()
+        } else {
+            u.to_string()
+        }));
     }
     // an instance of the template, as `systemctl enable berth@web` would make
     std::fs::copy(dir.join("berth@.service"), dir.join("berth@web.service")).unwrap();
     let out = run(
-        Command::new("systemd-analyze").arg("verify").args(&units).env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display())),
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .args(&units)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display())),
         Duration::from_secs(60),
     );
     let msgs = format!("{}{}", text(&out.stdout), text(&out.stderr));
     // Lines about units berth does not ship (the host's own) are not ours to fix.
-    let ours: Vec<&str> = msgs
-        .lines()
-        .filter(|l| l.contains("berth"))
-        .collect();
-    assert!(out.status.success() && ours.is_empty(), "systemd-analyze verify:\n{msgs}");
+    let ours: Vec<&str> = msgs.lines().filter(|l| l.contains("berth")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{msgs}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -92,12 +143,24 @@ fn dbus_activation_names_the_unit_that_owns_the_name() {
     // on systemd hosts dbus-daemon asks systemd to start SystemdService=: it must be a unit
     // that exists without `systemctl enable` (an Alias= only exists once enabled) and that
     // owns the bus name
-    let activation = std::fs::read_to_string(repo().join("systemd/org.berth.Berth1.service")).unwrap();
-    let field = |text: &str, key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+    let activation =
+        std::fs::read_to_string(repo().join("systemd/org.berth.Berth1.service")).unwrap();
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
     let unit = field(&activation, "SystemdService=").expect("SystemdService=");
     let name = field(&activation, "Name=").expect("Name=");
     let path = repo().join("systemd").join(&unit);
-    assert!(path.is_file(), "SystemdService={unit} is not a unit berth ships");
+    assert!(
+        path.is_file(),
+        "SystemdService={unit} is not a unit berth ships"
+    );
     let service = std::fs::read_to_string(path).unwrap();
-    assert_eq!(field(&service, "BusName=").as_deref(), Some(name.as_str()), "{unit} does not own {name}");
+    assert_eq!(
+        field(&service, "BusName=").as_deref(),
+        Some(name.as_str()),
+        "{unit} does not own {name}"
+    );
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no failure mode.
     let root = unsafe { libc::geteuid() } == 0;
-    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    assert!(
+        root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(),
+        "end-to-end tests need root"
+    );
     root
 }
 
@@ -63,23 +66,51 @@ fn install_probe(env: &Env, c: &str) {
     std::fs::write(&src, PROBE_C).unwrap();
     let dst = env.pool().join("containers").join(c).join("rootfs/probe");
     let out = berth_tests::run(
-        std::process::Command::new("gcc").args(["-static", "-O1", "-o"]).arg(&dst).arg(&src),
+        std::process::Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&dst)
+            .arg(&src),
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "gcc (build-essential, installed by scripts/setup): {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gcc (build-essential, installed by scripts/setup): {}",
+        text(&out.stderr)
+    );
 }
 
 fn status_field(status: &str, field: &str) -> String {
-    status.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).unwrap_or("").trim().to_string()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn check_filtered(env: &Env, c: &str, when: &str) {
     let init = env.ok(&["exec", c, "--", "cat", "/proc/1/status"]);
-    assert_eq!(status_field(&init, "Seccomp"), "2", "{when}: init runs under a filter\n{init}");
+    assert_eq!(
+        status_field(&init, "Seccomp"),
+        "2",
+        "{when}: init runs under a filter\n{init}"
+    );
     let own = env.ok(&["exec", c, "--", "cat", "/proc/self/status"]);
-    assert_eq!(status_field(&own, "Seccomp"), "2", "{when}: an exec'd process too\n{own}");
-    assert_eq!(status_field(&own, "Seccomp_filters"), "1", "{when}: one filter, not one per exec hop");
-    assert_eq!(status_field(&own, "NoNewPrivs"), "0", "{when}: setuid programs keep working in a system container");
+    assert_eq!(
+        status_field(&own, "Seccomp"),
+        "2",
+        "{when}: an exec'd process too\n{own}"
+    );
+    assert_eq!(
+        status_field(&own, "Seccomp_filters"),
+        "1",
+        "{when}: one filter, not one per exec hop"
+    );
+    assert_eq!(
+        status_field(&own, "NoNewPrivs"),
+        "0",
+        "{when}: setuid programs keep working in a system container"
+    );
     let got = probe_results(&env.ok(&["exec", c, "--", "/probe"]));
     let want: Vec<(String, i32)> = [
         // denied by the filter: ENOSYS, which the kernel's own refusal (EPERM) is not
@@ -102,7 +133,16 @@ fn check_filtered(env: &Env, c: &str, when: &str) {
     .map(|(n, e)| (n.to_string(), *e))
     .collect();
     // (i386_getpid prints the pid, not 0: only its being no errno matters)
-    let got: Vec<(String, i32)> = got.into_iter().map(|(n, e)| if n == "i386_getpid" && e > 0 { (n, 0) } else { (n, e) }).collect();
+    let got: Vec<(String, i32)> = got
+        .into_iter()
+        .map(|(n, e)| {
+            if n == "i386_getpid" && e > 0 {
+                (n, 0)
+            } else {
+                (n, e)
+            }
+        })
+        .collect();
     assert_eq!(got, want, "{when}");
 }
 
@@ -126,7 +166,12 @@ fn container_processes_run_under_a_seccomp_filter_also_after_a_restore() {
 
 /// The container's `pids.max` as the host sees it (its group in the pids hierarchy).
 fn pids_max(env: &Env, c: &str) -> String {
-    let f = env.cgroup_dirs(c).into_iter().map(|d| d.join("pids.max")).find(|p| p.exists()).expect("a pids hierarchy");
+    let f = env
+        .cgroup_dirs(c)
+        .into_iter()
+        .map(|d| d.join("pids.max"))
+        .find(|p| p.exists())
+        .expect("a pids hierarchy");
     std::fs::read_to_string(f).unwrap().trim().to_string()
 }
 
@@ -142,12 +187,31 @@ fn containers_get_a_default_process_limit_that_config_overrides() {
     assert_eq!(pids_max(&env, "p2"), "50");
     // enforced: of 60 processes asked for, the ones past 50 are refused
     // (sh gives up at the first fork refused: its status says nothing more)
-    let _ = env.berth(&["exec", "p2", "--", "sh", "-c", "for i in $(seq 60); do sleep 100 </dev/null >/dev/null 2>&1 & done"]);
-    let pids = env.cgroup_dirs("p2").into_iter().find(|d| d.join("pids.max").exists()).unwrap();
-    let current: u32 = std::fs::read_to_string(pids.join("pids.current")).unwrap().trim().parse().unwrap();
+    let _ = env.berth(&[
+        "exec",
+        "p2",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 60); do sleep 100 </dev/null >/dev/null 2>&1 & done",
+    ]);
+    let pids = env
+        .cgroup_dirs("p2")
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .unwrap();
+    let current: u32 = std::fs::read_to_string(pids.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(current <= 50, "{current} processes");
     let events = std::fs::read_to_string(pids.join("pids.events")).unwrap();
-    let refused: u64 = events.lines().find_map(|l| l.strip_prefix("max ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+    let refused: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
     assert!(refused > 0, "forks past the limit were refused: {events}");
     // the default holds for a container started again
     env.ok(&["restart", "--force", "p1"]);
@@ -160,21 +224,76 @@ fn environment_values_are_read_only_by_those_allowed_to_exec() {
         return;
     }
     let env = Env::new(Storage::Dir);
-    env.ok(&["init", "busybox", "s", "-c", "environment.TOKEN=s3cret", "-c", "user.note=public"]);
+    env.ok(&[
+        "init",
+        "busybox",
+        "s",
+        "-c",
+        "environment.TOKEN=s3cret",
+        "-c",
+        "user.note=public",
+    ]);
     let user = berth_tests::unprivileged_user();
     // the properties, readable by anyone, hide the value (busctl gets every property)
-    let out = env.busctl_as(user, &["introspect", "org.berth.Berth1", "/org/berth/Berth1/container/s", "org.berth.Berth1.Container"]);
+    let out = env.busctl_as(
+        user,
+        &[
+            "introspect",
+            "org.berth.Berth1",
+            "/org/berth/Berth1/container/s",
+            "org.berth.Berth1.Container",
+        ],
+    );
     let props = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(props.contains("environment.TOKEN") && props.contains("(hidden)") && props.contains("public"), "{props}");
-    assert!(!props.contains("s3cret"), "an unprivileged caller read a secret:\n{props}");
-    let out = env.busctl_as(user, &["call", "org.berth.Berth1", "/org/berth/Berth1", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects"]);
-    assert!(out.status.success() && !text(&out.stdout).contains("s3cret"), "GetManagedObjects shows the secret to anyone");
+    assert!(
+        props.contains("environment.TOKEN")
+            && props.contains("(hidden)")
+            && props.contains("public"),
+        "{props}"
+    );
+    assert!(
+        !props.contains("s3cret"),
+        "an unprivileged caller read a secret:\n{props}"
+    );
+    let out = env.busctl_as(
+        user,
+        &[
+            "call",
+            "org.berth.Berth1",
+            "/org/berth/Berth1",
+            "org.freedesktop.DBus.ObjectManager",
+            "GetManagedObjects",
+        ],
+    );
+    assert!(
+        out.status.success() && !text(&out.stdout).contains("s3cret"),
+        "GetManagedObjects shows the secret to anyone"
+    );
     // GetConfig is authorized as exec: refused to them, answered to root
-    let out = env.busctl_as(user, &["--allow-interactive-authorization=no", "call", "org.berth.Berth1", "/org/berth/Berth1/container/s", "org.berth.Berth1.Container", "GetConfig", "a{sv}", "0"]);
-    assert!(!out.status.success() && !text(&out.stdout).contains("s3cret"), "{}", text(&out.stdout));
+    let out = env.busctl_as(
+        user,
+        &[
+            "--allow-interactive-authorization=no",
+            "call",
+            "org.berth.Berth1",
+            "/org/berth/Berth1/container/s",
+            "org.berth.Berth1.Container",
+            "GetConfig",
+            "a{sv}",
+            "0",
+        ],
+    );
+    assert!(
+        !out.status.success() && !text(&out.stdout).contains("s3cret"),
+        "{}",
+        text(&out.stdout)
+    );
     let info = env.ok(&["info", "s"]);
-    assert!(info.contains("s3cret"), "root's berth info shows the value:\n{info}");
+    assert!(
+        info.contains("s3cret"),
+        "root's berth info shows the value:\n{info}"
+    );
 }
 
 /// Where a device node the host's root makes in the container's rootfs is seen inside (the
@@ -184,22 +303,44 @@ const DEVICE_PROBE: &str = "/dev-probe";
 /// Makes `/dev-probe`, a character device 1:11 (kmsg: opened for writing and closed, it writes
 /// nothing), in the container's rootfs, as a careless host or a privileged helper could.
 fn make_device_probe(env: &Env, c: &str) {
-    let node = env.pool().join("containers").join(c).join(format!("rootfs{DEVICE_PROBE}"));
+    let node = env
+        .pool()
+        .join("containers")
+        .join(c)
+        .join(format!("rootfs{DEVICE_PROBE}"));
     let _ = std::fs::remove_file(&node);
     let out = berth_tests::run(
-        std::process::Command::new("mknod").args(["-m", "0666"]).arg(&node).args(["c", "1", "11"]),
+        std::process::Command::new("mknod")
+            .args(["-m", "0666"])
+            .arg(&node)
+            .args(["c", "1", "11"]),
         Duration::from_secs(10),
     );
-    assert!(out.status.success(), "mknod {}: {}", node.display(), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mknod {}: {}",
+        node.display(),
+        text(&out.stderr)
+    );
 }
 
 /// Inside the container: the allowed devices work, the probe does not open.
 fn check_devices(env: &Env, c: &str, when: &str) {
-    let out = env.ok(&["exec", c, "--", "sh", "-c", "echo x > /dev/null && cat /dev/null && head -c 4 /dev/urandom | wc -c"]);
+    let out = env.ok(&[
+        "exec",
+        c,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /dev/null && cat /dev/null && head -c 4 /dev/urandom | wc -c",
+    ]);
     assert_eq!(out.trim(), "4", "{when}: /dev/null and /dev/urandom work");
     let out = env.berth(&["exec", c, "--", "sh", "-c", &format!(": > {DEVICE_PROBE}")]);
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.contains("Operation not permitted"), "{when}: {DEVICE_PROBE} (c 1:11) opened: {err}");
+    assert!(
+        !out.status.success() && err.contains("Operation not permitted"),
+        "{when}: {DEVICE_PROBE} (c 1:11) opened: {err}"
+    );
 }
 
 #[test]
@@ -213,12 +354,24 @@ fn containers_use_only_the_allowed_devices_also_after_a_restore() {
     check_devices(&env, "dev", "after a start");
     // what the host set: the v1 lists, and one program on the v2 group
     let dirs = env.cgroup_dirs("dev");
-    let v1 = dirs.iter().find(|d| d.join("devices.list").exists()).expect("a v1 devices hierarchy");
+    let v1 = dirs
+        .iter()
+        .find(|d| d.join("devices.list").exists())
+        .expect("a v1 devices hierarchy");
     let list = std::fs::read_to_string(v1.join("devices.list")).unwrap();
-    assert_eq!(list.lines().collect::<Vec<_>>(), berth_runtime::devices::v1_lines(berth_runtime::devices::DEFAULT));
-    let v2 = dirs.iter().find(|d| d.starts_with("/sys/fs/cgroup/unified")).expect("the v2 tree");
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        berth_runtime::devices::v1_lines(berth_runtime::devices::DEFAULT)
+    );
+    let v2 = dirs
+        .iter()
+        .find(|d| d.starts_with("/sys/fs/cgroup/unified"))
+        .expect("the v2 tree");
     let progs = berth_runtime::devices::attached_programs(v2).unwrap();
-    assert!(progs.len() == 1 && progs[0].starts_with("berth_dev_"), "{progs:?}");
+    assert!(
+        progs.len() == 1 && progs[0].starts_with("berth_dev_"),
+        "{progs:?}"
+    );
     // CRIU restores into the same groups (the restored tree's own child groups included)
     env.ok(&["snapshot", "create", "dev", "live", "--stateful"]);
     env.ok(&["snapshot", "restore", "dev", "live"]);
@@ -226,7 +379,11 @@ fn containers_use_only_the_allowed_devices_also_after_a_restore() {
     env.ok(&["stop", "--stateful", "dev"]);
     env.ok(&["start", "dev"]);
     check_devices(&env, "dev", "after a stateful stop and start");
-    assert_eq!(berth_runtime::devices::attached_programs(v2).unwrap(), progs, "attached once, whatever the restarts");
+    assert_eq!(
+        berth_runtime::devices::attached_programs(v2).unwrap(),
+        progs,
+        "attached once, whatever the restarts"
+    );
     // groups a reboot wiped are made again, confined again
     env.ok(&["stop", "--force", "dev"]);
     for d in &dirs {
@@ -242,11 +399,18 @@ fn on_pure_cgroup_v2_the_device_program_alone_confines() {
         return;
     }
     // no devices controller in berthd's view: only the BPF program stands in the way
-    let env = Env::with(Options { cgroup_v2: true, ..Default::default() });
+    let env = Env::with(Options {
+        cgroup_v2: true,
+        ..Default::default()
+    });
     env.ok(&["launch", "busybox", "dev2"]);
     let init = env.init_pid("dev2");
     let v1 = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
-    assert!(v1.lines().any(|l| l.contains(":devices:/") && !l.contains(&env.cgroup_parent)), "not in a v1 devices group of berth's: {v1}");
+    assert!(
+        v1.lines()
+            .any(|l| l.contains(":devices:/") && !l.contains(&env.cgroup_parent)),
+        "not in a v1 devices group of berth's: {v1}"
+    );
     make_device_probe(&env, "dev2");
     check_devices(&env, "dev2", "on cgroup v2");
 }

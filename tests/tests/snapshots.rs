@@ -6,18 +6,30 @@ use berth_tests::{Env, Storage, text, wait_for};
 fn root_or_skip() -> bool {
     // SAFETY: geteuid has no failure mode.
     let root = unsafe { libc::geteuid() } == 0;
-    assert!(root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(), "end-to-end tests need root");
+    assert!(
+        root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(),
+        "end-to-end tests need root"
+    );
     root
 }
 
 fn snapshot_names(env: &Env, c: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["snapshot", "list", c, "--format", "json"])).unwrap();
-    v.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "list", c, "--format", "json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn snapshot_dirs(env: &Env, c: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(env.pool().join("snapshots").join(c))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -32,32 +44,68 @@ fn stateless(storage: Storage) {
     env.ok(&["exec", "c1", "--", "sh", "-c", "echo one > /root/f"]);
     // auto names, taken while it runs
     env.ok(&["snapshot", "create", "c1"]);
-    env.ok(&["exec", "c1", "--", "sh", "-c", "echo two > /root/f && touch /root/only-later"]);
+    env.ok(&[
+        "exec",
+        "c1",
+        "--",
+        "sh",
+        "-c",
+        "echo two > /root/f && touch /root/only-later",
+    ]);
     env.ok(&["snapshot", "create", "c1"]);
     env.ok(&["snapshot", "create", "c1", "named"]);
     assert_eq!(snapshot_names(&env, "c1"), ["snap0", "snap1", "named"]);
     // a snapshot is a D-Bus object under its container
-    let out = env.busctl(&["introspect", "org.berth.Berth1", "/org/berth/Berth1/container/c1/snapshot/snap0", "org.berth.Berth1.Snapshot"]);
+    let out = env.busctl(&[
+        "introspect",
+        "org.berth.Berth1",
+        "/org/berth/Berth1/container/c1/snapshot/snap0",
+        "org.berth.Berth1.Snapshot",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // the same name again is refused and changes nothing
     let dup = env.berth(&["snapshot", "create", "c1", "named"]);
-    assert!(!dup.status.success() && text(&dup.stderr).contains("AlreadyExists"), "{}", text(&dup.stderr));
+    assert!(
+        !dup.status.success() && text(&dup.stderr).contains("AlreadyExists"),
+        "{}",
+        text(&dup.stderr)
+    );
     let bad = env.berth(&["snapshot", "create", "c1", "../x"]);
-    assert!(!bad.status.success() && text(&bad.stderr).contains("InvalidName"), "{}", text(&bad.stderr));
+    assert!(
+        !bad.status.success() && text(&bad.stderr).contains("InvalidName"),
+        "{}",
+        text(&bad.stderr)
+    );
     assert_eq!(snapshot_dirs(&env, "c1").len(), 3);
 
     // restore: the files come back, and a running container runs again
     env.ok(&["exec", "c1", "--", "sh", "-c", "echo three > /root/f"]);
     env.ok(&["snapshot", "restore", "c1", "snap0"]);
     assert_eq!(env.status("c1"), "Running");
-    assert_eq!(env.ok(&["exec", "c1", "--", "cat", "/root/f"]).trim(), "one");
-    assert!(!env.berth(&["exec", "c1", "--", "test", "-e", "/root/only-later"]).status.success());
+    assert_eq!(
+        env.ok(&["exec", "c1", "--", "cat", "/root/f"]).trim(),
+        "one"
+    );
+    assert!(
+        !env.berth(&["exec", "c1", "--", "test", "-e", "/root/only-later"])
+            .status
+            .success()
+    );
     // the snapshot itself did not change: restoring it again gives the same
     env.ok(&["exec", "c1", "--", "sh", "-c", "echo four > /root/f"]);
     env.ok(&["stop", "--force", "c1"]);
     env.ok(&["snapshot", "restore", "c1", "snap0"]);
-    assert_eq!(env.status("c1"), "Stopped", "a stopped container stays stopped");
-    assert_eq!(std::fs::read_to_string(env.pool().join("containers/c1/rootfs/root/f")).unwrap().trim(), "one");
+    assert_eq!(
+        env.status("c1"),
+        "Stopped",
+        "a stopped container stays stopped"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.pool().join("containers/c1/rootfs/root/f"))
+            .unwrap()
+            .trim(),
+        "one"
+    );
     env.ok(&["start", "c1"]);
 
     // rename (files keep their place), delete
@@ -68,7 +116,11 @@ fn stateless(storage: Storage) {
     assert_eq!(snapshot_names(&env, "c1"), ["snap0", "second"]);
     assert_eq!(snapshot_dirs(&env, "c1").len(), dirs_before.len() - 1);
     let missing = env.berth(&["snapshot", "restore", "c1", "nope"]);
-    assert!(!missing.status.success() && text(&missing.stderr).contains("NoSuchSnapshot"), "{}", text(&missing.stderr));
+    assert!(
+        !missing.status.success() && text(&missing.stderr).contains("NoSuchSnapshot"),
+        "{}",
+        text(&missing.stderr)
+    );
     // the next auto name continues after the highest
     env.ok(&["snapshot", "create", "c1"]);
     assert_eq!(snapshot_names(&env, "c1"), ["snap0", "second", "snap1"]);
@@ -76,31 +128,59 @@ fn stateless(storage: Storage) {
     // copies: from a snapshot and from the running container, each with its own address
     env.ok(&["copy", "c1/second", "c2"]);
     env.ok(&["start", "c2"]);
-    assert_eq!(env.ok(&["exec", "c2", "--", "cat", "/root/f"]).trim(), "two");
+    assert_eq!(
+        env.ok(&["exec", "c2", "--", "cat", "/root/f"]).trim(),
+        "two"
+    );
     assert_eq!(env.ok(&["exec", "c2", "--", "hostname"]).trim(), "c2");
     env.ok(&["copy", "c1", "c3"]);
-    let cfg = |n: &str| -> serde_json::Value { serde_json::from_str(&env.ok(&["info", n, "--format", "json"])).unwrap() };
+    let cfg = |n: &str| -> serde_json::Value {
+        serde_json::from_str(&env.ok(&["info", n, "--format", "json"])).unwrap()
+    };
     let (a1, a2, a3) = (cfg("c1"), cfg("c2"), cfg("c3"));
     for (a, b) in [(&a1, &a2), (&a1, &a3), (&a2, &a3)] {
-        assert_ne!(a["config"]["volatile.eth0.ipv4"], b["config"]["volatile.eth0.ipv4"]);
-        assert_ne!(a["config"]["volatile.eth0.hwaddr"], b["config"]["volatile.eth0.hwaddr"]);
+        assert_ne!(
+            a["config"]["volatile.eth0.ipv4"],
+            b["config"]["volatile.eth0.ipv4"]
+        );
+        assert_ne!(
+            a["config"]["volatile.eth0.hwaddr"],
+            b["config"]["volatile.eth0.hwaddr"]
+        );
     }
-    assert!(snapshot_names(&env, "c3").is_empty(), "a copy has no snapshots");
+    assert!(
+        snapshot_names(&env, "c3").is_empty(),
+        "a copy has no snapshots"
+    );
     let taken = env.berth(&["copy", "c1", "c2"]);
     assert!(!taken.status.success() && text(&taken.stderr).contains("AlreadyExists"));
     let nosnap = env.berth(&["copy", "c1/nope", "c4"]);
-    assert!(!nosnap.status.success() && text(&nosnap.stderr).contains("NoSuchSnapshot"), "{}", text(&nosnap.stderr));
-    assert!(env.berth(&["info", "c4"]).status.code() != Some(0), "a failed copy leaves no container");
+    assert!(
+        !nosnap.status.success() && text(&nosnap.stderr).contains("NoSuchSnapshot"),
+        "{}",
+        text(&nosnap.stderr)
+    );
+    assert!(
+        env.berth(&["info", "c4"]).status.code() != Some(0),
+        "a failed copy leaves no container"
+    );
 
     // publish a snapshot of a running container
     env.ok(&["publish", "c1/snap0", "--alias", "from-snap"]);
     env.ok(&["launch", "from-snap", "c5"]);
-    assert_eq!(env.ok(&["exec", "c5", "--", "cat", "/root/f"]).trim(), "one");
+    assert_eq!(
+        env.ok(&["exec", "c5", "--", "cat", "/root/f"]).trim(),
+        "one"
+    );
 
     // deleting the container deletes its snapshots, files and objects
     env.ok(&["delete", "--force", "c1"]);
     assert!(!env.pool().join("snapshots/c1").exists());
-    let out = env.busctl(&["introspect", "org.berth.Berth1", "/org/berth/Berth1/container/c1/snapshot/snap0"]);
+    let out = env.busctl(&[
+        "introspect",
+        "org.berth.Berth1",
+        "/org/berth/Berth1/container/c1/snapshot/snap0",
+    ]);
     assert!(!text(&out.stdout).contains("org.berth.Berth1.Snapshot"));
 }
 
@@ -128,15 +208,28 @@ fn snapshots_survive_a_daemon_restart_and_debris_is_swept() {
     let pid = env.daemon_pid().unwrap();
     // SAFETY: signalling our own test daemon.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    berth_tests::wait_for(std::time::Duration::from_secs(10), "berthd to exit", || env.daemon_pid() != Some(pid));
-    assert_eq!(snapshot_names(&env, "k1"), ["keep"], "a new berthd (activated by this call) loads the snapshot");
-    berth_tests::wait_for(std::time::Duration::from_secs(10), "the debris to go", || !debris.exists());
+    berth_tests::wait_for(std::time::Duration::from_secs(10), "berthd to exit", || {
+        env.daemon_pid() != Some(pid)
+    });
+    assert_eq!(
+        snapshot_names(&env, "k1"),
+        ["keep"],
+        "a new berthd (activated by this call) loads the snapshot"
+    );
+    berth_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the debris to go",
+        || !debris.exists(),
+    );
     env.ok(&["snapshot", "restore", "k1", "keep"]);
 }
 
 /// The counter a process in the container keeps in memory (and writes out).
 fn counter(env: &Env, c: &str) -> u64 {
-    env.ok(&["exec", c, "--", "cat", "/tmp/counter"]).trim().parse().unwrap_or(0)
+    env.ok(&["exec", c, "--", "cat", "/tmp/counter"])
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 /// A process of init's tree (an exec'd shell's orphan is adopted by init) that counts in
@@ -161,36 +254,70 @@ fn stateful_snapshot_keeps_counting_and_restores_twice() {
     assert!(at_snapshot > 0);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let later = counter(&env, "s1");
-    assert!(later > at_snapshot + 5, "the container kept running after the snapshot ({at_snapshot} → {later})");
+    assert!(
+        later > at_snapshot + 5,
+        "the container kept running after the snapshot ({at_snapshot} → {later})"
+    );
     for round in 0..2 {
         env.ok(&["snapshot", "restore", "s1", "live"]);
         assert_eq!(env.status("s1"), "Running");
         let v1 = counter(&env, "s1");
-        assert!(v1 >= at_snapshot && v1 < later, "round {round}: memory and files came back together ({at_snapshot} ≤ {v1} < {later})");
+        assert!(
+            v1 >= at_snapshot && v1 < later,
+            "round {round}: memory and files came back together ({at_snapshot} ≤ {v1} < {later})"
+        );
         std::thread::sleep(std::time::Duration::from_millis(600));
         let v2 = counter(&env, "s1");
         assert!(v2 > v1, "round {round}: it keeps counting ({v1} → {v2})");
         // the same process, same pid inside
-        assert!(env.ok(&["exec", "s1", "--", "ps"]).lines().any(|l| l.split_whitespace().next() == Some(&pid)), "round {round}");
+        assert!(
+            env.ok(&["exec", "s1", "--", "ps"])
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(&pid)),
+            "round {round}"
+        );
     }
 }
 
 fn address(env: &Env, c: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["info", c, "--format", "json"])).unwrap();
-    v["config"]["volatile.eth0.ipv4"].as_str().unwrap().split('/').next().unwrap().to_string()
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["info", c, "--format", "json"])).unwrap();
+    v["config"]["volatile.eth0.ipv4"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// An echo server in the container (adopted by init) and a host client connected to it.
 fn echo_connection(env: &Env, c: &str) -> std::net::TcpStream {
-    env.ok(&["exec", c, "--", "sh", "-c", "nc -ll -p 8080 -e cat >/dev/null 2>&1 </dev/null &"]);
+    env.ok(&[
+        "exec",
+        c,
+        "--",
+        "sh",
+        "-c",
+        "nc -ll -p 8080 -e cat >/dev/null 2>&1 </dev/null &",
+    ]);
     let addr = format!("{}:8080", address(env, c));
     let mut stream = None;
-    berth_tests::wait_for(std::time::Duration::from_secs(10), "the echo server", || {
-        stream = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(1)).ok();
-        stream.is_some()
-    });
+    berth_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the echo server",
+        || {
+            stream = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                std::time::Duration::from_secs(1),
+            )
+            .ok();
+            stream.is_some()
+        },
+    );
     let s = stream.unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     s
 }
 
@@ -218,30 +345,57 @@ fn stateful_stop_and_start_keep_processes_and_a_tcp_connection() {
 
     env.ok(&["stop", "--stateful", "t1"]);
     assert_eq!(env.status("t1"), "Stopped");
-    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
-    assert_eq!(info["config"]["volatile.stateful"], "true", "the saved state is recorded");
-    let prop = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1/container/t1", "org.berth.Berth1.Container", "Stateful"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
+    assert_eq!(
+        info["config"]["volatile.stateful"], "true",
+        "the saved state is recorded"
+    );
+    let prop = env.busctl(&[
+        "get-property",
+        "org.berth.Berth1",
+        "/org/berth/Berth1/container/t1",
+        "org.berth.Berth1.Container",
+        "Stateful",
+    ]);
     assert_eq!(text(&prop.stdout).trim(), "b true");
     let exit = std::fs::read_to_string(env.run.join("containers/t1/exit.json")).unwrap();
-    assert!(exit.contains("checkpointed"), "the monitor knows the kill was the checkpoint's: {exit}");
+    assert!(
+        exit.contains("checkpointed"),
+        "the monitor knows the kill was the checkpoint's: {exit}"
+    );
 
     env.ok(&["start", "t1"]);
     assert_eq!(env.status("t1"), "Running");
-    assert_eq!(echo(&mut conn, "after"), "after", "the connection opened before the stop still works");
+    assert_eq!(
+        echo(&mut conn, "after"),
+        "after",
+        "the connection opened before the stop still works"
+    );
     let v = counter(&env, "t1");
     assert!(v >= before, "memory came back ({before} → {v})");
-    let info: serde_json::Value = serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
-    assert!(info["config"].get("volatile.stateful").is_none(), "the state is discarded once restored");
+    let info: serde_json::Value =
+        serde_json::from_str(&env.ok(&["info", "t1", "--format", "json"])).unwrap();
+    assert!(
+        info["config"].get("volatile.stateful").is_none(),
+        "the state is discarded once restored"
+    );
     assert!(!env.pool().join("snapshots/t1/.stop").exists());
     // a restored container is an ordinary one: exec, a graceful stop, a fresh start
-    assert_eq!(env.ok(&["exec", "t1", "--", "cat", "/proc/1/comm"]).trim(), "init");
+    assert_eq!(
+        env.ok(&["exec", "t1", "--", "cat", "/proc/1/comm"]).trim(),
+        "init"
+    );
     env.ok(&["stop", "t1"]);
     env.ok(&["start", "t1"]);
     assert!(counter(&env, "t1") >= v, "the counter file survived");
     // --stateless boots afresh and discards a saved state
     env.ok(&["stop", "--stateful", "t1"]);
     env.ok(&["start", "--stateless", "t1"]);
-    assert!(!env.ok(&["exec", "t1", "--", "ps"]).contains("sleep"), "no counter after a fresh boot");
+    assert!(
+        !env.ok(&["exec", "t1", "--", "ps"]).contains("sleep"),
+        "no counter after a fresh boot"
+    );
     assert!(!env.pool().join("snapshots/t1/.stop").exists());
 }
 
@@ -258,21 +412,38 @@ fn a_tcp_connection_survives_a_stateful_snapshot() {
     let mut quiet = echo_connection(&env, "n1");
     assert_eq!(echo(&mut quiet, "hello"), "hello");
     env.ok(&["snapshot", "create", "--stateful", "n1", "s"]);
-    assert_eq!(echo(&mut conn, "two"), "two", "the network was unlocked after the dump");
+    assert_eq!(
+        echo(&mut conn, "two"),
+        "two",
+        "the network was unlocked after the dump"
+    );
     env.ok(&["snapshot", "restore", "n1", "s"]);
     // the tree the restore replaced did not close it: the restored server answers on it
-    assert_eq!(echo(&mut quiet, "again"), "again", "the connection opened before the checkpoint survives the restore");
+    assert_eq!(
+        echo(&mut quiet, "again"),
+        "again",
+        "the connection opened before the checkpoint survives the restore"
+    );
     // (`conn` moved on after the snapshot: its peer's sequence numbers are ahead of the
     // restored socket's, as with any TCP checkpoint restored after more traffic)
     // the snapshot restores a listening server too: a new client connects to it
     let addr = format!("{}:8080", address(&env, "n1"));
     let mut s2 = None;
-    berth_tests::wait_for(std::time::Duration::from_secs(10), "the restored server", || {
-        s2 = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(1)).ok();
-        s2.is_some()
-    });
+    berth_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "the restored server",
+        || {
+            s2 = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                std::time::Duration::from_secs(1),
+            )
+            .ok();
+            s2.is_some()
+        },
+    );
     let mut s2 = s2.unwrap();
-    s2.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s2.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     assert_eq!(echo(&mut s2, "three"), "three");
 }
 
@@ -290,19 +461,34 @@ fn a_failed_dump_records_nothing_and_the_container_runs_on() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("CheckpointFailed"), "{err}");
-    assert!(err.contains("ghost"), "the first CRIU error is in the message: {err}");
+    assert!(
+        err.contains("ghost"),
+        "the first CRIU error is in the message: {err}"
+    );
     assert!(err.contains("criu-dump.log"), "the log is named: {err}");
     assert!(snapshot_names(&env, "f1").is_empty());
-    assert!(snapshot_dirs(&env, "f1").is_empty(), "nothing staged is left: {:?}", snapshot_dirs(&env, "f1"));
+    assert!(
+        snapshot_dirs(&env, "f1").is_empty(),
+        "nothing staged is left: {:?}",
+        snapshot_dirs(&env, "f1")
+    );
     assert_eq!(env.status("f1"), "Running");
     let v = counter(&env, "f1");
     std::thread::sleep(std::time::Duration::from_millis(400));
     assert!(counter(&env, "f1") > v, "it runs on");
     let log = env.ok(&["info", "f1", "--show-log"]);
-    assert!(log.contains("criu-dump.log") && log.contains("Error"), "{}", &log[..log.len().min(400)]);
+    assert!(
+        log.contains("criu-dump.log") && log.contains("Error"),
+        "{}",
+        &log[..log.len().min(400)]
+    );
     // a stateful stop that fails leaves it running too
     let out = env.berth(&["stop", "--stateful", "f1"]);
-    assert!(!out.status.success() && text(&out.stderr).contains("CheckpointFailed"), "{}", text(&out.stderr));
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("CheckpointFailed"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(env.status("f1"), "Running");
     // and a stateless snapshot still works
     env.ok(&["snapshot", "create", "f1", "files"]);
@@ -315,14 +501,33 @@ fn the_preflight_refuses_what_criu_cannot_checkpoint() {
     }
     let env = Env::new(Storage::Btrfs);
     env.ok(&["launch", "busybox", "p1"]);
-    env.ok(&["exec", "p1", "--", "sh", "-c", "unshare -U -r sleep 1000 >/dev/null 2>&1 </dev/null &"]);
+    env.ok(&[
+        "exec",
+        "p1",
+        "--",
+        "sh",
+        "-c",
+        "unshare -U -r sleep 1000 >/dev/null 2>&1 </dev/null &",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(200));
     let out = env.berth(&["snapshot", "create", "--stateful", "p1"]);
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.contains("NotSupported") && err.contains("nested user namespace") && err.contains("sleep"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("NotSupported")
+            && err.contains("nested user namespace")
+            && err.contains("sleep"),
+        "{err}"
+    );
     assert!(snapshot_dirs(&env, "p1").is_empty());
     assert_eq!(env.status("p1"), "Running");
-    let m = env.busctl(&["get-property", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "StatefulSupported"]);
+    let m = env.busctl(&[
+        "get-property",
+        "org.berth.Berth1",
+        "/org/berth/Berth1",
+        "org.berth.Berth1.Manager",
+        "StatefulSupported",
+    ]);
     assert_eq!(text(&m.stdout).trim(), "b true");
 
     // a process left running by an exec whose stdout was a host file: named, with the way out
@@ -330,15 +535,36 @@ fn the_preflight_refuses_what_criu_cannot_checkpoint() {
     let log = env.dir.join("exec-out.log");
     let mut cmd = std::process::Command::new(berth_tests::bin_dir().join("berth"));
     cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
-        .args(["exec", "p1", "--", "sh", "-c", "sleep 999 </dev/null 2>/dev/null &"])
+        .args([
+            "exec",
+            "p1",
+            "--",
+            "sh",
+            "-c",
+            "sleep 999 </dev/null 2>/dev/null &",
+        ])
         .stdout(std::fs::File::create(&log).unwrap());
     assert!(cmd.status().unwrap().success());
     let out = env.berth(&["snapshot", "create", "--stateful", "p1"]);
     let err = text(&out.stderr);
-    assert!(!out.status.success() && err.contains("NotSupported") && err.contains("outside the container") && err.contains("exec-out.log") && err.contains("in the container)"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("NotSupported")
+            && err.contains("outside the container")
+            && err.contains("exec-out.log")
+            && err.contains("in the container)"),
+        "{err}"
+    );
     assert!(snapshot_dirs(&env, "p1").is_empty());
     // redirected inside the container, the same process is fine
-    env.ok(&["exec", "p1", "--", "sh", "-c", "killall sleep; sleep 998 >/dev/null 2>&1 </dev/null &"]);
+    env.ok(&[
+        "exec",
+        "p1",
+        "--",
+        "sh",
+        "-c",
+        "killall sleep; sleep 998 >/dev/null 2>&1 </dev/null &",
+    ]);
     env.ok(&["snapshot", "create", "--stateful", "p1", "ok"]);
 }
 
@@ -359,7 +585,11 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
     let bus = env.bus.clone();
     let cli = berth_tests::bin_dir().join("berth");
     let snap = std::thread::spawn(move || {
-        std::process::Command::new(cli).env("DBUS_SYSTEM_BUS_ADDRESS", bus).args(["snapshot", "create", "--stateful", "m1", "big"]).output().unwrap()
+        std::process::Command::new(cli)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
+            .args(["snapshot", "create", "--stateful", "m1", "big"])
+            .output()
+            .unwrap()
     });
     // the operation is visible while the dump runs, with the bytes dumped so far
     let mut op: Option<String> = None;
@@ -367,19 +597,49 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
     let t0 = std::time::Instant::now();
     while t0.elapsed() < std::time::Duration::from_secs(30) && !snap.is_finished() {
         if op.is_none() {
-            let out = env.busctl(&["--json=short", "call", "org.berth.Berth1", "/org/berth/Berth1", "org.berth.Berth1.Manager", "ListOperations"]);
+            let out = env.busctl(&[
+                "--json=short",
+                "call",
+                "org.berth.Berth1",
+                "/org/berth/Berth1",
+                "org.berth.Berth1.Manager",
+                "ListOperations",
+            ]);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if let Some(p) = v["data"][0].as_array().and_then(|a| a.first()).and_then(|p| p.as_str()) {
-                let verb = text(&env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", "Operation"]).stdout);
+            if let Some(p) = v["data"][0]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(|p| p.as_str())
+            {
+                let verb = text(
+                    &env.busctl(&[
+                        "get-property",
+                        "org.berth.Berth1",
+                        p,
+                        "org.berth.Berth1.Operation",
+                        "Operation",
+                    ])
+                    .stdout,
+                );
                 if verb.contains("snapshot-create") {
                     op = Some(p.to_string());
                 }
             }
         }
         if let Some(p) = &op {
-            let out = env.busctl(&["get-property", "org.berth.Berth1", p, "org.berth.Berth1.Operation", "Bytes"]);
+            let out = env.busctl(&[
+                "get-property",
+                "org.berth.Berth1",
+                p,
+                "org.berth.Berth1.Operation",
+                "Bytes",
+            ]);
             // "t 123456"
-            if let Some(n) = text(&out.stdout).split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = text(&out.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 bytes.push(n);
             }
         }
@@ -388,10 +648,20 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
     let out = snap.join().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(op.is_some(), "the stateful snapshot ran as an Operation");
-    assert!(bytes.windows(2).all(|w| w[0] <= w[1]), "the bytes dumped only grow: {bytes:?}");
-    assert!(bytes.iter().any(|&b| b > 0), "the bytes dumped so far were reported while it ran: {bytes:?}");
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["snapshot", "list", "m1", "--format", "json"])).unwrap();
-    assert!(v[0]["size"].as_u64().unwrap() > 140_000_000, "the images hold the memory: {v}");
+    assert!(
+        bytes.windows(2).all(|w| w[0] <= w[1]),
+        "the bytes dumped only grow: {bytes:?}"
+    );
+    assert!(
+        bytes.iter().any(|&b| b > 0),
+        "the bytes dumped so far were reported while it ran: {bytes:?}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshot", "list", "m1", "--format", "json"])).unwrap();
+    assert!(
+        v[0]["size"].as_u64().unwrap() > 140_000_000,
+        "the images hold the memory: {v}"
+    );
     env.ok(&["snapshot", "restore", "m1", "big"]);
     assert!(env.ok(&["exec", "m1", "--", "ps"]).contains("awk"));
 }
@@ -399,7 +669,12 @@ fn a_big_stateful_snapshot_reports_progress_as_an_operation() {
 /// Names CRIU's `--link-remap` left in a directory of a container's or snapshot's files.
 fn link_remaps_in(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("link_remap.")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("link_remap."))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -418,18 +693,43 @@ fn the_links_criu_makes_for_a_dump_stay_out_of_copies_of_the_files() {
         .ok(&["exec", "l1", "--", "sh", "-c", "echo kept > /root/a && ln /root/a /root/b && (exec 3</root/a; rm /root/a; exec sleep 1000) >/dev/null 2>&1 </dev/null & echo $!"])
         .trim()
         .to_string();
-    wait_for(std::time::Duration::from_secs(5), "the opened path to go", || !env.berth(&["exec", "l1", "--", "test", "-e", "/root/a"]).status.success());
+    wait_for(
+        std::time::Duration::from_secs(5),
+        "the opened path to go",
+        || {
+            !env.berth(&["exec", "l1", "--", "test", "-e", "/root/a"])
+                .status
+                .success()
+        },
+    );
     env.ok(&["snapshot", "create", "l1", "live", "--stateful"]);
     let rootfs = |c: &str| env.pool().join("containers").join(c).join("rootfs/root");
-    let snap = snapshot_dirs(&env, "l1").into_iter().find(|d| !d.starts_with('.')).unwrap();
-    let snap_root = env.pool().join("snapshots/l1").join(&snap).join("volume/rootfs/root");
-    assert_eq!(link_remaps_in(&snap_root).len(), 1, "the snapshot's files hold CRIU's link (taken while frozen)");
-    assert!(link_remaps_in(&rootfs("l1")).is_empty(), "CRIU unlinked it from the running container");
+    let snap = snapshot_dirs(&env, "l1")
+        .into_iter()
+        .find(|d| !d.starts_with('.'))
+        .unwrap();
+    let snap_root = env
+        .pool()
+        .join("snapshots/l1")
+        .join(&snap)
+        .join("volume/rootfs/root");
+    assert_eq!(
+        link_remaps_in(&snap_root).len(),
+        1,
+        "the snapshot's files hold CRIU's link (taken while frozen)"
+    );
+    assert!(
+        link_remaps_in(&rootfs("l1")).is_empty(),
+        "CRIU unlinked it from the running container"
+    );
 
     // copies of the files alone do not get it
     env.ok(&["copy", "l1/live", "l2"]);
     assert!(link_remaps_in(&rootfs("l2")).is_empty());
-    assert_eq!(std::fs::read_to_string(rootfs("l2").join("b")).unwrap(), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs("l2").join("b")).unwrap(),
+        "kept\n"
+    );
     env.ok(&["publish", "l1/live", "--alias", "from-live"]);
     env.ok(&["launch", "from-live", "l3"]);
     let listed = env.ok(&["exec", "l3", "--", "ls", "/root"]);
@@ -439,35 +739,60 @@ fn the_links_criu_makes_for_a_dump_stay_out_of_copies_of_the_files() {
 
     // the running state still finds its file, and consumes the link
     env.ok(&["snapshot", "restore", "l1", "live"]);
-    assert_eq!(env.ok(&["exec", "l1", "--", "cat", &format!("/proc/{pid}/fd/3")]), "kept\n");
+    assert_eq!(
+        env.ok(&["exec", "l1", "--", "cat", &format!("/proc/{pid}/fd/3")]),
+        "kept\n"
+    );
     assert!(link_remaps_in(&rootfs("l1")).is_empty());
-    assert_eq!(link_remaps_in(&snap_root).len(), 1, "the snapshot itself is unchanged");
+    assert_eq!(
+        link_remaps_in(&snap_root).len(),
+        1,
+        "the snapshot itself is unchanged"
+    );
 
     // a stateful stop leaves the link for its restore; a stateless start drops it
     env.ok(&["stop", "--stateful", "l1"]);
     assert_eq!(link_remaps_in(&rootfs("l1")).len(), 1);
     env.ok(&["start", "--stateless", "l1"]);
     assert!(link_remaps_in(&rootfs("l1")).is_empty());
-    assert_eq!(std::fs::read_to_string(rootfs("l1").join("b")).unwrap(), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(rootfs("l1").join("b")).unwrap(),
+        "kept\n"
+    );
 }
 
 /// The container's freezer state as the host sees it (`THAWED`, `FREEZING`, `FROZEN`; on a
 /// v2 host `0` or `1`).
 fn freezer_state(env: &Env, c: &str) -> String {
     let dirs = env.cgroup_dirs(c);
-    let v1 = dirs.iter().map(|d| d.join("freezer.state")).find(|p| p.exists());
-    let f = v1.or_else(|| dirs.iter().map(|d| d.join("cgroup.freeze")).find(|p| p.exists())).expect("a freezer");
+    let v1 = dirs
+        .iter()
+        .map(|d| d.join("freezer.state"))
+        .find(|p| p.exists());
+    let f = v1
+        .or_else(|| {
+            dirs.iter()
+                .map(|d| d.join("cgroup.freeze"))
+                .find(|p| p.exists())
+        })
+        .expect("a freezer");
     std::fs::read_to_string(f).unwrap().trim().to_string()
 }
 
 /// CRIU's network-lock tables (`inet CRIU-<pid>`) in the network namespace of `pid`.
 fn criu_lock_tables(pid: u32) -> Vec<String> {
     let out = berth_tests::run(
-        std::process::Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).args(["nft", "list", "tables"]),
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["nft", "list", "tables"]),
         std::time::Duration::from_secs(10),
     );
     assert!(out.status.success(), "nft: {}", text(&out.stderr));
-    text(&out.stdout).lines().filter(|l| l.contains("CRIU-")).map(str::to_string).collect()
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("CRIU-"))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -488,12 +813,21 @@ fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed()
     let cli = berth_tests::bin("berth");
     // berthd dies at different moments of the dump: early (freezing, CRIU seizing the
     // tree), while it copies memory, and in a stateful stop
-    for (round, (delay_ms, stop)) in [(30u64, false), (60, true), (120, false), (300, false)].into_iter().enumerate() {
+    for (round, (delay_ms, stop)) in [(30u64, false), (60, true), (120, false), (300, false)]
+        .into_iter()
+        .enumerate()
+    {
         let daemon = env.daemon_pid().expect("berthd runs");
         let args: Vec<String> = if stop {
             vec!["stop".into(), "--stateful".into(), "k1".into()]
         } else {
-            vec!["snapshot".into(), "create".into(), "--stateful".into(), "k1".into(), format!("r{round}")]
+            vec![
+                "snapshot".into(),
+                "create".into(),
+                "--stateful".into(),
+                "k1".into(),
+                format!("r{round}"),
+            ]
         };
         let mut call = std::process::Command::new(&cli)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
@@ -507,32 +841,71 @@ fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed()
         // SAFETY: signalling our own test daemon.
         unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
         let _ = call.wait();
-        wait_for(std::time::Duration::from_secs(10), "berthd to exit", || env.daemon_pid() != Some(daemon));
-        let what = format!("round {round}: berthd killed {delay_ms} ms into `berth {}`", args.join(" "));
+        wait_for(std::time::Duration::from_secs(10), "berthd to exit", || {
+            env.daemon_pid() != Some(daemon)
+        });
+        let what = format!(
+            "round {round}: berthd killed {delay_ms} ms into `berth {}`",
+            args.join(" ")
+        );
 
         // the next call starts a berthd, which finds the container as it was
         assert_eq!(env.status("k1"), "Running", "{what}");
         assert_eq!(env.init_pid("k1"), init, "{what}: the same init");
-        assert!(matches!(freezer_state(&env, "k1").as_str(), "THAWED" | "0"), "{what}: thawed, not {}", freezer_state(&env, "k1"));
-        assert!(criu_lock_tables(init).is_empty(), "{what}: CRIU's network lock is gone: {:?}", criu_lock_tables(init));
+        assert!(
+            matches!(freezer_state(&env, "k1").as_str(), "THAWED" | "0"),
+            "{what}: thawed, not {}",
+            freezer_state(&env, "k1")
+        );
+        assert!(
+            criu_lock_tables(init).is_empty(),
+            "{what}: CRIU's network lock is gone: {:?}",
+            criu_lock_tables(init)
+        );
         let mut exec = std::process::Command::new(&cli);
-        exec.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args(["exec", "k1", "--", "cat", "/proc/1/comm"]);
+        exec.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args([
+            "exec",
+            "k1",
+            "--",
+            "cat",
+            "/proc/1/comm",
+        ]);
         // (run() fails the test when the bound passes)
         let out = berth_tests::run(&mut exec, std::time::Duration::from_secs(10));
-        assert_eq!(text(&out.stdout).trim(), "init", "{what}: exec answers: {}", text(&out.stderr));
-        assert!(env.ok(&["exec", "k1", "--", "ps"]).contains("awk"), "{what}: its processes run on");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "init",
+            "{what}: exec answers: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            env.ok(&["exec", "k1", "--", "ps"]).contains("awk"),
+            "{what}: its processes run on"
+        );
         // what CRIU left half-done is no snapshot, and its files are gone
-        assert!(snapshot_names(&env, "k1").is_empty(), "{what}: {:?}", snapshot_names(&env, "k1"));
-        wait_for(std::time::Duration::from_secs(10), "staged files to be swept", || snapshot_dirs(&env, "k1").is_empty());
+        assert!(
+            snapshot_names(&env, "k1").is_empty(),
+            "{what}: {:?}",
+            snapshot_names(&env, "k1")
+        );
+        wait_for(
+            std::time::Duration::from_secs(10),
+            "staged files to be swept",
+            || snapshot_dirs(&env, "k1").is_empty(),
+        );
     }
     // and it is an ordinary container again: a stateful snapshot, a forced stop
     env.ok(&["snapshot", "create", "--stateful", "k1", "after"]);
     assert_eq!(snapshot_names(&env, "k1"), ["after"]);
     let mut stop = std::process::Command::new(&cli);
-    stop.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args(["stop", "--force", "k1"]);
+    stop.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
+        .args(["stop", "--force", "k1"]);
     let out = berth_tests::run(&mut stop, std::time::Duration::from_secs(20));
     assert!(out.status.success(), "stop --force: {}", text(&out.stderr));
     assert_eq!(env.status("k1"), "Stopped");
     let exit = std::fs::read_to_string(env.run.join("containers/k1/exit.json")).unwrap();
-    assert!(!exit.contains("checkpointed"), "the monitor was told the interrupted stop's checkpoint is over: {exit}");
+    assert!(
+        !exit.contains("checkpointed"),
+        "the monitor was told the interrupted stop's checkpoint is over: {exit}"
+    );
 }

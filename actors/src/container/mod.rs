@@ -24,8 +24,8 @@ use crate::runtime::{MonitorEvent, Runtime, RuntimeError, VolumeSource};
 use crate::snapshot::SnapshotMsg;
 use crate::store::Store;
 use crate::types::{
-    ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending, SnapshotRecord, StartOptions,
-    Status, StopOptions,
+    ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending,
+    SnapshotRecord, StartOptions, Status, StopOptions,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, VecDeque};
@@ -76,7 +76,10 @@ pub enum ContainerMsg {
     /// Lend the record and the files (its own, or snapshot `.0`'s) for publishing. Allowed when
     /// Stopped, or for a snapshot in any state; until `EndPublish` the container cannot start
     /// or be deleted (`Busy`).
-    BeginPublish(Option<String>, RpcReplyPort<Result<(ContainerRecord, VolumeSource)>>),
+    BeginPublish(
+        Option<String>,
+        RpcReplyPort<Result<(ContainerRecord, VolumeSource)>>,
+    ),
     /// Publishing ended.
     EndPublish(Option<String>),
     /// Take a snapshot (`stateful`: with the running state). An empty name picks `snapN`.
@@ -151,17 +154,25 @@ impl ContainerMsg {
         match self {
             ContainerMsg::Info(r) => drop(r.send(Err(e))),
             ContainerMsg::Provision { reply, .. } => drop(reply.send(Err(e))),
-            ContainerMsg::Start(_, r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => drop(r.send(Err(e))),
-            ContainerMsg::Delete { reply, .. } | ContainerMsg::DeleteSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::Start(_, r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => {
+                drop(r.send(Err(e)))
+            }
+            ContainerMsg::Delete { reply, .. } | ContainerMsg::DeleteSnapshot { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
             ContainerMsg::RestoreSnapshot { reply, .. } => drop(reply.send(Err(e))),
             ContainerMsg::Exec(_, r) => drop(r.send(Err(e))),
             ContainerMsg::BeginPublish(_, r) => drop(r.send(Err(e))),
             ContainerMsg::BeginCopy { reply, .. } => drop(reply.send(Err(e))),
-            ContainerMsg::CreateSnapshot { reply, .. } | ContainerMsg::RenameSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::CreateSnapshot { reply, .. }
+            | ContainerMsg::RenameSnapshot { reply, .. } => drop(reply.send(Err(e))),
             ContainerMsg::GetSnapshot(_, r) => drop(r.send(Err(e))),
             ContainerMsg::ListSnapshots(r) => drop(r.send(Err(e))),
             ContainerMsg::TaskDone(t) => t.fail(e),
-            ContainerMsg::StopDone(..) | ContainerMsg::Monitor(..) | ContainerMsg::EndPublish(_) | ContainerMsg::EndCopy(_) => {}
+            ContainerMsg::StopDone(..)
+            | ContainerMsg::Monitor(..)
+            | ContainerMsg::EndPublish(_)
+            | ContainerMsg::EndCopy(_) => {}
             #[cfg(test)]
             ContainerMsg::Crash => {}
         }
@@ -210,7 +221,9 @@ pub struct ContainerArgs {
 
 impl std::fmt::Debug for ContainerArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerArgs").field("record", &self.record).finish_non_exhaustive()
+        f.debug_struct("ContainerArgs")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
     }
 }
 
@@ -250,7 +263,10 @@ pub struct ContainerState {
 
 impl std::fmt::Debug for ContainerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerState").field("rec", &self.rec).field("run", &self.run).finish_non_exhaustive()
+        f.debug_struct("ContainerState")
+            .field("rec", &self.rec)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,7 +276,11 @@ impl Actor for ContainerActor {
     type State = ContainerState;
     type Arguments = ContainerArgs;
 
-    async fn pre_start(&self, _me: ActorRef<ContainerMsg>, a: ContainerArgs) -> Result<ContainerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ContainerMsg>,
+        a: ContainerArgs,
+    ) -> Result<ContainerState, ActorProcessingErr> {
         Ok(ContainerState {
             rec: a.record,
             store: a.store,
@@ -283,7 +303,11 @@ impl Actor for ContainerActor {
         })
     }
 
-    async fn post_start(&self, me: ActorRef<ContainerMsg>, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        me: ActorRef<ContainerMsg>,
+        s: &mut ContainerState,
+    ) -> Result<(), ActorProcessingErr> {
         // A loaded or respawned container finds out whether it really runs and brings up its
         // snapshots; a new one (pending create) waits for Provision.
         if s.rec.pending == Pending::None {
@@ -313,7 +337,12 @@ impl Actor for ContainerActor {
         Ok(())
     }
 
-    async fn handle(&self, me: ActorRef<ContainerMsg>, msg: ContainerMsg, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<ContainerMsg>,
+        msg: ContainerMsg,
+        s: &mut ContainerState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(what) = s.busy
             && msg.waits_while_busy()
         {
@@ -323,7 +352,11 @@ impl Actor for ContainerActor {
         }
         match msg {
             ContainerMsg::Info(r) => drop(r.send(Ok(s.info()))),
-            ContainerMsg::Provision { start, source, reply } => {
+            ContainerMsg::Provision {
+                start,
+                source,
+                reply,
+            } => {
                 let res = s.provision(&me, start, &source).await;
                 let failed = res.is_err();
                 let _ = reply.send(res);
@@ -350,14 +383,25 @@ impl Actor for ContainerActor {
                 s.publishing = s.publishing.saturating_sub(1);
                 s.give_back(snapshot.as_deref());
             }
-            ContainerMsg::CreateSnapshot { name, stateful, uid, reply } => s.create_snapshot(&me, name, stateful, uid, reply).await,
+            ContainerMsg::CreateSnapshot {
+                name,
+                stateful,
+                uid,
+                reply,
+            } => s.create_snapshot(&me, name, stateful, uid, reply).await,
             ContainerMsg::ListSnapshots(r) => {
-                let mut list: Vec<SnapshotRecord> = s.snaps.values().map(|(r, _)| r.clone()).collect();
+                let mut list: Vec<SnapshotRecord> =
+                    s.snaps.values().map(|(r, _)| r.clone()).collect();
                 list.sort_by(|a, b| (a.created_at_us, &a.name).cmp(&(b.created_at_us, &b.name)));
                 let _ = r.send(Ok(list));
             }
             ContainerMsg::GetSnapshot(name, r) => drop(r.send(s.snapshot_record(&name))),
-            ContainerMsg::RestoreSnapshot { name, stateful, uid, reply } => s.restore_snapshot(&me, name, stateful, uid, reply).await,
+            ContainerMsg::RestoreSnapshot {
+                name,
+                stateful,
+                uid,
+                reply,
+            } => s.restore_snapshot(&me, name, stateful, uid, reply).await,
             ContainerMsg::RenameSnapshot { from, to, reply } => {
                 let res = s.rename_snapshot(&from, to).await;
                 let _ = reply.send(res);
@@ -392,7 +436,11 @@ impl Actor for ContainerActor {
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<ContainerMsg>, s: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ContainerMsg>,
+        s: &mut ContainerState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(w) = s.watcher.take() {
             w.abort();
         }
@@ -415,7 +463,11 @@ impl ContainerState {
     }
 
     fn invalid_state(&self, hint: &str) -> Error {
-        Error::InvalidState { name: self.rec.name.clone(), status: self.rec.status, hint: hint.to_string() }
+        Error::InvalidState {
+            name: self.rec.name.clone(),
+            status: self.rec.status,
+            hint: hint.to_string(),
+        }
     }
 
     /// Persists the record, then tells the manager and the world.
@@ -443,7 +495,9 @@ impl ContainerState {
                     tracing::warn!(container = %self.rec.name, "recovered from an interrupted checkpoint: {note}");
                 }
             }
-            Err(e) => tracing::error!(container = %self.rec.name, "recover from an interrupted checkpoint: {e}"),
+            Err(e) => {
+                tracing::error!(container = %self.rec.name, "recover from an interrupted checkpoint: {e}")
+            }
         }
     }
 
@@ -464,7 +518,11 @@ impl ContainerState {
                 self.watch(me);
             }
             None => {
-                self.rec.status = if self.rec.status == Status::Error { Status::Error } else { Status::Stopped };
+                self.rec.status = if self.rec.status == Status::Error {
+                    Status::Error
+                } else {
+                    Status::Stopped
+                };
                 self.rec.init_pid = 0;
             }
         }
@@ -482,7 +540,12 @@ impl ContainerState {
         }
     }
 
-    async fn provision(&mut self, me: &ActorRef<ContainerMsg>, start: bool, source: &VolumeSource) -> Result<ContainerInfo> {
+    async fn provision(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        start: bool,
+        source: &VolumeSource,
+    ) -> Result<ContainerInfo> {
         if self.rec.pending != Pending::Create {
             return Ok(self.info());
         }
@@ -491,13 +554,21 @@ impl ContainerState {
             Err(e) => {
                 let _ = self.rt.deprovision(&self.rec.name).await;
                 let _ = self.store.delete_container(&self.rec.name).await;
-                let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
-                return Err(map_rt(Op::Create, format!("container {}", self.rec.name), e));
+                let _ = self
+                    .manager
+                    .cast(ManagerMsg::Removed(self.rec.name.clone()));
+                return Err(map_rt(
+                    Op::Create,
+                    format!("container {}", self.rec.name),
+                    e,
+                ));
             }
         }
         self.rec.pending = Pending::None;
         self.store.update_container(&self.rec).await?;
-        self.events.publish(Event::ContainerCreated { name: self.rec.name.clone() });
+        self.events.publish(Event::ContainerCreated {
+            name: self.rec.name.clone(),
+        });
         self.announce();
         if start {
             self.start(me).await?;
@@ -507,11 +578,19 @@ impl ContainerState {
 
     async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
         if self.publishing > 0 {
-            return Err(Error::Busy(format!("container {:?} is being published; start it when that is done", self.rec.name)));
+            return Err(Error::Busy(format!(
+                "container {:?} is being published; start it when that is done",
+                self.rec.name
+            )));
         }
         match self.rec.status {
             Status::Stopped | Status::Error => {}
-            Status::Stopping => return Err(Error::Busy(format!("container {:?} is stopping; wait for it", self.rec.name))),
+            Status::Stopping => {
+                return Err(Error::Busy(format!(
+                    "container {:?} is stopping; wait for it",
+                    self.rec.name
+                )));
+            }
             _ => return Err(self.invalid_state("it is already running")),
         }
         self.rec.status = Status::Starting;
@@ -558,7 +637,12 @@ impl ContainerState {
         }));
     }
 
-    async fn stop(&mut self, me: &ActorRef<ContainerMsg>, opts: StopOptions, r: RpcReplyPort<Result<()>>) {
+    async fn stop(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        opts: StopOptions,
+        r: RpcReplyPort<Result<()>>,
+    ) {
         if opts.stateful {
             self.stateful_stop(me, opts, r);
             return;
@@ -606,7 +690,12 @@ impl ContainerState {
         });
     }
 
-    async fn stop_done(&mut self, me: &ActorRef<ContainerMsg>, run: u64, res: std::result::Result<String, RuntimeError>) {
+    async fn stop_done(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        run: u64,
+        res: std::result::Result<String, RuntimeError>,
+    ) {
         if run != self.run || self.rec.status == Status::Stopped {
             return;
         }
@@ -624,7 +713,12 @@ impl ContainerState {
                     tracing::error!(container = %self.rec.name, "persist: {pe}");
                 }
                 let err = map_rt(Op::Stop, format!("container {}", self.rec.name), e);
-                for w in self.stop_waiters.drain(..).chain(self.restart_waiters.drain(..)).chain(self.delete_waiters.drain(..)) {
+                for w in self
+                    .stop_waiters
+                    .drain(..)
+                    .chain(self.restart_waiters.drain(..))
+                    .chain(self.delete_waiters.drain(..))
+                {
                     let _ = w.send(Err(err.clone()));
                 }
             }
@@ -716,9 +810,17 @@ impl ContainerState {
         });
     }
 
-    async fn delete(&mut self, me: &ActorRef<ContainerMsg>, force: bool, reply: RpcReplyPort<Result<()>>) {
+    async fn delete(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        force: bool,
+        reply: RpcReplyPort<Result<()>>,
+    ) {
         if self.publishing > 0 || self.copying > 0 {
-            let _ = reply.send(Err(Error::Busy(format!("container {:?} is being published or copied", self.rec.name))));
+            let _ = reply.send(Err(Error::Busy(format!(
+                "container {:?} is being published or copied",
+                self.rec.name
+            ))));
             return;
         }
         match self.rec.status {
@@ -727,15 +829,30 @@ impl ContainerState {
                 let _ = reply.send(res);
             }
             _ if !force => {
-                let _ = reply.send(Err(self.invalid_state("stop it first, or delete with force")));
+                let _ = reply.send(Err(
+                    self.invalid_state("stop it first, or delete with force")
+                ));
             }
             Status::Stopping => {
                 self.delete_waiters.push(reply);
-                self.spawn_stop(me, StopOptions { force: true, ..Default::default() });
+                self.spawn_stop(
+                    me,
+                    StopOptions {
+                        force: true,
+                        ..Default::default()
+                    },
+                );
             }
             _ => {
                 self.delete_waiters.push(reply);
-                self.begin_stop(me, StopOptions { force: true, ..Default::default() }).await;
+                self.begin_stop(
+                    me,
+                    StopOptions {
+                        force: true,
+                        ..Default::default()
+                    },
+                )
+                .await;
             }
         }
     }
@@ -752,10 +869,17 @@ impl ContainerState {
         self.store.delete_container(&self.rec.name).await?;
         for (name, (_, actor)) in std::mem::take(&mut self.snaps) {
             actor.stop(Some("container deleted".into()));
-            self.events.publish(Event::SnapshotRemoved { container: self.rec.name.clone(), name });
+            self.events.publish(Event::SnapshotRemoved {
+                container: self.rec.name.clone(),
+                name,
+            });
         }
-        let _ = self.manager.cast(ManagerMsg::Removed(self.rec.name.clone()));
-        self.events.publish(Event::ContainerRemoved { name: self.rec.name.clone() });
+        let _ = self
+            .manager
+            .cast(ManagerMsg::Removed(self.rec.name.clone()));
+        self.events.publish(Event::ContainerRemoved {
+            name: self.rec.name.clone(),
+        });
         me.stop(Some("deleted".into()));
         Ok(())
     }

@@ -6,7 +6,9 @@ use super::{ContainerMsg, ContainerState};
 use crate::error::{Error, Op, Result};
 use crate::runtime::{StateSlot, VolumeSource};
 use crate::snapshot::{SnapshotActor, SnapshotArgs, SnapshotMsg};
-use crate::types::{ContainerRecord, SnapshotRecord, Status, new_snapshot_id, now_us, validate_name};
+use crate::types::{
+    ContainerRecord, SnapshotRecord, Status, new_snapshot_id, now_us, validate_name,
+};
 use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 
 impl ContainerState {
@@ -24,9 +26,20 @@ impl ContainerState {
         Ok(())
     }
 
-    async fn spawn_snapshot(&self, me: &ActorRef<ContainerMsg>, record: SnapshotRecord, staged: bool) -> Result<ActorRef<SnapshotMsg>> {
+    async fn spawn_snapshot(
+        &self,
+        me: &ActorRef<ContainerMsg>,
+        record: SnapshotRecord,
+        staged: bool,
+    ) -> Result<ActorRef<SnapshotMsg>> {
         let what = format!("snapshot {}/{}", record.container, record.name);
-        let args = SnapshotArgs { record, staged, store: self.store.clone(), runtime: self.rt.clone(), events: self.events.clone() };
+        let args = SnapshotArgs {
+            record,
+            staged,
+            store: self.store.clone(),
+            runtime: self.rt.clone(),
+            events: self.events.clone(),
+        };
         let (actor, _) = Actor::spawn_linked(None, SnapshotActor, args, me.get_cell())
             .await
             .map_err(|e| Error::Unavailable(format!("{what} actor ({e})")))?;
@@ -34,15 +47,29 @@ impl ContainerState {
     }
 
     /// A Snapshot actor failed: respawn it from its record.
-    pub(super) async fn snapshot_failed(&mut self, me: &ActorRef<ContainerMsg>, cell: ActorCell, err: String) {
-        let Some(name) = self.snaps.iter().find(|(_, (_, a))| a.get_id() == cell.get_id()).map(|(n, _)| n.clone()) else {
+    pub(super) async fn snapshot_failed(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        cell: ActorCell,
+        err: String,
+    ) {
+        let Some(name) = self
+            .snaps
+            .iter()
+            .find(|(_, (_, a))| a.get_id() == cell.get_id())
+            .map(|(n, _)| n.clone())
+        else {
             return; // a staged snapshot: its task sees the failure and reports it
         };
         tracing::error!(container = %self.rec.name, snapshot = %name, "snapshot actor failed: {err}; respawning it");
-        let Some((rec, _)) = self.snaps.remove(&name) else { return };
+        let Some((rec, _)) = self.snaps.remove(&name) else {
+            return;
+        };
         match self.spawn_snapshot(me, rec.clone(), false).await {
             Ok(actor) => drop(self.snaps.insert(name, (rec, actor))),
-            Err(e) => tracing::error!(container = %self.rec.name, snapshot = %name, "respawn failed: {e}"),
+            Err(e) => {
+                tracing::error!(container = %self.rec.name, snapshot = %name, "respawn failed: {e}")
+            }
         }
     }
 
@@ -50,20 +77,31 @@ impl ContainerState {
         self.snaps
             .get(name)
             .map(|(r, _)| r.clone())
-            .ok_or_else(|| Error::NoSuchSnapshot { container: self.rec.name.clone(), name: name.to_string() })
+            .ok_or_else(|| Error::NoSuchSnapshot {
+                container: self.rec.name.clone(),
+                name: name.to_string(),
+            })
     }
 
     fn snapshot_actor(&self, name: &str) -> Result<ActorRef<SnapshotMsg>> {
         self.snaps
             .get(name)
             .map(|(_, a)| a.clone())
-            .ok_or_else(|| Error::NoSuchSnapshot { container: self.rec.name.clone(), name: name.to_string() })
+            .ok_or_else(|| Error::NoSuchSnapshot {
+                container: self.rec.name.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// `snapN`, N one more than the highest in use (names are never reused while a later one
     /// exists, as LXD does).
     fn next_snapshot_name(&self) -> String {
-        let n = self.snaps.keys().filter_map(|k| k.strip_prefix("snap")?.parse::<u64>().ok()).max().map_or(0, |m| m + 1);
+        let n = self
+            .snaps
+            .keys()
+            .filter_map(|k| k.strip_prefix("snap")?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
         format!("snap{n}")
     }
 
@@ -75,21 +113,33 @@ impl ContainerState {
         uid: u32,
         reply: RpcReplyPort<Result<SnapshotRecord>>,
     ) {
-        let name = if name.is_empty() { self.next_snapshot_name() } else { name };
+        let name = if name.is_empty() {
+            self.next_snapshot_name()
+        } else {
+            name
+        };
         if let Err(e) = validate_name(&name) {
             let _ = reply.send(Err(e));
             return;
         }
         if self.snaps.contains_key(&name) {
-            let _ = reply.send(Err(Error::AlreadyExists { kind: "snapshot", name: format!("{}/{name}", self.rec.name) }));
+            let _ = reply.send(Err(Error::AlreadyExists {
+                kind: "snapshot",
+                name: format!("{}/{name}", self.rec.name),
+            }));
             return;
         }
         if stateful && self.rec.status != Status::Running {
-            let _ = reply.send(Err(self.invalid_state("a stateful snapshot needs it running; start it, or take a stateless snapshot")));
+            let _ = reply.send(Err(self.invalid_state(
+                "a stateful snapshot needs it running; start it, or take a stateless snapshot",
+            )));
             return;
         }
         if matches!(self.rec.status, Status::Starting | Status::Stopping) {
-            let _ = reply.send(Err(Error::Busy(format!("container {:?} is {}; try again when it is done", self.rec.name, self.rec.status))));
+            let _ = reply.send(Err(Error::Busy(format!(
+                "container {:?} is {}; try again when it is done",
+                self.rec.name, self.rec.status
+            ))));
             return;
         }
         let rec = SnapshotRecord {
@@ -110,25 +160,48 @@ impl ContainerState {
         };
         let me2 = me.clone();
         if stateful {
-            let op = self.ops.start("snapshot-create", vec![format!("container:{}", self.rec.name)], uid, false);
+            let op = self.ops.start(
+                "snapshot-create",
+                vec![format!("container:{}", self.rec.name)],
+                uid,
+                false,
+            );
             self.busy = Some("stateful snapshot");
             let (rt, container) = (self.rt.clone(), self.rec.clone());
             tokio::spawn(async move {
-                let res = match rt.checkpoint(&container, &StateSlot::Snapshot(id), op.clone()).await {
+                let res = match rt
+                    .checkpoint(&container, &StateSlot::Snapshot(id), op.clone())
+                    .await
+                {
                     Ok(stats) => ractor::call!(actor, SnapshotMsg::Commit, stats)
                         .unwrap_or_else(|_| Err(Error::Unavailable("the snapshot".into()))),
                     Err(e) => {
                         let _ = actor.cast(SnapshotMsg::Abort);
-                        Err(super::map_rt(Op::Checkpoint, format!("container {}", container.name), e))
+                        Err(super::map_rt(
+                            Op::Checkpoint,
+                            format!("container {}", container.name),
+                            e,
+                        ))
                     }
                 };
-                let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Snapshot { res, actor, op: Some(op), reply })));
+                let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Snapshot {
+                    res,
+                    actor,
+                    op: Some(op),
+                    reply,
+                })));
             });
         } else {
             self.busy = Some("snapshot");
             tokio::spawn(async move {
-                let res = ractor::call!(actor, SnapshotMsg::Capture).unwrap_or_else(|_| Err(Error::Unavailable("the snapshot".into())));
-                let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Snapshot { res, actor, op: None, reply })));
+                let res = ractor::call!(actor, SnapshotMsg::Capture)
+                    .unwrap_or_else(|_| Err(Error::Unavailable("the snapshot".into())));
+                let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Snapshot {
+                    res,
+                    actor,
+                    op: None,
+                    reply,
+                })));
             });
         }
     }
@@ -151,29 +224,47 @@ impl ContainerState {
                 )));
             }
             if self.publishing > 0 || self.copying > 0 {
-                return Err(Error::Busy(format!("container {:?} is being published or copied", self.rec.name)));
+                return Err(Error::Busy(format!(
+                    "container {:?} is being published or copied",
+                    self.rec.name
+                )));
             }
             if matches!(self.rec.status, Status::Starting | Status::Stopping) {
-                return Err(Error::Busy(format!("container {:?} is {}; try again when it is done", self.rec.name, self.rec.status)));
+                return Err(Error::Busy(format!(
+                    "container {:?} is {}; try again when it is done",
+                    self.rec.name, self.rec.status
+                )));
             }
             let actor = self.snapshot_actor(&name)?;
-            let lent = ractor::call!(actor, SnapshotMsg::Lend).map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
+            let lent = ractor::call!(actor, SnapshotMsg::Lend)
+                .map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
             Ok((lent, actor, stateful))
         }
         .await;
         match res {
-            Ok((snap, actor, stateful)) => self.spawn_restore(me, snap, actor, stateful, uid, reply).await,
+            Ok((snap, actor, stateful)) => {
+                self.spawn_restore(me, snap, actor, stateful, uid, reply)
+                    .await
+            }
             Err(e) => drop(reply.send(Err(e))),
         }
     }
 
-    pub(super) async fn rename_snapshot(&mut self, from: &str, to: String) -> Result<SnapshotRecord> {
+    pub(super) async fn rename_snapshot(
+        &mut self,
+        from: &str,
+        to: String,
+    ) -> Result<SnapshotRecord> {
         validate_name(&to)?;
         let actor = self.snapshot_actor(from)?;
         if self.snaps.contains_key(&to) {
-            return Err(Error::AlreadyExists { kind: "snapshot", name: format!("{}/{to}", self.rec.name) });
+            return Err(Error::AlreadyExists {
+                kind: "snapshot",
+                name: format!("{}/{to}", self.rec.name),
+            });
         }
-        let rec = ractor::call!(actor, SnapshotMsg::Rename, to.clone()).map_err(|_| Error::Unavailable(format!("snapshot {from:?}")))??;
+        let rec = ractor::call!(actor, SnapshotMsg::Rename, to.clone())
+            .map_err(|_| Error::Unavailable(format!("snapshot {from:?}")))??;
         if let Some((_, a)) = self.snaps.remove(from) {
             self.snaps.insert(to, (rec.clone(), a));
         }
@@ -182,7 +273,8 @@ impl ContainerState {
 
     pub(super) async fn delete_snapshot(&mut self, name: &str) -> Result<()> {
         let actor = self.snapshot_actor(name)?;
-        ractor::call!(actor, SnapshotMsg::Delete).map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
+        ractor::call!(actor, SnapshotMsg::Delete)
+            .map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
         self.snaps.remove(name);
         Ok(())
     }
@@ -193,8 +285,12 @@ impl ContainerState {
             None => Ok(VolumeSource::Container(self.rec.name.clone())),
             Some(name) => {
                 let actor = self.snapshot_actor(name)?;
-                let snap = ractor::call!(actor, SnapshotMsg::Lend).map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
-                Ok(VolumeSource::Snapshot { container: self.rec.name.clone(), id: snap.id })
+                let snap = ractor::call!(actor, SnapshotMsg::Lend)
+                    .map_err(|_| Error::Unavailable(format!("snapshot {name:?}")))??;
+                Ok(VolumeSource::Snapshot {
+                    container: self.rec.name.clone(),
+                    id: snap.id,
+                })
             }
         }
     }
@@ -208,15 +304,23 @@ impl ContainerState {
         }
     }
 
-    pub(super) async fn begin_copy(&mut self, snapshot: Option<String>) -> Result<(ContainerRecord, VolumeSource)> {
+    pub(super) async fn begin_copy(
+        &mut self,
+        snapshot: Option<String>,
+    ) -> Result<(ContainerRecord, VolumeSource)> {
         let source = self.lend_files(&snapshot).await?;
         self.copying += 1;
         Ok((self.rec.clone(), source))
     }
 
-    pub(super) async fn begin_publish(&mut self, snapshot: Option<String>) -> Result<(ContainerRecord, VolumeSource)> {
+    pub(super) async fn begin_publish(
+        &mut self,
+        snapshot: Option<String>,
+    ) -> Result<(ContainerRecord, VolumeSource)> {
         if snapshot.is_none() && self.rec.status != Status::Stopped {
-            return Err(self.invalid_state("stop it before publishing it, or publish one of its snapshots"));
+            return Err(
+                self.invalid_state("stop it before publishing it, or publish one of its snapshots")
+            );
         }
         let source = self.lend_files(&snapshot).await?;
         self.publishing += 1;

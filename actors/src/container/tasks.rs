@@ -62,19 +62,26 @@ impl TaskDone {
     pub fn fail(self, e: Error) {
         match self {
             TaskDone::Snapshot { reply, .. } => drop(reply.send(Err(e))),
-            TaskDone::Restore { reply, .. } | TaskDone::StatefulStop { reply, .. } | TaskDone::StatefulStart { reply, .. } => {
-                drop(reply.send(Err(e)))
-            }
+            TaskDone::Restore { reply, .. }
+            | TaskDone::StatefulStop { reply, .. }
+            | TaskDone::StatefulStart { reply, .. } => drop(reply.send(Err(e))),
         }
     }
 }
 
-fn finish(ops: &crate::operation::Operations, op: Option<&Arc<Operation>>, res: std::result::Result<(), &Error>) {
+fn finish(
+    ops: &crate::operation::Operations,
+    op: Option<&Arc<Operation>>,
+    res: std::result::Result<(), &Error>,
+) {
     if let Some(op) = op {
-        ops.finish(op, match res {
-            Ok(()) => OpStatus::Succeeded,
-            Err(e) => OpStatus::Failed(e.to_string()),
-        });
+        ops.finish(
+            op,
+            match res {
+                Ok(()) => OpStatus::Succeeded,
+                Err(e) => OpStatus::Failed(e.to_string()),
+            },
+        );
     }
 }
 
@@ -82,14 +89,24 @@ impl ContainerState {
     /// Records a task's outcome and answers its caller.
     pub(super) async fn task_done(&mut self, me: &ActorRef<ContainerMsg>, t: TaskDone) {
         match t {
-            TaskDone::Snapshot { res, actor, op, reply } => {
+            TaskDone::Snapshot {
+                res,
+                actor,
+                op,
+                reply,
+            } => {
                 finish(&self.ops, op.as_ref(), res.as_ref().map(drop));
                 if let Ok(rec) = &res {
                     self.snaps.insert(rec.name.clone(), (rec.clone(), actor));
                 }
                 let _ = reply.send(res);
             }
-            TaskDone::Restore { res, actor, op, reply } => {
+            TaskDone::Restore {
+                res,
+                actor,
+                op,
+                reply,
+            } => {
                 let _ = actor.cast(SnapshotMsg::Return);
                 finish(&self.ops, op.as_ref(), res.as_ref().map(drop));
                 let res = match res {
@@ -196,7 +213,15 @@ impl ContainerState {
             }
         }
         let op = stateful.then(|| {
-            self.ops.start("snapshot-restore", vec![format!("container:{}", self.rec.name), format!("snapshot:{}/{}", snap.container, snap.name)], uid, false)
+            self.ops.start(
+                "snapshot-restore",
+                vec![
+                    format!("container:{}", self.rec.name),
+                    format!("snapshot:{}/{}", snap.container, snap.name),
+                ],
+                uid,
+                false,
+            )
         });
         let (rt, rec, me2, op2) = (self.rt.clone(), self.rec.clone(), me.clone(), op.clone());
         tokio::spawn(async move {
@@ -210,7 +235,9 @@ impl ContainerState {
                     // the restored tree takes over the connections of this one: its death
                     // must not close them (a FIN or RST would reach every peer)
                     if op2.is_some() {
-                        rt.disconnect(&rec).await.map_err(|e| map_rt(Op::Restore, what.clone(), e))?;
+                        rt.disconnect(&rec)
+                            .await
+                            .map_err(|e| map_rt(Op::Restore, what.clone(), e))?;
                     }
                     disconnect_ms = t0.elapsed().as_millis();
                     match rt.stop(&rec, true, Duration::ZERO).await {
@@ -219,12 +246,26 @@ impl ContainerState {
                     }
                 }
                 stopped_ms = t0.elapsed().as_millis();
-                rt.restore_files(&rec, &snap.id, op2.is_some()).await.map_err(|e| map_rt(Op::Snapshot, format!("snapshot {}/{}", snap.container, snap.name), e))?;
+                rt.restore_files(&rec, &snap.id, op2.is_some())
+                    .await
+                    .map_err(|e| {
+                        map_rt(
+                            Op::Snapshot,
+                            format!("snapshot {}/{}", snap.container, snap.name),
+                            e,
+                        )
+                    })?;
                 files_ms = t0.elapsed().as_millis() - stopped_ms;
                 if let Some(op) = op2 {
-                    rt.restore(&rec, &StateSlot::Snapshot(snap.id.clone()), op).await.map(Some).map_err(|e| map_rt(Op::Restore, what.clone(), e))
+                    rt.restore(&rec, &StateSlot::Snapshot(snap.id.clone()), op)
+                        .await
+                        .map(Some)
+                        .map_err(|e| map_rt(Op::Restore, what.clone(), e))
                 } else if was_running {
-                    rt.start(&rec).await.map(Some).map_err(|e| map_rt(Op::Start, what.clone(), e))
+                    rt.start(&rec)
+                        .await
+                        .map(Some)
+                        .map_err(|e| map_rt(Op::Start, what.clone(), e))
                 } else {
                     Ok(None)
                 }
@@ -240,12 +281,22 @@ impl ContainerState {
                     t0.elapsed().as_millis() - stopped_ms - files_ms
                 );
             }
-            let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Restore { res, actor, op, reply })));
+            let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::Restore {
+                res,
+                actor,
+                op,
+                reply,
+            })));
         });
     }
 
     /// Checkpoints the running container and lets CRIU kill it; the next start restores.
-    pub(super) fn stateful_stop(&mut self, me: &ActorRef<ContainerMsg>, opts: StopOptions, r: RpcReplyPort<Result<()>>) {
+    pub(super) fn stateful_stop(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        opts: StopOptions,
+        r: RpcReplyPort<Result<()>>,
+    ) {
         if self.rec.status != Status::Running {
             let _ = r.send(Err(self.invalid_state("a stateful stop needs it running")));
             return;
@@ -258,29 +309,52 @@ impl ContainerState {
             return;
         }
         self.busy = Some("stateful stop");
-        let op = self.ops.start("stateful-stop", vec![format!("container:{}", self.rec.name)], opts.uid, false);
+        let op = self.ops.start(
+            "stateful-stop",
+            vec![format!("container:{}", self.rec.name)],
+            opts.uid,
+            false,
+        );
         let (rt, rec, me2) = (self.rt.clone(), self.rec.clone(), me.clone());
         tokio::spawn(async move {
             let res = rt
                 .checkpoint(&rec, &StateSlot::Stop, op.clone())
                 .await
                 .map_err(|e| map_rt(Op::Checkpoint, format!("container {}", rec.name), e));
-            let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::StatefulStop { res, op, reply: r })));
+            let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::StatefulStop {
+                res,
+                op,
+                reply: r,
+            })));
         });
     }
 
     /// Start: from the saved state of a stateful stop when there is one (unless `stateless`),
     /// else a fresh boot.
-    pub(super) async fn start_with(&mut self, me: &ActorRef<ContainerMsg>, opts: StartOptions, r: RpcReplyPort<Result<()>>) {
-        if self.rec.config.contains_key(STATEFUL_KEY) && matches!(self.rec.status, Status::Stopped | Status::Error) {
+    pub(super) async fn start_with(
+        &mut self,
+        me: &ActorRef<ContainerMsg>,
+        opts: StartOptions,
+        r: RpcReplyPort<Result<()>>,
+    ) {
+        if self.rec.config.contains_key(STATEFUL_KEY)
+            && matches!(self.rec.status, Status::Stopped | Status::Error)
+        {
             if opts.stateless {
                 if let Err(e) = self.rt.discard_stop_state(&self.rec.name, true).await {
-                    let _ = r.send(Err(map_rt(Op::Start, format!("container {}", self.rec.name), e)));
+                    let _ = r.send(Err(map_rt(
+                        Op::Start,
+                        format!("container {}", self.rec.name),
+                        e,
+                    )));
                     return;
                 }
                 self.rec.config.remove(STATEFUL_KEY);
             } else if self.publishing > 0 {
-                let _ = r.send(Err(Error::Busy(format!("container {:?} is being published; start it when that is done", self.rec.name))));
+                let _ = r.send(Err(Error::Busy(format!(
+                    "container {:?} is being published; start it when that is done",
+                    self.rec.name
+                ))));
                 return;
             } else {
                 self.rec.status = Status::Starting;
@@ -289,7 +363,12 @@ impl ContainerState {
                     return;
                 }
                 self.busy = Some("stateful start");
-                let op = self.ops.start("stateful-start", vec![format!("container:{}", self.rec.name)], opts.uid, false);
+                let op = self.ops.start(
+                    "stateful-start",
+                    vec![format!("container:{}", self.rec.name)],
+                    opts.uid,
+                    false,
+                );
                 let (rt, rec, me2) = (self.rt.clone(), self.rec.clone(), me.clone());
                 tokio::spawn(async move {
                     let res = rt.restore(&rec, &StateSlot::Stop, op.clone()).await.map_err(|e| {
@@ -299,7 +378,11 @@ impl ContainerState {
                         }
                         err
                     });
-                    let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::StatefulStart { res, op, reply: r })));
+                    let _ = me2.cast(ContainerMsg::TaskDone(Box::new(TaskDone::StatefulStart {
+                        res,
+                        op,
+                        reply: r,
+                    })));
                 });
                 return;
             }

@@ -39,21 +39,33 @@ impl ManagerState {
         if reference.is_empty() {
             return Err(Error::NoSuchImage(reference.to_string()));
         }
-        if let Some(e) = self.images.values().find(|e| e.record.aliases.iter().any(|a| a == reference)) {
+        if let Some(e) = self
+            .images
+            .values()
+            .find(|e| e.record.aliases.iter().any(|a| a == reference))
+        {
             return Ok(e);
         }
         if !reference.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::NoSuchImage(reference.to_string()));
         }
         let lower = reference.to_ascii_lowercase();
-        let matches: Vec<&ImageEntry> =
-            self.images.range(lower.clone()..).take_while(|(k, _)| k.starts_with(&lower)).map(|(_, e)| e).collect();
+        let matches: Vec<&ImageEntry> = self
+            .images
+            .range(lower.clone()..)
+            .take_while(|(k, _)| k.starts_with(&lower))
+            .map(|(_, e)| e)
+            .collect();
         match matches.as_slice() {
             [one] => Ok(one),
             [] => Err(Error::NoSuchImage(reference.to_string())),
             many => Err(Error::AmbiguousImage {
                 reference: reference.to_string(),
-                candidates: many.iter().map(|e| e.record.fingerprint.as_str()).collect::<Vec<_>>().join(", "),
+                candidates: many
+                    .iter()
+                    .map(|e| e.record.fingerprint.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
         }
     }
@@ -65,17 +77,27 @@ impl ManagerState {
 
     /// Which image an alias points at.
     fn alias_owner(&self, alias: &str) -> Option<&str> {
-        self.images.values().find(|e| e.record.aliases.iter().any(|a| a == alias)).map(|e| e.record.fingerprint.as_str())
+        self.images
+            .values()
+            .find(|e| e.record.aliases.iter().any(|a| a == alias))
+            .map(|e| e.record.fingerprint.as_str())
     }
 
     /// Checks aliases asked for a new image: valid names, not taken by another image.
-    pub(super) fn check_new_aliases(&self, opts: &ImageOptions, for_fp: Option<&str>) -> Result<()> {
+    pub(super) fn check_new_aliases(
+        &self,
+        opts: &ImageOptions,
+        for_fp: Option<&str>,
+    ) -> Result<()> {
         validate_options(opts)?;
         for a in &opts.aliases {
             if let Some(owner) = self.alias_owner(a)
                 && Some(owner) != for_fp
             {
-                return Err(Error::AlreadyExists { kind: "image alias", name: a.clone() });
+                return Err(Error::AlreadyExists {
+                    kind: "image alias",
+                    name: a.clone(),
+                });
             }
         }
         Ok(())
@@ -93,7 +115,14 @@ impl ManagerState {
     where
         F: Future<Output = std::result::Result<NewImage, RuntimeError>> + Send + 'static,
     {
-        let JobSpec { verb, object, uid, op_kind, opts, reply } = spec;
+        let JobSpec {
+            verb,
+            object,
+            uid,
+            op_kind,
+            opts,
+            reply,
+        } = spec;
         // whose the aliases may be is known once the job knows its fingerprint: an alias the
         // same image already has is no conflict (a retry, or the same image imported again)
         if let Err(e) = validate_options(&opts) {
@@ -108,9 +137,14 @@ impl ManagerState {
                 RuntimeError::Cancelled => Error::Cancelled,
                 e => crate::container::map_rt(op_kind, object, e),
             });
-            if let Err(ractor::MessagingErr::SendErr(ManagerMsg::ImageReady { reply, op, .. })) =
-                me.send_message(ManagerMsg::ImageReady { result: Box::new(res), opts, op, reply })
-            {
+            if let Err(ractor::MessagingErr::SendErr(ManagerMsg::ImageReady {
+                reply, op, ..
+            })) = me.send_message(ManagerMsg::ImageReady {
+                result: Box::new(res),
+                opts,
+                op,
+                reply,
+            }) {
                 let _ = reply.send(Err(Error::Unavailable("the manager".into())));
                 let _ = op;
             }
@@ -161,7 +195,10 @@ impl ManagerState {
             for a in &opts.aliases {
                 self.store.set_alias(a, &new.fingerprint).await?;
             }
-            let entry = self.images.get_mut(&new.fingerprint).ok_or_else(|| Error::NoSuchImage(new.fingerprint.clone()))?;
+            let entry = self
+                .images
+                .get_mut(&new.fingerprint)
+                .ok_or_else(|| Error::NoSuchImage(new.fingerprint.clone()))?;
             for a in &opts.aliases {
                 if !entry.record.aliases.contains(a) {
                     entry.record.aliases.push(a.clone());
@@ -170,13 +207,17 @@ impl ManagerState {
             let rec = entry.record.clone();
             let _ = entry.actor.cast(ImageMsg::Replace(Box::new(rec.clone())));
             if !opts.aliases.is_empty() {
-                self.events.publish(Event::ImageChanged { fingerprint: rec.fingerprint.clone() });
+                self.events.publish(Event::ImageChanged {
+                    fingerprint: rec.fingerprint.clone(),
+                });
             }
             return Ok((rec, Created::Identity));
         }
         if new.known {
             // known when the job started, deleted since: nothing was stored this time
-            return Err(Error::Busy("the image was deleted while it was being imported; import it again".into()));
+            return Err(Error::Busy(
+                "the image was deleted while it was being imported; import it again".into(),
+            ));
         }
         let mut properties = new.properties;
         properties.extend(opts.properties.clone());
@@ -200,7 +241,9 @@ impl ManagerState {
             return Err(e);
         }
         self.spawn_image(me, rec.clone()).await?;
-        self.events.publish(Event::ImageAdded { fingerprint: rec.fingerprint.clone() });
+        self.events.publish(Event::ImageAdded {
+            fingerprint: rec.fingerprint.clone(),
+        });
         Ok((rec, Created::New))
     }
 
@@ -209,7 +252,9 @@ impl ManagerState {
             e.record = rec.clone();
             let _ = e.actor.cast(ImageMsg::Replace(Box::new(rec.clone())));
         }
-        self.events.publish(Event::ImageChanged { fingerprint: rec.fingerprint });
+        self.events.publish(Event::ImageChanged {
+            fingerprint: rec.fingerprint,
+        });
     }
 
     /// Points a new alias at an image.
@@ -218,7 +263,12 @@ impl ManagerState {
         let mut rec = self.resolve_image(reference)?.record.clone();
         match self.alias_owner(alias) {
             Some(owner) if owner == rec.fingerprint => return Ok(rec),
-            Some(_) => return Err(Error::AlreadyExists { kind: "image alias", name: alias.to_string() }),
+            Some(_) => {
+                return Err(Error::AlreadyExists {
+                    kind: "image alias",
+                    name: alias.to_string(),
+                });
+            }
             None => {}
         }
         self.store.set_alias(alias, &rec.fingerprint).await?;
@@ -229,7 +279,10 @@ impl ManagerState {
 
     /// Removes an alias.
     pub(super) async fn remove_alias(&mut self, alias: &str) -> Result<()> {
-        let fp = self.alias_owner(alias).ok_or_else(|| Error::NoSuchImage(alias.to_string()))?.to_string();
+        let fp = self
+            .alias_owner(alias)
+            .ok_or_else(|| Error::NoSuchImage(alias.to_string()))?
+            .to_string();
         self.store.delete_alias(alias).await?;
         if let Some(e) = self.images.get(&fp) {
             let mut rec = e.record.clone();
@@ -242,9 +295,15 @@ impl ManagerState {
     /// Renames an alias (it keeps pointing at the same image).
     pub(super) async fn rename_alias(&mut self, from: &str, to: &str) -> Result<()> {
         validate_alias(to)?;
-        let fp = self.alias_owner(from).ok_or_else(|| Error::NoSuchImage(from.to_string()))?.to_string();
+        let fp = self
+            .alias_owner(from)
+            .ok_or_else(|| Error::NoSuchImage(from.to_string()))?
+            .to_string();
         if self.alias_owner(to).is_some() {
-            return Err(Error::AlreadyExists { kind: "image alias", name: to.to_string() });
+            return Err(Error::AlreadyExists {
+                kind: "image alias",
+                name: to.to_string(),
+            });
         }
         self.store.set_alias(to, &fp).await?;
         self.store.delete_alias(from).await?;
@@ -261,7 +320,11 @@ impl ManagerState {
     }
 
     /// Sets (and with an empty value, removes) image properties.
-    pub(super) async fn set_properties(&mut self, reference: &str, props: BTreeMap<String, String>) -> Result<ImageRecord> {
+    pub(super) async fn set_properties(
+        &mut self,
+        reference: &str,
+        props: BTreeMap<String, String>,
+    ) -> Result<ImageRecord> {
         for (k, v) in &props {
             validate_property(k, v)?;
         }
@@ -294,14 +357,25 @@ fn validate_options(opts: &ImageOptions) -> Result<()> {
 /// or `:`, no empty, `.` or `..` segments between `/`, and not made only of hex digits (it would
 /// shadow fingerprint prefixes).
 pub fn validate_alias(a: &str) -> Result<()> {
-    let bad = |reason: &str| Err(Error::InvalidName { name: a.to_string(), reason: reason.to_string() });
+    let bad = |reason: &str| {
+        Err(Error::InvalidName {
+            name: a.to_string(),
+            reason: reason.to_string(),
+        })
+    };
     if a.is_empty() || a.len() > 255 {
         return bad("an alias has 1 to 255 characters");
     }
-    if a.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':') {
+    if a.chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == ':')
+    {
         return bad("an alias cannot contain whitespace, control characters or ':'");
     }
-    if a.starts_with('/') || a.ends_with('/') || a.contains("//") || a.split('/').any(|p| p == "." || p == "..") {
+    if a.starts_with('/')
+        || a.ends_with('/')
+        || a.contains("//")
+        || a.split('/').any(|p| p == "." || p == "..")
+    {
         return bad("an alias cannot start or end with '/' or contain '.' or '..' segments");
     }
     if a.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -313,10 +387,14 @@ pub fn validate_alias(a: &str) -> Result<()> {
 /// Checks an image property.
 pub fn validate_property(k: &str, v: &str) -> Result<()> {
     if k.is_empty() || k.len() > 255 || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Error::InvalidConfig(format!("invalid image property name {k:?}")));
+        return Err(Error::InvalidConfig(format!(
+            "invalid image property name {k:?}"
+        )));
     }
     if v.len() > 64 * 1024 || v.contains('\0') {
-        return Err(Error::InvalidConfig(format!("image property {k:?}: value too long or contains NUL")));
+        return Err(Error::InvalidConfig(format!(
+            "image property {k:?}: value too long or contains NUL"
+        )));
     }
     Ok(())
 }

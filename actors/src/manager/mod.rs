@@ -20,12 +20,14 @@ use crate::operation::{Operation, Operations};
 use crate::runtime::{NewImage, Runtime, VolumeSource};
 use crate::store::{Loaded, Store};
 use crate::types::{
-    ContainerInfo, ContainerRecord, ContainerSummary, CopyRequest, CreateRequest, Created, ImageOptions, ImageRecord, Pending,
-    SnapshotRecord, Status, now_us, validate_name,
+    ContainerInfo, ContainerRecord, ContainerSummary, CopyRequest, CreateRequest, Created,
+    ImageOptions, ImageRecord, Pending, SnapshotRecord, Status, now_us, validate_name,
+};
+use images::{ImageReply, JobSpec};
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent,
 };
 use std::collections::HashSet;
-use images::{ImageReply, JobSpec};
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -42,7 +44,10 @@ pub enum ManagerMsg {
     /// Create a container: validate, register the name, persist it as pending, spawn its actor
     /// and have it provision (and start). Replies once it exists (and runs, if asked), or with
     /// `Identity` when the same container already exists.
-    Create(Box<CreateRequest>, RpcReplyPort<Result<(ContainerInfo, Created)>>),
+    Create(
+        Box<CreateRequest>,
+        RpcReplyPort<Result<(ContainerInfo, Created)>>,
+    ),
     /// Copy a container (or one of its snapshots) to a new container. Replies once the copy
     /// exists (and runs, if asked).
     Copy(Box<CopyRequest>, RpcReplyPort<Result<ContainerInfo>>),
@@ -121,9 +126,19 @@ pub enum ManagerMsg {
     /// Rename an alias.
     RenameAlias(String, String, RpcReplyPort<Result<()>>),
     /// Set (empty value: remove) image properties.
-    SetImageProperties(String, BTreeMap<String, String>, RpcReplyPort<Result<ImageRecord>>),
+    SetImageProperties(
+        String,
+        BTreeMap<String, String>,
+        RpcReplyPort<Result<ImageRecord>>,
+    ),
     /// Write an image's files to open files, as an operation started by the uid.
-    ExportImage(String, OwnedFd, Option<OwnedFd>, u32, RpcReplyPort<Result<u64>>),
+    ExportImage(
+        String,
+        OwnedFd,
+        Option<OwnedFd>,
+        u32,
+        RpcReplyPort<Result<u64>>,
+    ),
     /// Delete an image by reference.
     DeleteImage(String, RpcReplyPort<Result<()>>),
     /// Internal: a child's summary changed.
@@ -226,7 +241,11 @@ impl Actor for ManagerActor {
     type State = ManagerState;
     type Arguments = ManagerArgs;
 
-    async fn pre_start(&self, me: ActorRef<ManagerMsg>, a: ManagerArgs) -> Result<ManagerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<ManagerMsg>,
+        a: ManagerArgs,
+    ) -> Result<ManagerState, ActorProcessingErr> {
         let mut s = ManagerState {
             store: a.store,
             rt: a.runtime,
@@ -246,11 +265,18 @@ impl Actor for ManagerActor {
         Ok(s)
     }
 
-    async fn handle(&self, me: ActorRef<ManagerMsg>, msg: ManagerMsg, s: &mut ManagerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<ManagerMsg>,
+        msg: ManagerMsg,
+        s: &mut ManagerState,
+    ) -> Result<(), ActorProcessingErr> {
         // a message about a container whose actor is not spawned yet spawns it first
         match &msg {
             // an unspawned container's info is its record's: reading it spawns nothing
-            ManagerMsg::ToContainer(name, m) if !matches!(m, ContainerMsg::Info(_)) => s.wake(&me, name).await,
+            ManagerMsg::ToContainer(name, m) if !matches!(m, ContainerMsg::Info(_)) => {
+                s.wake(&me, name).await
+            }
             ManagerMsg::Create(req, _) => s.wake(&me, &req.name).await,
             ManagerMsg::Copy(req, _) => s.wake(&me, &req.source).await,
             _ => {}
@@ -407,7 +433,9 @@ impl Actor for ManagerActor {
         s: &mut ManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match evt {
-            SupervisionEvent::ActorFailed(cell, err) => s.child_failed(&me, cell, err.to_string()).await,
+            SupervisionEvent::ActorFailed(cell, err) => {
+                s.child_failed(&me, cell, err.to_string()).await
+            }
             SupervisionEvent::ActorTerminated(cell, ..) => {
                 // a clean stop (deleted, or failed provisioning): forget its id
                 if let Some(name) = s.by_id.remove(&cell.get_id())
@@ -425,10 +453,15 @@ impl Actor for ManagerActor {
         Ok(())
     }
 
-    async fn post_stop(&self, me: ActorRef<ManagerMsg>, _s: &mut ManagerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        me: ActorRef<ManagerMsg>,
+        _s: &mut ManagerState,
+    ) -> Result<(), ActorProcessingErr> {
         // Stop children gracefully (their post_stop cancels watch tasks); containers keep
         // running under their monitors.
-        me.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await;
+        me.stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
         Ok(())
     }
 }
@@ -453,10 +486,22 @@ impl ManagerState {
                     self.interrupted.push(rec);
                 }
                 Pending::None => {
-                    let summary = ContainerSummary { name: rec.name.clone(), status: rec.status, image: rec.image.clone(), init_pid: rec.init_pid };
+                    let summary = ContainerSummary {
+                        name: rec.name.clone(),
+                        status: rec.status,
+                        image: rec.image.clone(),
+                        init_pid: rec.init_pid,
+                    };
                     let snaps = snapshots.remove(&rec.name).unwrap_or_default();
                     let slot = Slot::Unspawned(Box::new((rec, snaps)));
-                    self.containers.insert(summary.name.clone(), Child { slot, summary, failures: Vec::new() });
+                    self.containers.insert(
+                        summary.name.clone(),
+                        Child {
+                            slot,
+                            summary,
+                            failures: Vec::new(),
+                        },
+                    );
                 }
             }
         }
@@ -478,7 +523,9 @@ impl ManagerState {
                     self.reserved.remove(&rec.name);
                 }
                 // the name stays reserved: a new container must not land on those files
-                Err(e) => tracing::error!(container = %rec.name, "cleanup failed, will retry next start: {e}"),
+                Err(e) => {
+                    tracing::error!(container = %rec.name, "cleanup failed, will retry next start: {e}")
+                }
             }
         }
         let names: HashSet<String> = self.containers.keys().cloned().collect();
@@ -492,11 +539,15 @@ impl ManagerState {
     /// Spawns the actor of a container loaded but not spawned yet (no-op otherwise). An actor
     /// that cannot be spawned leaves the name unavailable, as one that failed too often.
     async fn wake(&mut self, me: &ActorRef<ManagerMsg>, name: &str) {
-        let Some(child) = self.containers.get_mut(name) else { return };
+        let Some(child) = self.containers.get_mut(name) else {
+            return;
+        };
         if !matches!(child.slot, Slot::Unspawned(_)) {
             return;
         }
-        let Slot::Unspawned(loaded) = std::mem::replace(&mut child.slot, Slot::GaveUp) else { return };
+        let Slot::Unspawned(loaded) = std::mem::replace(&mut child.slot, Slot::GaveUp) else {
+            return;
+        };
         let (rec, snaps) = *loaded;
         // loaded at start: no checkpoint of this berthd can be running on it yet
         if let Err(e) = self.spawn_container(me, rec, snaps, true).await {
@@ -532,12 +583,27 @@ impl ManagerState {
             .await
             .map_err(|e| Error::Unavailable(format!("container {name:?} actor ({e})")))?;
         self.by_id.insert(actor.get_id(), name.clone());
-        let failures = self.containers.remove(&name).map(|c| c.failures).unwrap_or_default();
-        self.containers.insert(name, Child { slot: Slot::Live(actor.clone()), summary, failures });
+        let failures = self
+            .containers
+            .remove(&name)
+            .map(|c| c.failures)
+            .unwrap_or_default();
+        self.containers.insert(
+            name,
+            Child {
+                slot: Slot::Live(actor.clone()),
+                summary,
+                failures,
+            },
+        );
         Ok(actor)
     }
 
-    pub(super) async fn spawn_image(&mut self, me: &ActorRef<ManagerMsg>, rec: ImageRecord) -> Result<()> {
+    pub(super) async fn spawn_image(
+        &mut self,
+        me: &ActorRef<ManagerMsg>,
+        rec: ImageRecord,
+    ) -> Result<()> {
         let fp = rec.fingerprint.clone();
         let args = ImageArgs {
             record: rec.clone(),
@@ -550,8 +616,19 @@ impl ManagerState {
             .await
             .map_err(|e| Error::Unavailable(format!("image {fp} actor ({e})")))?;
         self.image_ids.insert(actor.get_id(), fp.clone());
-        let failures = self.images.remove(&fp).map(|e| e.failures).unwrap_or_default();
-        self.images.insert(fp, ImageEntry { actor, record: rec, failures });
+        let failures = self
+            .images
+            .remove(&fp)
+            .map(|e| e.failures)
+            .unwrap_or_default();
+        self.images.insert(
+            fp,
+            ImageEntry {
+                actor,
+                record: rec,
+                failures,
+            },
+        );
         Ok(())
     }
 
@@ -565,7 +642,9 @@ impl ManagerState {
         };
         if let Some(name) = self.by_id.remove(&cell.get_id()) {
             tracing::error!(container = %name, "container actor failed: {err}");
-            let Some(child) = self.containers.get_mut(&name) else { return };
+            let Some(child) = self.containers.get_mut(&name) else {
+                return;
+            };
             if recent(&mut child.failures) > MAX_RESTARTS {
                 tracing::error!(container = %name, "giving up after {MAX_RESTARTS} failures in {:?}", RESTART_WINDOW);
                 child.slot = Slot::GaveUp;
@@ -581,7 +660,9 @@ impl ManagerState {
             };
             match self.store.container(&name).await {
                 Ok(Some(rec)) => match self.spawn_container(me, rec, snaps, false).await {
-                    Ok(_) => tracing::info!(container = %name, "container actor respawned from the database"),
+                    Ok(_) => {
+                        tracing::info!(container = %name, "container actor respawned from the database")
+                    }
                     Err(e) => {
                         tracing::error!(container = %name, "respawn failed: {e}");
                         if let Some(c) = self.containers.get_mut(&name) {
@@ -601,7 +682,9 @@ impl ManagerState {
             }
         } else if let Some(fp) = self.image_ids.remove(&cell.get_id()) {
             tracing::error!(image = %fp, "image actor failed: {err}");
-            let Some(entry) = self.images.get_mut(&fp) else { return };
+            let Some(entry) = self.images.get_mut(&fp) else {
+                return;
+            };
             if recent(&mut entry.failures) > MAX_RESTARTS {
                 tracing::error!(image = %fp, "giving up on the image actor");
                 self.images.remove(&fp);
@@ -614,7 +697,12 @@ impl ManagerState {
         }
     }
 
-    async fn create(&mut self, me: &ActorRef<ManagerMsg>, req: CreateRequest, reply: RpcReplyPort<Result<(ContainerInfo, Created)>>) {
+    async fn create(
+        &mut self,
+        me: &ActorRef<ManagerMsg>,
+        req: CreateRequest,
+        reply: RpcReplyPort<Result<(ContainerInfo, Created)>>,
+    ) {
         match self.prepare_create(req).await {
             Err(e) => drop(reply.send(Err(e))),
             Ok(Prepared::Identity(actor)) => {
@@ -645,8 +733,12 @@ impl ManagerState {
                 }
                 let me = me.clone();
                 tokio::spawn(async move {
-                    let r = ractor::call!(actor, |reply| ContainerMsg::Provision { start, source: VolumeSource::Image, reply })
-                        .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
+                    let r = ractor::call!(actor, |reply| ContainerMsg::Provision {
+                        start,
+                        source: VolumeSource::Image,
+                        reply
+                    })
+                    .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
                     let _ = me.cast(ManagerMsg::Provisioned(name));
                     let _ = reply.send(r.map(|i| (i, Created::New)));
                 });
@@ -655,10 +747,17 @@ impl ManagerState {
     }
 
     async fn prepare_create(&mut self, req: CreateRequest) -> Result<Prepared> {
-        let name = if req.name.is_empty() && req.pick_name { self.pick_name() } else { req.name.clone() };
+        let name = if req.name.is_empty() && req.pick_name {
+            self.pick_name()
+        } else {
+            req.name.clone()
+        };
         validate_name(&name)?;
         crate::config::validate_user_config(&req.config)?;
-        let profiles = req.profiles.clone().unwrap_or_else(|| vec!["default".to_string()]);
+        let profiles = req
+            .profiles
+            .clone()
+            .unwrap_or_else(|| vec!["default".to_string()]);
         for p in &profiles {
             if p != "default" {
                 return Err(Error::NoSuchProfile(p.clone()));
@@ -666,11 +765,17 @@ impl ManagerState {
         }
         let image = self.resolve_image(&req.image)?.record.clone();
         if self.reserved.contains(&name) {
-            return Err(Error::AlreadyExists { kind: "container", name });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                name,
+            });
         }
         // a container's name is its hostname, and hostnames ignore case
         if let Some(other) = self.clash_ignoring_case(&name) {
-            return Err(Error::AlreadyExists { kind: "container", name: format!("{name} (as {other}: names differ in more than case)") });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                name: format!("{name} (as {other}: names differ in more than case)"),
+            });
         }
         if let Some(existing) = self.containers.get(&name) {
             // Typed idempotence: the same definition again is Identity, anything else a clash.
@@ -680,18 +785,32 @@ impl ManagerState {
             {
                 let info = ractor::call!(actor, ContainerMsg::Info)
                     .map_err(|_| Error::Unavailable(format!("container {name:?}")))??;
-                let user: BTreeMap<_, _> =
-                    info.config.iter().filter(|(k, _)| !k.starts_with("volatile.") && !k.starts_with("image.")).map(|(k, v)| (k.clone(), v.clone())).collect();
-                let wanted: BTreeMap<_, _> = req.config.iter().filter(|(k, _)| !k.starts_with("image.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let user: BTreeMap<_, _> = info
+                    .config
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("volatile.") && !k.starts_with("image."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let wanted: BTreeMap<_, _> = req
+                    .config
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("image."))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 if user == wanted && info.profiles == profiles && info.ephemeral == req.ephemeral {
                     return Ok(Prepared::Identity(actor.clone()));
                 }
             }
-            return Err(Error::AlreadyExists { kind: "container", name });
+            return Err(Error::AlreadyExists {
+                kind: "container",
+                name,
+            });
         }
         let mut config = req.config.clone();
         for (k, v) in &image.properties {
-            config.entry(format!("image.{k}")).or_insert_with(|| v.clone());
+            config
+                .entry(format!("image.{k}"))
+                .or_insert_with(|| v.clone());
         }
         let rec = ContainerRecord {
             name,
@@ -710,17 +829,33 @@ impl ManagerState {
 
     /// Another container (or reserved name) whose name equals `name` but for case.
     fn clash_ignoring_case(&self, name: &str) -> Option<String> {
-        self.containers.keys().chain(self.reserved.iter()).find(|k| *k != name && k.eq_ignore_ascii_case(name)).cloned()
+        self.containers
+            .keys()
+            .chain(self.reserved.iter())
+            .find(|k| *k != name && k.eq_ignore_ascii_case(name))
+            .cloned()
     }
 
     /// A free name such as `brisk-otter`.
     fn pick_name(&self) -> String {
-        const ADJ: &[&str] = &["brisk", "calm", "eager", "fond", "keen", "lucid", "merry", "noble", "quiet", "sunny", "tidy", "vivid"];
-        const NOUN: &[&str] = &["otter", "heron", "lynx", "finch", "marten", "puffin", "wren", "ibex", "tern", "vole", "koi", "gecko"];
+        const ADJ: &[&str] = &[
+            "brisk", "calm", "eager", "fond", "keen", "lucid", "merry", "noble", "quiet", "sunny",
+            "tidy", "vivid",
+        ];
+        const NOUN: &[&str] = &[
+            "otter", "heron", "lynx", "finch", "marten", "puffin", "wren", "ibex", "tern", "vole",
+            "koi", "gecko",
+        ];
         let mut seed = now_us() ^ (std::process::id() as u64).rotate_left(32);
         for _ in 0..1000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let n = format!("{}-{}", ADJ[(seed >> 33) as usize % ADJ.len()], NOUN[(seed >> 17) as usize % NOUN.len()]);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = format!(
+                "{}-{}",
+                ADJ[(seed >> 33) as usize % ADJ.len()],
+                NOUN[(seed >> 17) as usize % NOUN.len()]
+            );
             if !self.containers.contains_key(&n) && !self.reserved.contains(&n) {
                 return n;
             }
@@ -732,7 +867,12 @@ impl ManagerState {
 impl ManagerState {
     /// Reserves the new name and asks the source for its record and files (in a task: the
     /// source may be busy with a checkpoint, and the Manager must not wait for it).
-    fn copy(&mut self, me: &ActorRef<ManagerMsg>, mut req: CopyRequest, reply: RpcReplyPort<Result<ContainerInfo>>) {
+    fn copy(
+        &mut self,
+        me: &ActorRef<ManagerMsg>,
+        mut req: CopyRequest,
+        reply: RpcReplyPort<Result<ContainerInfo>>,
+    ) {
         let checked = (|| {
             if req.name.is_empty() && req.pick_name {
                 req.name = self.pick_name();
@@ -748,12 +888,20 @@ impl ManagerState {
             {
                 return Err(Error::NoSuchProfile(p.clone()));
             }
-            if self.containers.contains_key(&req.name) || self.reserved.contains(&req.name) || self.clash_ignoring_case(&req.name).is_some() {
-                return Err(Error::AlreadyExists { kind: "container", name: req.name.clone() });
+            if self.containers.contains_key(&req.name)
+                || self.reserved.contains(&req.name)
+                || self.clash_ignoring_case(&req.name).is_some()
+            {
+                return Err(Error::AlreadyExists {
+                    kind: "container",
+                    name: req.name.clone(),
+                });
             }
             match self.containers.get(&req.source).map(|c| &c.slot) {
                 Some(Slot::Live(a)) => Ok(a.clone()),
-                Some(Slot::GaveUp | Slot::Unspawned(_)) => Err(Error::Unavailable(format!("container {:?}", req.source))),
+                Some(Slot::GaveUp | Slot::Unspawned(_)) => {
+                    Err(Error::Unavailable(format!("container {:?}", req.source)))
+                }
                 None => Err(Error::NoSuchContainer(req.source.clone())),
             }
         })();
@@ -770,8 +918,12 @@ impl ManagerState {
             let snapshot = req.snapshot.clone();
             let lent = ractor::call!(source, |reply| ContainerMsg::BeginCopy { snapshot, reply })
                 .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {:?}", req.source))));
-            if let Err(ractor::MessagingErr::SendErr(ManagerMsg::CopyReady { reply, .. })) =
-                me.send_message(ManagerMsg::CopyReady { req: Box::new(req), lent, reply })
+            if let Err(ractor::MessagingErr::SendErr(ManagerMsg::CopyReady { reply, .. })) = me
+                .send_message(ManagerMsg::CopyReady {
+                    req: Box::new(req),
+                    lent,
+                    reply,
+                })
             {
                 let _ = reply.send(Err(Error::Unavailable("the manager".into())));
             }
@@ -796,14 +948,21 @@ impl ManagerState {
         };
         let release = {
             let (me, name, snapshot) = (me.clone(), src.name.clone(), req.snapshot.clone());
-            move || drop(me.cast(ManagerMsg::ToContainer(name, ContainerMsg::EndCopy(snapshot))))
+            move || {
+                drop(me.cast(ManagerMsg::ToContainer(
+                    name,
+                    ContainerMsg::EndCopy(snapshot),
+                )))
+            }
         };
         // the copy keeps what describes the files (id shift, image keys) and gets its own
         // identity: a new address and MAC, no saved running state
         let mut config: BTreeMap<String, String> = src
             .config
             .iter()
-            .filter(|(k, _)| !k.starts_with("volatile.eth") && k.as_str() != crate::container::STATEFUL_KEY)
+            .filter(|(k, _)| {
+                !k.starts_with("volatile.eth") && k.as_str() != crate::container::STATEFUL_KEY
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         config.extend(req.config.clone());
@@ -821,7 +980,10 @@ impl ManagerState {
         };
         if self.containers.contains_key(&rec.name) {
             release();
-            let _ = reply.send(Err(Error::AlreadyExists { kind: "container", name: rec.name }));
+            let _ = reply.send(Err(Error::AlreadyExists {
+                kind: "container",
+                name: rec.name,
+            }));
             return;
         }
         if let Err(e) = self.store.insert_container(&rec).await {
@@ -842,8 +1004,12 @@ impl ManagerState {
         self.creating.insert(name.clone(), ());
         let (me, start) = (me.clone(), req.start);
         tokio::spawn(async move {
-            let r = ractor::call!(actor, |reply| ContainerMsg::Provision { start, source, reply })
-                .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
+            let r = ractor::call!(actor, |reply| ContainerMsg::Provision {
+                start,
+                source,
+                reply
+            })
+            .unwrap_or_else(|_| Err(Error::Unavailable(format!("container {name:?}"))));
             release();
             let _ = me.cast(ManagerMsg::Provisioned(name));
             let _ = reply.send(r);
@@ -855,4 +1021,3 @@ enum Prepared {
     New(ContainerRecord, bool),
     Identity(ActorRef<ContainerMsg>),
 }
-

@@ -36,18 +36,39 @@ impl ContainerIface {
 
 /// Start (shared by `Container.Start` and `Manager.StartContainer`). A start that restores
 /// the state of a stateful stop runs CRIU: it needs the `checkpoint` action.
-pub(crate) async fn start(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
+pub(crate) async fn start(
+    ctx: &Context,
+    name: &str,
+    options: HashMap<String, OwnedVariant>,
+    h: &Header<'_>,
+) -> Result<()> {
     let o = Options::parse("Start", options, &[("stateless", "b")])?;
     let stateless = o.bool("stateless")?.unwrap_or(false);
     let restores = !stateless && ctx.engine.container(name).await?.stateful;
-    let action = if restores { auth::CHECKPOINT } else { auth::MANAGE_CONTAINERS };
-    let uid = ctx.authorize(h, action, &[("container", name), ("verb", "start")]).await?;
-    Ok(ctx.engine.start_container(name, StartOptions { stateless, uid }).await?)
+    let action = if restores {
+        auth::CHECKPOINT
+    } else {
+        auth::MANAGE_CONTAINERS
+    };
+    let uid = ctx
+        .authorize(h, action, &[("container", name), ("verb", "start")])
+        .await?;
+    Ok(ctx
+        .engine
+        .start_container(name, StartOptions { stateless, uid })
+        .await?)
 }
 
-fn stop_options(method: &'static str, options: HashMap<String, OwnedVariant>, stateful_allowed: bool) -> Result<StopOptions> {
-    let allowed: &[(&str, &str)] =
-        if stateful_allowed { &[("force", "b"), ("timeout", "u"), ("stateful", "b")] } else { &[("force", "b"), ("timeout", "u")] };
+fn stop_options(
+    method: &'static str,
+    options: HashMap<String, OwnedVariant>,
+    stateful_allowed: bool,
+) -> Result<StopOptions> {
+    let allowed: &[(&str, &str)] = if stateful_allowed {
+        &[("force", "b"), ("timeout", "u"), ("stateful", "b")]
+    } else {
+        &[("force", "b"), ("timeout", "u")]
+    };
     let o = Options::parse(method, options, allowed)?;
     let opts = StopOptions {
         force: o.bool("force")?.unwrap_or(false),
@@ -56,16 +77,29 @@ fn stop_options(method: &'static str, options: HashMap<String, OwnedVariant>, st
         uid: 0,
     };
     if opts.stateful && (opts.force || opts.timeout.is_some()) {
-        return Err(Error::option("a stateful stop checkpoints and stops at once: it takes neither force nor timeout"));
+        return Err(Error::option(
+            "a stateful stop checkpoints and stops at once: it takes neither force nor timeout",
+        ));
     }
     Ok(opts)
 }
 
 /// Stop (shared). A stateful stop runs CRIU: it needs the `checkpoint` action.
-pub(crate) async fn stop(ctx: &Context, name: &str, options: HashMap<String, OwnedVariant>, h: &Header<'_>) -> Result<()> {
+pub(crate) async fn stop(
+    ctx: &Context,
+    name: &str,
+    options: HashMap<String, OwnedVariant>,
+    h: &Header<'_>,
+) -> Result<()> {
     let mut opts = stop_options("Stop", options, true)?;
-    let action = if opts.stateful { auth::CHECKPOINT } else { auth::MANAGE_CONTAINERS };
-    opts.uid = ctx.authorize(h, action, &[("container", name), ("verb", "stop")]).await?;
+    let action = if opts.stateful {
+        auth::CHECKPOINT
+    } else {
+        auth::MANAGE_CONTAINERS
+    };
+    opts.uid = ctx
+        .authorize(h, action, &[("container", name), ("verb", "stop")])
+        .await?;
     Ok(ctx.engine.stop_container(name, opts).await?)
 }
 
@@ -79,9 +113,17 @@ pub(crate) async fn delete(
 ) -> Result<()> {
     let o = Options::parse("Delete", options, &[("force", "b")])?;
     let force = o.bool("force")?.unwrap_or(false);
-    ctx.authorize(h, auth::DELETE_CONTAINER, &[("container", name), ("verb", "delete")]).await?;
+    ctx.authorize(
+        h,
+        auth::DELETE_CONTAINER,
+        &[("container", name), ("verb", "delete")],
+    )
+    .await?;
     ctx.engine.delete_container(name, force).await?;
-    match server.remove::<ContainerIface, _>(crate::paths::container(name).as_str()).await {
+    match server
+        .remove::<ContainerIface, _>(crate::paths::container(name).as_str())
+        .await
+    {
         Ok(_) | Err(zbus::Error::InterfaceNotFound) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -90,20 +132,38 @@ pub(crate) async fn delete(
 #[interface(name = "org.berth.Berth1.Container")]
 impl ContainerIface {
     /// Starts init; returns once it runs.
-    async fn start(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn start(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         start(&self.ctx, &self.name, options, &h).await
     }
 
     /// Stops the container: the init's power-off signal, then SIGKILL after `timeout` seconds
     /// (default 30, or `boot.stop_timeout`); `force` kills at once. Returns once it stopped.
-    async fn stop(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn stop(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         stop(&self.ctx, &self.name, options, &h).await
     }
 
     /// Stops (as `Stop`) and starts again.
-    async fn restart(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn restart(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         let opts = stop_options("Restart", options, false)?;
-        self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &self.name), ("verb", "restart")]).await?;
+        self.ctx
+            .authorize(
+                &h,
+                auth::MANAGE_CONTAINERS,
+                &[("container", &self.name), ("verb", "restart")],
+            )
+            .await?;
         Ok(self.ctx.engine.restart_container(&self.name, opts).await?)
     }
 
@@ -122,7 +182,12 @@ impl ContainerIface {
     /// `uid`/`gid` (u), `tty` (b: run on a new terminal of `rows` × `columns`, relayed to the
     /// passed fds).
     #[zbus(out_args("exit_status"))]
-    async fn exec(&self, argv: Vec<String>, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<i32> {
+    async fn exec(
+        &self,
+        argv: Vec<String>,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<i32> {
         let mut o = Options::parse(
             "Exec",
             options,
@@ -145,21 +210,31 @@ impl ContainerIface {
         if argv.iter().any(|a| a.contains('\0')) {
             return Err(Error::option("Exec arguments cannot contain NUL bytes"));
         }
-        let mut env: Vec<(String, String)> = o.dict("env")?.unwrap_or_default().into_iter().collect();
+        let mut env: Vec<(String, String)> =
+            o.dict("env")?.unwrap_or_default().into_iter().collect();
         env.sort();
-        if let Some((k, _)) = env.iter().find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0')) {
-            return Err(Error::option(format!("invalid environment variable name {k:?}")));
+        if let Some((k, _)) = env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0'))
+        {
+            return Err(Error::option(format!(
+                "invalid environment variable name {k:?}"
+            )));
         }
         let cwd = o.string("cwd")?;
         if let Some(c) = &cwd
             && !c.starts_with('/')
         {
-            return Err(Error::option(format!("cwd must be an absolute path, got {c:?}")));
+            return Err(Error::option(format!(
+                "cwd must be an absolute path, got {c:?}"
+            )));
         }
         let uid = o.u32("uid")?.unwrap_or(0);
         let gid = o.u32("gid")?.unwrap_or(uid);
         if uid >= 65536 || gid >= 65536 {
-            return Err(Error::option("uid and gid must be below 65536 (the container's id range)"));
+            return Err(Error::option(
+                "uid and gid must be below 65536 (the container's id range)",
+            ));
         }
         let tty = match o.bool("tty")? {
             Some(true) => Some((
@@ -169,8 +244,22 @@ impl ContainerIface {
             _ => None,
         };
         let stdio = [o.fd("stdin")?, o.fd("stdout")?, o.fd("stderr")?];
-        self.ctx.authorize(&h, auth::EXEC, &[("container", &self.name), ("verb", "exec")]).await?;
-        let req = ExecRequest { argv, env, cwd, uid, gid, tty, stdio };
+        self.ctx
+            .authorize(
+                &h,
+                auth::EXEC,
+                &[("container", &self.name), ("verb", "exec")],
+            )
+            .await?;
+        let req = ExecRequest {
+            argv,
+            env,
+            cwd,
+            uid,
+            gid,
+            tty,
+            stdio,
+        };
         Ok(self.ctx.engine.exec(&self.name, req).await?)
     }
 
@@ -185,7 +274,14 @@ impl ContainerIface {
         #[zbus(connection)] conn: &zbus::Connection,
     ) -> Result<zbus::OwnedObjectPath> {
         let opts = super::manager::image_options("Publish", options, &[])?.0;
-        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("container", &self.name), ("verb", "publish")]).await?;
+        let uid = self
+            .ctx
+            .authorize(
+                &h,
+                auth::MANAGE_IMAGES,
+                &[("container", &self.name), ("verb", "publish")],
+            )
+            .await?;
         let (img, _) = self.ctx.engine.publish(&self.name, None, opts, uid).await?;
         super::export_image(conn, &self.ctx, &img.fingerprint).await?;
         Ok(super::path(crate::paths::image(&img.fingerprint)))
@@ -204,11 +300,33 @@ impl ContainerIface {
     ) -> Result<zbus::OwnedObjectPath> {
         let o = Options::parse("CreateSnapshot", options, &[("stateful", "b")])?;
         let stateful = o.bool("stateful")?.unwrap_or(false);
-        let action = if stateful { auth::CHECKPOINT } else { auth::SNAPSHOT };
-        let uid = self.ctx.authorize(&h, action, &[("container", &self.name), ("snapshot", &name), ("verb", "snapshot")]).await?;
-        let rec = self.ctx.engine.create_snapshot(&self.name, &name, stateful, uid).await?;
+        let action = if stateful {
+            auth::CHECKPOINT
+        } else {
+            auth::SNAPSHOT
+        };
+        let uid = self
+            .ctx
+            .authorize(
+                &h,
+                action,
+                &[
+                    ("container", &self.name),
+                    ("snapshot", &name),
+                    ("verb", "snapshot"),
+                ],
+            )
+            .await?;
+        let rec = self
+            .ctx
+            .engine
+            .create_snapshot(&self.name, &name, stateful, uid)
+            .await?;
         super::export_snapshot(conn, &self.ctx, &rec.container, &rec.name).await?;
-        Ok(super::path(crate::paths::snapshot(&rec.container, &rec.name)))
+        Ok(super::path(crate::paths::snapshot(
+            &rec.container,
+            &rec.name,
+        )))
     }
 
     /// The container's config and expanded config with every value, `environment.*` ones
@@ -221,17 +339,37 @@ impl ContainerIface {
         #[zbus(header)] h: Header<'_>,
     ) -> Result<(HashMap<String, String>, HashMap<String, String>)> {
         Options::parse("GetConfig", options, &[])?;
-        self.ctx.authorize(&h, auth::EXEC, &[("container", &self.name), ("verb", "get-config")]).await?;
+        self.ctx
+            .authorize(
+                &h,
+                auth::EXEC,
+                &[("container", &self.name), ("verb", "get-config")],
+            )
+            .await?;
         let info = self.info().await?;
-        Ok((info.config.into_iter().collect(), info.expanded_config.into_iter().collect()))
+        Ok((
+            info.config.into_iter().collect(),
+            info.expanded_config.into_iter().collect(),
+        ))
     }
 
     /// The log of the container's last checkpoint or restore (CRIU's, at most its last
     /// 256 KiB) and where it is kept; empty when there was none.
     #[zbus(out_args("path", "log"))]
     async fn get_checkpoint_log(&self, #[zbus(header)] h: Header<'_>) -> Result<(String, String)> {
-        self.ctx.authorize(&h, auth::CHECKPOINT, &[("container", &self.name), ("verb", "read-log")]).await?;
-        Ok(self.ctx.engine.criu_log(&self.name).await?.unwrap_or_default())
+        self.ctx
+            .authorize(
+                &h,
+                auth::CHECKPOINT,
+                &[("container", &self.name), ("verb", "read-log")],
+            )
+            .await?;
+        Ok(self
+            .ctx
+            .engine
+            .criu_log(&self.name)
+            .await?
+            .unwrap_or_default())
     }
 
     /// The container's snapshots, oldest first: name, object, creation time (µs), stateful,
@@ -316,8 +454,19 @@ impl ContainerIface {
 }
 
 /// What anyone may read of a config: `environment.*` values (passwords, tokens) are hidden.
-pub(crate) fn redact(config: std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    config.into_iter().map(|(k, v)| if k.starts_with("environment.") { (k, HIDDEN.to_string()) } else { (k, v) }).collect()
+pub(crate) fn redact(
+    config: std::collections::BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    config
+        .into_iter()
+        .map(|(k, v)| {
+            if k.starts_with("environment.") {
+                (k, HIDDEN.to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect()
 }
 
 /// What a hidden value reads as.

@@ -44,7 +44,13 @@ impl ManagerIface {
         let mut o = Options::parse(
             "CreateContainer",
             options,
-            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b"), ("pick-name", "b")],
+            &[
+                ("start", "b"),
+                ("profiles", "as"),
+                ("config", "a{ss}"),
+                ("ephemeral", "b"),
+                ("pick-name", "b"),
+            ],
         )?;
         let req = CreateRequest {
             name: name.clone(),
@@ -59,10 +65,20 @@ impl ManagerIface {
             berth_actors::types::validate_name(&name)?;
         }
         self.ctx
-            .authorize(&h, auth::CREATE_CONTAINER, &[("container", &name), ("image", &image), ("verb", "create")])
+            .authorize(
+                &h,
+                auth::CREATE_CONTAINER,
+                &[("container", &name), ("image", &image), ("verb", "create")],
+            )
             .await?;
         if req.start {
-            self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &name), ("verb", "start")]).await?;
+            self.ctx
+                .authorize(
+                    &h,
+                    auth::MANAGE_CONTAINERS,
+                    &[("container", &name), ("verb", "start")],
+                )
+                .await?;
         }
         let (info, _) = self.ctx.engine.create_container(req).await?;
         export_container(conn, &self.ctx, &info.name).await?;
@@ -86,7 +102,13 @@ impl ManagerIface {
         let mut o = Options::parse(
             "CopyContainer",
             options,
-            &[("start", "b"), ("profiles", "as"), ("config", "a{ss}"), ("ephemeral", "b"), ("pick-name", "b")],
+            &[
+                ("start", "b"),
+                ("profiles", "as"),
+                ("config", "a{ss}"),
+                ("ephemeral", "b"),
+                ("pick-name", "b"),
+            ],
         )?;
         let pick_name = o.bool("pick-name")?.unwrap_or(false);
         let (src, snapshot) = match source.split_once('/') {
@@ -111,10 +133,20 @@ impl ManagerIface {
             start: o.bool("start")?.unwrap_or(false),
         };
         self.ctx
-            .authorize(&h, auth::CREATE_CONTAINER, &[("container", &name), ("source", &source), ("verb", "copy")])
+            .authorize(
+                &h,
+                auth::CREATE_CONTAINER,
+                &[("container", &name), ("source", &source), ("verb", "copy")],
+            )
             .await?;
         if req.start {
-            self.ctx.authorize(&h, auth::MANAGE_CONTAINERS, &[("container", &name), ("verb", "start")]).await?;
+            self.ctx
+                .authorize(
+                    &h,
+                    auth::MANAGE_CONTAINERS,
+                    &[("container", &name), ("verb", "start")],
+                )
+                .await?;
         }
         let info = self.ctx.engine.copy_container(req).await?;
         export_container(conn, &self.ctx, &info.name).await?;
@@ -147,12 +179,22 @@ impl ManagerIface {
     }
 
     /// `Container.Start` by name.
-    async fn start_container(&self, name: String, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn start_container(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         container::start(&self.ctx, &name, options, &h).await
     }
 
     /// `Container.Stop` by name.
-    async fn stop_container(&self, name: String, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn stop_container(
+        &self,
+        name: String,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         container::stop(&self.ctx, &name, options, &h).await
     }
 
@@ -204,7 +246,14 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
         let opts = image_options("BuildImage", options, &[])?.0;
-        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &recipe), ("verb", "build")]).await?;
+        let uid = self
+            .ctx
+            .authorize(
+                &h,
+                auth::MANAGE_IMAGES,
+                &[("image", &recipe), ("verb", "build")],
+            )
+            .await?;
         let (img, _) = self.ctx.engine.build_image(&recipe, opts, uid).await?;
         export_image(conn, &self.ctx, &img.fingerprint).await?;
         Ok(path(paths::image(&img.fingerprint)))
@@ -223,22 +272,45 @@ impl ManagerIface {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
         let (opts, rootfs) = image_options("ImportImage", options, &[("rootfs", "h")])?;
-        let uid = self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("verb", "import")]).await?;
-        let (img, _) = self.ctx.engine.import_image(archive.into(), rootfs, opts, uid).await?;
+        let uid = self
+            .ctx
+            .authorize(&h, auth::MANAGE_IMAGES, &[("verb", "import")])
+            .await?;
+        let (img, _) = self
+            .ctx
+            .engine
+            .import_image(archive.into(), rootfs, opts, uid)
+            .await?;
         export_image(conn, &self.ctx, &img.fingerprint).await?;
         Ok(path(paths::image(&img.fingerprint)))
     }
 
     /// Renames an image alias.
-    async fn rename_image_alias(&self, from: String, to: String, #[zbus(header)] h: Header<'_>) -> Result<()> {
-        self.ctx.authorize(&h, auth::MANAGE_IMAGES, &[("image", &from), ("verb", "rename-alias")]).await?;
+    async fn rename_image_alias(
+        &self,
+        from: String,
+        to: String,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
+        self.ctx
+            .authorize(
+                &h,
+                auth::MANAGE_IMAGES,
+                &[("image", &from), ("verb", "rename-alias")],
+            )
+            .await?;
         Ok(self.ctx.engine.rename_image_alias(&from, &to).await?)
     }
 
     /// Operations in progress.
     #[zbus(out_args("operations"))]
     async fn list_operations(&self) -> Vec<OwnedObjectPath> {
-        self.ctx.engine.operations().iter().map(|o| path(paths::operation(o.id))).collect()
+        self.ctx
+            .engine
+            .operations()
+            .iter()
+            .map(|o| path(paths::operation(o.id)))
+            .collect()
     }
 
     /// berth's version.
@@ -251,14 +323,19 @@ impl ManagerIface {
     #[zbus(property(emits_changed_signal = "const"))]
     async fn stateful_supported(&self) -> bool {
         let p = self.ctx.engine.host().stateful.clone();
-        tokio::task::spawn_blocking(move || p.get()).await.is_ok_and(|r| r.is_ok())
+        tokio::task::spawn_blocking(move || p.get())
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Why not, when they cannot.
     #[zbus(property(emits_changed_signal = "const"))]
     async fn stateful_unsupported_reason(&self) -> String {
         let p = self.ctx.engine.host().stateful.clone();
-        tokio::task::spawn_blocking(move || p.get()).await.map(|r| r.err().unwrap_or_default()).unwrap_or_default()
+        tokio::task::spawn_blocking(move || p.get())
+            .await
+            .map(|r| r.err().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// 1 (v1 or hybrid) or 2.
@@ -275,23 +352,42 @@ impl ManagerIface {
 
     /// A container was created.
     #[zbus(signal)]
-    pub async fn container_new(emitter: &SignalEmitter<'_>, name: &str, container: ObjectPath<'_>) -> zbus::Result<()>;
+    pub async fn container_new(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        container: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
 
     /// A container was deleted.
     #[zbus(signal)]
-    pub async fn container_removed(emitter: &SignalEmitter<'_>, name: &str, container: ObjectPath<'_>) -> zbus::Result<()>;
+    pub async fn container_removed(
+        emitter: &SignalEmitter<'_>,
+        name: &str,
+        container: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
 
     /// An image was added.
     #[zbus(signal)]
-    pub async fn image_new(emitter: &SignalEmitter<'_>, fingerprint: &str, image: ObjectPath<'_>) -> zbus::Result<()>;
+    pub async fn image_new(
+        emitter: &SignalEmitter<'_>,
+        fingerprint: &str,
+        image: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
 
     /// An image was removed.
     #[zbus(signal)]
-    pub async fn image_removed(emitter: &SignalEmitter<'_>, fingerprint: &str, image: ObjectPath<'_>) -> zbus::Result<()>;
+    pub async fn image_removed(
+        emitter: &SignalEmitter<'_>,
+        fingerprint: &str,
+        image: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
 
     /// A long operation started (its object exists until it completes).
     #[zbus(signal)]
-    pub async fn operation_new(emitter: &SignalEmitter<'_>, operation: ObjectPath<'_>) -> zbus::Result<()>;
+    pub async fn operation_new(
+        emitter: &SignalEmitter<'_>,
+        operation: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
 }
 
 /// Parses `aliases` (as) and `properties` (a{ss}) plus `extra` options; returns the options and
@@ -306,8 +402,16 @@ pub(crate) fn image_options(
     let mut o = Options::parse(method, options, &allowed)?;
     let opts = ImageOptions {
         aliases: o.strings("aliases")?.unwrap_or_default(),
-        properties: o.dict("properties")?.unwrap_or_default().into_iter().collect(),
+        properties: o
+            .dict("properties")?
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
     };
-    let rootfs = if extra.iter().any(|(k, _)| *k == "rootfs") { o.fd("rootfs")? } else { None };
+    let rootfs = if extra.iter().any(|(k, _)| *k == "rootfs") {
+        o.fd("rootfs")?
+    } else {
+        None
+    };
     Ok((opts, rootfs))
 }

@@ -41,22 +41,52 @@ impl std::fmt::Debug for Context {
 impl Context {
     /// Checks `action` for the sender of `header` with `details` (always including `verb`);
     /// returns the caller's uid.
-    pub async fn authorize(&self, header: &Header<'_>, action: &str, details: &[(&str, &str)]) -> Result<u32, Error> {
+    pub async fn authorize(
+        &self,
+        header: &Header<'_>,
+        action: &str,
+        details: &[(&str, &str)],
+    ) -> Result<u32, Error> {
         let caller = Caller {
             subject: Subject::new_for_message_header(header).ok(),
             bus_name: header.sender().map(|s| s.to_string()),
-            uid: if header.sender().is_none() { Some(current_uid()) } else { None },
-            interactive: header.primary().flags().contains(Flags::ALLOW_INTERACTIVE_AUTH),
+            uid: if header.sender().is_none() {
+                Some(current_uid())
+            } else {
+                None
+            },
+            interactive: header
+                .primary()
+                .flags()
+                .contains(Flags::ALLOW_INTERACTIVE_AUTH),
         };
         // a pending check (a password prompt may take minutes) keeps berthd from idling out
         let _busy = self.engine.activity().hold();
-        let detail = |k: &str| details.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).unwrap_or("");
+        let detail = |k: &str| {
+            details
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| *v)
+                .unwrap_or("")
+        };
         let (container, verb) = (detail("container"), detail("verb"));
         let r = self.auth.check(&caller, action, details).await;
         // one journal entry per authorization, with fields a journalctl match can select on
         match &r {
-            Ok(uid) => tracing::info!(operation = verb, action, container, caller_uid = uid, "authorized"),
-            Err(e) => tracing::info!(operation = verb, action, container, caller = caller.bus_name.as_deref().unwrap_or(""), "refused: {e}"),
+            Ok(uid) => tracing::info!(
+                operation = verb,
+                action,
+                container,
+                caller_uid = uid,
+                "authorized"
+            ),
+            Err(e) => tracing::info!(
+                operation = verb,
+                action,
+                container,
+                caller = caller.bus_name.as_deref().unwrap_or(""),
+                "refused: {e}"
+            ),
         }
         r
     }
@@ -82,8 +112,12 @@ pub async fn serve(conn: &Connection, ctx: Context) -> Result<(), Error> {
     let server = conn.object_server();
     // nothing is announced: nobody can listen before berthd owns its name (see objects.rs)
     resync(conn, &ctx, false).await?;
-    server.at(paths::ROOT, manager::ManagerIface::new(ctx.clone())).await?;
-    server.at(paths::ROOT, objects::ObjectManagerIface::new(ctx.clone())).await?;
+    server
+        .at(paths::ROOT, manager::ManagerIface::new(ctx.clone()))
+        .await?;
+    server
+        .at(paths::ROOT, objects::ObjectManagerIface::new(ctx.clone()))
+        .await?;
     tokio::spawn(project(conn.clone(), ctx, events));
     Ok(())
 }
@@ -91,19 +125,36 @@ pub async fn serve(conn: &Connection, ctx: Context) -> Result<(), Error> {
 async fn export_container(conn: &Connection, ctx: &Context, name: &str) -> zbus::Result<bool> {
     let added = conn
         .object_server()
-        .at(paths::container(name), container::ContainerIface::new(ctx.clone(), name.to_string()))
+        .at(
+            paths::container(name),
+            container::ContainerIface::new(ctx.clone(), name.to_string()),
+        )
         .await?;
     Ok(added.is_none())
 }
 
-pub(crate) async fn export_snapshot(conn: &Connection, ctx: &Context, container: &str, name: &str) -> zbus::Result<bool> {
+pub(crate) async fn export_snapshot(
+    conn: &Connection,
+    ctx: &Context,
+    container: &str,
+    name: &str,
+) -> zbus::Result<bool> {
     let iface = snapshot::SnapshotIface::new(ctx.clone(), container.to_string(), name.to_string());
-    let added = conn.object_server().at(paths::snapshot(container, name), iface).await?;
+    let added = conn
+        .object_server()
+        .at(paths::snapshot(container, name), iface)
+        .await?;
     Ok(added.is_none())
 }
 
 async fn export_image(conn: &Connection, ctx: &Context, fp: &str) -> zbus::Result<bool> {
-    let added = conn.object_server().at(paths::image(fp), image::ImageIface::new(ctx.clone(), fp.to_string())).await?;
+    let added = conn
+        .object_server()
+        .at(
+            paths::image(fp),
+            image::ImageIface::new(ctx.clone(), fp.to_string()),
+        )
+        .await?;
     Ok(added.is_none())
 }
 
@@ -114,26 +165,47 @@ async fn resync(conn: &Connection, ctx: &Context, announce: bool) -> Result<(), 
     let images = ctx.engine.list_images().await?;
     for c in &containers {
         if export_container(conn, ctx, &c.name).await? && announce {
-            objects::announce::<container::ContainerIface>(conn, &paths::container(&c.name), container::INTERFACE).await?;
+            objects::announce::<container::ContainerIface>(
+                conn,
+                &paths::container(&c.name),
+                container::INTERFACE,
+            )
+            .await?;
         }
     }
     for i in &images {
         if export_image(conn, ctx, &i.fingerprint).await? && announce {
-            objects::announce::<image::ImageIface>(conn, &paths::image(&i.fingerprint), image::INTERFACE).await?;
+            objects::announce::<image::ImageIface>(
+                conn,
+                &paths::image(&i.fingerprint),
+                image::INTERFACE,
+            )
+            .await?;
         }
     }
     for sn in ctx.engine.all_snapshots().await? {
         if export_snapshot(conn, ctx, &sn.container, &sn.name).await? && announce {
-            objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&sn.container, &sn.name), snapshot::INTERFACE).await?;
+            objects::announce::<snapshot::SnapshotIface>(
+                conn,
+                &paths::snapshot(&sn.container, &sn.name),
+                snapshot::INTERFACE,
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
 /// Projects engine events onto the bus.
-async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadcast::Receiver<Event>) {
+async fn project(
+    conn: Connection,
+    ctx: Context,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+) {
     use tokio::sync::broadcast::error::RecvError;
-    let Ok(root) = SignalEmitter::new(&conn, paths::ROOT) else { return };
+    let Ok(root) = SignalEmitter::new(&conn, paths::ROOT) else {
+        return;
+    };
     loop {
         let ev = match events.recv().await {
             Ok(ev) => ev,
@@ -152,18 +224,37 @@ async fn project(conn: Connection, ctx: Context, mut events: tokio::sync::broadc
     }
 }
 
-async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>, ev: Event) -> zbus::Result<()> {
+async fn project_one(
+    conn: &Connection,
+    ctx: &Context,
+    root: &SignalEmitter<'_>,
+    ev: Event,
+) -> zbus::Result<()> {
     match ev {
         Event::ContainerCreated { name } => {
             // announced whoever exported it: a create exports its object before it replies
             export_container(conn, ctx, &name).await?;
-            objects::announce::<container::ContainerIface>(conn, &paths::container(&name), container::INTERFACE).await?;
+            objects::announce::<container::ContainerIface>(
+                conn,
+                &paths::container(&name),
+                container::INTERFACE,
+            )
+            .await?;
             let p = path(paths::container(&name));
             manager::ManagerIface::container_new(root, &name, p.as_ref()).await?;
         }
-        Event::ContainerChanged { name, status, init_pid } => {
+        Event::ContainerChanged {
+            name,
+            status,
+            init_pid,
+        } => {
             let p = paths::container(&name);
-            if conn.object_server().interface::<_, container::ContainerIface>(p.as_str()).await.is_ok() {
+            if conn
+                .object_server()
+                .interface::<_, container::ContainerIface>(p.as_str())
+                .await
+                .is_ok()
+            {
                 let emitter = SignalEmitter::new(conn, p)?;
                 let changed = HashMap::from([
                     ("Status", Variant::from(status.as_str())),
@@ -182,7 +273,11 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         }
         Event::ContainerConfigChanged { name } => {
             let p = paths::container(&name);
-            if let Ok(iface) = conn.object_server().interface::<_, container::ContainerIface>(p.as_str()).await {
+            if let Ok(iface) = conn
+                .object_server()
+                .interface::<_, container::ContainerIface>(p.as_str())
+                .await
+            {
                 let emitter = iface.signal_emitter().clone();
                 let g = iface.get().await;
                 g.config_changed(&emitter).await?;
@@ -192,32 +287,63 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         Event::ContainerRemoved { name } => {
             let p = paths::container(&name);
             // withdrawn whoever removed it (a delete may have, before it replied)
-            match conn.object_server().remove::<container::ContainerIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, container::INTERFACE).await?,
+            match conn
+                .object_server()
+                .remove::<container::ContainerIface, _>(p.as_str())
+                .await
+            {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {
+                    objects::withdraw(conn, &p, container::INTERFACE).await?
+                }
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::container_removed(root, &name, path(p).as_ref()).await?;
         }
         Event::SnapshotCreated { container, name } => {
             export_snapshot(conn, ctx, &container, &name).await?;
-            objects::announce::<snapshot::SnapshotIface>(conn, &paths::snapshot(&container, &name), snapshot::INTERFACE).await?;
+            objects::announce::<snapshot::SnapshotIface>(
+                conn,
+                &paths::snapshot(&container, &name),
+                snapshot::INTERFACE,
+            )
+            .await?;
         }
         Event::SnapshotRemoved { container, name } => {
             let p = paths::snapshot(&container, &name);
             // withdrawn whoever removed it (a delete may have, before it replied)
-            match conn.object_server().remove::<snapshot::SnapshotIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, snapshot::INTERFACE).await?,
+            match conn
+                .object_server()
+                .remove::<snapshot::SnapshotIface, _>(p.as_str())
+                .await
+            {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {
+                    objects::withdraw(conn, &p, snapshot::INTERFACE).await?
+                }
                 Err(e) => return Err(e),
             }
         }
         Event::ImageAdded { fingerprint } => {
             export_image(conn, ctx, &fingerprint).await?;
-            objects::announce::<image::ImageIface>(conn, &paths::image(&fingerprint), image::INTERFACE).await?;
-            manager::ManagerIface::image_new(root, &fingerprint, path(paths::image(&fingerprint)).as_ref()).await?;
+            objects::announce::<image::ImageIface>(
+                conn,
+                &paths::image(&fingerprint),
+                image::INTERFACE,
+            )
+            .await?;
+            manager::ManagerIface::image_new(
+                root,
+                &fingerprint,
+                path(paths::image(&fingerprint)).as_ref(),
+            )
+            .await?;
         }
         Event::ImageChanged { fingerprint } => {
             let p = paths::image(&fingerprint);
-            if let Ok(iface) = conn.object_server().interface::<_, image::ImageIface>(p.as_str()).await {
+            if let Ok(iface) = conn
+                .object_server()
+                .interface::<_, image::ImageIface>(p.as_str())
+                .await
+            {
                 let emitter = iface.signal_emitter().clone();
                 let g = iface.get().await;
                 g.aliases_changed(&emitter).await?;
@@ -225,16 +351,29 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
             }
         }
         Event::OperationNew { id } => {
-            let Some(op) = ctx.engine.operation(id) else { return Ok(()) };
+            let Some(op) = ctx.engine.operation(id) else {
+                return Ok(());
+            };
             let p = paths::operation(id);
-            if conn.object_server().at(p.as_str(), operation::OperationIface::new(ctx.clone(), op.clone())).await?.is_none() {
-                objects::announce::<operation::OperationIface>(conn, &p, operation::INTERFACE).await?;
+            if conn
+                .object_server()
+                .at(
+                    p.as_str(),
+                    operation::OperationIface::new(ctx.clone(), op.clone()),
+                )
+                .await?
+                .is_none()
+            {
+                objects::announce::<operation::OperationIface>(conn, &p, operation::INTERFACE)
+                    .await?;
             }
             manager::ManagerIface::operation_new(root, path(p.clone()).as_ref()).await?;
             // progress, at most four times a second, while it runs
             let conn = conn.clone();
             tokio::spawn(async move {
-                let Ok(emitter) = SignalEmitter::new(&conn, p) else { return };
+                let Ok(emitter) = SignalEmitter::new(&conn, p) else {
+                    return;
+                };
                 let mut last = u64::MAX;
                 loop {
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
@@ -256,18 +395,34 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
                         Ok(i) => i,
                         Err(_) => return,
                     };
-                    if fdo::Properties::properties_changed(&emitter, iface, changed, std::borrow::Cow::Borrowed(&[])).await.is_err() {
+                    if fdo::Properties::properties_changed(
+                        &emitter,
+                        iface,
+                        changed,
+                        std::borrow::Cow::Borrowed(&[]),
+                    )
+                    .await
+                    .is_err()
+                    {
                         return;
                     }
                 }
             });
         }
-        Event::OperationDone { id, success, message } => {
+        Event::OperationDone {
+            id,
+            success,
+            message,
+        } => {
             let p = paths::operation(id);
             if let Ok(emitter) = SignalEmitter::new(conn, p.clone()) {
                 operation::OperationIface::completed(&emitter, success, &message).await?;
             }
-            match conn.object_server().remove::<operation::OperationIface, _>(p.as_str()).await {
+            match conn
+                .object_server()
+                .remove::<operation::OperationIface, _>(p.as_str())
+                .await
+            {
                 Ok(true) => objects::withdraw(conn, &p, operation::INTERFACE).await?,
                 Ok(false) | Err(zbus::Error::InterfaceNotFound) => {}
                 Err(e) => return Err(e),
@@ -276,8 +431,14 @@ async fn project_one(conn: &Connection, ctx: &Context, root: &SignalEmitter<'_>,
         Event::ImageRemoved { fingerprint } => {
             let p = paths::image(&fingerprint);
             // withdrawn whoever removed it (a delete may have, before it replied)
-            match conn.object_server().remove::<image::ImageIface, _>(p.as_str()).await {
-                Ok(_) | Err(zbus::Error::InterfaceNotFound) => objects::withdraw(conn, &p, image::INTERFACE).await?,
+            match conn
+                .object_server()
+                .remove::<image::ImageIface, _>(p.as_str())
+                .await
+            {
+                Ok(_) | Err(zbus::Error::InterfaceNotFound) => {
+                    objects::withdraw(conn, &p, image::INTERFACE).await?
+                }
                 Err(e) => return Err(e),
             }
             manager::ManagerIface::image_removed(root, &fingerprint, path(p).as_ref()).await?;

@@ -6,7 +6,7 @@
 //! exported objects when asked, and the projector announces objects as they come and go
 //! (`announce`, `withdraw`).
 
-use super::{container, image, operation, snapshot, Context};
+use super::{Context, container, image, operation, snapshot};
 use crate::paths;
 use std::collections::HashMap;
 use zbus::names::OwnedInterfaceName;
@@ -32,15 +32,27 @@ impl ObjectManagerIface {
 }
 
 /// Every property of interface `I` at `path`, if it is exported there.
-async fn properties<I: Interface>(server: &ObjectServer, conn: &Connection, path: &str) -> Option<HashMap<String, OwnedVariant>> {
+async fn properties<I: Interface>(
+    server: &ObjectServer,
+    conn: &Connection,
+    path: &str,
+) -> Option<HashMap<String, OwnedVariant>> {
     let iface = server.interface::<_, I>(path).await.ok()?;
     let emitter = iface.signal_emitter().clone();
     let g = iface.get().await;
     g.get_all(server, conn, None, &emitter).await.ok()
 }
 
-fn entry(out: &mut fdo::ManagedObjects, path: &str, name: &str, props: HashMap<String, OwnedVariant>) {
-    if let (Ok(p), Ok(n)) = (OwnedObjectPath::try_from(path.to_string()), OwnedInterfaceName::try_from(name.to_string())) {
+fn entry(
+    out: &mut fdo::ManagedObjects,
+    path: &str,
+    name: &str,
+    props: HashMap<String, OwnedVariant>,
+) {
+    if let (Ok(p), Ok(n)) = (
+        OwnedObjectPath::try_from(path.to_string()),
+        OwnedInterfaceName::try_from(name.to_string()),
+    ) {
         out.insert(p, HashMap::from([(n, props)]));
     }
 }
@@ -93,15 +105,30 @@ impl ObjectManagerIface {
 
     /// An object went away.
     #[zbus(signal)]
-    async fn interfaces_removed(emitter: &SignalEmitter<'_>, object_path: ObjectPath<'_>, interfaces: &[&str]) -> zbus::Result<()>;
+    async fn interfaces_removed(
+        emitter: &SignalEmitter<'_>,
+        object_path: ObjectPath<'_>,
+        interfaces: &[&str],
+    ) -> zbus::Result<()>;
 }
 
 /// Emits `InterfacesAdded` for interface `I` (named `name`) newly exported at `path`.
-pub(crate) async fn announce<I: Interface>(conn: &Connection, path: &str, name: &str) -> zbus::Result<()> {
+pub(crate) async fn announce<I: Interface>(
+    conn: &Connection,
+    path: &str,
+    name: &str,
+) -> zbus::Result<()> {
     let server = conn.object_server();
-    let Some(props) = properties::<I>(server, conn, path).await else { return Ok(()) };
+    let Some(props) = properties::<I>(server, conn, path).await else {
+        return Ok(());
+    };
     let root = SignalEmitter::new(conn, paths::ROOT)?;
-    ObjectManagerIface::interfaces_added(&root, ObjectPath::try_from(path)?, HashMap::from([(name, props)])).await
+    ObjectManagerIface::interfaces_added(
+        &root,
+        ObjectPath::try_from(path)?,
+        HashMap::from([(name, props)]),
+    )
+    .await
 }
 
 /// Emits `InterfacesRemoved` for the interface `name` no longer exported at `path`.

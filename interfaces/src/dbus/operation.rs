@@ -37,7 +37,9 @@ fn object_paths(op: &Operation) -> Vec<OwnedObjectPath> {
     objs.iter()
         .filter_map(|o| match o.split_once(':') {
             Some(("container", n)) => Some(paths::container(n)),
-            Some(("image", fp)) if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) => Some(paths::image(fp)),
+            Some(("image", fp)) if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(paths::image(fp))
+            }
             _ => None,
         })
         .filter_map(|p| OwnedObjectPath::try_from(p).ok())
@@ -48,15 +50,35 @@ fn object_paths(op: &Operation) -> Vec<OwnedObjectPath> {
 impl OperationIface {
     /// Asks the operation to stop; it ends with status `cancelled` and keeps nothing. Your own
     /// operations need `cancel-operation`, others' `cancel-operation-other-user`.
-    async fn cancel(&self, options: HashMap<String, OwnedVariant>, #[zbus(header)] h: Header<'_>) -> Result<()> {
+    async fn cancel(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
         super::options::Options::parse("Cancel", options, &[])?;
         let id = self.op.id.to_string();
-        let uid = self.ctx.authorize(&h, auth::CANCEL_OPERATION, &[("operation", &id), ("verb", "cancel")]).await?;
+        let uid = self
+            .ctx
+            .authorize(
+                &h,
+                auth::CANCEL_OPERATION,
+                &[("operation", &id), ("verb", "cancel")],
+            )
+            .await?;
         if uid != 0 && uid != self.op.started_by_uid {
-            self.ctx.authorize(&h, auth::CANCEL_OPERATION_OTHER_USER, &[("operation", &id), ("verb", "cancel")]).await?;
+            self.ctx
+                .authorize(
+                    &h,
+                    auth::CANCEL_OPERATION_OTHER_USER,
+                    &[("operation", &id), ("verb", "cancel")],
+                )
+                .await?;
         }
         if !self.op.cancelable {
-            return Err(Error::new(Name::NotSupported, "this operation cannot be cancelled"));
+            return Err(Error::new(
+                Name::NotSupported,
+                "this operation cannot be cancelled",
+            ));
         }
         self.op.cancel.store(true, Ordering::Relaxed);
         Ok(())
@@ -124,5 +146,9 @@ impl OperationIface {
 
     /// It ended: whether it succeeded, and the error if not.
     #[zbus(signal)]
-    pub async fn completed(emitter: &SignalEmitter<'_>, success: bool, message: &str) -> zbus::Result<()>;
+    pub async fn completed(
+        emitter: &SignalEmitter<'_>,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
 }

@@ -15,15 +15,23 @@ pub struct Options {
 
 impl Options {
     /// Checks `map` against `allowed` (key, D-Bus signature) pairs.
-    pub fn parse(method: &'static str, map: HashMap<String, OwnedVariant>, allowed: &[(&str, &str)]) -> Result<Options, Error> {
+    pub fn parse(
+        method: &'static str,
+        map: HashMap<String, OwnedVariant>,
+        allowed: &[(&str, &str)],
+    ) -> Result<Options, Error> {
         for (k, v) in &map {
             match allowed.iter().find(|(name, _)| name == k) {
                 None => {
-                    let known: Vec<String> = allowed.iter().map(|(n, s)| format!("{n} ({s})")).collect();
+                    let known: Vec<String> =
+                        allowed.iter().map(|(n, s)| format!("{n} ({s})")).collect();
                     return Err(Error::option(if known.is_empty() {
                         format!("{method} takes no options, got {k:?}")
                     } else {
-                        format!("unknown option {k:?} for {method}; known: {}", known.join(", "))
+                        format!(
+                            "unknown option {k:?} for {method}; known: {}",
+                            known.join(", ")
+                        )
                     }));
                 }
                 Some((_, sig)) if v.value_signature() != *sig => {
@@ -44,19 +52,29 @@ impl Options {
 
     /// A `b` option.
     pub fn bool(&self, k: &str) -> Result<Option<bool>, Error> {
-        self.map.get(k).map(|v| bool::try_from(&**v).map_err(|e| self.bad(k, e))).transpose()
+        self.map
+            .get(k)
+            .map(|v| bool::try_from(&**v).map_err(|e| self.bad(k, e)))
+            .transpose()
     }
 
     /// A `u` option.
     pub fn u32(&self, k: &str) -> Result<Option<u32>, Error> {
-        self.map.get(k).map(|v| u32::try_from(&**v).map_err(|e| self.bad(k, e))).transpose()
+        self.map
+            .get(k)
+            .map(|v| u32::try_from(&**v).map_err(|e| self.bad(k, e)))
+            .transpose()
     }
 
     /// An `s` option.
     pub fn string(&self, k: &str) -> Result<Option<String>, Error> {
         self.map
             .get(k)
-            .map(|v| <&str>::try_from(&**v).map(str::to_owned).map_err(|e| self.bad(k, e)))
+            .map(|v| {
+                <&str>::try_from(&**v)
+                    .map(str::to_owned)
+                    .map_err(|e| self.bad(k, e))
+            })
             .transpose()
     }
 
@@ -64,7 +82,9 @@ impl Options {
     pub fn strings(&mut self, k: &str) -> Result<Option<Vec<String>>, Error> {
         match self.map.remove(k) {
             None => Ok(None),
-            Some(v) => Vec::<String>::try_from(v).map(Some).map_err(|e| self.bad(k, e)),
+            Some(v) => Vec::<String>::try_from(v)
+                .map(Some)
+                .map_err(|e| self.bad(k, e)),
         }
     }
 
@@ -72,7 +92,9 @@ impl Options {
     pub fn dict(&mut self, k: &str) -> Result<Option<HashMap<String, String>>, Error> {
         match self.map.remove(k) {
             None => Ok(None),
-            Some(v) => HashMap::<String, String>::try_from(v).map(Some).map_err(|e| self.bad(k, e)),
+            Some(v) => HashMap::<String, String>::try_from(v)
+                .map(Some)
+                .map_err(|e| self.bad(k, e)),
         }
     }
 

@@ -7,7 +7,10 @@
 //! files so that memory and files agree. Without `leave_running` CRIU kills the tree once it
 //! is dumped.
 
-use super::{CheckpointMeta, DEV_MOUNTS, Failure, META_FILE, base_opts, call, ext_mount, failure, open_dir, tty_key};
+use super::{
+    CheckpointMeta, DEV_MOUNTS, Failure, META_FILE, base_opts, call, ext_mount, failure, open_dir,
+    tty_key,
+};
 use protobuf::MessageField;
 use rust_criu::rust_criu_protobuf::rpc;
 use std::path::Path;
@@ -50,12 +53,22 @@ pub struct DumpStats {
 /// Dumps the tree of `plan.pid` into `plan.images`. `post_dump` runs while the tree is still
 /// frozen (an error aborts the dump: CRIU then resumes the tree); `progress` gets the bytes of
 /// memory written so far, about ten times a second.
-pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), String>, progress: &(dyn Fn(u64) + Sync)) -> Result<DumpStats, Failure> {
+pub fn dump(
+    plan: &DumpPlan<'_>,
+    post_dump: &mut dyn FnMut() -> Result<(), String>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DumpStats, Failure> {
     let log = plan.work.join(plan.log);
     let _ = std::fs::remove_file(&log);
-    let early = |m: String| Failure { step: "prepare the dump".into(), message: m, log: None };
-    let console_key = tty_key(plan.console).map_err(|e| early(format!("stat the console {}: {e}", plan.console.display())))?;
-    let ctty_key = tty_key(Path::new("/dev/tty")).map_err(|e| early(format!("stat /dev/tty: {e}")))?;
+    let early = |m: String| Failure {
+        step: "prepare the dump".into(),
+        message: m,
+        log: None,
+    };
+    let console_key = tty_key(plan.console)
+        .map_err(|e| early(format!("stat the console {}: {e}", plan.console.display())))?;
+    let ctty_key =
+        tty_key(Path::new("/dev/tty")).map_err(|e| early(format!("stat /dev/tty: {e}")))?;
     let images = open_dir(plan.images).map_err(early)?;
     let work = open_dir(plan.work).map_err(early)?;
 
@@ -66,7 +79,10 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     if let Some(f) = plan.freeze_cgroup {
         o.set_freeze_cgroup(f.to_string_lossy().into_owned());
     }
-    o.ext_mnt = DEV_MOUNTS.iter().map(|n| ext_mount(&format!("/dev/{n}"), &format!("dev_{n}"))).collect();
+    o.ext_mnt = DEV_MOUNTS
+        .iter()
+        .map(|n| ext_mount(&format!("/dev/{n}"), &format!("dev_{n}")))
+        .collect();
     o.external = vec![console_key.clone(), ctty_key.clone()];
     let mut req = rpc::Criu_req::new();
     req.set_type(rpc::Criu_req_type::DUMP);
@@ -103,7 +119,11 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
     });
     let criu_us = started.elapsed().as_micros() as u64;
     if let Some(e) = hook_error {
-        return Err(Failure { step: "post-dump (copying the files while frozen)".into(), message: e, log: Some(log) });
+        return Err(Failure {
+            step: "post-dump (copying the files while frozen)".into(),
+            message: e,
+            log: Some(log),
+        });
     }
     match &resp {
         Ok(r) if r.success() => {}
@@ -120,20 +140,35 @@ pub fn dump(plan: &DumpPlan<'_>, post_dump: &mut dyn FnMut() -> Result<(), Strin
         memory_bytes,
     };
     let data = serde_json::to_vec_pretty(&meta).unwrap_or_default();
-    std::fs::write(plan.images.join(META_FILE), data)
-        .map_err(|e| Failure { step: "record the checkpoint".into(), message: e.to_string(), log: None })?;
-    Ok(DumpStats { memory_bytes, image_bytes: apparent_size(plan.images), criu_us })
+    std::fs::write(plan.images.join(META_FILE), data).map_err(|e| Failure {
+        step: "record the checkpoint".into(),
+        message: e.to_string(),
+        log: None,
+    })?;
+    Ok(DumpStats {
+        memory_bytes,
+        image_bytes: apparent_size(plan.images),
+        criu_us,
+    })
 }
 
 /// Bytes of the files of an images directory (CRIU writes no subdirectories).
 pub fn apparent_size(images: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(images) else { return 0 };
-    rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Bytes of memory pages written to an images directory so far.
 pub fn pages_bytes(images: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(images) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return 0;
+    };
     rd.flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
         .filter_map(|e| e.metadata().ok())

@@ -29,28 +29,44 @@ const MAX_ENTRY: usize = 16 << 20;
 /// The paths (relative to the container's root) of the links CRIU made for a dump in
 /// `images`. Unreadable or missing images give none: the names are then only clutter.
 pub fn link_remaps(images: &Path) -> Vec<PathBuf> {
-    let Some(remaps) = read_entries(&images.join("remap-fpath.img"), REMAP_FPATH_MAGIC) else { return Vec::new() };
+    let Some(remaps) = read_entries(&images.join("remap-fpath.img"), REMAP_FPATH_MAGIC) else {
+        return Vec::new();
+    };
     let linked: HashSet<u64> = remaps
         .iter()
         .filter_map(|e| {
             let f = fields(e)?;
-            let kind = f.get(&3).and_then(|v| v.first()).map(|v| v.int()).unwrap_or(REMAP_LINKED);
-            (kind == REMAP_LINKED).then(|| f.get(&2)?.first().map(Value::int)).flatten()
+            let kind = f
+                .get(&3)
+                .and_then(|v| v.first())
+                .map(|v| v.int())
+                .unwrap_or(REMAP_LINKED);
+            (kind == REMAP_LINKED)
+                .then(|| f.get(&2)?.first().map(Value::int))
+                .flatten()
         })
         .collect();
     if linked.is_empty() {
         return Vec::new();
     }
-    let Some(files) = read_entries(&images.join("files.img"), FILES_MAGIC) else { return Vec::new() };
+    let Some(files) = read_entries(&images.join("files.img"), FILES_MAGIC) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in &files {
         let Some(f) = fields(e) else { continue };
         let one = |n: u32| f.get(&n).and_then(|v| v.first());
-        if one(1).map(Value::int) != Some(FD_TYPE_REG) || !one(2).is_some_and(|id| linked.contains(&id.int())) {
+        if one(1).map(Value::int) != Some(FD_TYPE_REG)
+            || !one(2).is_some_and(|id| linked.contains(&id.int()))
+        {
             continue;
         }
-        let Some(reg) = one(3).and_then(|r| r.bytes()).and_then(fields) else { continue };
-        let Some(name) = reg.get(&6).and_then(|v| v.first()).and_then(|v| v.bytes()) else { continue };
+        let Some(reg) = one(3).and_then(|r| r.bytes()).and_then(fields) else {
+            continue;
+        };
+        let Some(name) = reg.get(&6).and_then(|v| v.first()).and_then(|v| v.bytes()) else {
+            continue;
+        };
         if let Some(p) = contained(name) {
             out.push(p);
         }
@@ -69,14 +85,25 @@ pub fn remove_link_remaps(images: &Path, rootfs: &Path) -> usize {
     if names.is_empty() {
         return 0;
     }
-    let Ok(root) = std::fs::File::open(rootfs) else { return 0 };
+    let Ok(root) = std::fs::File::open(rootfs) else {
+        return 0;
+    };
     let mut removed = 0;
     for rel in names {
-        let (Some(parent), Some(base)) = (rel.parent(), rel.file_name()) else { continue };
-        let Ok(dir) = crate::image::extract::open_in_root(root.as_raw_fd(), parent.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        let (Some(parent), Some(base)) = (rel.parent(), rel.file_name()) else {
             continue;
         };
-        let Ok(base) = std::ffi::CString::new(base.as_bytes()) else { continue };
+        let Ok(dir) = crate::image::extract::open_in_root(
+            root.as_raw_fd(),
+            parent.as_os_str().as_bytes(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) else {
+            continue;
+        };
+        let Ok(base) = std::ffi::CString::new(base.as_bytes()) else {
+            continue;
+        };
         // SAFETY: stat is plain data; fstatat/unlinkat on our fd and C string.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
@@ -111,7 +138,10 @@ fn contained(name: &[u8]) -> Option<PathBuf> {
 /// The entries of one image file, or None when it is missing or not that image.
 fn read_entries(path: &Path, magic: u32) -> Option<Vec<Vec<u8>>> {
     let data = std::fs::read(path).ok()?;
-    let u32_at = |i: usize| data.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u32_at = |i: usize| {
+        data.get(i..i + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
     if u32_at(0)? != COMMON_MAGIC || u32_at(4)? != magic {
         return None;
     }
@@ -255,7 +285,8 @@ mod tests {
     }
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("berth-criu-images-{}-{name}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("berth-criu-images-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -264,25 +295,51 @@ mod tests {
     #[test]
     fn linked_remaps_are_named_and_nothing_else() {
         let d = dir("linked");
-        let files = [reg(7, "/tmp/a"), reg(9, "/tmp/link_remap.9"), reg(12, "/var/lib/x/link_remap.12"), reg(13, "/tmp/link_remap.13"), reg(14, "/../link_remap.14")];
+        let files = [
+            reg(7, "/tmp/a"),
+            reg(9, "/tmp/link_remap.9"),
+            reg(12, "/var/lib/x/link_remap.12"),
+            reg(13, "/tmp/link_remap.13"),
+            reg(14, "/../link_remap.14"),
+        ];
         std::fs::write(d.join("files.img"), image(FILES_MAGIC, &files)).unwrap();
         // 9 and 12 are linked (the type once absent, once explicit), 13 a ghost, 14 hostile
-        let remaps = [remap(7, 9, None), remap(8, 12, Some(REMAP_LINKED)), remap(10, 13, Some(1)), remap(11, 14, None)];
+        let remaps = [
+            remap(7, 9, None),
+            remap(8, 12, Some(REMAP_LINKED)),
+            remap(10, 13, Some(1)),
+            remap(11, 14, None),
+        ];
         std::fs::write(d.join("remap-fpath.img"), image(REMAP_FPATH_MAGIC, &remaps)).unwrap();
-        assert_eq!(link_remaps(&d), vec![PathBuf::from("tmp/link_remap.9"), PathBuf::from("var/lib/x/link_remap.12")]);
+        assert_eq!(
+            link_remaps(&d),
+            vec![
+                PathBuf::from("tmp/link_remap.9"),
+                PathBuf::from("var/lib/x/link_remap.12")
+            ]
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn removal_stays_inside_the_rootfs_and_spares_what_is_not_a_file() {
         let d = dir("remove");
-        let files = [reg(9, "/tmp/link_remap.9"), reg(12, "/var/x/link_remap.12"), reg(15, "/run/link_remap.15")];
+        let files = [
+            reg(9, "/tmp/link_remap.9"),
+            reg(12, "/var/x/link_remap.12"),
+            reg(15, "/run/link_remap.15"),
+        ];
         std::fs::write(d.join("files.img"), image(FILES_MAGIC, &files)).unwrap();
         let remaps = [remap(1, 9, None), remap(2, 12, None), remap(3, 15, None)];
         std::fs::write(d.join("remap-fpath.img"), image(REMAP_FPATH_MAGIC, &remaps)).unwrap();
         let root = d.join("rootfs");
         for p in ["tmp", "var", "run/link_remap.15", "outside"] {
-            std::fs::create_dir_all(if p == "outside" { d.join(p) } else { root.join(p) }).unwrap();
+            std::fs::create_dir_all(if p == "outside" {
+                d.join(p)
+            } else {
+                root.join(p)
+            })
+            .unwrap();
         }
         std::fs::write(root.join("tmp/link_remap.9"), "x").unwrap();
         std::fs::write(root.join("tmp/keep"), "x").unwrap();
@@ -292,20 +349,32 @@ mod tests {
         assert_eq!(remove_link_remaps(&d, &root), 1);
         assert!(!root.join("tmp/link_remap.9").exists());
         assert!(root.join("tmp/keep").exists());
-        assert!(d.join("outside/link_remap.12").exists(), "resolved outside the rootfs");
-        assert!(root.join("run/link_remap.15").is_dir(), "a directory is not CRIU's link");
+        assert!(
+            d.join("outside/link_remap.12").exists(),
+            "resolved outside the rootfs"
+        );
+        assert!(
+            root.join("run/link_remap.15").is_dir(),
+            "a directory is not CRIU's link"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_file_criu_wrote_is_read() {
         // remap-fpath.img of a CRIU 4.2.1 dump on this machine: file 11 remapped to link 12
-        let real = [0x19, 0x43, 0x56, 0x54, 0x54, 0x39, 0x13, 0x59, 6, 0, 0, 0, 0x08, 0x0b, 0x10, 0x0c, 0x18, 0x00];
+        let real = [
+            0x19, 0x43, 0x56, 0x54, 0x54, 0x39, 0x13, 0x59, 6, 0, 0, 0, 0x08, 0x0b, 0x10, 0x0c,
+            0x18, 0x00,
+        ];
         let d = dir("real");
         std::fs::write(d.join("remap-fpath.img"), real).unwrap();
         let e = read_entries(&d.join("remap-fpath.img"), REMAP_FPATH_MAGIC).unwrap();
         let f = fields(&e[0]).unwrap();
-        assert_eq!((f[&1][0].int(), f[&2][0].int(), f[&3][0].int()), (11, 12, REMAP_LINKED));
+        assert_eq!(
+            (f[&1][0].int(), f[&2][0].int(), f[&3][0].int()),
+            (11, 12, REMAP_LINKED)
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -313,7 +382,11 @@ mod tests {
     fn missing_truncated_or_foreign_images_give_nothing() {
         let d = dir("broken");
         assert!(link_remaps(&d).is_empty());
-        std::fs::write(d.join("remap-fpath.img"), image(REMAP_FPATH_MAGIC, &[remap(1, 2, None)])).unwrap();
+        std::fs::write(
+            d.join("remap-fpath.img"),
+            image(REMAP_FPATH_MAGIC, &[remap(1, 2, None)]),
+        )
+        .unwrap();
         let mut files = image(FILES_MAGIC, &[reg(2, "/tmp/link_remap.2")]);
         std::fs::write(d.join("files.img"), &files[..files.len() - 3]).unwrap();
         assert!(link_remaps(&d).is_empty());
@@ -324,7 +397,11 @@ mod tests {
         std::fs::write(d.join("files.img"), &files).unwrap();
         assert_eq!(link_remaps(&d), vec![PathBuf::from("tmp/link_remap.2")]);
         // a name that is not CRIU's is never offered for removal
-        std::fs::write(d.join("files.img"), image(FILES_MAGIC, &[reg(2, "/etc/passwd")])).unwrap();
+        std::fs::write(
+            d.join("files.img"),
+            image(FILES_MAGIC, &[reg(2, "/etc/passwd")]),
+        )
+        .unwrap();
         assert!(link_remaps(&d).is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }

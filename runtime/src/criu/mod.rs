@@ -14,8 +14,8 @@
 
 pub mod checkpoint;
 pub mod images;
-pub mod prepare;
 pub mod preflight;
+pub mod prepare;
 pub mod recover;
 pub mod restore;
 
@@ -32,7 +32,9 @@ pub const MIN_VERSION: (u32, u32) = (4, 2);
 
 /// Host device nodes berth bind-mounts into every container's /dev, and the console: each is
 /// an external mount `dev_<name>` to CRIU. One list for both directions.
-pub const DEV_MOUNTS: &[&str] = &["null", "zero", "full", "random", "urandom", "tty", "console"];
+pub const DEV_MOUNTS: &[&str] = &[
+    "null", "zero", "full", "random", "urandom", "tty", "console",
+];
 
 /// Unlinked-but-open files up to this size are copied into the images.
 pub const GHOST_LIMIT: u32 = 64 << 20;
@@ -82,15 +84,24 @@ pub fn find() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BERTH_CRIU") {
         return Some(PathBuf::from(p));
     }
-    ["/usr/local/sbin/criu", "/usr/sbin/criu", "/usr/local/bin/criu", "/usr/bin/criu", "/sbin/criu"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        "/usr/local/sbin/criu",
+        "/usr/sbin/criu",
+        "/usr/local/bin/criu",
+        "/usr/bin/criu",
+        "/sbin/criu",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// Parses `criu --version` output ("Version: 4.2.1").
 pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
-    let v = out.lines().find_map(|l| l.trim().strip_prefix("Version:"))?.trim();
+    let v = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))?
+        .trim();
     let mut it = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
     Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
 }
@@ -99,12 +110,15 @@ pub fn parse_version(out: &str) -> Option<(u32, u32, u32)> {
 /// passing and nftables network locking built in. Returns the version, or why not.
 pub fn probe(criu: Option<&Path>) -> Result<String, String> {
     let Some(criu) = criu else {
-        return Err("CRIU is not installed (scripts/setup builds CRIU 4.2.1 into /usr/local/sbin)".into());
+        return Err(
+            "CRIU is not installed (scripts/setup builds CRIU 4.2.1 into /usr/local/sbin)".into(),
+        );
     };
     let run = |args: &[&str]| std::process::Command::new(criu).args(args).output();
     let out = run(&["--version"]).map_err(|e| format!("cannot run {}: {e}", criu.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (ma, mi, pa) = parse_version(&text).ok_or_else(|| format!("cannot read the version of {}", criu.display()))?;
+    let (ma, mi, pa) = parse_version(&text)
+        .ok_or_else(|| format!("cannot read the version of {}", criu.display()))?;
     if (ma, mi) < MIN_VERSION {
         return Err(format!(
             "CRIU {ma}.{mi}.{pa} at {} is too old: berth needs {}.{} or newer (3.17 fails on this kernel's vDSO, 4.1 cannot dump network sockets); scripts/setup builds 4.2.1",
@@ -115,13 +129,25 @@ pub fn probe(criu: Option<&Path>) -> Result<String, String> {
     }
     let check = run(&["check"]).map_err(|e| format!("cannot run {} check: {e}", criu.display()))?;
     if !check.status.success() {
-        let all = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-        let first = all.lines().find(|l| l.contains("Error") || l.contains("error")).or_else(|| all.lines().next()).unwrap_or("").trim();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let first = all
+            .lines()
+            .find(|l| l.contains("Error") || l.contains("error"))
+            .or_else(|| all.lines().next())
+            .unwrap_or("")
+            .trim();
         return Err(format!("`criu check` fails on this kernel: {first}"));
     }
     let nft = run(&["check", "--feature", "network_lock_nftables"]).map_err(|e| e.to_string())?;
     if !nft.status.success() {
-        return Err(format!("CRIU at {} was built without nftables support, which berth uses to lock the network", criu.display()));
+        return Err(format!(
+            "CRIU at {} was built without nftables support, which berth uses to lock the network",
+            criu.display()
+        ));
     }
     Ok(format!("{ma}.{mi}.{pa}"))
 }
@@ -134,20 +160,34 @@ pub fn tty_key(path: &Path) -> std::io::Result<String> {
 
 /// The first error CRIU logged (known noise skipped), without its timestamp and source.
 pub fn first_error(log: &Path) -> Option<String> {
-    const NOISE: &[&str] = &["RLIMIT_NOFILE", "iptables", "ip6tables", "Can't create a temporary directory", "Address already assigned"];
+    const NOISE: &[&str] = &[
+        "RLIMIT_NOFILE",
+        "iptables",
+        "ip6tables",
+        "Can't create a temporary directory",
+        "Address already assigned",
+    ];
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines().find(|l| l.contains("Error (") && !NOISE.iter().any(|n| l.contains(n))).map(|l| {
-        let l = l.trim();
-        match l.find("): ") {
-            Some(i) if l.starts_with('(') || l.contains("Error (") => l[i + 3..].trim().to_string(),
-            _ => l.to_string(),
-        }
-    })
+    text.lines()
+        .find(|l| l.contains("Error (") && !NOISE.iter().any(|n| l.contains(n)))
+        .map(|l| {
+            let l = l.trim();
+            match l.find("): ") {
+                Some(i) if l.starts_with('(') || l.contains("Error (") => {
+                    l[i + 3..].trim().to_string()
+                }
+                _ => l.to_string(),
+            }
+        })
 }
 
 /// One request to a fresh `criu swrk`, answering its notifications with `notify` (whose
 /// `false` makes CRIU abort). Returns CRIU's final response, successful or not.
-pub(crate) fn call(criu: &Path, req: &rpc::Criu_req, notify: &mut dyn FnMut(&rpc::Criu_notify) -> bool) -> Result<rpc::Criu_resp, String> {
+pub(crate) fn call(
+    criu: &Path,
+    req: &rpc::Criu_req,
+    notify: &mut dyn FnMut(&rpc::Criu_notify) -> bool,
+) -> Result<rpc::Criu_resp, String> {
     let mut sv = [0; 2];
     // SAFETY: sv is a valid out array. Our end gets CLOEXEC below; criu's end is inherited.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) } < 0 {
@@ -166,7 +206,14 @@ pub(crate) fn call(criu: &Path, req: &rpc::Criu_req, notify: &mut dyn FnMut(&rpc
     let send = |m: &rpc::Criu_req| -> Result<(), String> {
         let b = m.write_to_bytes().map_err(|e| e.to_string())?;
         // SAFETY: sending our buffer on our socket.
-        let n = unsafe { libc::send(ours.as_raw_fd(), b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+        let n = unsafe {
+            libc::send(
+                ours.as_raw_fd(),
+                b.as_ptr().cast(),
+                b.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
         if n != b.len() as isize {
             return Err(format!("send to criu: {}", std::io::Error::last_os_error()));
         }
@@ -181,7 +228,8 @@ pub(crate) fn call(criu: &Path, req: &rpc::Criu_req, notify: &mut dyn FnMut(&rpc
             if n <= 0 {
                 return Err("criu exited without answering (see its log)".to_string());
             }
-            let resp = rpc::Criu_resp::parse_from_bytes(&buf[..n as usize]).map_err(|e| format!("unreadable answer from criu: {e}"))?;
+            let resp = rpc::Criu_resp::parse_from_bytes(&buf[..n as usize])
+                .map_err(|e| format!("unreadable answer from criu: {e}"))?;
             if resp.type_() != rpc::Criu_req_type::NOTIFY {
                 return Ok(resp);
             }
@@ -199,7 +247,9 @@ pub(crate) fn call(criu: &Path, req: &rpc::Criu_req, notify: &mut dyn FnMut(&rpc
 /// Opens a directory for CRIU (`images_dir_fd`, `work_dir_fd`): CRIU reaches it through
 /// `/proc/<caller>/fd/N`, so close-on-exec is fine.
 pub(crate) fn open_dir(p: &Path) -> Result<OwnedFd, String> {
-    std::fs::File::open(p).map(OwnedFd::from).map_err(|e| format!("open {}: {e}", p.display()))
+    std::fs::File::open(p)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("open {}: {e}", p.display()))
 }
 
 pub(crate) fn ext_mount(key: &str, val: &str) -> rpc::Ext_mount_map {
@@ -244,14 +294,23 @@ pub(crate) fn step(phase: &str, seen: &[String]) -> String {
 }
 
 /// A failure from CRIU's answer, the log and the notifications seen.
-pub(crate) fn failure(phase: &str, seen: &[String], resp: Result<&rpc::Criu_resp, &str>, log: &Path) -> Failure {
+pub(crate) fn failure(
+    phase: &str,
+    seen: &[String],
+    resp: Result<&rpc::Criu_resp, &str>,
+    log: &Path,
+) -> Failure {
     let step = step(phase, seen);
     let message = first_error(log).unwrap_or_else(|| match resp {
         Ok(r) if !r.cr_errmsg().is_empty() => r.cr_errmsg().to_string(),
         Ok(r) => format!("criu failed (errno {})", r.cr_errno()),
         Err(e) => e.to_string(),
     });
-    Failure { step, message, log: log.exists().then(|| log.to_path_buf()) }
+    Failure {
+        step,
+        message,
+        log: log.exists().then(|| log.to_path_buf()),
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +320,10 @@ mod tests {
     #[test]
     fn versions() {
         assert_eq!(parse_version("Version: 4.2.1\n"), Some((4, 2, 1)));
-        assert_eq!(parse_version("Version: 3.17\nGitID: v3.17\n"), Some((3, 17, 0)));
+        assert_eq!(
+            parse_version("Version: 3.17\nGitID: v3.17\n"),
+            Some((3, 17, 0))
+        );
         assert_eq!(parse_version("nonsense"), None);
     }
 
@@ -273,7 +335,10 @@ mod tests {
             "(00.001) Error (criu/rlimit.c:12): rlimit: Can't setup RLIMIT_NOFILE\n(00.100) Error (criu/sk-queue.c:505): skqueue: Control messages in queue, not supported\n(00.2) Error (criu/cr-dump.c:1): Dumping FAILED.\n",
         )
         .unwrap();
-        assert_eq!(first_error(&p).as_deref(), Some("skqueue: Control messages in queue, not supported"));
+        assert_eq!(
+            first_error(&p).as_deref(),
+            Some("skqueue: Control messages in queue, not supported")
+        );
         let _ = std::fs::remove_file(&p);
     }
 }

@@ -11,7 +11,13 @@ use std::path::Path;
 const NESTED: &[&str] = &["user", "pid", "uts", "ipc", "cgroup", "time"];
 
 /// Socket families CRIU dumps.
-const KNOWN_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6, libc::AF_NETLINK, libc::AF_PACKET];
+const KNOWN_FAMILIES: &[i32] = &[
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+    libc::AF_PACKET,
+];
 
 /// Reasons the processes `pids` (init first) cannot be checkpointed; empty when they can.
 pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
@@ -27,7 +33,10 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
             let Some(mine) = ns(pid, kind) else { continue };
             if Some(&mine) != init_ns[i].as_ref() {
                 // exec'd processes share init's namespaces; anything else made its own
-                reasons.push(format!("{who} runs in a nested {kind} namespace, which CRIU cannot checkpoint{}", hint(kind)));
+                reasons.push(format!(
+                    "{who} runs in a nested {kind} namespace, which CRIU cannot checkpoint{}",
+                    hint(kind)
+                ));
                 nested = true;
             }
         }
@@ -42,10 +51,18 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
 
 /// "process 1234 (sleep, pid 7 in the container)": the host pid and the container's.
 fn describe(pid: i32) -> String {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let inner = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_whitespace().last()).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|l| l.split_whitespace().last())
+                .map(str::to_string)
+        })
         .filter(|p| p != &pid.to_string());
     match inner {
         Some(p) => format!("process {pid} ({comm}, pid {p} in the container)"),
@@ -65,7 +82,11 @@ impl MountSets {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-                e.insert(mi.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
+                e.insert(
+                    mi.lines()
+                        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                        .collect(),
+                )
             }
         };
         Some(ids.contains(&id))
@@ -75,7 +96,9 @@ impl MountSets {
 /// The mount an open file lives on (`mnt_id:` of its fdinfo).
 fn fd_mount(pid: i32, fd: i32) -> Option<u64> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("mnt_id:")).and_then(|v| v.trim().parse().ok())
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What a systemd unit setting behind a nested namespace is called.
@@ -89,16 +112,32 @@ fn hint(kind: &str) -> &'static str {
 }
 
 fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return };
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return;
+    };
     let pidfd = crate::sys::pidfd_open(pid).ok();
     for e in rd.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         let target = target.to_string_lossy().into_owned();
         let fd: i32 = e.file_name().to_string_lossy().parse().unwrap_or(-1);
         if let Some(kind) = target.strip_prefix("anon_inode:") {
             let kind = kind.trim_matches(['[', ']']);
-            if matches!(kind, "io_uring" | "userfaultfd" | "perf_event" | "bpf-map" | "bpf-prog" | "bpf_link" | "kvm-vm" | "kvm-vcpu") {
-                reasons.push(format!("{who} has an {kind} descriptor open (fd {fd}), which CRIU cannot checkpoint"));
+            if matches!(
+                kind,
+                "io_uring"
+                    | "userfaultfd"
+                    | "perf_event"
+                    | "bpf-map"
+                    | "bpf-prog"
+                    | "bpf_link"
+                    | "kvm-vm"
+                    | "kvm-vcpu"
+            ) {
+                reasons.push(format!(
+                    "{who} has an {kind} descriptor open (fd {fd}), which CRIU cannot checkpoint"
+                ));
             }
         } else if target.starts_with("socket:") {
             if let Some(pidfd) = &pidfd
@@ -114,7 +153,8 @@ fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<Stri
             // a file of the host (the stdio of a `berth exec` whose process was left running
             // in the background, say): CRIU finds no mount in the container to put it on
             // (device nodes are judged below: the console is a host pty CRIU takes as external)
-            let device = std::fs::metadata(e.path()).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device());
+            let device = std::fs::metadata(e.path())
+                .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device());
             if !device
                 && let Some(id) = fd_mount(pid, fd)
                 && mounts.contains(pid, id) == Some(false)
@@ -124,7 +164,9 @@ fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<Stri
                 ));
                 continue;
             }
-            let Ok(m) = std::fs::metadata(e.path()) else { continue };
+            let Ok(m) = std::fs::metadata(e.path()) else {
+                continue;
+            };
             let ft = m.file_type();
             if (ft.is_char_device() || ft.is_block_device()) && !known_device(&target, m.rdev()) {
                 reasons.push(format!("{who} has device {target} open (fd {fd}); berth only checkpoints the devices it provides"));
@@ -138,7 +180,10 @@ fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<Stri
 /// pty slaves (the console, exec terminals); tun, which CRIU handles.
 fn known_device(_path: &str, rdev: u64) -> bool {
     let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-    (major == 1 && matches!(minor, 3 | 5 | 7 | 8 | 9)) || major == 5 || (136..=143).contains(&major) || (major == 10 && minor == 200)
+    (major == 1 && matches!(minor, 3 | 5 | 7 | 8 | 9))
+        || major == 5
+        || (136..=143).contains(&major)
+        || (major == 10 && minor == 200)
 }
 
 /// (family, protocol) of another process's socket, read through a duplicate of it.
@@ -154,7 +199,15 @@ fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32)> {
         let mut v: i32 = 0;
         let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
         // SAFETY: getsockopt into a valid i32.
-        let r = unsafe { libc::getsockopt(dup.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) };
+        let r = unsafe {
+            libc::getsockopt(
+                dup.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&mut v as *mut i32).cast(),
+                &mut len,
+            )
+        };
         (r == 0).then_some(v)
     };
     Some((get(libc::SO_DOMAIN)?, get(libc::SO_PROTOCOL).unwrap_or(0)))
@@ -172,10 +225,18 @@ pub fn symlink_watch(pid: i32) -> Option<String> {
     let ino = lt.ino();
     let rd = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
     for e in rd.flatten() {
-        let Ok(t) = std::fs::read_to_string(e.path()) else { continue };
-        let watched = t.lines().filter_map(|l| l.strip_prefix("inotify wd:")).any(|l| {
-            l.split_whitespace().find_map(|kv| kv.strip_prefix("ino:")).and_then(|h| u64::from_str_radix(h, 16).ok()) == Some(ino)
-        });
+        let Ok(t) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let watched = t
+            .lines()
+            .filter_map(|l| l.strip_prefix("inotify wd:"))
+            .any(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("ino:"))
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    == Some(ino)
+            });
         if watched {
             return Some(format!(
                 "{} watches the symlink /etc/localtime, a watch CRIU cannot restore on a btrfs pool; make /etc/localtime a regular file (berth does when it creates a container with migration.stateful=true)",
@@ -192,7 +253,10 @@ pub fn symlink_watch(pid: i32) -> Option<String> {
 pub fn vfork_waiters(pids: &[i32]) -> Vec<i32> {
     pids.iter()
         .copied()
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/wchan")).is_ok_and(|w| w.trim() == "kernel_clone"))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/wchan"))
+                .is_ok_and(|w| w.trim() == "kernel_clone")
+        })
         .collect()
 }
 
@@ -237,7 +301,8 @@ mod tests {
     #[test]
     fn an_unknown_socket_family_is_named() {
         // SAFETY: plain syscall.
-        let fd = unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        let fd =
+            unsafe { libc::socket(libc::AF_ALG, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return; // no AF_ALG in this kernel
         }
@@ -245,6 +310,11 @@ mod tests {
         let _s = unsafe { OwnedFd::from_raw_fd(fd) };
         let me = std::process::id() as i32;
         let reasons = check(me, &[me]);
-        assert!(reasons.iter().any(|r| r.contains(&format!("fd {fd}")) && r.contains("address family")), "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains(&format!("fd {fd}")) && r.contains("address family")),
+            "{reasons:?}"
+        );
     }
 }

@@ -41,10 +41,16 @@ pub fn apply(rootfs: &Path, owner: (u32, u32)) -> Result<Vec<String>> {
     let root = std::fs::File::open(rootfs).step(|| format!("open {}", rootfs.display()))?;
     let mut changed = Vec::new();
     let dir = mkdir_p(&root, "etc/systemd/system/service.d", owner)?;
-    let fd = open_in_root(dir.as_raw_fd(), b"zz-berth-checkpoint.conf", libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)
-        .step(|| format!("write {DROPIN}"))?;
+    let fd = open_in_root(
+        dir.as_raw_fd(),
+        b"zz-berth-checkpoint.conf",
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+        0o644,
+    )
+    .step(|| format!("write {DROPIN}"))?;
     let mut f = std::fs::File::from(fd);
-    f.write_all(DROPIN_TEXT.as_bytes()).step(|| format!("write {DROPIN}"))?;
+    f.write_all(DROPIN_TEXT.as_bytes())
+        .step(|| format!("write {DROPIN}"))?;
     chown(&f, owner);
     changed.push(format!("/{DROPIN}"));
     if localtime_to_file(&root, owner)? {
@@ -55,20 +61,38 @@ pub fn apply(rootfs: &Path, owner: (u32, u32)) -> Result<Vec<String>> {
 
 /// Creates `rel` and its parents inside `root` (each owned by `owner` when new).
 fn mkdir_p(root: &std::fs::File, rel: &str, owner: (u32, u32)) -> Result<OwnedFd> {
-    let mut cur = open_in_root(root.as_raw_fd(), b".", libc::O_PATH | libc::O_DIRECTORY, 0).step(|| "open the rootfs")?;
+    let mut cur = open_in_root(root.as_raw_fd(), b".", libc::O_PATH | libc::O_DIRECTORY, 0)
+        .step(|| "open the rootfs")?;
     for part in rel.split('/') {
-        let c = std::ffi::CString::new(part).map_err(|_| crate::Error::Invalid(format!("bad path {rel}")))?;
+        let c = std::ffi::CString::new(part)
+            .map_err(|_| crate::Error::Invalid(format!("bad path {rel}")))?;
         // SAFETY: mkdirat with a valid dirfd and C string.
         let r = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o755) };
         let created = r == 0;
         if !created && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
-            return Err(crate::Error::os(format!("create /{rel}"), std::io::Error::last_os_error()));
+            return Err(crate::Error::os(
+                format!("create /{rel}"),
+                std::io::Error::last_os_error(),
+            ));
         }
-        let next = open_in_root(cur.as_raw_fd(), part.as_bytes(), libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-            .step(|| format!("open /{rel}"))?;
+        let next = open_in_root(
+            cur.as_raw_fd(),
+            part.as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .step(|| format!("open /{rel}"))?;
         if created {
             // SAFETY: fchownat on an O_PATH fd with AT_EMPTY_PATH.
-            unsafe { libc::fchownat(next.as_raw_fd(), c"".as_ptr(), owner.0, owner.1, libc::AT_EMPTY_PATH) };
+            unsafe {
+                libc::fchownat(
+                    next.as_raw_fd(),
+                    c"".as_ptr(),
+                    owner.0,
+                    owner.1,
+                    libc::AT_EMPTY_PATH,
+                )
+            };
         }
         cur = next;
     }
@@ -83,15 +107,26 @@ fn chown(f: &std::fs::File, owner: (u32, u32)) {
 /// Replaces the `/etc/localtime` symlink with a copy of the zone file it points to (inside
 /// the rootfs). Returns whether it did.
 fn localtime_to_file(root: &std::fs::File, owner: (u32, u32)) -> Result<bool> {
-    let Ok(link) = open_in_root(root.as_raw_fd(), b"etc/localtime", libc::O_PATH | libc::O_NOFOLLOW, 0) else { return Ok(false) };
+    let Ok(link) = open_in_root(
+        root.as_raw_fd(),
+        b"etc/localtime",
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+    ) else {
+        return Ok(false);
+    };
     // SAFETY: fstat into plain data.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd.
-    if unsafe { libc::fstat(link.as_raw_fd(), &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+    if unsafe { libc::fstat(link.as_raw_fd(), &mut st) } != 0
+        || st.st_mode & libc::S_IFMT != libc::S_IFLNK
+    {
         return Ok(false);
     }
     // the zone file, resolved inside the rootfs; anything but a small regular file is left alone
-    let Ok(target) = open_in_root(root.as_raw_fd(), b"etc/localtime", libc::O_RDONLY, 0) else { return Ok(false) };
+    let Ok(target) = open_in_root(root.as_raw_fd(), b"etc/localtime", libc::O_RDONLY, 0) else {
+        return Ok(false);
+    };
     let mut zone = std::fs::File::from(target);
     let meta = zone.metadata().step(|| "stat the zone file")?;
     if !meta.is_file() || meta.len() > 1 << 20 {
@@ -99,19 +134,40 @@ fn localtime_to_file(root: &std::fs::File, owner: (u32, u32)) -> Result<bool> {
     }
     let mut data = Vec::new();
     zone.read_to_end(&mut data).step(|| "read the zone file")?;
-    let etc = open_in_root(root.as_raw_fd(), b"etc", libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).step(|| "open /etc")?;
+    let etc = open_in_root(
+        root.as_raw_fd(),
+        b"etc",
+        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )
+    .step(|| "open /etc")?;
     let tmp = ".localtime.berth";
     // SAFETY: unlinkat of our own temporary name.
     unsafe { libc::unlinkat(etc.as_raw_fd(), c".localtime.berth".as_ptr(), 0) };
-    let fd = open_in_root(etc.as_raw_fd(), tmp.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o644)
-        .step(|| "write /etc/.localtime.berth")?;
+    let fd = open_in_root(
+        etc.as_raw_fd(),
+        tmp.as_bytes(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+        0o644,
+    )
+    .step(|| "write /etc/.localtime.berth")?;
     let mut f = std::fs::File::from(fd);
     f.write_all(&data).step(|| "write /etc/.localtime.berth")?;
     chown(&f, owner);
     // SAFETY: renameat within one directory fd.
-    let r = unsafe { libc::renameat(etc.as_raw_fd(), c".localtime.berth".as_ptr(), etc.as_raw_fd(), c"localtime".as_ptr()) };
+    let r = unsafe {
+        libc::renameat(
+            etc.as_raw_fd(),
+            c".localtime.berth".as_ptr(),
+            etc.as_raw_fd(),
+            c"localtime".as_ptr(),
+        )
+    };
     if r != 0 {
-        return Err(crate::Error::os("replace /etc/localtime", std::io::Error::last_os_error()));
+        return Err(crate::Error::os(
+            "replace /etc/localtime",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(true)
 }
@@ -130,29 +186,48 @@ mod tests {
         std::fs::write(root.join("lib/systemd/systemd"), b"").unwrap();
         std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
         std::fs::write(root.join("usr/share/zoneinfo/Etc/UTC"), b"TZif2 zone").unwrap();
-        std::os::unix::fs::symlink("/usr/share/zoneinfo/Etc/UTC", root.join("etc/localtime")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/Etc/UTC", root.join("etc/localtime"))
+            .unwrap();
         let changed = apply(&root, (0, 0)).unwrap();
         assert_eq!(changed.len(), 2, "{changed:?}");
-        assert!(std::fs::read_to_string(root.join(DROPIN)).unwrap().contains("ProtectHostname=no"));
+        assert!(
+            std::fs::read_to_string(root.join(DROPIN))
+                .unwrap()
+                .contains("ProtectHostname=no")
+        );
         let lt = std::fs::symlink_metadata(root.join("etc/localtime")).unwrap();
         assert!(lt.is_file());
-        assert_eq!(std::fs::read(root.join("etc/localtime")).unwrap(), b"TZif2 zone");
+        assert_eq!(
+            std::fs::read(root.join("etc/localtime")).unwrap(),
+            b"TZif2 zone"
+        );
         // again: nothing more to do for localtime, the drop-in is rewritten
         assert_eq!(apply(&root, (0, 0)).unwrap().len(), 1);
 
         // a hostile link pointing at the host's files is resolved inside the root
         std::fs::remove_file(root.join("etc/localtime")).unwrap();
-        std::os::unix::fs::symlink("/../../../../etc/hostname", root.join("etc/localtime")).unwrap();
+        std::os::unix::fs::symlink("/../../../../etc/hostname", root.join("etc/localtime"))
+            .unwrap();
         let _ = apply(&root, (0, 0)).unwrap();
-        assert!(std::fs::symlink_metadata(root.join("etc/localtime")).unwrap().file_type().is_symlink(), "no host file was copied in");
+        assert!(
+            std::fs::symlink_metadata(root.join("etc/localtime"))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "no host file was copied in"
+        );
         // a hostile service.d that is a symlink out of the root is not followed
         std::fs::remove_dir_all(root.join("etc/systemd")).unwrap();
         std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
-        let outside = std::env::temp_dir().join(format!("berth-prepare-out-{}", std::process::id()));
+        let outside =
+            std::env::temp_dir().join(format!("berth-prepare-out-{}", std::process::id()));
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc/systemd/system/service.d")).unwrap();
         assert!(apply(&root, (0, 0)).is_err());
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside the root");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside the root"
+        );
         let _ = std::fs::remove_dir_all(&root);
         let _ = std::fs::remove_dir_all(&outside);
         // busybox roots are left alone

@@ -30,17 +30,32 @@ pub struct OrphanCriu {
 pub fn orphan_criu(containers_dir: &Path) -> Vec<OrphanCriu> {
     // SAFETY: getpid has no failure mode.
     let me = unsafe { libc::getpid() };
-    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = e
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split at the last ')'
-        let Some((head, tail)) = stat.rsplit_once(')') else { continue };
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
         if !head.ends_with("(criu") {
             continue;
         }
-        let ppid = tail.split_whitespace().nth(1).and_then(|p| p.parse::<libc::pid_t>().ok());
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<libc::pid_t>().ok());
         if ppid == Some(me) {
             continue;
         }
@@ -57,7 +72,9 @@ fn container_of(pid: libc::pid_t, containers_dir: &Path) -> Option<String> {
     rd.flatten().find_map(|fd| {
         let target = std::fs::read_link(fd.path()).ok()?;
         let rest = target.strip_prefix(containers_dir).ok()?;
-        rest.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+        rest.components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
     })
 }
 
@@ -90,9 +107,19 @@ fn exited_within(pidfd: libc::c_int, timeout: Duration) -> std::io::Result<bool>
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let mut p = libc::pollfd { fd: pidfd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as libc::c_int) };
+        let r = unsafe {
+            libc::poll(
+                &mut p,
+                1,
+                left.as_millis().min(i32::MAX as u128) as libc::c_int,
+            )
+        };
         match r {
             1.. => return Ok(true),
             0 => return Ok(false),
@@ -113,7 +140,9 @@ pub fn lock_tables(listing: &str) -> Vec<String> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             match (w.next(), w.next(), w.next(), w.next()) {
-                (Some("table"), Some(family), Some(name), None) if name.starts_with("CRIU-") => Some(format!("{family} {name}")),
+                (Some("table"), Some(family), Some(name), None) if name.starts_with("CRIU-") => {
+                    Some(format!("{family} {name}"))
+                }
                 _ => None,
             }
         })
@@ -123,7 +152,8 @@ pub fn lock_tables(listing: &str) -> Vec<String> {
 /// Removes CRIU's network-lock tables from the network namespace of process `pid` (the
 /// container's init) with `nft` run in that namespace. Returns the tables removed.
 pub fn remove_network_locks(pid: libc::pid_t) -> Result<Vec<String>, String> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| format!("open the network namespace of {pid}: {e}"))?;
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| format!("open the network namespace of {pid}: {e}"))?;
     let nft = |args: &[&str]| -> Result<String, String> {
         let mut cmd = std::process::Command::new("nft");
         cmd.args(args).stdin(std::process::Stdio::null());
@@ -140,7 +170,11 @@ pub fn remove_network_locks(pid: libc::pid_t) -> Result<Vec<String>, String> {
         }
         let out = cmd.output().map_err(|e| format!("run nft: {e}"))?;
         if !out.status.success() {
-            return Err(format!("nft {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "nft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -166,19 +200,35 @@ mod tests {
 
     #[test]
     fn a_process_that_exits_is_waited_for_and_one_that_does_not_is_killed() {
-        let mut quick = std::process::Command::new("sleep").arg("0.05").spawn().unwrap();
+        let mut quick = std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap();
         // (a child of ours: reap it in the background so that its pidfd turns readable)
         let pid = quick.id() as libc::pid_t;
         let reaper = std::thread::spawn(move || quick.wait());
-        assert_eq!(wait_or_kill(pid, Duration::from_secs(10)).unwrap(), Ended::Exited);
+        assert_eq!(
+            wait_or_kill(pid, Duration::from_secs(10)).unwrap(),
+            Ended::Exited
+        );
         reaper.join().unwrap().unwrap();
-        let mut slow = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let mut slow = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
         let pid = slow.id() as libc::pid_t;
         let t = std::time::Instant::now();
         let reaper = std::thread::spawn(move || slow.wait());
-        assert_eq!(wait_or_kill(pid, Duration::from_millis(100)).unwrap(), Ended::Killed);
+        assert_eq!(
+            wait_or_kill(pid, Duration::from_millis(100)).unwrap(),
+            Ended::Killed
+        );
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(!reaper.join().unwrap().unwrap().success());
-        assert_eq!(wait_or_kill(pid, Duration::from_millis(10)).unwrap(), Ended::Exited, "gone already");
+        assert_eq!(
+            wait_or_kill(pid, Duration::from_millis(10)).unwrap(),
+            Ended::Exited,
+            "gone already"
+        );
     }
 }

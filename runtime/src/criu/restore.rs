@@ -30,7 +30,10 @@ pub struct RestorePlan {
 }
 
 fn fail(step: &str, e: impl std::fmt::Display) -> Error {
-    Error::Setup { step: format!("{step}: {e}"), errno: 0 }
+    Error::Setup {
+        step: format!("{step}: {e}"),
+        errno: 0,
+    }
 }
 
 /// Restores the container of `spec` from `plan`; returns its restored init, our child.
@@ -40,7 +43,15 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     let meta: CheckpointMeta = std::fs::read(plan.images.join(META_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| fail("read the checkpoint", format!("{} is missing or unreadable", plan.images.join(META_FILE).display())))?;
+        .ok_or_else(|| {
+            fail(
+                "read the checkpoint",
+                format!(
+                    "{} is missing or unreadable",
+                    plan.images.join(META_FILE).display()
+                ),
+            )
+        })?;
     let console = pty::open_console(spec.idmap.uid_base, spec.idmap.gid_base)?;
     // one inheritable fd per tty key: CRIU moves each into its fd store and closes it
     let inherit = |what: &str| -> Result<OwnedFd> {
@@ -64,7 +75,16 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     let slave = console.slave_path.to_string_lossy().into_owned();
     o.ext_mnt = DEV_MOUNTS
         .iter()
-        .map(|n| ext_mount(&format!("dev_{n}"), &if *n == "console" { slave.clone() } else { format!("/dev/{n}") }))
+        .map(|n| {
+            ext_mount(
+                &format!("dev_{n}"),
+                &if *n == "console" {
+                    slave.clone()
+                } else {
+                    format!("/dev/{n}")
+                },
+            )
+        })
         .collect();
     for (fd, key) in [(&con_fd, &meta.console_key), (&ctty_fd, &meta.ctty_key)] {
         let mut i = rpc::Inherit_fd::new();
@@ -98,19 +118,41 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     drop(root_guard);
     let log = spec.run_dir.join(&plan.log);
     if let Some(e) = hook_error {
-        return Err(Error::Setup { step: format!("restore (setting up the network): {e} (log: {})", log.display()), errno: 0 });
+        return Err(Error::Setup {
+            step: format!(
+                "restore (setting up the network): {e} (log: {})",
+                log.display()
+            ),
+            errno: 0,
+        });
     }
     let resp = match resp {
         Ok(r) if r.success() => r,
-        Ok(r) => return Err(Error::Setup { step: failure("restore", &seen, Ok(&r), &log).to_string(), errno: 0 }),
-        Err(e) => return Err(Error::Setup { step: failure("restore", &seen, Err(&e), &log).to_string(), errno: 0 }),
+        Ok(r) => {
+            return Err(Error::Setup {
+                step: failure("restore", &seen, Ok(&r), &log).to_string(),
+                errno: 0,
+            });
+        }
+        Err(e) => {
+            return Err(Error::Setup {
+                step: failure("restore", &seen, Err(&e), &log).to_string(),
+                errno: 0,
+            });
+        }
     };
     let pid = resp.restore.pid();
     if pid <= 0 {
         return Err(fail("restore", "criu reported no pid"));
     }
     let pidfd = sys::pidfd_open(pid).map_err(|e| fail("open the restored init", e))?;
-    Ok(Started { pid, pidfd, console: console.master, console_slave: console.slave, console_path: console.slave_path })
+    Ok(Started {
+        pid,
+        pidfd,
+        console: console.master,
+        console_slave: console.slave,
+        console_path: console.slave_path,
+    })
 }
 
 /// The veth pairs of the container, re-created into the empty network namespace of `pid`,
@@ -122,11 +164,15 @@ fn network(spec: &ContainerSpec, pid: i32) -> Result<()> {
             nl.add_veth(nic, pid)?;
         }
     }
-    let own = std::fs::File::open("/proc/self/ns/net").map_err(|e| fail("open our network namespace", e))?;
-    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| fail("open the restored network namespace", e))?;
-    sys::setns(theirs.as_fd(), libc::CLONE_NEWNET).map_err(|e| fail("enter the restored network namespace", e))?;
+    let own = std::fs::File::open("/proc/self/ns/net")
+        .map_err(|e| fail("open our network namespace", e))?;
+    let theirs = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| fail("open the restored network namespace", e))?;
+    sys::setns(theirs.as_fd(), libc::CLONE_NEWNET)
+        .map_err(|e| fail("enter the restored network namespace", e))?;
     let res = crate::launch::configure_network(&spec.nics);
-    sys::setns(own.as_fd(), libc::CLONE_NEWNET).map_err(|e| fail("leave the restored network namespace", e))?;
+    sys::setns(own.as_fd(), libc::CLONE_NEWNET)
+        .map_err(|e| fail("leave the restored network namespace", e))?;
     res
 }
 
@@ -140,14 +186,21 @@ struct RootMount {
 impl RootMount {
     fn prepare(spec: &ContainerSpec) -> Result<RootMount> {
         if spec.shifted {
-            return Ok(RootMount { path: spec.rootfs.clone(), mounted: false });
+            return Ok(RootMount {
+                path: spec.rootfs.clone(),
+                mounted: false,
+            });
         }
         let path = spec.run_dir.join("restore-root");
         let _ = sys::umount2(&path, libc::MNT_DETACH);
         std::fs::create_dir_all(&path).map_err(|e| fail("create the restore root", e))?;
         let tree = crate::storage::idmapped_tree(&spec.rootfs, &spec.idmap)?;
-        sys::move_mount_to(tree.as_fd(), &path).map_err(|e| fail("attach the idmapped rootfs", e))?;
-        Ok(RootMount { path, mounted: true })
+        sys::move_mount_to(tree.as_fd(), &path)
+            .map_err(|e| fail("attach the idmapped rootfs", e))?;
+        Ok(RootMount {
+            path,
+            mounted: true,
+        })
     }
 
     fn path(&self) -> &Path {

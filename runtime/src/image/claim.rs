@@ -35,7 +35,10 @@ pub fn claim(dir: &Path, fingerprint: &str, cancel: &AtomicBool) -> Result<Claim
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        held = RELEASED.wait_timeout(held, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+        held = RELEASED
+            .wait_timeout(held, Duration::from_millis(100))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
@@ -66,7 +69,12 @@ mod tests {
         let waiter = {
             let inside = inside.clone();
             std::thread::spawn(move || {
-                let c = claim(Path::new("/nonexistent/claims-test"), "aa", &AtomicBool::new(false)).unwrap();
+                let c = claim(
+                    Path::new("/nonexistent/claims-test"),
+                    "aa",
+                    &AtomicBool::new(false),
+                )
+                .unwrap();
                 inside.store(1, Ordering::SeqCst);
                 drop(c);
             })
@@ -86,6 +94,9 @@ mod tests {
         let r = claim(dir, "cc", &AtomicBool::new(true));
         assert!(matches!(r, Err(Error::Cancelled)));
         drop(held);
-        assert!(claim(dir, "cc", &AtomicBool::new(true)).is_ok(), "a free claim is taken even when cancelled");
+        assert!(
+            claim(dir, "cc", &AtomicBool::new(true)).is_ok(),
+            "a free claim is taken even when cancelled"
+        );
     }
 }

@@ -6,8 +6,8 @@ use super::{Metadata, Template, host_architecture};
 use crate::error::{Context, Error, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -42,23 +42,41 @@ pub fn host_mirror() -> String {
     }
     // a Debian archive (…/debian): not its security mirror, nor a third-party repository
     uris.into_iter()
-        .find(|u| (u.starts_with("http://") || u.starts_with("https://")) && !u.contains("security") && u.trim_end_matches('/').ends_with("/debian"))
+        .find(|u| {
+            (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains("security")
+                && u.trim_end_matches('/').ends_with("/debian")
+        })
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }
 
 /// Builds the image tree in `dir` (`rootfs/`, `templates/`) and returns its metadata.
 /// `progress` gets debootstrap's phase as a fraction; `cancel` stops it.
-pub fn build(dir: &Path, mirror: &str, progress: &mut dyn FnMut(u64, u64), cancel: &AtomicBool) -> Result<Metadata> {
+pub fn build(
+    dir: &Path,
+    mirror: &str,
+    progress: &mut dyn FnMut(u64, u64),
+    cancel: &AtomicBool,
+) -> Result<Metadata> {
     let rootfs = dir.join("rootfs");
     std::fs::create_dir_all(dir).step(|| format!("create {}", dir.display()))?;
-    let debootstrap = crate::storage::which("debootstrap")
-        .ok_or_else(|| Error::Invalid("debootstrap is not installed (scripts/setup installs it)".into()))?;
+    let debootstrap = crate::storage::which("debootstrap").ok_or_else(|| {
+        Error::Invalid("debootstrap is not installed (scripts/setup installs it)".into())
+    })?;
     // its own process group, so that a cancel reaches the dpkg and apt it runs, not only it
     let mut child = Command::new(debootstrap)
         .process_group(0)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), "--components=main", "bookworm"])
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .args([
+            "--variant=minbase",
+            &format!("--include={PACKAGES}"),
+            "--components=main",
+            "bookworm",
+        ])
         .arg(&rootfs)
         .arg(mirror)
         .stdin(Stdio::null())
@@ -66,12 +84,28 @@ pub fn build(dir: &Path, mirror: &str, progress: &mut dyn FnMut(u64, u64), cance
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::Invalid("debootstrap is not installed (scripts/setup installs it)".into()),
+            std::io::ErrorKind::NotFound => {
+                Error::Invalid("debootstrap is not installed (scripts/setup installs it)".into())
+            }
             _ => Error::os("run debootstrap", e),
         })?;
-    let stdout = child.stdout.take().ok_or_else(|| Error::Protocol("debootstrap stdout".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Protocol("debootstrap stdout".into()))?;
     // debootstrap's phases, as progress over 100
-    let phases = [("Retrieving Release", 2), ("Retrieving Packages", 5), ("Resolving dependencies", 8), ("Retrieving ", 10), ("Extracting ", 45), ("Installing core", 55), ("Unpacking the base", 65), ("Configuring the base", 80), ("Configuring ", 85), ("Base system installed", 100)];
+    let phases = [
+        ("Retrieving Release", 2),
+        ("Retrieving Packages", 5),
+        ("Resolving dependencies", 8),
+        ("Retrieving ", 10),
+        ("Extracting ", 45),
+        ("Installing core", 55),
+        ("Unpacking the base", 65),
+        ("Configuring the base", 80),
+        ("Configuring ", 85),
+        ("Base system installed", 100),
+    ];
     let mut last_line = String::new();
     let mut stopped = false;
     for line in BufReader::new(stdout).lines() {
@@ -98,7 +132,11 @@ pub fn build(dir: &Path, mirror: &str, progress: &mut dyn FnMut(u64, u64), cance
         return Err(Error::Tool {
             tool: "debootstrap".into(),
             status: out.status.to_string(),
-            stderr: format!("{} {}", last_line, tail.into_iter().rev().collect::<Vec<_>>().join("; ")),
+            stderr: format!(
+                "{} {}",
+                last_line,
+                tail.into_iter().rev().collect::<Vec<_>>().join("; ")
+            ),
         });
     }
     clean(&rootfs)?;
@@ -112,7 +150,11 @@ fn clean(rootfs: &Path) -> Result<()> {
     if let Ok(rd) = std::fs::read_dir(&dev) {
         for e in rd.flatten() {
             let p = e.path();
-            let _ = if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let _ = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
     std::fs::write(rootfs.join("etc/hostname"), b"localhost\n").step(|| "write /etc/hostname")?;
@@ -139,17 +181,28 @@ fn clean(rootfs: &Path) -> Result<()> {
 fn templates(dir: &Path) -> Result<Metadata> {
     let t = dir.join("templates");
     std::fs::create_dir_all(&t).step(|| format!("create {}", t.display()))?;
-    std::fs::write(t.join("hostname.tpl"), b"{{ container.name }}\n").step(|| "write hostname.tpl")?;
+    std::fs::write(t.join("hostname.tpl"), b"{{ container.name }}\n")
+        .step(|| "write hostname.tpl")?;
     std::fs::write(
         t.join("hosts.tpl"),
         b"127.0.0.1\tlocalhost\n127.0.1.1\t{{ container.name }}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     )
     .step(|| "write hosts.tpl")?;
     let arch = host_architecture();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(1);
-    let mut meta = Metadata { architecture: arch.to_string(), creation_date: now, ..Default::default() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(1);
+    let mut meta = Metadata {
+        architecture: arch.to_string(),
+        creation_date: now,
+        ..Default::default()
+    };
     for (k, v) in [
-        ("description", format!("Debian bookworm ({arch}) with systemd, built by berth")),
+        (
+            "description",
+            format!("Debian bookworm ({arch}) with systemd, built by berth"),
+        ),
         ("os", "debian".to_string()),
         ("release", "bookworm".to_string()),
         ("architecture", arch.to_string()),
@@ -159,10 +212,18 @@ fn templates(dir: &Path) -> Result<Metadata> {
         meta.properties.insert(k.to_string(), v);
     }
     let when = vec!["create".to_string(), "copy".to_string()];
-    for (target, tpl) in [("/etc/hostname", "hostname.tpl"), ("/etc/hosts", "hosts.tpl")] {
+    for (target, tpl) in [
+        ("/etc/hostname", "hostname.tpl"),
+        ("/etc/hosts", "hosts.tpl"),
+    ] {
         meta.templates.insert(
             target.to_string(),
-            Template { template: tpl.to_string(), when: when.clone(), create_only: false, properties: BTreeMap::new() },
+            Template {
+                template: tpl.to_string(),
+                when: when.clone(),
+                create_only: false,
+                properties: BTreeMap::new(),
+            },
         );
     }
     Ok(meta)
@@ -174,7 +235,9 @@ fn templates(dir: &Path) -> Result<Metadata> {
 /// (deepest first), and if one cannot be, nothing is removed: walking into a mounted /proc or
 /// a bind mount of the host would be worse than leaving files.
 pub fn remove_build_dir(dir: &Path) -> Result<()> {
-    let Ok(canon) = std::fs::canonicalize(dir) else { return Ok(()) };
+    let Ok(canon) = std::fs::canonicalize(dir) else {
+        return Ok(());
+    };
     let mut mounts = mounts_under(&canon)?;
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     for m in &mounts {
@@ -185,7 +248,11 @@ pub fn remove_build_dir(dir: &Path) -> Result<()> {
         }
     }
     if let Some(m) = mounts_under(&canon)?.first() {
-        return Err(Error::Invalid(format!("{} is still mounted; not removing {}", m.display(), dir.display())));
+        return Err(Error::Invalid(format!(
+            "{} is still mounted; not removing {}",
+            m.display(),
+            dir.display()
+        )));
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -196,8 +263,14 @@ pub fn remove_build_dir(dir: &Path) -> Result<()> {
 
 /// Mount points at or below `dir` (canonical), from this process's mountinfo.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
-    Ok(mi.lines().filter_map(|l| l.split(' ').nth(4)).map(unescape).filter(|p| p.starts_with(dir)).collect())
+    let mi =
+        std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
+    Ok(mi
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|p| p.starts_with(dir))
+        .collect())
 }
 
 /// A mountinfo path: spaces, tabs, newlines and backslashes are written as `\ooo`.
@@ -207,7 +280,9 @@ fn unescape(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], oct) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -224,7 +299,11 @@ fn unescape(s: &str) -> PathBuf {
 
 /// A fresh build directory under `images_dir`.
 pub fn build_dir(images_dir: &Path) -> PathBuf {
-    images_dir.join(format!(".build-{}-{}", std::process::id(), crate::monitor::proto::now_us()))
+    images_dir.join(format!(
+        ".build-{}-{}",
+        std::process::id(),
+        crate::monitor::proto::now_us()
+    ))
 }
 
 #[cfg(test)]
@@ -251,16 +330,47 @@ mod tests {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         std::fs::write(rootfs.join("usr/bin/file"), b"x").unwrap();
-        crate::sys::mount(Some(Path::new("proc")), &rootfs.join("proc"), Some(c"proc"), 0, None).unwrap();
-        crate::sys::mount(Some(Path::new("sysfs")), &rootfs.join("sys"), Some(c"sysfs"), libc::MS_RDONLY, None).unwrap();
-        crate::sys::mount(Some(Path::new("tmpfs")), &rootfs.join("dev"), Some(c"tmpfs"), 0, None).unwrap();
+        crate::sys::mount(
+            Some(Path::new("proc")),
+            &rootfs.join("proc"),
+            Some(c"proc"),
+            0,
+            None,
+        )
+        .unwrap();
+        crate::sys::mount(
+            Some(Path::new("sysfs")),
+            &rootfs.join("sys"),
+            Some(c"sysfs"),
+            libc::MS_RDONLY,
+            None,
+        )
+        .unwrap();
+        crate::sys::mount(
+            Some(Path::new("tmpfs")),
+            &rootfs.join("dev"),
+            Some(c"tmpfs"),
+            0,
+            None,
+        )
+        .unwrap();
         std::fs::create_dir_all(rootfs.join("dev/pts")).unwrap();
-        crate::sys::mount(Some(Path::new("devpts")), &rootfs.join("dev/pts"), Some(c"devpts"), 0, Some("newinstance")).unwrap();
+        crate::sys::mount(
+            Some(Path::new("devpts")),
+            &rootfs.join("dev/pts"),
+            Some(c"devpts"),
+            0,
+            Some("newinstance"),
+        )
+        .unwrap();
         let canon = std::fs::canonicalize(&dir).unwrap();
         assert_eq!(mounts_under(&canon).unwrap().len(), 4);
         remove_build_dir(&dir).unwrap();
         assert!(!dir.exists(), "the tree is gone");
-        assert!(mounts_under(&canon).unwrap().is_empty(), "and nothing stays mounted");
+        assert!(
+            mounts_under(&canon).unwrap().is_empty(),
+            "and nothing stays mounted"
+        );
         // a missing directory is fine
         remove_build_dir(&dir).unwrap();
     }

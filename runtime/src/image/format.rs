@@ -90,15 +90,31 @@ fn is_tar_header(b: &[u8]) -> bool {
         return true;
     }
     // v7 tar: check the header checksum
-    let stored = std::str::from_utf8(&b[148..156]).ok().map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '));
-    let Some(Ok(stored)) = stored.map(|s| u32::from_str_radix(s, 8)) else { return false };
-    let sum: u32 = b[..512].iter().enumerate().map(|(i, &x)| if (148..156).contains(&i) { 32 } else { x as u32 }).sum();
+    let stored = std::str::from_utf8(&b[148..156])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c == '\0' || c == ' '));
+    let Some(Ok(stored)) = stored.map(|s| u32::from_str_radix(s, 8)) else {
+        return false;
+    };
+    let sum: u32 = b[..512]
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                x as u32
+            }
+        })
+        .sum();
     sum == stored && b[0] != 0
 }
 
 /// The first bytes of `r` (up to its buffer), without consuming them.
 pub fn peek<R: Read>(r: &mut BufReader<R>) -> Result<Vec<u8>> {
-    let buf = r.fill_buf().map_err(|e| Error::InvalidImage(format!("unreadable image: {e}")))?;
+    let buf = r
+        .fill_buf()
+        .map_err(|e| Error::InvalidImage(format!("unreadable image: {e}")))?;
     Ok(buf[..buf.len().min(1024)].to_vec())
 }
 
@@ -109,7 +125,8 @@ pub fn decoder<'a, R: Read + 'a>(c: Compression, r: R) -> Result<Box<dyn Read + 
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(r).map_err(|e| Error::InvalidImage(format!("zstd stream: {e}")))?,
+            zstd::stream::read::Decoder::new(r)
+                .map_err(|e| Error::InvalidImage(format!("zstd stream: {e}")))?,
         ),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
     })
@@ -133,7 +150,10 @@ mod tests {
     #[test]
     fn sniffs_every_format_and_round_trips() {
         let plain = tar_bytes();
-        assert_eq!(Payload::sniff(&plain).unwrap(), Payload::Tar(Compression::None));
+        assert_eq!(
+            Payload::sniff(&plain).unwrap(),
+            Payload::Tar(Compression::None)
+        );
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
@@ -148,10 +168,18 @@ mod tests {
             e.write_all(&plain).unwrap();
             e.finish().unwrap()
         };
-        for (data, c) in [(gz, Compression::Gzip), (xz, Compression::Xz), (zs, Compression::Zstd), (bz, Compression::Bzip2)] {
+        for (data, c) in [
+            (gz, Compression::Gzip),
+            (xz, Compression::Xz),
+            (zs, Compression::Zstd),
+            (bz, Compression::Bzip2),
+        ] {
             assert_eq!(Payload::sniff(&data).unwrap(), Payload::Tar(c));
             let mut out = Vec::new();
-            decoder(c, &data[..]).unwrap().read_to_end(&mut out).unwrap();
+            decoder(c, &data[..])
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert_eq!(out, plain, "{c:?}");
         }
         assert_eq!(Payload::sniff(b"hsqs\0\0\0\0").unwrap(), Payload::Squashfs);
@@ -164,11 +192,21 @@ mod tests {
         let plain = tar_bytes();
         let zs = zstd::encode_all(&plain[..], 1).unwrap();
         let mut out = Vec::new();
-        assert!(decoder(Compression::Zstd, &zs[..zs.len() / 2]).unwrap().read_to_end(&mut out).is_err());
+        assert!(
+            decoder(Compression::Zstd, &zs[..zs.len() / 2])
+                .unwrap()
+                .read_to_end(&mut out)
+                .is_err()
+        );
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let mut out = Vec::new();
-        assert!(decoder(Compression::Gzip, &gz[..gz.len() - 6]).unwrap().read_to_end(&mut out).is_err());
+        assert!(
+            decoder(Compression::Gzip, &gz[..gz.len() - 6])
+                .unwrap()
+                .read_to_end(&mut out)
+                .is_err()
+        );
     }
 }

@@ -62,10 +62,21 @@ pub fn main(args: &[String]) -> ! {
             match a.as_str() {
                 "--split" => split = Split::Split,
                 "--ids" => {
-                    let v = it.next().ok_or_else(|| Error::Invalid("--ids needs BASE:COUNT".into()))?;
-                    let (b, c) = v.split_once(':').ok_or_else(|| Error::Invalid("--ids needs BASE:COUNT".into()))?;
-                    let (b, c) = (b.parse().map_err(|_| Error::Invalid("bad --ids".into()))?, c.parse().map_err(|_| Error::Invalid("bad --ids".into()))?);
-                    ids = Some(IdMap { uid_base: b, gid_base: b, count: c });
+                    let v = it
+                        .next()
+                        .ok_or_else(|| Error::Invalid("--ids needs BASE:COUNT".into()))?;
+                    let (b, c) = v
+                        .split_once(':')
+                        .ok_or_else(|| Error::Invalid("--ids needs BASE:COUNT".into()))?;
+                    let (b, c) = (
+                        b.parse().map_err(|_| Error::Invalid("bad --ids".into()))?,
+                        c.parse().map_err(|_| Error::Invalid("bad --ids".into()))?,
+                    );
+                    ids = Some(IdMap {
+                        uid_base: b,
+                        gid_base: b,
+                        count: c,
+                    });
                 }
                 "--max-bytes" => max = it.next().and_then(|v| v.parse().ok()),
                 p if !p.starts_with('-') => staging = Some(PathBuf::from(p)),
@@ -89,19 +100,28 @@ pub fn main(args: &[String]) -> ! {
 fn finish(r: Result<(u64, u64)>) -> ! {
     let report = match r {
         Ok((entries, bytes)) => HelperReport::Ok { entries, bytes },
-        Err(e) => HelperReport::Err { invalid: matches!(e, Error::InvalidImage(_)), message: e.to_string() },
+        Err(e) => HelperReport::Err {
+            invalid: matches!(e, Error::InvalidImage(_)),
+            message: e.to_string(),
+        },
     };
     let mut line = serde_json::to_vec(&report).unwrap_or_default();
     line.push(b'\n');
     let _ = sys::write_all_fd(1, &line);
-    sys::exit_now(if matches!(report, HelperReport::Ok { .. }) { 0 } else { 1 })
+    sys::exit_now(if matches!(report, HelperReport::Ok { .. }) {
+        0
+    } else {
+        1
+    })
 }
 
 /// Parent side: the child in its user namespace does the work.
 fn unpack(split: Split, ids: IdMap, max_bytes: u64, staging: &Path) -> Result<(u64, u64)> {
     let (parent_sock, child_sock) = launch::seqpacket_pair()?;
     // SAFETY: berth-helper is single-threaded; the child ends in _exit.
-    match unsafe { sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone the unpacking process")? {
+    match unsafe { sys::clone3_fork(libc::CLONE_NEWUSER as u64) }
+        .step(|| "clone the unpacking process")?
+    {
         sys::Forked::Child => {
             drop(parent_sock);
             let r = child(child_sock.as_fd(), split, ids, max_bytes);
@@ -113,7 +133,8 @@ fn unpack(split: Split, ids: IdMap, max_bytes: u64, staging: &Path) -> Result<(u
             let r = (|| {
                 ids.write_for(pid)?;
                 let mnt = launch::rootfs_mount(staging, Some(pid))?;
-                launch::send_fd(parent_sock.as_fd(), b"go", mnt.as_fd()).step(|| "hand over the staging mount")?;
+                launch::send_fd(parent_sock.as_fd(), b"go", mnt.as_fd())
+                    .step(|| "hand over the staging mount")?;
                 Ok(())
             })();
             if let Err(e) = r {
@@ -124,7 +145,11 @@ fn unpack(split: Split, ids: IdMap, max_bytes: u64, staging: &Path) -> Result<(u
             }
             let status = sys::waitpid_blocking(pid).step(|| "wait for the unpacking process")?;
             // the child already wrote its report; exit with its status without a second one
-            sys::exit_now(if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 })
+            sys::exit_now(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                1
+            })
         }
     }
 }
@@ -148,10 +173,17 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-fn child(sock: std::os::fd::BorrowedFd<'_>, split: Split, ids: IdMap, max_bytes: u64) -> Result<(u64, u64)> {
+fn child(
+    sock: std::os::fd::BorrowedFd<'_>,
+    split: Split,
+    ids: IdMap,
+    max_bytes: u64,
+) -> Result<(u64, u64)> {
     let mut buf = [0u8; 8];
     let (_, mut fds) = fdpass::recv(sock, &mut buf).step(|| "receive the staging mount")?;
-    let mnt = fds.pop().ok_or_else(|| Error::Protocol("no staging mount".into()))?;
+    let mnt = fds
+        .pop()
+        .ok_or_else(|| Error::Protocol("no staging mount".into()))?;
     // SAFETY: plain syscalls; ids 0 were mapped by the parent before "go".
     unsafe {
         sys::cvt(libc::setresgid(0, 0, 0)).step(|| "become root in the user namespace")?;
@@ -163,11 +195,22 @@ fn child(sock: std::os::fd::BorrowedFd<'_>, split: Split, ids: IdMap, max_bytes:
     }
     drop(mnt);
     let root = std::fs::File::open("/").step(|| "open the staging root")?;
-    let limits = Limits { max_bytes, max_entries: 10_000_000, id_count: ids.count };
+    let limits = Limits {
+        max_bytes,
+        max_entries: 10_000_000,
+        id_count: ids.count,
+    };
     let mut x = Extractor::new(OwnedFd::from(root), limits);
     // SAFETY: fd 0 is the archive berthd passed; we own it from here on.
     let stdin = unsafe { std::fs::File::from_raw_fd(0) };
-    let mut input = BufReader::with_capacity(1 << 20, Counting { inner: stdin, total: 0, reported: 0 });
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: stdin,
+            total: 0,
+            reported: 0,
+        },
+    );
     let payload = Payload::sniff(&format::peek(&mut input)?)?;
     let Payload::Tar(c) = payload else {
         return Err(Error::InvalidImage(match split {
@@ -175,23 +218,40 @@ fn child(sock: std::os::fd::BorrowedFd<'_>, split: Split, ids: IdMap, max_bytes:
             Split::Split => "a split image's metadata must be a tarball".into(),
         }));
     };
-    x.tar(format::decoder(c, input)?, if split == Split::Unified { Layout::Unified } else { Layout::Metadata })?;
+    x.tar(
+        format::decoder(c, input)?,
+        if split == Split::Unified {
+            Layout::Unified
+        } else {
+            Layout::Metadata
+        },
+    )?;
     if split == Split::Split {
         // SAFETY: fd 3 is the rootfs file berthd passed.
         let rootfs = unsafe { std::fs::File::from_raw_fd(3) };
         let mut head = [0u8; 1024];
-        let n = std::os::unix::fs::FileExt::read_at(&rootfs, &mut head, 0).step(|| "read the rootfs file")?;
+        let n = std::os::unix::fs::FileExt::read_at(&rootfs, &mut head, 0)
+            .step(|| "read the rootfs file")?;
         match Payload::sniff(&head[..n])? {
             Payload::Squashfs => x.squashfs(rootfs)?,
             Payload::Tar(c) => {
-                let r = BufReader::with_capacity(1 << 20, Counting { inner: rootfs, total: 0, reported: 0 });
+                let r = BufReader::with_capacity(
+                    1 << 20,
+                    Counting {
+                        inner: rootfs,
+                        total: 0,
+                        reported: 0,
+                    },
+                );
                 x.tar(format::decoder(c, r)?, Layout::Rootfs)?;
             }
         }
     }
     let report = x.finish()?;
     if report.metadata.is_none() {
-        return Err(Error::InvalidImage("the archive has no metadata.yaml".into()));
+        return Err(Error::InvalidImage(
+            "the archive has no metadata.yaml".into(),
+        ));
     }
     Ok((report.entries, report.bytes))
 }
@@ -215,18 +275,31 @@ pub struct Job<'a> {
 
 /// Runs the helper for `job` (blocking), reporting consumed input bytes to `progress` and
 /// killing it when `cancel` becomes true.
-pub fn run(job: &Job<'_>, progress: &mut dyn FnMut(u64), cancel: &AtomicBool) -> Result<(u64, u64)> {
+pub fn run(
+    job: &Job<'_>,
+    progress: &mut dyn FnMut(u64),
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let archive = std::fs::File::open(job.archive).step(|| format!("open {}", job.archive.display()))?;
-    let rootfs = job.rootfs.map(|p| std::fs::File::open(p).step(|| format!("open {}", p.display()))).transpose()?;
+    let archive =
+        std::fs::File::open(job.archive).step(|| format!("open {}", job.archive.display()))?;
+    let rootfs = job
+        .rootfs
+        .map(|p| std::fs::File::open(p).step(|| format!("open {}", p.display())))
+        .transpose()?;
     let mut cmd = Command::new(job.helper);
-    cmd.arg("unpack").arg("--ids").arg(format!("{}:{}", job.ids.uid_base, job.ids.count));
+    cmd.arg("unpack")
+        .arg("--ids")
+        .arg(format!("{}:{}", job.ids.uid_base, job.ids.count));
     cmd.arg("--max-bytes").arg(job.max_bytes.to_string());
     if rootfs.is_some() {
         cmd.arg("--split");
     }
-    cmd.arg(job.staging).stdin(Stdio::from(archive)).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.arg(job.staging)
+        .stdin(Stdio::from(archive))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     if let Some(r) = &rootfs {
         let fd = r.as_raw_fd();
         // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
@@ -239,14 +312,23 @@ pub fn run(job: &Job<'_>, progress: &mut dyn FnMut(u64), cancel: &AtomicBool) ->
             });
         }
     }
-    let mut child = cmd.spawn().step(|| format!("run {}", job.helper.display()))?;
+    let mut child = cmd
+        .spawn()
+        .step(|| format!("run {}", job.helper.display()))?;
     drop(rootfs);
-    let mut out = child.stdout.take().ok_or_else(|| Error::Protocol("helper stdout".into()))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Protocol("helper stdout".into()))?;
     let mut pending = Vec::new();
     let mut last: Option<HelperReport> = None;
     let mut buf = [0u8; 4096];
     loop {
-        let mut pfd = libc::pollfd { fd: out.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, 100) };
         if cancel.load(Ordering::Relaxed) {
@@ -275,11 +357,18 @@ pub fn run(job: &Job<'_>, progress: &mut dyn FnMut(u64), cancel: &AtomicBool) ->
     let _ = child.wait();
     match last {
         Some(HelperReport::Ok { entries, bytes }) => Ok((entries, bytes)),
-        Some(HelperReport::Err { message, invalid: true }) => Err(Error::InvalidImage(strip_prefix(&message))),
-        Some(HelperReport::Err { message, .. }) => {
-            Err(Error::Tool { tool: "berth-helper unpack".into(), status: "failed".into(), stderr: message })
-        }
-        None => Err(Error::Protocol("the unpacking helper died without a report".into())),
+        Some(HelperReport::Err {
+            message,
+            invalid: true,
+        }) => Err(Error::InvalidImage(strip_prefix(&message))),
+        Some(HelperReport::Err { message, .. }) => Err(Error::Tool {
+            tool: "berth-helper unpack".into(),
+            status: "failed".into(),
+            stderr: message,
+        }),
+        None => Err(Error::Protocol(
+            "the unpacking helper died without a report".into(),
+        )),
     }
 }
 

@@ -63,13 +63,17 @@ pub struct Template {
 impl Metadata {
     /// Parses and checks `metadata.yaml`.
     pub fn parse(text: &[u8]) -> Result<Metadata> {
-        let m: Metadata =
-            serde_norway::from_slice(text).map_err(|e| Error::InvalidImage(format!("metadata.yaml: {e}")))?;
+        let m: Metadata = serde_norway::from_slice(text)
+            .map_err(|e| Error::InvalidImage(format!("metadata.yaml: {e}")))?;
         if m.architecture.is_empty() {
-            return Err(Error::InvalidImage("metadata.yaml: architecture is empty".into()));
+            return Err(Error::InvalidImage(
+                "metadata.yaml: architecture is empty".into(),
+            ));
         }
         if m.creation_date <= 0 {
-            return Err(Error::InvalidImage("metadata.yaml: creation_date is missing".into()));
+            return Err(Error::InvalidImage(
+                "metadata.yaml: creation_date is missing".into(),
+            ));
         }
         Ok(m)
     }
@@ -99,7 +103,9 @@ pub fn fingerprint_file(path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).step(|| format!("read {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .step(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -139,7 +145,10 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<BuiltImage> {
         ..Default::default()
     };
     for (k, v) in [
-        ("description", format!("BusyBox {version} ({}) built by berth", host_architecture())),
+        (
+            "description",
+            format!("BusyBox {version} ({}) built by berth", host_architecture()),
+        ),
         ("os", "busybox".to_string()),
         ("release", version.clone()),
         ("architecture", host_architecture().to_string()),
@@ -165,23 +174,50 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<BuiltImage> {
         h
     };
     let add_file = |b: &mut tar::Builder<_>, path: &str, mode: u32, data: &[u8]| {
-        b.append_data(&mut header(tar::EntryType::Regular, mode, data.len() as u64), path, data)
+        b.append_data(
+            &mut header(tar::EntryType::Regular, mode, data.len() as u64),
+            path,
+            data,
+        )
     };
     let add_dir = |b: &mut tar::Builder<_>, path: &str, mode: u32| {
-        b.append_data(&mut header(tar::EntryType::Directory, mode, 0), path, std::io::empty())
+        b.append_data(
+            &mut header(tar::EntryType::Directory, mode, 0),
+            path,
+            std::io::empty(),
+        )
     };
     let add_link = |b: &mut tar::Builder<_>, path: &str, target: &str| {
         b.append_link(&mut header(tar::EntryType::Symlink, 0o777, 0), path, target)
     };
     let res = (|| -> std::io::Result<()> {
-        add_file(&mut b, "metadata.yaml", 0o644, metadata.to_yaml().as_bytes())?;
+        add_file(
+            &mut b,
+            "metadata.yaml",
+            0o644,
+            metadata.to_yaml().as_bytes(),
+        )?;
         add_dir(&mut b, "rootfs", 0o755)?;
         add_dir(&mut b, "templates", 0o755)?;
         for (d, mode) in [
-            ("bin", 0o755), ("sbin", 0o755), ("usr", 0o755), ("usr/bin", 0o755), ("usr/sbin", 0o755),
-            ("etc", 0o755), ("etc/init.d", 0o755), ("dev", 0o755), ("proc", 0o555), ("sys", 0o555),
-            ("tmp", 0o1777), ("run", 0o755), ("root", 0o700), ("home", 0o755), ("mnt", 0o755),
-            ("var", 0o755), ("var/log", 0o755), ("var/tmp", 0o1777),
+            ("bin", 0o755),
+            ("sbin", 0o755),
+            ("usr", 0o755),
+            ("usr/bin", 0o755),
+            ("usr/sbin", 0o755),
+            ("etc", 0o755),
+            ("etc/init.d", 0o755),
+            ("dev", 0o755),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("tmp", 0o1777),
+            ("run", 0o755),
+            ("root", 0o700),
+            ("home", 0o755),
+            ("mnt", 0o755),
+            ("var", 0o755),
+            ("var/log", 0o755),
+            ("var/tmp", 0o1777),
         ] {
             add_dir(&mut b, &format!("rootfs/{d}"), mode)?;
         }
@@ -207,7 +243,11 @@ pub fn build_busybox(busybox: &Path, out: &Path) -> Result<BuiltImage> {
     std::fs::rename(&tmp, out).step(|| format!("rename to {}", out.display()))?;
     std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o600)).step(|| "chmod image")?;
     let fingerprint = fingerprint_file(out)?;
-    Ok(BuiltImage { archive: out.to_path_buf(), fingerprint, metadata })
+    Ok(BuiltImage {
+        archive: out.to_path_buf(),
+        fingerprint,
+        metadata,
+    })
 }
 
 const BUSYBOX_FILES: &[(&str, u32, &str)] = &[
@@ -221,16 +261,42 @@ const BUSYBOX_FILES: &[(&str, u32, &str)] = &[
         0o755,
         "#!/bin/sh\n# bring up loopback; the rest of the system is already mounted by berth\nip link set lo up 2>/dev/null\nmount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run 2>/dev/null\nexit 0\n",
     ),
-    ("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
-    ("etc/shadow", 0o600, "root::19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n"),
-    ("etc/group", 0o644, "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
-    ("etc/hosts", 0o644, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-    ("etc/profile", 0o644, "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n"),
-    ("etc/os-release", 0o644, "NAME=BusyBox\nID=busybox\nPRETTY_NAME=\"BusyBox (berth)\"\n"),
+    (
+        "etc/passwd",
+        0o644,
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    ),
+    (
+        "etc/shadow",
+        0o600,
+        "root::19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\n",
+    ),
+    (
+        "etc/group",
+        0o644,
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    ),
+    (
+        "etc/hosts",
+        0o644,
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    ),
+    (
+        "etc/profile",
+        0o644,
+        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n",
+    ),
+    (
+        "etc/os-release",
+        0o644,
+        "NAME=BusyBox\nID=busybox\nPRETTY_NAME=\"BusyBox (berth)\"\n",
+    ),
 ];
 
 fn busybox_version(busybox: &Path) -> Result<String> {
-    let out = std::process::Command::new(busybox).output().step(|| format!("run {}", busybox.display()))?;
+    let out = std::process::Command::new(busybox)
+        .output()
+        .step(|| format!("run {}", busybox.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or("");
     // "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary."
@@ -247,9 +313,15 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
         .output()
         .step(|| format!("run {} --list-full", busybox.display()))?;
     if !out.status.success() {
-        return Err(Error::Invalid(format!("{} --list-full failed", busybox.display())));
+        return Err(Error::Invalid(format!(
+            "{} --list-full failed",
+            busybox.display()
+        )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Checks that `busybox` is a statically linked ELF (a dynamic one would not run inside the
@@ -257,10 +329,15 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
 pub fn check_static(busybox: &Path) -> Result<()> {
     let data = std::fs::read(busybox).step(|| format!("read {}", busybox.display()))?;
     if data.len() < 64 || &data[..4] != b"\x7fELF" {
-        return Err(Error::Invalid(format!("{} is not an ELF binary", busybox.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not an ELF binary",
+            busybox.display()
+        )));
     }
     // A dynamically linked binary has a PT_INTERP program header naming its loader.
-    if has_interpreter(&data).ok_or_else(|| Error::Invalid(format!("{} is a malformed ELF file", busybox.display())))? {
+    if has_interpreter(&data)
+        .ok_or_else(|| Error::Invalid(format!("{} is a malformed ELF file", busybox.display())))?
+    {
         return Err(Error::Invalid(format!(
             "{} is dynamically linked; install busybox-static",
             busybox.display()
@@ -277,22 +354,46 @@ fn has_interpreter(d: &[u8]) -> Option<bool> {
         2 => false,
         _ => return None,
     };
-    let u16_at = |o: usize| d.get(o..o + 2).map(|b| if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) });
+    let u16_at = |o: usize| {
+        d.get(o..o + 2).map(|b| {
+            if le {
+                u16::from_le_bytes([b[0], b[1]])
+            } else {
+                u16::from_be_bytes([b[0], b[1]])
+            }
+        })
+    };
     let u32_at = |o: usize| {
         d.get(o..o + 4).map(|b| {
             let a = [b[0], b[1], b[2], b[3]];
-            if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+            if le {
+                u32::from_le_bytes(a)
+            } else {
+                u32::from_be_bytes(a)
+            }
         })
     };
     let u64_at = |o: usize| {
         d.get(o..o + 8).map(|b| {
             let a = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
-            if le { u64::from_le_bytes(a) } else { u64::from_be_bytes(a) }
+            if le {
+                u64::from_le_bytes(a)
+            } else {
+                u64::from_be_bytes(a)
+            }
         })
     };
     let (phoff, phentsize, phnum) = match d.get(4)? {
-        1 => (u32_at(0x1c)? as usize, u16_at(0x2a)? as usize, u16_at(0x2c)? as usize),
-        2 => (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize),
+        1 => (
+            u32_at(0x1c)? as usize,
+            u16_at(0x2a)? as usize,
+            u16_at(0x2c)? as usize,
+        ),
+        2 => (
+            u64_at(0x20)? as usize,
+            u16_at(0x36)? as usize,
+            u16_at(0x38)? as usize,
+        ),
         _ => return None,
     };
     for i in 0..phnum {
@@ -315,7 +416,11 @@ mod tests {
         assert_eq!(has_interpreter(&me), Some(true));
         assert_eq!(has_interpreter(b"\x7fELF"), None);
         if let Ok(bb) = std::fs::read("/bin/busybox") {
-            assert_eq!(has_interpreter(&bb), Some(false), "busybox-static is static");
+            assert_eq!(
+                has_interpreter(&bb),
+                Some(false),
+                "busybox-static is static"
+            );
         }
     }
 

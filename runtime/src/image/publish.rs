@@ -22,12 +22,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// Writes `out` (zstd tarball) from `volume` (`rootfs/`, `templates/`) with `metadata`.
 /// `shifted`: the rootfs is chowned into this range and must be written unshifted. `skip`:
 /// paths relative to the rootfs left out (the links CRIU made in a stateful snapshot).
-pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, skip: &[std::path::PathBuf], out: &Path, cancel: &AtomicBool) -> Result<()> {
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(out).step(|| format!("create {}", out.display()))?;
+pub fn publish(
+    volume: &Path,
+    metadata: &Metadata,
+    shifted: Option<IdMap>,
+    skip: &[std::path::PathBuf],
+    out: &Path,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .step(|| format!("create {}", out.display()))?;
     let r = (|| -> Result<()> {
-        let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-        let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, file), 3)
-            .step(|| "start zstd")?;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let mut enc =
+            zstd::stream::write::Encoder::new(std::io::BufWriter::with_capacity(1 << 20, file), 3)
+                .step(|| "start zstd")?;
         enc.multithread(threads).step(|| "zstd threads")?;
         let mut b = tar::Builder::new(enc);
         b.mode(tar::HeaderMode::Complete);
@@ -39,7 +53,8 @@ pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, skip:
         h.set_mtime(metadata.creation_date.max(0) as u64);
         h.set_uid(0);
         h.set_gid(0);
-        b.append_data(&mut h, "metadata.yaml", meta.as_bytes()).step(|| "write metadata.yaml")?;
+        b.append_data(&mut h, "metadata.yaml", meta.as_bytes())
+            .step(|| "write metadata.yaml")?;
         let skip = skip
             .iter()
             .map(|p| {
@@ -48,15 +63,32 @@ pub fn publish(volume: &Path, metadata: &Metadata, shifted: Option<IdMap>, skip:
                 a
             })
             .collect();
-        let mut w = Walker { b: &mut b, shifted, links: HashMap::new(), skip, cancel };
+        let mut w = Walker {
+            b: &mut b,
+            shifted,
+            links: HashMap::new(),
+            skip,
+            cancel,
+        };
         for top in ["rootfs", "templates"] {
             let p = volume.join(top);
-            if std::fs::symlink_metadata(&p).map(|m| m.is_dir()).unwrap_or(false) {
+            if std::fs::symlink_metadata(&p)
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
                 let c = crate::sys::cpath(&p).map_err(|e| Error::os("path", e))?;
                 // SAFETY: open a directory we name, not following a final symlink.
-                let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+                let fd = unsafe {
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
                 if fd < 0 {
-                    return Err(Error::os(format!("open {}", p.display()), std::io::Error::last_os_error()));
+                    return Err(Error::os(
+                        format!("open {}", p.display()),
+                        std::io::Error::last_os_error(),
+                    ));
                 }
                 // SAFETY: fresh fd.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -103,7 +135,9 @@ fn xattrs(fd: RawFd) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let keep = name.starts_with(b"user.") || name == b"security.capability";
-        let (Ok(text), Ok(c)) = (std::str::from_utf8(name), CString::new(name)) else { continue };
+        let (Ok(text), Ok(c)) = (std::str::from_utf8(name), CString::new(name)) else {
+            continue;
+        };
         if !keep {
             continue;
         }
@@ -153,7 +187,9 @@ fn fstatat(dir: RawFd, name: &CStr) -> std::io::Result<libc::stat> {
 impl<W: Write> Walker<'_, W> {
     fn ids(&self, uid: u32, gid: u32) -> (u64, u64) {
         match self.shifted {
-            Some(m) if uid >= m.uid_base && gid >= m.gid_base => ((uid - m.uid_base) as u64, (gid - m.gid_base) as u64),
+            Some(m) if uid >= m.uid_base && gid >= m.gid_base => {
+                ((uid - m.uid_base) as u64, (gid - m.gid_base) as u64)
+            }
             _ => (uid as u64, gid as u64),
         }
     }
@@ -183,13 +219,18 @@ impl<W: Write> Walker<'_, W> {
         let mut name = path.to_vec();
         name.push(b'/');
         self.pax(fd, path)?;
-        self.b.append_data(&mut h, os(&name), std::io::empty()).step(|| format!("write {}", show(path)))?;
+        self.b
+            .append_data(&mut h, os(&name), std::io::empty())
+            .step(|| format!("write {}", show(path)))?;
         // SAFETY: dup so that fdopendir owns its own fd.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
         // SAFETY: fdopendir takes ownership of `dup`.
         let d = unsafe { libc::fdopendir(dup) };
         if d.is_null() {
-            return Err(Error::os(format!("read {}", show(path)), std::io::Error::last_os_error()));
+            return Err(Error::os(
+                format!("read {}", show(path)),
+                std::io::Error::last_os_error(),
+            ));
         }
         let mut names = Vec::new();
         loop {
@@ -222,7 +263,9 @@ impl<W: Write> Walker<'_, W> {
         if x.is_empty() {
             return Ok(());
         }
-        self.b.append_pax_extensions(x.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).step(|| format!("write the xattrs of {}", show(path)))
+        self.b
+            .append_pax_extensions(x.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .step(|| format!("write the xattrs of {}", show(path)))
     }
 
     fn entry(&mut self, dir: RawFd, name: &CString, path: &[u8]) -> Result<()> {
@@ -237,9 +280,18 @@ impl<W: Write> Walker<'_, W> {
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => {
                 // SAFETY: open a directory relative to its parent, never through a symlink.
-                let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+                let fd = unsafe {
+                    libc::openat(
+                        dir,
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
                 if fd < 0 {
-                    return Err(Error::os(format!("open {}", show(path)), std::io::Error::last_os_error()));
+                    return Err(Error::os(
+                        format!("open {}", show(path)),
+                        std::io::Error::last_os_error(),
+                    ));
                 }
                 // SAFETY: fresh fd.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -250,35 +302,58 @@ impl<W: Write> Walker<'_, W> {
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&key).cloned() {
                         let mut h = self.header(&st, tar::EntryType::Link, 0);
-                        return self.b.append_link(&mut h, os(path), os(&first)).step(|| format!("write {}", show(path)));
+                        return self
+                            .b
+                            .append_link(&mut h, os(path), os(&first))
+                            .step(|| format!("write {}", show(path)));
                     }
                     self.links.insert(key, path.to_vec());
                 }
                 // SAFETY: open a regular file relative to its parent, never through a symlink.
-                let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+                let fd = unsafe {
+                    libc::openat(
+                        dir,
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
+                };
                 if fd < 0 {
-                    return Err(Error::os(format!("open {}", show(path)), std::io::Error::last_os_error()));
+                    return Err(Error::os(
+                        format!("open {}", show(path)),
+                        std::io::Error::last_os_error(),
+                    ));
                 }
                 // SAFETY: fresh fd.
                 let f = unsafe { std::fs::File::from_raw_fd(fd) };
                 self.pax(f.as_raw_fd(), path)?;
                 let mut h = self.header(&st, tar::EntryType::Regular, st.st_size as u64);
-                self.b.append_data(&mut h, os(path), f).step(|| format!("write {}", show(path)))
+                self.b
+                    .append_data(&mut h, os(path), f)
+                    .step(|| format!("write {}", show(path)))
             }
             libc::S_IFLNK => {
                 let mut buf = vec![0u8; 4096];
                 // SAFETY: readlinkat into our buffer.
-                let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+                let n = unsafe {
+                    libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+                };
                 if n < 0 {
-                    return Err(Error::os(format!("readlink {}", show(path)), std::io::Error::last_os_error()));
+                    return Err(Error::os(
+                        format!("readlink {}", show(path)),
+                        std::io::Error::last_os_error(),
+                    ));
                 }
                 buf.truncate(n as usize);
                 let mut h = self.header(&st, tar::EntryType::Symlink, 0);
-                self.b.append_link(&mut h, os(path), os(&buf)).step(|| format!("write {}", show(path)))
+                self.b
+                    .append_link(&mut h, os(path), os(&buf))
+                    .step(|| format!("write {}", show(path)))
             }
             libc::S_IFIFO => {
                 let mut h = self.header(&st, tar::EntryType::Fifo, 0);
-                self.b.append_data(&mut h, os(path), std::io::empty()).step(|| format!("write {}", show(path)))
+                self.b
+                    .append_data(&mut h, os(path), std::io::empty())
+                    .step(|| format!("write {}", show(path)))
             }
             // devices and sockets cannot be part of an unprivileged image
             _ => Ok(()),
@@ -297,7 +372,11 @@ mod tests {
         v3.extend_from_slice(&1_000_000u32.to_le_bytes());
         let v2 = neutral_capability(v3);
         assert_eq!(v2.len(), 20);
-        assert_eq!(u32::from_le_bytes([v2[0], v2[1], v2[2], v2[3]]), 0x0200_0001, "effective flag kept");
+        assert_eq!(
+            u32::from_le_bytes([v2[0], v2[1], v2[2], v2[3]]),
+            0x0200_0001,
+            "effective flag kept"
+        );
         assert_eq!(&v2[4..], &[1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0]);
         assert_eq!(neutral_capability(v2.clone()), v2, "v2 stays as it is");
     }

@@ -30,8 +30,13 @@ const ROOTFS: &str = "rootfs";
 /// anyone who reaches them. Idempotent; berthd calls it at start for directories made before.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).step(|| format!("create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", dir.display()))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .step(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .step(|| format!("chmod {}", dir.display()))
 }
 
 /// Where the store lives and how it unpacks.
@@ -87,7 +92,11 @@ impl Store<'_> {
         ensure_dir(&self.dir)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".import-{}-{}-{seq}", std::process::id(), crate::monitor::proto::now_us()));
+        let tmp = self.dir.join(format!(
+            ".import-{}-{}-{seq}",
+            std::process::id(),
+            crate::monitor::proto::now_us()
+        ));
         std::fs::create_dir(&tmp).step(|| format!("create {}", tmp.display()))?;
         let r = self.import_in(&tmp, archive, rootfs, known, progress, cancel);
         let _ = std::fs::remove_dir_all(&tmp);
@@ -114,21 +123,57 @@ impl Store<'_> {
         let mut done = 0u64;
         let mut room = self.room_for_archives(tmp);
         let first = tmp.join(if split { META } else { UNIFIED });
-        let size_a = keep(archive, &first, &mut hasher, &mut done, total, progress, cancel, &mut room)?;
+        let size_a = keep(
+            archive,
+            &first,
+            &mut hasher,
+            &mut done,
+            total,
+            progress,
+            cancel,
+            &mut room,
+        )?;
         let mut size = size_a;
         if let Some(r) = rootfs {
-            size += keep(r, &tmp.join(ROOTFS), &mut hasher, &mut done, total, progress, cancel, &mut room)?;
+            size += keep(
+                r,
+                &tmp.join(ROOTFS),
+                &mut hasher,
+                &mut done,
+                total,
+                progress,
+                cancel,
+                &mut room,
+            )?;
         }
-        let fp: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let fp: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if known.contains(&fp) {
-            return Ok(Imported { fingerprint: fp, metadata: None, size, split, known: true, claim: None });
+            return Ok(Imported {
+                fingerprint: fp,
+                metadata: None,
+                size,
+                split,
+                known: true,
+                claim: None,
+            });
         }
         // one job at a time stores a fingerprint
         let claim = claim::claim(&self.dir, &fp, cancel)?;
         if self.is_stored(&fp) {
             // a concurrent import of the same bytes stored it, and its caller registered it
             // before releasing the claim
-            return Ok(Imported { fingerprint: fp, metadata: None, size, split, known: true, claim: Some(claim) });
+            return Ok(Imported {
+                fingerprint: fp,
+                metadata: None,
+                size,
+                split,
+                known: true,
+                claim: Some(claim),
+            });
         }
         // leftovers of an interrupted import of the same image (the claim keeps anyone else
         // from writing them)
@@ -149,8 +194,13 @@ impl Store<'_> {
                 max_bytes,
             };
             let base = done;
-            helper::run(&job, &mut |n| progress(base.saturating_add(n), total), cancel)?;
-            let text = std::fs::read(staging.join("metadata.yaml")).map_err(|_| Error::InvalidImage("the archive has no metadata.yaml".into()))?;
+            helper::run(
+                &job,
+                &mut |n| progress(base.saturating_add(n), total),
+                cancel,
+            )?;
+            let text = std::fs::read(staging.join("metadata.yaml"))
+                .map_err(|_| Error::InvalidImage("the archive has no metadata.yaml".into()))?;
             let meta = Metadata::parse(&text)?;
             check_templates(&staging, &meta)?;
             if !staging.join("rootfs").is_dir() {
@@ -183,7 +233,14 @@ impl Store<'_> {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e);
         }
-        Ok(Imported { fingerprint: fp, metadata: Some(meta), size, split, known: false, claim: Some(claim) })
+        Ok(Imported {
+            fingerprint: fp,
+            metadata: Some(meta),
+            size,
+            split,
+            known: false,
+            claim: Some(claim),
+        })
     }
 
     /// How many bytes of archives an import may keep in `tmp`. An archive unpacks to at least
@@ -202,7 +259,11 @@ impl Store<'_> {
         }
         let here = free_bytes(tmp).saturating_sub(reserve_of(tmp));
         let pool_free = free_bytes(pool).saturating_sub(64 << 20);
-        if same_filesystem(tmp, pool) { here / 2 } else { here.min(pool_free) }
+        if same_filesystem(tmp, pool) {
+            here / 2
+        } else {
+            here.min(pool_free)
+        }
     }
 
     /// Whether an image is completely stored: its volume, committed last, is in the pool.
@@ -222,8 +283,12 @@ impl Store<'_> {
         let name = |p: &Path, prefix: &str| -> Result<String> {
             let mut head = [0u8; 1024];
             let f = std::fs::File::open(p).step(|| format!("open {}", p.display()))?;
-            let n = std::os::unix::fs::FileExt::read_at(&f, &mut head, 0).step(|| format!("read {}", p.display()))?;
-            Ok(format!("{prefix}{fp}.{}", Payload::sniff(&head[..n])?.extension()))
+            let n = std::os::unix::fs::FileExt::read_at(&f, &mut head, 0)
+                .step(|| format!("read {}", p.display()))?;
+            Ok(format!(
+                "{prefix}{fp}.{}",
+                Payload::sniff(&head[..n])?.extension()
+            ))
         };
         if dir.join(META).exists() {
             let (m, r) = (dir.join(META), dir.join(ROOTFS));
@@ -248,9 +313,15 @@ impl Store<'_> {
     ) -> Result<u64> {
         let files = self.files(fp)?;
         if files.len() == 2 && rootfs_out.is_none() {
-            return Err(Error::Invalid("this is a split image: pass a second file descriptor for its rootfs".into()));
+            return Err(Error::Invalid(
+                "this is a split image: pass a second file descriptor for its rootfs".into(),
+            ));
         }
-        let total: u64 = files.iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+        let total: u64 = files
+            .iter()
+            .filter_map(|(p, _)| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
         let mut done = 0u64;
         copy_file(&files[0].0, out, &mut done, total, progress, cancel)?;
         if let (Some((p, _)), Some(r)) = (files.get(1), rootfs_out) {
@@ -265,7 +336,10 @@ impl Store<'_> {
         match std::fs::remove_dir_all(self.image_dir(fp)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::os(format!("remove {}", self.image_dir(fp).display()), e)),
+            Err(e) => Err(Error::os(
+                format!("remove {}", self.image_dir(fp).display()),
+                e,
+            )),
         }
     }
 
@@ -274,11 +348,17 @@ impl Store<'_> {
     pub fn remove_orphans(&self, known: &HashSet<String>) -> Vec<String> {
         let mut notes = Vec::new();
         for dir in [self.dir.clone(), self.pool.config().path.join("images")] {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let orphan = name.starts_with(".import-") || name.starts_with(".staging-") || name.starts_with(".build-")
-                    || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) && !known.contains(&name));
+                let orphan = name.starts_with(".import-")
+                    || name.starts_with(".staging-")
+                    || name.starts_with(".build-")
+                    || (name.len() == 64
+                        && name.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !known.contains(&name));
                 if orphan {
                     let p = e.path();
                     let r = if p.parent() == Some(dir.as_path()) && dir == self.dir {
@@ -293,7 +373,9 @@ impl Store<'_> {
                     };
                     notes.push(match r {
                         Ok(()) => format!("removed orphaned image files {}", p.display()),
-                        Err(e) => format!("could not remove orphaned image files {}: {e}", p.display()),
+                        Err(e) => {
+                            format!("could not remove orphaned image files {}: {e}", p.display())
+                        }
                     });
                 }
             }
@@ -308,7 +390,9 @@ fn file_size(f: &std::fs::File) -> Option<u64> {
 
 /// Free bytes of the filesystem holding `p`.
 pub fn free_bytes(p: &Path) -> u64 {
-    let Ok(c) = crate::sys::cpath(p) else { return 0 };
+    let Ok(c) = crate::sys::cpath(p) else {
+        return 0;
+    };
     // SAFETY: statvfs is plain data.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
@@ -320,7 +404,9 @@ pub fn free_bytes(p: &Path) -> u64 {
 
 /// What an import leaves free on the file system at `p`: 5% of it, at most 1 GiB.
 fn reserve_of(p: &Path) -> u64 {
-    let Ok(c) = crate::sys::cpath(p) else { return 0 };
+    let Ok(c) = crate::sys::cpath(p) else {
+        return 0;
+    };
     // SAFETY: statvfs is plain data.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
@@ -368,17 +454,26 @@ fn keep(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::InvalidImage(format!("reading the image failed: {e}"))),
+            Err(e) => {
+                return Err(Error::InvalidImage(format!(
+                    "reading the image failed: {e}"
+                )));
+            }
         };
         if n as u64 > *room {
             return Err(Error::os(
-                format!("keep the image: more than {} bytes, what the storage pool and {} have room for", *done + *room, dst.parent().unwrap_or(dst).display()),
+                format!(
+                    "keep the image: more than {} bytes, what the storage pool and {} have room for",
+                    *done + *room,
+                    dst.parent().unwrap_or(dst).display()
+                ),
                 std::io::Error::from_raw_os_error(libc::ENOSPC),
             ));
         }
         *room -= n as u64;
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| Error::os(format!("write {}", dst.display()), e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::os(format!("write {}", dst.display()), e))?;
         n_total += n as u64;
         *done += n as u64;
         since += n as u64;
@@ -395,18 +490,28 @@ fn keep(
     Ok(n_total)
 }
 
-fn copy_file(src: &Path, out: &mut std::fs::File, done: &mut u64, total: u64, progress: Progress<'_>, cancel: &AtomicBool) -> Result<()> {
+fn copy_file(
+    src: &Path,
+    out: &mut std::fs::File,
+    done: &mut u64,
+    total: u64,
+    progress: Progress<'_>,
+    cancel: &AtomicBool,
+) -> Result<()> {
     let mut f = std::fs::File::open(src).step(|| format!("open {}", src.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        let n = f.read(&mut buf).step(|| format!("read {}", src.display()))?;
+        let n = f
+            .read(&mut buf)
+            .step(|| format!("read {}", src.display()))?;
         if n == 0 {
             return Ok(());
         }
-        out.write_all(&buf[..n]).step(|| "write the exported image")?;
+        out.write_all(&buf[..n])
+            .step(|| "write the exported image")?;
         *done += n as u64;
         progress(*done, Some(total));
     }
@@ -418,9 +523,14 @@ fn check_templates(staging: &Path, meta: &Metadata) -> Result<()> {
     for (target, t) in &meta.templates {
         check_template(target, t)?;
         let p = staging.join("templates").join(&t.template);
-        let ok = std::fs::symlink_metadata(&p).map(|m| m.is_file()).unwrap_or(false);
+        let ok = std::fs::symlink_metadata(&p)
+            .map(|m| m.is_file())
+            .unwrap_or(false);
         if !ok {
-            return Err(Error::InvalidImage(format!("template {} for {target} is missing from templates/", t.template)));
+            return Err(Error::InvalidImage(format!(
+                "template {} for {target} is missing from templates/",
+                t.template
+            )));
         }
     }
     Ok(())
@@ -432,14 +542,21 @@ fn check_template(target: &str, t: &Template) -> Result<()> {
         || t.template.split('/').any(|c| c == ".." || c.is_empty())
         || t.template.contains('\0');
     if bad_name {
-        return Err(Error::InvalidImage(format!("template file name {:?} is not a plain relative path", t.template)));
+        return Err(Error::InvalidImage(format!(
+            "template file name {:?} is not a plain relative path",
+            t.template
+        )));
     }
     if !target.starts_with('/') || target.contains('\0') || target.split('/').any(|c| c == "..") {
-        return Err(Error::InvalidImage(format!("template target {target:?} is not an absolute path")));
+        return Err(Error::InvalidImage(format!(
+            "template target {target:?} is not an absolute path"
+        )));
     }
     for w in &t.when {
         if !["create", "copy", "start"].contains(&w.as_str()) {
-            return Err(Error::InvalidImage(format!("template {target}: unknown trigger {w:?}")));
+            return Err(Error::InvalidImage(format!(
+                "template {target}: unknown trigger {w:?}"
+            )));
         }
     }
     Ok(())
@@ -450,7 +567,9 @@ fn check_template(target: &str, t: &Template) -> Result<()> {
 /// through `openat2(RESOLVE_IN_ROOT)` on the rootfs, so a link planted by the container cannot
 /// redirect them; new files belong to the container's root (`owner`).
 pub fn apply_templates(volume: &Path, ctx: &template::Context, owner: (u32, u32)) -> Result<usize> {
-    let Ok(text) = std::fs::read(volume.join("metadata.yaml")) else { return Ok(0) };
+    let Ok(text) = std::fs::read(volume.join("metadata.yaml")) else {
+        return Ok(0);
+    };
     let meta = Metadata::parse(&text)?;
     let rootfs = std::fs::File::open(volume.join("rootfs")).step(|| "open the rootfs")?;
     let mut applied = 0;
@@ -460,21 +579,31 @@ pub fn apply_templates(volume: &Path, ctx: &template::Context, owner: (u32, u32)
         }
         check_template(target, t)?;
         let src = volume.join("templates").join(&t.template);
-        if !std::fs::symlink_metadata(&src).map(|m| m.is_file()).unwrap_or(false) {
+        if !std::fs::symlink_metadata(&src)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
             continue;
         }
-        let body = std::fs::read_to_string(&src).step(|| format!("read template {}", t.template))?;
+        let body =
+            std::fs::read_to_string(&src).step(|| format!("read template {}", t.template))?;
         let mut c = ctx.clone();
         c.path = target.clone();
         c.properties = t.properties.clone();
-        let out = template::render(&body, &c).map_err(|e| Error::InvalidImage(format!("template {}: {e}", t.template)))?;
+        let out = template::render(&body, &c)
+            .map_err(|e| Error::InvalidImage(format!("template {}: {e}", t.template)))?;
         let mut flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW;
         if t.create_only {
             flags |= libc::O_EXCL;
         } else {
             flags |= libc::O_TRUNC;
         }
-        let fd = match super::extract::open_in_root(rootfs.as_raw_fd(), target.trim_start_matches('/').as_bytes(), flags, 0o644) {
+        let fd = match super::extract::open_in_root(
+            rootfs.as_raw_fd(),
+            target.trim_start_matches('/').as_bytes(),
+            flags,
+            0o644,
+        ) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && t.create_only => continue,
             // a target whose directory the image does not have is skipped, as LXD does
@@ -482,7 +611,8 @@ pub fn apply_templates(volume: &Path, ctx: &template::Context, owner: (u32, u32)
             Err(e) => return Err(Error::os(format!("write template target {target}"), e)),
         };
         let mut f = std::fs::File::from(fd);
-        f.write_all(out.as_bytes()).step(|| format!("write {target}"))?;
+        f.write_all(out.as_bytes())
+            .step(|| format!("write {target}"))?;
         // SAFETY: fchown on our fd.
         unsafe { libc::fchown(f.as_raw_fd(), owner.0, owner.1) };
         applied += 1;
@@ -504,14 +634,34 @@ mod tests {
             return;
         }
         let top = std::env::temp_dir().join(format!("berth-orphans-{}", std::process::id()));
-        let pool = Pool::new(PoolConfig { driver: DriverKind::Dir, path: top.join("pool"), source: None });
+        let pool = Pool::new(PoolConfig {
+            driver: DriverKind::Dir,
+            path: top.join("pool"),
+            source: None,
+        });
         std::fs::create_dir_all(top.join("pool/images")).unwrap();
-        let store = Store { dir: top.join("images"), pool: &pool, helper: Path::new("/nonexistent"), ids: IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 } };
+        let store = Store {
+            dir: top.join("images"),
+            pool: &pool,
+            helper: Path::new("/nonexistent"),
+            ids: IdMap {
+                uid_base: 1_000_000,
+                gid_base: 1_000_000,
+                count: 65536,
+            },
+        };
         let build = store.dir.join(".build-1-2/rootfs");
         std::fs::create_dir_all(build.join("proc")).unwrap();
         std::fs::create_dir_all(build.join("etc")).unwrap();
         std::fs::write(build.join("etc/hostname"), b"x").unwrap();
-        crate::sys::mount(Some(Path::new("proc")), &build.join("proc"), Some(c"proc"), 0, None).unwrap();
+        crate::sys::mount(
+            Some(Path::new("proc")),
+            &build.join("proc"),
+            Some(c"proc"),
+            0,
+            None,
+        )
+        .unwrap();
         let notes = store.remove_orphans(&HashSet::new());
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let left = mi.lines().any(|l| l.contains("berth-orphans-"));

@@ -18,14 +18,22 @@ impl Conn {
     pub fn connect(path: &Path) -> Result<Conn> {
         use std::os::unix::ffi::OsStrExt;
         // SAFETY: plain syscall.
-        let fd = sys::cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })
-            .step(|| "create a socket")?;
+        let fd = sys::cvt(unsafe {
+            libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+        })
+        .step(|| "create a socket")?;
         // SAFETY: fresh fd.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let (addr, len) = super::sockaddr_un(path.as_os_str().as_bytes())?;
         // SAFETY: valid sockaddr_un.
-        sys::cvt(unsafe { libc::connect(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })
-            .step(|| format!("connect to {}", path.display()))?;
+        sys::cvt(unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        })
+        .step(|| format!("connect to {}", path.display()))?;
         Ok(Conn { fd })
     }
 

@@ -49,7 +49,8 @@ pub fn spawn(
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP;
-    let init_time = sys::ns_inode(Some(init_pid), "time").step(|| "inspect init's time namespace")?;
+    let init_time =
+        sys::ns_inode(Some(init_pid), "time").step(|| "inspect init's time namespace")?;
     if init_time != sys::ns_inode(None, "time").step(|| "inspect our time namespace")? {
         flags |= libc::CLONE_NEWTIME;
     }
@@ -108,7 +109,12 @@ fn helper(
     // exec or _exit.
     let child = match unsafe { sys::clone3_fork(0) } {
         Ok(sys::Forked::Child) => {
-            let e = payload(req, stdio, tty.as_ref().map(|(_, s)| s.as_raw_fd()), bounding);
+            let e = payload(
+                req,
+                stdio,
+                tty.as_ref().map(|(_, s)| s.as_raw_fd()),
+                bounding,
+            );
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
             let _ = sys::write_all_fd(report_w.as_raw_fd(), &errno.to_le_bytes());
             sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 })
@@ -119,7 +125,13 @@ fn helper(
     drop(report_w);
     if let Some((master, slave)) = tty {
         drop(slave);
-        relay(stdio[0].as_fd(), stdio[1].as_fd(), master, conn, child.1.as_fd());
+        relay(
+            stdio[0].as_fd(),
+            stdio[1].as_fd(),
+            master,
+            conn,
+            child.1.as_fd(),
+        );
     }
     let status = match sys::waitpid_blocking(child.0) {
         Ok(s) => s,
@@ -132,7 +144,12 @@ fn helper(
         let errno = i32::from_le_bytes(b);
         let _ = sys::write_all_fd(
             err_fd,
-            format!("berth: exec {}: {}\n", req.argv[0], io::Error::from_raw_os_error(errno)).as_bytes(),
+            format!(
+                "berth: exec {}: {}\n",
+                req.argv[0],
+                io::Error::from_raw_os_error(errno)
+            )
+            .as_bytes(),
         );
     }
     shell_status(status)
@@ -164,14 +181,23 @@ fn bounding_set(pid: libc::pid_t) -> io::Result<u64> {
 fn limit_bounding_set(keep: u64) -> io::Result<()> {
     for cap in caps::all() {
         let bit = cap.index();
-        if bit < 64 && keep & (1u64 << bit) == 0 && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| io::Error::other(format!("drop {cap}: {e}")))?;
+        if bit < 64
+            && keep & (1u64 << bit) == 0
+            && caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false)
+        {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(|e| io::Error::other(format!("drop {cap}: {e}")))?;
         }
     }
     Ok(())
 }
 
-fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bounding: u64) -> io::Error {
+fn payload(
+    req: &ExecRequest,
+    stdio: &[OwnedFd; 3],
+    tty_slave: Option<RawFd>,
+    bounding: u64,
+) -> io::Error {
     let r = (|| -> io::Result<()> {
         limit_bounding_set(bounding)?;
         // while still root of the container's user namespace (which seccomp needs without
@@ -191,8 +217,10 @@ fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bo
                 // Move the caller's fds out of the way first so that dup2 cannot clobber them.
                 let hi: Vec<RawFd> = stdio
                     .iter()
-                    // SAFETY: F_DUPFD_CLOEXEC on fds we own.
-                    .map(|f| sys::cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) }))
+                    .map(|f| {
+                        // SAFETY: F_DUPFD_CLOEXEC on fds we own.
+                        sys::cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) })
+                    })
                     .collect::<io::Result<_>>()?;
                 for (i, fd) in hi.iter().enumerate() {
                     sys::dup2(*fd, i as RawFd)?;
@@ -218,7 +246,14 @@ fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bo
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), DEFAULT_PATH.into()),
             ("HOME".into(), home.into()),
-            ("USER".into(), if req.uid == 0 { "root".into() } else { req.uid.to_string() }),
+            (
+                "USER".into(),
+                if req.uid == 0 {
+                    "root".into()
+                } else {
+                    req.uid.to_string()
+                },
+            ),
             ("LANG".into(), "C.UTF-8".into()),
             ("container".into(), "berth".into()),
         ];
@@ -244,7 +279,11 @@ fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bo
         let mut ep: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
         ep.push(std::ptr::null());
         // The lookup uses PATH from the new environment, inside the container's filesystem.
-        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         exec_in_path(&argv[0], &path, &ap, &ep)
     })();
     match r {
@@ -254,7 +293,12 @@ fn payload(req: &ExecRequest, stdio: &[OwnedFd; 3], tty_slave: Option<RawFd>, bo
 }
 
 /// execve of `prog` (looked up in `path` when it has no slash); returns the most telling error.
-fn exec_in_path(prog: &CString, path: &str, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> io::Result<()> {
+fn exec_in_path(
+    prog: &CString,
+    path: &str,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Result<()> {
     let bytes = prog.as_bytes();
     if bytes.contains(&b'/') {
         // SAFETY: NULL-terminated arrays of valid C strings.
@@ -263,7 +307,9 @@ fn exec_in_path(prog: &CString, path: &str, argv: &[*const libc::c_char], envp: 
     }
     let mut best = io::Error::from_raw_os_error(libc::ENOENT);
     for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let Ok(full) = CString::new(format!("{dir}/{}", String::from_utf8_lossy(bytes))) else { continue };
+        let Ok(full) = CString::new(format!("{dir}/{}", String::from_utf8_lossy(bytes))) else {
+            continue;
+        };
         // SAFETY: as above.
         unsafe { libc::execve(full.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
         let e = io::Error::last_os_error();
@@ -276,16 +322,38 @@ fn exec_in_path(prog: &CString, path: &str, argv: &[*const libc::c_char], envp: 
 
 /// Copies caller stdin → pty master and master → caller stdout until the process is gone and
 /// its output drained; applies `Resize` requests from the caller's connection.
-fn relay(stdin: BorrowedFd<'_>, stdout: BorrowedFd<'_>, master: OwnedFd, conn: RawFd, child: BorrowedFd<'_>) {
+fn relay(
+    stdin: BorrowedFd<'_>,
+    stdout: BorrowedFd<'_>,
+    master: OwnedFd,
+    conn: RawFd,
+    child: BorrowedFd<'_>,
+) {
     let mut stdin_open = true;
     let mut conn_open = conn >= 0;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let mut fds = vec![
-            libc::pollfd { fd: master.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: child.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if stdin_open { stdin.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: if conn_open { conn } else { -1 }, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: child.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { stdin.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if conn_open { conn } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: fds is a valid array.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -309,7 +377,9 @@ fn relay(stdin: BorrowedFd<'_>, stdout: BorrowedFd<'_>, master: OwnedFd, conn: R
                 &mut m,
             ) {
                 Ok((n, _)) if n > 0 => {
-                    if let Ok(Request::Resize { rows, cols }) = super::proto::decode::<Request>(&m[..n]) {
+                    if let Ok(Request::Resize { rows, cols }) =
+                        super::proto::decode::<Request>(&m[..n])
+                    {
                         let _ = pty::set_winsize(master.as_raw_fd(), rows, cols);
                     }
                 }

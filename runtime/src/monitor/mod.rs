@@ -20,13 +20,13 @@ use crate::launch::{self, Started};
 use crate::spec::{ContainerSpec, RunFiles};
 use crate::{fdpass, sys};
 use proto::{ExitInfo, ExitReason, Reply, Request, Status};
-use trim::{IDLE_TRIM_MS, Trimmer};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use trim::{IDLE_TRIM_MS, Trimmer};
 
 /// The one line a starting monitor writes to berthd.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,8 +51,14 @@ pub enum StartReport {
 impl StartReport {
     fn from_error(e: &Error) -> Self {
         match e {
-            Error::Setup { step, errno } => StartReport::Err { step: step.clone(), errno: *errno },
-            other => StartReport::Err { step: other.to_string(), errno: other.errno().unwrap_or(0) },
+            Error::Setup { step, errno } => StartReport::Err {
+                step: step.clone(),
+                errno: *errno,
+            },
+            other => StartReport::Err {
+                step: other.to_string(),
+                errno: other.errno().unwrap_or(0),
+            },
         }
     }
 }
@@ -92,7 +98,11 @@ impl Standby {
             .stderr(Stdio::null())
             .spawn()
             .step(|| format!("run {}", exe.display()))?;
-        Ok(Standby { child, exe: exe.to_path_buf(), join: join.to_vec() })
+        Ok(Standby {
+            child,
+            exe: exe.to_path_buf(),
+            join: join.to_vec(),
+        })
     }
 
     /// The waiting process's pid.
@@ -104,7 +114,8 @@ impl Standby {
     /// started makes it an older monitor than berthd expects).
     pub fn usable(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
-            && std::fs::read_link(format!("/proc/{}/exe", self.child.id())).is_ok_and(|p| !p.as_os_str().as_encoded_bytes().ends_with(b" (deleted)"))
+            && std::fs::read_link(format!("/proc/{}/exe", self.child.id()))
+                .is_ok_and(|p| !p.as_os_str().as_encoded_bytes().ends_with(b" (deleted)"))
     }
 
     /// Hands `spec` to this monitor and waits for its report. A monitor that is gone before it
@@ -117,10 +128,15 @@ impl Standby {
     }
 
     fn start_or_replace(mut self, spec: &ContainerSpec, replace: bool) -> Result<(i32, i32)> {
-        std::fs::create_dir_all(&spec.run_dir).step(|| format!("create {}", spec.run_dir.display()))?;
+        std::fs::create_dir_all(&spec.run_dir)
+            .step(|| format!("create {}", spec.run_dir.display()))?;
         let input = proto::encode(spec);
         {
-            let mut stdin = self.child.stdin.take().ok_or_else(|| Error::Protocol("monitor stdin".into()))?;
+            let mut stdin = self
+                .child
+                .stdin
+                .take()
+                .ok_or_else(|| Error::Protocol("monitor stdin".into()))?;
             match stdin.write_all(&input) {
                 Ok(()) => {}
                 // nothing was started: the spec never reached it
@@ -133,15 +149,24 @@ impl Standby {
             }
         }
         let mut out = String::new();
-        let mut stdout = self.child.stdout.take().ok_or_else(|| Error::Protocol("monitor stdout".into()))?;
+        let mut stdout = self
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Protocol("monitor stdout".into()))?;
         let read = stdout.read_to_string(&mut out);
         let _ = self.child.wait();
         read.step(|| "read the monitor's report")?;
         let line = out.lines().next().unwrap_or("");
         match serde_json::from_str::<StartReport>(line) {
-            Ok(StartReport::Ok { init_pid, monitor_pid }) => Ok((init_pid, monitor_pid)),
+            Ok(StartReport::Ok {
+                init_pid,
+                monitor_pid,
+            }) => Ok((init_pid, monitor_pid)),
             Ok(StartReport::Err { step, errno }) => Err(Error::Setup { step, errno }),
-            Err(_) => Err(Error::Protocol(format!("monitor exited without a report (output {line:?})"))),
+            Err(_) => Err(Error::Protocol(format!(
+                "monitor exited without a report (output {line:?})"
+            ))),
         }
     }
 }
@@ -160,16 +185,27 @@ impl Drop for Standby {
 /// memory. Does nothing unless the area holds exactly `<exe> <STANDBY_TITLE>` and the name
 /// fits (it always does: names are at most 63 bytes).
 fn set_title(name: &str) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
     // fields after the parenthesized command name, which may hold anything
-    let Some((_, rest)) = stat.rsplit_once(')') else { return };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // arg_start and arg_end are fields 48 and 49 of stat(5); `rest` starts at field 3
-    let (Some(Ok(start)), Some(Ok(end))) = (fields.get(45).map(|f| f.parse::<usize>()), fields.get(46).map(|f| f.parse::<usize>())) else {
+    let (Some(Ok(start)), Some(Ok(end))) = (
+        fields.get(45).map(|f| f.parse::<usize>()),
+        fields.get(46).map(|f| f.parse::<usize>()),
+    ) else {
         return;
     };
     let title = STANDBY_TITLE.as_bytes();
-    if end <= start || end - start < title.len() + 2 || name.len() > title.len() || name.as_bytes().contains(&0) {
+    if end <= start
+        || end - start < title.len() + 2
+        || name.len() > title.len()
+        || name.as_bytes().contains(&0)
+    {
         return;
     }
     // SAFETY: [arg_start, arg_end) is this process's argument area, mapped writable at the
@@ -190,11 +226,21 @@ pub fn main_stdio() -> ! {
     use std::os::unix::ffi::OsStrExt;
     // wait in the monitors' cgroups: the start that uses this standby need not move it
     let join: Vec<std::path::PathBuf> = std::env::var_os(JOIN_ENV)
-        .map(|v| v.as_encoded_bytes().split(|b| *b == b'\n').filter(|p| !p.is_empty()).map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p))).collect())
+        .map(|v| {
+            v.as_encoded_bytes()
+                .split(|b| *b == b'\n')
+                .filter(|p| !p.is_empty())
+                .map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+                .collect()
+        })
         .unwrap_or_default();
     // SAFETY: single-threaded; the container and CRIU need not see it.
     unsafe { std::env::remove_var(JOIN_ENV) };
-    let joined = if !join.is_empty() && join.iter().all(|p| sys::write_file(p, b"0").is_ok()) { join } else { Vec::new() };
+    let joined = if !join.is_empty() && join.iter().all(|p| sys::write_file(p, b"0").is_ok()) {
+        join
+    } else {
+        Vec::new()
+    };
     let mut input = Vec::new();
     let read = std::io::stdin().read_to_end(&mut input);
     if read.is_ok() && input.is_empty() {
@@ -203,13 +249,25 @@ pub fn main_stdio() -> ! {
     }
     let spec: ContainerSpec = match read.ok().and_then(|_| serde_json::from_slice(&input).ok()) {
         Some(s) => s,
-        None => report_and_exit(&StartReport::Err { step: "read the container spec".into(), errno: libc::EINVAL }, 2),
+        None => report_and_exit(
+            &StartReport::Err {
+                step: "read the container spec".into(),
+                errno: libc::EINVAL,
+            },
+            2,
+        ),
     };
     set_title(&spec.name);
     // Leave berthd: our parent exits at once, we are re-parented and start a new session.
     // SAFETY: single-threaded at this point (nothing has spawned threads).
     match unsafe { libc::fork() } {
-        -1 => report_and_exit(&StartReport::Err { step: "fork the monitor".into(), errno: errno() }, 1),
+        -1 => report_and_exit(
+            &StartReport::Err {
+                step: "fork the monitor".into(),
+                errno: errno(),
+            },
+            1,
+        ),
         0 => {}
         _ => sys::exit_now(0),
     }
@@ -219,7 +277,10 @@ pub fn main_stdio() -> ! {
     let _ = sys::set_nofile_soft(1024);
     match prepare(&spec, &joined) {
         Ok(mut m) => {
-            report(&StartReport::Ok { init_pid: m.init.pid, monitor_pid: std::process::id() as i32 });
+            report(&StartReport::Ok {
+                init_pid: m.init.pid,
+                monitor_pid: std::process::id() as i32,
+            });
             // stdout (berthd's pipe) is done: berthd reads EOF and returns.
             if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
                 let _ = sys::dup2(null.as_raw_fd(), 1);
@@ -251,7 +312,15 @@ fn report_and_exit(r: &StartReport, code: i32) -> ! {
 }
 
 fn log(msg: &str) {
-    let _ = sys::write_all_fd(2, format!("{} monitor[{}]: {msg}\n", proto::now_us(), std::process::id()).as_bytes());
+    let _ = sys::write_all_fd(
+        2,
+        format!(
+            "{} monitor[{}]: {msg}\n",
+            proto::now_us(),
+            std::process::id()
+        )
+        .as_bytes(),
+    );
 }
 
 /// Sets up the monitor's files, cgroup and socket, then starts the container. `joined`: the
@@ -266,7 +335,10 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
         .mode(0o600)
         .open(files.monitor_log())
         .step(|| "open the monitor log")?;
-    let null = std::fs::OpenOptions::new().read(true).open("/dev/null").step(|| "open /dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .open("/dev/null")
+        .step(|| "open /dev/null")?;
     sys::dup2(null.as_raw_fd(), 0).step(|| "stdin")?;
     sys::dup2(logf.as_raw_fd(), 2).step(|| "stderr")?;
 
@@ -298,7 +370,10 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
     };
     set_nonblocking(init.console.as_raw_fd());
     let console_log = ConsoleLog::open(&files.console_log(), spec.console_log_max)?;
-    log(&format!("container {} started, init pid {}", spec.name, init.pid));
+    log(&format!(
+        "container {} started, init pid {}",
+        spec.name, init.pid
+    ));
     Ok(Monitor {
         spec: spec.clone(),
         files,
@@ -324,15 +399,25 @@ fn bind_seqpacket(path: &Path) -> Result<OwnedFd> {
     let _ = std::fs::remove_file(path);
     // SAFETY: plain syscall.
     let fd = sys::cvt(unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0)
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
     })
     .step(|| "create the monitor socket")?;
     // SAFETY: fresh fd.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let (addr, len) = sockaddr_un(path.as_os_str().as_bytes())?;
     // SAFETY: addr is a valid sockaddr_un of length len.
-    sys::cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })
-        .step(|| format!("bind {}", path.display()))?;
+    sys::cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })
+    .step(|| format!("bind {}", path.display()))?;
     // SAFETY: chmod via path.
     let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
     // SAFETY: plain syscall.
@@ -346,7 +431,10 @@ pub(crate) fn sockaddr_un(path: &[u8]) -> Result<(libc::sockaddr_un, libc::sockl
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     if path.len() >= addr.sun_path.len() {
-        return Err(Error::Invalid(format!("socket path too long: {}", String::from_utf8_lossy(path))));
+        return Err(Error::Invalid(format!(
+            "socket path too long: {}",
+            String::from_utf8_lossy(path)
+        )));
     }
     for (d, s) in addr.sun_path.iter_mut().zip(path) {
         *d = *s as libc::c_char;
@@ -426,7 +514,12 @@ impl ConsoleLog {
             .step(|| format!("open {}", path.display()))?;
         let _ = file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(ConsoleLog { path: path.to_path_buf(), file, size, max: max.max(4096) })
+        Ok(ConsoleLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max: max.max(4096),
+        })
     }
 
     fn append(&mut self, data: &[u8]) {
@@ -434,7 +527,12 @@ impl ConsoleLog {
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
             let _ = std::fs::rename(&self.path, &old);
-            if let Ok(f) = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path) {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&self.path)
+            {
                 self.file = f;
                 self.size = 0;
             }
@@ -505,7 +603,11 @@ impl Monitor {
             let mut pfds = Vec::with_capacity(4 + self.clients.len() + self.execs.len());
             let mut slots = Vec::with_capacity(pfds.capacity());
             let mut add = |fd: RawFd, slot: Slot| {
-                pfds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 slots.push(slot);
             };
             if let Some(t) = &self.term {
@@ -521,12 +623,16 @@ impl Monitor {
                 add(e.child.pidfd.as_raw_fd(), Slot::Exec(i));
             }
             let timeout = match self.deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32,
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
                 None if busy => IDLE_TRIM_MS,
                 None => -1,
             };
             // SAFETY: pfds is a valid array.
-            let mut n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+            let mut n =
+                unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if n == 0 && busy && self.deadline.is_none() {
                 // Idle for a while: give back what handling the last events faulted in, then
                 // wait with the same poll set (so nothing else runs between the two).
@@ -604,7 +710,12 @@ impl Monitor {
         loop {
             // SAFETY: accept4 on our listener; NULL address is allowed.
             let fd = unsafe {
-                libc::accept4(self.listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                libc::accept4(
+                    self.listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
             };
             if fd < 0 {
                 return;
@@ -612,14 +723,26 @@ impl Monitor {
             self.next_client += 1;
             // SAFETY: fresh fd.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            self.clients.push(Client { id: self.next_client, fd, watch: false, stop_waiter: false, exec: false });
+            self.clients.push(Client {
+                id: self.next_client,
+                fd,
+                watch: false,
+                stop_waiter: false,
+                exec: false,
+            });
         }
     }
 
     fn drain_console(&mut self, buf: &mut [u8]) {
         for _ in 0..16 {
             // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::read(self.init.console.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe {
+                libc::read(
+                    self.init.console.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
             if n <= 0 {
                 return;
             }
@@ -628,7 +751,9 @@ impl Monitor {
     }
 
     fn read_client(&mut self, id: u64, buf: &mut [u8]) {
-        let Some(pos) = self.clients.iter().position(|c| c.id == id) else { return };
+        let Some(pos) = self.clients.iter().position(|c| c.id == id) else {
+            return;
+        };
         let res = fdpass::recv(self.clients[pos].fd.as_fd(), buf);
         let (n, fds) = match res {
             Ok((0, _)) => {
@@ -645,7 +770,12 @@ impl Monitor {
         let req = match proto::decode::<Request>(&buf[..n]) {
             Ok(r) => r,
             Err(e) => {
-                self.send_to(id, &Reply::Error { message: e.to_string() });
+                self.send_to(
+                    id,
+                    &Reply::Error {
+                        message: e.to_string(),
+                    },
+                );
                 return;
             }
         };
@@ -671,26 +801,51 @@ impl Monitor {
             }
             Request::Exec(req) => {
                 if self.stopping {
-                    self.send_to(id, &Reply::Error { message: "the container is stopping".into() });
+                    self.send_to(
+                        id,
+                        &Reply::Error {
+                            message: "the container is stopping".into(),
+                        },
+                    );
                     return;
                 }
                 let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
-                    self.send_to(id, &Reply::Error { message: "exec needs exactly three fds (stdin, stdout, stderr)".into() });
+                    self.send_to(
+                        id,
+                        &Reply::Error {
+                            message: "exec needs exactly three fds (stdin, stdout, stderr)".into(),
+                        },
+                    );
                     return;
                 };
                 let conn = self.clients[pos].fd.as_raw_fd();
-                match exec::spawn(self.init.pid, self.init.pidfd.as_fd(), &self.spec.cgroups, &req, &stdio, conn) {
+                match exec::spawn(
+                    self.init.pid,
+                    self.init.pidfd.as_fd(),
+                    &self.spec.cgroups,
+                    &req,
+                    &stdio,
+                    conn,
+                ) {
                     Ok(child) => {
                         self.clients[pos].exec = true;
                         self.send_to(id, &Reply::ExecStarted { pid: child.pid });
                         self.execs.push(Exec { child, client: id });
                     }
-                    Err(e) => self.send_to(id, &Reply::Error { message: e.to_string() }),
+                    Err(e) => self.send_to(
+                        id,
+                        &Reply::Error {
+                            message: e.to_string(),
+                        },
+                    ),
                 }
             }
-            Request::Resize { .. } => {
-                self.send_to(id, &Reply::Error { message: "resize applies to an exec's own connection".into() })
-            }
+            Request::Resize { .. } => self.send_to(
+                id,
+                &Reply::Error {
+                    message: "resize applies to an exec's own connection".into(),
+                },
+            ),
         }
     }
 
@@ -736,8 +891,16 @@ impl Monitor {
                     set_nonblocking(init.console.as_raw_fd());
                     self.init = init;
                     self.started_at_us = proto::now_us();
-                    let ev = Reply::Restarted { init_pid: self.init.pid };
-                    for id in self.clients.iter().filter(|c| c.watch).map(|c| c.id).collect::<Vec<_>>() {
+                    let ev = Reply::Restarted {
+                        init_pid: self.init.pid,
+                    };
+                    for id in self
+                        .clients
+                        .iter()
+                        .filter(|c| c.watch)
+                        .map(|c| c.id)
+                        .collect::<Vec<_>>()
+                    {
                         self.send_to(id, &ev);
                     }
                     return None;
@@ -752,7 +915,13 @@ impl Monitor {
             Some(libc::SIGINT) | Some(libc::SIGHUP) => ExitReason::Poweroff,
             Some(_) => ExitReason::Crashed,
         };
-        let info = ExitInfo { init_pid: self.init.pid, code, signal, reason, at_us: proto::now_us() };
+        let info = ExitInfo {
+            init_pid: self.init.pid,
+            code,
+            signal,
+            reason,
+            at_us: proto::now_us(),
+        };
         log(&format!("init {} ended: {:?}", self.init.pid, info));
         if let Err(e) = write_atomic(&self.files.exit_record(), &proto::encode(&info)) {
             log(&format!("write exit record: {e}"));
@@ -762,7 +931,12 @@ impl Monitor {
         // reply at once (a restart) must not find this monitor still holding it
         self.lock = None;
         let ev = Reply::Exited(info);
-        let targets: Vec<u64> = self.clients.iter().filter(|c| c.watch || c.stop_waiter).map(|c| c.id).collect();
+        let targets: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|c| c.watch || c.stop_waiter)
+            .map(|c| c.id)
+            .collect();
         for id in targets {
             self.send_to(id, &ev);
         }
@@ -774,7 +948,12 @@ impl Monitor {
             let data = proto::encode(reply);
             // SAFETY: send on a connected socket; MSG_DONTWAIT so a stuck client cannot block us.
             let r = unsafe {
-                libc::send(self.clients[pos].fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                libc::send(
+                    self.clients[pos].fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
             };
             if r < 0 {
                 self.clients.remove(pos);
@@ -788,7 +967,14 @@ fn wait_pidfd(pidfd: std::os::fd::BorrowedFd<'_>) -> Option<libc::c_int> {
     // SAFETY: siginfo_t is plain data.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with P_PIDFD on a pidfd we own.
-    let r = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
     // SAFETY: reading the union fields waitid filled for a CLD_* event.
     let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
     if r < 0 || pid == 0 {

@@ -160,7 +160,10 @@ pub fn decode<'a, T: Deserialize<'a>>(buf: &'a [u8]) -> crate::Result<T> {
 
 /// Microseconds since the epoch.
 pub fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -169,10 +172,18 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let r = Request::Exec(ExecRequest { argv: vec!["true".into()], tty: Some(TtySize { rows: 24, cols: 80 }), ..Default::default() });
+        let r = Request::Exec(ExecRequest {
+            argv: vec!["true".into()],
+            tty: Some(TtySize { rows: 24, cols: 80 }),
+            ..Default::default()
+        });
         let b = encode(&r);
         assert_eq!(decode::<Request>(&b).unwrap(), r);
-        let s = String::from_utf8(encode(&Request::Stop { signal: 10, timeout_ms: 5 })).unwrap();
+        let s = String::from_utf8(encode(&Request::Stop {
+            signal: 10,
+            timeout_ms: 5,
+        }))
+        .unwrap();
         assert_eq!(s, r#"{"op":"stop","signal":10,"timeout_ms":5}"#);
         assert!(decode::<Request>(b"{\"op\":\"nope\"}").is_err());
     }

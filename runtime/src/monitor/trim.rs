@@ -19,12 +19,17 @@ impl Trimmer {
     pub(super) fn new(scratch: &[u8]) -> Trimmer {
         let mut ranges = Vec::new();
         let page = 4096usize;
-        let (a, b) = (scratch.as_ptr() as usize, scratch.as_ptr() as usize + scratch.len());
+        let (a, b) = (
+            scratch.as_ptr() as usize,
+            scratch.as_ptr() as usize + scratch.len(),
+        );
         let (a, b) = (a.div_ceil(page) * page, b / page * page);
         if b > a {
             ranges.push((a, b - a));
         }
-        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return Trimmer { ranges } };
+        let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+            return Trimmer { ranges };
+        };
         let mut cur: Option<(usize, usize, bool)> = None;
         let keep = |c: Option<(usize, usize, bool)>, ranges: &mut Vec<(usize, usize)>| {
             if let Some((start, len, true)) = c {

@@ -49,7 +49,10 @@ const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
 fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     match (path.parent(), path.file_name()) {
         (Some(p), Some(n)) if n.len() <= 4000 => Ok((p, n)),
-        _ => Err(Error::Invalid(format!("not a subvolume path: {}", path.display()))),
+        _ => Err(Error::Invalid(format!(
+            "not a subvolume path: {}",
+            path.display()
+        ))),
     }
 }
 
@@ -59,7 +62,9 @@ fn open_dir(p: &Path) -> Result<std::fs::File> {
 
 /// Whether `path` lies on a btrfs filesystem.
 pub fn is_btrfs(path: &Path) -> bool {
-    let Ok(c) = sys::cpath(path) else { return false };
+    let Ok(c) = sys::cpath(path) else {
+        return false;
+    };
     // SAFETY: statfs is plain data; c is a valid C string.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
@@ -68,14 +73,18 @@ pub fn is_btrfs(path: &Path) -> bool {
 
 /// Whether `path` is the root of a btrfs subvolume.
 pub fn is_subvolume(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == FIRST_FREE_OBJECTID) && is_btrfs(path)
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.ino() == FIRST_FREE_OBJECTID)
+        && is_btrfs(path)
 }
 
 /// Creates an empty subvolume at `path`.
 pub fn create(path: &Path) -> Result<()> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent)?;
-    let mut args = VolArgs { fd: 0, name: [0; PATH_NAME_MAX + 1] };
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; PATH_NAME_MAX + 1],
+    };
     args.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: the ioctl reads a VolArgs of the size encoded in the request.
     sys::cvt(unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SUBVOL_CREATE as _, &args) })
@@ -109,7 +118,11 @@ pub fn set_readonly(path: &Path, ro: bool) -> Result<()> {
     // SAFETY: GETFLAGS writes one u64.
     sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_SUBVOL_GETFLAGS as _, &mut flags) })
         .step(|| format!("read flags of {}", path.display()))?;
-    flags = if ro { flags | SUBVOL_RDONLY } else { flags & !SUBVOL_RDONLY };
+    flags = if ro {
+        flags | SUBVOL_RDONLY
+    } else {
+        flags & !SUBVOL_RDONLY
+    };
     // SAFETY: SETFLAGS reads one u64.
     sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_SUBVOL_SETFLAGS as _, &flags) })
         .step(|| format!("set flags of {}", path.display()))?;
@@ -142,7 +155,10 @@ pub fn delete(path: &Path) -> Result<()> {
 fn destroy_one(path: &Path) -> Result<()> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent)?;
-    let mut args = VolArgs { fd: 0, name: [0; PATH_NAME_MAX + 1] };
+    let mut args = VolArgs {
+        fd: 0,
+        name: [0; PATH_NAME_MAX + 1],
+    };
     args.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: the ioctl reads a VolArgs.
     sys::cvt(unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SNAP_DESTROY as _, &args) })
@@ -151,8 +167,12 @@ fn destroy_one(path: &Path) -> Result<()> {
 }
 
 fn find_nested(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    let dev = std::fs::symlink_metadata(root).map(|m| m.dev()).unwrap_or(0);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let dev = std::fs::symlink_metadata(root)
+        .map(|m| m.dev())
+        .unwrap_or(0);
     for e in rd.flatten() {
         let Ok(m) = e.metadata() else { continue };
         if !m.is_dir() {

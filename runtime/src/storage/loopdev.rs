@@ -71,17 +71,32 @@ pub fn attach(file: &Path) -> Result<(PathBuf, std::fs::File)> {
         .step(|| "open /dev/loop-control")?;
     for _ in 0..16 {
         // SAFETY: GET_FREE takes no argument and returns a device number.
-        let n = sys::cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) }).step(|| "find a free loop device")?;
+        let n = sys::cvt(unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE as _) })
+            .step(|| "find a free loop device")?;
         let dev = PathBuf::from(format!("/dev/loop{n}"));
-        let devf = match std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+        let devf = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dev)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // The node may not exist in a container's static /dev: create it.
                 let c = sys::cpath(&dev).map_err(|e| Error::os("loop path", e))?;
                 // SAFETY: mknod with a valid path for block device major 7.
-                sys::cvt(unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o660, libc::makedev(7, n as u32)) })
-                    .step(|| format!("mknod {}", dev.display()))?;
-                std::fs::OpenOptions::new().read(true).write(true).open(&dev).step(|| format!("open {}", dev.display()))?
+                sys::cvt(unsafe {
+                    libc::mknod(
+                        c.as_ptr(),
+                        libc::S_IFBLK | 0o660,
+                        libc::makedev(7, n as u32),
+                    )
+                })
+                .step(|| format!("mknod {}", dev.display()))?;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&dev)
+                    .step(|| format!("open {}", dev.display()))?
             }
             Err(e) => return Err(Error::os(format!("open {}", dev.display()), e)),
         };
@@ -96,8 +111,16 @@ pub fn attach(file: &Path) -> Result<(PathBuf, std::fs::File)> {
         match sys::cvt(unsafe { libc::ioctl(devf.as_raw_fd(), LOOP_CONFIGURE as _, &cfg) }) {
             Ok(_) => return Ok((dev, devf)),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => continue, // raced with someone
-            Err(e) => return Err(Error::os(format!("attach {} to {}", file.display(), dev.display()), e)),
+            Err(e) => {
+                return Err(Error::os(
+                    format!("attach {} to {}", file.display(), dev.display()),
+                    e,
+                ));
+            }
         }
     }
-    Err(Error::os("attach a loop device", std::io::Error::from_raw_os_error(libc::EBUSY)))
+    Err(Error::os(
+        "attach a loop device",
+        std::io::Error::from_raw_os_error(libc::EBUSY),
+    ))
 }

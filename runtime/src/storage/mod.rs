@@ -83,25 +83,47 @@ impl Pool {
     /// Initializes a new pool at `path`: `driver` if given, else btrfs when `path`'s filesystem
     /// is btrfs, else a loop-backed btrfs file of `loop_size` bytes at `loop_file` when
     /// mkfs.btrfs is available, else dir.
-    pub fn init(path: &Path, driver: Option<DriverKind>, loop_file: &Path, loop_size: u64) -> Result<PoolConfig> {
+    pub fn init(
+        path: &Path,
+        driver: Option<DriverKind>,
+        loop_file: &Path,
+        loop_size: u64,
+    ) -> Result<PoolConfig> {
         std::fs::create_dir_all(path).step(|| format!("create {}", path.display()))?;
         let on_btrfs = btrfs::is_btrfs(path);
         let have_mkfs = which("mkfs.btrfs").is_some();
         let cfg = match driver {
-            Some(DriverKind::Dir) => PoolConfig { driver: DriverKind::Dir, path: path.into(), source: None },
-            Some(DriverKind::Btrfs) | None if on_btrfs => {
-                PoolConfig { driver: DriverKind::Btrfs, path: path.into(), source: None }
-            }
+            Some(DriverKind::Dir) => PoolConfig {
+                driver: DriverKind::Dir,
+                path: path.into(),
+                source: None,
+            },
+            Some(DriverKind::Btrfs) | None if on_btrfs => PoolConfig {
+                driver: DriverKind::Btrfs,
+                path: path.into(),
+                source: None,
+            },
             Some(DriverKind::Btrfs) | None if have_mkfs => {
                 if !loop_file.exists() {
                     make_btrfs_file(loop_file, loop_size)?;
                 }
-                PoolConfig { driver: DriverKind::Btrfs, path: path.into(), source: Some(loop_file.into()) }
+                PoolConfig {
+                    driver: DriverKind::Btrfs,
+                    path: path.into(),
+                    source: Some(loop_file.into()),
+                }
             }
             Some(DriverKind::Btrfs) => {
-                return Err(Error::Pool { path: path.into(), reason: "btrfs needs mkfs.btrfs (btrfs-progs)".into() });
+                return Err(Error::Pool {
+                    path: path.into(),
+                    reason: "btrfs needs mkfs.btrfs (btrfs-progs)".into(),
+                });
             }
-            None => PoolConfig { driver: DriverKind::Dir, path: path.into(), source: None },
+            None => PoolConfig {
+                driver: DriverKind::Dir,
+                path: path.into(),
+                source: None,
+            },
         };
         let pool = Pool::new(cfg.clone());
         pool.mount()?;
@@ -130,7 +152,10 @@ impl Pool {
                 .step(|| format!("mount {} on {}", dev.display(), p.display()))?;
         }
         if self.cfg.driver == DriverKind::Btrfs && !btrfs::is_btrfs(p) {
-            return Err(Error::Pool { path: p.clone(), reason: "not a btrfs filesystem".into() });
+            return Err(Error::Pool {
+                path: p.clone(),
+                reason: "not a btrfs filesystem".into(),
+            });
         }
         // root only: image and container files are owned by host uid 0 on disk (the idmapped
         // mount shifts them for the container), so a setuid file in them would be a setuid-root
@@ -138,7 +163,8 @@ impl Pool {
         for d in ["images", "containers", "snapshots"] {
             let dir = p.join(d);
             std::fs::create_dir_all(&dir).step(|| format!("create {}", dir.display()))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", dir.display()))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .step(|| format!("chmod {}", dir.display()))?;
         }
         Ok(())
     }
@@ -146,7 +172,8 @@ impl Pool {
     /// Unmounts a loop-backed pool (the loop device detaches itself).
     pub fn unmount(&self) -> Result<()> {
         if self.cfg.source.is_some() && is_mountpoint(&self.cfg.path) {
-            crate::sys::umount2(&self.cfg.path, 0).step(|| format!("unmount {}", self.cfg.path.display()))?;
+            crate::sys::umount2(&self.cfg.path, 0)
+                .step(|| format!("unmount {}", self.cfg.path.display()))?;
         }
         Ok(())
     }
@@ -169,7 +196,11 @@ impl Pool {
     /// Creates an empty staging volume for unpacking image `fingerprint`; commit it with
     /// [`Pool::commit_image`] or remove it with [`Pool::delete_volume`].
     pub fn stage_image(&self, fingerprint: &str) -> Result<PathBuf> {
-        let staging = self.cfg.path.join("images").join(format!(".staging-{fingerprint}"));
+        let staging = self
+            .cfg
+            .path
+            .join("images")
+            .join(format!(".staging-{fingerprint}"));
         self.delete_volume(&staging)?;
         self.create_volume(&staging)?;
         Ok(staging)
@@ -181,7 +212,8 @@ impl Pool {
     /// otherwise pay (berth-bench, 211 MB image: first launch 228 ms before, 41 ms after).
     pub fn commit_image(&self, staging: &Path, fingerprint: &str) -> Result<PathBuf> {
         let dst = self.image_volume(fingerprint);
-        std::fs::rename(staging, &dst).step(|| format!("rename {} to {}", staging.display(), dst.display()))?;
+        std::fs::rename(staging, &dst)
+            .step(|| format!("rename {} to {}", staging.display(), dst.display()))?;
         if self.cfg.driver == DriverKind::Btrfs {
             btrfs::set_readonly(&dst, true)?;
         }
@@ -194,10 +226,15 @@ impl Pool {
         let src = self.image_volume(fingerprint);
         let dst = self.container_volume(name);
         if !src.is_dir() {
-            return Err(Error::InvalidImage(format!("image {fingerprint} has no volume in the pool")));
+            return Err(Error::InvalidImage(format!(
+                "image {fingerprint} has no volume in the pool"
+            )));
         }
         if std::fs::symlink_metadata(&dst).is_ok() {
-            return Err(Error::os(format!("create {}", dst.display()), std::io::Error::from_raw_os_error(libc::EEXIST)));
+            return Err(Error::os(
+                format!("create {}", dst.display()),
+                std::io::Error::from_raw_os_error(libc::EEXIST),
+            ));
         }
         match self.cfg.driver {
             DriverKind::Btrfs => btrfs::snapshot(&src, &dst, false)?,
@@ -219,7 +256,9 @@ impl Pool {
     fn create_volume(&self, path: &Path) -> Result<()> {
         match self.cfg.driver {
             DriverKind::Btrfs => btrfs::create(path),
-            DriverKind::Dir => std::fs::create_dir(path).step(|| format!("create {}", path.display())),
+            DriverKind::Dir => {
+                std::fs::create_dir(path).step(|| format!("create {}", path.display()))
+            }
         }
     }
 
@@ -245,15 +284,21 @@ impl Pool {
 pub fn sync_fs(path: &Path) -> Result<()> {
     let dir = std::fs::File::open(path).step(|| format!("open {}", path.display()))?;
     // SAFETY: syncfs on our fd.
-    crate::sys::cvt(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) }).step(|| format!("sync the filesystem of {}", path.display()))?;
+    crate::sys::cvt(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) })
+        .step(|| format!("sync the filesystem of {}", path.display()))?;
     Ok(())
 }
 
 /// Whether `path` is a mount point.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else { return false };
-    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    mi.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == canon))
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    mi.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| Path::new(m) == canon))
 }
 
 /// A program in $PATH or the sbin directories (a daemon started by dbus-daemon may have a
@@ -287,15 +332,21 @@ pub fn run_tool(cmd: &mut Command) -> Result<()> {
 /// container's files past their modes and the pool's 0700 directories.
 fn secure_loop_file(file: &Path) -> Result<()> {
     if let Some(d) = file.parent() {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .step(|| format!("chmod {}", d.display()))?;
     }
-    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).step(|| format!("chmod {}", file.display()))
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+        .step(|| format!("chmod {}", file.display()))
 }
 
 fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     if let Some(d) = file.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d).step(|| format!("create {}", d.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .step(|| format!("create {}", d.display()))?;
     }
     let f = std::fs::OpenOptions::new()
         .create_new(true)
@@ -303,7 +354,8 @@ fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
         .mode(0o600)
         .open(file)
         .step(|| format!("create {}", file.display()))?;
-    f.set_len(size).step(|| format!("size {}", file.display()))?;
+    f.set_len(size)
+        .step(|| format!("size {}", file.display()))?;
     drop(f);
     let mkfs = which("mkfs.btrfs").unwrap_or_else(|| "mkfs.btrfs".into());
     if let Err(e) = run_tool(Command::new(mkfs).arg("-q").arg(file)) {
@@ -316,7 +368,14 @@ fn make_btrfs_file(file: &Path, size: u64) -> Result<()> {
 /// Copies a tree with everything (ownership, modes, xattrs, hardlinks, devices, sparseness,
 /// reflinks where the filesystem can).
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    let r = run_tool(Command::new("cp").arg("-a").arg("--reflink=auto").arg("--").arg(src).arg(dst));
+    let r = run_tool(
+        Command::new("cp")
+            .arg("-a")
+            .arg("--reflink=auto")
+            .arg("--")
+            .arg(src)
+            .arg(dst),
+    );
     if r.is_err() {
         let _ = std::fs::remove_dir_all(dst);
     }
@@ -333,8 +392,10 @@ pub fn shift_tree(root: &Path, map: &IdMap) -> Result<()> {
         if uid < map.count && gid < map.count {
             let c = crate::sys::cpath(p).map_err(|e| Error::os("path", e))?;
             // SAFETY: lchown on a valid C path.
-            crate::sys::cvt(unsafe { libc::lchown(c.as_ptr(), map.uid_base + uid, map.gid_base + gid) })
-                .step(|| format!("chown {}", p.display()))?;
+            crate::sys::cvt(unsafe {
+                libc::lchown(c.as_ptr(), map.uid_base + uid, map.gid_base + gid)
+            })
+            .step(|| format!("chown {}", p.display()))?;
             if !m.file_type().is_symlink() && m.mode() & 0o6000 != 0 {
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(m.mode() & 0o7777))
                     .step(|| format!("chmod {}", p.display()))?;
@@ -353,7 +414,15 @@ pub fn shift_tree(root: &Path, map: &IdMap) -> Result<()> {
 
 /// Tries an idmapped mount of `path` through a throwaway user namespace.
 pub fn probe_idmap(path: &Path) -> Result<()> {
-    idmapped_tree(path, &IdMap { uid_base: crate::idmap::DEFAULT_BASE, gid_base: crate::idmap::DEFAULT_BASE, count: 65536 }).map(drop)
+    idmapped_tree(
+        path,
+        &IdMap {
+            uid_base: crate::idmap::DEFAULT_BASE,
+            gid_base: crate::idmap::DEFAULT_BASE,
+            count: 65536,
+        },
+    )
+    .map(drop)
 }
 
 /// A detached mount of `path` idmapped through `map` (a throwaway user namespace provides the
@@ -362,7 +431,9 @@ pub fn idmapped_tree(path: &Path, map: &IdMap) -> Result<std::os::fd::OwnedFd> {
     let (r, w) = crate::sys::pipe_cloexec().step(|| "pipe")?;
     // SAFETY: the child only blocks in read(2) and calls _exit, both async-signal-safe, so this
     // is sound even from a multi-threaded process.
-    match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }.step(|| "clone a user namespace for the id mapping")? {
+    match unsafe { crate::sys::clone3_fork(libc::CLONE_NEWUSER as u64) }
+        .step(|| "clone a user namespace for the id mapping")?
+    {
         crate::sys::Forked::Child => {
             // Every fd but our read end goes: our copy of the write end, or the read below
             // never sees EOF, and the write ends of other threads' pipes forked at the same
@@ -414,13 +485,22 @@ mod tests {
             let (dir, tx) = (dir.clone(), tx.clone());
             std::thread::spawn(move || {
                 for _ in 0..50 {
-                    idmapped_tree(&dir, &IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 }).unwrap();
+                    idmapped_tree(
+                        &dir,
+                        &IdMap {
+                            uid_base: 1_000_000,
+                            gid_base: 1_000_000,
+                            count: 65536,
+                        },
+                    )
+                    .unwrap();
                 }
                 tx.send(()).unwrap();
             });
         }
         for _ in 0..4 {
-            rx.recv_timeout(std::time::Duration::from_secs(60)).expect("200 idmapped mounts from 4 threads within 60 s");
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("200 idmapped mounts from 4 threads within 60 s");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -435,11 +515,23 @@ mod tests {
             std::fs::write(&suid, b"x").unwrap();
             std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
             std::os::unix::fs::symlink("su", root.join("bin/link")).unwrap();
-            let map = IdMap { uid_base: 1_000_000, gid_base: 1_000_000, count: 65536 };
+            let map = IdMap {
+                uid_base: 1_000_000,
+                gid_base: 1_000_000,
+                count: 65536,
+            };
             shift_tree(&root, &map).unwrap();
             let m = std::fs::metadata(&suid).unwrap();
-            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1_000_000, 1_000_000, 0o4755));
-            assert_eq!(std::fs::symlink_metadata(root.join("bin/link")).unwrap().uid(), 1_000_000);
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777),
+                (1_000_000, 1_000_000, 0o4755)
+            );
+            assert_eq!(
+                std::fs::symlink_metadata(root.join("bin/link"))
+                    .unwrap()
+                    .uid(),
+                1_000_000
+            );
             // already shifted owners (outside 0..count) are left alone: shifting twice is a no-op
             shift_tree(&root, &map).unwrap();
             assert_eq!(std::fs::metadata(&suid).unwrap().uid(), 1_000_000);

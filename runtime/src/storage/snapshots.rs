@@ -47,17 +47,23 @@ impl Pool {
 
     /// The files of snapshot `id` of container `c`.
     pub fn snapshot(&self, c: &str, id: &str) -> SnapshotPaths {
-        SnapshotPaths { dir: self.snapshots_dir(c).join(id) }
+        SnapshotPaths {
+            dir: self.snapshots_dir(c).join(id),
+        }
     }
 
     /// The saved state of a stateful stop of `c`.
     pub fn stop_state(&self, c: &str) -> SnapshotPaths {
-        SnapshotPaths { dir: self.snapshots_dir(c).join(".stop") }
+        SnapshotPaths {
+            dir: self.snapshots_dir(c).join(".stop"),
+        }
     }
 
     /// Where snapshot `id` of `c` is staged.
     pub fn staged_snapshot(&self, c: &str, id: &str) -> SnapshotPaths {
-        SnapshotPaths { dir: self.snapshots_dir(c).join(format!(".staging-{id}")) }
+        SnapshotPaths {
+            dir: self.snapshots_dir(c).join(format!(".staging-{id}")),
+        }
     }
 
     /// An empty staging directory for snapshot `id` of `c` (removing debris of an earlier try).
@@ -76,7 +82,9 @@ impl Pool {
     pub fn capture_volume(&self, c: &str, staging: &SnapshotPaths) -> Result<u64> {
         let src = self.container_volume(c);
         if !src.is_dir() {
-            return Err(Error::Invalid(format!("container {c} has no volume in the pool")));
+            return Err(Error::Invalid(format!(
+                "container {c} has no volume in the pool"
+            )));
         }
         let dst = staging.volume();
         match self.cfg.driver {
@@ -92,10 +100,16 @@ impl Pool {
     }
 
     /// Moves a complete staging directory into place as snapshot `id` of `c`.
-    pub fn commit_snapshot(&self, c: &str, id: &str, staging: &SnapshotPaths) -> Result<SnapshotPaths> {
+    pub fn commit_snapshot(
+        &self,
+        c: &str,
+        id: &str,
+        staging: &SnapshotPaths,
+    ) -> Result<SnapshotPaths> {
         check_id(id)?;
         let dst = self.snapshot(c, id);
-        std::fs::rename(&staging.dir, &dst.dir).step(|| format!("rename {} to {}", staging.dir.display(), dst.dir.display()))?;
+        std::fs::rename(&staging.dir, &dst.dir)
+            .step(|| format!("rename {} to {}", staging.dir.display(), dst.dir.display()))?;
         Ok(dst)
     }
 
@@ -115,7 +129,9 @@ impl Pool {
     /// Removes every snapshot of `c` (the container is being deleted).
     pub fn remove_snapshots(&self, c: &str) -> Result<()> {
         let dir = self.snapshots_dir(c);
-        let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         for e in rd.flatten() {
             self.remove_snapshot_dir(&e.path())?;
         }
@@ -126,7 +142,9 @@ impl Pool {
     /// returns what it removed. The saved state of a stateful stop is kept.
     pub fn sweep_snapshots(&self, c: &str, keep: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.snapshots_dir(c)) else { return removed };
+        let Ok(rd) = std::fs::read_dir(self.snapshots_dir(c)) else {
+            return removed;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name == ".stop" || keep.contains(&name) {
@@ -141,8 +159,12 @@ impl Pool {
 
     /// Container names that have a snapshot directory.
     pub fn containers_with_snapshots(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.cfg.path.join("snapshots")) else { return Vec::new() };
-        rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        let Ok(rd) = std::fs::read_dir(self.cfg.path.join("snapshots")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     /// Replaces container `c`'s volume with a writable copy of `src` (a snapshot's volume).
@@ -153,17 +175,24 @@ impl Pool {
         let dst = self.container_volume(c);
         let parent = self.cfg.path.join("containers");
         let fresh = parent.join(format!(".restore-{c}"));
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let old = parent.join(format!(".old-{c}-{stamp}"));
         self.delete_volume(&fresh)?;
         self.clone_volume(src, &fresh)?;
         if std::fs::symlink_metadata(&dst).is_ok() {
-            std::fs::rename(&dst, &old).step(|| format!("rename {} to {}", dst.display(), old.display()))?;
+            std::fs::rename(&dst, &old)
+                .step(|| format!("rename {} to {}", dst.display(), old.display()))?;
         }
         if let Err(e) = std::fs::rename(&fresh, &dst) {
             let _ = std::fs::rename(&old, &dst);
             let _ = self.delete_volume(&fresh);
-            return Err(Error::os(format!("rename {} to {}", fresh.display(), dst.display()), e));
+            return Err(Error::os(
+                format!("rename {} to {}", fresh.display(), dst.display()),
+                e,
+            ));
         }
         if std::fs::symlink_metadata(&old).is_ok() {
             let pool = Pool::new(self.cfg.clone());
@@ -175,11 +204,15 @@ impl Pool {
     /// Removes what interrupted restores left among the container volumes (`.restore-*` and
     /// `.old-*`); returns what it removed. Only while no restore runs (at daemon start).
     pub fn sweep_volume_debris(&self) -> Vec<String> {
-        let Ok(rd) = std::fs::read_dir(self.cfg.path.join("containers")) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(self.cfg.path.join("containers")) else {
+            return Vec::new();
+        };
         let mut removed = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if (name.starts_with(".restore-") || name.starts_with(".old-")) && self.delete_volume(&e.path()).is_ok() {
+            if (name.starts_with(".restore-") || name.starts_with(".old-"))
+                && self.delete_volume(&e.path()).is_ok()
+            {
                 removed.push(name);
             }
         }
@@ -191,7 +224,10 @@ impl Pool {
     pub fn copy_volume(&self, src: &Path, c: &str) -> Result<PathBuf> {
         let dst = self.container_volume(c);
         if std::fs::symlink_metadata(&dst).is_ok() {
-            return Err(Error::os(format!("create {}", dst.display()), std::io::Error::from_raw_os_error(libc::EEXIST)));
+            return Err(Error::os(
+                format!("create {}", dst.display()),
+                std::io::Error::from_raw_os_error(libc::EEXIST),
+            ));
         }
         self.clone_volume(src, &dst)?;
         Ok(dst)
@@ -211,7 +247,8 @@ impl Pool {
 /// Snapshot ids are berth's own (`<µs>-<hex>`); anything else is refused before it becomes a
 /// path.
 fn check_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Err(Error::Invalid(format!("invalid snapshot id {id:?}")));
     }
     Ok(())
@@ -221,7 +258,9 @@ fn check_id(id: &str) -> Result<()> {
 pub fn disk_usage(root: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>, total: &mut u64) {
-        let Ok(m) = std::fs::symlink_metadata(p) else { return };
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return;
+        };
         if seen.insert((m.dev(), m.ino())) {
             *total += m.blocks() * 512;
         }
@@ -241,7 +280,8 @@ pub fn disk_usage(root: &Path) -> u64 {
 /// The snapshots tree holds copies of containers' files: only root may enter it.
 fn restrict(dir: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).step(|| format!("chmod {}", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .step(|| format!("chmod {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -253,7 +293,11 @@ mod tests {
         let d = tempdir::Dir::new();
         std::fs::create_dir_all(d.0.join("containers/c1/rootfs/etc")).unwrap();
         std::fs::write(d.0.join("containers/c1/rootfs/etc/hostname"), "one").unwrap();
-        let p = Pool::new(PoolConfig { driver: DriverKind::Dir, path: d.0.clone(), source: None });
+        let p = Pool::new(PoolConfig {
+            driver: DriverKind::Dir,
+            path: d.0.clone(),
+            source: None,
+        });
         (d, p)
     }
 
@@ -261,7 +305,11 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Dir {
-                let p = std::env::temp_dir().join(format!("berth-snap-{}-{:?}", std::process::id(), std::thread::current().id()));
+                let p = std::env::temp_dir().join(format!(
+                    "berth-snap-{}-{:?}",
+                    std::process::id(),
+                    std::thread::current().id()
+                ));
                 let _ = std::fs::remove_dir_all(&p);
                 std::fs::create_dir_all(&p).unwrap();
                 Dir(p)
@@ -278,7 +326,8 @@ mod tests {
     fn debris_of_interrupted_restores_is_swept_and_nothing_else() {
         let (_d, p) = pool();
         for debris in [".old-c1-17", ".restore-c1"] {
-            std::fs::create_dir_all(p.cfg.path.join("containers").join(debris).join("rootfs")).unwrap();
+            std::fs::create_dir_all(p.cfg.path.join("containers").join(debris).join("rootfs"))
+                .unwrap();
         }
         let mut swept = p.sweep_volume_debris();
         swept.sort();
@@ -297,14 +346,23 @@ mod tests {
         // the container changes; restoring brings the old files back
         std::fs::write(p.rootfs("c1").join("etc/hostname"), "two").unwrap();
         p.replace_volume("c1", &snap.volume()).unwrap();
-        assert_eq!(std::fs::read_to_string(p.rootfs("c1").join("etc/hostname")).unwrap(), "one");
+        assert_eq!(
+            std::fs::read_to_string(p.rootfs("c1").join("etc/hostname")).unwrap(),
+            "one"
+        );
         // a copy from the snapshot
         p.copy_volume(&snap.volume(), "c2").unwrap();
-        assert_eq!(std::fs::read_to_string(p.rootfs("c2").join("etc/hostname")).unwrap(), "one");
+        assert_eq!(
+            std::fs::read_to_string(p.rootfs("c2").join("etc/hostname")).unwrap(),
+            "one"
+        );
         assert!(p.copy_volume(&snap.volume(), "c2").is_err());
         // debris is swept, named snapshots stay
         p.stage_snapshot("c1", "200-cd").unwrap();
-        assert_eq!(p.sweep_snapshots("c1", &["100-ab".into()]), vec!["c1/.staging-200-cd".to_string()]);
+        assert_eq!(
+            p.sweep_snapshots("c1", &["100-ab".into()]),
+            vec!["c1/.staging-200-cd".to_string()]
+        );
         assert!(snap.volume().is_dir());
         assert!(p.stage_snapshot("c1", "../x").is_err());
         p.remove_snapshots("c1").unwrap();

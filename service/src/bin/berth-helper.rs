@@ -10,7 +10,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("unpack") => berth_runtime::image::helper::main(&args[1..]),
         _ => {
-            eprintln!("usage: berth-helper unpack [--split] --ids BASE:COUNT --max-bytes N STAGING");
+            eprintln!(
+                "usage: berth-helper unpack [--split] --ids BASE:COUNT --max-bytes N STAGING"
+            );
             std::process::exit(2);
         }
     }

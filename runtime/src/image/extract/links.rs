@@ -41,7 +41,11 @@ pub enum Resolution {
 
 /// Resolves the symlink target `target` found in directory `dir` (components, none of them a
 /// symlink), looking paths up with `lookup`.
-pub fn resolve(dir: &[Vec<u8>], target: &[u8], lookup: &mut dyn FnMut(&[Vec<u8>]) -> Result<Node>) -> Result<Resolution> {
+pub fn resolve(
+    dir: &[Vec<u8>],
+    target: &[u8],
+    lookup: &mut dyn FnMut(&[Vec<u8>]) -> Result<Node>,
+) -> Result<Resolution> {
     let mut stack: Vec<Vec<u8>> = dir.to_vec();
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     // after an absolute target the walk is in the container's view, where /.. is /
@@ -73,7 +77,12 @@ pub fn resolve(dir: &[Vec<u8>], target: &[u8], lookup: &mut dyn FnMut(&[Vec<u8>]
 }
 
 /// Puts a target's components in front of what is left to walk.
-fn splice(pending: &mut VecDeque<Vec<u8>>, target: &[u8], stack: &mut Vec<Vec<u8>>, anchored: &mut bool) {
+fn splice(
+    pending: &mut VecDeque<Vec<u8>>,
+    target: &[u8],
+    stack: &mut Vec<Vec<u8>>,
+    anchored: &mut bool,
+) {
     if target.first() == Some(&b'/') {
         stack.clear();
         *anchored = true;
@@ -86,7 +95,11 @@ fn splice(pending: &mut VecDeque<Vec<u8>>, target: &[u8], stack: &mut Vec<Vec<u8
 /// Whether a relative symlink target, seen from the directory `dir` (components under the
 /// tree's root), stays inside the tree by its text alone (a first check, as entries arrive).
 pub fn stays_inside(dir: &[u8], target: &[u8]) -> bool {
-    let parts: Vec<Vec<u8>> = dir.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect();
+    let parts: Vec<Vec<u8>> = dir
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
     let r = resolve(&parts, target, &mut |_| Ok(Node::Other));
     !matches!(r, Ok(Resolution::Escapes))
 }
@@ -99,7 +112,8 @@ fn join(p: &[Vec<u8>]) -> Vec<u8> {
 /// missing: the walk never pushes a symlink).
 fn lookup_disk(root: RawFd, p: &[Vec<u8>]) -> Result<Node> {
     let path = join(p);
-    let c = CString::new(path.clone()).map_err(|_| invalid(format!("path {:?} contains NUL", show(&path))))?;
+    let c = CString::new(path.clone())
+        .map_err(|_| invalid(format!("path {:?} contains NUL", show(&path))))?;
     // SAFETY: stat is plain data; fstatat relative to our fd without following the last link.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
@@ -107,14 +121,19 @@ fn lookup_disk(root: RawFd, p: &[Vec<u8>]) -> Result<Node> {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(Node::Other),
-            Some(libc::ENAMETOOLONG) => Err(invalid(format!("a symlink chain leads to a path longer than the kernel resolves: {}…", show(&path[..64.min(path.len())])))),
+            Some(libc::ENAMETOOLONG) => Err(invalid(format!(
+                "a symlink chain leads to a path longer than the kernel resolves: {}…",
+                show(&path[..64.min(path.len())])
+            ))),
             _ => Err(Error::os(format!("stat {}", show(&path)), e)),
         };
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
         return Ok(Node::Other);
     }
-    Ok(Node::Symlink(readlink(root, &c).map_err(|e| Error::os(format!("readlink {}", show(&path)), e))?))
+    Ok(Node::Symlink(readlink(root, &c).map_err(|e| {
+        Error::os(format!("readlink {}", show(&path)), e)
+    })?))
 }
 
 fn readlink(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
@@ -137,8 +156,16 @@ fn symlinks(root: RawFd) -> Result<Vec<Found>> {
     let mut dirs: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
     while let Some(d) = dirs.pop() {
         let path = join(&d);
-        let fd = open_in_root(root, &path, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0).map_err(|e| match e.raw_os_error() {
-            Some(libc::ENAMETOOLONG) => invalid("the rootfs nests directories deeper than a path can name"),
+        let fd = open_in_root(
+            root,
+            &path,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENAMETOOLONG) => {
+                invalid("the rootfs nests directories deeper than a path can name")
+            }
             _ => Error::os(format!("open {}", show(&path)), e),
         })?;
         // SAFETY: dup so that fdopendir owns its own fd.
@@ -159,7 +186,12 @@ fn symlinks(root: RawFd) -> Result<Vec<Found>> {
                 break;
             }
             // SAFETY: d_name is NUL-terminated; d_type is plain data.
-            let (name, dtype) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()).to_owned(), (*ent).d_type) };
+            let (name, dtype) = unsafe {
+                (
+                    CStr::from_ptr((*ent).d_name.as_ptr()).to_owned(),
+                    (*ent).d_type,
+                )
+            };
             if name.as_bytes() == b"." || name.as_bytes() == b".." {
                 continue;
             }
@@ -167,7 +199,15 @@ fn symlinks(root: RawFd) -> Result<Vec<Found>> {
                 // SAFETY: stat is plain data; fstatat relative to our fd, not following.
                 let mut st: libc::stat = unsafe { std::mem::zeroed() };
                 // SAFETY: valid pointers.
-                if unsafe { libc::fstatat(fd.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                if unsafe {
+                    libc::fstatat(
+                        fd.as_raw_fd(),
+                        name.as_ptr(),
+                        &mut st,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                } != 0
+                {
                     continue;
                 }
                 match st.st_mode & libc::S_IFMT {
@@ -183,7 +223,8 @@ fn symlinks(root: RawFd) -> Result<Vec<Found>> {
                 sub.push(name.as_bytes().to_vec());
                 dirs.push(sub);
             } else if dtype == libc::DT_LNK {
-                let t = readlink(fd.as_raw_fd(), &name).map_err(|e| Error::os(format!("readlink {}", show(&path)), e))?;
+                let t = readlink(fd.as_raw_fd(), &name)
+                    .map_err(|e| Error::os(format!("readlink {}", show(&path)), e))?;
                 found.push((d.clone(), name.as_bytes().to_vec(), t));
             }
         }
@@ -215,14 +256,25 @@ mod tests {
     use std::collections::HashMap;
 
     fn parts(p: &str) -> Vec<Vec<u8>> {
-        p.split('/').filter(|c| !c.is_empty()).map(|c| c.as_bytes().to_vec()).collect()
+        p.split('/')
+            .filter(|c| !c.is_empty())
+            .map(|c| c.as_bytes().to_vec())
+            .collect()
     }
 
     fn check(links: &[(&str, &str)], which: &str) -> Resolution {
-        let map: HashMap<Vec<u8>, Vec<u8>> = links.iter().map(|(p, t)| (p.as_bytes().to_vec(), t.as_bytes().to_vec())).collect();
+        let map: HashMap<Vec<u8>, Vec<u8>> = links
+            .iter()
+            .map(|(p, t)| (p.as_bytes().to_vec(), t.as_bytes().to_vec()))
+            .collect();
         let (dir, _) = which.rsplit_once('/').unwrap_or(("", which));
         let target = &map[which.as_bytes()];
-        resolve(&parts(dir), target, &mut |p| Ok(map.get(&join(p)).map_or(Node::Other, |t| Node::Symlink(t.clone())))).unwrap()
+        resolve(&parts(dir), target, &mut |p| {
+            Ok(map
+                .get(&join(p))
+                .map_or(Node::Other, |t| Node::Symlink(t.clone())))
+        })
+        .unwrap()
     }
 
     #[test]
@@ -232,7 +284,10 @@ mod tests {
         assert!(!stays_inside(b"usr/bin", b"../../../etc/passwd"));
         assert!(!stays_inside(b"", b".."));
         assert!(stays_inside(b"", b"/etc/passwd"));
-        assert!(stays_inside(b"", b"/../../etc"), "absolute targets are the container's: /.. is /");
+        assert!(
+            stays_inside(b"", b"/../../etc"),
+            "absolute targets are the container's: /.. is /"
+        );
         assert!(stays_inside(b"a", b"./b/../c"));
     }
 
@@ -240,17 +295,36 @@ mod tests {
     fn chains_are_followed() {
         let links = [("d/s", ".."), ("d/t", "s/..")];
         assert_eq!(check(&links, "d/s"), Resolution::Inside);
-        assert_eq!(check(&links, "d/t"), Resolution::Escapes, "s leads to the root, and .. above it");
+        assert_eq!(
+            check(&links, "d/t"),
+            Resolution::Escapes,
+            "s leads to the root, and .. above it"
+        );
         // through an absolute link the walk is the container's, where /.. is /
-        assert_eq!(check(&[("d/s", "/"), ("d/t", "s/..")], "d/t"), Resolution::Inside);
+        assert_eq!(
+            check(&[("d/s", "/"), ("d/t", "s/..")], "d/t"),
+            Resolution::Inside
+        );
         // a link into a deeper directory makes the same text harmless
-        assert_eq!(check(&[("l", "a/b/c"), ("t", "l/../../..")], "t"), Resolution::Inside);
-        assert_eq!(check(&[("l", "a/b/c"), ("t", "l/../../../..")], "t"), Resolution::Escapes);
+        assert_eq!(
+            check(&[("l", "a/b/c"), ("t", "l/../../..")], "t"),
+            Resolution::Inside
+        );
+        assert_eq!(
+            check(&[("l", "a/b/c"), ("t", "l/../../../..")], "t"),
+            Resolution::Escapes
+        );
         // a loop cannot be followed by anyone
-        assert_eq!(check(&[("a", "b"), ("b", "a")], "a"), Resolution::Unfollowable);
+        assert_eq!(
+            check(&[("a", "b"), ("b", "a")], "a"),
+            Resolution::Unfollowable
+        );
         // components that do not exist are taken lexically
         assert_eq!(check(&[("x", "nothing/../..")], "x"), Resolution::Escapes);
         // the kernel's own idiom, usr/bin/X11 -> .
-        assert_eq!(check(&[("usr/bin/X11", ".")], "usr/bin/X11"), Resolution::Inside);
+        assert_eq!(
+            check(&[("usr/bin/X11", ".")], "usr/bin/X11"),
+            Resolution::Inside
+        );
     }
 }

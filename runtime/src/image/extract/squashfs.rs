@@ -23,14 +23,23 @@ fn bad(e: impl std::fmt::Display) -> Error {
 
 /// Major and minor of a squashfs device number.
 pub fn device(rdev: u32) -> (u32, u32) {
-    ((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00))
+    (
+        (rdev >> 8) & 0xfff,
+        (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+    )
 }
 
 /// The directory listing an inode points at: (block index, listing size + 3, offset).
 fn listing(inode: &Inode) -> Option<(u64, u32, usize)> {
     match &inode.inner {
-        InodeInner::BasicDirectory(d) => Some((d.block_index.into(), d.file_size.into(), d.block_offset as usize)),
-        InodeInner::ExtendedDirectory(d) => Some((d.block_index.into(), d.file_size, d.block_offset as usize)),
+        InodeInner::BasicDirectory(d) => Some((
+            d.block_index.into(),
+            d.file_size.into(),
+            d.block_offset as usize,
+        )),
+        InodeInner::ExtendedDirectory(d) => {
+            Some((d.block_index.into(), d.file_size, d.block_offset as usize))
+        }
         _ => None,
     }
 }
@@ -40,7 +49,9 @@ fn xattr_index(inode: &Inode) -> Option<u32> {
         InodeInner::ExtendedDirectory(d) => d.xattr_index,
         InodeInner::ExtendedFile(f) => f.xattr_index,
         InodeInner::ExtendedSymlink(s) => s.xattr_index,
-        InodeInner::ExtendedBlockDevice(d) | InodeInner::ExtendedCharacterDevice(d) => d.xattr_index,
+        InodeInner::ExtendedBlockDevice(d) | InodeInner::ExtendedCharacterDevice(d) => {
+            d.xattr_index
+        }
         InodeInner::ExtendedNamedPipe(p) | InodeInner::ExtendedSocket(p) => p.xattr_index,
         _ => return None,
     };
@@ -52,7 +63,8 @@ fn u16_at(b: &[u8], o: usize) -> Option<u16> {
 }
 
 fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    b.get(o..o + 4).map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
+    b.get(o..o + 4)
+        .map(|x| u32::from_le_bytes([x[0], x[1], x[2], x[3]]))
 }
 
 /// The entries of one directory listing: (name, inode number).
@@ -72,7 +84,10 @@ fn parse_listing(bytes: &[u8]) -> Result<Vec<(Vec<u8>, u32)>> {
             let size = u16_at(bytes, o + 6).ok_or_else(short)? as usize + 1;
             let name = bytes.get(o + 8..o + 8 + size).ok_or_else(short)?;
             if name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
-                return Err(invalid(format!("squashfs directory entry {:?} is not a file name", show(name))));
+                return Err(invalid(format!(
+                    "squashfs directory entry {:?} is not a file name",
+                    show(name)
+                )));
             }
             let ino = u32::try_from(i64::from(base) + i64::from(offset)).map_err(|_| short())?;
             out.push((name.to_vec(), ino));
@@ -89,26 +104,41 @@ fn walk(sq: &Squashfs<'_>, max_entries: u64) -> Result<Vec<(Vec<u8>, Inode)>> {
     let mut dirs = vec![(Vec::new(), sq.root_inode.clone())];
     while let Some((path, dir)) = dirs.pop() {
         if !entered.insert(dir.header.inode_number) {
-            return Err(invalid("corrupt squashfs: a directory appears twice in the tree"));
+            return Err(invalid(
+                "corrupt squashfs: a directory appears twice in the tree",
+            ));
         }
-        let Some((block, size, offset)) = listing(&dir) else { continue };
+        let Some((block, size, offset)) = listing(&dir) else {
+            continue;
+        };
         if size < 4 {
             continue; // empty
         }
-        let start = *sq.dir_blocks.0.get(&block).ok_or_else(|| invalid("corrupt squashfs directory table"))? as usize;
+        let start =
+            *sq.dir_blocks
+                .0
+                .get(&block)
+                .ok_or_else(|| invalid("corrupt squashfs directory table"))? as usize;
         let bytes = start
             .checked_add(offset)
             .and_then(|s| sq.dir_blocks.1.get(s..s.checked_add(size as usize - 3)?))
             .ok_or_else(|| invalid("corrupt squashfs directory table"))?;
         for (name, ino) in parse_listing(bytes)? {
-            let inode = sq.inodes.get(&ino).ok_or_else(|| invalid(format!("corrupt squashfs: {} names a missing inode", show(&name))))?;
+            let inode = sq.inodes.get(&ino).ok_or_else(|| {
+                invalid(format!(
+                    "corrupt squashfs: {} names a missing inode",
+                    show(&name)
+                ))
+            })?;
             let mut p = path.clone();
             if !p.is_empty() {
                 p.push(b'/');
             }
             p.extend_from_slice(&name);
             if out.len() as u64 >= max_entries {
-                return Err(invalid(format!("the archive has more than {max_entries} entries")));
+                return Err(invalid(format!(
+                    "the archive has more than {max_entries} entries"
+                )));
             }
             if listing(inode).is_some() {
                 dirs.push((p.clone(), inode.clone()));
@@ -131,7 +161,11 @@ impl Extractor {
         for (_, inode) in &entries {
             sets.push(match (xattr_index(inode), xattrs.as_mut()) {
                 (Some(i), Some(t)) => t.get(&mut sq.file, i)?,
-                (Some(_), None) => return Err(invalid("corrupt squashfs: an inode has xattrs but the image has no xattr table")),
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "corrupt squashfs: an inode has xattrs but the image has no xattr table",
+                    ));
+                }
                 _ => Vec::new(),
             });
         }
@@ -139,7 +173,11 @@ impl Extractor {
         let mut seen: HashMap<u32, Vec<u8>> = HashMap::new();
         for ((path, inode), xattrs) in entries.into_iter().zip(sets) {
             let h = &inode.header;
-            let id = |i: u16| ids.get(i as usize).copied().ok_or_else(|| invalid("corrupt squashfs: an owner is missing from the id table"));
+            let id = |i: u16| {
+                ids.get(i as usize).copied().ok_or_else(|| {
+                    invalid("corrupt squashfs: an owner is missing from the id table")
+                })
+            };
             let mut meta = Entry {
                 path: path.clone(),
                 kind: Kind::File,
@@ -169,7 +207,9 @@ impl Extractor {
                 meta.size = f.file_len() as u64;
                 meta.sparse = f.sparse() > 0;
                 let file = fs.file(&f);
-                let mut r = file.reader_checked().map_err(|e| invalid(format!("squashfs file {}: {e}", show(&meta.path))))?;
+                let mut r = file
+                    .reader_checked()
+                    .map_err(|e| invalid(format!("squashfs file {}: {e}", show(&meta.path))))?;
                 self.apply(meta, &mut r, Layout::Rootfs)?;
                 continue;
             }
@@ -228,7 +268,10 @@ mod tests {
             b.extend_from_slice(&(name.len() as u16 - 1).to_le_bytes());
             b.extend_from_slice(name);
         }
-        assert_eq!(parse_listing(&b).unwrap(), vec![(b"etc".to_vec(), 11), (b"usr".to_vec(), 8)]);
+        assert_eq!(
+            parse_listing(&b).unwrap(),
+            vec![(b"etc".to_vec(), 11), (b"usr".to_vec(), 8)]
+        );
         assert!(parse_listing(&b[..b.len() - 1]).is_err(), "truncated");
         let mut evil = b.clone();
         let n = evil.len();

@@ -11,9 +11,12 @@ impl Extractor {
     /// Extracts a tar stream laid out as `layout`.
     pub fn tar<R: Read>(&mut self, reader: R, layout: Layout) -> Result<()> {
         let mut ar = ::tar::Archive::new(reader);
-        let entries = ar.entries().map_err(|e| invalid(format!("not a tar archive: {e}")))?;
+        let entries = ar
+            .entries()
+            .map_err(|e| invalid(format!("not a tar archive: {e}")))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| invalid(format!("corrupt or truncated archive: {e}")))?;
+            let mut entry =
+                entry.map_err(|e| invalid(format!("corrupt or truncated archive: {e}")))?;
             let meta = tar_entry(&mut entry)?;
             if let Some(meta) = meta {
                 self.apply(meta, &mut entry, layout)?;
@@ -34,15 +37,28 @@ fn tar_entry<R: Read>(entry: &mut ::tar::Entry<'_, R>) -> Result<Option<Entry>> 
         T::Symlink => Kind::Symlink(link_name(entry)?),
         T::Link => Kind::Hardlink(link_name(entry)?),
         T::Fifo => Kind::Fifo,
-        T::Char => Kind::CharDevice(h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0)),
-        T::Block => Kind::BlockDevice(h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0)),
+        T::Char => Kind::CharDevice(
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        ),
+        T::Block => Kind::BlockDevice(
+            h.device_major().ok().flatten().unwrap_or(0),
+            h.device_minor().ok().flatten().unwrap_or(0),
+        ),
         T::XGlobalHeader => return Ok(None),
-        t => return Err(invalid(format!("unsupported tar entry type {:?}", t.as_byte() as char))),
+        t => {
+            return Err(invalid(format!(
+                "unsupported tar entry type {:?}",
+                t.as_byte() as char
+            )));
+        }
     };
     let sparse = h.entry_type() == T::GNUSparse;
     let path = entry.path_bytes().into_owned();
     let h = entry.header();
-    let field = |r: io::Result<u64>, what: &str| r.map_err(|e| invalid(format!("bad {what} in the header of {}: {e}", show(&path))));
+    let field = |r: io::Result<u64>, what: &str| {
+        r.map_err(|e| invalid(format!("bad {what} in the header of {}: {e}", show(&path))))
+    };
     let mode = field(h.mode().map(u64::from), "mode")? as u32 & 0o7777;
     let uid = field(h.uid(), "uid")?;
     let gid = field(h.gid(), "gid")?;
@@ -65,7 +81,17 @@ fn tar_entry<R: Read>(entry: &mut ::tar::Entry<'_, R>) -> Result<Option<Entry>> 
             }
         }
     }
-    Ok(Some(Entry { path, kind, mode, uid, gid, mtime, size, xattrs, sparse }))
+    Ok(Some(Entry {
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime,
+        size,
+        xattrs,
+        sparse,
+    }))
 }
 
 fn link_name<R: Read>(entry: &::tar::Entry<'_, R>) -> Result<Vec<u8>> {

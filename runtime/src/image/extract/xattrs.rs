@@ -75,11 +75,20 @@ impl XattrTable {
         }))
     }
 
-    fn read_at<R: Read + Seek + ?Sized>(&mut self, f: &mut R, at: u64, buf: &mut [u8]) -> Result<()> {
-        if at.checked_add(buf.len() as u64).is_none_or(|e| e > self.end) {
+    fn read_at<R: Read + Seek + ?Sized>(
+        &mut self,
+        f: &mut R,
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        if at
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.end)
+        {
             return Err(corrupt("an offset lies outside the filesystem"));
         }
-        f.seek(SeekFrom::Start(at)).map_err(|e| corrupt(&e.to_string()))?;
+        f.seek(SeekFrom::Start(at))
+            .map_err(|e| corrupt(&e.to_string()))?;
         f.read_exact(buf).map_err(|e| corrupt(&e.to_string()))
     }
 
@@ -118,7 +127,9 @@ impl XattrTable {
             raw
         } else {
             let mut out = Vec::with_capacity(BLOCK);
-            DefaultCompressor.decompress(&raw, &mut out, self.compressor).map_err(|e| corrupt(&e.to_string()))?;
+            DefaultCompressor
+                .decompress(&raw, &mut out, self.compressor)
+                .map_err(|e| corrupt(&e.to_string()))?;
             if out.len() > BLOCK {
                 return Err(corrupt("a metadata block is larger than 8 KiB"));
             }
@@ -126,7 +137,9 @@ impl XattrTable {
         };
         self.read = self.read.saturating_add(data.len() as u64);
         if self.read > MAX_READ {
-            return Err(invalid("the squashfs xattrs are larger than berth reads (256 MiB)"));
+            return Err(invalid(
+                "the squashfs xattrs are larger than berth reads (256 MiB)",
+            ));
         }
         if self.blocks.len() > 4096 {
             self.blocks.clear();
@@ -138,7 +151,12 @@ impl XattrTable {
 
     /// Reads `n` bytes of metadata starting at `pos` = (disk offset of a block, offset in it),
     /// moving `pos` past them.
-    fn meta<R: Read + Seek + ?Sized>(&mut self, f: &mut R, pos: &mut (u64, usize), n: usize) -> Result<Vec<u8>> {
+    fn meta<R: Read + Seek + ?Sized>(
+        &mut self,
+        f: &mut R,
+        pos: &mut (u64, usize),
+        n: usize,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(n.min(MAX_VALUE));
         while out.len() < n {
             let (data, next) = self.block(f, pos.0)?;
@@ -156,7 +174,10 @@ impl XattrTable {
     }
 
     fn at_ref(&self, r: u64) -> Result<(u64, usize)> {
-        let block = self.table_start.checked_add(r >> 16).ok_or_else(|| corrupt("a reference overflows"))?;
+        let block = self
+            .table_start
+            .checked_add(r >> 16)
+            .ok_or_else(|| corrupt("a reference overflows"))?;
         Ok((block, (r & 0xffff) as usize))
     }
 
@@ -198,7 +219,8 @@ impl XattrTable {
                     return Err(corrupt("an out-of-line value reference is not 8 bytes"));
                 }
                 let vr = self.meta(f, &mut pos, 8)?;
-                let mut vpos = self.at_ref(u64::from_le_bytes(vr[..8].try_into().unwrap_or_default()))?;
+                let mut vpos =
+                    self.at_ref(u64::from_le_bytes(vr[..8].try_into().unwrap_or_default()))?;
                 let sh = self.meta(f, &mut vpos, 4)?;
                 let size = u32::from_le_bytes([sh[0], sh[1], sh[2], sh[3]]) as usize;
                 if size > MAX_VALUE {

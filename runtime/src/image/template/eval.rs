@@ -61,7 +61,12 @@ fn empty() -> Value {
 
 /// Renders parsed `nodes` with `ctx`: the output, within the output cap and step budget.
 pub(super) fn run(nodes: &[Node], ctx: &Context) -> Res<String> {
-    let mut renderer = Renderer { ctx, scope: Vec::new(), out: String::new(), steps: 0 };
+    let mut renderer = Renderer {
+        ctx,
+        scope: Vec::new(),
+        out: String::new(),
+        steps: 0,
+    };
     renderer.run(nodes)?;
     Ok(renderer.out)
 }
@@ -79,7 +84,11 @@ struct Renderer<'a> {
 impl Renderer<'_> {
     fn charge(&mut self, n: u64) -> Res<()> {
         self.steps = self.steps.saturating_add(n);
-        if self.steps > MAX_STEPS { Err(TemplateError::TooExpensive) } else { Ok(()) }
+        if self.steps > MAX_STEPS {
+            Err(TemplateError::TooExpensive)
+        } else {
+            Ok(())
+        }
     }
 
     fn write(&mut self, s: &str) -> Res<()> {
@@ -110,7 +119,13 @@ impl Renderer<'_> {
                     }
                     self.run(chosen)?;
                 }
-                Node::For { key, value, iter, body, line } => {
+                Node::For {
+                    key,
+                    value,
+                    iter,
+                    body,
+                    line,
+                } => {
                     for (k, v) in self.items(iter, *line)? {
                         self.charge(1)?;
                         let mark = self.scope.len();
@@ -160,7 +175,10 @@ impl Renderer<'_> {
                 };
                 self.charge(keys.len() as u64)?;
                 let value = |k: &str| self.get(m, k).unwrap_or_else(empty);
-                Ok(keys.into_iter().map(|k| (Value::Str(k.clone()), value(&k))).collect())
+                Ok(keys
+                    .into_iter()
+                    .map(|k| (Value::Str(k.clone()), value(&k)))
+                    .collect())
             }
             Value::Str(s) => {
                 self.charge(s.len() as u64)?;

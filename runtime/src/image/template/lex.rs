@@ -77,10 +77,9 @@ fn push_text(toks: &mut Vec<Tok>, text: &str, trim_start: bool, trim_end: bool) 
 
 /// The first `{{`, `{%` or `{#` in `s`: its offset and the second byte.
 fn find_open(s: &str) -> Option<(usize, u8)> {
-    s.as_bytes()
-        .windows(2)
-        .enumerate()
-        .find_map(|(i, w)| (w[0] == b'{' && matches!(w[1], b'{' | b'%' | b'#')).then_some((i, w[1])))
+    s.as_bytes().windows(2).enumerate().find_map(|(i, w)| {
+        (w[0] == b'{' && matches!(w[1], b'{' | b'%' | b'#')).then_some((i, w[1]))
+    })
 }
 
 /// Offset of the closing delimiter in `s`, skipping quoted strings if `strings` is set.
@@ -130,7 +129,9 @@ pub(super) enum T {
 }
 
 /// Operators, longest first; `&&`, `||` and `!` are spellings of `and`, `or`, `not`.
-const OPS: [&str; 17] = ["==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "|", "(", ")", "[", "]", ".", ",", ":"];
+const OPS: [&str; 17] = [
+    "==", "!=", "<=", ">=", "&&", "||", "<", ">", "!", "|", "(", ")", "[", "]", ".", ",", ":",
+];
 const KEYWORDS: [&str; 4] = ["and", "or", "not", "in"];
 
 /// Splits an expression's source into tokens.
@@ -138,7 +139,10 @@ pub(super) fn lex_expr(src: &str, line: usize) -> Res<Vec<T>> {
     let (mut out, mut i) = (Vec::new(), 0);
     while let Some(c) = src[i..].chars().next() {
         let rest = &src[i..];
-        let word = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_').len();
+        let word = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                .len();
         let (tok, len) = if c.is_whitespace() {
             i += c.len_utf8();
             continue;
@@ -146,8 +150,11 @@ pub(super) fn lex_expr(src: &str, line: usize) -> Res<Vec<T>> {
             let (s, len) = lex_string(rest, line)?;
             (T::Str(s), len)
         } else if c.is_ascii_digit() {
-            let digits = &rest[..rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len()];
-            let n = digits.parse().map_err(|_| syntax(line, format!("integer {} is too large", short(digits))))?;
+            let digits =
+                &rest[..rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len()];
+            let n = digits
+                .parse()
+                .map_err(|_| syntax(line, format!("integer {} is too large", short(digits))))?;
             (T::Int(n), digits.len())
         } else if word > 0 {
             let tok = match KEYWORDS.iter().find(|k| **k == &rest[..word]) {
@@ -166,7 +173,10 @@ pub(super) fn lex_expr(src: &str, line: usize) -> Res<Vec<T>> {
                 op.len(),
             )
         } else {
-            return Err(syntax(line, format!("bad expression: unexpected character {c:?}")));
+            return Err(syntax(
+                line,
+                format!("bad expression: unexpected character {c:?}"),
+            ));
         };
         out.push(tok);
         i += len;
@@ -187,7 +197,10 @@ fn lex_string(s: &str, line: usize) -> Res<(String, usize)> {
                 Some('r') => value.push('\r'),
                 Some(e @ ('\\' | '"' | '\'')) => value.push(e),
                 Some(e) => {
-                    return Err(syntax(line, format!("bad expression: unknown escape \\{e}")));
+                    return Err(syntax(
+                        line,
+                        format!("bad expression: unknown escape \\{e}"),
+                    ));
                 }
                 None => break,
             },

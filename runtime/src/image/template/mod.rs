@@ -103,7 +103,10 @@ pub enum TemplateError {
 type Res<T> = Result<T, TemplateError>;
 
 fn syntax(line: usize, message: impl Into<String>) -> TemplateError {
-    TemplateError::Syntax { line, message: message.into() }
+    TemplateError::Syntax {
+        line,
+        message: message.into(),
+    }
 }
 
 /// `s` cut to 40 characters, for quoting untrusted text in errors.

@@ -6,7 +6,9 @@ use super::{MAX_DEPTH, Res, TemplateError, short, syntax};
 
 /// Parses a whole template's tokens into its nodes.
 pub(super) fn parse(toks: Vec<Tok>) -> Res<Vec<Node>> {
-    let mut parser = Parser { toks: toks.into_iter() };
+    let mut parser = Parser {
+        toks: toks.into_iter(),
+    };
     let (nodes, end) = parser.nodes(0)?;
     if let Some(end) = end {
         return Err(syntax(end.line, format!("unexpected {{% {} %}}", end.kw)));
@@ -67,7 +69,11 @@ impl Parser {
                 }
                 "autoescape" => return Err(syntax(line, "expected {% autoescape on|off %}")),
                 "elif" | "else" | "endif" | "endfor" | "endautoescape" | "endraw" => {
-                    let end = End { kw: kw.to_owned(), rest: rest.to_owned(), line };
+                    let end = End {
+                        kw: kw.to_owned(),
+                        rest: rest.to_owned(),
+                        line,
+                    };
                     return Ok((nodes, Some(end)));
                 }
                 "" => return Err(syntax(line, "empty {% %} tag")),
@@ -78,7 +84,13 @@ impl Parser {
     }
 
     /// Parses the body of a block opened on `line`, which must end with one of `ends`.
-    fn block(&mut self, depth: usize, line: usize, what: &str, ends: &[&str]) -> Res<(Vec<Node>, End)> {
+    fn block(
+        &mut self,
+        depth: usize,
+        line: usize,
+        what: &str,
+        ends: &[&str],
+    ) -> Res<(Vec<Node>, End)> {
         if depth >= MAX_DEPTH {
             return Err(TemplateError::TooDeep { line });
         }
@@ -86,11 +98,15 @@ impl Parser {
             (_, None) => Err(syntax(line, format!("unclosed {{% {what} %}}"))),
             (_, Some(end)) if !ends.contains(&end.kw.as_str()) => {
                 let open = format!("the {{% {what} %}} from line {line} is still open");
-                Err(syntax(end.line, format!("unexpected {{% {} %}} ({open})", end.kw)))
+                Err(syntax(
+                    end.line,
+                    format!("unexpected {{% {} %}} ({open})", end.kw),
+                ))
             }
-            (_, Some(end)) if end.kw != "elif" && !end.rest.is_empty() => {
-                Err(syntax(end.line, format!("unexpected text after {{% {} %}}", end.kw)))
-            }
+            (_, Some(end)) if end.kw != "elif" && !end.rest.is_empty() => Err(syntax(
+                end.line,
+                format!("unexpected text after {{% {} %}}", end.kw),
+            )),
             (body, Some(end)) => Ok((body, end)),
         }
     }
@@ -103,7 +119,10 @@ impl Parser {
             match end.kw.as_str() {
                 "elif" => cond = parse_expr(&end.rest, end.line)?,
                 "else" => {
-                    return Ok(Node::If(branches, self.block(depth, line, "if", &["endif"])?.0));
+                    return Ok(Node::If(
+                        branches,
+                        self.block(depth, line, "if", &["endif"])?.0,
+                    ));
                 }
                 _ => return Ok(Node::If(branches, Vec::new())),
             }
@@ -111,16 +130,30 @@ impl Parser {
     }
 
     fn for_block(&mut self, rest: &str, line: usize, depth: usize) -> Res<Node> {
-        let mut p = ExprParser { toks: lex_expr(rest, line)?, pos: 0, line };
+        let mut p = ExprParser {
+            toks: lex_expr(rest, line)?,
+            pos: 0,
+            line,
+        };
         let key = p.ident("a loop variable")?;
-        let value = if p.eat(",") { Some(p.ident("a second loop variable")?) } else { None };
+        let value = if p.eat(",") {
+            Some(p.ident("a second loop variable")?)
+        } else {
+            None
+        };
         if !p.eat("in") {
             return Err(p.unexpected("'in' ({% for x in expr %})"));
         }
         let iter = p.or(0)?;
         p.finish()?;
         let body = self.block(depth, line, "for", &["endfor"])?.0;
-        Ok(Node::For { key, value, iter, body, line })
+        Ok(Node::For {
+            key,
+            value,
+            iter,
+            body,
+            line,
+        })
     }
 }
 
@@ -158,7 +191,11 @@ pub(super) enum Expr {
 
 /// Parses the expression `src`, from the tag on `line`.
 fn parse_expr(src: &str, line: usize) -> Res<Expr> {
-    let mut p = ExprParser { toks: lex_expr(src, line)?, pos: 0, line };
+    let mut p = ExprParser {
+        toks: lex_expr(src, line)?,
+        pos: 0,
+        line,
+    };
     if p.toks.is_empty() {
         return Err(syntax(line, "empty expression"));
     }
@@ -189,11 +226,18 @@ impl ExprParser {
             Some(T::Ident(s)) => format!("\"{}\"", short(s)),
             Some(T::Op(op)) => format!("'{op}'"),
         };
-        syntax(self.line, format!("bad expression: expected {wanted}, found {found}"))
+        syntax(
+            self.line,
+            format!("bad expression: expected {wanted}, found {found}"),
+        )
     }
 
     fn expect(&mut self, op: &str) -> Res<()> {
-        if self.eat(op) { Ok(()) } else { Err(self.unexpected(&format!("'{op}'"))) }
+        if self.eat(op) {
+            Ok(())
+        } else {
+            Err(self.unexpected(&format!("'{op}'")))
+        }
     }
 
     fn ident(&mut self, wanted: &str) -> Res<String> {
@@ -206,11 +250,19 @@ impl ExprParser {
     }
 
     fn finish(&self) -> Res<()> {
-        if self.pos < self.toks.len() { Err(self.unexpected("the end of the expression")) } else { Ok(()) }
+        if self.pos < self.toks.len() {
+            Err(self.unexpected("the end of the expression"))
+        } else {
+            Ok(())
+        }
     }
 
     fn deeper(&self, d: usize) -> Res<usize> {
-        if d >= MAX_DEPTH { Err(TemplateError::TooDeep { line: self.line }) } else { Ok(d + 1) }
+        if d >= MAX_DEPTH {
+            Err(TemplateError::TooDeep { line: self.line })
+        } else {
+            Ok(d + 1)
+        }
     }
 
     /// `first op next op next ...` as one flat node (`make`), or just `first`.
@@ -225,11 +277,20 @@ impl ExprParser {
         while self.eat(op) {
             all.push(next(self, d)?);
         }
-        Ok(if all.len() == 1 { all.swap_remove(0) } else { make(all) })
+        Ok(if all.len() == 1 {
+            all.swap_remove(0)
+        } else {
+            make(all)
+        })
     }
 
     fn or(&mut self, d: usize) -> Res<Expr> {
-        self.chain(d, "or", |p, d| p.chain(d, "and", Self::not, Expr::And), Expr::Or)
+        self.chain(
+            d,
+            "or",
+            |p, d| p.chain(d, "and", Self::not, Expr::And),
+            Expr::Or,
+        )
     }
 
     fn not(&mut self, d: usize) -> Res<Expr> {
@@ -254,24 +315,41 @@ impl ExprParser {
         let mut filters = Vec::new();
         while self.eat("|") {
             let name = self.ident("a filter name")?;
-            let arg = if self.eat(":") { Some(self.postfix(self.deeper(d)?)?) } else { None };
+            let arg = if self.eat(":") {
+                Some(self.postfix(self.deeper(d)?)?)
+            } else {
+                None
+            };
             filters.push(match (name.as_str(), arg) {
                 ("default", Some(arg)) => Filter::Default(arg),
                 ("default", None) => {
-                    return Err(syntax(self.line, "filter default needs an argument: |default:\"x\""));
+                    return Err(syntax(
+                        self.line,
+                        "filter default needs an argument: |default:\"x\"",
+                    ));
                 }
                 ("lower" | "upper" | "trim", Some(_)) => {
-                    return Err(syntax(self.line, format!("filter {name} takes no argument")));
+                    return Err(syntax(
+                        self.line,
+                        format!("filter {name} takes no argument"),
+                    ));
                 }
                 ("lower", None) => Filter::Lower,
                 ("upper", None) => Filter::Upper,
                 ("trim", None) => Filter::Trim,
                 _ => {
-                    return Err(TemplateError::UnknownFilter { line: self.line, name: short(&name) });
+                    return Err(TemplateError::UnknownFilter {
+                        line: self.line,
+                        name: short(&name),
+                    });
                 }
             });
         }
-        Ok(if filters.is_empty() { base } else { Expr::Filter(Box::new(base), filters) })
+        Ok(if filters.is_empty() {
+            base
+        } else {
+            Expr::Filter(Box::new(base), filters)
+        })
     }
 
     fn postfix(&mut self, d: usize) -> Res<Expr> {
@@ -284,7 +362,11 @@ impl ExprParser {
                 steps.push(Step::Index(self.or(self.deeper(d)?)?));
                 self.expect("]")?;
             } else {
-                return Ok(if steps.is_empty() { base } else { Expr::Path(Box::new(base), steps) });
+                return Ok(if steps.is_empty() {
+                    base
+                } else {
+                    Expr::Path(Box::new(base), steps)
+                });
             }
         }
     }
@@ -318,7 +400,10 @@ impl ExprParser {
     /// Parses the arguments of a call to `name`, whose `(` has been consumed.
     fn call(&mut self, name: &str, d: usize) -> Res<Expr> {
         if name != "config_get" {
-            return Err(TemplateError::UnknownFunction { line: self.line, name: short(name) });
+            return Err(TemplateError::UnknownFunction {
+                line: self.line,
+                name: short(name),
+            });
         }
         let mut args = Vec::new();
         while !self.eat(")") {
@@ -330,7 +415,10 @@ impl ExprParser {
         let mut args = args.into_iter();
         match (args.next(), args.next(), args.next()) {
             (Some(key), default, None) => Ok(Expr::ConfigGet(Box::new(key), default.map(Box::new))),
-            _ => Err(syntax(self.line, "config_get takes a key and an optional default")),
+            _ => Err(syntax(
+                self.line,
+                "config_get takes a key and an optional default",
+            )),
         }
     }
 }

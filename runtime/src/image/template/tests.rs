@@ -16,7 +16,10 @@ fn ctx() -> Context {
 
 fn with_config(pairs: &[(&str, &str)]) -> Context {
     let mut c = ctx();
-    c.config = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    c.config = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     c
 }
 
@@ -56,7 +59,10 @@ fn hostname_and_hosts() {
     assert_eq!(ok("{{ container.name }}\n", &ctx()), "c1\n");
     assert_eq!(ok("{{ instance.name }}", &ctx()), "c1");
     assert_eq!(
-        ok("127.0.0.1\tlocalhost\n127.0.1.1\t{{ container.name }}\n", &ctx()),
+        ok(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{{ container.name }}\n",
+            &ctx()
+        ),
         "127.0.0.1\tlocalhost\n127.0.1.1\tc1\n"
     );
 }
@@ -71,17 +77,24 @@ fn cloud_init_network_default_branch() {
 
 #[test]
 fn cloud_init_network_user_branch() {
-    let c = with_config(&[("user.network-config", "version: 2\nethernets: {}\n\n"), ("user.meta-data", "a: b")]);
+    let c = with_config(&[
+        ("user.network-config", "version: 2\nethernets: {}\n\n"),
+        ("user.meta-data", "a: b"),
+    ]);
     assert_eq!(ok(NETWORK, &c), "a: b\nversion: 2\nethernets: {}\n");
 }
 
 #[test]
 fn cloud_init_user_data_with_property_default() {
     let mut c = ctx();
-    c.properties.insert("default".into(), "#cloud-config\n{}\n".into());
+    c.properties
+        .insert("default".into(), "#cloud-config\n{}\n".into());
     let tpl = "{{ config_get(\"cloud-init.user-data\", properties.default) }}\n";
     assert_eq!(ok(tpl, &c), "#cloud-config\n{}\n\n");
-    c.config.insert("cloud-init.user-data".into(), "#cloud-config\nhostname: x\r\n".into());
+    c.config.insert(
+        "cloud-init.user-data".into(),
+        "#cloud-config\nhostname: x\r\n".into(),
+    );
     assert_eq!(ok(tpl, &c), "#cloud-config\nhostname: x\n");
     assert_eq!(ok("[{{ config_get(\"nope\") }}]", &c), "[]");
 }
@@ -93,13 +106,15 @@ fn context_variables() {
     let tpl = "{{ trigger }} {{ path }} {{ container.architecture }} {{ container.privileged }} \
                {{ instance.ephemeral }} {{ config.limits }} {{ config[\"user.foo\"] }} \
                {{ properties.mode }} {{ properties['mode'] }}";
-    assert_eq!(ok(tpl, &c), "create /etc/hostname x86_64 False True x bar 0644 0644");
+    assert_eq!(
+        ok(tpl, &c),
+        "create /etc/hostname x86_64 False True x bar 0644 0644"
+    );
 }
 
 #[test]
 fn unknown_variables_render_empty() {
-    let tpl =
-        "[{{ nope }}|{{ container.nope }}|{{ config.nope }}|{{ devices.eth0.name }}|{{ trigger.x }}|{{ nope[\"a\"] }}]";
+    let tpl = "[{{ nope }}|{{ container.nope }}|{{ config.nope }}|{{ devices.eth0.name }}|{{ trigger.x }}|{{ nope[\"a\"] }}]";
     assert_eq!(ok(tpl, &ctx()), "[|||||]");
     assert_eq!(ok("[{{ config }}]", &ctx()), "[]");
 }
@@ -110,7 +125,10 @@ fn whitespace_control() {
     assert_eq!(ok("a  \n {{- container.name -}} \n\t b", &c), "ac1b");
     assert_eq!(ok("a \n{%- if true -%}\n x \n{%- endif -%}\n b", &c), "axb");
     assert_eq!(ok("a \n{#- note -#}\n b", &c), "ab");
-    assert_eq!(ok("a \n{% if true %}\nx\n{% endif %}\nb", &c), "a \n\nx\n\nb");
+    assert_eq!(
+        ok("a \n{% if true %}\nx\n{% endif %}\nb", &c),
+        "a \n\nx\n\nb"
+    );
     assert_eq!(ok("a\n{%- if false %}x{% endif %}\nb", &c), "a\nb");
     assert_eq!(ok("x {{ 1 -}}{{- 2 }} y", &c), "x 12 y");
     assert_eq!(ok("{{- \"a\" -}}", &c), "a");
@@ -146,19 +164,55 @@ fn nested_ifs() {
 #[test]
 fn for_loops() {
     let c = with_config(&[("b", "2"), ("a", "1"), ("user.c", "3")]);
-    assert_eq!(ok("{% for k in config %}{{ k }};{% endfor %}", &c), "a;b;user.c;");
-    assert_eq!(ok("{% for k, v in config %}{{ k }}={{ v }}\n{% endfor %}", &c), "a=1\nb=2\nuser.c=3\n");
-    assert_eq!(ok("{% for k in config %}{{ config[k] }}{% endfor %}", &c), "123");
-    assert_eq!(ok("{% for k in config %}{% if k in \"ab\" %}{{ k|upper }}{% endif %}{% endfor %}", &c), "AB");
+    assert_eq!(
+        ok("{% for k in config %}{{ k }};{% endfor %}", &c),
+        "a;b;user.c;"
+    );
+    assert_eq!(
+        ok("{% for k, v in config %}{{ k }}={{ v }}\n{% endfor %}", &c),
+        "a=1\nb=2\nuser.c=3\n"
+    );
+    assert_eq!(
+        ok("{% for k in config %}{{ config[k] }}{% endfor %}", &c),
+        "123"
+    );
+    assert_eq!(
+        ok(
+            "{% for k in config %}{% if k in \"ab\" %}{{ k|upper }}{% endif %}{% endfor %}",
+            &c
+        ),
+        "AB"
+    );
     assert_eq!(ok("{% for k in nothing %}x{% endfor %}.", &c), ".");
-    assert_eq!(ok("{% for ch in \"abc\" %}[{{ ch }}]{% endfor %}", &c), "[a][b][c]");
-    assert_eq!(ok("{% for k in container %}{{ k }} {% endfor %}", &c), "architecture ephemeral name privileged ");
-    assert_eq!(ok("{% for k in config %}{% for j in config %}x{% endfor %}{% endfor %}", &c), "xxxxxxxxx");
+    assert_eq!(
+        ok("{% for ch in \"abc\" %}[{{ ch }}]{% endfor %}", &c),
+        "[a][b][c]"
+    );
+    assert_eq!(
+        ok("{% for k in container %}{{ k }} {% endfor %}", &c),
+        "architecture ephemeral name privileged "
+    );
+    assert_eq!(
+        ok(
+            "{% for k in config %}{% for j in config %}x{% endfor %}{% endfor %}",
+            &c
+        ),
+        "xxxxxxxxx"
+    );
     // The loop variable shadows, then goes out of scope.
-    assert_eq!(ok("{% for trigger in config %}{% endfor %}{{ trigger }}", &c), "create");
+    assert_eq!(
+        ok("{% for trigger in config %}{% endfor %}{{ trigger }}", &c),
+        "create"
+    );
     let mut p = ctx();
     p.properties.insert("k".into(), "v".into());
-    assert_eq!(ok("{% for k, v in properties %}{{ k }}:{{ v }}{% endfor %}", &p), "k:v");
+    assert_eq!(
+        ok(
+            "{% for k, v in properties %}{{ k }}:{{ v }}{% endfor %}",
+            &p
+        ),
+        "k:v"
+    );
 }
 
 #[test]
@@ -170,7 +224,13 @@ fn filters() {
     assert_eq!(ok("{{ config[\"user.name\"]|trim|lower }}", &c), "mixed");
     assert_eq!(ok("{{ config[\"user.name\"]|upper }}", &c), "  MIXED  ");
     assert_eq!(ok("{{ nope|default:container.name|upper }}", &c), "C1");
-    assert_eq!(ok("{% if config[\"user.name\"]|trim == \"MiXed\" %}y{% endif %}", &c), "y");
+    assert_eq!(
+        ok(
+            "{% if config[\"user.name\"]|trim == \"MiXed\" %}y{% endif %}",
+            &c
+        ),
+        "y"
+    );
     assert_eq!(ok("{{ false|default:0 }}", &c), "0");
 }
 
@@ -209,7 +269,10 @@ fn operators() {
         ("container.privileged == \"false\"", "True"),
         ("container.ephemeral == \"True\"", "True"),
         ("container.privileged != false", "False"),
-        ("trigger == \"create\" and (config.n or config[\"user.a\"] == \"yes\")", "True"),
+        (
+            "trigger == \"create\" and (config.n or config[\"user.a\"] == \"yes\")",
+            "True",
+        ),
         ("not not config", "True"),
         ("not properties", "True"),
         ("not container", "False"),
@@ -223,9 +286,18 @@ fn operators() {
 fn comments_autoescape_raw() {
     let c = ctx();
     assert_eq!(ok("a{# {{ nope( }} {% if %} #}b", &c), "ab");
-    assert_eq!(ok("{% autoescape off %}<{{ \"&\" }}>{% endautoescape %}", &c), "<&>");
-    assert_eq!(ok("{% raw %}{{ x }}{% if %}{% endraw %}!", &c), "{{ x }}{% if %}!");
-    assert_eq!(ok("a {%- raw -%} \n{{ y }}\n {%- endraw -%} b", &c), "a{{ y }}b");
+    assert_eq!(
+        ok("{% autoescape off %}<{{ \"&\" }}>{% endautoescape %}", &c),
+        "<&>"
+    );
+    assert_eq!(
+        ok("{% raw %}{{ x }}{% if %}{% endraw %}!", &c),
+        "{{ x }}{% if %}!"
+    );
+    assert_eq!(
+        ok("a {%- raw -%} \n{{ y }}\n {%- endraw -%} b", &c),
+        "a{{ y }}b"
+    );
     assert_eq!(ok("{% raw %}{%endraw%}", &c), "");
 }
 
@@ -246,8 +318,14 @@ fn error_messages_carry_lines() {
 
 #[test]
 fn error_lines_point_at_the_tag() {
-    assert_eq!(msg("{% if true %}\n{% elif ) %}\n{% endif %}"), "line 2: bad expression: expected a value, found ')'");
-    assert_eq!(msg("a\r\nb\r\n{{ x y }}"), "line 3: bad expression: expected the end of the expression, found \"y\"");
+    assert_eq!(
+        msg("{% if true %}\n{% elif ) %}\n{% endif %}"),
+        "line 2: bad expression: expected a value, found ')'"
+    );
+    assert_eq!(
+        msg("a\r\nb\r\n{{ x y }}"),
+        "line 3: bad expression: expected the end of the expression, found \"y\""
+    );
     assert_eq!(
         msg("{# a\nb #}{% raw %}\n{% endraw %}\n{{ (\n1 }}"),
         "line 4: bad expression: expected ')', found the end of the expression"
@@ -256,8 +334,14 @@ fn error_lines_point_at_the_tag() {
         msg("{% for x in config %}{% else %}{% endfor %}"),
         "line 1: unexpected {% else %} (the {% for %} from line 1 is still open)"
     );
-    assert_eq!(msg("{% if a %}{% endif b %}"), "line 1: unexpected text after {% endif %}");
-    assert_eq!(msg("{{ \"é\" ~ 1 }}"), "line 1: bad expression: unexpected character '~'");
+    assert_eq!(
+        msg("{% if a %}{% endif b %}"),
+        "line 1: unexpected text after {% endif %}"
+    );
+    assert_eq!(
+        msg("{{ \"é\" ~ 1 }}"),
+        "line 1: bad expression: unexpected character '~'"
+    );
 }
 
 #[test]
@@ -306,10 +390,19 @@ fn syntax_errors() {
         let e = err(t);
         assert!(e.to_string().starts_with("line 1: "), "{t:?}: {e}");
     }
-    assert!(matches!(err("{{ nope() }}"), TemplateError::UnknownFunction { .. }));
-    assert!(matches!(err("{% for x in true %}{% endfor %}"), TemplateError::Syntax { .. }));
+    assert!(matches!(
+        err("{{ nope() }}"),
+        TemplateError::UnknownFunction { .. }
+    ));
+    assert!(matches!(
+        err("{% for x in true %}{% endfor %}"),
+        TemplateError::Syntax { .. }
+    ));
     // Unknown functions fail even in branches that are never taken.
-    assert!(matches!(err("{% if false %}{{ exec(\"rm\") }}{% endif %}"), TemplateError::UnknownFunction { .. }));
+    assert!(matches!(
+        err("{% if false %}{{ exec(\"rm\") }}{% endif %}"),
+        TemplateError::UnknownFunction { .. }
+    ));
 }
 
 #[test]
@@ -317,20 +410,46 @@ fn depth_limits() {
     let nested = |n: usize| format!("{}x{}", "{% if true %}".repeat(n), "{% endif %}".repeat(n));
     assert_eq!(ok(&nested(64), &ctx()), "x");
     assert_eq!(err(&nested(65)), TemplateError::TooDeep { line: 1 });
-    assert!(matches!(err(&nested(100_000)), TemplateError::TooDeep { .. }));
-    let fors = format!("{}x{}", "{% for a in \"a\" %}".repeat(70), "{% endfor %}".repeat(70));
+    assert!(matches!(
+        err(&nested(100_000)),
+        TemplateError::TooDeep { .. }
+    ));
+    let fors = format!(
+        "{}x{}",
+        "{% for a in \"a\" %}".repeat(70),
+        "{% endfor %}".repeat(70)
+    );
     assert!(matches!(err(&fors), TemplateError::TooDeep { .. }));
     let parens = |n: usize| format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n));
     assert_eq!(ok(&parens(60), &ctx()), "1");
-    assert!(matches!(err(&parens(100_000)), TemplateError::TooDeep { .. }));
-    assert!(matches!(err(&format!("{{{{ {}1 }}}}", "not ".repeat(100_000))), TemplateError::TooDeep { .. }));
-    assert!(matches!(err(&format!("{{{{ {}1 }}}}", "!".repeat(100_000))), TemplateError::TooDeep { .. }));
-    let index = format!("{{{{ {}\"k\"{} }}}}", "config[".repeat(1000), "]".repeat(1000));
+    assert!(matches!(
+        err(&parens(100_000)),
+        TemplateError::TooDeep { .. }
+    ));
+    assert!(matches!(
+        err(&format!("{{{{ {}1 }}}}", "not ".repeat(100_000))),
+        TemplateError::TooDeep { .. }
+    ));
+    assert!(matches!(
+        err(&format!("{{{{ {}1 }}}}", "!".repeat(100_000))),
+        TemplateError::TooDeep { .. }
+    ));
+    let index = format!(
+        "{{{{ {}\"k\"{} }}}}",
+        "config[".repeat(1000),
+        "]".repeat(1000)
+    );
     assert!(matches!(err(&index), TemplateError::TooDeep { .. }));
-    let calls = format!("{{{{ {}\"k\"{} }}}}", "config_get(".repeat(1000), ")".repeat(1000));
+    let calls = format!(
+        "{{{{ {}\"k\"{} }}}}",
+        "config_get(".repeat(1000),
+        ")".repeat(1000)
+    );
     assert!(matches!(err(&calls), TemplateError::TooDeep { .. }));
     let filters = format!("{{{{ {}\"k\" }}}}", "x|default:".repeat(1000));
-    assert!(render(&filters, &ctx()).is_ok() || matches!(err(&filters), TemplateError::Syntax { .. }));
+    assert!(
+        render(&filters, &ctx()).is_ok() || matches!(err(&filters), TemplateError::Syntax { .. })
+    );
     // Long flat chains are fine: they do not nest.
     let chain = format!("{{{{ {}true }}}}", "false or ".repeat(10_000));
     assert_eq!(ok(&chain, &ctx()), "True");
@@ -341,27 +460,38 @@ fn depth_limits() {
 #[test]
 fn output_limit() {
     let big = with_config(&[("big", &"x".repeat(MAX_OUTPUT + 1))]);
-    assert_eq!(render("{{ config.big }}", &big), Err(TemplateError::OutputTooLarge));
+    assert_eq!(
+        render("{{ config.big }}", &big),
+        Err(TemplateError::OutputTooLarge)
+    );
     let fits = with_config(&[("big", &"x".repeat(MAX_OUTPUT))]);
     assert_eq!(ok("{{ config.big }}", &fits).len(), MAX_OUTPUT);
-    let keys: Vec<(String, String)> = (0..100).map(|i| (format!("k{i:03}"), String::new())).collect();
+    let keys: Vec<(String, String)> = (0..100)
+        .map(|i| (format!("k{i:03}"), String::new()))
+        .collect();
     let mut c = ctx();
     c.config = keys.into_iter().collect();
-    let tpl =
-        "{% for a in config %}{% for b in config %}{% for c in config %}0123456789{% endfor %}{% endfor %}{% endfor %}";
+    let tpl = "{% for a in config %}{% for b in config %}{% for c in config %}0123456789{% endfor %}{% endfor %}{% endfor %}";
     assert_eq!(render(tpl, &c), Err(TemplateError::OutputTooLarge));
     assert_eq!(msg_with(tpl, &c), "output exceeds 1 MiB");
 }
 
 fn msg_with(template: &str, c: &Context) -> String {
-    render(template, c).err().map(|e| e.to_string()).unwrap_or_default()
+    render(template, c)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
 fn work_budget() {
     let mut c = ctx();
     c.config = (0..10).map(|i| (format!("k{i}"), String::new())).collect();
-    let tpl = format!("{}{}", "{% for a in config %}".repeat(8), "{% endfor %}".repeat(8));
+    let tpl = format!(
+        "{}{}",
+        "{% for a in config %}".repeat(8),
+        "{% endfor %}".repeat(8)
+    );
     assert_eq!(render(&tpl, &c), Err(TemplateError::TooExpensive));
     let big = with_config(&[("big", &"x".repeat(MAX_OUTPUT))]);
     let tpl = "{% for a in config %}{% for b in \"0123456789\" %}{% for c in \"0123456789\" %}\
@@ -464,7 +594,9 @@ fn fuzz_never_panics() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for round in 0..20_000 {
         let input = if round % 2 == 0 {
-            (0..rng.below(40)).map(|_| PIECES[rng.below(PIECES.len())]).collect::<String>()
+            (0..rng.below(40))
+                .map(|_| PIECES[rng.below(PIECES.len())])
+                .collect::<String>()
         } else {
             // Mutate a real template: delete, duplicate or insert at char boundaries.
             let mut chars: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
@@ -478,7 +610,9 @@ fn fuzz_never_panics() {
                         chars.remove(at);
                     }
                     1 => chars.insert(at, chars[rng.below(chars.len())]),
-                    _ => chars.splice(at..at, PIECES[rng.below(PIECES.len())].chars()).for_each(drop),
+                    _ => chars
+                        .splice(at..at, PIECES[rng.below(PIECES.len())].chars())
+                        .for_each(drop),
                 }
             }
             chars.into_iter().collect()

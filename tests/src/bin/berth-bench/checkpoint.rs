@@ -23,20 +23,39 @@ fn criu() -> PathBuf {
 
 /// Options both directions share, as berth sets them (runtime/src/criu/mod.rs `base_opts`).
 fn common(cmd: &mut Command) {
-    cmd.args(["-v4", "--tcp-established", "--file-locks", "--link-remap", "--force-irmap"]);
-    cmd.args(["--ghost-limit", &berth_runtime::criu::GHOST_LIMIT.to_string()]);
+    cmd.args([
+        "-v4",
+        "--tcp-established",
+        "--file-locks",
+        "--link-remap",
+        "--force-irmap",
+    ]);
+    cmd.args([
+        "--ghost-limit",
+        &berth_runtime::criu::GHOST_LIMIT.to_string(),
+    ]);
 }
 
 /// CRIU's keys of the container's console and of the host's /dev/tty, at dump time.
 fn tty_keys(console: &Path) -> [String; 2] {
-    [tty_key(console).expect("console key"), tty_key(Path::new("/dev/tty")).expect("tty key")]
+    [
+        tty_key(console).expect("console key"),
+        tty_key(Path::new("/dev/tty")).expect("tty key"),
+    ]
 }
 
 /// `criu dump --leave-running` of the tree of init `pid` into `images`; milliseconds.
 fn bare_dump(pid: i32, keys: &[String; 2], images: &Path) -> f64 {
     std::fs::create_dir_all(images).expect("images directory");
     let mut cmd = Command::new(criu());
-    cmd.arg("dump").arg("-t").arg(pid.to_string()).arg("-D").arg(images).arg("-W").arg(images).args(["-o", "dump.log"]);
+    cmd.arg("dump")
+        .arg("-t")
+        .arg(pid.to_string())
+        .arg("-D")
+        .arg(images)
+        .arg("-W")
+        .arg(images)
+        .args(["-o", "dump.log"]);
     common(&mut cmd);
     cmd.args(["--leave-running", "--network-lock", "nftables"]);
     for n in DEV_MOUNTS {
@@ -48,13 +67,22 @@ fn bare_dump(pid: i32, keys: &[String; 2], images: &Path) -> f64 {
     let t = Instant::now();
     let out = cmd.output().expect("run criu dump");
     let took = ms(t.elapsed());
-    assert!(out.status.success(), "bare criu dump failed: {}\n{}", text(&out.stderr), log_tail(&images.join("dump.log")));
+    assert!(
+        out.status.success(),
+        "bare criu dump failed: {}\n{}",
+        text(&out.stderr),
+        log_tail(&images.join("dump.log"))
+    );
     took
 }
 
 fn log_tail(p: &Path) -> String {
     let s = std::fs::read_to_string(p).unwrap_or_default();
-    s.lines().filter(|l| l.contains("Error")).take(5).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .filter(|l| l.contains("Error"))
+        .take(5)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A descriptor of `fd` without close-on-exec, for a child to inherit.
@@ -72,8 +100,12 @@ fn bare_restore(env: &Env, name: &str, images: &Path, keys: &[String; 2]) -> f64
     // from here: what restoring this tree takes by hand (a console, the idmapped root, criu)
     let t = Instant::now();
     let idmap = berth_runtime::idmap::IdMap::host_default();
-    let console = berth_runtime::pty::open_console(idmap.uid_base, idmap.gid_base).expect("a console pty");
-    let (con, ctty) = (inheritable(console.slave.as_fd()), inheritable(console.slave.as_fd()));
+    let console =
+        berth_runtime::pty::open_console(idmap.uid_base, idmap.gid_base).expect("a console pty");
+    let (con, ctty) = (
+        inheritable(console.slave.as_fd()),
+        inheritable(console.slave.as_fd()),
+    );
     let root = env.dir.join("bare-root");
     let _ = berth_runtime::sys::umount2(&root, libc::MNT_DETACH);
     std::fs::create_dir_all(&root).expect("restore root");
@@ -83,22 +115,50 @@ fn bare_restore(env: &Env, name: &str, images: &Path, keys: &[String; 2]) -> f64
     let pidfile = images.join("restored.pid");
     let _ = std::fs::remove_file(&pidfile);
     let mut cmd = Command::new(criu());
-    cmd.arg("restore").arg("-D").arg(images).arg("-W").arg(images).args(["-o", "restore.log"]);
+    cmd.arg("restore")
+        .arg("-D")
+        .arg(images)
+        .arg("-W")
+        .arg(images)
+        .args(["-o", "restore.log"]);
     common(&mut cmd);
-    cmd.arg("--root").arg(&root).args(["--restore-detached", "--restore-sibling", "--empty-ns", "net"]).arg("--pidfile").arg(&pidfile);
+    cmd.arg("--root")
+        .arg(&root)
+        .args([
+            "--restore-detached",
+            "--restore-sibling",
+            "--empty-ns",
+            "net",
+        ])
+        .arg("--pidfile")
+        .arg(&pidfile);
     for n in DEV_MOUNTS {
-        let to = if *n == "console" { console.slave_path.display().to_string() } else { format!("/dev/{n}") };
+        let to = if *n == "console" {
+            console.slave_path.display().to_string()
+        } else {
+            format!("/dev/{n}")
+        };
         cmd.arg("--external").arg(format!("mnt[dev_{n}]:{to}"));
     }
     for (fd, key) in [(&con, &keys[0]), (&ctty, &keys[1])] {
-        cmd.arg("--inherit-fd").arg(format!("fd[{}]:{key}", fd.as_raw_fd()));
+        cmd.arg("--inherit-fd")
+            .arg(format!("fd[{}]:{key}", fd.as_raw_fd()));
     }
     let out = cmd.output().expect("run criu restore");
     let took = ms(t.elapsed());
     drop((con, ctty));
     let _ = berth_runtime::sys::umount2(&root, libc::MNT_DETACH);
-    assert!(out.status.success(), "bare criu restore failed: {}\n{}", text(&out.stderr), log_tail(&images.join("restore.log")));
-    let pid: i32 = std::fs::read_to_string(&pidfile).expect("restored pid").trim().parse().expect("a pid");
+    assert!(
+        out.status.success(),
+        "bare criu restore failed: {}\n{}",
+        text(&out.stderr),
+        log_tail(&images.join("restore.log"))
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("restored pid")
+        .trim()
+        .parse()
+        .expect("a pid");
     // SAFETY: kill(2) of the tree we restored; it is our child (--restore-sibling).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let _ = berth_runtime::sys::waitpid_blocking(pid);
@@ -107,13 +167,21 @@ fn bare_restore(env: &Env, name: &str, images: &Path, keys: &[String; 2]) -> f64
 
 /// Starts a process in `name` that holds `mb` MB of touched memory; returns its RSS in MB.
 fn start_hog(env: &Env, mb: u64) -> f64 {
-    let prog = format!("awk 'BEGIN{{s=sprintf(\"%{}s\",\"\"); system(\"sleep 100000\")}}' >/dev/null 2>&1 </dev/null &", mb * 1_000_000);
+    let prog = format!(
+        "awk 'BEGIN{{s=sprintf(\"%{}s\",\"\"); system(\"sleep 100000\")}}' >/dev/null 2>&1 </dev/null &",
+        mb * 1_000_000
+    );
     env.ok(&["exec", "ck", "--", "sh", "-c", &prog]);
     let mut rss = 0.0;
     // done with its string once it has run sleep: while it builds it, its memory comes and goes
     berth_tests::wait_for(Duration::from_secs(30), "the memory hog", || {
         let procs = env.processes();
-        let comm = |p: &u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim().to_string();
+        let comm = |p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
         if !procs.iter().any(|p| comm(p) == "sleep") {
             return false;
         }
@@ -134,12 +202,23 @@ fn start_hog(env: &Env, mb: u64) -> f64 {
 pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report) {
     let api = Api::new(env).await;
     if !api.m.stateful_supported().await.unwrap_or(false) {
-        report.note(format!("stateful figures skipped: {}", api.m.stateful_unsupported_reason().await.unwrap_or_default()));
+        report.note(format!(
+            "stateful figures skipped: {}",
+            api.m
+                .stateful_unsupported_reason()
+                .await
+                .unwrap_or_default()
+        ));
         return;
     }
     let c = api.container(api.launch("ck").await.expect("launch")).await;
-    let what = if hog_mb == 0 { "idle".to_string() } else { format!("{hog_mb} MB touched") };
-    let (mut snap, mut dump, mut restore, mut replace, mut bare) = (vec![], vec![], vec![], vec![], vec![]);
+    let what = if hog_mb == 0 {
+        "idle".to_string()
+    } else {
+        format!("{hog_mb} MB touched")
+    };
+    let (mut snap, mut dump, mut restore, mut replace, mut bare) =
+        (vec![], vec![], vec![], vec![], vec![]);
     let bare_dir = env.pool().join("bare-criu");
     let mut touched = 0.0;
     for round in 0..rounds {
@@ -149,7 +228,9 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
             std::thread::sleep(Duration::from_millis(200));
         }
         let (t, s) = timed(c.create_snapshot(&format!("s{round}"), &flag("stateful"))).await;
-        let s = api.snapshot(s.unwrap_or_else(|e| panic!("stateful snapshot: {e}"))).await;
+        let s = api
+            .snapshot(s.unwrap_or_else(|e| panic!("stateful snapshot: {e}")))
+            .await;
         snap.push(t);
         let st = env.monitor_status("ck").expect("the container runs");
         let keys = tty_keys(Path::new(&st.console));
@@ -172,18 +253,33 @@ pub async fn measure(env: &Env, rounds: usize, hog_mb: u64, report: &mut Report)
     }
     api.delete("ck").await;
     let _ = std::fs::remove_dir_all(&bare_dir);
-    let (dname, rname) = (format!("bare criu dump --leave-running ({what})"), format!("bare criu restore ({what})"));
+    let (dname, rname) = (
+        format!("bare criu dump --leave-running ({what})"),
+        format!("bare criu restore ({what})"),
+    );
     let f = report.add(&format!("stateful snapshot ({what})"), "ms", snap);
     f.target = Some(Target::Ratio(1.2));
     f.reference = Some(dname.clone());
     f.peers = "Incus adds ~750";
     report.add(&dname, "ms", dump);
-    let f = report.add(&format!("restore of a stateful snapshot onto the stopped container ({what})"), "ms", restore);
+    let f = report.add(
+        &format!("restore of a stateful snapshot onto the stopped container ({what})"),
+        "ms",
+        restore,
+    );
     f.target = Some(Target::Ratio(1.2));
     f.reference = Some(rname.clone());
-    report.add(&format!("restore of a stateful snapshot replacing the running tree ({what})"), "ms", replace).reference = Some(rname.clone());
+    report
+        .add(
+            &format!("restore of a stateful snapshot replacing the running tree ({what})"),
+            "ms",
+            replace,
+        )
+        .reference = Some(rname.clone());
     report.add(&rname, "ms", bare);
     if hog_mb > 0 {
-        report.note(format!("the {hog_mb} MB container's hog had {touched:.0} MB resident"));
+        report.note(format!(
+            "the {hog_mb} MB container's hog had {touched:.0} MB resident"
+        ));
     }
 }

@@ -15,7 +15,13 @@ pub fn measure(runs: usize) -> Vec<f64> {
     let archive = dir.join("busybox.tar");
     image::build_busybox(Path::new("/bin/busybox"), &archive).expect("build busybox");
     std::fs::create_dir_all(dir.join("vol")).expect("volume directory");
-    let st = std::process::Command::new("tar").arg("-C").arg(dir.join("vol")).arg("-xf").arg(&archive).status().expect("tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.join("vol"))
+        .arg("-xf")
+        .arg(&archive)
+        .status()
+        .expect("tar");
     assert!(st.success(), "unpack the busybox image");
     let layout = cgroup::Layout::detect().expect("cgroup layout");
     let parent = format!("berth-bench-{}", std::process::id());
@@ -29,7 +35,10 @@ pub fn measure(runs: usize) -> Vec<f64> {
         env: spec::default_init_env(),
         stop_signal: libc::SIGUSR2,
         run_dir: dir.join("run"),
-        cap_drop: spec::DEFAULT_CAP_DROP.iter().map(|s| s.to_string()).collect(),
+        cap_drop: spec::DEFAULT_CAP_DROP
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         console_log_max: 1 << 20,
         nics: Vec::new(),
         restore: None,
@@ -40,7 +49,10 @@ pub fn measure(runs: usize) -> Vec<f64> {
         let t = Instant::now();
         let started = launch::start(&spec).expect("floor start");
         samples.push(ms(t.elapsed()));
-        let _ = berth_runtime::sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&started.pidfd), libc::SIGKILL);
+        let _ = berth_runtime::sys::pidfd_send_signal(
+            std::os::fd::AsFd::as_fd(&started.pidfd),
+            libc::SIGKILL,
+        );
         let _ = berth_runtime::sys::waitpid_blocking(started.pid);
     }
     let _ = spec.cgroups.remove();

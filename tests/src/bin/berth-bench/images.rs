@@ -13,8 +13,14 @@ use zbus::Variant;
 fn big_image(env: &Env) -> PathBuf {
     use std::io::{Read, Write};
     let info = env.ok(&["image", "info", "busybox"]);
-    let fp = info.lines().next().expect("image info").trim_start_matches("Fingerprint: ").to_string();
-    let base = std::fs::read(env.state.join("images").join(&fp).join("image")).expect("the busybox tarball");
+    let fp = info
+        .lines()
+        .next()
+        .expect("image info")
+        .trim_start_matches("Fingerprint: ")
+        .to_string();
+    let base = std::fs::read(env.state.join("images").join(&fp).join("image"))
+        .expect("the busybox tarball");
     let path = env.dir.join("big.tar.zst");
     let file = std::fs::File::create(&path).expect("create the image");
     let mut enc = zstd::stream::write::Encoder::new(file, 3).expect("zstd");
@@ -51,8 +57,18 @@ pub async fn measure(env: &Env, report: &mut Report) {
         let dir = env.dir.join(format!("ref{i}"));
         std::fs::create_dir_all(&dir).expect("dir");
         let t = Instant::now();
-        let a = std::process::Command::new("sha256sum").arg(&img).output().expect("sha256sum");
-        let b = std::process::Command::new("tar").arg("--zstd").arg("-xf").arg(&img).arg("-C").arg(&dir).status().expect("tar");
+        let a = std::process::Command::new("sha256sum")
+            .arg(&img)
+            .output()
+            .expect("sha256sum");
+        let b = std::process::Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(&img)
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .expect("tar");
         reference.push(super::util::ms(t.elapsed()));
         assert!(a.status.success() && b.success());
         let _ = std::fs::remove_dir_all(&dir);
@@ -72,18 +88,33 @@ pub async fn measure(env: &Env, report: &mut Report) {
         r.expect("launch from the freshly imported image");
         first.push(t);
         api.delete(&name).await;
-        let i = berth_interfaces::client::ImageProxy::builder(&api.conn).path(path.expect("import")).build().await.expect("proxy");
+        let i = berth_interfaces::client::ImageProxy::builder(&api.conn)
+            .path(path.expect("import"))
+            .build()
+            .await
+            .expect("proxy");
         i.delete().await.expect("delete the image");
     }
     let rname = format!("sha256sum + tar -x of the same {size_mb:.0} MB file");
     // ≥ 70% of the reference's speed is ≤ 1/0.7 of its time
-    let f = report.add(&format!("import of a {size_mb:.0} MB zstd image"), "ms", import);
+    let f = report.add(
+        &format!("import of a {size_mb:.0} MB zstd image"),
+        "ms",
+        import,
+    );
     f.target = Some(Target::Ratio(1.0 / 0.7));
     f.reference = Some(rname.clone());
     report.add(&rname, "ms", reference);
-    report.add(&format!("first launch after import of the {size_mb:.0} MB image (btrfs)"), "ms", first);
+    report.add(
+        &format!("first launch after import of the {size_mb:.0} MB image (btrfs)"),
+        "ms",
+        first,
+    );
     let f = std::fs::File::open(&img).expect("open the image");
-    api.m.import_image(zbus::Fd::from(&f), &aliases()).await.expect("import");
+    api.m
+        .import_image(zbus::Fd::from(&f), &aliases())
+        .await
+        .expect("import");
     let mut launch = Vec::new();
     for i in 0..10 {
         let name = format!("big{i}");
@@ -92,5 +123,11 @@ pub async fn measure(env: &Env, report: &mut Report) {
         launch.push(t);
         api.delete(&name).await;
     }
-    report.add(&format!("launch from the cached {size_mb:.0} MB image (btrfs)"), "ms", launch).target = Some(Target::Max(50.0));
+    report
+        .add(
+            &format!("launch from the cached {size_mb:.0} MB image (btrfs)"),
+            "ms",
+            launch,
+        )
+        .target = Some(Target::Max(50.0));
 }

@@ -15,8 +15,13 @@ pub async fn measure(env: &Env, storage: Storage, runs: usize, report: &mut Repo
         Storage::Dir => "dir",
         Storage::Btrfs => "btrfs",
     };
-    let (mut create, mut start, mut exec, mut snap, mut stop, mut delete) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").expect("/dev/null");
+    let (mut create, mut start, mut exec, mut snap, mut stop, mut delete) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
     let mut stdio: HashMap<&str, Variant<'_>> = HashMap::new();
     for k in ["stdin", "stdout", "stderr"] {
         stdio.insert(k, zbus::Fd::from(&null).into());
@@ -36,7 +41,11 @@ pub async fn measure(env: &Env, storage: Storage, runs: usize, report: &mut Repo
         }
         let (t, s) = timed(c.create_snapshot("", &none())).await;
         snap.push(t);
-        api.snapshot(s.expect("snapshot")).await.delete().await.expect("delete the snapshot");
+        api.snapshot(s.expect("snapshot"))
+            .await
+            .delete()
+            .await
+            .expect("delete the snapshot");
         let (t, r) = timed(c.stop(&flag("force"))).await;
         r.expect("stop");
         stop.push(t);
@@ -66,7 +75,11 @@ pub async fn measure(env: &Env, storage: Storage, runs: usize, report: &mut Repo
             report.add("delete (btrfs)", "ms", delete);
         }
         Storage::Dir => {
-            report.add(&format!("create from the cached image ({tag})"), "ms", create);
+            report.add(
+                &format!("create from the cached image ({tag})"),
+                "ms",
+                create,
+            );
             report.add(&format!("start ({tag})"), "ms", start);
             report.add(&format!("stateless snapshot ({tag}, running)"), "ms", snap);
             report.add(&format!("delete ({tag})"), "ms", delete);
@@ -80,13 +93,20 @@ pub async fn many_starts(env: &Env, rounds: usize, report: &mut Report) {
     let api = Api::new(env).await;
     let mut proxies = Vec::new();
     for i in 0..N {
-        let path = api.m.create_container(&format!("m{i}"), "busybox", &none()).await.expect("create");
+        let path = api
+            .m
+            .create_container(&format!("m{i}"), "busybox", &none())
+            .await
+            .expect("create");
         proxies.push(api.container(path).await);
     }
     let (mut row, mut parallel) = (Vec::new(), Vec::new());
     let (force, plain) = (flag("force"), none());
     let stop_all = || async {
-        futures_join(proxies.iter().map(|c| c.stop(&force))).await.into_iter().for_each(|r| r.expect("stop"));
+        futures_join(proxies.iter().map(|c| c.stop(&force)))
+            .await
+            .into_iter()
+            .for_each(|r| r.expect("stop"));
     };
     for _ in 0..rounds {
         let (t, ()) = timed(async {
@@ -105,12 +125,22 @@ pub async fn many_starts(env: &Env, rounds: usize, report: &mut Report) {
     for i in 0..N {
         api.delete(&format!("m{i}")).await;
     }
-    report.add("start 50 stopped containers in a row (total)", "ms", row).reference = Some(super::START.into());
-    report.add("start 50 stopped containers at once (total)", "ms", parallel).reference = Some(super::START.into());
+    report
+        .add("start 50 stopped containers in a row (total)", "ms", row)
+        .reference = Some(super::START.into());
+    report
+        .add(
+            "start 50 stopped containers at once (total)",
+            "ms",
+            parallel,
+        )
+        .reference = Some(super::START.into());
 }
 
 /// Runs the futures concurrently on this task and collects their outputs in order.
-pub async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+pub async fn futures_join<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
     let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
@@ -123,8 +153,14 @@ pub async fn futures_join<F: std::future::Future>(futs: impl IntoIterator<Item =
                 }
             }
         }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
     })
     .await;
-    out.into_iter().map(|o| o.expect("every future finished")).collect()
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }

@@ -27,7 +27,16 @@ pub const FLOOR: &str = "floor: clone → pivot_root → exec init (runtime alon
 /// The start figure's name.
 pub const START: &str = "start (call → init running)";
 
-const SECTIONS: &[&str] = &["floor", "lifecycle", "dir", "starts", "api", "running", "checkpoint", "images"];
+const SECTIONS: &[&str] = &[
+    "floor",
+    "lifecycle",
+    "dir",
+    "starts",
+    "api",
+    "running",
+    "checkpoint",
+    "images",
+];
 const USAGE: &str = "usage: berth-bench [--runs N] [--only floor,lifecycle,dir,starts,api,running,checkpoint,images] [--defined 1,100,1000] [--max-running 500]";
 
 struct Args {
@@ -38,16 +47,37 @@ struct Args {
 }
 
 fn parse() -> Result<Args, String> {
-    let mut a = Args { runs: 20, only: SECTIONS.iter().map(|s| s.to_string()).collect(), defined: vec![1, 100, 1000], max_running: 500 };
+    let mut a = Args {
+        runs: 20,
+        only: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        defined: vec![1, 100, 1000],
+        max_running: 500,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{arg} needs a value"))
+        };
         match arg.as_str() {
-            "--runs" => a.runs = value()?.parse().map_err(|_| "--runs takes a number".to_string())?,
-            "--max-running" => a.max_running = value()?.parse().map_err(|_| "--max-running takes a number".to_string())?,
+            "--runs" => {
+                a.runs = value()?
+                    .parse()
+                    .map_err(|_| "--runs takes a number".to_string())?
+            }
+            "--max-running" => {
+                a.max_running = value()?
+                    .parse()
+                    .map_err(|_| "--max-running takes a number".to_string())?
+            }
             "--defined" => {
-                a.defined = value()?.split(',').map(|n| n.parse::<usize>()).collect::<Result<_, _>>().map_err(|_| "--defined takes numbers".to_string())?;
+                a.defined = value()?
+                    .split(',')
+                    .map(|n| n.parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "--defined takes numbers".to_string())?;
                 a.defined.sort_unstable();
                 if a.defined.first() == Some(&0) {
                     return Err("--defined counts start at 1 (0 is always measured)".into());
@@ -77,7 +107,12 @@ fn bench_args() -> Vec<String> {
 }
 
 fn btrfs_env(size: &str) -> Env {
-    Env::with(Options { storage: Some(Storage::Btrfs), pool_size: Some(size.into()), daemon_args: bench_args(), ..Default::default() })
+    Env::with(Options {
+        storage: Some(Storage::Btrfs),
+        pool_size: Some(size.into()),
+        daemon_args: bench_args(),
+        ..Default::default()
+    })
 }
 
 fn main() {
@@ -103,16 +138,29 @@ fn main() {
         println!("floor ({} runs)", args.runs);
         report.add(FLOOR, "ms", floor::measure(args.runs));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
     if on("lifecycle") || on("starts") || on("images") {
         let env = btrfs_env("4GiB");
         if on("lifecycle") {
             println!("one container's life on btrfs ({} runs)", args.runs);
-            rt.block_on(lifecycle::measure(&env, Storage::Btrfs, args.runs, &mut report));
+            rt.block_on(lifecycle::measure(
+                &env,
+                Storage::Btrfs,
+                args.runs,
+                &mut report,
+            ));
         }
         if on("starts") {
             println!("50 starts in a row and at once");
-            rt.block_on(lifecycle::many_starts(&env, args.runs.div_ceil(10).max(3), &mut report));
+            rt.block_on(lifecycle::many_starts(
+                &env,
+                args.runs.div_ceil(10).max(3),
+                &mut report,
+            ));
         }
         if on("images") {
             println!("image import and launch from a cached image");
@@ -121,11 +169,23 @@ fn main() {
     }
     if on("dir") {
         println!("one container's life on dir ({} runs)", args.runs.min(10));
-        let env = Env::with(Options { storage: Some(Storage::Dir), daemon_args: bench_args(), ..Default::default() });
-        rt.block_on(lifecycle::measure(&env, Storage::Dir, args.runs.min(10), &mut report));
+        let env = Env::with(Options {
+            storage: Some(Storage::Dir),
+            daemon_args: bench_args(),
+            ..Default::default()
+        });
+        rt.block_on(lifecycle::measure(
+            &env,
+            Storage::Dir,
+            args.runs.min(10),
+            &mut report,
+        ));
     }
     if on("api") {
-        println!("calls and memory with {:?} containers defined", args.defined);
+        println!(
+            "calls and memory with {:?} containers defined",
+            args.defined
+        );
         let env = btrfs_env("8GiB");
         rt.block_on(scale::api(&env, &args.defined, args.runs, &mut report));
     }
@@ -138,7 +198,12 @@ fn main() {
         println!("stateful snapshots and restores against bare CRIU");
         let env = btrfs_env("4GiB");
         rt.block_on(checkpoint::measure(&env, args.runs.min(15), 0, &mut report));
-        rt.block_on(checkpoint::measure(&env, args.runs.clamp(3, 5), 200, &mut report));
+        rt.block_on(checkpoint::measure(
+            &env,
+            args.runs.clamp(3, 5),
+            200,
+            &mut report,
+        ));
     }
     report.print();
 }

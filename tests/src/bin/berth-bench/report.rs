@@ -58,7 +58,14 @@ pub struct Report {
 impl Report {
     /// Adds a figure without target or reference.
     pub fn add(&mut self, name: &str, unit: &'static str, samples: Vec<f64>) -> &mut Figure {
-        self.figures.push(Figure { name: name.into(), unit, samples, target: None, reference: None, peers: "" });
+        self.figures.push(Figure {
+            name: name.into(),
+            unit,
+            samples,
+            target: None,
+            reference: None,
+            peers: "",
+        });
         self.figures.last_mut().expect("just pushed")
     }
 
@@ -70,7 +77,10 @@ impl Report {
 
     /// The median of the figure called `name`.
     pub fn median(&self, name: &str) -> Option<f64> {
-        self.figures.iter().find(|f| f.name == name).map(Figure::median)
+        self.figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(Figure::median)
     }
 
     /// Whether `f` meets its target (None: no target, or its reference is missing).
@@ -136,9 +146,26 @@ impl Report {
                 println!("  {n}");
             }
         }
-        let missed: Vec<&str> = self.figures.iter().filter(|f| self.verdict(f) == Some(false)).map(|f| f.name.as_str()).collect();
-        let held = self.figures.iter().filter(|f| self.verdict(f) == Some(true)).count();
-        println!("\ntargets met: {held}, missed: {}{}", missed.len(), if missed.is_empty() { String::new() } else { format!(" ({})", missed.join("; ")) });
+        let missed: Vec<&str> = self
+            .figures
+            .iter()
+            .filter(|f| self.verdict(f) == Some(false))
+            .map(|f| f.name.as_str())
+            .collect();
+        let held = self
+            .figures
+            .iter()
+            .filter(|f| self.verdict(f) == Some(true))
+            .count();
+        println!(
+            "\ntargets met: {held}, missed: {}{}",
+            missed.len(),
+            if missed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", missed.join("; "))
+            }
+        );
     }
 }
 

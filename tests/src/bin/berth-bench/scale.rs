@@ -3,7 +3,10 @@
 //! once.
 
 use super::report::{Report, Target};
-use super::util::{Api, daemon_pid, host_file_cache_mib, host_unavailable_mib, host_used_mib, meminfo, meminfo_growth, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed};
+use super::util::{
+    Api, daemon_pid, host_file_cache_mib, host_unavailable_mib, host_used_mib, meminfo,
+    meminfo_growth, none, pss_mib, rss_mib, settle_memory, stop_daemon, timed,
+};
 use berth_tests::Env;
 use std::time::{Duration, Instant};
 
@@ -27,19 +30,35 @@ async fn cold_activation(env: &Env, api: &Api, runs: usize) -> Vec<f64> {
 pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report) {
     let api = Api::new(env).await;
     let cold = cold_activation(env, &api, runs.min(10)).await;
-    let f = report.add("cold activation to the first reply (1 image, 0 containers)", "ms", cold);
+    let f = report.add(
+        "cold activation to the first reply (1 image, 0 containers)",
+        "ms",
+        cold,
+    );
     f.target = Some(Target::Max(50.0));
     api.m.list_containers().await.expect("list");
     std::thread::sleep(Duration::from_millis(300));
-    report.add("berthd RSS, 0 containers defined", "MB", vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB]).target = Some(Target::Max(30.0));
+    report
+        .add(
+            "berthd RSS, 0 containers defined",
+            "MB",
+            vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB],
+        )
+        .target = Some(Target::Max(30.0));
     let mut made = 0usize;
     for &n in defined {
         let t0 = Instant::now();
         while made < n {
-            api.m.create_container(&format!("d{made:04}"), "busybox", &none()).await.unwrap_or_else(|e| panic!("create container {made}: {e}"));
+            api.m
+                .create_container(&format!("d{made:04}"), "busybox", &none())
+                .await
+                .unwrap_or_else(|e| panic!("create container {made}: {e}"));
             made += 1;
         }
-        println!("  {n} containers defined ({:.1} s to create them)", t0.elapsed().as_secs_f64());
+        println!(
+            "  {n} containers defined ({:.1} s to create them)",
+            t0.elapsed().as_secs_f64()
+        );
         let mut get = Vec::new();
         for i in 0..200 {
             let (t, r) = timed(api.m.get_container(&format!("d{:04}", i % n))).await;
@@ -59,20 +78,37 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
             f.target = Some(Target::Max(10.0));
             f.peers = "incus list of 200: 1660";
         }
-        let f = report.add(&format!("berthd RSS, {n} containers defined"), "MB", vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB]);
+        let f = report.add(
+            &format!("berthd RSS, {n} containers defined"),
+            "MB",
+            vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB],
+        );
         f.target = Some(Target::Max(30.0));
         f.peers = "incusd 147–385";
     }
     if let Some(&n) = defined.last() {
         let cold = cold_activation(env, &api, runs.min(5)).await;
-        report.add(&format!("cold activation to the first reply, {n} defined"), "ms", cold);
+        report.add(
+            &format!("cold activation to the first reply, {n} defined"),
+            "ms",
+            cold,
+        );
         api.m.list_containers().await.expect("list");
         std::thread::sleep(Duration::from_millis(300));
-        report.add(&format!("berthd RSS after a restart, {n} defined"), "MB", vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB]);
+        report.add(
+            &format!("berthd RSS after a restart, {n} defined"),
+            "MB",
+            vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB],
+        );
     }
-    report.note("varlink: berth has no varlink service yet, so its call latencies are not measured".into());
+    report.note(
+        "varlink: berth has no varlink service yet, so its call latencies are not measured".into(),
+    );
     for i in 0..made {
-        api.m.delete_container(&format!("d{i:04}"), &none()).await.expect("delete");
+        api.m
+            .delete_container(&format!("d{i:04}"), &none())
+            .await
+            .expect("delete");
     }
 }
 
@@ -83,7 +119,11 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     api.m.list_containers().await.expect("list");
     let first = 200.min(max);
     settle_memory();
-    let (base, base_unavailable, base_cache) = (host_used_mib(), host_unavailable_mib(), host_file_cache_mib());
+    let (base, base_unavailable, base_cache) = (
+        host_used_mib(),
+        host_unavailable_mib(),
+        host_file_cache_mib(),
+    );
     let before = meminfo();
     let mut each = Vec::new();
     let t0 = Instant::now();
@@ -93,7 +133,11 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
         each.push(t);
     }
     let total = t0.elapsed().as_secs_f64();
-    let f = report.add(&format!("launch {first} busybox containers in a row (total)"), "s", vec![total]);
+    let f = report.add(
+        &format!("launch {first} busybox containers in a row (total)"),
+        "s",
+        vec![total],
+    );
     f.target = Some(Target::Max(5.0));
     f.peers = "Incus 97";
     report.add("launch (create + start), one of those", "ms", each);
@@ -101,22 +145,54 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
     std::thread::sleep(Duration::from_millis(2500));
     settle_memory();
     let used = (host_used_mib() - base) * MB;
-    report.note(format!("host memory per running container, kB: {}", meminfo_growth(&before, &meminfo(), first)));
-    let f = report.add(&format!("host memory for {first} running busybox containers (used: total − free − buff/cache)"), "MB", vec![used]);
+    report.note(format!(
+        "host memory per running container, kB: {}",
+        meminfo_growth(&before, &meminfo(), first)
+    ));
+    let f = report.add(
+        &format!(
+            "host memory for {first} running busybox containers (used: total − free − buff/cache)"
+        ),
+        "MB",
+        vec![used],
+    );
     f.target = Some(Target::Max(250.0));
     f.peers = "LXC 258, Incus 3070";
-    report.add("  the same as MemTotal − MemAvailable (caches dropped)", "MB", vec![(host_unavailable_mib() - base_unavailable) * MB]);
-    report.add("  page cache they add (reclaimable; each rootfs's own busybox)", "MB", vec![(host_file_cache_mib() - base_cache) * MB]);
+    report.add(
+        "  the same as MemTotal − MemAvailable (caches dropped)",
+        "MB",
+        vec![(host_unavailable_mib() - base_unavailable) * MB],
+    );
+    report.add(
+        "  page cache they add (reclaimable; each rootfs's own busybox)",
+        "MB",
+        vec![(host_file_cache_mib() - base_cache) * MB],
+    );
     // asking a monitor for its pid wakes it: read the memory once they are idle again
-    let monitors: Vec<i32> = (0..first).filter_map(|i| env.monitor_status(&format!("r{i:03}"))).map(|s| s.monitor_pid).collect();
+    let monitors: Vec<i32> = (0..first)
+        .filter_map(|i| env.monitor_status(&format!("r{i:03}")))
+        .map(|s| s.monitor_pid)
+        .collect();
     std::thread::sleep(Duration::from_millis(2500));
-    let rss: Vec<f64> = monitors.iter().filter_map(|&p| rss_mib(p)).map(|m| m * MB).collect();
-    let pss: Vec<f64> = monitors.iter().filter_map(|&p| pss_mib(p)).map(|m| m * MB).collect();
+    let rss: Vec<f64> = monitors
+        .iter()
+        .filter_map(|&p| rss_mib(p))
+        .map(|m| m * MB)
+        .collect();
+    let pss: Vec<f64> = monitors
+        .iter()
+        .filter_map(|&p| pss_mib(p))
+        .map(|m| m * MB)
+        .collect();
     let f = report.add("monitor RSS per running container (idle)", "MB", rss);
     f.target = Some(Target::Max(1.0));
     f.peers = "LXC 0.4, Incus 13";
     report.add("monitor PSS per running container (idle)", "MB", pss);
-    report.add(&format!("berthd RSS, {first} containers running"), "MB", vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB]);
+    report.add(
+        &format!("berthd RSS, {first} containers running"),
+        "MB",
+        vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB],
+    );
     let mut n = first;
     let mut failure = None;
     while n < max {
@@ -128,16 +204,33 @@ pub async fn running(env: &Env, max: usize, report: &mut Report) {
             }
         }
     }
-    let running = api.m.list_containers().await.expect("list").iter().filter(|c| c.status == "Running").count();
-    let f = report.add(&format!("busybox containers running at once (stop at {max})"), "count", vec![running as f64]);
+    let running = api
+        .m
+        .list_containers()
+        .await
+        .expect("list")
+        .iter()
+        .filter(|c| c.status == "Running")
+        .count();
+    let f = report.add(
+        &format!("busybox containers running at once (stop at {max})"),
+        "count",
+        vec![running as f64],
+    );
     f.target = Some(Target::Min(max as f64));
     match failure {
         Some(e) => report.note(format!("launch number {} failed: {e}", n + 1)),
-        None => report.note(format!("{running} containers ran at once; berthd RSS {:.1} MB", rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB)),
+        None => report.note(format!(
+            "{running} containers ran at once; berthd RSS {:.1} MB",
+            rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB
+        )),
     }
     let t0 = Instant::now();
     for i in 0..n {
         api.delete(&format!("r{i:03}")).await;
     }
-    println!("  deleted {n} running containers in {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "  deleted {n} running containers in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -5,9 +5,9 @@ use berth_interfaces::client::{ContainerProxy, ManagerProxy, SnapshotProxy};
 use berth_tests::Env;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use zbus::OwnedObjectPath;
 use zbus::Variant;
 use zbus::proxy::CacheProperties;
-use zbus::OwnedObjectPath;
 
 /// Options for a D-Bus method.
 pub type Opts = HashMap<&'static str, Variant<'static>>;
@@ -45,36 +45,63 @@ pub struct Api {
 impl Api {
     /// Connects to the environment's private bus (berthd is activated by the first call).
     pub async fn new(env: &Env) -> Api {
-        let conn = zbus::connection::Builder::address(env.bus.as_str()).build().await.expect("connect to the private bus");
-        let m = ManagerProxy::builder(&conn).cache_properties(CacheProperties::No).build().await.expect("manager proxy");
+        let conn = zbus::connection::Builder::address(env.bus.as_str())
+            .build()
+            .await
+            .expect("connect to the private bus");
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .expect("manager proxy");
         Api { conn, m }
     }
 
     /// The Container object at `path`.
     pub async fn container(&self, path: OwnedObjectPath) -> ContainerProxy<'static> {
-        ContainerProxy::builder(&self.conn).path(path).cache_properties(CacheProperties::No).build().await.expect("container proxy")
+        ContainerProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .expect("container proxy")
     }
 
     /// The Snapshot object at `path`.
     pub async fn snapshot(&self, path: OwnedObjectPath) -> SnapshotProxy<'static> {
-        SnapshotProxy::builder(&self.conn).path(path).cache_properties(CacheProperties::No).build().await.expect("snapshot proxy")
+        SnapshotProxy::builder(&self.conn)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .expect("snapshot proxy")
     }
 
     /// Creates and starts `name` from the busybox image.
     pub async fn launch(&self, name: &str) -> zbus::Result<OwnedObjectPath> {
-        self.m.create_container(name, "busybox", &flag("start")).await
+        self.m
+            .create_container(name, "busybox", &flag("start"))
+            .await
     }
 
     /// Deletes `name`, running or not.
     pub async fn delete(&self, name: &str) {
-        self.m.delete_container(name, &flag("force")).await.unwrap_or_else(|e| panic!("delete {name}: {e}"));
+        self.m
+            .delete_container(name, &flag("force"))
+            .await
+            .unwrap_or_else(|e| panic!("delete {name}: {e}"));
     }
 }
 
 /// A kernel figure from `/proc/<pid>/<file>` (`VmRSS:` of status, `Pss:` of smaps_rollup), KiB.
 fn proc_kib(pid: i32, file: &str, key: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    s.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Resident set of a process, MiB.
@@ -90,10 +117,13 @@ pub fn pss_mib(pid: i32) -> Option<f64> {
 /// /proc/meminfo as kB by field, and [`PER_CPU_FREE`] read at the same time.
 pub fn meminfo() -> std::collections::HashMap<String, f64> {
     let s = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mut m: std::collections::HashMap<String, f64> = s.lines().filter_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
-    }).collect();
+    let mut m: std::collections::HashMap<String, f64> = s
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.split_whitespace().next()?.parse().ok()?))
+        })
+        .collect();
     m.insert(PER_CPU_FREE.to_string(), per_cpu_free_kib());
     m
 }
@@ -103,22 +133,61 @@ pub const PER_CPU_FREE: &str = "PerCpuFree";
 
 /// What grew between two meminfo readings, per one of `n` things, in the fields that tell
 /// where host memory goes.
-pub fn meminfo_growth(before: &std::collections::HashMap<String, f64>, after: &std::collections::HashMap<String, f64>, n: usize) -> String {
-    let per = |k: &str| (after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0)) / n.max(1) as f64;
-    ["AnonPages", "Shmem", "Mapped", "Active(file)", "Inactive(file)", "SUnreclaim", "SReclaimable", "PageTables", "KernelStack", "VmallocUsed", "Percpu", "MemFree", PER_CPU_FREE, "MemAvailable"]
-        .iter()
-        .map(|k| format!("{k} {:+.0}", per(k)))
-        .chain(std::iter::once(format!("named by no counter {:+.0}", unnamed(before, after) / n.max(1) as f64)))
-        .collect::<Vec<_>>()
-        .join(", ")
+pub fn meminfo_growth(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    n: usize,
+) -> String {
+    let per =
+        |k: &str| (after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0)) / n.max(1) as f64;
+    [
+        "AnonPages",
+        "Shmem",
+        "Mapped",
+        "Active(file)",
+        "Inactive(file)",
+        "SUnreclaim",
+        "SReclaimable",
+        "PageTables",
+        "KernelStack",
+        "VmallocUsed",
+        "Percpu",
+        "MemFree",
+        PER_CPU_FREE,
+        "MemAvailable",
+    ]
+    .iter()
+    .map(|k| format!("{k} {:+.0}", per(k)))
+    .chain(std::iter::once(format!(
+        "named by no counter {:+.0}",
+        unnamed(before, after) / n.max(1) as f64
+    )))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 /// Memory taken between two readings that no field of /proc/meminfo names, kB: what left the
 /// free lists less anon, page cache, slab, page tables and vmalloc (kernel stacks are vmalloc).
-fn unnamed(before: &std::collections::HashMap<String, f64>, after: &std::collections::HashMap<String, f64>) -> f64 {
+fn unnamed(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+) -> f64 {
     let d = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
     let taken = -(d("MemFree") + d(PER_CPU_FREE));
-    taken - ["AnonPages", "Buffers", "Cached", "SReclaimable", "SUnreclaim", "PageTables", "VmallocUsed", "Percpu"].iter().map(|k| d(k)).sum::<f64>()
+    taken
+        - [
+            "AnonPages",
+            "Buffers",
+            "Cached",
+            "SReclaimable",
+            "SUnreclaim",
+            "PageTables",
+            "VmallocUsed",
+            "Percpu",
+        ]
+        .iter()
+        .map(|k| d(k))
+        .sum::<f64>()
 }
 
 /// Host memory in use, MiB, as `free` shows it: total − free − buff/cache (the "used" column
@@ -130,14 +199,24 @@ fn unnamed(before: &std::collections::HashMap<String, f64>, after: &std::collect
 pub fn host_used_mib() -> f64 {
     let m = meminfo();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
-    (get("MemTotal") - get("MemFree") - get(PER_CPU_FREE) - get("Buffers") - get("Cached") - get("SReclaimable") + get("Shmem")) / 1024.0
+    (get("MemTotal")
+        - get("MemFree")
+        - get(PER_CPU_FREE)
+        - get("Buffers")
+        - get("Cached")
+        - get("SReclaimable")
+        + get("Shmem"))
+        / 1024.0
 }
 
 /// Free pages on the page allocator's per-CPU lists (the `count:` of every zone's pagesets in
 /// /proc/zoneinfo), kB.
 pub fn per_cpu_free_kib() -> f64 {
     let s = std::fs::read_to_string("/proc/zoneinfo").unwrap_or_default();
-    let pages: f64 = s.lines().filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<f64>().ok()).sum();
+    let pages: f64 = s
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("count:")?.trim().parse::<f64>().ok())
+        .sum();
     // SAFETY: sysconf has no memory-safety preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as f64;
     pages * page / 1024.0
@@ -155,7 +234,9 @@ pub fn host_unavailable_mib() -> f64 {
 /// Page cache of files, MiB.
 pub fn host_file_cache_mib() -> f64 {
     let m = meminfo();
-    (m.get("Active(file)").copied().unwrap_or(0.0) + m.get("Inactive(file)").copied().unwrap_or(0.0)) / 1024.0
+    (m.get("Active(file)").copied().unwrap_or(0.0)
+        + m.get("Inactive(file)").copied().unwrap_or(0.0))
+        / 1024.0
 }
 
 /// Drops clean caches so that memory readings compare like with like.
@@ -178,7 +259,11 @@ pub fn stop_daemon(env: &Env) {
     if let Some(pid) = env.daemon_pid() {
         // SAFETY: kill(2) on berthd's pid.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-        berth_tests::wait_for(Duration::from_secs(30), "berthd to exit", || !env.name_owned("org.berth.Berth1"));
-        berth_tests::wait_for(Duration::from_secs(10), "berthd's process to end", || !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        berth_tests::wait_for(Duration::from_secs(30), "berthd to exit", || {
+            !env.name_owned("org.berth.Berth1")
+        });
+        berth_tests::wait_for(Duration::from_secs(10), "berthd's process to end", || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
     }
 }
