@@ -24,6 +24,29 @@ pub fn cpath(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
+/// Size and space of a file system.
+#[derive(Debug, Clone, Copy)]
+pub struct FsSpace {
+    /// Bytes in all.
+    pub total: u64,
+    /// Bytes an unprivileged writer may still use.
+    pub available: u64,
+}
+
+/// statvfs(2) of the file system holding `path`.
+pub fn fs_space(path: &Path) -> io::Result<FsSpace> {
+    let c = cpath(path)?;
+    // SAFETY: statvfs is plain data.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string and st a valid out-pointer.
+    cvt(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
+    let frsize = st.f_frsize as u64;
+    Ok(FsSpace {
+        total: st.f_blocks as u64 * frsize,
+        available: st.f_bavail as u64 * frsize,
+    })
+}
+
 /// What `clone3` returned: we are the child, or the parent with the child's pid and pidfd.
 #[derive(Debug)]
 pub enum Forked {

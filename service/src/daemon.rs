@@ -25,16 +25,7 @@ fn ensure_dir(p: &Path, mode: u32) -> Result<(), String> {
 
 /// LXD's default loop size: 20% of the free space, between 5 and 30 GiB.
 fn default_loop_size(dir: &Path) -> u64 {
-    let free = berth_runtime::sys::cpath(dir)
-        .ok()
-        .and_then(|c| {
-            // SAFETY: statvfs is plain data; c is a valid C string.
-            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-            // SAFETY: valid pointers.
-            (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0)
-                .then(|| st.f_bavail as u64 * st.f_frsize as u64)
-        })
-        .unwrap_or(0);
+    let free = berth_runtime::sys::fs_space(dir).map_or(0, |s| s.available);
     (free / 5).clamp(5 << 30, 30 << 30)
 }
 

@@ -390,30 +390,12 @@ fn file_size(f: &std::fs::File) -> Option<u64> {
 
 /// Free bytes of the filesystem holding `p`.
 pub fn free_bytes(p: &Path) -> u64 {
-    let Ok(c) = crate::sys::cpath(p) else {
-        return 0;
-    };
-    // SAFETY: statvfs is plain data.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
-    }
-    st.f_bavail as u64 * st.f_frsize as u64
+    crate::sys::fs_space(p).map_or(0, |s| s.available)
 }
 
 /// What an import leaves free on the file system at `p`: 5% of it, at most 1 GiB.
 fn reserve_of(p: &Path) -> u64 {
-    let Ok(c) = crate::sys::cpath(p) else {
-        return 0;
-    };
-    // SAFETY: statvfs is plain data.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return 0;
-    }
-    (st.f_blocks as u64 * st.f_frsize as u64 / 20).min(1 << 30)
+    crate::sys::fs_space(p).map_or(0, |s| (s.total / 20).min(1 << 30))
 }
 
 /// Whether `a` and `b` are on one file system.
