@@ -287,6 +287,7 @@ impl HostRuntime {
             conn.call(&Request::Checkpointing { active: true })?;
         }
         let freezer = cg.freezer_dir();
+        let cgroup2 = cg.unified_dir();
         let mut volume_bytes = 0u64;
         let mut frozen_us = 0u64;
         let (mut freeze_us, mut files_us) = (0u128, 0u128);
@@ -322,6 +323,7 @@ impl HostRuntime {
                     log: "criu-dump.log",
                     leave_running: !stop,
                     freeze_cgroup: freezer.as_deref(),
+                    cgroup2: cgroup2.as_deref(),
                     console: Path::new(&status.console),
                     criu_version: &version,
                 },

@@ -311,6 +311,15 @@ pub enum Placement {
 
 /// The child of a unit's group that holds the container (its cgroup namespace root).
 pub const PAYLOAD: &str = "payload";
+
+/// The leaf below a container's cgroup that processes joining it (exec) use when the
+/// container's own init has made its group an inner node (cgroup v2).
+pub const EXEC_LEAF: &str = ".berth-exec";
+
+/// Whether the cgroup v2 group `dir` hands controllers to its children.
+fn has_subtree_control(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|c| !c.trim().is_empty())
+}
 /// The child of a unit's group that holds the container's monitor.
 pub const MONITOR: &str = "monitor";
 
@@ -485,12 +494,33 @@ impl ContainerCgroups {
     }
 
     /// Moves `pid` into the container's cgroups (`0` = the calling process).
+    ///
+    /// On cgroup v2, a container whose init has enabled controllers for its children (a
+    /// systemd inside does, at boot) may hold no process itself (the "no internal processes"
+    /// rule: the kernel answers EBUSY). The process then goes into the leaf [`EXEC_LEAF`]
+    /// below it, made on first use and delegated like the container's own group, as LXC's
+    /// attach uses `.lxc`. Limits, the device program and freezing hold there too.
     pub fn attach(&self, pid: libc::pid_t) -> Result<()> {
         let s = pid.to_string();
         for d in self.dirs() {
             let p = d.join("cgroup.procs");
-            crate::sys::write_file(&p, s.as_bytes())
-                .step(|| format!("join cgroup {}", d.display()))?;
+            match crate::sys::write_file(&p, s.as_bytes()) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_subtree_control(&d) => {}
+                Err(e) => return Err(Error::os(format!("join cgroup {}", d.display()), e)),
+            }
+            let leaf = d.join(EXEC_LEAF);
+            match std::fs::create_dir(&leaf) {
+                Ok(()) => {
+                    if let Some((uid, gid)) = self.owner {
+                        delegate(&leaf, uid, gid)?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::os(format!("create cgroup {}", leaf.display()), e)),
+            }
+            crate::sys::write_file(&leaf.join("cgroup.procs"), s.as_bytes())
+                .step(|| format!("join cgroup {}", leaf.display()))?;
         }
         Ok(())
     }
@@ -591,6 +621,11 @@ impl ContainerCgroups {
             }
             ProcessLimit::Default(_) => Ok(()),
         }
+    }
+
+    /// The container's cgroup v2 group, if the host has a v2 hierarchy.
+    pub fn unified_dir(&self) -> Option<PathBuf> {
+        self.dir_in(self.layout.unified()?)
     }
 
     /// The group that freezes the container: the v1 `freezer` hierarchy's, else the v2 one's

@@ -33,6 +33,8 @@ pub struct DumpPlan<'a> {
     pub leave_running: bool,
     /// The container's freezer cgroup (v1 `freezer` or the v2 group), already frozen.
     pub freeze_cgroup: Option<&'a Path>,
+    /// The container's cgroup v2 group, if it has one.
+    pub cgroup2: Option<&'a Path>,
     /// Host path of the container's console pty slave.
     pub console: &'a Path,
     /// The CRIU version (recorded with the images).
@@ -138,6 +140,11 @@ pub fn dump(
         criu_version: plan.criu_version.to_string(),
         created_at_us: crate::monitor::proto::now_us(),
         memory_bytes,
+        subtree_control: plan
+            .cgroup2
+            .and_then(|d| std::fs::read_to_string(d.join("cgroup.subtree_control")).ok())
+            .map(|c| c.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
     };
     let data = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     std::fs::write(plan.images.join(META_FILE), data).map_err(|e| Failure {

@@ -52,6 +52,13 @@ pub struct CheckpointMeta {
     pub created_at_us: u64,
     /// Bytes of memory pages dumped.
     pub memory_bytes: u64,
+    /// The controllers the container's cgroup v2 group handed to its children at dump time
+    /// (a systemd inside enables them at boot). CRIU recreates the groups below it but, in
+    /// its default mode, restores no property of a group it did not create, so the restore
+    /// enables these first: without them a child lacks `memory.events` and the like, and
+    /// CRIU cannot reopen an inotify watch on one (systemd keeps such watches).
+    #[serde(default)]
+    pub subtree_control: Vec<String>,
 }
 
 /// The file holding [`CheckpointMeta`] in an images directory.

@@ -18,6 +18,28 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+/// Hands `controllers` (as recorded at dump) to the children of the cgroup v2 group `dir`,
+/// those of them the group has: a host without one cannot give it, and CRIU then reports what
+/// needed it.
+fn enable_subtree_control(dir: &Path, controllers: &[String]) -> std::io::Result<()> {
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let have = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+    let want: Vec<String> = controllers
+        .iter()
+        .filter(|c| have.split_whitespace().any(|h| h == c.as_str()))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if want.is_empty() {
+        return Ok(());
+    }
+    sys::write_file(
+        &dir.join("cgroup.subtree_control"),
+        want.join(" ").as_bytes(),
+    )
+}
+
 /// Where a restore reads from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePlan {
@@ -97,6 +119,10 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
         r.set_ctrl(h.v1_options.clone().unwrap_or_default());
         r.set_path(spec.cgroups.relative_dir());
         o.cg_root.push(r);
+    }
+    if let Some(dir) = spec.cgroups.unified_dir() {
+        enable_subtree_control(&dir, &meta.subtree_control)
+            .map_err(|e| fail("enable the controllers the container's init had enabled", e))?;
     }
     let mut req = rpc::Criu_req::new();
     req.set_type(rpc::Criu_req_type::RESTORE);
@@ -214,5 +240,26 @@ impl Drop for RootMount {
             let _ = sys::umount2(&self.path, libc::MNT_DETACH);
             let _ = std::fs::remove_dir(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_hands_on_the_recorded_controllers_the_group_has() {
+        let dir = std::env::temp_dir().join(format!("berth-subtree-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = dir.join("cgroup.subtree_control");
+        std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(&control, "").unwrap();
+        // nothing recorded (v1, a hybrid host, an init that enabled none): nothing written
+        enable_subtree_control(&dir, &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(&control).unwrap(), "");
+        let recorded = ["memory", "io", "pids"].map(String::from);
+        enable_subtree_control(&dir, &recorded).unwrap();
+        assert_eq!(std::fs::read_to_string(&control).unwrap(), "+memory +pids");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
