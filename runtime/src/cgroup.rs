@@ -745,6 +745,112 @@ impl ContainerCgroups {
     }
 }
 
+/// One group of a container's cgroup v2 tree, as a checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeGroup {
+    /// Its path below the container's group ("" for that group itself).
+    pub path: String,
+    /// The controllers it hands to its children.
+    pub subtree_control: Vec<String>,
+}
+
+/// At most this many groups are recorded of a container's tree (a systemd has a few dozen).
+const TREE_MAX: usize = 4096;
+
+/// The groups of the cgroup v2 tree at `dir` (itself first), parents before their children.
+/// What cannot be read is left out.
+pub fn record_tree(dir: &Path) -> Vec<TreeGroup> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        if out.len() >= TREE_MAX {
+            break;
+        }
+        let abs = dir.join(&rel);
+        let Ok(control) = std::fs::read_to_string(abs.join("cgroup.subtree_control")) else {
+            continue;
+        };
+        let Some(path) = rel.to_str() else { continue };
+        out.push(TreeGroup {
+            path: path.to_string(),
+            subtree_control: control.split_whitespace().map(str::to_string).collect(),
+        });
+        if let Ok(rd) = std::fs::read_dir(&abs) {
+            let mut children: Vec<PathBuf> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| rel.join(e.file_name()))
+                .collect();
+            children.sort();
+            // popped in order, each after its parent
+            todo.extend(children.into_iter().rev());
+        }
+    }
+    out
+}
+
+/// Rebuilds below the cgroup v2 group `dir` the groups of `tree` that are missing (owned, with
+/// their files, as `dir` is: by the container's root, who made them) and hands each group's
+/// recorded controllers to its children, those it has. Parents first; every group but the
+/// leaves must hold no process yet. For a restore: CRIU recreates only the groups that held
+/// processes, and sets their controllers only after it reopened the files in them, while a
+/// systemd inside watches `cgroup.events` of empty groups and `memory.events` of every unit.
+pub fn rebuild_tree(dir: &Path, tree: &[TreeGroup]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).step(|| format!("stat {}", dir.display()))?;
+    for g in tree {
+        let rel = Path::new(&g.path);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Invalid(format!(
+                "a recorded cgroup path {:?} is not below the container's group",
+                g.path
+            )));
+        }
+        let p = dir.join(rel);
+        match std::fs::create_dir(&p) {
+            Ok(()) => chown_group(&p, owner.uid(), owner.gid())?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::os(format!("create cgroup {}", p.display()), e)),
+        }
+        if g.subtree_control.is_empty() {
+            continue;
+        }
+        let have = std::fs::read_to_string(p.join("cgroup.controllers"))
+            .step(|| format!("read {}", p.join("cgroup.controllers").display()))?;
+        let want: Vec<String> = g
+            .subtree_control
+            .iter()
+            .filter(|c| have.split_whitespace().any(|h| h == c.as_str()))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !want.is_empty() {
+            let f = p.join("cgroup.subtree_control");
+            crate::sys::write_file(&f, want.join(" ").as_bytes())
+                .step(|| format!("enable {} in {}", want.join(" "), f.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives the group `dir` and all its files to `uid`:`gid`.
+fn chown_group(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .step(|| format!("chown {}", dir.display()))?;
+    for e in std::fs::read_dir(dir)
+        .step(|| format!("read {}", dir.display()))?
+        .flatten()
+    {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            std::os::unix::fs::chown(e.path(), Some(uid), Some(gid))
+                .step(|| format!("chown {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Files of a group its owner may write to manage groups below it (not its own limits).
 const DELEGATED: &[&str] = &[
     "cgroup.procs",
@@ -991,6 +1097,55 @@ mod tests {
             old.monitor_procs(),
             [Path::new("/sys/fs/cgroup/berth.monitor/cgroup.procs")]
         );
+    }
+
+    #[test]
+    fn a_recorded_tree_is_rebuilt_parents_first_with_its_controllers() {
+        let base = std::env::temp_dir().join(format!("berth-cg-tree-{}", std::process::id()));
+        let (old, new) = (base.join("old"), base.join("new"));
+        let group = |root: &Path, rel: &str, control: &str| {
+            let d = root.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.subtree_control"), control).unwrap();
+            std::fs::write(d.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        };
+        group(&old, "", "memory pids\n");
+        group(&old, "init.scope", "");
+        group(&old, "system.slice", "memory io\n");
+        group(&old, "system.slice/system-getty.slice", "");
+        group(&old, "system.slice/dbus.service", "");
+        let tree = record_tree(&old);
+        let paths: Vec<&str> = tree.iter().map(|g| g.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "",
+                "init.scope",
+                "system.slice",
+                "system.slice/dbus.service",
+                "system.slice/system-getty.slice"
+            ]
+        );
+        assert_eq!(tree[2].subtree_control, ["memory", "io"]);
+        // what CRIU made (the groups that held processes) is there, the rest is not
+        group(&new, "", "");
+        group(&new, "system.slice", "");
+        group(&new, "system.slice/dbus.service", "");
+        rebuild_tree(&new, &tree).unwrap();
+        let read = |rel: &str| std::fs::read_to_string(new.join(rel)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+memory +pids");
+        // io is not among the group's controllers here: left out
+        assert_eq!(read("system.slice/cgroup.subtree_control"), "+memory");
+        assert!(new.join("init.scope").is_dir());
+        assert!(new.join("system.slice/system-getty.slice").is_dir());
+        // a path from the record never leads out of the container's group
+        let evil = [TreeGroup {
+            path: "../escape".into(),
+            subtree_control: vec![],
+        }];
+        assert!(rebuild_tree(&new, &evil).is_err());
+        assert!(!base.join("escape").exists());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

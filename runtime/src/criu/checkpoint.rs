@@ -140,10 +140,9 @@ pub fn dump(
         criu_version: plan.criu_version.to_string(),
         created_at_us: crate::monitor::proto::now_us(),
         memory_bytes,
-        subtree_control: plan
+        cgroup_tree: plan
             .cgroup2
-            .and_then(|d| std::fs::read_to_string(d.join("cgroup.subtree_control")).ok())
-            .map(|c| c.split_whitespace().map(str::to_string).collect())
+            .map(crate::cgroup::record_tree)
             .unwrap_or_default(),
     };
     let data = serde_json::to_vec_pretty(&meta).unwrap_or_default();

@@ -52,13 +52,16 @@ pub struct CheckpointMeta {
     pub created_at_us: u64,
     /// Bytes of memory pages dumped.
     pub memory_bytes: u64,
-    /// The controllers the container's cgroup v2 group handed to its children at dump time
-    /// (a systemd inside enables them at boot). CRIU recreates the groups below it but, in
-    /// its default mode, restores no property of a group it did not create, so the restore
-    /// enables these first: without them a child lacks `memory.events` and the like, and
-    /// CRIU cannot reopen an inotify watch on one (systemd keeps such watches).
+    /// The container's cgroup v2 tree at dump time, with the controllers each group handed
+    /// to its children (a systemd inside makes groups and enables controllers at boot). CRIU
+    /// recreates only the groups that held processes, restores no property of the
+    /// container's own group (it exists), and the properties of the others only after it
+    /// reopened the files in them: the restore rebuilds this tree once CRIU's root task has
+    /// left the container's group (it enters it to root its cgroup namespace). Without it
+    /// CRIU cannot reopen systemd's inotify watches on `cgroup.events` of empty groups and
+    /// `memory.events` of its units.
     #[serde(default)]
-    pub subtree_control: Vec<String>,
+    pub cgroup_tree: Vec<crate::cgroup::TreeGroup>,
 }
 
 /// The file holding [`CheckpointMeta`] in an images directory.

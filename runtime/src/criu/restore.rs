@@ -4,8 +4,9 @@
 //! The monitor prepares what CRIU cannot: a new console pty whose slave stands in for the
 //! dump-time console (two inherited fds, one per external tty key, since CRIU takes each into
 //! its fd store), an idmapped mount of the rootfs as `root` (CRIU does not preserve idmapped
-//! mounts), the container's cgroups as per-controller roots, and, in the `setup-namespaces`
-//! notification, the veth and addresses of the empty network namespace CRIU created.
+//! mounts), the container's cgroups as per-controller roots, in the `setup-namespaces`
+//! notification the veth and addresses of the empty network namespace CRIU created, and in the
+//! `post-setup-namespaces` one the container's cgroup tree as it was (see `CheckpointMeta`).
 
 use super::{CheckpointMeta, DEV_MOUNTS, META_FILE, base_opts, call, ext_mount, failure, open_dir};
 use crate::error::{Error, Result};
@@ -17,28 +18,6 @@ use rust_criu::rust_criu_protobuf::rpc;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
-/// Hands `controllers` (as recorded at dump) to the children of the cgroup v2 group `dir`,
-/// those of them the group has: a host without one cannot give it, and CRIU then reports what
-/// needed it.
-fn enable_subtree_control(dir: &Path, controllers: &[String]) -> std::io::Result<()> {
-    if controllers.is_empty() {
-        return Ok(());
-    }
-    let have = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
-    let want: Vec<String> = controllers
-        .iter()
-        .filter(|c| have.split_whitespace().any(|h| h == c.as_str()))
-        .map(|c| format!("+{c}"))
-        .collect();
-    if want.is_empty() {
-        return Ok(());
-    }
-    sys::write_file(
-        &dir.join("cgroup.subtree_control"),
-        want.join(" ").as_bytes(),
-    )
-}
 
 /// Where a restore reads from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,10 +99,6 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
         r.set_path(spec.cgroups.relative_dir());
         o.cg_root.push(r);
     }
-    if let Some(dir) = spec.cgroups.unified_dir() {
-        enable_subtree_control(&dir, &meta.subtree_control)
-            .map_err(|e| fail("enable the controllers the container's init had enabled", e))?;
-    }
     let mut req = rpc::Criu_req::new();
     req.set_type(rpc::Criu_req_type::RESTORE);
     req.opts = MessageField::some(o);
@@ -135,7 +110,21 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
         if n.script() == "setup-namespaces"
             && let Err(e) = network(spec, n.pid())
         {
-            hook_error = Some(e.to_string());
+            hook_error = Some(format!("setting up the network: {e}"));
+            return false;
+        }
+        // The root task has set up its cgroup namespace (in the container's group, which must
+        // then hold no controllers for children) and moved on into its own group; no other
+        // task exists yet: the last moment to hand the controllers on before CRIU moves the
+        // others into child groups and reopens files in them.
+        if n.script() == "post-setup-namespaces"
+            && let Some(dir) = spec.cgroups.unified_dir()
+            && let Err(e) = crate::cgroup::rebuild_tree(&dir, &meta.cgroup_tree)
+        {
+            hook_error = Some(format!(
+                "rebuilding the container's cgroup tree in {}: {e}",
+                dir.display()
+            ));
             return false;
         }
         true
@@ -145,10 +134,7 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     let log = spec.run_dir.join(&plan.log);
     if let Some(e) = hook_error {
         return Err(Error::Setup {
-            step: format!(
-                "restore (setting up the network): {e} (log: {})",
-                log.display()
-            ),
+            step: format!("restore ({e}) (log: {})", log.display()),
             errno: 0,
         });
     }
@@ -240,26 +226,5 @@ impl Drop for RootMount {
             let _ = sys::umount2(&self.path, libc::MNT_DETACH);
             let _ = std::fs::remove_dir(&self.path);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_restore_hands_on_the_recorded_controllers_the_group_has() {
-        let dir = std::env::temp_dir().join(format!("berth-subtree-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = dir.join("cgroup.subtree_control");
-        std::fs::write(dir.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
-        std::fs::write(&control, "").unwrap();
-        // nothing recorded (v1, a hybrid host, an init that enabled none): nothing written
-        enable_subtree_control(&dir, &[]).unwrap();
-        assert_eq!(std::fs::read_to_string(&control).unwrap(), "");
-        let recorded = ["memory", "io", "pids"].map(String::from);
-        enable_subtree_control(&dir, &recorded).unwrap();
-        assert_eq!(std::fs::read_to_string(&control).unwrap(), "+memory +pids");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

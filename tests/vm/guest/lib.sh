@@ -51,6 +51,13 @@ diagnostics() {
     tail -n 20 "${d}monitor.log" 2>/dev/null || true
     echo "-- ${d}console.log (last 10)"
     tail -n 10 "${d}console.log" 2>/dev/null || true
+    local f
+    for f in "$d"criu-*.log; do
+      [ -f "$f" ] || continue
+      echo "-- $f (errors and last 30)"
+      grep -E 'Error|Warn|fsnotify|cg:|cgroup' "$f" | tail -n 40 || true
+      tail -n 30 "$f"
+    done
   done
   echo "-- findmnt / (propagation)"
   findmnt -o TARGET,PROPAGATION / 2>&1 || true
