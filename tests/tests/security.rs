@@ -941,6 +941,21 @@ fn every_authorized_method_is_refused_or_allowed_as_polkit_says() {
             expect_refused(ONLY_X, false, "x");
         }
     }
+    // a rule for x does not reach y's files through a copy of y (or of its snapshot) into x
+    for source in ["s=y", "s=y/s0"] {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid", ONLY_X, "--regid", ONLY_X, "--clear-groups", "--"])
+            .arg(berth_tests::bin("berth-authz-call"))
+            .args([&env.bus, "no", "/org/berth/Berth1"])
+            .args(["org.berth.Berth1.Manager", "CopyContainer"])
+            .args([source, "s=x", "a{sv}={}"]);
+        let got = text(&berth_tests::run(&mut cmd, Duration::from_secs(30)).stdout);
+        assert!(
+            is_refusal(&got) && got.contains("org.berth.Berth1.create-container"),
+            "copy {source} into x as {ONLY_X}: {got}"
+        );
+        refused += 1;
+    }
     assert_eq!(
         state_snapshot(&env),
         before,
