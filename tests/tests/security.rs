@@ -2,6 +2,7 @@
 //! filter (also after a stateful restore), device control and the process limit.
 
 use berth_tests::{Env, Options, Storage, text};
+use std::os::unix::fs::FileTypeExt;
 use std::time::Duration;
 
 fn root_or_skip() -> bool {
@@ -1001,5 +1002,79 @@ fn every_authorized_method_is_refused_or_allowed_as_polkit_says() {
         "authorization matrix: {} rows, {refused} refused and {allowed} allowed calls in {:?}",
         MATRIX.len(),
         started.elapsed()
+    );
+}
+
+/// Every file and socket under berthd's state and runtime directories — the database, loop
+/// file, image archives, CRIU images and logs, console logs, monitor sockets, and the
+/// containers' own files — is out of reach of other host users: whatever its mode, they
+/// neither read nor write it, nor connect to it, even knowing its path.
+#[test]
+fn files_under_the_state_and_runtime_directories_are_roots_alone() {
+    if !root_or_skip() {
+        return;
+    }
+    let user = berth_tests::unprivileged_user();
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "f", "-c", "environment.TOKEN=s3cret"]);
+    // a CRIU dump and restore leave their images and logs; the console log has the boot
+    env.ok(&["stop", "--stateful", "f"]);
+    env.ok(&["start", "f"]);
+    env.ok(&["snapshot", "create", "f", "live", "--stateful"]);
+    env.ok(&[
+        "exec",
+        "f",
+        "--",
+        "sh",
+        "-c",
+        "echo secret > /root/note; chmod 644 /root/note",
+    ]);
+    let mut paths = Vec::new();
+    let mut stack = vec![env.state.clone(), env.run.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() || t.is_socket() {
+                paths.push(e.path());
+            }
+        }
+    }
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "berth.db",
+        "default.img",
+        "console.log",
+        "criu-restore.log",
+        "monitor.sock",
+        "note",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "no {want} found: {names:?}"
+        );
+    }
+    let list: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    let out = berth_tests::run_input(
+        std::process::Command::new("setpriv")
+            .args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
+            .args([
+                "sh",
+                "-c",
+                r#"while IFS= read -r f; do if [ -r "$f" ] || [ -w "$f" ]; then echo "$f"; fi; done"#,
+            ]),
+        Some(list.as_bytes()),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "{user} reaches these of {} files",
+        paths.len()
     );
 }
