@@ -906,7 +906,7 @@ fn every_authorized_method_is_refused_or_allowed_as_polkit_says() {
         ..Default::default()
     });
     for c in ["x", "y"] {
-        env.ok(&["launch", "busybox", c]);
+        env.ok(&["launch", "busybox", c, "-c", "environment.TOKEN=s3cret"]);
         env.ok(&["snapshot", "create", c, "s0"]);
     }
     env.ok(&["publish", "x/s0", "--alias", "spare"]);
@@ -997,6 +997,37 @@ fn every_authorized_method_is_refused_or_allowed_as_polkit_says() {
             row.interface,
             row.method
         );
+    }
+    // secrets: `berth info` shows environment.* values to those allowed to exec on the
+    // container, `(hidden)` to the others; the CRIU log only to those allowed to checkpoint
+    let berth_as = |user: &str, args: &[&str]| {
+        let out = berth_tests::run(
+            std::process::Command::new("setpriv")
+                .args(["--reuid", user, "--regid", user, "--clear-groups", "--"])
+                .arg(berth_tests::bin("berth"))
+                .args(args)
+                .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus),
+            Duration::from_secs(60),
+        );
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    for (user, c, shown) in [
+        (NOBODY, "x", false),
+        (ONLY_X, "y", false),
+        (ONLY_X, "x", true),
+        (GRANTED, "y", true),
+    ] {
+        let (ok, out, err) = berth_as(user, &["info", c]);
+        assert!(ok, "berth info {c} as {user}: {err}");
+        assert!(out.contains("environment.TOKEN"), "{out}");
+        assert_eq!(
+            out.contains("s3cret"),
+            shown,
+            "berth info {c} as {user} shows the value: {shown}\n{out}"
+        );
+        assert_eq!(out.contains("(hidden)"), !shown, "{out}");
+        let (ok, out, err) = berth_as(user, &["info", c, "--show-log"]);
+        assert_eq!(ok, shown, "berth info {c} --show-log as {user}: {out}{err}");
     }
     eprintln!(
         "authorization matrix: {} rows, {refused} refused and {allowed} allowed calls in {:?}",
