@@ -162,6 +162,27 @@ impl Engine {
             .await
     }
 
+    /// Starts a container as [`Engine::start_container`] does, provided the start is the kind
+    /// the caller was authorized for: `restore` when it was authorized to restore a stateful
+    /// stop's saved state (the `checkpoint` action), else to boot (`manage-containers`). The
+    /// container's actor decides on its own state in the step that starts, so a stateful stop
+    /// between the caller's authorization and the start cannot turn an authorized boot into a
+    /// CRIU restore (nor the reverse); the answer is then `Busy` and nothing happens.
+    pub async fn start_container_authorized(
+        &self,
+        name: &str,
+        opts: StartOptions,
+        restore: bool,
+    ) -> Result<()> {
+        let _busy = self.activity.hold();
+        self.to_container(name, |reply| ContainerMsg::StartAs {
+            opts,
+            restore,
+            reply,
+        })
+        .await
+    }
+
     /// Copies a container, or one of its snapshots, to a new container.
     pub async fn copy_container(&self, req: CopyRequest) -> Result<ContainerInfo> {
         let _busy = self.activity.hold();

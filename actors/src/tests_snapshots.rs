@@ -438,3 +438,70 @@ async fn copies_take_files_from_a_container_or_a_snapshot_and_get_their_own_iden
     })
     .await
 }
+
+/// A start is authorized as a boot (`manage-containers`) or as a restore (`checkpoint`) on
+/// what the caller saw; the actor starts only if that is still what the start would do, so a
+/// stateful stop between the check and the start is not run as a CRIU restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_runs_only_as_the_kind_it_was_authorized_for() {
+    within(async {
+        let rt = Arc::new(FakeRuntime::new());
+        let e = engine_on(Db::open_in_memory().unwrap(), rt.clone()).await;
+        running(&e, "c1").await;
+        // authorized to boot, the caller saw it stopped without a state; meanwhile a stateful
+        // stop saved one
+        e.stop_container(
+            "c1",
+            StopOptions {
+                stateful: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let log_len = rt.log().len();
+        let r = e
+            .start_container_authorized("c1", Default::default(), false)
+            .await;
+        assert!(matches!(r, Err(Error::Busy(_))), "{r:?}");
+        let info = e.container("c1").await.unwrap();
+        assert_eq!(info.status, Status::Stopped);
+        assert!(info.stateful, "the saved state is kept");
+        assert!(rt.has_stop_state_for_test("c1"));
+        assert_eq!(rt.log().len(), log_len, "nothing ran: {:?}", rt.log());
+        // authorized to restore, it restores
+        e.start_container_authorized("c1", Default::default(), true)
+            .await
+            .unwrap();
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Running);
+        assert!(rt.log().iter().any(|l| l.starts_with("restore c1 Stop")));
+        // authorized to restore, but a plain stop left nothing to restore: no boot either
+        e.stop_container(
+            "c1",
+            StopOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let r = e
+            .start_container_authorized("c1", Default::default(), true)
+            .await;
+        assert!(matches!(r, Err(Error::Busy(_))), "{r:?}");
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Stopped);
+        // a stateless start boots (discarding any state): authorized as a boot
+        e.start_container_authorized(
+            "c1",
+            StartOptions {
+                stateless: true,
+                uid: 0,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(e.container("c1").await.unwrap().status, Status::Running);
+    })
+    .await
+}

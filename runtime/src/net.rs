@@ -762,6 +762,9 @@ impl BridgeNetwork {
     pub fn setup(dir: &std::path::Path, bridge: &str) -> Result<BridgeNetwork> {
         check_ifname(bridge)?;
         std::fs::create_dir_all(dir).step(|| format!("create {}", dir.display()))?;
+        // root's alone, as everything under the state directory (also one made before)
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .step(|| format!("chmod {}", dir.display()))?;
         let file = dir.join(format!("{bridge}.json"));
         let mut state: BridgeState = match std::fs::read(&file) {
             Ok(b) => serde_json::from_slice(&b)

@@ -68,9 +68,20 @@ pub async fn autostart_after_boot(engine: berth_actors::Engine, marker: std::pat
         }
     }
     let tmp = marker.with_extension("tmp");
-    if let Err(e) =
-        std::fs::write(&tmp, format!("{boot}\n")).and_then(|()| std::fs::rename(&tmp, &marker))
-    {
+    // files under the state directory are root's alone
+    let write = || {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(format!("{boot}\n").as_bytes())?;
+        std::fs::rename(&tmp, &marker)
+    };
+    if let Err(e) = write() {
         tracing::error!("record the boot id in {}: {e}", marker.display());
     }
 }

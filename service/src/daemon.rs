@@ -129,13 +129,18 @@ fn find_libexec(name: &str) -> Result<std::path::PathBuf, String> {
 /// life of the process.
 async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join("berthd.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| format!("open {}: {e}", path.display()))?;
+    // files under the state directory are root's alone, also one an older berth made
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         // SAFETY: flock on an fd we own.

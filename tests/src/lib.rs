@@ -35,6 +35,10 @@ pub struct Options {
     pub cgroup_v2: bool,
     /// Size of a btrfs pool's loop file (default 1GiB).
     pub pool_size: Option<String>,
+    /// polkit rules (JavaScript) for this environment's polkitd alone: it runs in a mount
+    /// namespace of its own where a private directory holding them hides the host's
+    /// /etc/polkit-1/rules.d, so a test's rules neither reach the host nor other tests.
+    pub polkit_rules: Option<String>,
 }
 
 /// The repository root.
@@ -193,7 +197,7 @@ impl Env {
         };
         env.write_bus_config(&opts.daemon_args);
         env.start_bus(opts.cgroup_v2);
-        env.start_polkitd();
+        env.start_polkitd(opts.polkit_rules.as_deref());
         env.init_pool(storage, opts.pool_size.as_deref().unwrap_or("1GiB"));
         env.ok(&["image", "build", "busybox", "--alias", "busybox"]);
         env
@@ -275,13 +279,33 @@ impl Env {
         });
     }
 
-    fn start_polkitd(&mut self) {
+    fn start_polkitd(&mut self, rules: Option<&str>) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self.dir.join("daemons.log"))
             .unwrap();
-        let child = Command::new("/usr/lib/polkit-1/polkitd")
-            .arg("--no-debug")
+        const POLKITD: &str = "/usr/lib/polkit-1/polkitd";
+        let mut cmd = match rules {
+            None => Command::new(POLKITD),
+            Some(js) => {
+                let d = self.dir.join("polkit-rules.d");
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join("50-berth-e2e.rules"), js).unwrap();
+                // unshare's new namespace is private: the bind mount stays in it
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--", "sh", "-c"])
+                    .arg(format!(
+                        "mount --bind \"$1\" /etc/polkit-1/rules.d && exec {POLKITD} --no-debug"
+                    ))
+                    .arg("sh")
+                    .arg(&d);
+                c
+            }
+        };
+        if rules.is_none() {
+            cmd.arg("--no-debug");
+        }
+        let child = cmd
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
             .stdout(Stdio::null())
             .stderr(log)
@@ -658,9 +682,13 @@ pub fn run_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> 
 
 /// Creates a system user for polkit tests if it does not exist; returns its name.
 pub fn unprivileged_user() -> &'static str {
-    const USER: &str = "berth-e2e";
+    system_user("berth-e2e")
+}
+
+/// Creates system user `user` (for polkit tests) if it does not exist; returns its name.
+pub fn system_user(user: &'static str) -> &'static str {
     let exists = Command::new("id")
-        .arg(USER)
+        .arg(user)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -673,7 +701,7 @@ pub fn unprivileged_user() -> &'static str {
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
-                USER,
+                user,
             ]),
             Duration::from_secs(30),
         );
@@ -684,5 +712,5 @@ pub fn unprivileged_user() -> &'static str {
             text(&out.stderr)
         );
     }
-    USER
+    user
 }

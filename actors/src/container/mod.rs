@@ -57,6 +57,17 @@ pub enum ContainerMsg {
     /// Start init, or restore the state a stateful stop saved. Allowed when Stopped (or
     /// Error). Replies once init runs.
     Start(StartOptions, RpcReplyPort<Result<()>>),
+    /// Start, provided it is the kind the caller was authorized for: a restore of a stateful
+    /// stop's saved state (`restore`) or a boot. Decided here, in the step that starts, so that
+    /// no stop in between turns an authorized boot into a restore.
+    StartAs {
+        /// How to start.
+        opts: StartOptions,
+        /// The caller was authorized to restore (else to boot).
+        restore: bool,
+        /// The answer.
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// Stop. Allowed when Running or Stopping (a forced stop escalates a graceful one).
     /// Replies once init is gone.
     Stop(StopOptions, RpcReplyPort<Result<()>>),
@@ -157,6 +168,7 @@ impl ContainerMsg {
             ContainerMsg::Start(_, r) | ContainerMsg::Stop(_, r) | ContainerMsg::Restart(_, r) => {
                 drop(r.send(Err(e)))
             }
+            ContainerMsg::StartAs { reply, .. } => drop(reply.send(Err(e))),
             ContainerMsg::Delete { reply, .. } | ContainerMsg::DeleteSnapshot { reply, .. } => {
                 drop(reply.send(Err(e)))
             }
@@ -183,6 +195,7 @@ impl ContainerMsg {
         matches!(
             self,
             ContainerMsg::Start(..)
+                | ContainerMsg::StartAs { .. }
                 | ContainerMsg::Stop(..)
                 | ContainerMsg::Restart(..)
                 | ContainerMsg::Exec(..)
@@ -365,6 +378,22 @@ impl Actor for ContainerActor {
                 }
             }
             ContainerMsg::Start(opts, r) => s.start_with(&me, opts, r).await,
+            ContainerMsg::StartAs {
+                opts,
+                restore,
+                reply,
+            } => {
+                if s.start_restores(&opts) == restore {
+                    s.start_with(&me, opts, reply).await
+                } else {
+                    let _ = reply.send(Err(Error::Busy(format!(
+                        "container {:?} changed while the start was being authorized (it {} \
+                         saved running state now); try again",
+                        s.rec.name,
+                        if restore { "has no" } else { "has a" }
+                    ))));
+                }
+            }
             ContainerMsg::Stop(opts, r) => s.stop(&me, opts, r).await,
             ContainerMsg::Restart(opts, r) => {
                 if s.rec.status != Status::Running {

@@ -329,6 +329,17 @@ impl ContainerState {
         });
     }
 
+    /// Whether a start with `opts` would restore the saved state of a stateful stop (run CRIU)
+    /// rather than boot.
+    pub(super) fn start_restores(&self, opts: &StartOptions) -> bool {
+        !opts.stateless && self.has_stop_state()
+    }
+
+    fn has_stop_state(&self) -> bool {
+        self.rec.config.contains_key(STATEFUL_KEY)
+            && matches!(self.rec.status, Status::Stopped | Status::Error)
+    }
+
     /// Start: from the saved state of a stateful stop when there is one (unless `stateless`),
     /// else a fresh boot.
     pub(super) async fn start_with(
@@ -337,9 +348,7 @@ impl ContainerState {
         opts: StartOptions,
         r: RpcReplyPort<Result<()>>,
     ) {
-        if self.rec.config.contains_key(STATEFUL_KEY)
-            && matches!(self.rec.status, Status::Stopped | Status::Error)
-        {
+        if self.has_stop_state() {
             if opts.stateless {
                 if let Err(e) = self.rt.discard_stop_state(&self.rec.name, true).await {
                     let _ = r.send(Err(map_rt(

@@ -35,7 +35,9 @@ impl ContainerIface {
 }
 
 /// Start (shared by `Container.Start` and `Manager.StartContainer`). A start that restores
-/// the state of a stateful stop runs CRIU: it needs the `checkpoint` action.
+/// the state of a stateful stop runs CRIU: it needs the `checkpoint` action. Which start it is
+/// is looked up to authorize, and the container's actor checks it is still so when it starts
+/// (a stateful stop in between is answered `Busy`, not run as a restore).
 pub(crate) async fn start(
     ctx: &Context,
     name: &str,
@@ -55,7 +57,7 @@ pub(crate) async fn start(
         .await?;
     Ok(ctx
         .engine
-        .start_container(name, StartOptions { stateless, uid })
+        .start_container_authorized(name, StartOptions { stateless, uid }, restores)
         .await?)
 }
 

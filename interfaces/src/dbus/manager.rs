@@ -139,6 +139,20 @@ impl ManagerIface {
                 &[("container", &name), ("source", &source), ("verb", "copy")],
             )
             .await?;
+        // the copy holds the source's files and config (environment.* values included): a
+        // rule that grants one container must not reach another's through a copy of it
+        self.ctx
+            .authorize(
+                &h,
+                auth::CREATE_CONTAINER,
+                &[
+                    ("container", &req.source),
+                    ("source", &source),
+                    ("target", &name),
+                    ("verb", "copy-from"),
+                ],
+            )
+            .await?;
         if req.start {
             self.ctx
                 .authorize(

@@ -269,8 +269,33 @@ pub(crate) fn ext_mount(key: &str, val: &str) -> rpc::Ext_mount_map {
     m
 }
 
+/// The statistics CRIU writes in its work directory (a container's run directory, which the
+/// container's root must traverse) are created there 0644: made beforehand 0600 (CRIU keeps
+/// the mode of a file it truncates), they stay root's alone like the logs beside them.
+fn private_stats(work: &OwnedFd) {
+    for name in [c"stats-dump", c"stats-restore"] {
+        // SAFETY: openat on a directory fd we hold, with a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                work.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                0o600,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: fd was just opened by us and is closed once here.
+            unsafe {
+                libc::fchmod(fd, 0o600);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
 /// Options every berth dump and restore shares.
 pub(crate) fn base_opts(images: &OwnedFd, work: &OwnedFd, log: &str) -> rpc::Criu_opts {
+    private_stats(work);
     let mut o = rpc::Criu_opts::new();
     o.set_images_dir_fd(images.as_raw_fd());
     o.set_work_dir_fd(work.as_raw_fd());

@@ -347,8 +347,11 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
         .truncate(false)
         .read(true)
         .write(true)
+        .mode(0o600)
         .open(files.dir().join("monitor.lock"))
         .step(|| "open the monitor lock")?;
+    // (one an older berth made 0644 too: the directory is the container root's to traverse)
+    let _ = lock.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(Error::AlreadyRunning(spec.name.clone()));
