@@ -184,18 +184,27 @@ async fn list(
     Ok(())
 }
 
-/// Decodes a method's parameters; unknown or mistyped ones are InvalidParameter.
+/// Decodes a method's parameters; unknown or mistyped ones are InvalidParameter, naming it.
 fn decode<P: DeserializeOwned>(params: &Value) -> Result<P, WireError> {
     serde_json::from_value(params.clone()).map_err(|e| {
         let msg = e.to_string();
-        // serde names the field between backticks: "missing field `name`"
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("field"))
-            .unwrap_or("parameters")
-            .to_string();
-        WireError::invalid_parameter(&field)
+        // serde names a missing or unknown field between backticks: "missing field `name`"
+        if msg.contains("field `") {
+            let field = msg.split('`').nth(1).unwrap_or("parameters");
+            return WireError::invalid_parameter(field);
+        }
+        // a mistyped one is the field without which the error changes
+        let culprit = params.as_object().and_then(|obj| {
+            obj.keys().find(|k| {
+                let mut rest = obj.clone();
+                rest.remove(*k);
+                match serde_json::from_value::<P>(Value::Object(rest)) {
+                    Ok(_) => true,
+                    Err(e2) => e2.to_string() != msg,
+                }
+            })
+        });
+        WireError::invalid_parameter(culprit.map_or("parameters", String::as_str))
     })
 }
 
