@@ -288,6 +288,37 @@ fn varlink_drives_a_container_lifecycle_and_monitor_sees_it() {
     );
     let g = ok(&sock, "GetContainer", json!({ "name": "v1" }));
     assert_eq!(g["container"]["status"], "Stopped", "{g}");
+    // a long operation: with more, progress replies (if any) and then the image
+    let published = call_as(
+        None,
+        &sock,
+        "PublishContainer",
+        json!({ "container": "v1", "aliases": ["v1-img"] }),
+        true,
+    )
+    .unwrap();
+    let last = published.last().unwrap();
+    let v1fp = last["image"]["fingerprint"].as_str().unwrap().to_string();
+    assert!(
+        published[..published.len() - 1]
+            .iter()
+            .all(|r| r["operation"]["verb"] == "publish")
+    );
+    ok(
+        &sock,
+        "AddImageAlias",
+        json!({ "reference": v1fp, "alias": "v1-other" }),
+    );
+    ok(
+        &sock,
+        "RemoveImageAlias",
+        json!({ "reference": "v1-img", "alias": "v1-other" }),
+    );
+    let img = ok(&sock, "GetImage", json!({ "reference": "v1-img" }));
+    assert_eq!(img["image"]["aliases"], json!(["v1-img"]));
+    ok(&sock, "DeleteImage", json!({ "reference": "v1-img" }));
+    let log = ok(&sock, "GetCheckpointLog", json!({ "name": "v1" }));
+    assert_eq!(log["log"], "");
     ok(&sock, "DeleteContainer", json!({ "name": "v1" }));
     ok(&sock, "DeleteContainer", json!({ "name": "v2" }));
     assert_eq!(

@@ -67,6 +67,8 @@ methods!(
     RenameImageAlias,
     SetImageProperties,
     BuildImage,
+    PublishContainer,
+    GetCheckpointLog,
     ListOperations,
     GetOperation,
     CancelOperation,
@@ -145,7 +147,9 @@ pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, sink: S
             Err(e) => Err(e),
         },
         Method::Monitor => monitor(&ctx, &sink).await,
-        Method::BuildImage => build_image(&ctx, &caller, params, &sink).await,
+        Method::BuildImage | Method::PublishContainer => {
+            make_image(&ctx, &caller, m, params, &sink).await
+        }
         _ => match call(&ctx, &caller, m, params).await {
             Ok(v) => {
                 sink.reply(v, false).await;
@@ -296,8 +300,13 @@ struct OperationParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BuildParams {
-    recipe: String,
+struct MakeImageParams {
+    #[serde(default)]
+    recipe: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    snapshot: Option<String>,
     #[serde(default)]
     aliases: Option<Vec<String>>,
     #[serde(default)]
@@ -524,6 +533,26 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
             let info = e.container(&p.name).await.map_err(Error::from)?;
             json!({ "config": info.config, "expandedConfig": info.expanded_config })
         }
+        Method::GetCheckpointLog => {
+            let p: ByName = decode(&p)?;
+            no(&[
+                ("force", p.force.is_some()),
+                ("timeout", p.timeout.is_some()),
+                ("stateful", p.stateful.is_some()),
+                ("stateless", p.stateless.is_some()),
+            ])?;
+            authorize(
+                auth::CHECKPOINT,
+                vec![("container", p.name.clone()), ("verb", "read-log".into())],
+            )
+            .await?;
+            let (path, log) = e
+                .criu_log(&p.name)
+                .await
+                .map_err(Error::from)?
+                .unwrap_or_default();
+            json!({ "path": path, "log": log })
+        }
         Method::CreateSnapshot => {
             let p: SnapshotParams = decode(&p)?;
             no(&[("newName", p.new_name.is_some())])?;
@@ -740,6 +769,7 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
         | Method::ListImages
         | Method::ListSnapshots
         | Method::BuildImage
+        | Method::PublishContainer
         | Method::Monitor => unreachable!("streamed methods are run by `run`"),
     })
 }
@@ -762,36 +792,88 @@ fn find_operation(
     })
 }
 
-/// BuildImage: with `more`, the operation's progress about four times a second, then the image.
-async fn build_image(
+/// BuildImage and PublishContainer: an image made as an operation.
+async fn make_image(
     ctx: &Context,
     caller: &Caller,
+    m: Method,
     params: Value,
     sink: &Sink,
 ) -> Result<(), WireError> {
-    let p: BuildParams = decode(&params)?;
-    let uid = ctx
-        .authorize_caller(
-            caller,
-            auth::MANAGE_IMAGES,
-            &[("image", &p.recipe), ("verb", "build")],
-        )
-        .await?;
+    let p: MakeImageParams = decode(&params)?;
     let opts = ImageOptions {
         aliases: p.aliases.unwrap_or_default(),
         properties: p.properties.unwrap_or_default().into_iter().collect(),
     };
+    let e = &ctx.engine;
+    let img = if m == Method::BuildImage {
+        let recipe = required(p.recipe, "recipe")?;
+        no(&[
+            ("container", p.container.is_some()),
+            ("snapshot", p.snapshot.is_some()),
+        ])?;
+        let uid = ctx
+            .authorize_caller(
+                caller,
+                auth::MANAGE_IMAGES,
+                &[("image", &recipe), ("verb", "build")],
+            )
+            .await?;
+        progress(
+            ctx,
+            sink,
+            uid,
+            "image-build",
+            e.build_image(&recipe, opts, uid),
+        )
+        .await?
+    } else {
+        let container = required(p.container, "container")?;
+        no(&[("recipe", p.recipe.is_some())])?;
+        let snap = p.snapshot.unwrap_or_default();
+        let mut details = vec![("container", container.as_str())];
+        if !snap.is_empty() {
+            details.push(("snapshot", snap.as_str()));
+        }
+        details.push(("verb", "publish"));
+        let uid = ctx
+            .authorize_caller(caller, auth::MANAGE_IMAGES, &details)
+            .await?;
+        let snapshot = (!snap.is_empty()).then_some(snap.as_str());
+        progress(
+            ctx,
+            sink,
+            uid,
+            "publish",
+            e.publish(&container, snapshot, opts, uid),
+        )
+        .await?
+    };
+    sink.reply(json!({ "image": image(&img) }), false).await;
+    Ok(())
+}
+
+/// Runs `work`, an operation of `verb` started by `uid`; with `more`, replies with its progress
+/// about four times a second meanwhile. A client that hangs up cancels it.
+async fn progress(
+    ctx: &Context,
+    sink: &Sink,
+    uid: u32,
+    verb: &str,
+    work: impl std::future::Future<
+        Output = berth_actors::Result<(ImageRecord, berth_actors::types::Created)>,
+    >,
+) -> Result<ImageRecord, WireError> {
     let mut events = ctx.engine.subscribe();
-    let build = ctx.engine.build_image(&p.recipe, opts, uid);
-    tokio::pin!(build);
+    tokio::pin!(work);
     let mut op_id = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let img = loop {
+    loop {
         tokio::select! {
-            r = &mut build => break r.map_err(Error::from)?.0,
+            r = &mut work => return Ok(r.map_err(Error::from)?.0),
             ev = events.recv(), if sink.more && op_id.is_none() => {
                 if let Ok(Event::OperationNew { id }) = ev
-                    && ctx.engine.operation(id).is_some_and(|o| o.verb == "image-build" && o.started_by_uid == uid)
+                    && ctx.engine.operation(id).is_some_and(|o| o.verb == verb && o.started_by_uid == uid)
                 {
                     op_id = Some(id);
                 }
@@ -805,9 +887,7 @@ async fn build_image(
                 }
             }
         }
-    };
-    sink.reply(json!({ "image": image(&img) }), false).await;
-    Ok(())
+    }
 }
 
 /// Monitor: a Monitoring reply, then one per event until the client hangs up.
