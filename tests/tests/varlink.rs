@@ -116,13 +116,17 @@ fn raw_reply(stream: &mut UnixStream) -> Option<Value> {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // one call in flight at a time: nothing follows the reply's NUL
     let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
+    let mut chunk = [0u8; 4096];
     loop {
-        match stream.read(&mut byte) {
-            Ok(1) if byte[0] == 0 => break,
-            Ok(1) => buf.push(byte[0]),
-            _ => return None,
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.last() == Some(&0) {
+            buf.pop();
+            break;
         }
     }
     serde_json::from_slice(&buf).ok()
@@ -670,4 +674,60 @@ fn which(name: &str) -> Result<PathBuf, ()> {
         .into_iter()
         .find(|p| p.is_file())
         .ok_or(())
+}
+
+/// GetContainer's median latency over varlink (one connection, raw) and over D-Bus (busctl
+/// would measure its own start: zbus from this process instead). Printed, not asserted: the
+/// machine is shared.
+#[test]
+fn varlink_get_container_latency() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    ok(
+        &sock,
+        "CreateContainer",
+        json!({ "name": "lat", "image": "busybox" }),
+    );
+    let mut s = UnixStream::connect(&sock).unwrap();
+    let msg = r#"{"method":"org.berth.Berth.GetContainer","parameters":{"name":"lat"}}"#;
+    let mut times = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        let r = raw_call(&mut s, msg).unwrap();
+        times.push(t.elapsed());
+        assert_eq!(r["parameters"]["container"]["name"], "lat");
+    }
+    times.sort();
+    let varlink = times[times.len() / 2];
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dbus = rt.block_on(async {
+        let conn = zbus::connection::Builder::address(env.bus.as_str())
+            .build()
+            .await
+            .unwrap();
+        let mut times = Vec::new();
+        for _ in 0..500 {
+            let t = Instant::now();
+            conn.call_method(
+                Some("org.berth.Berth1"),
+                "/org/berth/Berth1",
+                Some("org.berth.Berth1.Manager"),
+                "GetContainer",
+                &("lat",),
+            )
+            .await
+            .unwrap();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        times[times.len() / 2]
+    });
+    eprintln!("GetContainer median: varlink {varlink:?}, D-Bus {dbus:?}");
+    ok(&sock, "DeleteContainer", json!({ "name": "lat" }));
 }
