@@ -256,6 +256,29 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
         .await
         .map_err(|e| format!("export objects: {e}"))?;
     let t_export = t0.elapsed();
+    // varlink before the bus name: a failure here must not cost calls the name already drew,
+    // and READY=1 (below) means both doors serve. A socket that cannot be served leaves D-Bus
+    // working.
+    let socket = cfg.run_dir.join(varlink::SOCKET_NAME);
+    let listener = match varlink_fd {
+        Some(fd) => Ok((
+            std::os::unix::net::UnixListener::from(fd),
+            "passed by systemd",
+        )),
+        None => varlink::bind(&socket).map(|l| (l, "bound")),
+    };
+    let varlink = match listener.and_then(|(l, how)| {
+        varlink::Server::start(l, ctx.clone(), tokio::runtime::Handle::current()).map(|s| (s, how))
+    }) {
+        Ok((server, how)) => {
+            tracing::info!("serving varlink on {} ({how})", socket.display());
+            Some(server)
+        }
+        Err(e) => {
+            tracing::error!("cannot serve varlink on {}: {e}", socket.display());
+            None
+        }
+    };
     match conn
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await
@@ -279,20 +302,6 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
         env!("CARGO_PKG_VERSION"),
         t0.elapsed()
     );
-    let socket = cfg.run_dir.join(varlink::SOCKET_NAME);
-    let (listener, how) = match varlink_fd {
-        Some(fd) => (
-            std::os::unix::net::UnixListener::from(fd),
-            "passed by systemd",
-        ),
-        None => (
-            varlink::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?,
-            "bound",
-        ),
-    };
-    let varlink = varlink::Server::start(listener, ctx, tokio::runtime::Handle::current())
-        .map_err(|e| format!("serve varlink: {e}"))?;
-    tracing::info!("serving varlink on {} ({how})", socket.display());
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
     berth_interfaces::sdnotify::notify(&format!(
         "READY=1\nSTATUS=Serving {BUS_NAME} and {}: {defined} containers defined",
@@ -339,7 +348,9 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
     // New calls now go to the bus, which activates a successor; it waits for our lock.
     let _ = conn.release_name(BUS_NAME).await;
     // its open connections hold the activity drain waits for; their calls in flight finish
-    let _ = tokio::task::spawn_blocking(move || varlink.stop()).await;
+    if let Some(v) = varlink {
+        let _ = tokio::task::spawn_blocking(move || v.stop()).await;
+    }
     drain(&engine).await;
     engine.shutdown().await;
     Ok(())

@@ -731,3 +731,31 @@ fn varlink_get_container_latency() {
     eprintln!("GetContainer median: varlink {varlink:?}, D-Bus {dbus:?}");
     ok(&sock, "DeleteContainer", json!({ "name": "lat" }));
 }
+
+/// An open varlink connection keeps berthd from idling out; once it closes berthd exits idle.
+#[test]
+fn varlink_connection_keeps_berthd_alive_until_it_closes() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(berth_tests::Options {
+        storage: Some(Storage::Dir),
+        daemon_args: vec!["--idle-timeout".into(), "2".into()],
+        ..Default::default()
+    });
+    let sock = serving(&env);
+    let pid = env.daemon_pid().expect("berthd runs");
+    let mut conn = UnixStream::connect(&sock).unwrap();
+    raw_call(&mut conn, r#"{"method":"org.berth.Berth.GetHostInfo"}"#).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "berthd idled out under an open varlink connection"
+    );
+    drop(conn);
+    wait_for(Duration::from_secs(15), "berthd to exit once idle", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+}
