@@ -3,15 +3,13 @@
 //! optional ones nullable; a parameter that does not decode is
 //! `org.varlink.service.InvalidParameter`.
 
+use super::json::{container, image, operation, snapshot};
+use super::streams::{list, make_image, monitor};
 use super::{Item, WireError};
 use crate::auth::{self, Caller};
 use crate::dbus::Context;
 use crate::errors::{Error, Name};
-use berth_actors::Event;
-use berth_actors::types::{
-    ContainerInfo, ContainerSummary, CopyRequest, CreateRequest, ImageOptions, ImageRecord,
-    SnapshotRecord, StartOptions, StopOptions,
-};
+use berth_actors::types::{CopyRequest, CreateRequest, StartOptions, StopOptions};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -85,8 +83,8 @@ impl Method {
 /// Where a call's replies go: the connection's reply stream.
 #[derive(Debug)]
 pub struct Sink {
-    tx: mpsc::Sender<Item>,
-    more: bool,
+    pub(super) tx: mpsc::Sender<Item>,
+    pub(super) more: bool,
 }
 
 impl Sink {
@@ -96,7 +94,7 @@ impl Sink {
     }
 
     /// Sends a reply; false once the client is gone.
-    async fn reply(&self, v: Value, continues: bool) -> bool {
+    pub(super) async fn reply(&self, v: Value, continues: bool) -> bool {
         let r = Reply::new(Some(v)).set_continues(Some(continues));
         self.tx.send((Ok(r), vec![])).await.is_ok()
     }
@@ -113,7 +111,7 @@ pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, sink: S
             let r = ctx.engine.list_containers().await.map_err(Error::from);
             list(
                 &sink,
-                r.map(|l| l.iter().map(container_entry).collect()),
+                r.map(|l| l.iter().map(super::json::container_entry).collect()),
                 "containers",
                 "container",
             )
@@ -163,33 +161,8 @@ pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, sink: S
     }
 }
 
-/// A list: one reply, or with `more` one per item.
-async fn list(
-    sink: &Sink,
-    items: Result<Vec<Value>, Error>,
-    plural: &str,
-    singular: &str,
-) -> Result<(), WireError> {
-    let items = items?;
-    if !sink.more {
-        sink.reply(json!({ plural: items }), false).await;
-        return Ok(());
-    }
-    if items.is_empty() {
-        sink.reply(json!({}), false).await;
-        return Ok(());
-    }
-    let last = items.len() - 1;
-    for (i, item) in items.into_iter().enumerate() {
-        if !sink.reply(json!({ singular: item }), i < last).await {
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// Decodes a method's parameters; unknown or mistyped ones are InvalidParameter, naming it.
-fn decode<P: DeserializeOwned>(params: &Value) -> Result<P, WireError> {
+pub(super) fn decode<P: DeserializeOwned>(params: &Value) -> Result<P, WireError> {
     serde_json::from_value(params.clone()).map_err(|e| {
         let msg = e.to_string();
         // serde names a missing or unknown field between backticks: "missing field `name`"
@@ -300,27 +273,27 @@ struct OperationParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MakeImageParams {
+pub(super) struct MakeImageParams {
     #[serde(default)]
-    recipe: Option<String>,
+    pub(super) recipe: Option<String>,
     #[serde(default)]
-    container: Option<String>,
+    pub(super) container: Option<String>,
     #[serde(default)]
-    snapshot: Option<String>,
+    pub(super) snapshot: Option<String>,
     #[serde(default)]
-    aliases: Option<Vec<String>>,
+    pub(super) aliases: Option<Vec<String>>,
     #[serde(default)]
-    properties: Option<BTreeMap<String, String>>,
+    pub(super) properties: Option<BTreeMap<String, String>>,
     #[serde(default)]
     #[allow(dead_code)]
-    allow_interactive_authentication: Option<bool>,
+    pub(super) allow_interactive_authentication: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
-fn required(v: Option<String>, name: &str) -> Result<String, WireError> {
+pub(super) fn required(v: Option<String>, name: &str) -> Result<String, WireError> {
     v.ok_or_else(|| WireError::invalid_parameter(name))
 }
 
@@ -775,7 +748,7 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
 }
 
 /// Refuses parameters a method shares a struct with but does not take.
-fn no(given: &[(&str, bool)]) -> Result<(), WireError> {
+pub(super) fn no(given: &[(&str, bool)]) -> Result<(), WireError> {
     match given.iter().find(|(_, g)| *g) {
         Some((name, _)) => Err(WireError::invalid_parameter(name)),
         None => Ok(()),
@@ -789,263 +762,5 @@ fn find_operation(
     ctx.engine.operation(id).ok_or_else(|| WireError {
         error: format!("{}.NoSuchOperation", super::INTERFACE),
         parameters: Some(json!({ "message": format!("no operation {id} is in progress") })),
-    })
-}
-
-/// BuildImage and PublishContainer: an image made as an operation.
-async fn make_image(
-    ctx: &Context,
-    caller: &Caller,
-    m: Method,
-    params: Value,
-    sink: &Sink,
-) -> Result<(), WireError> {
-    let p: MakeImageParams = decode(&params)?;
-    let opts = ImageOptions {
-        aliases: p.aliases.unwrap_or_default(),
-        properties: p.properties.unwrap_or_default().into_iter().collect(),
-    };
-    let e = &ctx.engine;
-    let img = if m == Method::BuildImage {
-        let recipe = required(p.recipe, "recipe")?;
-        no(&[
-            ("container", p.container.is_some()),
-            ("snapshot", p.snapshot.is_some()),
-        ])?;
-        let uid = ctx
-            .authorize_caller(
-                caller,
-                auth::MANAGE_IMAGES,
-                &[("image", &recipe), ("verb", "build")],
-            )
-            .await?;
-        progress(
-            ctx,
-            sink,
-            uid,
-            "image-build",
-            e.build_image(&recipe, opts, uid),
-        )
-        .await?
-    } else {
-        let container = required(p.container, "container")?;
-        no(&[("recipe", p.recipe.is_some())])?;
-        let snap = p.snapshot.unwrap_or_default();
-        let mut details = vec![("container", container.as_str())];
-        if !snap.is_empty() {
-            details.push(("snapshot", snap.as_str()));
-        }
-        details.push(("verb", "publish"));
-        let uid = ctx
-            .authorize_caller(caller, auth::MANAGE_IMAGES, &details)
-            .await?;
-        let snapshot = (!snap.is_empty()).then_some(snap.as_str());
-        progress(
-            ctx,
-            sink,
-            uid,
-            "publish",
-            e.publish(&container, snapshot, opts, uid),
-        )
-        .await?
-    };
-    sink.reply(json!({ "image": image(&img) }), false).await;
-    Ok(())
-}
-
-/// Runs `work`, an operation of `verb` started by `uid`; with `more`, replies with its progress
-/// about four times a second meanwhile. A client that hangs up cancels it.
-async fn progress(
-    ctx: &Context,
-    sink: &Sink,
-    uid: u32,
-    verb: &str,
-    work: impl std::future::Future<
-        Output = berth_actors::Result<(ImageRecord, berth_actors::types::Created)>,
-    >,
-) -> Result<ImageRecord, WireError> {
-    let mut events = ctx.engine.subscribe();
-    tokio::pin!(work);
-    let mut op_id = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            r = &mut work => return Ok(r.map_err(Error::from)?.0),
-            ev = events.recv(), if sink.more && op_id.is_none() => {
-                if let Ok(Event::OperationNew { id }) = ev
-                    && ctx.engine.operation(id).is_some_and(|o| o.verb == verb && o.started_by_uid == uid)
-                {
-                    op_id = Some(id);
-                }
-            }
-            _ = tick.tick(), if sink.more => {
-                if let Some(op) = op_id.and_then(|id| ctx.engine.operation(id))
-                    && !sink.reply(json!({ "operation": operation(&op) }), true).await
-                {
-                    // the client hung up: cancel what it asked for
-                    op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
-    }
-}
-
-/// Monitor: a Monitoring reply, then one per event until the client hangs up.
-async fn monitor(ctx: &Context, sink: &Sink) -> Result<(), WireError> {
-    use tokio::sync::broadcast::error::RecvError;
-    let mut events = ctx.engine.subscribe();
-    if !sink
-        .reply(json!({ "event": { "type": "Monitoring" } }), true)
-        .await
-    {
-        return Ok(());
-    }
-    loop {
-        let ev = tokio::select! {
-            ev = events.recv() => ev,
-            _ = sink.tx.closed() => return Ok(()),
-        };
-        let v = match ev {
-            Ok(ev) => event(&ev),
-            Err(RecvError::Lagged(_)) => json!({ "type": "Lagged" }),
-            Err(RecvError::Closed) => return Ok(()),
-        };
-        if !sink.reply(json!({ "event": v }), true).await {
-            return Ok(());
-        }
-    }
-}
-
-fn event(ev: &Event) -> Value {
-    let mut v = serde_json::Map::new();
-    let mut put = |k: &str, x: Value| {
-        v.insert(k.into(), x);
-    };
-    match ev {
-        Event::ContainerCreated { name } => {
-            put("type", "ContainerCreated".into());
-            put("container", name.as_str().into());
-        }
-        Event::ContainerChanged {
-            name,
-            status,
-            init_pid,
-        } => {
-            put("type", "ContainerChanged".into());
-            put("container", name.as_str().into());
-            put("status", status.as_str().into());
-            put("initPid", (*init_pid).into());
-        }
-        Event::ContainerConfigChanged { name } => {
-            put("type", "ContainerConfigChanged".into());
-            put("container", name.as_str().into());
-        }
-        Event::ContainerRemoved { name } => {
-            put("type", "ContainerRemoved".into());
-            put("container", name.as_str().into());
-        }
-        Event::SnapshotCreated { container, name } => {
-            put("type", "SnapshotCreated".into());
-            put("container", container.as_str().into());
-            put("snapshot", name.as_str().into());
-        }
-        Event::SnapshotRemoved { container, name } => {
-            put("type", "SnapshotRemoved".into());
-            put("container", container.as_str().into());
-            put("snapshot", name.as_str().into());
-        }
-        Event::ImageAdded { fingerprint } => {
-            put("type", "ImageAdded".into());
-            put("fingerprint", fingerprint.as_str().into());
-        }
-        Event::ImageRemoved { fingerprint } => {
-            put("type", "ImageRemoved".into());
-            put("fingerprint", fingerprint.as_str().into());
-        }
-        Event::ImageChanged { fingerprint } => {
-            put("type", "ImageChanged".into());
-            put("fingerprint", fingerprint.as_str().into());
-        }
-        Event::OperationNew { id } => {
-            put("type", "OperationNew".into());
-            put("operation", (*id).into());
-        }
-        Event::OperationDone {
-            id,
-            success,
-            message,
-        } => {
-            put("type", "OperationDone".into());
-            put("operation", (*id).into());
-            put("success", (*success).into());
-            put("message", message.as_str().into());
-        }
-    }
-    Value::Object(v)
-}
-
-fn container_entry(c: &ContainerSummary) -> Value {
-    json!({
-        "name": c.name,
-        "status": c.status.as_str(),
-        "image": c.image,
-        "initPid": c.init_pid,
-    })
-}
-
-fn container(c: &ContainerInfo) -> Value {
-    json!({
-        "name": c.name,
-        "status": c.status.as_str(),
-        "initPid": c.init_pid,
-        "image": c.image,
-        "createdAt": c.created_at_us,
-        "ephemeral": c.ephemeral,
-        "profiles": c.profiles,
-        "config": crate::dbus::container::redact(c.config.clone()),
-        "expandedConfig": crate::dbus::container::redact(c.expanded_config.clone()),
-        "stateful": c.stateful,
-        "architecture": c.architecture,
-    })
-}
-
-fn image(i: &ImageRecord) -> Value {
-    json!({
-        "fingerprint": i.fingerprint,
-        "aliases": i.aliases,
-        "description": i.description(),
-        "properties": i.properties,
-        "architecture": i.architecture,
-        "size": i.size,
-        "createdAt": i.created_at_us,
-        "uploadedAt": i.uploaded_at_us,
-        "lastUsedAt": i.last_used_at_us,
-        "split": i.split,
-    })
-}
-
-fn snapshot(s: &SnapshotRecord) -> Value {
-    json!({
-        "container": s.container,
-        "name": s.name,
-        "createdAt": s.created_at_us,
-        "stateful": s.stateful,
-        "size": s.size,
-    })
-}
-
-fn operation(o: &berth_actors::operation::Operation) -> Value {
-    let objects = o.objects.lock().map(|g| g.clone()).unwrap_or_default();
-    json!({
-        "id": o.id,
-        "verb": o.verb,
-        "status": o.status().as_str(),
-        "progress": o.progress(),
-        "bytes": o.done.load(std::sync::atomic::Ordering::Relaxed),
-        "rate": o.rate(),
-        "startTime": o.started_at_us,
-        "objects": objects,
-        "startedByUid": o.started_by_uid,
-        "cancelable": o.cancelable,
     })
 }

@@ -13,8 +13,10 @@
 //! are closed as they come), and malformed JSON closes its connection. An open connection
 //! counts as activity for berthd's idle exit.
 
+mod json;
 pub mod methods;
 mod socket;
+mod streams;
 
 use crate::dbus::Context;
 use futures_util::Stream;
