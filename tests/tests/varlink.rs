@@ -759,3 +759,40 @@ fn varlink_connection_keeps_berthd_alive_until_it_closes() {
                 .is_ok_and(|s| s.contains(") Z "))
     });
 }
+
+/// systemd's own client, where the host has it (systemd 255+).
+#[test]
+fn varlinkctl_introspects_and_calls() {
+    if !root_or_skip() {
+        return;
+    }
+    let Ok(varlinkctl) = which("varlinkctl") else {
+        eprintln!("skipped: varlinkctl is not installed (systemd 255 or later has it)");
+        return;
+    };
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let out = run(
+        Command::new(&varlinkctl)
+            .arg("introspect")
+            .arg(&sock)
+            .arg("org.berth.Berth"),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("method ListContainers"));
+    let out = run(
+        Command::new(&varlinkctl)
+            .arg("call")
+            .arg(&sock)
+            .arg("org.berth.Berth.GetContainer")
+            .arg(r#"{"name":"nope"}"#),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        format!("{}{}", text(&out.stdout), text(&out.stderr)).contains("NoSuchContainer"),
+        "{}",
+        text(&out.stderr)
+    );
+}
