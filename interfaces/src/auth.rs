@@ -53,8 +53,13 @@ pub const ALL_ACTIONS: &[&str] = &[
 /// Who is calling.
 #[derive(Debug)]
 pub struct Caller {
-    /// The polkit subject for the sender (None on a peer-to-peer connection).
+    /// The polkit subject for the sender (None on a peer-to-peer connection): its bus name on
+    /// D-Bus, its pidfd and uid on varlink.
     pub subject: Option<Subject>,
+    /// Asked instead when polkit cannot read `subject` (a pidfd subject needs polkit 124; Debian
+    /// 12 has 122): the varlink peer's pid and start time, built only while its pidfd showed
+    /// that pid still names the peer.
+    pub fallback_subject: Option<Subject>,
     /// Unique bus name of the sender (None on a peer-to-peer connection).
     pub bus_name: Option<String>,
     /// The caller's uid when known.
@@ -144,17 +149,24 @@ impl Authorizer for PolkitAuthorizer {
             CheckAuthorizationFlags::empty()
         };
         let details: HashMap<&str, &str> = details.iter().copied().collect();
-        let r = self
-            .authority()
-            .await?
+        let authority = self.authority().await?;
+        let mut r = authority
             .check_authorization(subject, action, &details, flags, "")
-            .await
-            .map_err(|e| {
-                Error::new(
-                    Name::NotAuthorized,
-                    format!("polkit could not check {action}: {e}"),
-                )
-            })?;
+            .await;
+        if let (Err(e), Some(fallback)) = (&r, &caller.fallback_subject) {
+            tracing::debug!(
+                "polkit refused the pidfd subject ({e}); asking with pid and start time"
+            );
+            r = authority
+                .check_authorization(fallback, action, &details, flags, "")
+                .await;
+        }
+        let r = r.map_err(|e| {
+            Error::new(
+                Name::NotAuthorized,
+                format!("polkit could not check {action}: {e}"),
+            )
+        })?;
         decide(
             action,
             r.is_authorized,

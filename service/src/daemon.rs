@@ -7,6 +7,7 @@ use berth_actors::store::Db;
 use berth_actors::types::HostInfo;
 use berth_interfaces::auth::PolkitAuthorizer;
 use berth_interfaces::dbus::{self, Context};
+use berth_interfaces::varlink;
 use berth_interfaces::wire::BUS_NAME;
 use berth_runtime::storage::{DriverKind, Pool, PoolConfig};
 use std::os::unix::fs::PermissionsExt;
@@ -163,7 +164,7 @@ async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
 
 /// Runs the daemon until SIGTERM/SIGINT, until the bus goes away, or until it has been idle
 /// for the configured time.
-pub async fn run(cfg: Config) -> Result<(), String> {
+pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Result<(), String> {
     crate::logging::init();
     ensure_dir(&cfg.state_dir, 0o711)?;
     let _lock = lock_state(&cfg.state_dir).await?;
@@ -243,16 +244,37 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let conn = connect(&cfg).await?;
     let t_connect = t0.elapsed();
     let auth = Arc::new(PolkitAuthorizer::new(conn.clone()));
-    dbus::serve(
-        &conn,
-        Context {
-            engine: engine.clone(),
-            auth,
-        },
-    )
-    .await
-    .map_err(|e| format!("export objects: {e}"))?;
+    let ctx = Context {
+        engine: engine.clone(),
+        auth,
+    };
+    dbus::serve(&conn, ctx.clone())
+        .await
+        .map_err(|e| format!("export objects: {e}"))?;
     let t_export = t0.elapsed();
+    // varlink before the bus name: a failure here must not cost calls the name already drew,
+    // and READY=1 (below) means both doors serve. A socket that cannot be served leaves D-Bus
+    // working.
+    let socket = cfg.run_dir.join(varlink::SOCKET_NAME);
+    let listener = match varlink_fd {
+        Some(fd) => Ok((
+            std::os::unix::net::UnixListener::from(fd),
+            "passed by systemd",
+        )),
+        None => varlink::bind(&socket).map(|l| (l, "bound")),
+    };
+    let varlink = match listener.and_then(|(l, how)| {
+        varlink::Server::start(l, ctx.clone(), tokio::runtime::Handle::current()).map(|s| (s, how))
+    }) {
+        Ok((server, how)) => {
+            tracing::info!("serving varlink on {} ({how})", socket.display());
+            Some(server)
+        }
+        Err(e) => {
+            tracing::error!("cannot serve varlink on {}: {e}", socket.display());
+            None
+        }
+    };
     match conn
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await
@@ -278,7 +300,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     );
     let defined = engine.list_containers().await.map(|l| l.len()).unwrap_or(0);
     berth_interfaces::sdnotify::notify(&format!(
-        "READY=1\nSTATUS=Serving {BUS_NAME}: {defined} containers defined"
+        "READY=1\nSTATUS=Serving {BUS_NAME} and {}: {defined} containers defined",
+        socket.display()
     ));
     if !cfg.no_autostart {
         tokio::spawn(crate::boot::autostart_after_boot(
@@ -320,6 +343,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     berth_interfaces::sdnotify::notify(&format!("STOPPING=1\nSTATUS=Shutting down ({why})"));
     // New calls now go to the bus, which activates a successor; it waits for our lock.
     let _ = conn.release_name(BUS_NAME).await;
+    // its open connections hold the activity drain waits for; their calls in flight finish
+    if let Some(v) = varlink {
+        let _ = tokio::task::spawn_blocking(move || v.stop()).await;
+    }
     drain(&engine).await;
     engine.shutdown().await;
     Ok(())

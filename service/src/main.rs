@@ -8,6 +8,7 @@
 //!   berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
 //!   berthd shutdown [--bus ADDRESS] [the daemon's options]
 
+mod activation;
 mod boot;
 mod config;
 mod daemon;
@@ -69,6 +70,8 @@ fn main() -> ExitCode {
             }
         },
         config::Command::Run(cfg) => {
+            // before any thread exists: it edits the environment
+            let varlink = activation::take_varlink();
             // one socket per running container: 1024 open files would cap them below that
             if let Err(e) = berth_runtime::sys::set_nofile_soft(u64::MAX) {
                 eprintln!("berthd: cannot raise the open-file limit: {e}");
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(daemon::run(cfg)) {
+            match rt.block_on(daemon::run(cfg, varlink)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("berthd: {e}");

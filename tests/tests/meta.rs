@@ -96,6 +96,7 @@ fn units_pass_systemd_analyze_verify() {
     let mut units = Vec::new();
     for u in [
         "berthd.service",
+        "berthd.socket",
         "berth@.service",
         "berth-containers.target",
         "berth-shutdown.service",

@@ -49,6 +49,7 @@ impl Context {
     ) -> Result<u32, Error> {
         let caller = Caller {
             subject: Subject::new_for_message_header(header).ok(),
+            fallback_subject: None,
             bus_name: header.sender().map(|s| s.to_string()),
             uid: if header.sender().is_none() {
                 Some(current_uid())
@@ -60,6 +61,18 @@ impl Context {
                 .flags()
                 .contains(Flags::ALLOW_INTERACTIVE_AUTH),
         };
+        self.authorize_caller(&caller, action, details).await
+    }
+
+    /// Checks `action` for `caller` with `details` (always including `verb`); returns the
+    /// caller's uid. Both transports end here: D-Bus with the sender's bus name, varlink with
+    /// the peer's pidfd and uid.
+    pub async fn authorize_caller(
+        &self,
+        caller: &Caller,
+        action: &str,
+        details: &[(&str, &str)],
+    ) -> Result<u32, Error> {
         // a pending check (a password prompt may take minutes) keeps berthd from idling out
         let _busy = self.engine.activity().hold();
         let detail = |k: &str| {
@@ -70,7 +83,7 @@ impl Context {
                 .unwrap_or("")
         };
         let (container, verb) = (detail("container"), detail("verb"));
-        let r = self.auth.check(&caller, action, details).await;
+        let r = self.auth.check(caller, action, details).await;
         // one journal entry per authorization, with fields a journalctl match can select on
         match &r {
             Ok(uid) => tracing::info!(
