@@ -9,6 +9,7 @@
 
 pub mod btrfs;
 pub mod loopdev;
+pub mod quota;
 pub mod snapshots;
 
 use crate::error::{Context, Error, Result};
@@ -241,6 +242,19 @@ impl Pool {
             DriverKind::Dir => copy_tree(&src, &dst)?,
         }
         Ok(dst)
+    }
+
+    /// Limits the bytes container `name`'s volume may refer to (its root disk size), or
+    /// removes the limit (`None`). btrfs: a qgroup limit on the volume's subvolume (quotas are
+    /// enabled on the pool on first use). dir: no quotas, so a limit is refused.
+    pub fn set_disk_limit(&self, name: &str, bytes: Option<u64>) -> Result<()> {
+        match self.cfg.driver {
+            DriverKind::Btrfs => quota::set_limit(&self.container_volume(name), bytes),
+            DriverKind::Dir if bytes.is_none() => Ok(()),
+            DriverKind::Dir => Err(Error::NotSupported(
+                "a root disk limit needs a btrfs pool: the dir driver has no quotas".into(),
+            )),
+        }
     }
 
     /// Deletes a container's volume. Missing is fine.

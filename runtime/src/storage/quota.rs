@@ -1,0 +1,206 @@
+//! Root disk quotas on a btrfs pool: btrfs quota groups through their ioctls. Quotas are
+//! enabled on the pool's filesystem the first time a limit is set (simple quotas where the
+//! kernel has them, 6.7 and later; full qgroups before), and a subvolume's qgroup goes with it.
+
+use crate::error::{Context, Result};
+use crate::sys;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+// _IOW / _IOR / _IOWR / _IO (0x94, nr, size)
+const fn ioc(dir: u64, nr: u64, size: u64) -> u64 {
+    (dir << 30) | (size << 16) | (0x94 << 8) | nr
+}
+const IOC_INO_LOOKUP: u64 = ioc(3, 18, 4096);
+const IOC_QUOTA_CTL: u64 = ioc(3, 40, 16);
+const IOC_QGROUP_CREATE: u64 = ioc(1, 42, 16);
+const IOC_QGROUP_LIMIT: u64 = ioc(2, 43, 48);
+const IOC_QUOTA_RESCAN_WAIT: u64 = ioc(0, 46, 0);
+
+const QUOTA_CTL_ENABLE: u64 = 1;
+const QUOTA_CTL_ENABLE_SIMPLE: u64 = 4;
+const LIMIT_MAX_RFER: u64 = 1 << 0;
+/// `max_rfer` value that removes the limit.
+const CLEAR_LIMIT: u64 = u64::MAX;
+
+#[repr(C)]
+struct QuotaCtlArgs {
+    cmd: u64,
+    status: u64,
+}
+
+#[repr(C)]
+struct QgroupCreateArgs {
+    create: u64,
+    qgroupid: u64,
+}
+
+#[repr(C)]
+struct QgroupLimitArgs {
+    qgroupid: u64,
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+
+#[repr(C)]
+struct InoLookupArgs {
+    treeid: u64,
+    objectid: u64,
+    name: [u8; 4080],
+}
+
+const _: () = assert!(std::mem::size_of::<QuotaCtlArgs>() == 16);
+const _: () = assert!(std::mem::size_of::<QgroupCreateArgs>() == 16);
+const _: () = assert!(std::mem::size_of::<QgroupLimitArgs>() == 48);
+const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
+
+/// Which accounting a pool's quotas use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaMode {
+    /// Simple quotas (kernel 6.7+): an extent counts against the subvolume that wrote it; no
+    /// backref walks, so snapshots and deletes cost what they cost without quotas.
+    Simple,
+    /// Full qgroups (older kernels): referenced and exclusive bytes tracked exactly, at a
+    /// cost on every transaction commit.
+    Full,
+}
+
+fn open_dir(p: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(p).step(|| format!("open {}", p.display()))
+}
+
+/// The id of the subvolume `path` is the root of (its level-0 qgroup is `0/<id>`).
+pub fn subvolume_id(path: &Path) -> Result<u64> {
+    let f = open_dir(path)?;
+    let mut args = InoLookupArgs {
+        treeid: 0,
+        objectid: super::btrfs::FIRST_FREE_OBJECTID,
+        name: [0; 4080],
+    };
+    // SAFETY: INO_LOOKUP reads and writes an InoLookupArgs of the size in the request.
+    sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_INO_LOOKUP as _, &mut args) })
+        .step(|| format!("look up the subvolume id of {}", path.display()))?;
+    Ok(args.treeid)
+}
+
+/// Enables quotas on the filesystem of `path`: simple quotas where the kernel knows them,
+/// else full qgroups (waiting for their first scan, so a limit set next counts every byte).
+/// Enabling what is enabled is a no-op.
+pub fn enable(path: &Path) -> Result<QuotaMode> {
+    let f = open_dir(path)?;
+    let ctl = |cmd: u64| {
+        let mut args = QuotaCtlArgs { cmd, status: 0 };
+        // SAFETY: QUOTA_CTL reads and writes a QuotaCtlArgs.
+        sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_QUOTA_CTL as _, &mut args) })
+    };
+    match ctl(QUOTA_CTL_ENABLE_SIMPLE) {
+        Ok(_) => return Ok(QuotaMode::Simple),
+        // a kernel before 6.7 does not know the command
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        Err(e) => {
+            return Err(crate::Error::os(
+                format!("enable quotas on {}", path.display()),
+                e,
+            ));
+        }
+    }
+    ctl(QUOTA_CTL_ENABLE).step(|| format!("enable quotas on {}", path.display()))?;
+    // SAFETY: RESCAN_WAIT takes no argument.
+    match sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_QUOTA_RESCAN_WAIT as _, 0) }) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        Err(e) => {
+            return Err(crate::Error::os(
+                format!("wait for the quota scan of {}", path.display()),
+                e,
+            ));
+        }
+    }
+    Ok(QuotaMode::Full)
+}
+
+fn limit_ioctl(f: &std::fs::File, max_rfer: u64) -> std::io::Result<()> {
+    let args = QgroupLimitArgs {
+        qgroupid: 0, // the subvolume the fd is in
+        flags: LIMIT_MAX_RFER,
+        max_rfer,
+        max_excl: 0,
+        rsv_rfer: 0,
+        rsv_excl: 0,
+    };
+    // SAFETY: QGROUP_LIMIT reads a QgroupLimitArgs.
+    sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_QGROUP_LIMIT as _, &args) }).map(drop)
+}
+
+/// Limits the bytes subvolume `path` refers to (`max_rfer`, LXD's `size`) to `bytes`, or
+/// removes its limit (`None`). Quotas are enabled on first use; removing a limit where
+/// quotas are off is a no-op.
+pub fn set_limit(path: &Path, bytes: Option<u64>) -> Result<()> {
+    let f = open_dir(path)?;
+    let value = bytes.unwrap_or(CLEAR_LIMIT);
+    match limit_ioctl(&f, value) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && bytes.is_none() => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        // a subvolume made before quotas were enabled has no qgroup yet under full qgroups
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && bytes.is_none() => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            create_qgroup(path, subvolume_id(path)?)?;
+        }
+        Err(e) => return Err(crate::Error::os(limit_step(path), e)),
+    }
+    enable(path)?;
+    if let Err(e) = limit_ioctl(&f, value)
+        && e.raw_os_error() == Some(libc::ENOENT)
+    {
+        create_qgroup(path, subvolume_id(path)?)?;
+    }
+    limit_ioctl(&f, value).step(|| limit_step(path))
+}
+
+fn limit_step(path: &Path) -> String {
+    format!("set the disk quota of {}", path.display())
+}
+
+fn qgroup_ctl(on: &Path, create: bool, id: u64) -> std::io::Result<()> {
+    let f = std::fs::File::open(on)?;
+    let args = QgroupCreateArgs {
+        create: create.into(),
+        qgroupid: id,
+    };
+    // SAFETY: QGROUP_CREATE reads a QgroupCreateArgs.
+    sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_QGROUP_CREATE as _, &args) }).map(drop)
+}
+
+fn create_qgroup(path: &Path, id: u64) -> Result<()> {
+    match qgroup_ctl(path, true, id) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(crate::Error::os(
+            format!("create qgroup 0/{id} for {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Removes the qgroup of deleted subvolume `id`, through any directory `on` of its
+/// filesystem. Quotas off, or no such qgroup, is fine. A kernel that refuses while the
+/// subvolume waits for the cleaner (EBUSY, 6.8 and later) removes the qgroup itself once
+/// the cleaner has dropped it; 6.1 accepts the removal at once.
+pub fn remove_qgroup(on: &Path, id: u64) -> Result<()> {
+    match qgroup_ctl(on, false, id) {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ENOENT) | Some(libc::EBUSY)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(crate::Error::os(format!("remove qgroup 0/{id}"), e)),
+    }
+}
