@@ -609,6 +609,9 @@ impl ContainerState {
                 )));
             }
         }
+        for (k, v) in &set {
+            crate::config::validate_key(k, v)?;
+        }
         let mut next = self.rec.config.clone();
         for k in &unset {
             next.remove(k);
