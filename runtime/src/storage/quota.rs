@@ -90,21 +90,27 @@ pub fn subvolume_id(path: &Path) -> Result<u64> {
 /// else full qgroups (waiting for their first scan, so a limit set next counts every byte).
 /// Enabling what is enabled is a no-op.
 pub fn enable(path: &Path) -> Result<QuotaMode> {
+    enable_as(path, QuotaMode::Simple)
+}
+
+fn enable_as(path: &Path, prefer: QuotaMode) -> Result<QuotaMode> {
     let f = open_dir(path)?;
     let ctl = |cmd: u64| {
         let mut args = QuotaCtlArgs { cmd, status: 0 };
         // SAFETY: QUOTA_CTL reads and writes a QuotaCtlArgs.
         sys::cvt(unsafe { libc::ioctl(f.as_raw_fd(), IOC_QUOTA_CTL as _, &mut args) })
     };
-    match ctl(QUOTA_CTL_ENABLE_SIMPLE) {
-        Ok(_) => return Ok(QuotaMode::Simple),
-        // a kernel before 6.7 does not know the command
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(e) => {
-            return Err(crate::Error::os(
-                format!("enable quotas on {}", path.display()),
-                e,
-            ));
+    if prefer == QuotaMode::Simple {
+        match ctl(QUOTA_CTL_ENABLE_SIMPLE) {
+            Ok(_) => return Ok(QuotaMode::Simple),
+            // a kernel before 6.7 does not know the command
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            Err(e) => {
+                return Err(crate::Error::os(
+                    format!("enable quotas on {}", path.display()),
+                    e,
+                ));
+            }
         }
     }
     ctl(QUOTA_CTL_ENABLE).step(|| format!("enable quotas on {}", path.display()))?;
@@ -202,5 +208,80 @@ pub fn remove_qgroup(on: &Path, id: u64) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(crate::Error::os(format!("remove qgroup 0/{id}"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{DriverKind, Pool, btrfs};
+    use std::io::Write;
+
+    fn write_mib(path: &Path, mib: usize) -> std::io::Result<()> {
+        let mut f = std::fs::File::create(path)?;
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..mib {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    }
+
+    /// Both accountings (full qgroups are what a 6.1 kernel has): a limit stops writes with
+    /// EDQUOT, lifting it lets them through, and a deleted subvolume takes its qgroup along.
+    #[test]
+    fn a_limit_stops_writes_in_either_mode_and_goes_with_its_subvolume() {
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } != 0 || crate::storage::which("mkfs.btrfs").is_none() {
+            return;
+        }
+        for mode in [QuotaMode::Full, QuotaMode::Simple] {
+            let dir =
+                std::env::temp_dir().join(format!("berth-quota-{}-{mode:?}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let pool = Pool::new(
+                Pool::init(
+                    &dir.join("pool"),
+                    Some(DriverKind::Btrfs),
+                    &dir.join("pool.img"),
+                    512 << 20,
+                )
+                .unwrap(),
+            );
+            let vol = pool.container_volume("c");
+            btrfs::create(&vol).unwrap();
+            // no limit and quotas off: lifting is a no-op, not an error
+            pool.set_disk_limit("c", None).unwrap();
+            let got = enable_as(&pool.config().path, mode).unwrap();
+            if got == mode {
+                pool.set_disk_limit("c", Some(32 << 20)).unwrap();
+                let e = write_mib(&vol.join("fill"), 64).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EDQUOT), "{mode:?}: {e}");
+                pool.set_disk_limit("c", Some(256 << 20)).unwrap();
+                write_mib(&vol.join("fill"), 64).unwrap();
+                pool.set_disk_limit("c", None).unwrap();
+                write_mib(&vol.join("more"), 64).unwrap();
+                let id = subvolume_id(&vol).unwrap();
+                pool.delete_container("c").unwrap();
+                // gone now (6.1), or once the cleaner dropped the subvolume (later kernels)
+                for _ in 0..300 {
+                    if qgroup_ctl(&pool.config().path, false, id)
+                        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+                    {
+                        break;
+                    }
+                    // a commit wakes the cleaner
+                    crate::storage::sync_fs(&pool.config().path).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                let e = qgroup_ctl(&pool.config().path, false, id).unwrap_err();
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT),
+                    "{mode:?}: qgroup 0/{id} left"
+                );
+            }
+            pool.unmount().unwrap();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
