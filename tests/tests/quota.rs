@@ -1,7 +1,7 @@
 //! End-to-end: a root disk limit (`limits.disk`) stops one container's writes at its size,
 //! leaves the other containers writing, changes live, and leaves no qgroup behind.
 
-use berth_tests::{Env, Storage, text};
+use berth_tests::{Env, Storage, text, unprivileged_user};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -140,5 +140,28 @@ fn a_root_disk_limit_on_a_dir_pool_is_refused() {
     );
     // removing a limit it does not have is fine
     env.ok(&["config", "unset", "c", "limits.disk"]);
+    // a caller polkit does not allow set-config changes nothing
+    let out = env.busctl_as(
+        unprivileged_user(),
+        &[
+            "call",
+            "org.berth.Berth1",
+            "/org/berth/Berth1/container/c",
+            "org.berth.Berth1.Container",
+            "SetConfig",
+            "a{ss}as",
+            "1",
+            "user.note",
+            "theirs",
+            "0",
+        ],
+    );
+    assert!(
+        text(&out.stderr).contains("not authorized for org.berth.Berth1.set-config"),
+        "{}",
+        text(&out.stderr)
+    );
+    let info = env.ok(&["info", "c", "--format", "json"]);
+    assert!(!info.contains("theirs"), "{info}");
     env.ok(&["delete", "c"]);
 }
