@@ -158,6 +158,10 @@ impl Pool {
                 reason: "not a btrfs filesystem".into(),
             });
         }
+        if self.cfg.driver == DriverKind::Btrfs {
+            // best effort: a pool with a stale qgroup is still usable
+            let _ = quota::sweep_stale_qgroups(p);
+        }
         // root only: image and container files are owned by host uid 0 on disk (the idmapped
         // mount shifts them for the container), so a setuid file in them would be a setuid-root
         // program for any host user who could reach it
@@ -257,9 +261,15 @@ impl Pool {
         }
     }
 
-    /// Deletes a container's volume. Missing is fine.
+    /// Deletes a container's volume (missing is fine), and the qgroups of subvolumes gone
+    /// since the last sweep.
     pub fn delete_container(&self, name: &str) -> Result<()> {
-        self.delete_volume(&self.container_volume(name))
+        self.delete_volume(&self.container_volume(name))?;
+        if self.cfg.driver == DriverKind::Btrfs {
+            // the volume is gone whatever this says; a qgroup left holds no space
+            let _ = quota::sweep_stale_qgroups(&self.cfg.path);
+        }
+        Ok(())
     }
 
     /// Deletes an image's volume. Missing is fine.
