@@ -46,6 +46,11 @@ const KEYS: &[Key] = &[
         help: "seconds a graceful stop waits before killing",
     },
     Key {
+        name: "limits.disk",
+        check: check_disk,
+        help: "root disk size, e.g. 10GiB (at least 16MiB; btrfs pools: a qgroup limit on the bytes the root refers to)",
+    },
+    Key {
         name: "limits.memory",
         check: check_memory,
         help: "memory limit, e.g. 512MiB (at least 4MiB)",
@@ -78,6 +83,11 @@ pub fn limits(config: &BTreeMap<String, String>) -> (Option<u64>, ProcessLimit) 
         None => ProcessLimit::Default(DEFAULT_PROCESSES),
     };
     (memory, processes)
+}
+
+/// The root disk limit `config` asks for (`limits.disk`), in bytes.
+pub fn disk_limit(config: &BTreeMap<String, String>) -> Option<u64> {
+    config.get("limits.disk").and_then(|v| parse_size(v))
 }
 
 /// Free-form namespaces.
@@ -218,6 +228,18 @@ fn check_memory(v: &str) -> Result<(), String> {
     }
 }
 
+/// Less than this and a container cannot write the little a start writes (its logs, its
+/// runtime files) once a limit counts every byte of the root, image included.
+const MIN_DISK: u64 = 16 << 20;
+
+fn check_disk(v: &str) -> Result<(), String> {
+    match parse_size(v) {
+        Some(n) if n >= MIN_DISK => Ok(()),
+        Some(_) => Err("a root disk needs at least 16MiB".into()),
+        None => Err("expected a size such as 10GiB, 500MB or a number of bytes".into()),
+    }
+}
+
 /// Parses a size with an optional unit (B, kB/MB/GB/TB, KiB/MiB/GiB/TiB).
 pub fn parse_size(v: &str) -> Option<u64> {
     let v = v.trim();
@@ -266,6 +288,33 @@ mod tests {
         c.insert("limits.processes".to_string(), "50".to_string());
         c.insert("limits.memory".to_string(), "1MiB".to_string());
         assert_eq!(limits(&c), (Some(1 << 20), ProcessLimit::Set(50)));
+    }
+
+    #[test]
+    fn disk_limits() {
+        assert!(validate_key("limits.disk", "64MiB").is_ok());
+        assert!(validate_key("limits.disk", "10GB").is_ok());
+        assert!(validate_key("limits.disk", "16777216").is_ok());
+        for bad in [
+            "",
+            "0",
+            "1MiB",
+            "16777215",
+            "lots",
+            "-5GiB",
+            "1.5GiB",
+            "99999999999TiB",
+        ] {
+            let e = validate_key("limits.disk", bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidConfig(m) if m.contains("limits.disk")),
+                "{bad:?}: {e}"
+            );
+        }
+        let mut c = BTreeMap::new();
+        assert_eq!(disk_limit(&c), None);
+        c.insert("limits.disk".to_string(), "64MiB".to_string());
+        assert_eq!(disk_limit(&c), Some(64 << 20));
     }
 
     #[test]

@@ -183,6 +183,18 @@ impl Engine {
         .await
     }
 
+    /// Sets and removes config keys of a container (see [`ContainerMsg::SetConfig`]).
+    pub async fn set_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<()> {
+        let _busy = self.activity.hold();
+        self.to_container(name, |reply| ContainerMsg::SetConfig { set, unset, reply })
+            .await
+    }
+
     /// Copies a container, or one of its snapshots, to a new container.
     pub async fn copy_container(&self, req: CopyRequest) -> Result<ContainerInfo> {
         let _busy = self.activity.hold();

@@ -119,6 +119,8 @@ pub enum Op {
     Checkpoint,
     /// Restoring a running state (CRIU restore).
     Restore,
+    /// Applying a config change to the host (a root disk limit).
+    Configure,
 }
 
 impl std::fmt::Display for Op {
@@ -137,6 +139,7 @@ impl std::fmt::Display for Op {
             Op::Snapshot => "snapshot",
             Op::Checkpoint => "checkpoint",
             Op::Restore => "restore",
+            Op::Configure => "configure",
         })
     }
 }

@@ -218,6 +218,15 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn set_disk_limit(&self, name: &str, bytes: Option<u64>) -> Result<(), RuntimeError> {
+        let mut i = self.lock();
+        match bytes {
+            Some(b) => i.log.push(format!("disk limit {name} {b}")),
+            None => i.log.push(format!("disk limit {name} none")),
+        }
+        Ok(())
+    }
+
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
         let mut i = self.lock();
         i.log.push(format!("start {}", rec.name));

@@ -878,6 +878,8 @@ impl Runtime for SharedHost {
                     "copy"
                 }
             };
+            h.pool
+                .set_disk_limit(&rec.name, crate::config::disk_limit(&rec.config))?;
             let rootfs = h.pool.rootfs(&rec.name);
             if !rootfs.is_dir() {
                 return Err(RuntimeError::InvalidImage(format!(
@@ -970,6 +972,11 @@ impl Runtime for SharedHost {
         .await
     }
 
+    async fn set_disk_limit(&self, name: &str, bytes: Option<u64>) -> Result<(), RuntimeError> {
+        let (h, name) = (self.0.clone(), name.to_string());
+        blocking(move || Ok(h.pool.set_disk_limit(&name, bytes)?)).await
+    }
+
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError> {
         let (h, rec) = (self.0.clone(), rec.clone());
         let started = blocking(move || {
@@ -985,6 +992,9 @@ impl Runtime for SharedHost {
             if spec.cgroups.unit_dir().is_none() && !spec.cgroups.exists() {
                 spec.cgroups.create()?;
             }
+            // (again: a restored snapshot's volume is a new subvolume)
+            h.pool
+                .set_disk_limit(&rec.name, crate::config::disk_limit(&rec.config))?;
             h.apply_templates(&rec, "start")?;
             let (init_pid, monitor_pid) =
                 h.start_monitor(&spec, crate::config::limits(&rec.config))?;
@@ -1394,9 +1404,12 @@ impl Runtime for SharedHost {
         with_state: bool,
     ) -> Result<(), RuntimeError> {
         let (h, c, id) = (self.0.clone(), rec.name.clone(), id.to_string());
+        let limit = crate::config::disk_limit(&rec.config);
         blocking(move || {
             let snap = h.pool.snapshot(&c, &id);
             h.pool.replace_volume(&c, &snap.volume())?;
+            // the volume is a new subvolume: the container's limit holds for it too
+            h.pool.set_disk_limit(&c, limit)?;
             if !with_state {
                 // the files alone: the links CRIU made for a stateful snapshot's dump go
                 berth_runtime::criu::images::remove_link_remaps(&snap.state(), &h.pool.rootfs(&c));

@@ -39,6 +39,7 @@ impl From<berth_runtime::Error> for RuntimeError {
             berth_runtime::Error::NotRunning(_) => RuntimeError::NotRunning,
             berth_runtime::Error::InvalidImage(m) => RuntimeError::InvalidImage(m),
             berth_runtime::Error::Invalid(m) => RuntimeError::Invalid(m),
+            berth_runtime::Error::NotSupported(m) => RuntimeError::NotSupported(m),
             berth_runtime::Error::Cancelled => RuntimeError::Cancelled,
             other => RuntimeError::Failed(other.to_string()),
         }
@@ -172,6 +173,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes everything a container has on the host (storage, cgroups, runtime files).
     /// It must not be running. Idempotent.
     async fn deprovision(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Sets (or, `None`, removes) the limit on the bytes the container's root disk holds,
+    /// running or not. `NotSupported` where the pool has no quotas.
+    async fn set_disk_limit(&self, name: &str, bytes: Option<u64>) -> Result<(), RuntimeError>;
     /// Starts the container; returns once init has exec'd.
     async fn start(&self, rec: &ContainerRecord) -> Result<Running, RuntimeError>;
     /// Stops the container: `signal` (None = the init's power-off signal), SIGKILL after

@@ -534,3 +534,57 @@ async fn images_resolve_by_alias_fingerprint_and_prefix() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_applies_a_disk_limit_live_and_refuses_without_a_trace() {
+    within(async {
+        let (e, rt) = engine().await;
+        e.create_container(req("c")).await.unwrap();
+        e.start_container("c", StartOptions::default())
+            .await
+            .unwrap();
+        let set = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        // running: the limit reaches the runtime before the reply, and is recorded
+        e.set_config("c", set("limits.disk", "64MiB"), vec![])
+            .await
+            .unwrap();
+        assert!(rt.log().contains(&format!("disk limit c {}", 64u64 << 20)));
+        let info = e.container("c").await.unwrap();
+        assert_eq!(
+            info.config.get("limits.disk").map(String::as_str),
+            Some("64MiB")
+        );
+        // an unchanged limit is not applied again; a removed one is lifted
+        let before = rt.log().len();
+        e.set_config("c", set("user.note", "x"), vec![])
+            .await
+            .unwrap();
+        assert_eq!(rt.log().len(), before);
+        e.set_config("c", BTreeMap::new(), vec!["limits.disk".into()])
+            .await
+            .unwrap();
+        assert!(rt.log().contains(&"disk limit c none".to_string()));
+        // refused values, volatile keys and unknown containers change nothing
+        for (set, unset) in [
+            (set("limits.disk", "1MiB"), vec![]),
+            (set("limits.disk", "lots"), vec![]),
+            (set("volatile.idmap.base", "0"), vec![]),
+            (BTreeMap::new(), vec!["volatile.idmap.base".to_string()]),
+        ] {
+            let r = e.set_config("c", set, unset).await;
+            assert!(matches!(r, Err(Error::InvalidConfig(_))), "{r:?}");
+        }
+        assert!(matches!(
+            e.set_config("nope", BTreeMap::new(), vec![]).await,
+            Err(Error::NoSuchContainer(_))
+        ));
+        let after = e.container("c").await.unwrap();
+        assert_eq!(after.config, {
+            let mut c = info.config.clone();
+            c.remove("limits.disk");
+            c.insert("user.note".into(), "x".into());
+            c
+        });
+    })
+    .await;
+}

@@ -34,6 +34,28 @@ pub(crate) enum Format {
     Json,
 }
 
+/// `berth config …`.
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Set keys (`KEY=VALUE`…, or `KEY VALUE`); `limits.disk` applies at once, even to a
+    /// running container.
+    Set {
+        /// Container.
+        name: String,
+        /// KEY=VALUE items, or one KEY and its VALUE.
+        #[arg(required = true)]
+        items: Vec<String>,
+    },
+    /// Remove keys.
+    Unset {
+        /// Container.
+        name: String,
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a container from an image and start it.
@@ -106,6 +128,9 @@ enum Cmd {
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(snapshots::SnapshotCmd),
+    /// Change a container's config.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Copy a container, or one of its snapshots (SOURCE/SNAPSHOT), to a new container.
     #[command(alias = "cp")]
     Copy {
@@ -340,6 +365,23 @@ async fn run(cli: Cli) -> R<u8> {
             for n in &names {
                 m.delete_container(n, &o).await?;
             }
+            Ok(0)
+        }
+        Cmd::Config(ConfigCmd::Set { name, items }) => {
+            let set = match items.as_slice() {
+                [k, v] if !k.contains('=') => HashMap::from([(k.clone(), v.clone())]),
+                _ => parse_kv(&items, "config")?,
+            };
+            let c = container(&conn, &m, &name).await?;
+            let set: HashMap<&str, &str> =
+                set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            c.set_config(set, &[]).await?;
+            Ok(0)
+        }
+        Cmd::Config(ConfigCmd::Unset { name, keys }) => {
+            let c = container(&conn, &m, &name).await?;
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            c.set_config(HashMap::new(), &keys).await?;
             Ok(0)
         }
         Cmd::List { format } => list(&conn, &m, format).await,

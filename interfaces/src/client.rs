@@ -126,6 +126,9 @@ pub trait Container {
         &self,
         options: &HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<(HashMap<String, String>, HashMap<String, String>)>;
+    /// Sets and removes config keys; live ones (`limits.disk`) apply at once.
+    #[zbus(allow_interactive_auth)]
+    fn set_config(&self, set: HashMap<&str, &str>, unset: &[&str]) -> zbus::Result<()>;
     /// The last checkpoint/restore log: (path, text).
     #[zbus(allow_interactive_auth)]
     fn get_checkpoint_log(&self) -> zbus::Result<(String, String)>;

@@ -250,6 +250,8 @@ impl From<berth_actors::Error> for Error {
                 Op::Snapshot => Name::SnapshotFailed,
                 Op::Checkpoint => Name::CheckpointFailed,
                 Op::Restore => Name::RestoreFailed,
+                // the host could not apply the config (nothing of it was kept)
+                Op::Configure => Name::InvalidConfig,
             },
         };
         Error::new(name, msg)

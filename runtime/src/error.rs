@@ -73,6 +73,9 @@ pub enum Error {
     /// A caller-supplied value is unusable (a path outside the rootfs, a bad signal name…).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The request cannot work here (e.g. a root disk limit on a pool without quotas).
+    #[error("not supported: {0}")]
+    NotSupported(String),
     /// The operation was cancelled; nothing of it was kept.
     #[error("cancelled")]
     Cancelled,

@@ -634,6 +634,15 @@ const MATRIX: &[Row] = &[
     },
     Row {
         interface: "Container",
+        method: "SetConfig",
+        target: Target::Container,
+        args: &[r#"a{ss}={"user.note":"matrix"}"#, "as=[]"],
+        action: "set-config",
+        per_container: true,
+        fixup: &[],
+    },
+    Row {
+        interface: "Container",
         method: "GetCheckpointLog",
         target: Target::Container,
         args: &[],

@@ -84,6 +84,17 @@ pub enum ContainerMsg {
         /// Reply.
         reply: RpcReplyPort<Result<()>>,
     },
+    /// Set the `set` keys and remove the `unset` ones (user keys only: `volatile.*` is
+    /// refused). Allowed in any state but while created; what the runtime applies live
+    /// (`limits.disk`) is applied before the change is recorded. Replies once both are done.
+    SetConfig {
+        /// Keys to set, with their values.
+        set: BTreeMap<String, String>,
+        /// Keys to remove (missing ones are fine).
+        unset: Vec<String>,
+        /// Reply.
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// Lend the record and the files (its own, or snapshot `.0`'s) for publishing. Allowed when
     /// Stopped, or for a snapshot in any state; until `EndPublish` the container cannot start
     /// or be deleted (`Busy`).
@@ -172,7 +183,9 @@ impl ContainerMsg {
             ContainerMsg::Delete { reply, .. } | ContainerMsg::DeleteSnapshot { reply, .. } => {
                 drop(reply.send(Err(e)))
             }
-            ContainerMsg::RestoreSnapshot { reply, .. } => drop(reply.send(Err(e))),
+            ContainerMsg::RestoreSnapshot { reply, .. } | ContainerMsg::SetConfig { reply, .. } => {
+                drop(reply.send(Err(e)))
+            }
             ContainerMsg::Exec(_, r) => drop(r.send(Err(e))),
             ContainerMsg::BeginPublish(_, r) => drop(r.send(Err(e))),
             ContainerMsg::BeginCopy { reply, .. } => drop(reply.send(Err(e))),
@@ -206,6 +219,7 @@ impl ContainerMsg {
                 | ContainerMsg::RenameSnapshot { .. }
                 | ContainerMsg::DeleteSnapshot { .. }
                 | ContainerMsg::BeginCopy { .. }
+                | ContainerMsg::SetConfig { .. }
         )
     }
 }
@@ -457,6 +471,10 @@ impl Actor for ContainerActor {
                 }
             }
             ContainerMsg::Delete { force, reply } => s.delete(&me, force, reply).await,
+            ContainerMsg::SetConfig { set, unset, reply } => {
+                let res = s.set_config(set, unset).await;
+                let _ = reply.send(res);
+            }
             ContainerMsg::StopDone(run, res) => s.stop_done(&me, run, res).await,
             ContainerMsg::Monitor(run, ev) => s.monitor_event(&me, run, ev).await,
             #[cfg(test)]
@@ -603,6 +621,60 @@ impl ContainerState {
             self.start(me).await?;
         }
         Ok(self.info())
+    }
+
+    async fn set_config(
+        &mut self,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<()> {
+        if self.rec.pending != Pending::None {
+            return Err(self.invalid_state("wait until it is created"));
+        }
+        for k in &unset {
+            if k.starts_with("volatile.") {
+                return Err(Error::InvalidConfig(format!(
+                    "config key {k:?} is managed by berth and cannot be unset"
+                )));
+            }
+        }
+        for (k, v) in &set {
+            crate::config::validate_key(k, v)?;
+        }
+        let mut next = self.rec.config.clone();
+        for k in &unset {
+            next.remove(k);
+        }
+        next.extend(set);
+        let user: BTreeMap<String, String> = next
+            .iter()
+            .filter(|(k, _)| !k.starts_with("volatile."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        crate::config::validate_user_config(&user)?;
+        let what = format!("container {}", self.rec.name);
+        let (was, limit) = (
+            crate::config::disk_limit(&self.rec.config),
+            crate::config::disk_limit(&next),
+        );
+        if was != limit {
+            self.rt
+                .set_disk_limit(&self.rec.name, limit)
+                .await
+                .map_err(|e| map_rt(Op::Configure, what.clone(), e))?;
+        }
+        let before = std::mem::replace(&mut self.rec.config, next);
+        if let Err(e) = self.store.update_container(&self.rec).await {
+            self.rec.config = before;
+            if was != limit {
+                let _ = self.rt.set_disk_limit(&self.rec.name, was).await;
+            }
+            return Err(e);
+        }
+        self.events.publish(Event::ContainerConfigChanged {
+            name: self.rec.name.clone(),
+        });
+        Ok(())
     }
 
     async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {

@@ -331,6 +331,30 @@ impl ContainerIface {
         )))
     }
 
+    /// Sets the `set` keys and removes the `unset` ones, in any state; changes that apply
+    /// live (`limits.disk`) are applied before it returns, the others at the next start.
+    /// Nothing changes when any key or value is refused (`InvalidConfig`) or the pool cannot
+    /// honour it (`NotSupported`: `limits.disk` on a dir pool).
+    async fn set_config(
+        &self,
+        set: HashMap<String, String>,
+        unset: Vec<String>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<()> {
+        self.ctx
+            .authorize(
+                &h,
+                auth::SET_CONFIG,
+                &[("container", &self.name), ("verb", "set-config")],
+            )
+            .await?;
+        Ok(self
+            .ctx
+            .engine
+            .set_config(&self.name, set.into_iter().collect(), unset)
+            .await?)
+    }
+
     /// The container's config and expanded config with every value, `environment.*` ones
     /// included (the `Config` properties, readable by anyone, show those as `(hidden)`): as
     /// secret as what runs in the container, so authorized as exec. No options yet.

@@ -52,6 +52,7 @@ methods!(
     RestartContainer,
     DeleteContainer,
     GetContainerConfig,
+    SetContainerConfig,
     CreateSnapshot,
     ListSnapshots,
     RestoreSnapshot,
@@ -248,6 +249,19 @@ struct SnapshotParams {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SetConfigParams {
+    name: String,
+    #[serde(default)]
+    set: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    unset: Option<Vec<String>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    allow_interactive_authentication: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ImageParams {
     #[serde(default)]
     reference: Option<String>,
@@ -380,6 +394,18 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                     ],
                 )
                 .await?;
+                // as on D-Bus: the copy holds the source's files and config, so the source
+                // is authorized too
+                authorize(
+                    auth::CREATE_CONTAINER,
+                    vec![
+                        ("container", src.clone()),
+                        ("source", source.clone()),
+                        ("target", p.name.clone()),
+                        ("verb", "copy-from".into()),
+                    ],
+                )
+                .await?;
                 if start {
                     authorize(
                         auth::MANAGE_CONTAINERS,
@@ -430,7 +456,7 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 vec![("container", p.name.clone()), ("verb", "start".into())],
             )
             .await?;
-            e.start_container(&p.name, StartOptions { stateless, uid })
+            e.start_container_authorized(&p.name, StartOptions { stateless, uid }, restores)
                 .await
                 .map_err(Error::from)?;
             json!({})
@@ -505,6 +531,22 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
             .await?;
             let info = e.container(&p.name).await.map_err(Error::from)?;
             json!({ "config": info.config, "expandedConfig": info.expanded_config })
+        }
+        Method::SetContainerConfig => {
+            let p: SetConfigParams = decode(&p)?;
+            authorize(
+                auth::SET_CONFIG,
+                vec![("container", p.name.clone()), ("verb", "set-config".into())],
+            )
+            .await?;
+            e.set_config(
+                &p.name,
+                p.set.unwrap_or_default().into_iter().collect(),
+                p.unset.unwrap_or_default(),
+            )
+            .await
+            .map_err(Error::from)?;
+            json!({})
         }
         Method::GetCheckpointLog => {
             let p: ByName = decode(&p)?;

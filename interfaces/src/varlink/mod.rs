@@ -392,6 +392,7 @@ mod tests {
         ("Container", "Publish", Some("PublishContainer")),
         ("Container", "CreateSnapshot", Some("CreateSnapshot")),
         ("Container", "GetConfig", Some("GetContainerConfig")),
+        ("Container", "SetConfig", Some("SetContainerConfig")),
         ("Container", "GetCheckpointLog", Some("GetCheckpointLog")),
         ("Container", "ListSnapshots", Some("ListSnapshots")),
         ("Snapshot", "Restore", Some("RestoreSnapshot")),

@@ -1,5 +1,5 @@
 //! btrfs subvolumes through their ioctls: create, snapshot, delete (nested ones first) and the
-//! read-only flag. A snapshot is a constant-time copy whatever the tree's size.
+//! read-only flag (quotas are in [`super::quota`]). A snapshot is a constant-time copy whatever the tree's size.
 
 use crate::error::{Context, Error, Result};
 use crate::sys;
@@ -11,7 +11,7 @@ use std::path::Path;
 
 const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
 /// Inode number of every subvolume's root directory.
-const FIRST_FREE_OBJECTID: u64 = 256;
+pub(crate) const FIRST_FREE_OBJECTID: u64 = 256;
 const SUBVOL_RDONLY: u64 = 1 << 1;
 const PATH_NAME_MAX: usize = 4087;
 
@@ -155,6 +155,8 @@ pub fn delete(path: &Path) -> Result<()> {
 fn destroy_one(path: &Path) -> Result<()> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent)?;
+    // its qgroup goes with it (quotas on): no stale qgroups left in the pool
+    let id = super::quota::subvolume_id(path).ok();
     let mut args = VolArgs {
         fd: 0,
         name: [0; PATH_NAME_MAX + 1],
@@ -163,6 +165,10 @@ fn destroy_one(path: &Path) -> Result<()> {
     // SAFETY: the ioctl reads a VolArgs.
     sys::cvt(unsafe { libc::ioctl(dir.as_raw_fd(), IOC_SNAP_DESTROY as _, &args) })
         .step(|| format!("delete subvolume {}", path.display()))?;
+    if let Some(id) = id {
+        // the subvolume is gone whatever this says; a qgroup left holds no space
+        let _ = super::quota::remove_qgroup(parent, id);
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 
 pub mod btrfs;
 pub mod loopdev;
+pub mod quota;
 pub mod snapshots;
 
 use crate::error::{Context, Error, Result};
@@ -157,6 +158,10 @@ impl Pool {
                 reason: "not a btrfs filesystem".into(),
             });
         }
+        if self.cfg.driver == DriverKind::Btrfs {
+            // best effort: a pool with a stale qgroup is still usable
+            let _ = quota::sweep_stale_qgroups(p);
+        }
         // root only: image and container files are owned by host uid 0 on disk (the idmapped
         // mount shifts them for the container), so a setuid file in them would be a setuid-root
         // program for any host user who could reach it
@@ -243,9 +248,28 @@ impl Pool {
         Ok(dst)
     }
 
-    /// Deletes a container's volume. Missing is fine.
+    /// Limits the bytes container `name`'s volume may refer to (its root disk size), or
+    /// removes the limit (`None`). btrfs: a qgroup limit on the volume's subvolume (quotas are
+    /// enabled on the pool on first use). dir: no quotas, so a limit is refused.
+    pub fn set_disk_limit(&self, name: &str, bytes: Option<u64>) -> Result<()> {
+        match self.cfg.driver {
+            DriverKind::Btrfs => quota::set_limit(&self.container_volume(name), bytes),
+            DriverKind::Dir if bytes.is_none() => Ok(()),
+            DriverKind::Dir => Err(Error::NotSupported(
+                "a root disk limit needs a btrfs pool: the dir driver has no quotas".into(),
+            )),
+        }
+    }
+
+    /// Deletes a container's volume (missing is fine), and the qgroups of subvolumes gone
+    /// since the last sweep.
     pub fn delete_container(&self, name: &str) -> Result<()> {
-        self.delete_volume(&self.container_volume(name))
+        self.delete_volume(&self.container_volume(name))?;
+        if self.cfg.driver == DriverKind::Btrfs {
+            // the volume is gone whatever this says; a qgroup left holds no space
+            let _ = quota::sweep_stale_qgroups(&self.cfg.path);
+        }
+        Ok(())
     }
 
     /// Deletes an image's volume. Missing is fine.
