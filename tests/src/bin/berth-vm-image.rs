@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         &dir,
         &mirror,
         &mut |p, t| {
-            let pct = if t == 0 { 0 } else { p * 100 / t };
+            let pct = (p * 100).checked_div(t).unwrap_or(0);
             if pct >= last + 10 {
                 last = pct;
                 eprintln!("berth-vm-image: debootstrap {pct}%");
