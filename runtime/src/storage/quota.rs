@@ -380,16 +380,22 @@ mod tests {
                 write_mib(&vol.join("more"), 64).unwrap();
                 let id = subvolume_id(&vol).unwrap();
                 pool.delete_container("c").unwrap();
-                // gone now (6.1), or once the cleaner dropped the subvolume (later kernels)
-                for _ in 0..300 {
-                    if qgroup_ctl(&pool.config().path, false, id)
-                        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
-                    {
-                        break;
+                // gone now (6.1), or once btrfs's cleaner has dropped the subvolume (later
+                // kernels): it runs at transaction commits, so under load that can take more
+                // than one commit interval; `btrfs subvolume sync` waits until it has
+                let synced = std::process::Command::new("btrfs")
+                    .args(["subvolume", "sync"])
+                    .arg(&pool.config().path)
+                    .arg(id.to_string())
+                    .status()
+                    .unwrap();
+                assert!(synced.success(), "btrfs subvolume sync: {synced}");
+                match qgroup_ctl(&pool.config().path, false, id) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        panic!("{mode:?}: remove qgroup 0/{id} once its subvolume is gone: {e}")
                     }
-                    // a commit wakes the cleaner
-                    crate::storage::sync_fs(&pool.config().path).unwrap();
-                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
                 let e = qgroup_ctl(&pool.config().path, false, id).unwrap_err();
                 assert_eq!(
