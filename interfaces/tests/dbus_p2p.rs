@@ -347,12 +347,24 @@ async fn object_manager_lists_containers_and_images() {
         m.create_container("b", "busybox", &HashMap::new())
             .await
             .unwrap();
-        let (member, msg) = stream.next().await.unwrap();
-        assert_eq!(member, "InterfacesAdded");
-        let (path, ifaces): (
-            zbus::OwnedObjectPath,
-            HashMap<String, HashMap<String, zbus::OwnedVariant>>,
-        ) = msg.body().deserialize().unwrap();
+        // an object is in the tree (GetManagedObjects lists it) just before its
+        // InterfacesAdded goes out, so a's may still come first: skip those of the objects
+        // made above
+        let (path, ifaces) = loop {
+            let (member, msg) = stream.next().await.unwrap();
+            assert_eq!(member, "InterfacesAdded");
+            let (path, ifaces): (
+                zbus::OwnedObjectPath,
+                HashMap<String, HashMap<String, zbus::OwnedVariant>>,
+            ) = msg.body().deserialize().unwrap();
+            if path.as_str() == "/org/berth/Berth1/container/b" {
+                break (path, ifaces);
+            }
+            assert!(
+                with_ifaces.contains(&path.to_string()),
+                "InterfacesAdded for {path}, neither b nor an object made before"
+            );
+        };
         assert_eq!(path.as_str(), "/org/berth/Berth1/container/b");
         assert_eq!(
             String::try_from(
