@@ -287,6 +287,7 @@ impl Netlink {
     /// Sends `buf` (one or more sealed messages) and waits for the acknowledgement of the one
     /// numbered `self.seq`.
     fn exchange(&mut self, out: &[u8], what: &str) -> Result<()> {
+        self.drain();
         // SAFETY: sending our buffer on our socket (to the kernel: zeroed sockaddr_nl).
         let n = unsafe { libc::send(self.fd.as_raw_fd(), out.as_ptr().cast(), out.len(), 0) };
         if n < 0 {
@@ -329,6 +330,26 @@ impl Netlink {
                     }
                 }
                 off += align(mlen);
+            }
+        }
+    }
+
+    /// Drops what an earlier exchange left unread (the answers to a batch's other messages
+    /// after an error), so that a socket kept open reads only answers to what it sends next.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 512];
+        loop {
+            // SAFETY: receiving into our buffer, without waiting.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n <= 0 {
+                return;
             }
         }
     }
@@ -754,6 +775,10 @@ pub struct BridgeNetwork {
     state: std::sync::Mutex<BridgeState>,
     /// Whether this process has (re)written the guard table's rules.
     ruleset: std::sync::Mutex<bool>,
+    /// The netfilter socket the guards' set elements go through, kept open: closing one
+    /// after a commit waits for nftables to free the commit's transactions (an RCU grace
+    /// period, ~6 ms here), which a delete or a start would otherwise pay each time.
+    netfilter: std::sync::Mutex<Option<Netlink>>,
 }
 
 impl BridgeNetwork {
@@ -815,6 +840,7 @@ impl BridgeNetwork {
             file,
             state: std::sync::Mutex::new(state),
             ruleset: std::sync::Mutex::new(false),
+            netfilter: std::sync::Mutex::new(None),
         };
         net.save(&net.state.lock().unwrap_or_else(|p| p.into_inner()))?;
         Ok(net)
@@ -825,6 +851,21 @@ impl BridgeNetwork {
         let data = serde_json::to_vec_pretty(st).map_err(|e| Error::Protocol(e.to_string()))?;
         std::fs::write(&tmp, data).step(|| format!("write {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.file).step(|| format!("rename {}", tmp.display()))
+    }
+
+    /// Runs `f` on the kept netfilter socket, opened on first use; a socket that failed is
+    /// dropped so the next call starts on a fresh one.
+    fn with_netfilter<T>(&self, f: impl FnOnce(&mut Netlink) -> Result<T>) -> Result<T> {
+        let mut slot = self.netfilter.lock().unwrap_or_else(|p| p.into_inner());
+        let nl = match slot.as_mut() {
+            Some(nl) => nl,
+            None => slot.insert(Netlink::open_netfilter()?),
+        };
+        let r = f(nl);
+        if r.is_err() {
+            *slot = None;
+        }
+        r
     }
 
     /// The gateway (the bridge's own address).
@@ -873,28 +914,29 @@ impl BridgeNetwork {
         let want: Guard = (nic.hwaddr, nic.ipv4);
         let port = &nic.host_name;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut nl = Netlink::open_netfilter()?;
         let table = guard_table(&self.bridge);
-        if let Some(old) = st.guards.get(port).copied()
-            && old != want
-        {
-            for (set, key) in guard_elements(port, &old) {
-                nl.set_element(&table, set, &key, false).or_else(absent)?;
-            }
-        }
-        for (set, key) in guard_elements(port, &want) {
-            match nl.set_element(&table, set, &key, true) {
-                // the table went (`nft flush ruleset` by a firewall reload): write it again
-                Err(e) if e.errno() == Some(libc::ENOENT) => {
-                    nft(
-                        &guard_ruleset(&self.bridge),
-                        &format!("write the guard rules of bridge {} again", self.bridge),
-                    )?;
-                    nl.set_element(&table, set, &key, true)?;
+        let old = st.guards.get(port).copied().filter(|old| *old != want);
+        self.with_netfilter(|nl| {
+            if let Some(old) = old {
+                for (set, key) in guard_elements(port, &old) {
+                    nl.set_element(&table, set, &key, false).or_else(absent)?;
                 }
-                r => r?,
             }
-        }
+            for (set, key) in guard_elements(port, &want) {
+                match nl.set_element(&table, set, &key, true) {
+                    // the table went (`nft flush ruleset` by a firewall reload): write it again
+                    Err(e) if e.errno() == Some(libc::ENOENT) => {
+                        nft(
+                            &guard_ruleset(&self.bridge),
+                            &format!("write the guard rules of bridge {} again", self.bridge),
+                        )?;
+                        nl.set_element(&table, set, &key, true)?;
+                    }
+                    r => r?,
+                }
+            }
+            Ok(())
+        })?;
         if st.guards.get(port) != Some(&want) {
             st.guards.insert(port.clone(), want);
             self.save(&st)?;
@@ -909,11 +951,13 @@ impl BridgeNetwork {
         let Some(old) = st.guards.get(&port).copied() else {
             return Ok(());
         };
-        let mut nl = Netlink::open_netfilter()?;
         let table = guard_table(&self.bridge);
-        for (set, key) in guard_elements(&port, &old) {
-            nl.set_element(&table, set, &key, false).or_else(absent)?;
-        }
+        self.with_netfilter(|nl| {
+            for (set, key) in guard_elements(&port, &old) {
+                nl.set_element(&table, set, &key, false).or_else(absent)?;
+            }
+            Ok(())
+        })?;
         st.guards.remove(&port);
         self.save(&st)
     }
