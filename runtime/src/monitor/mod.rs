@@ -221,6 +221,13 @@ fn set_title(name: &str) {
     slot[..name.len()].copy_from_slice(name.as_bytes());
 }
 
+/// How long a new monitor waits for the container's previous one to exit.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The monitor's command name in /proc/PID/comm, which its children keep until they exec
+/// (an exec being set up inside a container shows as this).
+pub const COMM: &str = "berth-monitor";
+
 /// Entry point of `berth-monitor`: never returns.
 pub fn main_stdio() -> ! {
     use std::os::unix::ffi::OsStrExt;
@@ -352,9 +359,15 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
         .step(|| "open the monitor lock")?;
     // (one an older berth made 0644 too: the directory is the container root's to traverse)
     let _ = lock.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    // The container's previous monitor holds the lock until its process is gone, a moment
+    // after it reported the container stopped: a start right after a stop waits for it.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
     // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::AlreadyRunning(spec.name.clone()));
+    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::AlreadyRunning(spec.name.clone()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     if !spec.cgroups.exists() {
         spec.cgroups.create()?;
@@ -804,12 +817,7 @@ impl Monitor {
             }
             Request::Exec(req) => {
                 if self.stopping {
-                    self.send_to(
-                        id,
-                        &Reply::Error {
-                            message: "the container is stopping".into(),
-                        },
-                    );
+                    self.send_to(id, &Reply::Stopping);
                     return;
                 }
                 let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {

@@ -94,6 +94,8 @@ pub enum Reply {
     },
     /// Done.
     Ok,
+    /// The request needs a running container and this one is stopping.
+    Stopping,
     /// The request failed.
     Error {
         /// Why, lowercase.
