@@ -208,8 +208,28 @@ impl HostRuntime {
             .clone()
     }
 
-    /// Why the running container `name` cannot be checkpointed (empty when it can).
-    fn preflight(&self, name: &str, init: i32) -> Vec<String> {
+    /// Why the running container `name` cannot be checkpointed (empty when it can). An
+    /// exec being set up (the monitor's child between its fork and its exec, in the
+    /// container's cgroup but not yet in all its namespaces) is waited for, up to a second;
+    /// execs that keep starting past that make the checkpoint `Busy`, to be tried again.
+    fn preflight(&self, name: &str, init: i32) -> Result<Vec<String>, RuntimeError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let (reasons, starting) = self.preflight_once(name, init);
+            if starting == 0 || reasons.is_empty() {
+                return Ok(reasons);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Busy(format!(
+                    "{starting} exec(s) are starting in container {name}; try again"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// [`Self::preflight`] once: the reasons, and how many execs are being set up.
+    fn preflight_once(&self, name: &str, init: i32) -> (Vec<String>, usize) {
         let cg = self.cgroups(name);
         let dir = cg.freezer_dir().or_else(|| cg.dirs().next());
         let mut pids = dir
@@ -217,6 +237,13 @@ impl HostRuntime {
             .unwrap_or_default();
         pids.retain(|p| *p != init);
         pids.insert(0, init);
+        let starting = pids
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim_end() == berth_runtime::monitor::COMM)
+            })
+            .count();
         let mut reasons = berth_runtime::criu::preflight::check(init, &pids);
         if self.pool.driver() == berth_runtime::storage::DriverKind::Btrfs {
             reasons.extend(
@@ -224,7 +251,7 @@ impl HostRuntime {
                     .filter_map(|p| berth_runtime::criu::preflight::symlink_watch(*p)),
             );
         }
-        reasons
+        (reasons, starting)
     }
 
     /// CRIU dump of a running container into `slot` (see [`Runtime::checkpoint`]).
@@ -255,7 +282,7 @@ impl HostRuntime {
             }
         };
         let t0 = std::time::Instant::now();
-        let reasons = self.preflight(name, status.init_pid);
+        let reasons = self.preflight(name, status.init_pid)?;
         let preflight_us = t0.elapsed().as_micros();
         if !reasons.is_empty() {
             return Err(RuntimeError::NotSupported(format!(
@@ -1131,6 +1158,8 @@ impl Runtime for SharedHost {
             match conn.recv().await? {
                 Some(Reply::ExecStarted { .. }) => continue,
                 Some(Reply::ExecExited { code }) => return Ok(code),
+                // a stop raced the exec: as if it had come after
+                Some(Reply::Stopping) => return Err(RuntimeError::NotRunning),
                 Some(Reply::Error { message }) => return Err(RuntimeError::Invalid(message)),
                 Some(_) => continue,
                 None => return Err(RuntimeError::NotRunning),

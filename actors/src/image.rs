@@ -78,9 +78,10 @@ impl Actor for ImageActor {
                 if let Err(e) = s.store.update_image(&s.record).await {
                     tracing::warn!(image = %s.record.fingerprint, "record use: {e}");
                 }
-                let _ = s
-                    .manager
-                    .cast(ManagerMsg::ImageUpdated(Box::new(s.record.clone())));
+                let _ = s.manager.cast(ManagerMsg::ImageUpdated(
+                    Box::new(s.record.clone()),
+                    me.get_id(),
+                ));
             }
             ImageMsg::Delete(r) => {
                 let fp = s.record.fingerprint.clone();
@@ -97,7 +98,9 @@ impl Actor for ImageActor {
                 }
                 .await;
                 if res.is_ok() {
-                    let _ = s.manager.cast(ManagerMsg::ImageRemoved(fp.clone()));
+                    let _ = s
+                        .manager
+                        .cast(ManagerMsg::ImageRemoved(fp.clone(), me.get_id()));
                     s.events.publish(Event::ImageRemoved { fingerprint: fp });
                     me.stop(Some("deleted".into()));
                 }

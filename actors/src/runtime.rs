@@ -31,6 +31,9 @@ pub enum RuntimeError {
     /// Cancelled on request; nothing was kept.
     #[error("cancelled")]
     Cancelled,
+    /// Something else is under way in the container; the same call can succeed later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<berth_runtime::Error> for RuntimeError {

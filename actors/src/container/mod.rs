@@ -27,7 +27,7 @@ use crate::types::{
     ContainerInfo, ContainerRecord, ContainerSummary, DEFAULT_STOP_TIMEOUT, ExecRequest, Pending,
     SnapshotRecord, StartOptions, Status, StopOptions,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,6 +260,8 @@ pub struct ContainerActor;
 
 /// The actor's state.
 pub struct ContainerState {
+    /// This actor's id, which names it in what it tells the manager.
+    id: ActorId,
     rec: ContainerRecord,
     store: Store,
     rt: Arc<dyn Runtime>,
@@ -305,10 +307,11 @@ impl Actor for ContainerActor {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<ContainerMsg>,
+        me: ActorRef<ContainerMsg>,
         a: ContainerArgs,
     ) -> Result<ContainerState, ActorProcessingErr> {
         Ok(ContainerState {
+            id: me.get_id(),
             rec: a.record,
             store: a.store,
             rt: a.runtime,
@@ -370,6 +373,12 @@ impl Actor for ContainerActor {
         msg: ContainerMsg,
         s: &mut ContainerState,
     ) -> Result<(), ActorProcessingErr> {
+        // not provisioned yet: the manager sends Provision right after the spawn, and a
+        // request that raced it waits for it rather than finding no files
+        if s.rec.pending == Pending::Create && msg.waits_while_busy() {
+            s.deferred.push_back(msg);
+            return Ok(());
+        }
         if let Some(what) = s.busy
             && msg.waits_while_busy()
         {
@@ -388,7 +397,12 @@ impl Actor for ContainerActor {
                 let failed = res.is_err();
                 let _ = reply.send(res);
                 if failed {
+                    for m in std::mem::take(&mut s.deferred) {
+                        m.fail(Error::NoSuchContainer(s.rec.name.clone()));
+                    }
                     me.stop(Some("provisioning failed".into()));
+                } else if s.busy.is_none() {
+                    s.resend_deferred(&me);
                 }
             }
             ContainerMsg::Start(opts, r) => s.start_with(&me, opts, r).await,
@@ -464,11 +478,7 @@ impl Actor for ContainerActor {
             ContainerMsg::TaskDone(t) => {
                 s.task_done(&me, *t).await;
                 s.busy = None;
-                for m in std::mem::take(&mut s.deferred) {
-                    if let Err(ractor::MessagingErr::SendErr(m)) = me.send_message(m) {
-                        m.fail(Error::Unavailable(format!("container {:?}", s.rec.name)));
-                    }
-                }
+                s.resend_deferred(&me);
             }
             ContainerMsg::Delete { force, reply } => s.delete(&me, force, reply).await,
             ContainerMsg::SetConfig { set, unset, reply } => {
@@ -517,6 +527,16 @@ impl ContainerState {
         }
     }
 
+    /// Sends the requests that waited (for a task or for provisioning) to the mailbox again,
+    /// in their order.
+    fn resend_deferred(&mut self, me: &ActorRef<ContainerMsg>) {
+        for m in std::mem::take(&mut self.deferred) {
+            if let Err(ractor::MessagingErr::SendErr(m)) = me.send_message(m) {
+                m.fail(Error::Unavailable(format!("container {:?}", self.rec.name)));
+            }
+        }
+    }
+
     /// Persists the record, then tells the manager and the world.
     async fn commit(&mut self) -> Result<()> {
         self.store.update_container(&self.rec).await?;
@@ -525,7 +545,9 @@ impl ContainerState {
     }
 
     fn announce(&self) {
-        let _ = self.manager.cast(ManagerMsg::Updated(self.summary()));
+        let _ = self
+            .manager
+            .cast(ManagerMsg::Updated(self.summary(), self.id));
         self.events.publish(Event::ContainerChanged {
             name: self.rec.name.clone(),
             status: self.rec.status,
@@ -603,7 +625,7 @@ impl ContainerState {
                 let _ = self.store.delete_container(&self.rec.name).await;
                 let _ = self
                     .manager
-                    .cast(ManagerMsg::Removed(self.rec.name.clone()));
+                    .cast(ManagerMsg::Removed(self.rec.name.clone(), self.id));
                 return Err(map_rt(
                     Op::Create,
                     format!("container {}", self.rec.name),
@@ -977,7 +999,7 @@ impl ContainerState {
         }
         let _ = self
             .manager
-            .cast(ManagerMsg::Removed(self.rec.name.clone()));
+            .cast(ManagerMsg::Removed(self.rec.name.clone(), self.id));
         self.events.publish(Event::ContainerRemoved {
             name: self.rec.name.clone(),
         });
@@ -993,6 +1015,7 @@ pub(crate) fn map_rt(op: Op, what: String, e: RuntimeError) -> Error {
         RuntimeError::NotSupported(m) => Error::NotSupported(m),
         RuntimeError::Invalid(m) => Error::InvalidConfig(m),
         RuntimeError::Cancelled => Error::Cancelled,
+        RuntimeError::Busy(m) => Error::Busy(m),
         e => Error::runtime(op, what, e),
     }
 }

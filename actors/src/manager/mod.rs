@@ -141,16 +141,16 @@ pub enum ManagerMsg {
     ),
     /// Delete an image by reference.
     DeleteImage(String, RpcReplyPort<Result<()>>),
-    /// Internal: a child's summary changed.
-    Updated(ContainerSummary),
-    /// Internal: a container was deleted.
-    Removed(String),
+    /// Internal: a child's summary changed (from the container actor with that id).
+    Updated(ContainerSummary, ActorId),
+    /// Internal: a container was deleted (by the container actor with that id).
+    Removed(String, ActorId),
     /// Internal: a create finished (successfully or not).
     Provisioned(String),
-    /// Internal: an image's record changed.
-    ImageUpdated(Box<ImageRecord>),
-    /// Internal: an image was deleted.
-    ImageRemoved(String),
+    /// Internal: an image's record changed (from the image actor with that id).
+    ImageUpdated(Box<ImageRecord>, ActorId),
+    /// Internal: an image was deleted (by the image actor with that id).
+    ImageRemoved(String, ActorId),
     /// Internal, sent once by `pre_start`: finish interrupted changes, sweep orphans, then
     /// spawn the containers' actors in batches.
     Startup,
@@ -396,30 +396,40 @@ impl Actor for ManagerActor {
                 }
                 Err(e) => drop(reply.send(Err(e))),
             },
-            ManagerMsg::Updated(summary) => {
-                if let Some(c) = s.containers.get_mut(&summary.name) {
+            // These come from a child's mailbox, while its end comes as a supervision event,
+            // which the manager may take first: by then the name can belong to a new
+            // container (deleted and created again), which a late word from the old one must
+            // not touch. So each names its sender.
+            ManagerMsg::Updated(summary, from) => {
+                if let Some(c) = s.containers.get_mut(&summary.name)
+                    && matches!(&c.slot, Slot::Live(a) if a.get_id() == from)
+                {
                     c.summary = summary;
                 }
             }
-            ManagerMsg::Removed(name) => {
-                s.creating.remove(&name);
-                if let Some(c) = s.containers.remove(&name)
-                    && let Slot::Live(a) = c.slot
+            ManagerMsg::Removed(name, from) => {
+                if let Some(c) = s.containers.get(&name)
+                    && matches!(&c.slot, Slot::Live(a) if a.get_id() == from)
                 {
-                    s.by_id.remove(&a.get_id());
+                    s.creating.remove(&name);
+                    s.containers.remove(&name);
+                    s.by_id.remove(&from);
                 }
             }
             ManagerMsg::Provisioned(name) => {
                 s.creating.remove(&name);
             }
-            ManagerMsg::ImageUpdated(rec) => {
-                if let Some(e) = s.images.get_mut(&rec.fingerprint) {
+            ManagerMsg::ImageUpdated(rec, from) => {
+                if let Some(e) = s.images.get_mut(&rec.fingerprint)
+                    && e.actor.get_id() == from
+                {
                     e.record = *rec;
                 }
             }
-            ManagerMsg::ImageRemoved(fp) => {
-                if let Some(e) = s.images.remove(&fp) {
-                    s.image_ids.remove(&e.actor.get_id());
+            ManagerMsg::ImageRemoved(fp, from) => {
+                if s.images.get(&fp).is_some_and(|e| e.actor.get_id() == from) {
+                    s.images.remove(&fp);
+                    s.image_ids.remove(&from);
                 }
             }
         }
@@ -442,6 +452,7 @@ impl Actor for ManagerActor {
                     && let Some(c) = s.containers.get(&name)
                     && matches!(&c.slot, Slot::Live(a) if a.get_id() == cell.get_id())
                 {
+                    s.creating.remove(&name);
                     s.containers.remove(&name);
                 }
                 if let Some(fp) = s.image_ids.remove(&cell.get_id()) {
