@@ -339,6 +339,11 @@ impl HostRuntime {
                     log: None,
                 });
             }
+            if stop {
+                berth_runtime::crash::point("berthd.stop-stateful.frozen");
+            } else {
+                berth_runtime::crash::point("berthd.snapshot.frozen");
+            }
             freeze_us = freeze_at.elapsed().as_micros();
             let frozen_at = std::time::Instant::now();
             let r = dump(
@@ -363,6 +368,8 @@ impl HostRuntime {
                             .capture_volume(name, &staging)
                             .map_err(|e| e.to_string())?;
                         files_us = t.elapsed().as_micros();
+                        // frozen, CRIU's dump written, the files captured
+                        berth_runtime::crash::point("berthd.snapshot.dumped");
                     }
                     Ok(())
                 },
@@ -398,6 +405,7 @@ impl HostRuntime {
             }
             Ok(stats) => {
                 if stop {
+                    berth_runtime::crash::point("berthd.stop-stateful.dumped");
                     let dst = self.pool.stop_state(name);
                     self.pool.remove_snapshot_dir(&dst.dir)?;
                     std::fs::rename(&staging.dir, &dst.dir).map_err(|e| {
@@ -806,6 +814,8 @@ impl HostRuntime {
             &mut |done, total| op.set_progress(done, total),
             &op.cancel,
         )?;
+        // the files in place, no row yet
+        berth_runtime::crash::point("berthd.image.stored");
         let meta = imported.metadata.unwrap_or_default();
         Ok(NewImage {
             fingerprint: imported.fingerprint,
@@ -892,11 +902,13 @@ impl Runtime for SharedHost {
             let trigger = match &source {
                 VolumeSource::Image => {
                     h.pool.clone_image(&rec.image, &rec.name)?;
+                    berth_runtime::crash::point("berthd.create.volume-cloned");
                     "create"
                 }
                 VolumeSource::Container(_) | VolumeSource::Snapshot { .. } => {
                     h.pool
                         .copy_volume(&h.volume_of(&rec.name, &source), &rec.name)?;
+                    berth_runtime::crash::point("berthd.copy.volume-copied");
                     // a copy of the files alone: the links CRIU made for a dump go
                     berth_runtime::criu::images::remove_link_remaps(
                         &h.dump_state_of(&rec.name, &source),
@@ -1188,6 +1200,7 @@ impl Runtime for SharedHost {
                     let res = image::build_busybox(&h.cfg.busybox, &tmp)
                         .map_err(RuntimeError::from)
                         .and_then(|_| {
+                            berth_runtime::crash::point("berthd.build.packed");
                             let f = std::fs::File::open(&tmp).map_err(|e| {
                                 RuntimeError::Failed(format!("open {}: {e}", tmp.display()))
                             })?;
@@ -1307,6 +1320,7 @@ impl Runtime for SharedHost {
             let res = image::publish::publish(&volume, &meta, shifted, &skip, &tmp, &op.cancel)
                 .map_err(RuntimeError::from)
                 .and_then(|_| {
+                    berth_runtime::crash::point("berthd.publish.packed");
                     let f = std::fs::File::open(&tmp).map_err(|e| {
                         RuntimeError::Failed(format!("open {}: {e}", tmp.display()))
                     })?;
@@ -1356,7 +1370,9 @@ impl Runtime for SharedHost {
         let (h, c, id) = (self.0.clone(), container.to_string(), id.to_string());
         blocking(move || {
             let staging = h.pool.stage_snapshot(&c, &id)?;
-            Ok(h.pool.capture_volume(&c, &staging)?)
+            let bytes = h.pool.capture_volume(&c, &staging)?;
+            berth_runtime::crash::point("berthd.snapshot.captured");
+            Ok(bytes)
         })
         .await
     }
@@ -1437,6 +1453,7 @@ impl Runtime for SharedHost {
         blocking(move || {
             let snap = h.pool.snapshot(&c, &id);
             h.pool.replace_volume(&c, &snap.volume())?;
+            berth_runtime::crash::point("berthd.restore.volume-replaced");
             // the volume is a new subvolume: the container's limit holds for it too
             h.pool.set_disk_limit(&c, limit)?;
             if !with_state {

@@ -181,7 +181,9 @@ impl SnapshotState {
             .commit_snapshot(&self.rec.container, &self.rec.id)
             .await
             .map_err(|e| crate::container::map_rt(Op::Snapshot, self.what(), e))?;
+        berth_runtime::crash::point("berthd.snapshot.committed");
         self.store.insert_snapshot(&self.rec).await?;
+        berth_runtime::crash::point("berthd.snapshot.row-inserted");
         self.staged = false;
         self.events.publish(Event::SnapshotCreated {
             container: self.rec.container.clone(),

@@ -8,6 +8,7 @@
 //! single-threaded process (the monitor or a helper).
 
 pub mod cgroup;
+pub mod crash;
 pub mod criu;
 pub mod devices;
 pub mod error;

@@ -18,6 +18,11 @@ mod systemd;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "crash-points")]
+    if let Err(e) = berth_runtime::crash::arm_from_env() {
+        eprintln!("berthd: {e}");
+        return ExitCode::from(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parsed = match config::parse(&args) {
         Ok(p) => p,

@@ -714,3 +714,15 @@ pub fn system_user(user: &'static str) -> &'static str {
     }
     user
 }
+
+/// Whether the test can run: end-to-end tests need root; without it they fail, unless
+/// `BERTH_E2E_ALLOW_SKIP` is set, when they skip.
+pub fn root_or_skip() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(),
+        "end-to-end tests need root"
+    );
+    root
+}

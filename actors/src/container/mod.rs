@@ -619,7 +619,10 @@ impl ContainerState {
             return Ok(self.info());
         }
         match self.rt.provision(&self.rec, source).await {
-            Ok(extra) => self.rec.config.extend(extra),
+            Ok(extra) => {
+                berth_runtime::crash::point("berthd.create.provisioned");
+                self.rec.config.extend(extra)
+            }
             Err(e) => {
                 let _ = self.rt.deprovision(&self.rec.name).await;
                 let _ = self.store.delete_container(&self.rec.name).await;
@@ -720,10 +723,12 @@ impl ContainerState {
         self.commit().await?;
         match self.rt.start(&self.rec).await {
             Ok(run) => {
+                berth_runtime::crash::point("berthd.start.monitor-spawned");
                 self.run += 1;
                 self.rec.status = Status::Running;
                 self.rec.init_pid = run.init_pid;
                 self.commit().await?;
+                berth_runtime::crash::point("berthd.start.recorded");
                 self.watch(me);
                 Ok(())
             }
@@ -808,6 +813,7 @@ impl ContainerState {
         };
         let (rt, rec, run, me) = (self.rt.clone(), self.rec.clone(), self.run, me.clone());
         tokio::spawn(async move {
+            berth_runtime::crash::point("berthd.stop.requested");
             let res = rt.stop(&rec, opts.force, timeout).await;
             let _ = me.cast(ContainerMsg::StopDone(run, res));
         });
@@ -889,6 +895,7 @@ impl ContainerState {
         self.rec.status = Status::Stopped;
         self.rec.init_pid = 0;
         let persisted = self.commit().await;
+        berth_runtime::crash::point("berthd.stop.recorded");
         for w in self.stop_waiters.drain(..) {
             let _ = w.send(persisted.clone());
         }
@@ -985,10 +992,12 @@ impl ContainerState {
     async fn remove(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
         self.rec.pending = Pending::Delete;
         self.store.update_container(&self.rec).await?;
+        berth_runtime::crash::point("berthd.delete.marked");
         self.rt
             .deprovision(&self.rec.name)
             .await
             .map_err(|e| map_rt(Op::Delete, format!("container {}", self.rec.name), e))?;
+        berth_runtime::crash::point("berthd.delete.deprovisioned");
         self.store.delete_container(&self.rec.name).await?;
         for (name, (_, actor)) in std::mem::take(&mut self.snaps) {
             actor.stop(Some("container deleted".into()));

@@ -272,6 +272,7 @@ impl ContainerState {
             }
             .await;
             if res.is_ok() {
+                berth_runtime::crash::point("berthd.restore.restored");
                 tracing::info!(
                     container = %rec.name,
                     "restored {}/{} in {} ms: old tree gone {stopped_ms} ms (disconnected {disconnect_ms} ms), files {files_ms} ms, start or restore {} ms",

@@ -240,6 +240,7 @@ impl ManagerState {
             let _ = self.rt.remove_image(&rec.fingerprint).await;
             return Err(e);
         }
+        berth_runtime::crash::point("berthd.image.recorded");
         self.spawn_image(me, rec.clone()).await?;
         self.events.publish(Event::ImageAdded {
             fingerprint: rec.fingerprint.clone(),

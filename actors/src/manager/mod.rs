@@ -730,6 +730,7 @@ impl ManagerState {
                     let _ = reply.send(Err(e));
                     return;
                 }
+                berth_runtime::crash::point("berthd.create.row-inserted");
                 let actor = match self.spawn_container(me, rec, Vec::new(), false).await {
                     Ok(a) => a,
                     Err(e) => {

@@ -94,6 +94,7 @@ pub fn main(args: &[String]) -> ! {
         Ok(p) => p,
         Err(e) => finish(Err(e)),
     };
+    crate::crash::point("helper.unpack.started");
     finish(unpack(split, ids, max_bytes, &staging))
 }
 
@@ -144,6 +145,8 @@ fn unpack(split: Split, ids: IdMap, max_bytes: u64, staging: &Path) -> Result<(u
                 return Err(e);
             }
             let status = sys::waitpid_blocking(pid).step(|| "wait for the unpacking process")?;
+            // the files written, the report not yet read
+            crate::crash::point("helper.unpack.written");
             // the child already wrote its report; exit with its status without a second one
             sys::exit_now(if libc::WIFEXITED(status) {
                 libc::WEXITSTATUS(status)

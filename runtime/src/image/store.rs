@@ -219,6 +219,7 @@ impl Store<'_> {
             let _ = self.pool.delete_volume(&staging);
             return Err(Error::Cancelled);
         }
+        crate::crash::point("berthd.import.staged");
         // 3. commit: files, then the volume; the caller records the row last
         let dest = self.image_dir(&fp);
         std::fs::create_dir(&dest).step(|| format!("create {}", dest.display()))?;

@@ -265,6 +265,7 @@ pub fn main_stdio() -> ! {
         ),
     };
     set_title(&spec.name);
+    crate::crash::point("monitor.start.spec-read");
     // Leave berthd: our parent exits at once, we are re-parented and start a new session.
     // SAFETY: single-threaded at this point (nothing has spawned threads).
     match unsafe { libc::fork() } {
@@ -292,6 +293,7 @@ pub fn main_stdio() -> ! {
             if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
                 let _ = sys::dup2(null.as_raw_fd(), 1);
             }
+            crate::crash::point("monitor.start.init-running");
             let code = m.run();
             sys::exit_now(code)
         }
@@ -876,11 +878,13 @@ impl Monitor {
             return;
         }
         self.deadline = Some(Instant::now() + Duration::from_millis(timeout_ms));
+        crate::crash::point("monitor.stop.signalled");
     }
 
     fn kill_init(&mut self) {
         self.killed = true;
         let _ = sys::pidfd_send_signal(self.init.pidfd.as_fd(), libc::SIGKILL);
+        crate::crash::point("monitor.stop.signalled");
     }
 
     /// init's pidfd is readable: reap it. Returns the exit code when the monitor should exit.

@@ -6,6 +6,11 @@
 //!       containers' mapped root (see berth_runtime::image::helper)
 
 fn main() {
+    #[cfg(feature = "crash-points")]
+    if let Err(e) = berth_runtime::crash::arm_from_env() {
+        eprintln!("berth-helper: {e}");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("unpack") => berth_runtime::image::helper::main(&args[1..]),

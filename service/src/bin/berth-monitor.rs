@@ -5,5 +5,10 @@
 //! this small process.
 
 fn main() {
+    #[cfg(feature = "crash-points")]
+    if let Err(e) = berth_runtime::crash::arm_from_env() {
+        eprintln!("berth-monitor: {e}");
+        std::process::exit(2);
+    }
     berth_runtime::monitor::main_stdio();
 }
