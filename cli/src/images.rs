@@ -399,12 +399,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             key,
             value,
         } => {
-            if value.is_empty() {
-                return Err(Fail(
-                    "an empty value removes a property: use unset-property".into(),
-                    2,
-                ));
-            }
+            refuse_empty_property(&value)?;
             image_ref(conn, m, &reference)
                 .await?
                 .set_properties(&HashMap::from([(key.as_str(), value.as_str())]))
@@ -479,4 +474,15 @@ pub(crate) fn print_aliases(images: &[ImageEntry]) {
         .collect();
     rows.sort();
     table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
+}
+
+/// `set-property` with an empty value would remove the property: refused (either transport).
+pub(crate) fn refuse_empty_property(value: &str) -> R<()> {
+    if value.is_empty() {
+        return Err(Fail(
+            "an empty value removes a property: use unset-property".into(),
+            2,
+        ));
+    }
+    Ok(())
 }

@@ -786,43 +786,32 @@ pub(crate) struct InfoView {
 
 /// `berth info`'s output.
 pub(crate) fn print_info(name: &str, v: InfoView, images: &[ImageEntry], format: Format) {
-    let InfoView {
-        status,
-        pid,
-        image,
-        created,
-        eph,
-        profiles,
-        config,
-        arch,
-    } = v;
     if format == Format::Json {
-        let v = serde_json::json!({
-            "name": name, "status": status, "init_pid": pid, "image": image, "created_at_us": created,
-            "ephemeral": eph, "profiles": profiles, "architecture": arch,
-            "config": config.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        let j = serde_json::json!({
+            "name": name, "status": v.status, "init_pid": v.pid, "image": v.image,
+            "created_at_us": v.created, "ephemeral": v.eph, "profiles": v.profiles,
+            "architecture": v.arch,
+            "config": v.config.iter().map(|(k, x)| (k.clone(), serde_json::Value::from(x.clone()))).collect::<serde_json::Map<_, _>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
         return;
     }
     println!("Name: {name}");
-    println!("Status: {}", status.to_uppercase());
-    println!(
-        "Init PID: {}",
-        if pid == 0 {
-            "-".to_string()
-        } else {
-            pid.to_string()
-        }
-    );
-    println!("Image: {} ({image})", short_image(&image, images));
-    println!("Architecture: {arch}");
-    println!("Created: {}", fmt_time(created));
-    println!("Ephemeral: {eph}");
-    println!("Profiles: {}", profiles.join(", "));
+    println!("Status: {}", v.status.to_uppercase());
+    let pid = if v.pid == 0 {
+        "-".to_string()
+    } else {
+        v.pid.to_string()
+    };
+    println!("Init PID: {pid}");
+    println!("Image: {} ({})", short_image(&v.image, images), v.image);
+    println!("Architecture: {}", v.arch);
+    println!("Created: {}", fmt_time(v.created));
+    println!("Ephemeral: {}", v.eph);
+    println!("Profiles: {}", v.profiles.join(", "));
     println!("Config:");
-    for (k, v) in config {
-        println!("  {k}: {v}");
+    for (k, x) in v.config {
+        println!("  {k}: {x}");
     }
 }
 

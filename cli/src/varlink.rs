@@ -753,12 +753,7 @@ fn image(c: &mut Client, cmd: ImageCmd) -> R<u8> {
             key,
             value,
         } => {
-            if value.is_empty() {
-                return Err(Fail(
-                    "an empty value removes a property: use unset-property".into(),
-                    2,
-                ));
-            }
+            crate::images::refuse_empty_property(&value)?;
             c.change(
                 "SetImageProperties",
                 json!({ "reference": reference, "properties": { key: value } }),

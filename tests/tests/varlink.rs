@@ -71,11 +71,7 @@ fn call_as(
         cmd.arg("--more");
     }
     let out = run(&mut cmd, Duration::from_secs(120));
-    let lines: Vec<Value> = text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let lines = json_lines(&out.stdout);
     if out.status.success() {
         Ok(lines)
     } else {
@@ -88,6 +84,15 @@ fn call_as(
             ),
         }
     }
+}
+
+/// A client's output: one JSON value a line.
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    text(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
 }
 
 fn call(sock: &Path, method: &str, params: Value) -> Result<Value, Value> {
@@ -816,11 +821,7 @@ fn fd_call(
         cmd.arg("--more");
     }
     let out = run(&mut cmd, Duration::from_secs(300));
-    let mut replies: Vec<Value> = text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let mut replies = json_lines(&out.stdout);
     match replies.last() {
         Some(e) if e.get("error").is_some() => Err(replies.pop().unwrap()),
         Some(_) if out.status.success() => Ok(replies
