@@ -2,6 +2,7 @@
 
 use crate::{Fail, Format, R, parse_kv, progress, table};
 use berth_interfaces::client::{ImageProxy, ManagerProxy};
+use berth_interfaces::wire::ImageEntry;
 use clap::Subcommand;
 use std::collections::HashMap;
 use std::io::Read;
@@ -134,7 +135,7 @@ async fn image_ref<'a>(
     image_at(conn, path).await
 }
 
-fn open(p: &Path) -> R<std::fs::File> {
+pub(crate) fn open(p: &Path) -> R<std::fs::File> {
     std::fs::File::open(p).map_err(|e| Fail(format!("cannot open {}: {e}", p.display()), 1))
 }
 
@@ -209,7 +210,7 @@ fn finish_export(files: &[(PathBuf, PathBuf)], force: bool) -> R<()> {
 pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) -> R<u8> {
     match cmd {
         ImageCmd::List { filters, format } => {
-            let mut images = m.list_images().await?;
+            let images = m.list_images().await?;
             let mut props = HashMap::new();
             if filters.iter().any(|f| f.contains('=')) {
                 for i in &images {
@@ -217,38 +218,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
                     props.insert(i.fingerprint.clone(), img.properties().await?);
                 }
             }
-            images.retain(|i| {
-                filters.iter().all(|f| match f.split_once('=') {
-                    Some((k, v)) => props
-                        .get(&i.fingerprint)
-                        .and_then(|p| p.get(k))
-                        .is_some_and(|x| x == v),
-                    None => {
-                        i.fingerprint.starts_with(f.as_str())
-                            || i.aliases.iter().any(|a| a.contains(f.as_str()))
-                            || i.description.to_lowercase().contains(&f.to_lowercase())
-                    }
-                })
-            });
-            if format == Format::Json {
-                let v: Vec<serde_json::Value> = images
-                    .iter()
-                    .map(|i| serde_json::json!({"fingerprint": i.fingerprint, "aliases": i.aliases, "description": i.description, "path": i.path.as_str()}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.aliases.join(","),
-                            i.fingerprint.chars().take(12).collect(),
-                            i.description.clone(),
-                        ]
-                    })
-                    .collect();
-                table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
-            }
+            print_images(images, &filters, &props, format);
             Ok(0)
         }
         ImageCmd::Info { reference } => {
@@ -421,21 +391,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             Ok(0)
         }
         ImageCmd::Alias(AliasCmd::List) => {
-            let images = m.list_images().await?;
-            let mut rows: Vec<Vec<String>> = images
-                .iter()
-                .flat_map(|i| {
-                    i.aliases.iter().map(move |a| {
-                        vec![
-                            a.clone(),
-                            i.fingerprint.chars().take(12).collect(),
-                            i.description.clone(),
-                        ]
-                    })
-                })
-                .collect();
-            rows.sort();
-            table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
+            print_aliases(&m.list_images().await?);
             Ok(0)
         }
         ImageCmd::SetProperty {
@@ -443,12 +399,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             key,
             value,
         } => {
-            if value.is_empty() {
-                return Err(Fail(
-                    "an empty value removes a property: use unset-property".into(),
-                    2,
-                ));
-            }
+            refuse_empty_property(&value)?;
             image_ref(conn, m, &reference)
                 .await?
                 .set_properties(&HashMap::from([(key.as_str(), value.as_str())]))
@@ -463,4 +414,75 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
             Ok(0)
         }
     }
+}
+
+/// `berth image list`'s output (either transport): FILTERs are KEY=VALUE on `props` (by
+/// fingerprint), or text matched against aliases, fingerprints and descriptions.
+pub(crate) fn print_images(
+    mut images: Vec<ImageEntry>,
+    filters: &[String],
+    props: &HashMap<String, HashMap<String, String>>,
+    format: Format,
+) {
+    images.retain(|i| {
+        filters.iter().all(|f| match f.split_once('=') {
+            Some((k, v)) => props
+                .get(&i.fingerprint)
+                .and_then(|p| p.get(k))
+                .is_some_and(|x| x == v),
+            None => {
+                i.fingerprint.starts_with(f.as_str())
+                    || i.aliases.iter().any(|a| a.contains(f.as_str()))
+                    || i.description.to_lowercase().contains(&f.to_lowercase())
+            }
+        })
+    });
+    if format == Format::Json {
+        let v: Vec<serde_json::Value> = images
+            .iter()
+            .map(|i| serde_json::json!({"fingerprint": i.fingerprint, "aliases": i.aliases, "description": i.description, "path": i.path.as_str()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        let rows: Vec<Vec<String>> = images
+            .iter()
+            .map(|i| {
+                vec![
+                    i.aliases.join(","),
+                    i.fingerprint.chars().take(12).collect(),
+                    i.description.clone(),
+                ]
+            })
+            .collect();
+        table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
+    }
+}
+
+/// `berth image alias list`'s output.
+pub(crate) fn print_aliases(images: &[ImageEntry]) {
+    let mut rows: Vec<Vec<String>> = images
+        .iter()
+        .flat_map(|i| {
+            i.aliases.iter().map(move |a| {
+                vec![
+                    a.clone(),
+                    i.fingerprint.chars().take(12).collect(),
+                    i.description.clone(),
+                ]
+            })
+        })
+        .collect();
+    rows.sort();
+    table(&["ALIAS", "FINGERPRINT", "DESCRIPTION"], &rows);
+}
+
+/// `set-property` with an empty value would remove the property: refused (either transport).
+pub(crate) fn refuse_empty_property(value: &str) -> R<()> {
+    if value.is_empty() {
+        return Err(Fail(
+            "an empty value removes a property: use unset-property".into(),
+            2,
+        ));
+    }
+    Ok(())
 }

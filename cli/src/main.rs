@@ -6,6 +6,7 @@ mod progress;
 mod snapshots;
 mod term;
 mod unit;
+mod varlink;
 
 use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
 use berth_interfaces::wire::{ContainerEntry, ImageEntry};
@@ -24,6 +25,9 @@ use zbus::{Connection, OwnedObjectPath, Variant};
     disable_help_subcommand = true
 )]
 struct Cli {
+    /// Talk to berthd over its varlink socket instead of D-Bus (also: BERTH_TRANSPORT=varlink).
+    #[arg(long, global = true)]
+    varlink: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -276,6 +280,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> R<u8> {
+    if cli.varlink || varlink::from_env()? {
+        return varlink::run(cli.cmd).await;
+    }
     let conn = Connection::system()
         .await
         .map_err(|e| Fail(format!("cannot reach the system bus: {e}"), 1))?;
@@ -421,7 +428,10 @@ async fn run(cli: Cli) -> R<u8> {
             tty,
             no_tty,
             command,
-        } => exec(&conn, &m, &name, env, user, cwd, tty, no_tty, command).await,
+        } => {
+            let o = ExecOptions::parse(env, user, cwd, tty, no_tty)?;
+            exec(&conn, &m, &name, o, command).await
+        }
         Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
         Cmd::Publish {
             name,
@@ -624,9 +634,9 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) {
 /// What `list` shows of each container beyond ListContainers: init's pid and the address,
 /// read for all containers at once from the ObjectManager (one round trip).
 #[derive(Default)]
-struct Extra {
-    init_pid: u32,
-    ipv4: String,
+pub(crate) struct Extra {
+    pub(crate) init_pid: u32,
+    pub(crate) ipv4: String,
 }
 
 async fn list_extras(conn: &Connection) -> R<HashMap<String, Extra>> {
@@ -662,6 +672,17 @@ async fn list(conn: &Connection, m: &ManagerProxy<'_>, format: Format) -> R<u8> 
     let list: Vec<ContainerEntry> = m.list_containers().await?;
     let images = m.list_images().await?;
     let extras = list_extras(conn).await?;
+    print_list(&list, &images, &extras, format);
+    Ok(0)
+}
+
+/// `berth list`'s output (either transport): `extras` by object path.
+pub(crate) fn print_list(
+    list: &[ContainerEntry],
+    images: &[ImageEntry],
+    extras: &HashMap<String, Extra>,
+    format: Format,
+) {
     let none = Extra::default();
     let extra = |c: &ContainerEntry| extras.get(c.path.as_str()).unwrap_or(&none);
     match format {
@@ -699,14 +720,13 @@ async fn list(conn: &Connection, m: &ManagerProxy<'_>, format: Format) -> R<u8> 
                         } else {
                             "-".into()
                         },
-                        short_image(&c.image, &images),
+                        short_image(&c.image, images),
                     ]
                 })
                 .collect();
             table(&["NAME", "STATUS", "PID", "IPV4", "IMAGE"], &rows);
         }
     }
-    Ok(0)
 }
 
 async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Format) -> R<u8> {
@@ -737,35 +757,62 @@ async fn info(conn: &Connection, m: &ManagerProxy<'_>, name: &str, format: Forma
     };
     let mut config: Vec<(String, String)> = config.into_iter().collect();
     config.sort();
+    let v = InfoView {
+        status,
+        pid,
+        image,
+        created,
+        eph,
+        profiles,
+        config,
+        arch,
+    };
+    print_info(name, v, &images, format);
+    Ok(0)
+}
+
+/// What `berth info` shows (either transport).
+pub(crate) struct InfoView {
+    pub(crate) status: String,
+    pub(crate) pid: u32,
+    pub(crate) image: String,
+    pub(crate) created: u64,
+    pub(crate) eph: bool,
+    pub(crate) profiles: Vec<String>,
+    /// Sorted.
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) arch: String,
+}
+
+/// `berth info`'s output.
+pub(crate) fn print_info(name: &str, v: InfoView, images: &[ImageEntry], format: Format) {
     if format == Format::Json {
-        let v = serde_json::json!({
-            "name": name, "status": status, "init_pid": pid, "image": image, "created_at_us": created,
-            "ephemeral": eph, "profiles": profiles, "architecture": arch,
-            "config": config.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        let j = serde_json::json!({
+            "name": name, "status": v.status, "init_pid": v.pid, "image": v.image,
+            "created_at_us": v.created, "ephemeral": v.eph, "profiles": v.profiles,
+            "architecture": v.arch,
+            "config": v.config.iter().map(|(k, x)| (k.clone(), serde_json::Value::from(x.clone()))).collect::<serde_json::Map<_, _>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(0);
+        println!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+        return;
     }
     println!("Name: {name}");
-    println!("Status: {}", status.to_uppercase());
-    println!(
-        "Init PID: {}",
-        if pid == 0 {
-            "-".to_string()
-        } else {
-            pid.to_string()
-        }
-    );
-    println!("Image: {} ({image})", short_image(&image, &images));
-    println!("Architecture: {arch}");
-    println!("Created: {}", fmt_time(created));
-    println!("Ephemeral: {eph}");
-    println!("Profiles: {}", profiles.join(", "));
+    println!("Status: {}", v.status.to_uppercase());
+    let pid = if v.pid == 0 {
+        "-".to_string()
+    } else {
+        v.pid.to_string()
+    };
+    println!("Init PID: {pid}");
+    println!("Image: {} ({})", short_image(&v.image, images), v.image);
+    println!("Architecture: {}", v.arch);
+    println!("Created: {}", fmt_time(v.created));
+    println!("Ephemeral: {}", v.eph);
+    println!("Profiles: {}", v.profiles.join(", "));
     println!("Config:");
-    for (k, v) in config {
-        println!("  {k}: {v}");
+    for (k, x) in v.config {
+        println!("  {k}: {x}");
     }
-    Ok(0)
 }
 
 pub(crate) fn fmt_time(us: u64) -> String {
@@ -790,40 +837,66 @@ pub(crate) fn fmt_time(us: u64) -> String {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `berth exec`'s options, checked: the same over either transport.
+pub(crate) struct ExecOptions {
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) cwd: Option<String>,
+    force_tty: bool,
+    no_tty: bool,
+}
+
+impl ExecOptions {
+    fn parse(
+        env: Vec<String>,
+        user: Option<String>,
+        cwd: Option<String>,
+        force_tty: bool,
+        no_tty: bool,
+    ) -> R<ExecOptions> {
+        let env = parse_kv(&env, "environment variable")?;
+        let (uid, gid) = match user.as_deref() {
+            None => (None, None),
+            Some(u) => {
+                let bad = || Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2);
+                let (a, b) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
+                let uid: u32 = a.parse().map_err(|_| bad())?;
+                let gid: Option<u32> = b.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+                (Some(uid), gid)
+            }
+        };
+        Ok(ExecOptions {
+            env,
+            uid,
+            gid,
+            cwd,
+            force_tty,
+            no_tty,
+        })
+    }
+
+    /// Whether to run on a terminal, given whether the caller's stdin and stdout are ones.
+    pub(crate) fn wants_tty(&self, on_terminal: bool) -> bool {
+        !self.no_tty && (self.force_tty || on_terminal)
+    }
+}
+
 async fn exec(
     conn: &Connection,
     m: &ManagerProxy<'_>,
     name: &str,
-    env: Vec<String>,
-    user: Option<String>,
-    cwd: Option<String>,
-    force_tty: bool,
-    no_tty: bool,
+    o: ExecOptions,
     command: Vec<String>,
 ) -> R<u8> {
-    let env = parse_kv(&env, "environment variable")?;
-    let (uid, gid) = match user.as_deref() {
-        None => (None, None),
-        Some(u) => {
-            let (a, b) = u.split_once(':').map_or((u, None), |(a, b)| (a, Some(b)));
-            let uid: u32 = a
-                .parse()
-                .map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))?;
-            let gid: Option<u32> = b
-                .map(|g| {
-                    g.parse()
-                        .map_err(|_| Fail(format!("--user {u:?}: expected a numeric uid[:gid]"), 2))
-                })
-                .transpose()?;
-            (Some(uid), gid)
-        }
-    };
     let c = container(conn, m, name).await?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    let tty = !no_tty && (force_tty || (stdin.is_terminal() && stdout.is_terminal()));
+    let tty = o.wants_tty(stdin.is_terminal() && stdout.is_terminal());
+    let ExecOptions {
+        env, uid, gid, cwd, ..
+    } = o;
     let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
     o.insert("stdin", zbus::Fd::from(&stdin).into());
     o.insert("stdout", zbus::Fd::from(&stdout).into());

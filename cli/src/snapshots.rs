@@ -5,7 +5,7 @@ use berth_interfaces::client::{ManagerProxy, SnapshotProxy};
 use clap::Subcommand;
 use std::collections::HashMap;
 use zbus::proxy::CacheProperties;
-use zbus::{Connection, Variant};
+use zbus::{Connection, OwnedObjectPath, Variant};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum SnapshotCmd {
@@ -127,31 +127,7 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: SnapshotCm
         SnapshotCmd::List { name, format } => {
             let c = container(conn, m, &name).await?;
             let list = c.list_snapshots().await?;
-            match format {
-                Format::Json => {
-                    let v: Vec<serde_json::Value> = list
-                        .iter()
-                        .map(|(n, p, created, stateful, size)| {
-                            serde_json::json!({"name": n, "path": p.as_str(), "created_at_us": created, "stateful": stateful, "size": size})
-                        })
-                        .collect();
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                }
-                Format::Table => {
-                    let rows: Vec<Vec<String>> = list
-                        .iter()
-                        .map(|(n, _, created, stateful, size)| {
-                            vec![
-                                n.clone(),
-                                fmt_time(*created),
-                                if *stateful { "YES".into() } else { "NO".into() },
-                                crate::human(*size),
-                            ]
-                        })
-                        .collect();
-                    table(&["NAME", "TAKEN AT", "STATEFUL", "SIZE"], &rows);
-                }
-            }
+            print_snapshots(&list, format);
             Ok(0)
         }
         SnapshotCmd::Restore {
@@ -226,4 +202,34 @@ pub(crate) async fn copy(
     let c = crate::container_at(conn, path).await?;
     println!("Copied {source} to {}", c.name().await?);
     Ok(0)
+}
+
+/// `berth snapshot list`'s output (either transport): name, object, created (µs), stateful,
+/// size.
+pub(crate) fn print_snapshots(list: &[(String, OwnedObjectPath, u64, bool, u64)], format: Format) {
+    match format {
+        Format::Json => {
+            let v: Vec<serde_json::Value> = list
+                .iter()
+                .map(|(n, p, created, stateful, size)| {
+                    serde_json::json!({"name": n, "path": p.as_str(), "created_at_us": created, "stateful": stateful, "size": size})
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|(n, _, created, stateful, size)| {
+                    vec![
+                        n.clone(),
+                        fmt_time(*created),
+                        if *stateful { "YES".into() } else { "NO".into() },
+                        crate::human(*size),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "TAKEN AT", "STATEFUL", "SIZE"], &rows);
+        }
+    }
 }

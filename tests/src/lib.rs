@@ -156,6 +156,8 @@ pub struct Env {
     pub cgroup_parent: String,
     /// The bridge this environment's berthd creates.
     pub bridge: String,
+    /// The CLI talks varlink (`BERTH_TRANSPORT=varlink`) instead of D-Bus.
+    pub varlink: bool,
     dbus: Option<Child>,
     polkitd: Option<Child>,
 }
@@ -192,6 +194,7 @@ impl Env {
             bridge: format!("bt{:x}x{n}", std::process::id()),
             bus,
             dir,
+            varlink: false,
             dbus: None,
             polkitd: None,
         };
@@ -347,10 +350,25 @@ impl Env {
         self.berth_stdin(args, None)
     }
 
+    /// What the CLI needs to reach this environment's berthd, over the transport the
+    /// environment's tests use (D-Bus, or varlink when `varlink` is set).
+    pub fn cli_env(&self, cmd: &mut Command) {
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus);
+        if self.varlink {
+            cmd.env("BERTH_TRANSPORT", "varlink").env(
+                "BERTH_VARLINK_ADDRESS",
+                format!("unix:{}", self.run.join("org.berth.Berth").display()),
+            );
+        } else {
+            cmd.env_remove("BERTH_TRANSPORT");
+        }
+    }
+
     /// Runs the CLI with `input` on stdin.
     pub fn berth_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(bin("berth"));
-        cmd.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus);
+        cmd.args(args);
+        self.cli_env(&mut cmd);
         // building an image from the Debian archive is slow work on a loaded 2-core machine
         let limit = if args.starts_with(&["image", "build"]) && args.get(2) != Some(&"busybox") {
             900

@@ -15,11 +15,14 @@ fn root_or_skip() -> bool {
 }
 
 /// Everything about one container, as a user would check it.
-fn lifecycle(storage: Storage) {
+/// The lifecycle through the CLI, over D-Bus or (`varlink`) the varlink socket: the same
+/// commands and the same output either way.
+fn lifecycle(storage: Storage, varlink: bool) {
     if !root_or_skip() {
         return;
     }
-    let env = Env::new(storage);
+    let mut env = Env::new(storage);
+    env.varlink = varlink;
     env.ok(&["launch", "busybox", "c1"]);
     assert_eq!(env.status("c1"), "Running");
 
@@ -140,16 +143,14 @@ fn lifecycle(storage: Storage) {
     assert_eq!(text(&out.stdout), "hi /tmp\n");
     // a terminal when the caller has one (run under script(1) to have a pty)
     let berth = berth_tests::bin_dir().join("berth");
-    let out = berth_tests::run(
-        std::process::Command::new("script")
-            .args([
-                "-qec",
-                &format!("{} exec c1 -- tty", berth.display()),
-                "/dev/null",
-            ])
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus),
-        Duration::from_secs(60),
-    );
+    let mut script = std::process::Command::new("script");
+    script.args([
+        "-qec",
+        &format!("{} exec c1 -- tty", berth.display()),
+        "/dev/null",
+    ]);
+    env.cli_env(&mut script);
+    let out = berth_tests::run(&mut script, Duration::from_secs(60));
     assert!(
         text(&out.stdout).contains("/dev/pts/"),
         "no terminal: {:?} {:?}",
@@ -260,12 +261,17 @@ fn a_call_to_the_name_activates_berthd() {
 
 #[test]
 fn container_lifecycle_on_dir_storage() {
-    lifecycle(Storage::Dir);
+    lifecycle(Storage::Dir, false);
 }
 
 #[test]
 fn container_lifecycle_on_btrfs_storage() {
-    lifecycle(Storage::Btrfs);
+    lifecycle(Storage::Btrfs, false);
+}
+
+#[test]
+fn container_lifecycle_over_varlink() {
+    lifecycle(Storage::Dir, true);
 }
 
 #[test]

@@ -71,11 +71,7 @@ fn call_as(
         cmd.arg("--more");
     }
     let out = run(&mut cmd, Duration::from_secs(120));
-    let lines: Vec<Value> = text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let lines = json_lines(&out.stdout);
     if out.status.success() {
         Ok(lines)
     } else {
@@ -88,6 +84,15 @@ fn call_as(
             ),
         }
     }
+}
+
+/// A client's output: one JSON value a line.
+fn json_lines(out: &[u8]) -> Vec<Value> {
+    text(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
 }
 
 fn call(sock: &Path, method: &str, params: Value) -> Result<Value, Value> {
@@ -795,4 +800,322 @@ fn varlinkctl_introspects_and_calls() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Calls `method` with fds attached (tests/varlink/fdcall.py: a plain socket and SCM_RIGHTS;
+/// `files` are `r:PATH` or `w:PATH`, sent in order): every reply, or the error reply as `Err`.
+fn fd_call(
+    sock: &Path,
+    method: &str,
+    params: Value,
+    files: &[String],
+    more: bool,
+) -> Result<Vec<Value>, Value> {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/varlink/fdcall.py"))
+        .arg(sock)
+        .arg(method)
+        .arg(params.to_string())
+        .args(files);
+    if more {
+        cmd.arg("--more");
+    }
+    let out = run(&mut cmd, Duration::from_secs(300));
+    let mut replies = json_lines(&out.stdout);
+    match replies.last() {
+        Some(e) if e.get("error").is_some() => Err(replies.pop().unwrap()),
+        Some(_) if out.status.success() => Ok(replies
+            .into_iter()
+            .map(|r| r["parameters"].clone())
+            .collect()),
+        _ => panic!("{method}: fdcall failed: {}", text(&out.stderr)),
+    }
+}
+
+fn one(r: Result<Vec<Value>, Value>) -> Value {
+    r.unwrap_or_else(|e| panic!("{e}")).pop().expect("a reply")
+}
+
+/// Exec over varlink: stdin, stdout and stderr are fds passed with the call; the reply is the
+/// exit status; the options are checked as over D-Bus.
+#[test]
+fn varlink_exec_passes_stdio_fds_and_returns_the_exit_status() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    ok(
+        &sock,
+        "CreateContainer",
+        json!({ "name": "x1", "image": "busybox", "start": true }),
+    );
+    let f = |n: &str| env.dir.join(n);
+    std::fs::write(f("in"), "hello\n").unwrap();
+    let r = one(fd_call(
+        &sock,
+        "Exec",
+        json!({
+            "name": "x1",
+            "argv": ["sh", "-c", "tr a-z A-Z; echo err >&2; exit 3"],
+            "stdin": 0, "stdout": 1, "stderr": 2,
+        }),
+        &[
+            format!("r:{}", f("in").display()),
+            format!("w:{}", f("out").display()),
+            format!("w:{}", f("err").display()),
+        ],
+        false,
+    ));
+    assert_eq!(r["exitStatus"], 3, "{r}");
+    assert_eq!(std::fs::read_to_string(f("out")).unwrap(), "HELLO\n");
+    assert_eq!(std::fs::read_to_string(f("err")).unwrap(), "err\n");
+
+    // one fd for two streams; env and cwd as over D-Bus
+    let r = one(fd_call(
+        &sock,
+        "Exec",
+        json!({
+            "name": "x1",
+            "argv": ["sh", "-c", "echo $GREETING $(pwd); echo b >&2"],
+            "stdout": 0, "stderr": 0, "env": { "GREETING": "hi" }, "cwd": "/tmp",
+        }),
+        &[format!("w:{}", f("both").display())],
+        false,
+    ));
+    assert_eq!(r["exitStatus"], 0, "{r}");
+    assert_eq!(std::fs::read_to_string(f("both")).unwrap(), "hi /tmp\nb\n");
+
+    // no fds: /dev/null; the exit status of a missing command
+    let r = ok(&sock, "Exec", json!({ "name": "x1", "argv": ["true"] }));
+    assert_eq!(r["exitStatus"], 0, "{r}");
+    let r = ok(
+        &sock,
+        "Exec",
+        json!({ "name": "x1", "argv": ["no-such-command"] }),
+    );
+    assert_eq!(r["exitStatus"], 127, "{r}");
+
+    // refused before anything runs: an fd index past the call's fds, and the option checks
+    // D-Bus's Exec makes (one shared check)
+    let e = fd_call(
+        &sock,
+        "Exec",
+        json!({ "name": "x1", "argv": ["true"], "stdout": 1 }),
+        &[format!("w:{}", f("unused").display())],
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e["error"], "org.varlink.service.InvalidParameter", "{e}");
+    assert_eq!(e["parameters"]["parameter"], "stdout", "{e}");
+    for bad in [
+        json!({ "name": "x1", "argv": [] }),
+        json!({ "name": "x1", "argv": ["true"], "cwd": "relative" }),
+        json!({ "name": "x1", "argv": ["true"], "env": { "A=B": "c" } }),
+        json!({ "name": "x1", "argv": ["true"], "uid": 70000 }),
+    ] {
+        assert_eq!(
+            error_name(call(&sock, "Exec", bad.clone())),
+            "org.berth.Berth.InvalidConfig",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        error_name(call(
+            &sock,
+            "Exec",
+            json!({ "name": "nope", "argv": ["true"] })
+        )),
+        "org.berth.Berth.NoSuchContainer"
+    );
+
+    // exec latency over varlink (printed, not asserted: the machine is shared)
+    let mut s = UnixStream::connect(&sock).unwrap();
+    let msg = r#"{"method":"org.berth.Berth.Exec","parameters":{"name":"x1","argv":["true"]}}"#;
+    let mut times = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let r = raw_call(&mut s, msg).unwrap();
+        times.push(t.elapsed());
+        assert_eq!(r["parameters"]["exitStatus"], 0, "{r}");
+    }
+    times.sort();
+    eprintln!(
+        "Exec `true` over varlink, median {:?}",
+        times[times.len() / 2]
+    );
+    ok(
+        &sock,
+        "DeleteContainer",
+        json!({ "name": "x1", "force": true }),
+    );
+}
+
+/// ExportImage writes an image to a passed fd; ImportImage reads it back from one (with its
+/// progress under `more`); a container launched from the import runs (CLI over varlink).
+#[test]
+fn varlink_exports_and_imports_an_image_then_launches_from_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let fp = ok(&sock, "GetImage", json!({ "reference": "busybox" }))["image"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = env.dir.join("busybox.tar");
+    let r = one(fd_call(
+        &sock,
+        "ExportImage",
+        json!({ "reference": "busybox", "fd": 0 }),
+        &[format!("w:{}", file.display())],
+        false,
+    ));
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size > 0);
+    assert_eq!(r["bytes"], size, "{r}");
+
+    ok(&sock, "DeleteImage", json!({ "reference": "busybox" }));
+    assert_eq!(
+        error_name(call(&sock, "GetImage", json!({ "reference": fp }))),
+        "org.berth.Berth.NoSuchImage"
+    );
+    let replies = fd_call(
+        &sock,
+        "ImportImage",
+        json!({ "archive": 0, "aliases": ["imported"] }),
+        &[format!("r:{}", file.display())],
+        true,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let last = replies.last().unwrap();
+    assert_eq!(last["image"]["fingerprint"], fp.as_str(), "{last}");
+    assert_eq!(last["image"]["aliases"], json!(["imported"]), "{last}");
+
+    // refused: no fd, a file that is no image
+    let e = fd_call(&sock, "ImportImage", json!({ "archive": 0 }), &[], false).unwrap_err();
+    assert_eq!(e["error"], "org.varlink.service.InvalidParameter", "{e}");
+    std::fs::write(env.dir.join("junk"), "not an image").unwrap();
+    let e = fd_call(
+        &sock,
+        "ImportImage",
+        json!({ "archive": 0 }),
+        &[format!("r:{}", env.dir.join("junk").display())],
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.InvalidImage", "{e}");
+
+    // the CLI over varlink launches from it, runs a command in it and imports again
+    env.varlink = true;
+    env.ok(&["launch", "imported", "v1"]);
+    assert_eq!(env.ok(&["exec", "v1", "--", "echo", "hi"]), "hi\n");
+    let out = env.ok(&[
+        "image",
+        "import",
+        file.to_str().unwrap(),
+        "--alias",
+        "again",
+    ]);
+    assert!(out.contains(&fp), "{out}");
+    assert!(env.ok(&["image", "list"]).contains("imported,again"));
+    env.ok(&["delete", "--force", "v1"]);
+}
+
+/// A client that sends half a message and stalls is closed after the message timeout (10 s);
+/// an idle connection, between messages, is not; others are served meanwhile.
+#[test]
+fn varlink_a_stalled_half_message_is_closed_and_idle_connections_are_not() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let mut idle = UnixStream::connect(&sock).unwrap();
+    let mut good = UnixStream::connect(&sock).unwrap();
+    let mut stalled = UnixStream::connect(&sock).unwrap();
+    let t = Instant::now();
+    stalled
+        .write_all(b"{\"method\":\"org.berth.Berth.GetHostInfo\"")
+        .unwrap();
+    let r = raw_call(&mut good, r#"{"method":"org.berth.Berth.GetHostInfo"}"#).unwrap();
+    assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    let n = match stalled.read(&mut b) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => panic!("the stalled connection was not closed: {e}"),
+    };
+    assert_eq!(n, 0, "the stalled connection got a reply");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(40),
+        "closed after {waited:?}"
+    );
+    // the idle one, silent as long, is still served; so is the good one
+    let r = raw_call(&mut idle, r#"{"method":"org.berth.Berth.GetHostInfo"}"#)
+        .expect("the idle connection was closed");
+    assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
+    let r = raw_call(&mut good, r#"{"method":"org.berth.Berth.GetHostInfo"}"#).unwrap();
+    assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
+}
+
+/// The CLI over varlink: snapshots and images, and clear refusals for what it cannot do.
+#[test]
+fn varlink_cli_snapshots_images_and_refusals() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut env = Env::new(Storage::Dir);
+    env.varlink = true;
+    env.ok(&["init", "busybox", "s1"]);
+    assert_eq!(
+        env.ok(&["snapshot", "create", "s1", "first"]),
+        "Snapshot s1/first\n"
+    );
+    let list = env.ok(&["snapshot", "list", "s1"]);
+    assert!(list.lines().any(|l| l.starts_with("first")), "{list}");
+    env.ok(&["snapshot", "rename", "s1", "first", "second"]);
+    env.ok(&["snapshot", "restore", "s1", "second"]);
+    let json: Value =
+        serde_json::from_str(&env.ok(&["snapshot", "list", "s1", "--format", "json"])).unwrap();
+    assert_eq!(json[0]["name"], "second");
+    env.ok(&["snapshot", "delete", "s1", "second"]);
+    assert!(!env.ok(&["snapshot", "list", "s1"]).contains("second"));
+    env.ok(&["config", "set", "s1", "user.note=hi"]);
+    assert!(env.ok(&["info", "s1"]).contains("user.note: hi"));
+    let images = env.ok(&["image", "list"]);
+    assert!(images.lines().any(|l| l.starts_with("busybox")), "{images}");
+    assert!(
+        env.ok(&["image", "info", "busybox"])
+            .contains("Fingerprint: ")
+    );
+    let out = env.berth(&["info", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("(NoSuchContainer)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // not over varlink: exit 2 and a message saying so, no panic
+    let out = env.berth(&["supervise", "s1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not available over varlink"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        Command::new(berth_tests::bin("berth"))
+            .arg("list")
+            .env("BERTH_TRANSPORT", "carrier-pigeon"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    env.ok(&["delete", "s1"]);
 }

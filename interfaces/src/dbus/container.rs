@@ -3,12 +3,11 @@
 //! shared with the Manager's by-name twins (`StartContainer`…).
 
 use super::Context;
-use super::options::Options;
+use super::options::{ExecForm, Options, StartForm, StopForm};
 use crate::auth;
-use crate::errors::{Error, Result};
-use berth_actors::types::{ExecRequest, StartOptions, StopOptions};
+use crate::errors::Result;
+use berth_actors::types::{StartOptions, StopOptions};
 use std::collections::HashMap;
-use std::time::Duration;
 use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 use zbus::{OwnedVariant, interface};
@@ -44,8 +43,7 @@ pub(crate) async fn start(
     options: HashMap<String, OwnedVariant>,
     h: &Header<'_>,
 ) -> Result<()> {
-    let o = Options::parse("Start", options, &[("stateless", "b")])?;
-    let stateless = o.bool("stateless")?.unwrap_or(false);
+    let StartOptions { stateless, .. } = StartForm::from_dbus(options)?.check();
     let restores = !stateless && ctx.engine.container(name).await?.stateful;
     let action = if restores {
         auth::CHECKPOINT
@@ -66,24 +64,7 @@ fn stop_options(
     options: HashMap<String, OwnedVariant>,
     stateful_allowed: bool,
 ) -> Result<StopOptions> {
-    let allowed: &[(&str, &str)] = if stateful_allowed {
-        &[("force", "b"), ("timeout", "u"), ("stateful", "b")]
-    } else {
-        &[("force", "b"), ("timeout", "u")]
-    };
-    let o = Options::parse(method, options, allowed)?;
-    let opts = StopOptions {
-        force: o.bool("force")?.unwrap_or(false),
-        timeout: o.u32("timeout")?.map(|s| Duration::from_secs(s.into())),
-        stateful: o.bool("stateful")?.unwrap_or(false),
-        uid: 0,
-    };
-    if opts.stateful && (opts.force || opts.timeout.is_some()) {
-        return Err(Error::option(
-            "a stateful stop checkpoints and stops at once: it takes neither force nor timeout",
-        ));
-    }
-    Ok(opts)
+    StopForm::from_dbus(method, options, stateful_allowed)?.check()
 }
 
 /// Stop (shared). A stateful stop runs CRIU: it needs the `checkpoint` action.
@@ -190,62 +171,7 @@ impl ContainerIface {
         options: HashMap<String, OwnedVariant>,
         #[zbus(header)] h: Header<'_>,
     ) -> Result<i32> {
-        let mut o = Options::parse(
-            "Exec",
-            options,
-            &[
-                ("stdin", "h"),
-                ("stdout", "h"),
-                ("stderr", "h"),
-                ("env", "a{ss}"),
-                ("cwd", "s"),
-                ("uid", "u"),
-                ("gid", "u"),
-                ("tty", "b"),
-                ("rows", "u"),
-                ("columns", "u"),
-            ],
-        )?;
-        if argv.is_empty() || argv[0].is_empty() {
-            return Err(Error::option("Exec needs a command (argv is empty)"));
-        }
-        if argv.iter().any(|a| a.contains('\0')) {
-            return Err(Error::option("Exec arguments cannot contain NUL bytes"));
-        }
-        let mut env: Vec<(String, String)> =
-            o.dict("env")?.unwrap_or_default().into_iter().collect();
-        env.sort();
-        if let Some((k, _)) = env
-            .iter()
-            .find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0'))
-        {
-            return Err(Error::option(format!(
-                "invalid environment variable name {k:?}"
-            )));
-        }
-        let cwd = o.string("cwd")?;
-        if let Some(c) = &cwd
-            && !c.starts_with('/')
-        {
-            return Err(Error::option(format!(
-                "cwd must be an absolute path, got {c:?}"
-            )));
-        }
-        let uid = o.u32("uid")?.unwrap_or(0);
-        let gid = o.u32("gid")?.unwrap_or(uid);
-        if uid >= 65536 || gid >= 65536 {
-            return Err(Error::option(
-                "uid and gid must be below 65536 (the container's id range)",
-            ));
-        }
-        let tty = match o.bool("tty")? {
-            Some(true) => Some((
-                o.u32("rows")?.unwrap_or(24).clamp(1, u16::MAX as u32) as u16,
-                o.u32("columns")?.unwrap_or(80).clamp(1, u16::MAX as u32) as u16,
-            )),
-            _ => None,
-        };
-        let stdio = [o.fd("stdin")?, o.fd("stdout")?, o.fd("stderr")?];
+        let req = ExecForm::from_dbus(argv, options)?.check()?;
         self.ctx
             .authorize(
                 &h,
@@ -253,15 +179,6 @@ impl ContainerIface {
                 &[("container", &self.name), ("verb", "exec")],
             )
             .await?;
-        let req = ExecRequest {
-            argv,
-            env,
-            cwd,
-            uid,
-            gid,
-            tty,
-            stdio,
-        };
         Ok(self.ctx.engine.exec(&self.name, req).await?)
     }
 

@@ -2,13 +2,13 @@
 //! images, the by-name twins of the container methods for busctl and units, host facts, and
 //! the signals announcing new and removed objects.
 
-use super::options::Options;
+use super::options::{CreateForm, ImageForm};
 use super::{Context, container, export_container, export_image, path};
 use crate::auth;
 use crate::errors::Result;
 use crate::paths;
 use crate::wire::{ContainerEntry, ImageEntry};
-use berth_actors::types::{CreateRequest, ImageOptions};
+use berth_actors::types::ImageOptions;
 use std::collections::HashMap;
 use zbus::message::Header;
 use zbus::object_server::{ObjectServer, SignalEmitter};
@@ -41,29 +41,8 @@ impl ManagerIface {
         #[zbus(header)] h: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        let mut o = Options::parse(
-            "CreateContainer",
-            options,
-            &[
-                ("start", "b"),
-                ("profiles", "as"),
-                ("config", "a{ss}"),
-                ("ephemeral", "b"),
-                ("pick-name", "b"),
-            ],
-        )?;
-        let req = CreateRequest {
-            name: name.clone(),
-            pick_name: o.bool("pick-name")?.unwrap_or(false),
-            image: image.clone(),
-            start: o.bool("start")?.unwrap_or(false),
-            profiles: o.strings("profiles")?,
-            config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
-            ephemeral: o.bool("ephemeral")?.unwrap_or(false),
-        };
-        if !(name.is_empty() && req.pick_name) {
-            berth_actors::types::validate_name(&name)?;
-        }
+        let req = CreateForm::from_dbus("CreateContainer", name.clone(), options)?
+            .create(image.clone())?;
         self.ctx
             .authorize(
                 &h,
@@ -99,39 +78,7 @@ impl ManagerIface {
         #[zbus(header)] h: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<OwnedObjectPath> {
-        let mut o = Options::parse(
-            "CopyContainer",
-            options,
-            &[
-                ("start", "b"),
-                ("profiles", "as"),
-                ("config", "a{ss}"),
-                ("ephemeral", "b"),
-                ("pick-name", "b"),
-            ],
-        )?;
-        let pick_name = o.bool("pick-name")?.unwrap_or(false);
-        let (src, snapshot) = match source.split_once('/') {
-            Some((c, s)) => (c.to_string(), Some(s.to_string())),
-            None => (source.clone(), None),
-        };
-        berth_actors::types::validate_name(&src)?;
-        if let Some(s) = &snapshot {
-            berth_actors::types::validate_name(s)?;
-        }
-        if !(name.is_empty() && pick_name) {
-            berth_actors::types::validate_name(&name)?;
-        }
-        let req = berth_actors::types::CopyRequest {
-            source: src,
-            snapshot,
-            name: name.clone(),
-            pick_name,
-            config: o.dict("config")?.unwrap_or_default().into_iter().collect(),
-            profiles: o.strings("profiles")?,
-            ephemeral: o.bool("ephemeral")?.unwrap_or(false),
-            start: o.bool("start")?.unwrap_or(false),
-        };
+        let req = CreateForm::from_dbus("CopyContainer", name.clone(), options)?.copy(&source)?;
         self.ctx
             .authorize(
                 &h,
@@ -411,21 +358,6 @@ pub(crate) fn image_options(
     options: HashMap<String, OwnedVariant>,
     extra: &[(&str, &str)],
 ) -> Result<(ImageOptions, Option<std::os::fd::OwnedFd>)> {
-    let mut allowed = vec![("aliases", "as"), ("properties", "a{ss}")];
-    allowed.extend_from_slice(extra);
-    let mut o = Options::parse(method, options, &allowed)?;
-    let opts = ImageOptions {
-        aliases: o.strings("aliases")?.unwrap_or_default(),
-        properties: o
-            .dict("properties")?
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    };
-    let rootfs = if extra.iter().any(|(k, _)| *k == "rootfs") {
-        o.fd("rootfs")?
-    } else {
-        None
-    };
-    Ok((opts, rootfs))
+    let (form, rootfs) = ImageForm::from_dbus(method, options, extra)?;
+    Ok((form.check(), rootfs))
 }

@@ -4,17 +4,18 @@
 //! `org.varlink.service.InvalidParameter`.
 
 use super::json::{container, image, operation, snapshot};
-use super::streams::{list, make_image, monitor};
+use super::streams::{list, make_image, monitor, transfer_image};
 use super::{Item, WireError};
 use crate::auth::{self, Caller};
 use crate::dbus::Context;
+use crate::dbus::options::{CreateForm, ExecForm, StartForm, StopForm};
 use crate::errors::{Error, Name};
-use berth_actors::types::{CopyRequest, CreateRequest, StartOptions, StopOptions};
+use berth_actors::types::StartOptions;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::os::fd::OwnedFd;
 use tokio::sync::mpsc;
 use zlink::Reply;
 
@@ -72,6 +73,9 @@ methods!(
     GetOperation,
     CancelOperation,
     Monitor,
+    Exec,
+    ImportImage,
+    ExportImage,
 );
 
 impl Method {
@@ -105,8 +109,42 @@ impl Sink {
     }
 }
 
+/// The fds that came with a call; parameters name them by their index in it.
+#[derive(Debug, Default)]
+pub struct Fds(Vec<OwnedFd>);
+
+impl Fds {
+    /// The fds of one message, in order.
+    pub fn new(fds: Vec<OwnedFd>) -> Fds {
+        Fds(fds)
+    }
+
+    /// The fd that parameter `name` gives as `index` (a copy: one fd may serve as both stdout
+    /// and stderr); an index past the message's fds is InvalidParameter `name`.
+    pub(super) fn get(
+        &self,
+        index: Option<usize>,
+        name: &str,
+    ) -> Result<Option<OwnedFd>, WireError> {
+        let Some(i) = index else { return Ok(None) };
+        let fd = self
+            .0
+            .get(i)
+            .ok_or_else(|| WireError::invalid_parameter(name))?;
+        fd.try_clone()
+            .map(Some)
+            .map_err(|e| Error::Fdo(zbus::fdo::Error::Failed(format!("{name}: {e}"))).into())
+    }
+
+    /// As [`Fds::get`] for a parameter that must be given.
+    pub(super) fn required(&self, index: Option<usize>, name: &str) -> Result<OwnedFd, WireError> {
+        self.get(index, name)?
+            .ok_or_else(|| WireError::invalid_parameter(name))
+    }
+}
+
 /// Runs one call to its end, replying into `sink`.
-pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, sink: Sink) {
+pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, fds: Fds, sink: Sink) {
     let r = match m {
         Method::ListContainers => {
             let r = ctx.engine.list_containers().await.map_err(Error::from);
@@ -149,7 +187,10 @@ pub async fn run(ctx: Context, caller: Caller, m: Method, params: Value, sink: S
         Method::BuildImage | Method::PublishContainer => {
             make_image(&ctx, &caller, m, params, &sink).await
         }
-        _ => match call(&ctx, &caller, m, params).await {
+        Method::ImportImage | Method::ExportImage => {
+            transfer_image(&ctx, &caller, m, params, &fds, &sink).await
+        }
+        _ => match call(&ctx, &caller, m, params, &fds).await {
             Ok(v) => {
                 sink.reply(v, false).await;
                 Ok(())
@@ -285,11 +326,22 @@ struct OperationParams {
     allow_interactive_authentication: Option<bool>,
 }
 
+/// The parameters of the methods that make or move an image (BuildImage, PublishContainer,
+/// ImportImage, ExportImage); each refuses those it does not take. fds are indexes into the
+/// call's fds.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct MakeImageParams {
     #[serde(default)]
     pub(super) recipe: Option<String>,
+    #[serde(default)]
+    pub(super) archive: Option<usize>,
+    #[serde(default)]
+    pub(super) reference: Option<String>,
+    #[serde(default)]
+    pub(super) fd: Option<usize>,
+    #[serde(default)]
+    pub(super) rootfs: Option<usize>,
     #[serde(default)]
     pub(super) container: Option<String>,
     #[serde(default)]
@@ -307,12 +359,49 @@ pub(super) struct MakeImageParams {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+/// Exec's parameters: fds are indexes into the call's fds.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ExecParams {
+    name: String,
+    argv: Vec<String>,
+    #[serde(default)]
+    stdin: Option<usize>,
+    #[serde(default)]
+    stdout: Option<usize>,
+    #[serde(default)]
+    stderr: Option<usize>,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    gid: Option<u32>,
+    #[serde(default)]
+    tty: Option<bool>,
+    #[serde(default)]
+    rows: Option<u32>,
+    #[serde(default)]
+    columns: Option<u32>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    allow_interactive_authentication: Option<bool>,
+}
+
 pub(super) fn required(v: Option<String>, name: &str) -> Result<String, WireError> {
     v.ok_or_else(|| WireError::invalid_parameter(name))
 }
 
 /// The single-reply methods.
-async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Value, WireError> {
+async fn call(
+    ctx: &Context,
+    caller: &Caller,
+    m: Method,
+    p: Value,
+    fds: &Fds,
+) -> Result<Value, WireError> {
     let e = &ctx.engine;
     let authorize = |action: &'static str, details: Vec<(&'static str, String)>| async move {
         let d: Vec<(&str, &str)> = details.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -336,21 +425,28 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
         }
         Method::CreateContainer | Method::CopyContainer => {
             let p: Create = decode(&p)?;
-            let pick_name = p.pick_name.unwrap_or(false);
-            if !(p.name.is_empty() && pick_name) {
-                berth_actors::types::validate_name(&p.name).map_err(Error::from)?;
-            }
-            let start = p.start.unwrap_or(false);
+            let form = CreateForm {
+                name: p.name,
+                pick_name: p.pick_name.unwrap_or(false),
+                start: p.start.unwrap_or(false),
+                profiles: p.profiles,
+                config: p.config.unwrap_or_default().into_iter().collect(),
+                ephemeral: p.ephemeral.unwrap_or(false),
+            };
+            form.check_name()?;
+            let name = form.name.clone();
+            let start = form.start;
             let info = if m == Method::CreateContainer {
                 let image = required(p.image, "image")?;
                 if p.source.is_some() {
                     return Err(WireError::invalid_parameter("source"));
                 }
+                let req = form.create(image.clone())?;
                 authorize(
                     auth::CREATE_CONTAINER,
                     vec![
-                        ("container", p.name.clone()),
-                        ("image", image.clone()),
+                        ("container", name.clone()),
+                        ("image", image),
                         ("verb", "create".into()),
                     ],
                 )
@@ -358,37 +454,21 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 if start {
                     authorize(
                         auth::MANAGE_CONTAINERS,
-                        vec![("container", p.name.clone()), ("verb", "start".into())],
+                        vec![("container", name.clone()), ("verb", "start".into())],
                     )
                     .await?;
                 }
-                let req = CreateRequest {
-                    name: p.name,
-                    pick_name,
-                    image,
-                    start,
-                    profiles: p.profiles,
-                    config: p.config.unwrap_or_default().into_iter().collect(),
-                    ephemeral: p.ephemeral.unwrap_or(false),
-                };
                 e.create_container(req).await.map_err(Error::from)?.0
             } else {
                 let source = required(p.source, "source")?;
                 if p.image.is_some() {
                     return Err(WireError::invalid_parameter("image"));
                 }
-                let (src, snap) = match source.split_once('/') {
-                    Some((c, s)) => (c.to_string(), Some(s.to_string())),
-                    None => (source.clone(), None),
-                };
-                berth_actors::types::validate_name(&src).map_err(Error::from)?;
-                if let Some(s) = &snap {
-                    berth_actors::types::validate_name(s).map_err(Error::from)?;
-                }
+                let req = form.copy(&source)?;
                 authorize(
                     auth::CREATE_CONTAINER,
                     vec![
-                        ("container", p.name.clone()),
+                        ("container", name.clone()),
                         ("source", source.clone()),
                         ("verb", "copy".into()),
                     ],
@@ -399,9 +479,9 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 authorize(
                     auth::CREATE_CONTAINER,
                     vec![
-                        ("container", src.clone()),
+                        ("container", req.source.clone()),
                         ("source", source.clone()),
-                        ("target", p.name.clone()),
+                        ("target", name.clone()),
                         ("verb", "copy-from".into()),
                     ],
                 )
@@ -409,20 +489,10 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 if start {
                     authorize(
                         auth::MANAGE_CONTAINERS,
-                        vec![("container", p.name.clone()), ("verb", "start".into())],
+                        vec![("container", name.clone()), ("verb", "start".into())],
                     )
                     .await?;
                 }
-                let req = CopyRequest {
-                    source: src,
-                    snapshot: snap,
-                    name: p.name,
-                    pick_name,
-                    config: p.config.unwrap_or_default().into_iter().collect(),
-                    profiles: p.profiles,
-                    ephemeral: p.ephemeral.unwrap_or(false),
-                    start,
-                };
                 e.copy_container(req).await.map_err(Error::from)?
             };
             json!({ "container": container(&info) })
@@ -444,7 +514,11 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 ("timeout", p.timeout.is_some()),
                 ("stateful", p.stateful.is_some()),
             ])?;
-            let stateless = p.stateless.unwrap_or(false);
+            let stateless = StartForm {
+                stateless: p.stateless,
+            }
+            .check()
+            .stateless;
             let restores = !stateless && e.container(&p.name).await.map_err(Error::from)?.stateful;
             let action = if restores {
                 auth::CHECKPOINT
@@ -468,18 +542,12 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
             if restart {
                 no(&[("stateful", p.stateful.is_some())])?;
             }
-            let mut opts = StopOptions {
-                force: p.force.unwrap_or(false),
-                timeout: p.timeout.map(|s| Duration::from_secs(s.into())),
-                stateful: p.stateful.unwrap_or(false),
-                uid: 0,
-            };
-            if opts.stateful && (opts.force || opts.timeout.is_some()) {
-                return Err(Error::option(
-                    "a stateful stop checkpoints and stops at once: it takes neither force nor timeout",
-                )
-                .into());
+            let mut opts = StopForm {
+                force: p.force,
+                timeout: p.timeout,
+                stateful: p.stateful,
             }
+            .check()?;
             let action = if opts.stateful {
                 auth::CHECKPOINT
             } else {
@@ -780,11 +848,39 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
             op.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             json!({})
         }
+        Method::Exec => {
+            let p: ExecParams = decode(&p)?;
+            let req = ExecForm {
+                argv: p.argv,
+                env: p.env.unwrap_or_default().into_iter().collect(),
+                cwd: p.cwd,
+                uid: p.uid,
+                gid: p.gid,
+                tty: p.tty,
+                rows: p.rows,
+                columns: p.columns,
+                stdio: [
+                    fds.get(p.stdin, "stdin")?,
+                    fds.get(p.stdout, "stdout")?,
+                    fds.get(p.stderr, "stderr")?,
+                ],
+            }
+            .check()?;
+            authorize(
+                auth::EXEC,
+                vec![("container", p.name.clone()), ("verb", "exec".into())],
+            )
+            .await?;
+            let status = e.exec(&p.name, req).await.map_err(Error::from)?;
+            json!({ "exitStatus": status })
+        }
         Method::ListContainers
         | Method::ListImages
         | Method::ListSnapshots
         | Method::BuildImage
         | Method::PublishContainer
+        | Method::ImportImage
+        | Method::ExportImage
         | Method::Monitor => unreachable!("streamed methods are run by `run`"),
     })
 }

@@ -9,7 +9,8 @@
 //! prompt) never holds up another connection.
 //!
 //! Limits (documented in docs/api.md): a message is at most [`MAX_MESSAGE`] bytes (a longer
-//! one closes its connection), at most [`MAX_CONNECTIONS`] connections are served at once (more
+//! one closes its connection) and must arrive whole within [`MESSAGE_TIMEOUT`] of its first
+//! byte (a stalled one closes its connection), at most [`MAX_CONNECTIONS`] connections are served at once (more
 //! are closed as they come), and malformed JSON closes its connection. An open connection
 //! counts as activity for berthd's idle exit.
 
@@ -38,6 +39,9 @@ pub const SOCKET_NAME: &str = "org.berth.Berth";
 pub const IDL: &str = include_str!("../../varlink/org.berth.Berth.varlink");
 /// The largest message a client may send, in bytes; a longer one closes its connection.
 pub const MAX_MESSAGE: usize = 16 << 20;
+/// How long a message may take to arrive once its first byte came; a connection that sends
+/// half a message and stalls is closed then (an idle one, between messages, is not).
+pub const MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Connections served at once; more are closed as they are accepted.
 pub const MAX_CONNECTIONS: usize = 4096;
 
@@ -198,7 +202,7 @@ impl zlink::Service<Guarded> for Service {
         &'ser mut self,
         call: &'ser Call<Self::MethodCall<'_>>,
         conn: &mut zlink::Connection<Guarded>,
-        _fds: Vec<OwnedFd>,
+        fds: Vec<OwnedFd>,
     ) -> Handled {
         let raw = call.method();
         let params = raw.parameters.clone().unwrap_or_else(|| json!({}));
@@ -233,7 +237,8 @@ impl zlink::Service<Guarded> for Service {
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(64);
         let sink = methods::Sink::new(tx, call.more());
-        let work = methods::run(self.ctx.clone(), caller, m, params, sink);
+        let fds = methods::Fds::new(fds);
+        let work = methods::run(self.ctx.clone(), caller, m, params, fds, sink);
         self.rt.spawn(work);
         if call.oneway() {
             // no reply is wanted: the work runs, its replies go nowhere
@@ -368,43 +373,42 @@ mod tests {
         }
     }
 
-    /// Each D-Bus method's varlink twin; `None` for the fd-passing ones not served yet
-    /// (docs/api.md says why).
-    const TWINS: &[(&str, &str, Option<&str>)] = &[
-        ("Manager", "CreateContainer", Some("CreateContainer")),
-        ("Manager", "CopyContainer", Some("CopyContainer")),
-        ("Manager", "GetContainer", Some("GetContainer")),
-        ("Manager", "ListContainers", Some("ListContainers")),
-        ("Manager", "StartContainer", Some("StartContainer")),
-        ("Manager", "StopContainer", Some("StopContainer")),
-        ("Manager", "DeleteContainer", Some("DeleteContainer")),
-        ("Manager", "GetImage", Some("GetImage")),
-        ("Manager", "ListImages", Some("ListImages")),
-        ("Manager", "BuildImage", Some("BuildImage")),
-        ("Manager", "ImportImage", None),
-        ("Manager", "RenameImageAlias", Some("RenameImageAlias")),
-        ("Manager", "ListOperations", Some("ListOperations")),
-        ("Container", "Start", Some("StartContainer")),
-        ("Container", "Stop", Some("StopContainer")),
-        ("Container", "Restart", Some("RestartContainer")),
-        ("Container", "Delete", Some("DeleteContainer")),
-        ("Container", "Exec", None),
-        ("Container", "Publish", Some("PublishContainer")),
-        ("Container", "CreateSnapshot", Some("CreateSnapshot")),
-        ("Container", "GetConfig", Some("GetContainerConfig")),
-        ("Container", "SetConfig", Some("SetContainerConfig")),
-        ("Container", "GetCheckpointLog", Some("GetCheckpointLog")),
-        ("Container", "ListSnapshots", Some("ListSnapshots")),
-        ("Snapshot", "Restore", Some("RestoreSnapshot")),
-        ("Snapshot", "Delete", Some("DeleteSnapshot")),
-        ("Snapshot", "Rename", Some("RenameSnapshot")),
-        ("Snapshot", "Publish", Some("PublishContainer")),
-        ("Image", "Delete", Some("DeleteImage")),
-        ("Image", "Export", None),
-        ("Image", "SetProperties", Some("SetImageProperties")),
-        ("Image", "AddAlias", Some("AddImageAlias")),
-        ("Image", "RemoveAlias", Some("RemoveImageAlias")),
-        ("Operation", "Cancel", Some("CancelOperation")),
+    /// Each D-Bus method's varlink twin.
+    const TWINS: &[(&str, &str, &str)] = &[
+        ("Manager", "CreateContainer", "CreateContainer"),
+        ("Manager", "CopyContainer", "CopyContainer"),
+        ("Manager", "GetContainer", "GetContainer"),
+        ("Manager", "ListContainers", "ListContainers"),
+        ("Manager", "StartContainer", "StartContainer"),
+        ("Manager", "StopContainer", "StopContainer"),
+        ("Manager", "DeleteContainer", "DeleteContainer"),
+        ("Manager", "GetImage", "GetImage"),
+        ("Manager", "ListImages", "ListImages"),
+        ("Manager", "BuildImage", "BuildImage"),
+        ("Manager", "ImportImage", "ImportImage"),
+        ("Manager", "RenameImageAlias", "RenameImageAlias"),
+        ("Manager", "ListOperations", "ListOperations"),
+        ("Container", "Start", "StartContainer"),
+        ("Container", "Stop", "StopContainer"),
+        ("Container", "Restart", "RestartContainer"),
+        ("Container", "Delete", "DeleteContainer"),
+        ("Container", "Exec", "Exec"),
+        ("Container", "Publish", "PublishContainer"),
+        ("Container", "CreateSnapshot", "CreateSnapshot"),
+        ("Container", "GetConfig", "GetContainerConfig"),
+        ("Container", "SetConfig", "SetContainerConfig"),
+        ("Container", "GetCheckpointLog", "GetCheckpointLog"),
+        ("Container", "ListSnapshots", "ListSnapshots"),
+        ("Snapshot", "Restore", "RestoreSnapshot"),
+        ("Snapshot", "Delete", "DeleteSnapshot"),
+        ("Snapshot", "Rename", "RenameSnapshot"),
+        ("Snapshot", "Publish", "PublishContainer"),
+        ("Image", "Delete", "DeleteImage"),
+        ("Image", "Export", "ExportImage"),
+        ("Image", "SetProperties", "SetImageProperties"),
+        ("Image", "AddAlias", "AddImageAlias"),
+        ("Image", "RemoveAlias", "RemoveImageAlias"),
+        ("Operation", "Cancel", "CancelOperation"),
     ];
 
     #[test]
@@ -433,9 +437,8 @@ mod tests {
                     .unwrap_or_else(|| {
                         panic!("D-Bus {iface}.{method} has no varlink twin: add one (and to TWINS)")
                     });
-                if let Some(t) = twin.2 {
-                    assert!(methods::Method::parse(t).is_some(), "{t} is not served");
-                }
+                let t = twin.2;
+                assert!(methods::Method::parse(t).is_some(), "{t} is not served");
             }
         }
         assert!(

@@ -2,7 +2,7 @@
 //! socket whose read half bounds a message's size and counts as berthd's activity while it is
 //! open, and the polkit subject of a connection's peer.
 
-use super::{MAX_CONNECTIONS, MAX_MESSAGE};
+use super::{MAX_CONNECTIONS, MAX_MESSAGE, MESSAGE_TIMEOUT};
 use crate::auth::Caller;
 use berth_actors::activity::{Activity, Busy};
 use serde_json::Value;
@@ -98,6 +98,7 @@ impl Socket for Guarded {
             Limited {
                 inner: read,
                 pending: 0,
+                deadline: None,
                 _held: self.held,
                 activity: self.activity,
             },
@@ -106,25 +107,53 @@ impl Socket for Guarded {
     }
 }
 
-/// The read half: refuses a message longer than [`MAX_MESSAGE`] and counts every read as
-/// activity. It lives as long as the connection, and so does what it holds.
+/// The read half: refuses a message longer than [`MAX_MESSAGE`] or one not complete
+/// [`MESSAGE_TIMEOUT`] after its first byte came, and counts every read as activity. It lives as
+/// long as the connection, and so does what it holds.
 #[derive(Debug)]
 pub struct Limited {
     inner: <Stream as Socket>::ReadHalf,
     /// Bytes read since the last NUL (the message being received).
     pending: usize,
+    /// When the message being received must be complete (None between messages: an idle
+    /// connection may wait as long as it likes). Kept here, not in the read's future: zlink
+    /// drops and makes again a connection's read whenever another connection is served.
+    deadline: Option<tokio::time::Instant>,
     _held: Held,
     activity: Activity,
 }
 
 impl ReadHalf for Limited {
     async fn read(&mut self, buf: &mut [u8]) -> zlink::Result<ReadResult> {
-        let r = self.inner.read(buf).await?;
-        let n = r.bytes_read();
-        self.pending = match buf[..n].iter().rposition(|b| *b == 0) {
-            Some(i) => n - i - 1,
-            None => self.pending + n,
+        let read = self.inner.read(buf);
+        let r = match self.deadline {
+            None => read.await?,
+            Some(d) => match tokio::time::timeout_at(d, read).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    tracing::info!(
+                        "varlink: a message unfinished {MESSAGE_TIMEOUT:?} after it began; closing its connection"
+                    );
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "message not completed in time",
+                    )
+                    .into());
+                }
+            },
         };
+        let n = r.bytes_read();
+        let (pending, ended) = match buf[..n].iter().rposition(|b| *b == 0) {
+            Some(i) => (n - i - 1, true),
+            None => (self.pending + n, false),
+        };
+        self.pending = pending;
+        if pending == 0 {
+            self.deadline = None;
+        } else if ended || self.deadline.is_none() {
+            // a new message began: it has MESSAGE_TIMEOUT to arrive whole
+            self.deadline = Some(tokio::time::Instant::now() + MESSAGE_TIMEOUT);
+        }
         if self.pending > MAX_MESSAGE {
             tracing::info!("varlink: a message over {MAX_MESSAGE} bytes; closing its connection");
             return Err(std::io::Error::new(
