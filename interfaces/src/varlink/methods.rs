@@ -64,6 +64,7 @@ methods!(
     AddImageAlias,
     RemoveImageAlias,
     RenameImageAlias,
+    Recover,
     SetImageProperties,
     BuildImage,
     PublishContainer,
@@ -753,6 +754,12 @@ async fn call(ctx: &Context, caller: &Caller, m: Method, p: Value) -> Result<Val
                 .await
                 .map_err(Error::from)?;
             json!({})
+        }
+        Method::Recover => {
+            decode::<NoParams>(&p)?;
+            authorize(auth::RECOVER, vec![("verb", "recover".into())]).await?;
+            let r = e.recover().await.map_err(Error::from)?;
+            json!({ "found": r.found, "recovered": r.recovered, "skipped": r.skipped })
         }
         Method::ListOperations => {
             decode::<NoParams>(&p)?;

@@ -383,6 +383,7 @@ mod tests {
         ("Manager", "BuildImage", Some("BuildImage")),
         ("Manager", "ImportImage", None),
         ("Manager", "RenameImageAlias", Some("RenameImageAlias")),
+        ("Manager", "Recover", Some("Recover")),
         ("Manager", "ListOperations", Some("ListOperations")),
         ("Container", "Start", Some("StartContainer")),
         ("Container", "Stop", Some("StopContainer")),
