@@ -164,9 +164,9 @@ pub fn to_yaml<T: Serialize>(v: &T) -> std::io::Result<String> {
 }
 
 /// Reads a manifest; a missing file is `Ok(None)`, anything unreadable an error that says why.
-pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, String>
+pub fn read<T>(path: &Path) -> Result<Option<T>, String>
 where
-    T: HasVersion,
+    T: for<'de> Deserialize<'de> + HasVersion,
 {
     use std::io::Read;
     let f = match std::fs::File::open(path) {
