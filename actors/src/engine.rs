@@ -358,6 +358,13 @@ impl Engine {
         ractor::call!(self.manager, ManagerMsg::ListImages).map_err(gone("the manager"))
     }
 
+    /// Registers the container volumes and images of the pools that have no row, from their
+    /// `backup.yaml`; reports what it found, recovered and skipped.
+    pub async fn recover(&self) -> Result<crate::recover::Report> {
+        let _busy = self.activity.hold();
+        ractor::call!(self.manager, ManagerMsg::Recover).map_err(gone("the manager"))?
+    }
+
     /// An image by alias, fingerprint or unique prefix.
     pub async fn image(&self, reference: &str) -> Result<ImageRecord> {
         let _busy = self.activity.hold();

@@ -1418,7 +1418,9 @@ impl Runtime for SharedHost {
                 .map(|d| format!("removed {d}, left by an interrupted restore"))
                 .collect();
             for c in h.pool.containers_with_snapshots() {
-                if !containers.contains(&c) {
+                // a volume without a record is recoverable (`berth admin recover`), and so
+                // are its snapshots
+                if !containers.contains(&c) && !h.pool.container_volume(&c).exists() {
                     match h.pool.remove_snapshots(&c) {
                         Ok(()) => {
                             notes.push(format!("removed the snapshots of deleted container {c}"))

@@ -7,6 +7,7 @@
 //! is persisted when, what survives a crash).
 
 pub mod activity;
+pub mod backup;
 pub mod config;
 pub mod container;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod image;
 pub mod manager;
 pub mod operation;
+pub mod recover;
 pub mod runtime;
 pub mod snapshot;
 pub mod store;

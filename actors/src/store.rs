@@ -5,12 +5,13 @@
 //! Durability: WAL with `synchronous=NORMAL`: a committed transaction survives any crash of
 //! berthd; a power cut may lose the last transactions but never corrupts the database.
 
+use crate::backup;
 use crate::error::{Error, Result};
 use crate::types::{ContainerRecord, ImageRecord, Pending, SnapshotRecord, Status};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Migrations, in order. Never edit one that has shipped: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -75,13 +76,124 @@ pub struct Loaded {
     pub snapshots: Vec<SnapshotRecord>,
 }
 
+/// Where the manifests of [`crate::backup`] live: the pool (container volumes and their
+/// snapshots) and `<state>/images` (kept image archives).
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The storage pool.
+    pub pool: berth_runtime::storage::Pool,
+    /// `<state>/images`.
+    pub images: PathBuf,
+}
+
 /// The synchronous database.
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    /// Set: every change of a row keeps its manifest current.
+    layout: Option<Layout>,
 }
 
+/// Why an existing database file cannot be used. berthd never replaces such a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unusable {
+    /// Not an SQLite database, or one that fails SQLite's integrity check.
+    Corrupt(String),
+    /// Written by a newer berth: its schema is ahead of this one's.
+    Newer {
+        /// The file's schema version.
+        found: i64,
+        /// The newest this berth knows.
+        known: i64,
+    },
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Corrupt(why) => write!(f, "the database is damaged: {why}"),
+            Unusable::Newer { found, known } => write!(
+                f,
+                "the database is at schema version {found}, newer than this berth's ({known})"
+            ),
+        }
+    }
+}
+
+/// The SQLite file header.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
 impl Db {
+    /// Checks an existing database file without changing it (opened read-only): an SQLite
+    /// database that passes `PRAGMA quick_check`, at a schema version this berth knows. A
+    /// missing or empty file is fine (it is created).
+    pub fn check_file(path: &Path) -> std::result::Result<(), Unusable> {
+        use std::io::Read;
+        let corrupt = |why: String| Unusable::Corrupt(why);
+        let mut head = [0u8; 16];
+        match std::fs::File::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(corrupt(format!("open {}: {e}", path.display()))),
+            Ok(mut f) => {
+                let mut n = 0;
+                while n < head.len() {
+                    match f.read(&mut head[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => return Err(corrupt(format!("read {}: {e}", path.display()))),
+                    }
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                if n < head.len() || &head != SQLITE_MAGIC {
+                    return Err(corrupt("not an SQLite database".into()));
+                }
+            }
+        }
+        // without a write-ahead log, as immutable: SQLite then makes no -wal or -shm file
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            Connection::open_with_flags(path, flags)
+        } else {
+            let mut uri = String::from("file:");
+            for c in path.to_string_lossy().chars() {
+                match c {
+                    '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", c as u32)),
+                    c => uri.push(c),
+                }
+            }
+            uri.push_str("?immutable=1");
+            Connection::open_with_flags(uri, flags | rusqlite::OpenFlags::SQLITE_OPEN_URI)
+        }
+        .map_err(|e| corrupt(e.to_string()))?;
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(|e| corrupt(e.to_string()))?;
+        if problems != ["ok"] {
+            let mut why = problems.into_iter().take(3).collect::<Vec<_>>().join("; ");
+            if why.is_empty() {
+                why = "the integrity check answered nothing".into();
+            }
+            return Err(corrupt(why));
+        }
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| corrupt(e.to_string()))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(Unusable::Newer { found, known });
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Db> {
         // root only (SQLite gives the -wal and -shm files the database's mode)
@@ -111,7 +223,7 @@ impl Db {
         let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        let mut db = Db { conn };
+        let mut db = Db { conn, layout: None };
         db.migrate()?;
         Ok(db)
     }
@@ -135,6 +247,94 @@ impl Db {
         Ok(())
     }
 
+    /// From now on, every change of a row keeps its manifest current (see
+    /// [`crate::backup`]).
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = Some(layout);
+    }
+
+    /// Where the manifests live, once set.
+    pub fn layout(&self) -> Option<&Layout> {
+        self.layout.as_ref()
+    }
+
+    /// Rewrites a container's manifest from its rows, when its volume exists and no create
+    /// or delete is pending. A failure is logged: the row stays the truth meanwhile, and the
+    /// next change (or berthd's next start) writes the manifest again.
+    fn refresh_container(&self, name: &str) {
+        if let Some(l) = &self.layout
+            && let Err(e) = self.write_container_backup(l, name)
+        {
+            tracing::warn!(container = %name, "cannot update backup.yaml: {e}");
+        }
+    }
+
+    fn write_container_backup(&self, l: &Layout, name: &str) -> Result<bool> {
+        let Some(c) = self.container(name)? else {
+            return Ok(false);
+        };
+        let dir = l.pool.container_volume(name);
+        if c.pending != Pending::None || !dir.is_dir() {
+            return Ok(false);
+        }
+        let snaps = self.snapshots(Some(name))?;
+        let path = dir.join(backup::FILE);
+        backup::to_yaml(&backup::ContainerBackup::of(&c, &snaps))
+            .and_then(|y| backup::write_if_changed(&path, &y))
+            .map_err(|e| Error::Store(format!("write {}: {e}", path.display())))
+    }
+
+    /// Rewrites an image's manifest from its row (see [`Db::refresh_container`]).
+    fn refresh_image(&self, fingerprint: &str) {
+        if let Some(l) = &self.layout
+            && let Err(e) = self.write_image_backup(l, fingerprint)
+        {
+            tracing::warn!(image = %fingerprint, "cannot update backup.yaml: {e}");
+        }
+    }
+
+    fn write_image_backup(&self, l: &Layout, fingerprint: &str) -> Result<bool> {
+        let Some(img) = self.images_where(Some(fingerprint))?.into_iter().next() else {
+            return Ok(false);
+        };
+        let dir = l.images.join(fingerprint);
+        if !dir.is_dir() {
+            return Ok(false);
+        }
+        let path = dir.join(backup::FILE);
+        backup::to_yaml(&backup::ImageBackup::of(&img))
+            .and_then(|y| backup::write_if_changed(&path, &y))
+            .map_err(|e| Error::Store(format!("write {}: {e}", path.display())))
+    }
+
+    /// Writes every manifest that is missing or stale (rows an older berth wrote, or a write
+    /// that failed); returns how many it wrote. berthd runs it at start.
+    pub fn refresh_all_backups(&self) -> Result<usize> {
+        let Some(l) = &self.layout else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for c in self.containers_where(None)? {
+            n += usize::from(self.write_container_backup(l, &c.name)?);
+        }
+        for i in self.images_where(None)? {
+            n += usize::from(self.write_image_backup(l, &i.fingerprint)?);
+        }
+        Ok(n)
+    }
+
+    /// The image an alias points at.
+    fn alias_owner(&self, alias: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT image FROM image_aliases WHERE name=?1",
+                params![alias],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64> {
         Ok(self
@@ -144,12 +344,21 @@ impl Db {
 
     /// Loads every container and image.
     pub fn load(&self) -> Result<Loaded> {
-        let mut out = Loaded::default();
+        Ok(Loaded {
+            containers: self.containers_where(None)?,
+            images: self.images_where(None)?,
+            snapshots: self.snapshots(None)?,
+        })
+    }
+
+    /// Every container, or the one named.
+    fn containers_where(&self, name: Option<&str>) -> Result<Vec<ContainerRecord>> {
+        let mut out = Vec::new();
         let mut st = self.conn.prepare(
             "SELECT name, image, status, init_pid, created_at, ephemeral, profiles, config, architecture, pending
-             FROM containers ORDER BY name",
+             FROM containers WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
         )?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map(params![name], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -165,7 +374,7 @@ impl Db {
         })?;
         for row in rows {
             let (name, image, status, pid, created, eph, profiles, config, arch, pending) = row?;
-            out.containers.push(ContainerRecord {
+            out.push(ContainerRecord {
                 status: Status::parse(&status).unwrap_or(Status::Error),
                 init_pid: pid.max(0) as u32,
                 created_at_us: created.max(0) as u64,
@@ -180,11 +389,17 @@ impl Db {
                 image,
             });
         }
+        Ok(out)
+    }
+
+    /// Every image, or the one with this fingerprint, with their aliases.
+    fn images_where(&self, fingerprint: Option<&str>) -> Result<Vec<ImageRecord>> {
+        let mut out = Vec::new();
         let mut st = self.conn.prepare(
             "SELECT fingerprint, architecture, size, created_at, uploaded_at, last_used_at, properties, split
-             FROM images ORDER BY fingerprint",
+             FROM images WHERE ?1 IS NULL OR fingerprint = ?1 ORDER BY fingerprint",
         )?;
-        let rows = st.query_map([], |r| {
+        let rows = st.query_map(params![fingerprint], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -198,7 +413,7 @@ impl Db {
         })?;
         for row in rows {
             let (fp, arch, size, created, uploaded, used, props, split) = row?;
-            out.images.push(ImageRecord {
+            out.push(ImageRecord {
                 properties: serde_json::from_str(&props)
                     .map_err(|e| Error::Store(format!("properties of {fp}: {e}")))?,
                 aliases: Vec::new(),
@@ -211,14 +426,15 @@ impl Db {
                 fingerprint: fp,
             });
         }
-        out.snapshots = self.snapshots(None)?;
-        let mut st = self
-            .conn
-            .prepare("SELECT name, image FROM image_aliases ORDER BY name")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut st = self.conn.prepare(
+            "SELECT name, image FROM image_aliases WHERE ?1 IS NULL OR image = ?1 ORDER BY name",
+        )?;
+        let rows = st.query_map(params![fingerprint], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         for row in rows {
             let (alias, fp) = row?;
-            if let Some(img) = out.images.iter_mut().find(|i| i.fingerprint == fp) {
+            if let Some(img) = out.iter_mut().find(|i| i.fingerprint == fp) {
                 img.aliases.push(alias);
             }
         }
@@ -227,7 +443,7 @@ impl Db {
 
     /// One container's record.
     pub fn container(&self, name: &str) -> Result<Option<ContainerRecord>> {
-        Ok(self.load()?.containers.into_iter().find(|c| c.name == name))
+        Ok(self.containers_where(Some(name))?.into_iter().next())
     }
 
     /// The snapshots of one container (or of all), oldest first.
@@ -262,6 +478,7 @@ impl Db {
                 name: format!("{}/{}", s.container, s.name),
             });
         }
+        self.refresh_container(&s.container);
         Ok(())
     }
 
@@ -291,6 +508,7 @@ impl Db {
                 name: from.to_string(),
             });
         }
+        self.refresh_container(container);
         Ok(())
     }
 
@@ -300,6 +518,7 @@ impl Db {
             "DELETE FROM snapshots WHERE container=?1 AND name=?2",
             params![container, name],
         )?;
+        self.refresh_container(container);
         Ok(())
     }
 
@@ -316,6 +535,7 @@ impl Db {
                 name: c.name.clone(),
             });
         }
+        self.refresh_container(&c.name);
         Ok(())
     }
 
@@ -329,6 +549,7 @@ impl Db {
         if n == 0 {
             return Err(Error::NoSuchContainer(c.name.clone()));
         }
+        self.refresh_container(&c.name);
         Ok(())
     }
 
@@ -396,6 +617,7 @@ impl Db {
             )?;
         }
         tx.commit()?;
+        self.refresh_image(&img.fingerprint);
         Ok(())
     }
 
@@ -409,22 +631,32 @@ impl Db {
                 img.last_used_at_us as i64
             ],
         )?;
+        self.refresh_image(&img.fingerprint);
         Ok(())
     }
 
     /// Removes an alias. Missing is fine.
     pub fn delete_alias(&self, alias: &str) -> Result<()> {
+        let owner = self.alias_owner(alias)?;
         self.conn
             .execute("DELETE FROM image_aliases WHERE name=?1", params![alias])?;
+        if let Some(fp) = owner {
+            self.refresh_image(&fp);
+        }
         Ok(())
     }
 
     /// Points `alias` at `fingerprint` (moving it if it pointed elsewhere).
     pub fn set_alias(&self, alias: &str, fingerprint: &str) -> Result<()> {
+        let owner = self.alias_owner(alias)?;
         self.conn.execute(
             "INSERT INTO image_aliases (name, image) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image=?2",
             params![alias, fingerprint],
         )?;
+        if let Some(fp) = owner.filter(|o| o != fingerprint) {
+            self.refresh_image(&fp);
+        }
+        self.refresh_image(fingerprint);
         Ok(())
     }
 
@@ -498,6 +730,8 @@ pub enum StoreMsg {
     RenameSnapshot(String, String, String, RpcReplyPort<Result<()>>),
     /// Delete a snapshot's row.
     DeleteSnapshot(String, String, RpcReplyPort<Result<()>>),
+    /// Register the unrecorded volumes and images of the pools (see [`crate::recover`]).
+    Recover(RpcReplyPort<Result<crate::recover::Report>>),
 }
 
 /// The Store actor.
@@ -537,6 +771,7 @@ impl Actor for StoreActor {
             StoreMsg::InsertSnapshot(sn, r) => drop(r.send(db.insert_snapshot(&sn))),
             StoreMsg::RenameSnapshot(c, f, t, r) => drop(r.send(db.rename_snapshot(&c, &f, &t))),
             StoreMsg::DeleteSnapshot(c, n, r) => drop(r.send(db.delete_snapshot(&c, &n))),
+            StoreMsg::Recover(r) => drop(r.send(crate::recover::recover(db))),
         }
         Ok(())
     }
@@ -654,6 +889,11 @@ impl Store {
         )
     }
 
+    /// Registers the unrecorded volumes and images of the pools.
+    pub async fn recover(&self) -> Result<crate::recover::Report> {
+        store_call!(self, Recover)
+    }
+
     /// Deletes a snapshot's row.
     pub async fn delete_snapshot(&self, container: &str, name: &str) -> Result<()> {
         store_call!(
@@ -738,6 +978,54 @@ mod tests {
         assert_eq!(loaded.images, vec![img.clone()]);
         db.delete_image(&img.fingerprint).unwrap();
         assert!(db.load().unwrap().images.is_empty());
+    }
+
+    #[test]
+    fn damaged_and_newer_databases_are_found_without_a_change() {
+        let dir = std::env::temp_dir().join(format!("berth-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.db");
+        assert_eq!(Db::check_file(&path), Ok(()), "a missing file is made");
+        {
+            let db = Db::open(&path).unwrap();
+            for i in 0..200 {
+                db.insert_container(&rec(&format!("c{i}"))).unwrap();
+            }
+        }
+        assert_eq!(Db::check_file(&path), Ok(()));
+        for side in ["t.db-wal", "t.db-shm"] {
+            assert!(!dir.join(side).exists(), "the check made {side}");
+        }
+        // a page of the containers' table overwritten
+        let mut bytes = std::fs::read(&path).unwrap();
+        let good = bytes.clone();
+        let page = 4096;
+        assert!(bytes.len() > 3 * page, "{}", bytes.len());
+        for b in &mut bytes[page + 8..2 * page] {
+            *b = 0x5a;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Db::check_file(&path), Err(Unusable::Corrupt(_))));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the check changed the file"
+        );
+        std::fs::write(&path, b"not a database at all, but long enough").unwrap();
+        assert!(matches!(Db::check_file(&path), Err(Unusable::Corrupt(_))));
+        std::fs::write(&path, &good).unwrap();
+        {
+            let db = Db::open(&path).unwrap();
+            db.conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        assert_eq!(
+            Db::check_file(&path),
+            Err(Unusable::Newer {
+                found: 99,
+                known: MIGRATIONS.len() as i64
+            })
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

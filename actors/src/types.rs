@@ -344,7 +344,8 @@ pub struct ExecRequest {
 }
 
 /// An image as persisted.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ImageRecord {
     /// sha256 fingerprint.
     pub fingerprint: String,

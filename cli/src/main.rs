@@ -60,6 +60,15 @@ enum ConfigCmd {
     },
 }
 
+/// `berth admin …`.
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Register the containers and images the storage pool holds without a database record,
+    /// from their backup.yaml (as `incus admin recover`); with berthd stopped, run `berthd
+    /// recover` instead.
+    Recover,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Create a container from an image and start it.
@@ -178,6 +187,9 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCmd),
+    /// Administration of the whole installation.
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Make an image of a stopped container, or of a snapshot (NAME/SNAPSHOT).
     Publish {
         /// Container, or container/snapshot.
@@ -433,6 +445,25 @@ async fn run(cli: Cli) -> R<u8> {
             exec(&conn, &m, &name, o, command).await
         }
         Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
+        Cmd::Admin(AdminCmd::Recover) => {
+            let (found, recovered, skipped) = m.recover(&HashMap::new()).await?;
+            for (tag, list) in [
+                ("found", &found),
+                ("recovered", &recovered),
+                ("skipped", &skipped),
+            ] {
+                for l in list {
+                    println!("{tag}: {l}");
+                }
+            }
+            println!(
+                "{} found without a database record, {} recovered, {} skipped",
+                found.len(),
+                recovered.len(),
+                skipped.len()
+            );
+            Ok(0)
+        }
         Cmd::Publish {
             name,
             alias,

@@ -34,6 +34,9 @@ pub const CANCEL_OPERATION: &str = "org.berth.Berth1.cancel-operation";
 /// `org.berth.Berth1.cancel-operation-other-user`.
 pub const CANCEL_OPERATION_OTHER_USER: &str = "org.berth.Berth1.cancel-operation-other-user";
 
+/// `org.berth.Berth1.recover`: register what the pools hold without a database record.
+pub const RECOVER: &str = "org.berth.Berth1.recover";
+
 /// Every action id berth uses.
 pub const ALL_ACTIONS: &[&str] = &[
     MANAGE_CONTAINERS,
@@ -48,6 +51,7 @@ pub const ALL_ACTIONS: &[&str] = &[
     EXEC,
     CANCEL_OPERATION,
     CANCEL_OPERATION_OTHER_USER,
+    RECOVER,
 ];
 
 /// Who is calling.

@@ -67,6 +67,12 @@ pub trait Manager {
     /// Renames an alias.
     #[zbus(allow_interactive_auth)]
     fn rename_image_alias(&self, from: &str, to: &str) -> zbus::Result<()>;
+    /// Registers what the pool holds without a record: (found, recovered, skipped).
+    #[zbus(allow_interactive_auth)]
+    fn recover(
+        &self,
+        options: &HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<(Vec<String>, Vec<String>, Vec<String>)>;
     /// Operations in progress.
     fn list_operations(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
     /// A long operation started.

@@ -9,6 +9,7 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
               [--idle-timeout SECONDS] [--no-autostart] [--no-scopes]
        berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
        berthd shutdown [--bus ADDRESS] [the daemon's options]
+       berthd recover [--state-dir DIR]
        berthd --version
 
   --bus ADDRESS        D-Bus address to serve on (default: the activating bus, else
@@ -40,7 +41,12 @@ usage: berthd [--bus ADDRESS] [--state-dir DIR] [--run-dir DIR] [--cgroup-parent
                        boot.host_shutdown_timeout (host shutdown runs this). When no
                        berthd serves (it exited idle, and the bus activates none once the
                        host shuts down), runs one for the while, with the daemon's options
-                       given";
+                       given
+  recover              with berthd stopped: rebuild the database's rows from the pools
+                       (each container volume's backup.yaml, each kept image's), keeping
+                       the rows it has; creates the database when it is missing. Refuses
+                       while a berthd runs (use `berth admin recover` then) and leaves a
+                       damaged database untouched (move it aside first)";
 
 /// Daemon settings.
 #[derive(Debug, Clone)]
@@ -92,6 +98,8 @@ pub enum Command {
     /// Stop every running container (host shutdown); the daemon's settings, for the bus
     /// address and for a berthd of its own when none serves.
     Shutdown(Config),
+    /// Rebuild the database from the pools (berthd stopped); the state directory.
+    Recover(PathBuf),
     /// Print usage.
     Help,
     /// Print the version.
@@ -116,6 +124,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     };
     let mut init: Option<InitOptions> = None;
     let mut shutdown = false;
+    let mut recover = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
@@ -126,8 +135,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         match a.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
-            "shutdown" if init.is_none() && !shutdown => shutdown = true,
-            "init" if init.is_none() && !shutdown => {
+            "shutdown" if init.is_none() && !shutdown && !recover => shutdown = true,
+            "recover" if init.is_none() && !shutdown && !recover => recover = true,
+            "init" if init.is_none() && !shutdown && !recover => {
                 init = Some(InitOptions {
                     state_dir: cfg.state_dir.clone(),
                     storage: None,
@@ -198,6 +208,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     if shutdown {
         return Ok(Command::Shutdown(cfg));
     }
+    if recover {
+        return Ok(Command::Recover(cfg.state_dir));
+    }
     Ok(match init {
         Some(mut i) => {
             i.state_dir = cfg.state_dir;
@@ -257,6 +270,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(p(&["shutdown", "init"]).is_err());
+        match p(&["recover", "--state-dir", "/s"]).unwrap() {
+            Command::Recover(d) => assert_eq!(d, PathBuf::from("/s")),
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["recover", "init"]).is_err());
+        assert!(p(&["init", "recover"]).is_err());
         match p(&["--idle-timeout", "0"]).unwrap() {
             Command::Run(c) => assert_eq!((c.idle_timeout, c.favordynmods), (None, false)),
             other => panic!("{other:?}"),

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use zbus::connection;
 use zbus::fdo::RequestNameFlags;
 
-const POOL_SETTING: &str = "pool.default";
+/// The setting holding the default pool's description.
+pub const POOL_SETTING: &str = "pool.default";
 
 fn ensure_dir(p: &Path, mode: u32) -> Result<(), String> {
     std::fs::create_dir_all(p).map_err(|e| format!("create {}: {e}", p.display()))?;
@@ -40,6 +41,14 @@ fn ensure_pool(
     if let Some(s) = db.setting(POOL_SETTING).map_err(|e| e.to_string())? {
         let cfg: PoolConfig = serde_json::from_str(&s)
             .map_err(|e| format!("recorded pool config is unreadable: {e}"))?;
+        crate::recover::remember_pool(state_dir, &cfg)?;
+        return Ok((cfg, false));
+    }
+    if let Some(cfg) = crate::recover::remembered_pool(state_dir)? {
+        // the database was made anew (`berthd recover`): the pool is the one described
+        let json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
+        db.set_setting(POOL_SETTING, &json)
+            .map_err(|e| e.to_string())?;
         return Ok((cfg, false));
     }
     let driver = storage.and_then(DriverKind::parse);
@@ -54,6 +63,7 @@ fn ensure_pool(
     let json = serde_json::to_string(&cfg).map_err(|e| e.to_string())?;
     db.set_setting(POOL_SETTING, &json)
         .map_err(|e| e.to_string())?;
+    crate::recover::remember_pool(state_dir, &cfg)?;
     Ok((cfg, true))
 }
 
@@ -72,7 +82,7 @@ fn describe(cfg: &PoolConfig) -> String {
 /// `berthd init`.
 pub fn init_pool(opts: &InitOptions) -> Result<String, String> {
     ensure_dir(&opts.state_dir, 0o711)?;
-    let db = Db::open(&opts.state_dir.join("berth.db")).map_err(|e| e.to_string())?;
+    let db = crate::recover::open_db(&opts.state_dir, false)?;
     let (cfg, created) = ensure_pool(&db, &opts.state_dir, opts.storage.as_deref(), opts.size)?;
     if let Some(want) = opts.storage.as_deref()
         && want != cfg.driver.as_str()
@@ -125,11 +135,8 @@ fn find_libexec(name: &str) -> Result<std::path::PathBuf, String> {
         })
 }
 
-/// Takes `<state>/berthd.lock`, waiting for a berthd that is still draining after an idle
-/// exit (the bus may activate its successor the moment it released the name). Held for the
-/// life of the process.
-async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
+/// `<state>/berthd.lock`, opened (root-only) and not locked yet.
+pub fn open_lock(state_dir: &Path) -> Result<(std::fs::File, std::path::PathBuf), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join("berthd.lock");
     let f = std::fs::OpenOptions::new()
@@ -142,15 +149,32 @@ async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
     // files under the state directory are root's alone, also one an older berth made
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok((f, path))
+}
+
+/// Tries to take the lock without waiting: false when another process holds it.
+pub fn try_lock(f: &std::fs::File, path: &Path) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(format!("lock {}: {e}", path.display()))
+}
+
+/// Takes `<state>/berthd.lock`, waiting for a berthd that is still draining after an idle
+/// exit (the bus may activate its successor the moment it released the name). Held for the
+/// life of the process.
+async fn lock_state(state_dir: &Path) -> Result<std::fs::File, String> {
+    let (f, path) = open_lock(state_dir)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if try_lock(&f, &path)? {
             return Ok(f);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!("lock {}: {e}", path.display()));
         }
         if std::time::Instant::now() > deadline {
             return Err(format!(
@@ -187,13 +211,23 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
         }
     }
     let t0 = std::time::Instant::now();
-    let db = Db::open(&cfg.state_dir.join("berth.db")).map_err(|e| e.to_string())?;
+    let mut db = crate::recover::open_db(&cfg.state_dir, false)?;
     let (pool_cfg, created) = ensure_pool(&db, &cfg.state_dir, None, None)?;
     if created {
         tracing::info!("created the {}", describe(&pool_cfg));
     }
     let pool = Pool::new(pool_cfg.clone());
     pool.mount().map_err(|e| format!("storage pool: {e}"))?;
+    db.set_layout(berth_actors::store::Layout {
+        pool: pool.clone(),
+        images: cfg.state_dir.join("images"),
+    });
+    // rows an older berth wrote get their backup.yaml, and a write that failed is made now
+    match db.refresh_all_backups() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("wrote {n} missing or stale backup.yaml manifests"),
+        Err(e) => tracing::warn!("cannot bring the backup.yaml manifests up to date: {e}"),
+    }
     let exe = match &cfg.monitor {
         Some(p) => p.clone(),
         None => find_libexec("berth-monitor")?,

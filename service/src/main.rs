@@ -7,12 +7,14 @@
 //!          [--busybox PATH]
 //!   berthd init [--storage btrfs|dir] [--size BYTES] [--state-dir DIR]
 //!   berthd shutdown [--bus ADDRESS] [the daemon's options]
+//!   berthd recover [--state-dir DIR]
 
 mod activation;
 mod boot;
 mod config;
 mod daemon;
 mod logging;
+mod recover;
 mod systemd;
 
 use std::process::ExitCode;
@@ -64,6 +66,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        config::Command::Recover(state_dir) => match recover::offline(&state_dir) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("berthd recover: {e}");
+                ExitCode::FAILURE
+            }
+        },
         config::Command::Init(opts) => match daemon::init_pool(&opts) {
             Ok(msg) => {
                 println!("{msg}");

@@ -14,7 +14,7 @@ pub use images::{validate_alias, validate_property};
 
 use crate::container::{ContainerActor, ContainerArgs, ContainerMsg};
 use crate::error::{Error, Op, Result};
-use crate::events::Events;
+use crate::events::{Event, Events};
 use crate::image::{ImageActor, ImageArgs, ImageMsg};
 use crate::operation::{Operation, Operations};
 use crate::runtime::{NewImage, Runtime, VolumeSource};
@@ -158,6 +158,9 @@ pub enum ManagerMsg {
     SpawnSome,
     /// Answers once every message sent before it was handled (the watchdog's liveness probe).
     Ping(RpcReplyPort<()>),
+    /// Register the container volumes and images of the pools that have no row (from their
+    /// `backup.yaml`), as `incus admin recover`.
+    Recover(RpcReplyPort<Result<crate::recover::Report>>),
 }
 
 /// Containers whose actors one `SpawnSome` spawns: between two batches the Manager answers
@@ -294,6 +297,10 @@ impl Actor for ManagerActor {
                 }
             }
             ManagerMsg::Ping(r) => drop(r.send(())),
+            ManagerMsg::Recover(r) => {
+                let res = s.recover(&me).await;
+                let _ = r.send(res);
+            }
             ManagerMsg::Create(req, reply) => s.create(&me, *req, reply).await,
             ManagerMsg::Copy(req, reply) => s.copy(&me, *req, reply),
             ManagerMsg::CopyReady { req, lent, reply } => s.copy_ready(&me, *req, lent, reply).await,
@@ -545,6 +552,40 @@ impl ManagerState {
         }
         let _ = me.send_message(ManagerMsg::SpawnSome);
         Ok(())
+    }
+
+    /// Registers what the store recovered from the pools: image actors, then the containers'
+    /// (each reconciles with what runs, so a container that kept running is found running),
+    /// announced as new objects.
+    async fn recover(&mut self, me: &ActorRef<ManagerMsg>) -> Result<crate::recover::Report> {
+        let report = self.store.recover().await?;
+        for img in &report.images {
+            self.spawn_image(me, img.clone()).await?;
+            self.events.publish(Event::ImageAdded {
+                fingerprint: img.fingerprint.clone(),
+            });
+        }
+        for (rec, snaps) in &report.containers {
+            let summary = ContainerSummary {
+                name: rec.name.clone(),
+                status: rec.status,
+                image: rec.image.clone(),
+                init_pid: rec.init_pid,
+            };
+            self.containers.insert(
+                rec.name.clone(),
+                Child {
+                    slot: Slot::Unspawned(Box::new((rec.clone(), snaps.clone()))),
+                    summary,
+                    failures: Vec::new(),
+                },
+            );
+            self.wake(me, &rec.name).await;
+            self.events.publish(Event::ContainerCreated {
+                name: rec.name.clone(),
+            });
+        }
+        Ok(report)
     }
 
     /// Spawns the actor of a container loaded but not spawned yet (no-op otherwise). An actor

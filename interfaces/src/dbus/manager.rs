@@ -263,6 +263,23 @@ impl ManagerIface {
         Ok(self.ctx.engine.rename_image_alias(&from, &to).await?)
     }
 
+    /// Registers the container volumes and images of the pool that have no record, from their
+    /// `backup.yaml` (as `incus admin recover`); returns what it found, recovered and skipped.
+    /// No options are defined yet.
+    #[zbus(out_args("found", "recovered", "skipped"))]
+    async fn recover(
+        &self,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] h: Header<'_>,
+    ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+        Options::parse("Recover", options, &[])?;
+        self.ctx
+            .authorize(&h, auth::RECOVER, &[("verb", "recover")])
+            .await?;
+        let r = self.ctx.engine.recover().await?;
+        Ok((r.found, r.recovered, r.skipped))
+    }
+
     /// Operations in progress.
     #[zbus(out_args("operations"))]
     async fn list_operations(&self) -> Vec<OwnedObjectPath> {

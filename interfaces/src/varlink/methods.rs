@@ -65,6 +65,7 @@ methods!(
     AddImageAlias,
     RemoveImageAlias,
     RenameImageAlias,
+    Recover,
     SetImageProperties,
     BuildImage,
     PublishContainer,
@@ -821,6 +822,12 @@ async fn call(
                 .await
                 .map_err(Error::from)?;
             json!({})
+        }
+        Method::Recover => {
+            decode::<NoParams>(&p)?;
+            authorize(auth::RECOVER, vec![("verb", "recover".into())]).await?;
+            let r = e.recover().await.map_err(Error::from)?;
+            json!({ "found": r.found, "recovered": r.recovered, "skipped": r.skipped })
         }
         Method::ListOperations => {
             decode::<NoParams>(&p)?;

@@ -387,6 +387,7 @@ mod tests {
         ("Manager", "BuildImage", "BuildImage"),
         ("Manager", "ImportImage", "ImportImage"),
         ("Manager", "RenameImageAlias", "RenameImageAlias"),
+        ("Manager", "Recover", "Recover"),
         ("Manager", "ListOperations", "ListOperations"),
         ("Container", "Start", "StartContainer"),
         ("Container", "Stop", "StopContainer"),
