@@ -447,21 +447,7 @@ async fn run(cli: Cli) -> R<u8> {
         Cmd::Image(cmd) => images::run(&conn, &m, cmd).await,
         Cmd::Admin(AdminCmd::Recover) => {
             let (found, recovered, skipped) = m.recover(&HashMap::new()).await?;
-            for (tag, list) in [
-                ("found", &found),
-                ("recovered", &recovered),
-                ("skipped", &skipped),
-            ] {
-                for l in list {
-                    println!("{tag}: {l}");
-                }
-            }
-            println!(
-                "{} found without a database record, {} recovered, {} skipped",
-                found.len(),
-                recovered.len(),
-                skipped.len()
-            );
+            print_recovered(&found, &recovered, &skipped);
             Ok(0)
         }
         Cmd::Publish {
@@ -956,4 +942,23 @@ async fn exec(
     let argv: Vec<&str> = command.iter().map(String::as_str).collect();
     let code = c.exec(&argv, &o).await?;
     Ok(code.clamp(0, 255) as u8)
+}
+
+/// What `berth admin recover` found, brought back and left alone, one line each, then counts.
+pub(crate) fn print_recovered(found: &[String], recovered: &[String], skipped: &[String]) {
+    for (tag, list) in [
+        ("found", found),
+        ("recovered", recovered),
+        ("skipped", skipped),
+    ] {
+        for l in list {
+            println!("{tag}: {l}");
+        }
+    }
+    println!(
+        "{} found without a database record, {} recovered, {} skipped",
+        found.len(),
+        recovered.len(),
+        skipped.len()
+    );
 }

@@ -6,7 +6,9 @@
 
 use crate::images::{AliasCmd, ImageCmd};
 use crate::snapshots::SnapshotCmd;
-use crate::{Cmd, ConfigCmd, CreateArgs, Extra, Fail, Format, InfoView, R, StopArgs, fmt_time};
+use crate::{
+    AdminCmd, Cmd, ConfigCmd, CreateArgs, Extra, Fail, Format, InfoView, R, StopArgs, fmt_time,
+};
 use berth_interfaces::paths;
 use berth_interfaces::wire::{ContainerEntry, ImageEntry};
 use serde_json::{Value, json};
@@ -311,6 +313,16 @@ pub(crate) async fn run(cmd: Cmd) -> R<u8> {
             Ok(0)
         }
         Cmd::Supervise { .. } => Err(unsupported("supervise")),
+        Cmd::Admin(AdminCmd::Recover) => {
+            let r = c.change("Recover", json!({}))?;
+            let list = |k: &str| -> Vec<String> {
+                r[k].as_array()
+                    .map(|a| a.iter().map(s).collect())
+                    .unwrap_or_default()
+            };
+            crate::print_recovered(&list("found"), &list("recovered"), &list("skipped"));
+            Ok(0)
+        }
         Cmd::Config(ConfigCmd::Set { name, items }) => {
             let set = match items.as_slice() {
                 [k, v] if !k.contains('=') => HashMap::from([(k.clone(), v.clone())]),

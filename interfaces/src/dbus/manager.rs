@@ -2,7 +2,7 @@
 //! images, the by-name twins of the container methods for busctl and units, host facts, and
 //! the signals announcing new and removed objects.
 
-use super::options::{CreateForm, ImageForm};
+use super::options::{CreateForm, ImageForm, Options};
 use super::{Context, container, export_container, export_image, path};
 use crate::auth;
 use crate::errors::Result;
