@@ -359,22 +359,24 @@ pub fn parse_signal(s: &str) -> Option<libc::c_int> {
     }
     let up = s.to_ascii_uppercase();
     let name = up.strip_prefix("SIG").unwrap_or(&up);
+    // the offset is a small unsigned number: a sign of its own (`RTMIN+-40`) or a huge one
+    // (`RTMIN+2147483647`, which wrapped) named a signal outside the real-time range
+    let offset = |rest: &str, sign: char| -> Option<libc::c_int> {
+        if rest.is_empty() {
+            return Some(0);
+        }
+        let digits = rest.strip_prefix(sign)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u8>().ok().map(libc::c_int::from)
+    };
     if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix('+')?.parse::<libc::c_int>().ok()?
-        };
-        let n = libc::SIGRTMIN() + off;
+        let n = libc::SIGRTMIN() + offset(rest, '+')?;
         return (n <= libc::SIGRTMAX()).then_some(n);
     }
     if let Some(rest) = name.strip_prefix("RTMAX") {
-        let off = if rest.is_empty() {
-            0
-        } else {
-            rest.strip_prefix('-')?.parse::<libc::c_int>().ok()?
-        };
-        let n = libc::SIGRTMAX() - off;
+        let n = libc::SIGRTMAX() - offset(rest, '-')?;
         return (n >= libc::SIGRTMIN()).then_some(n);
     }
     Some(match name {
@@ -407,5 +409,25 @@ mod tests {
         assert_eq!(parse_signal("SIGNOPE"), None);
         assert_eq!(parse_signal("RTMIN+999"), None);
         assert_eq!(parse_signal("RTMIN+"), None);
+        assert_eq!(parse_signal("SIGRTMAX-2"), Some(libc::SIGRTMAX() - 2));
+    }
+
+    /// Hostile `boot.stop_signal` values (the `config` fuzz target checks them): an offset that
+    /// overflowed (a panic with overflow checks, a negative signal without) or carried a sign
+    /// of its own was accepted as a signal outside 1..=SIGRTMAX.
+    #[test]
+    fn real_time_offsets_stay_in_the_real_time_range() {
+        for bad in [
+            "SIGRTMIN+2147483647",
+            "RTMIN+4294967296",
+            "RTMIN+-40",
+            "RTMIN++1",
+            "RTMAX--5",
+            "RTMAX-+1",
+            "RTMAX--2147483648",
+            "RTMAX-99999999999",
+        ] {
+            assert_eq!(parse_signal(bad), None, "{bad}");
+        }
     }
 }
