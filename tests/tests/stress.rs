@@ -4,7 +4,7 @@
 //! operation left them, and berthd's descriptors and memory must come back to where they were.
 
 use berth_interfaces::client::{ContainerProxy, ManagerProxy, SnapshotProxy};
-use berth_tests::{Env, Storage};
+use berth_tests::{Env, Storage, root_or_skip};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,16 +15,6 @@ use zbus::proxy::CacheProperties;
 const NAMES: [&str; 3] = ["s0", "s1", "s2"];
 /// How long one call may take, however loaded the machine (CRIU included).
 const CALL_BOUND: Duration = Duration::from_secs(90);
-
-fn root_or_skip() -> bool {
-    // SAFETY: geteuid has no failure mode.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(
-        root || std::env::var_os("BERTH_E2E_ALLOW_SKIP").is_some(),
-        "end-to-end tests need root"
-    );
-    root
-}
 
 /// berthd's open descriptors, as what each points to (sorted, for a readable difference).
 fn fds(pid: u32) -> Vec<String> {
