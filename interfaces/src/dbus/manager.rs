@@ -263,9 +263,12 @@ impl ManagerIface {
         Ok(self.ctx.engine.rename_image_alias(&from, &to).await?)
     }
 
-    /// Registers the container volumes and images of the pool that have no record, from their
-    /// `backup.yaml` (as `incus admin recover`); returns what it found, recovered and skipped.
-    /// No options are defined yet.
+    /// Registers what the storage pool holds without a database record, as `incus admin
+    /// recover`: each container volume and kept image whose `backup.yaml` describes it gets
+    /// its record back (a container with its config, profiles and snapshots; one that kept
+    /// running is found running). Returns what was found without a record, what was recovered
+    /// and what was skipped with the reason (skipped volumes are left as they are). No options
+    /// are defined yet. Action `org.berth.Berth1.recover`.
     #[zbus(out_args("found", "recovered", "skipped"))]
     async fn recover(
         &self,
