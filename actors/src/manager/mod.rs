@@ -711,6 +711,26 @@ impl ManagerState {
                 }
             };
             match self.store.container(&name).await {
+                // it failed while provisioning: its creator got the error, and nothing would
+                // provision the new actor (requests to it would wait for good), so the create
+                // is undone as one interrupted by a crash is at start
+                Ok(Some(rec)) if rec.pending == Pending::Create => {
+                    match self.rt.deprovision(&name).await {
+                        Ok(()) => {
+                            if let Err(e) = self.store.delete_container(&name).await {
+                                tracing::error!(container = %name, "undo the failed create: {e}");
+                            }
+                            self.creating.remove(&name);
+                            self.containers.remove(&name);
+                        }
+                        Err(e) => {
+                            tracing::error!(container = %name, "undo the failed create: {e}");
+                            if let Some(c) = self.containers.get_mut(&name) {
+                                c.slot = Slot::GaveUp;
+                            }
+                        }
+                    }
+                }
                 Ok(Some(rec)) => match self.spawn_container(me, rec, snaps, false).await {
                     Ok(_) => {
                         tracing::info!(container = %name, "container actor respawned from the database")
