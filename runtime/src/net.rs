@@ -724,7 +724,9 @@ fn guard_elements(port: &str, guard: &Guard) -> Vec<(&'static str, Vec<u8>)> {
 /// Runs `nft -f -` with `script`.
 fn nft(script: &str, what: &str) -> Result<()> {
     use std::io::Write;
-    let mut child = std::process::Command::new("nft")
+    // by its path: a berthd activated by dbus-daemon has no PATH, and nft is in /usr/sbin
+    let prog = crate::storage::which("nft").unwrap_or_else(|| "nft".into());
+    let mut child = std::process::Command::new(prog)
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -155,7 +155,9 @@ pub fn remove_network_locks(pid: libc::pid_t) -> Result<Vec<String>, String> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| format!("open the network namespace of {pid}: {e}"))?;
     let nft = |args: &[&str]| -> Result<String, String> {
-        let mut cmd = std::process::Command::new("nft");
+        let mut cmd = std::process::Command::new(
+            crate::storage::which("nft").unwrap_or_else(|| "nft".into()),
+        );
         cmd.args(args).stdin(std::process::Stdio::null());
         let fd = ns.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only calls setns(2),
