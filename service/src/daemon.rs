@@ -100,6 +100,22 @@ pub fn init_pool(opts: &InitOptions) -> Result<String, String> {
     })
 }
 
+/// Where [`Starting`] is served while berthd starts.
+const STARTING_PATH: &str = "/org/berth/Starting";
+
+/// An empty object the bus connection is built serving, removed once the real ones are in.
+///
+/// zbus starts its object server's dispatcher as a task that subscribes to incoming method
+/// calls only after an AddMatch round trip; a call that arrives before then is dropped,
+/// unanswered. Objects added with `object_server().at()` start that task without waiting for
+/// it, so on a loaded machine an activated berthd could own its name first: the call that
+/// activated it hung until berthd's idle exit and its caller got NoReply (CI saw this once).
+/// A connection built with an object waits for the dispatcher to listen before it returns.
+struct Starting;
+
+#[zbus::interface(name = "org.berth.Berth1.Starting")]
+impl Starting {}
+
 async fn connect(cfg: &Config) -> Result<zbus::Connection, String> {
     let list = cfg
         .bus
@@ -109,7 +125,11 @@ async fn connect(cfg: &Config) -> Result<zbus::Connection, String> {
         .unwrap_or_else(|| "unix:path=/run/dbus/system_bus_socket".into());
     let mut last = String::from("no bus address");
     for addr in list.split(';').filter(|a| !a.is_empty()) {
-        match connection::Builder::address(addr).build().await {
+        let built = connection::Builder::address(addr)
+            .serve_at(STARTING_PATH, Starting)
+            .build()
+            .await;
+        match built {
             Ok(c) => return Ok(c),
             Err(e) => last = format!("connect to {addr}: {e}"),
         }
@@ -283,6 +303,10 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
         auth,
     };
     dbus::serve(&conn, ctx.clone())
+        .await
+        .map_err(|e| format!("export objects: {e}"))?;
+    conn.object_server()
+        .remove::<Starting, _>(STARTING_PATH)
         .await
         .map_err(|e| format!("export objects: {e}"))?;
     let t_export = t0.elapsed();
