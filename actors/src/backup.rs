@@ -208,7 +208,13 @@ impl HasVersion for ImageBackup {
 }
 
 /// Writes `data` to `path` unless it already holds exactly that: a temporary file (0600) in
-/// the same directory, fsync, rename, fsync of the directory. Returns whether it wrote.
+/// the same directory, renamed over the old one. Returns whether it wrote.
+///
+/// No fsync: the database is the record and is synced; a manifest is its copy for a database
+/// lost later, and writeback makes it durable within seconds. A manifest that a power loss
+/// tore or lost is rewritten from the database at the next start
+/// ([`crate::store::Db::refresh_all_backups`] compares bytes). Two fsyncs on the pool cost a
+/// create 2.6 ms of its 4.6 (berth-bench).
 pub fn write_if_changed(path: &Path, data: &str) -> std::io::Result<bool> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     if let Ok(old) = std::fs::read(path)
@@ -228,13 +234,11 @@ pub fn write_if_changed(path: &Path, data: &str) -> std::io::Result<bool> {
         // the mode of create_new is masked by the umask: make sure
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(data.as_bytes())?;
-        f.sync_all()?;
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::File::open(dir)?.sync_all()?;
     Ok(true)
 }
 
