@@ -7,6 +7,7 @@
 //! unmounted, the daemons stopped and the directory removed.
 
 pub mod archive;
+pub mod varlink;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -257,21 +258,26 @@ impl Env {
     fn start_bus(&mut self, cgroup_v2: bool) {
         let log = std::fs::File::create(self.dir.join("daemons.log")).unwrap();
         let daemon = format!(
-            "exec dbus-daemon --config-file={} --nofork --nopidfile",
+            "exec /usr/bin/dbus-daemon --config-file={} --nofork --nopidfile",
             self.dir.join("bus.conf").display()
         );
         let mut cmd = if cgroup_v2 {
-            let mut c = Command::new("unshare");
+            let mut c = Command::new("/usr/bin/unshare");
             c.args(["--mount", "--propagation", "slave", "--", "sh", "-c"]).arg(format!(
                 "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && {daemon}"
             ));
             c
         } else {
-            let mut c = Command::new("sh");
+            let mut c = Command::new("/bin/sh");
             c.arg("-c").arg(&daemon);
             c
         };
+        // The system bus starts the services it activates through its launch helper, which
+        // clears the environment: no PATH, so a tool berthd runs by its bare name (nft lives
+        // in /usr/sbin) is not found there. This bus passes its own environment on; an empty
+        // one makes every test's berthd live as an activated one on a host does.
         let child = cmd
+            .env_clear()
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -447,6 +453,53 @@ impl Env {
             .trim()
             .strip_prefix("u ")
             .and_then(|p| p.parse().ok())
+    }
+
+    /// `activator` (systemd-socket-activate) holding `sock` and starting this environment's
+    /// berthd, with the socket as its varlink fd, on the first connection.
+    pub fn socket_activated_berthd(&self, activator: &Path, sock: &Path) -> Command {
+        let mut c = Command::new(activator);
+        c.arg("-l")
+            .arg(sock)
+            .arg("--fdname=varlink")
+            .arg(bin("berthd"))
+            .args(["--bus", &self.bus, "--state-dir"])
+            .arg(&self.state)
+            .arg("--run-dir")
+            .arg(&self.run)
+            .args([
+                "--cgroup-parent",
+                &self.cgroup_parent,
+                "--bridge",
+                &self.bridge,
+            ])
+            .arg("--monitor")
+            .arg(bin("berth-monitor"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    }
+
+    /// The object path of the one Operation that runs, once it appears (within 30 s).
+    pub fn wait_for_operation(&self) -> String {
+        let mut op = String::new();
+        wait_for(Duration::from_secs(30), "an operation", || {
+            let o = self.busctl(&[
+                "call",
+                "org.berth.Berth1",
+                "/org/berth/Berth1",
+                "org.berth.Berth1.Manager",
+                "ListOperations",
+            ]);
+            match text(&o.stdout).split_whitespace().nth(2) {
+                Some(p) => {
+                    op = p.trim_matches('"').to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        op
     }
 
     /// The last lines of the daemons' log (dbus-daemon passes activated berthd's stderr on).
