@@ -688,27 +688,7 @@ fn a_long_import_is_an_operation_with_progress_that_can_be_cancelled() {
     archive::write_noise_image(&file, 400 << 20);
     let child = spawn_import(&env, &file, "big");
     // the operation appears, with progress
-    let mut op = String::new();
-    berth_tests::wait_for(
-        std::time::Duration::from_secs(30),
-        "the import operation",
-        || {
-            let o = env.busctl(&[
-                "call",
-                "org.berth.Berth1",
-                "/org/berth/Berth1",
-                "org.berth.Berth1.Manager",
-                "ListOperations",
-            ]);
-            match text(&o.stdout).split_whitespace().nth(2) {
-                Some(p) => {
-                    op = p.trim_matches('"').to_string();
-                    true
-                }
-                None => false,
-            }
-        },
-    );
+    let op = env.wait_for_operation();
     let get = |prop: &str| {
         text(
             &env.busctl(&[

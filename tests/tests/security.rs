@@ -780,7 +780,8 @@ const UNAUTHORIZED_READS: &[(&str, &str)] = &[
 const NOT_IN_MATRIX: &[(&str, &str, &str)] = &[(
     "Operation",
     "Cancel",
-    "an Operation object lives only while long work runs; see e2e operation tests",
+    "an Operation object lives only while long work runs: \
+     cancelling_needs_its_action_and_another_users_operation_the_other_user_one",
 )];
 
 /// (interface suffix, method) of every method in the checked-in introspection XML.
@@ -818,6 +819,29 @@ fn call(
     row: &Row,
     c: &str,
 ) -> String {
+    let args: Vec<String> = row.args.iter().map(|a| a.replace("{c}", c)).collect();
+    authz_call(
+        env,
+        user,
+        interactive,
+        path,
+        row.interface,
+        row.method,
+        &args,
+    )
+}
+
+/// `interface.method(args)` on `path` as `user` (root when `None`) with berth-authz-call:
+/// `ok`, or `error NAME: message`.
+fn authz_call(
+    env: &Env,
+    user: Option<&str>,
+    interactive: bool,
+    path: &str,
+    interface: &str,
+    method: &str,
+    args: &[String],
+) -> String {
     let mut cmd = match user {
         Some(u) => {
             let mut cmd = std::process::Command::new("setpriv");
@@ -830,16 +854,14 @@ fn call(
     cmd.arg(&env.bus)
         .arg(if interactive { "yes" } else { "no" })
         .arg(path)
-        .arg(format!("org.berth.Berth1.{}", row.interface))
-        .arg(row.method)
-        .args(row.args.iter().map(|a| a.replace("{c}", c)));
+        .arg(format!("org.berth.Berth1.{interface}"))
+        .arg(method)
+        .args(args);
     // no authentication agent runs: an interactive check must end, refused, not hang
     let out = berth_tests::run(&mut cmd, Duration::from_secs(30));
     assert!(
         out.status.success(),
-        "berth-authz-call {} {}: {}",
-        row.interface,
-        row.method,
+        "berth-authz-call {interface} {method}: {}",
         text(&out.stderr)
     );
     text(&out.stdout).trim().to_string()
@@ -1149,5 +1171,125 @@ fn files_under_the_state_and_runtime_directories_are_roots_alone() {
         "",
         "{user} reaches these of {} files",
         paths.len()
+    );
+}
+
+/// Operation.Cancel: refused to a user without a rule, and to one allowed to cancel only
+/// their own operations when the operation is another user's (root's); a refused Cancel
+/// leaves the operation running. Allowed: a user granted everything on root's operation, and
+/// the user granted cancel-operation on their own.
+#[test]
+fn cancelling_needs_its_action_and_another_users_operation_the_other_user_one() {
+    if !root_or_skip() {
+        return;
+    }
+    for u in [NOBODY, GRANTED, ONLY_X] {
+        berth_tests::system_user(u);
+    }
+    let rules = r#"
+polkit.addRule(function(action, subject) {
+    if (action.id.indexOf("org.berth.Berth1.") != 0) {
+        return polkit.Result.NOT_HANDLED;
+    }
+    if (subject.user == "berth-e2e-all") {
+        return polkit.Result.YES;
+    }
+    if (subject.user == "berth-e2e-x" && (action.id == "org.berth.Berth1.cancel-operation"
+            || action.id == "org.berth.Berth1.manage-images")) {
+        return polkit.Result.YES;
+    }
+    return polkit.Result.NOT_HANDLED;
+});
+"#;
+    let env = Env::with(Options {
+        polkit_rules: Some(rules.to_string()),
+        storage: Some(Storage::Dir),
+        ..Default::default()
+    });
+    // incompressible, so that the import runs for seconds; readable by the users
+    let file = env.dir.join("big.tar");
+    berth_tests::archive::write_noise_image(&file, 600 << 20);
+    for p in [&env.dir, &file] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let import_as = |user: Option<&str>, alias: &str| {
+        let mut cmd = match user {
+            Some(u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args(["--reuid", u, "--regid", u, "--clear-groups", "--"])
+                    .arg(berth_tests::bin("berth"));
+                c
+            }
+            None => std::process::Command::new(berth_tests::bin("berth")),
+        };
+        cmd.args(["image", "import", file.to_str().unwrap(), "--alias", alias])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let status = |op: &str| {
+        let o = env.busctl(&[
+            "get-property",
+            "org.berth.Berth1",
+            op,
+            "org.berth.Berth1.Operation",
+            "Status",
+        ]);
+        text(&o.stdout).trim().to_string()
+    };
+    let cancel = |user: Option<&str>, op: &str| {
+        authz_call(
+            &env,
+            user,
+            false,
+            op,
+            "Operation",
+            "Cancel",
+            &["a{sv}={}".to_string()],
+        )
+    };
+    let ends_cancelled = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("Cancelled"),
+            "the import ends cancelled: {}",
+            text(&out.stderr)
+        );
+    };
+
+    // root's operation
+    let child = import_as(None, "big");
+    let op = env.wait_for_operation();
+    let got = cancel(Some(NOBODY), &op);
+    assert!(
+        is_refusal(&got) && got.contains("org.berth.Berth1.cancel-operation"),
+        "{NOBODY}: {got}"
+    );
+    let got = cancel(Some(ONLY_X), &op);
+    assert!(
+        is_refusal(&got) && got.contains("org.berth.Berth1.cancel-operation-other-user"),
+        "{ONLY_X}, on root's operation: {got}"
+    );
+    assert_eq!(
+        status(&op),
+        "s \"running\"",
+        "a refused Cancel stopped the import"
+    );
+    assert_eq!(cancel(Some(GRANTED), &op), "ok");
+    ends_cancelled(child);
+
+    // the user's own operation
+    let child = import_as(Some(ONLY_X), "mine");
+    let op = env.wait_for_operation();
+    assert_eq!(cancel(Some(ONLY_X), &op), "ok");
+    ends_cancelled(child);
+    let list = env.ok(&["image", "list", "--format", "json"]);
+    assert!(
+        !list.contains("\"big\"") && !list.contains("\"mine\""),
+        "a cancelled import left an image: {list}"
     );
 }

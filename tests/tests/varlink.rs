@@ -630,25 +630,8 @@ fn varlink_socket_activation_starts_berthd() {
         });
     }
     let sock = env.dir.join("activated.sock");
-    let mut activator = Command::new(activate)
-        .arg("-l")
-        .arg(&sock)
-        .arg("--fdname=varlink")
-        .arg(berth_tests::bin("berthd"))
-        .args(["--bus", &env.bus, "--state-dir"])
-        .arg(&env.state)
-        .arg("--run-dir")
-        .arg(&env.run)
-        .args([
-            "--cgroup-parent",
-            &env.cgroup_parent,
-            "--bridge",
-            &env.bridge,
-        ])
-        .arg("--monitor")
-        .arg(berth_tests::bin("berth-monitor"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut activator = env
+        .socket_activated_berthd(&activate, &sock)
         .spawn()
         .unwrap();
     wait_for(Duration::from_secs(10), "the activation socket", || {

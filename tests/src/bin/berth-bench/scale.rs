@@ -25,6 +25,65 @@ async fn cold_activation(env: &Env, api: &Api, runs: usize) -> Vec<f64> {
     v
 }
 
+/// Time from a connection to a socket that `systemd-socket-activate` holds (no berthd
+/// running) to the reply of ListContainers (the call the D-Bus figure makes), `runs` times;
+/// `None` without the activator.
+fn cold_socket_activation(env: &Env, runs: usize) -> Option<Vec<f64>> {
+    let activator = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file())?;
+    let sock = env.dir.join("bench-activated.sock");
+    let mut v = Vec::new();
+    for _ in 0..runs {
+        stop_daemon(env);
+        let _ = std::fs::remove_file(&sock);
+        let mut child = env
+            .socket_activated_berthd(std::path::Path::new(activator), &sock)
+            .spawn()
+            .expect("systemd-socket-activate");
+        berth_tests::wait_for(Duration::from_secs(10), "the activation socket", || {
+            sock.exists()
+        });
+        let t = Instant::now();
+        let r = berth_tests::varlink::Client::connect(&sock)
+            .map_err(|e| serde_json::json!({ "io": e.to_string() }))
+            .and_then(|mut c| c.call("ListContainers", serde_json::json!({}), false));
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+        r.expect("the call that activates berthd over varlink");
+        // the activator became berthd: let it go as it would (SIGTERM) before the next run
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+    Some(v)
+}
+
+/// GetContainer over varlink `calls` times, and ListContainers with `more` (one reply per
+/// container) 50 times, on one connection: (get, list) in ms.
+fn varlink_calls(env: &Env, n: usize, calls: usize) -> (Vec<f64>, Vec<f64>) {
+    let sock = env.run.join("org.berth.Berth");
+    let mut c = berth_tests::varlink::Client::connect(&sock).expect("berthd's varlink socket");
+    let mut get = Vec::new();
+    for i in 0..calls {
+        let name = format!("d{:04}", i % n);
+        let t = Instant::now();
+        let r = c.call("GetContainer", serde_json::json!({ "name": name }), false);
+        get.push(t.elapsed().as_secs_f64() * 1000.0);
+        r.expect("GetContainer over varlink");
+    }
+    let mut list = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = c.call("ListContainers", serde_json::json!({}), true);
+        list.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(r.expect("ListContainers over varlink").len(), n);
+    }
+    (get, list)
+}
+
 /// Latency of GetContainer and ListContainers, daemon RSS, and cold activation, with each
 /// count in `defined` of (stopped) containers defined.
 pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report) {
@@ -36,6 +95,21 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
         cold,
     );
     f.target = Some(Target::Max(50.0));
+    match cold_socket_activation(env, runs.min(10)) {
+        Some(cold) => {
+            let f = report.add(
+                "cold socket activation (varlink) to the first reply (1 image, 0 containers)",
+                "ms",
+                cold,
+            );
+            f.target = Some(Target::Max(30.0));
+        }
+        None => report.note(
+            "varlink: systemd-socket-activate is not installed (Debian: systemd), cold socket \
+             activation not measured"
+                .into(),
+        ),
+    }
     api.m.list_containers().await.expect("list");
     std::thread::sleep(Duration::from_millis(300));
     report
@@ -78,6 +152,21 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
             f.target = Some(Target::Max(10.0));
             f.peers = "incus list of 200: 1660";
         }
+        let (vget, vlist) = varlink_calls(env, n, 200);
+        let f = report.add(
+            &format!("GetContainer over varlink, {n} defined"),
+            "ms",
+            vget,
+        );
+        f.target = Some(Target::Max(0.15));
+        let f = report.add(
+            &format!("ListContainers over varlink with more, {n} defined"),
+            "ms",
+            vlist,
+        );
+        if n >= 1000 {
+            f.target = Some(Target::Max(20.0));
+        }
         let f = report.add(
             &format!("berthd RSS, {n} containers defined"),
             "MB",
@@ -101,9 +190,15 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
             vec![rss_mib(daemon_pid(env)).unwrap_or(f64::NAN) * MB],
         );
     }
-    report.note(
-        "varlink: berth has no varlink service yet, so its call latencies are not measured".into(),
-    );
+    if let Some(cold) = cold_socket_activation(env, runs.min(5)) {
+        let n = defined.last().copied().unwrap_or(0);
+        report.add(
+            &format!("cold socket activation (varlink) to the first reply, {n} defined"),
+            "ms",
+            cold,
+        );
+        api.m.list_containers().await.expect("list");
+    }
     for i in 0..made {
         api.m
             .delete_container(&format!("d{i:04}"), &none())
