@@ -282,6 +282,9 @@ impl HostRuntime {
             }
         };
         let t0 = std::time::Instant::now();
+        // no exec may start between the preflight and the dump: the monitor holds new ones
+        // back while this connection is open, and those under way are waited for
+        hold_execs(&conn, name)?;
         let reasons = self.preflight(name, status.init_pid)?;
         let preflight_us = t0.elapsed().as_micros();
         if !reasons.is_empty() {
@@ -377,6 +380,7 @@ impl HostRuntime {
             );
             let _ = cg.thaw();
             frozen_us += frozen_at.elapsed().as_micros() as u64;
+
             match r {
                 // datagrams with credentials queued for a reader (journald's sockets, while
                 // something logs) cannot be dumped: let the reader drain them and try again
@@ -390,6 +394,8 @@ impl HostRuntime {
                 r => break r,
             }
         };
+        // the dump is over (the tree runs on, or is gone): execs may start again
+        let _ = conn.call(&Request::HoldExecs { hold: false });
         match res {
             Err(mut f) => {
                 if stop {
@@ -1172,6 +1178,11 @@ impl Runtime for SharedHost {
                 Some(Reply::ExecExited { code }) => return Ok(code),
                 // a stop raced the exec: as if it had come after
                 Some(Reply::Stopping) => return Err(RuntimeError::NotRunning),
+                Some(Reply::ExecsHeld) => {
+                    return Err(RuntimeError::Busy(format!(
+                        "container {name} is being checkpointed; run the command again when that is done"
+                    )));
+                }
                 Some(Reply::Error { message }) => return Err(RuntimeError::Invalid(message)),
                 Some(_) => continue,
                 None => return Err(RuntimeError::NotRunning),
@@ -1508,6 +1519,42 @@ impl Runtime for SharedHost {
             })
             .max()
             .map(|(_, p)| p)
+    }
+}
+
+/// How long a checkpoint waits for the execs under way in a container to end, once the
+/// monitor holds new ones back; past it the checkpoint is `Busy`, to be tried again.
+const EXEC_DRAIN: Duration = Duration::from_secs(2);
+
+/// Asks the monitor on `conn` to hold new execs back for as long as `conn` is open, and waits
+/// (up to [`EXEC_DRAIN`]) for the execs under way to end, those still being set up included:
+/// a process half way into the container's cgroup and namespaces is caught by the freezer or
+/// by CRIU's walk of the tree. A monitor older than the request answers an error: then the
+/// preflight's wait for execs being set up is all there is.
+fn hold_execs(conn: &berth_runtime::monitor::client::Conn, name: &str) -> Result<(), RuntimeError> {
+    let deadline = std::time::Instant::now() + EXEC_DRAIN;
+    loop {
+        match conn.call(&Request::HoldExecs { hold: true })? {
+            Reply::Execs { running: 0 } => return Ok(()),
+            Reply::Execs { running } => {
+                if std::time::Instant::now() >= deadline {
+                    let _ = conn.call(&Request::HoldExecs { hold: false });
+                    return Err(RuntimeError::Busy(format!(
+                        "{running} exec(s) are running in container {name}; try again when they end"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Reply::Error { message } => {
+                tracing::debug!(container = %name, "the monitor cannot hold execs back ({message}); an older monitor");
+                return Ok(());
+            }
+            other => {
+                return Err(RuntimeError::Failed(format!(
+                    "unexpected answer from the monitor: {other:?}"
+                )));
+            }
+        }
     }
 }
 

@@ -254,28 +254,32 @@ async fn a_failed_start_leaves_it_stopped() {
     .await
 }
 
+/// An engine with container `name` running, whose stops take 30 s unless forced.
+async fn running_with_slow_stop(name: &str) -> (Engine, Arc<FakeRuntime>) {
+    let (e, rt) = engine().await;
+    e.create_container(CreateRequest {
+        start: true,
+        ..req(name)
+    })
+    .await
+    .unwrap();
+    rt.set_stop_delay(Duration::from_secs(30));
+    (e, rt)
+}
+
+fn graceful() -> StopOptions {
+    StopOptions {
+        force: false,
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_stop_keeps_the_mailbox_answering_and_force_escalates() {
     within(async {
-        let (e, rt) = engine().await;
-        e.create_container(CreateRequest {
-            start: true,
-            ..req("slow")
-        })
-        .await
-        .unwrap();
-        rt.set_stop_delay(Duration::from_secs(30));
+        let (e, rt) = running_with_slow_stop("slow").await;
         let e2 = e.clone();
-        let graceful = tokio::spawn(async move {
-            e2.stop_container(
-                "slow",
-                StopOptions {
-                    force: false,
-                    ..Default::default()
-                },
-            )
-            .await
-        });
+        let graceful = tokio::spawn(async move { e2.stop_container("slow", graceful()).await });
         wait_for(&e, "slow", Status::Stopping).await;
         // a second operation is refused, not queued behind the stop
         assert!(matches!(
@@ -380,6 +384,34 @@ async fn restart_gives_a_new_init() {
         let after = e.container("c1").await.unwrap();
         assert_eq!(after.status, Status::Running);
         assert_ne!(after.init_pid, before);
+    })
+    .await
+}
+
+/// A forced delete that comes while a restart is stopping the container is the later word:
+/// it is answered once the container is gone (it used to wait, unanswered, for a next stop
+/// after the restart had started the container again), and the restart is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_a_restart_is_answered_and_wins() {
+    within(async {
+        let (e, rt) = running_with_slow_stop("rd").await;
+        let e2 = e.clone();
+        let restart = tokio::spawn(async move { e2.restart_container("rd", graceful()).await });
+        wait_for(&e, "rd", Status::Stopping).await;
+        tokio::time::timeout(Duration::from_secs(5), e.delete_container("rd", true))
+            .await
+            .expect("the delete is answered")
+            .unwrap();
+        assert!(matches!(
+            restart.await.unwrap(),
+            Err(Error::NoSuchContainer(n)) if n == "rd"
+        ));
+        assert!(matches!(
+            e.container("rd").await,
+            Err(Error::NoSuchContainer(_))
+        ));
+        assert!(rt.is_running("rd").is_none());
+        assert!(!rt.is_provisioned("rd"));
     })
     .await
 }

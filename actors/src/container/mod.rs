@@ -899,7 +899,10 @@ impl ContainerState {
         for w in self.stop_waiters.drain(..) {
             let _ = w.send(persisted.clone());
         }
-        if !self.restart_waiters.is_empty() {
+        // A delete that came while a restart stopped the container is the later word: it
+        // wins, and the restart is answered that the container went (starting it again
+        // would leave the delete waiting for a stop nobody asks for).
+        if !self.restart_waiters.is_empty() && self.delete_waiters.is_empty() {
             let res = self.start(me).await;
             for w in self.restart_waiters.drain(..) {
                 let _ = w.send(res.clone());
@@ -910,6 +913,13 @@ impl ContainerState {
             let res = self.remove(me).await;
             if let Err(e) = &res {
                 tracing::error!(container = %self.rec.name, "delete: {e}");
+            }
+            let restart = match &res {
+                Ok(()) => Err(Error::NoSuchContainer(self.rec.name.clone())),
+                Err(e) => Err(e.clone()),
+            };
+            for w in self.restart_waiters.drain(..) {
+                let _ = w.send(restart.clone());
             }
             for w in self.delete_waiters.drain(..) {
                 let _ = w.send(res.clone());

@@ -405,6 +405,7 @@ fn prepare(spec: &ContainerSpec, joined: &[std::path::PathBuf]) -> Result<Monito
         stopping: false,
         killed: false,
         checkpointing: false,
+        exec_hold: None,
         deadline: None,
         console_log,
         term: None,
@@ -591,6 +592,9 @@ struct Monitor {
     killed: bool,
     /// A checkpoint that ends by killing the tree is running: that kill is no crash.
     checkpointing: bool,
+    /// The client whose checkpoint holds new execs back (see [`Request::HoldExecs`]); the
+    /// hold lasts while that connection is open.
+    exec_hold: Option<u64>,
     deadline: Option<Instant>,
     console_log: ConsoleLog,
     /// SIGTERM arrives here (in a systemd unit only).
@@ -817,9 +821,18 @@ impl Monitor {
                 self.clients[pos].stop_waiter = true;
                 self.stop(signal, timeout_ms);
             }
+            Request::HoldExecs { hold } => {
+                self.exec_hold = hold.then_some(id);
+                let running = self.execs.len() as u32;
+                self.send_to(id, &Reply::Execs { running });
+            }
             Request::Exec(req) => {
                 if self.stopping {
                     self.send_to(id, &Reply::Stopping);
+                    return;
+                }
+                if self.execs_held() {
+                    self.send_to(id, &Reply::ExecsHeld);
                     return;
                 }
                 let Ok(stdio) = <[OwnedFd; 3]>::try_from(fds) else {
@@ -860,6 +873,17 @@ impl Monitor {
                 },
             ),
         }
+    }
+
+    /// Whether a checkpoint holds execs back: its connection is still open.
+    fn execs_held(&mut self) -> bool {
+        let held = self
+            .exec_hold
+            .is_some_and(|h| self.clients.iter().any(|c| c.id == h));
+        if !held {
+            self.exec_hold = None;
+        }
+        held
     }
 
     fn stop(&mut self, signal: i32, timeout_ms: u64) {

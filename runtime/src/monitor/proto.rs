@@ -34,6 +34,15 @@ pub enum Request {
         /// Whether it is under way.
         active: bool,
     },
+    /// Hold new execs back (`true`) while a checkpoint is taken, or let them start again
+    /// (`false`). While held, an `Exec` is answered [`Reply::ExecsHeld`] at once; the hold ends
+    /// with this request, or when the connection that asked for it closes (berthd gone, or
+    /// the checkpoint over), so a monitor never stays refusing. Answered with
+    /// [`Reply::Execs`]. A monitor older than this request answers [`Reply::Error`].
+    HoldExecs {
+        /// Hold (`true`) or release (`false`).
+        hold: bool,
+    },
     /// Set the window size of the running exec's terminal (on the exec's connection).
     Resize {
         /// Rows.
@@ -94,6 +103,14 @@ pub enum Reply {
     },
     /// Done.
     Ok,
+    /// Answer to [`Request::HoldExecs`]: how many execs are under way (their helper
+    /// processes not yet reaped, including any still being set up in the container).
+    Execs {
+        /// Execs under way.
+        running: u32,
+    },
+    /// An `Exec` refused because a checkpoint holds execs back: try again after it.
+    ExecsHeld,
     /// The request needs a running container and this one is stopping.
     Stopping,
     /// The request failed.
