@@ -59,7 +59,9 @@ pub(crate) async fn start(
         .await?)
 }
 
-fn stop_options(
+/// Parses and checks the options of Stop (`stateful_allowed`) and Restart: `force` (b),
+/// `timeout` (u), `stateful` (b). Public for the fuzz targets (fuzz/).
+pub fn stop_options(
     method: &'static str,
     options: HashMap<String, OwnedVariant>,
     stateful_allowed: bool,
