@@ -7,7 +7,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use berth_interfaces::dbus::container::stop_options;
+use berth_interfaces::dbus::container::{EXEC_OPTIONS, stop_options};
 use berth_interfaces::dbus::manager::image_options;
 use berth_interfaces::dbus::options::Options;
 use libfuzzer_sys::fuzz_target;
@@ -70,21 +70,7 @@ const METHODS: &[(&str, &[(&str, &str)])] = &[
     ("Restore", &[("stateful", "b")]),
     ("Export", &[("rootfs", "h")]),
     ("GetConfig", &[]),
-    (
-        "Exec",
-        &[
-            ("stdin", "h"),
-            ("stdout", "h"),
-            ("stderr", "h"),
-            ("env", "a{ss}"),
-            ("cwd", "s"),
-            ("uid", "u"),
-            ("gid", "u"),
-            ("tty", "b"),
-            ("rows", "u"),
-            ("columns", "u"),
-        ],
-    ),
+    ("Exec", EXEC_OPTIONS),
 ];
 
 const KEYS: &[&str] = &[

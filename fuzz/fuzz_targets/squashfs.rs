@@ -5,7 +5,6 @@
 #![no_main]
 
 use berth_fuzz::Scratch;
-use berth_runtime::image::extract::{Extractor, Limits};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Seek, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -19,15 +18,7 @@ fuzz_target!(|data: &[u8]| {
     f.write_all(data).expect("fill the memfd");
     f.rewind().expect("rewind the memfd");
     let s = Scratch::new();
-    let root = std::fs::File::open(&s.inner).expect("open the staging directory");
-    let mut x = Extractor::new(
-        OwnedFd::from(root),
-        Limits {
-            max_bytes: 4 << 20,
-            max_entries: 4096,
-            id_count: 65536,
-        },
-    );
+    let mut x = s.extractor();
     let ok = x.squashfs(f).is_ok();
     let report = x.finish();
     s.assert_nothing_escaped();

@@ -12,7 +12,7 @@
 #![no_main]
 
 use berth_fuzz::Scratch;
-use berth_runtime::image::extract::{Extractor, Layout, Limits};
+use berth_runtime::image::extract::{Extractor, Layout};
 use berth_runtime::image::format::{self, Payload};
 use libfuzzer_sys::fuzz_target;
 use std::io::{BufReader, Seek, Write};
@@ -84,15 +84,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let s = Scratch::new();
-    let root = std::fs::File::open(&s.inner).expect("open the staging directory");
-    let mut x = Extractor::new(
-        OwnedFd::from(root),
-        Limits {
-            max_bytes: 4 << 20,
-            max_entries: 4096,
-            id_count: 65536,
-        },
-    );
+    let mut x = s.extractor();
     let ok = unpack(&mut x, &input).is_ok();
     let report = x.finish();
     s.assert_nothing_escaped();

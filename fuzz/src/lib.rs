@@ -2,6 +2,8 @@
 //! (archive extraction, template rendering) and the checks that hostile paths stayed inside
 //! the directory they were aimed at.
 
+use berth_runtime::image::extract::{Extractor, Limits};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,6 +29,20 @@ impl Scratch {
         let inner = outer.join("inner");
         std::fs::create_dir_all(&inner).expect("create the scratch directory");
         Scratch { outer, inner }
+    }
+
+    /// An extractor writing into `inner/`, with small limits (4 MiB, 4096 entries) and a
+    /// container's 65536 ids.
+    pub fn extractor(&self) -> Extractor {
+        let root = std::fs::File::open(&self.inner).expect("open the staging directory");
+        Extractor::new(
+            OwnedFd::from(root),
+            Limits {
+                max_bytes: 4 << 20,
+                max_entries: 4096,
+                id_count: 65536,
+            },
+        )
     }
 
     /// Panics (a finding) when `outer/` holds anything but `inner/`.
