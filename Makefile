@@ -2,8 +2,8 @@
 #   make demo   set up the machine if needed, launch a container from the busybox image,
 #               run a command in it, list containers (re-runnable)
 #   make test   set up the machine if needed, then run the whole test suite: the host tests,
-#               then the VM tier
-#   make fuzz   every fuzz target (fuzz/) for FUZZ_SECONDS (15) each on its checked-in corpus;
+#               the fuzz targets, then the VM tier
+#   make fuzz   every fuzz target (fuzz/) for FUZZ_SECONDS (10) each on its checked-in corpus;
 #               make test runs it after the host tests
 #   make test-vm  the VM tier alone: tests that need systemd as PID 1 and pure cgroup v2, each
 #               in a qemu guest (tests/vm/run-all builds or reuses the guest image)

@@ -59,9 +59,7 @@ pub(crate) async fn start(
         .await?)
 }
 
-/// Parses and checks the options of Stop (`stateful_allowed`) and Restart: `force` (b),
-/// `timeout` (u), `stateful` (b). Public for the fuzz targets (fuzz/).
-pub fn stop_options(
+fn stop_options(
     method: &'static str,
     options: HashMap<String, OwnedVariant>,
     stateful_allowed: bool,

@@ -372,8 +372,8 @@ impl ManagerIface {
 }
 
 /// Parses `aliases` (as) and `properties` (a{ss}) plus `extra` options; returns the options and
-/// an fd given as `rootfs`. Public for the fuzz targets (fuzz/).
-pub fn image_options(
+/// an fd given as `rootfs`.
+pub(crate) fn image_options(
     method: &'static str,
     options: HashMap<String, OwnedVariant>,
     extra: &[(&str, &str)],
