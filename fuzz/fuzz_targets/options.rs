@@ -39,7 +39,7 @@ enum V {
     Au(Vec<u32>),
     Ass(BTreeMap<String, String>),
     Asv(BTreeMap<String, V>),
-    V(Box<V>),
+    Nested(Box<V>),
     R(u32, String),
 }
 
@@ -137,7 +137,7 @@ fn variant(v: V, depth: usize) -> Option<Variant<'static>> {
             }
             out.into()
         }
-        V::V(v) => Variant::Variant(Box::new(variant(*v, depth + 1)?)),
+        V::Nested(v) => Variant::Variant(Box::new(variant(*v, depth + 1)?)),
         V::R(a, b) => (a, b).into(),
     })
 }
