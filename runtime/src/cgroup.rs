@@ -644,6 +644,13 @@ impl ContainerCgroups {
     }
 
     /// Freezes every process of the container and waits until they are (up to `timeout`).
+    ///
+    /// On v1 the write is repeated while the group is FREEZING: the legacy freezer stops each
+    /// task once, when `FROZEN` is written, and a task that was running then and went to a
+    /// freezable sleep afterwards is never visited again. A parent in `vfork` is that task:
+    /// its child is frozen as it is born, and the parent, still in the syscall at the write,
+    /// then waits for that child for ever, so the group never reaches FROZEN (kernel 6.1 on;
+    /// v2 counts a vfork waiter as frozen, `cgroup_enter_frozen`). Each write visits them again.
     pub fn freeze(&self, timeout: std::time::Duration) -> Result<()> {
         let dir = self
             .freezer_dir()
@@ -654,9 +661,13 @@ impl ContainerCgroups {
         } else {
             ("cgroup.freeze", "1")
         };
-        crate::sys::write_file(&dir.join(knob), value.as_bytes())
-            .step(|| format!("freeze {}", dir.display()))?;
-        let deadline = std::time::Instant::now() + timeout;
+        let ask = || {
+            crate::sys::write_file(&dir.join(knob), value.as_bytes())
+                .step(|| format!("freeze {}", dir.display()))
+        };
+        ask()?;
+        let start = std::time::Instant::now();
+        let mut asked = start;
         loop {
             let frozen = if v1 {
                 std::fs::read_to_string(dir.join("freezer.state"))
@@ -668,12 +679,25 @@ impl ContainerCgroups {
             if frozen {
                 return Ok(());
             }
-            if std::time::Instant::now() >= deadline {
+            if start.elapsed() >= timeout {
+                let stuck = unfrozen_tasks(&dir);
                 let _ = self.thaw();
                 return Err(Error::Invalid(format!(
-                    "the container did not freeze within {} ms",
-                    timeout.as_millis()
+                    "the container did not freeze within {} ms{}",
+                    timeout.as_millis(),
+                    if stuck.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not frozen: {}", stuck.join(", "))
+                    }
                 )));
+            }
+            if v1 && asked.elapsed() >= FREEZE_REASK {
+                if let Err(e) = ask() {
+                    let _ = self.thaw();
+                    return Err(e);
+                }
+                asked = std::time::Instant::now();
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
@@ -920,6 +944,69 @@ fn collect_pids(dir: &Path, out: &mut Vec<libc::pid_t>) {
             }
         }
     }
+}
+
+/// How often a v1 freezer that is still FREEZING is asked again (see [`ContainerCgroups::freeze`]).
+const FREEZE_REASK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The threads of a freezer group (and its children) that are not stopped in the freezer,
+/// described: "thread 12 (sh) state D, in kernel_clone" (a frozen task is in
+/// `__refrigerator`, v1, or `do_freezer_trap`, v2; one frozen asleep in the kernel keeps its
+/// wait channel and is named too). At most 8, then how many more.
+fn unfrozen_tasks(dir: &Path) -> Vec<String> {
+    fn walk(d: &Path, out: &mut Vec<libc::pid_t>) {
+        for f in ["tasks", "cgroup.threads"] {
+            if let Ok(s) = std::fs::read_to_string(d.join(f)) {
+                out.extend(
+                    s.lines()
+                        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok()),
+                );
+                break;
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut tids = Vec::new();
+    walk(dir, &mut tids);
+    tids.sort_unstable();
+    tids.dedup();
+    let mut out: Vec<String> = tids
+        .into_iter()
+        .filter_map(|t| {
+            let proc = PathBuf::from(format!("/proc/{t}"));
+            let wchan = std::fs::read_to_string(proc.join("wchan")).unwrap_or_default();
+            let wchan = wchan.trim();
+            let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("?");
+            let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default();
+            (!matches!(wchan, "__refrigerator" | "do_freezer_trap")).then(|| {
+                format!(
+                    "thread {t} ({}) state {state}, in {}",
+                    comm.trim(),
+                    if matches!(wchan, "" | "0") {
+                        "running"
+                    } else {
+                        wchan
+                    }
+                )
+            })
+        })
+        .collect();
+    if out.len() > 8 {
+        let more = out.len() - 8;
+        out.truncate(8);
+        out.push(format!("{more} more"));
+    }
+    out
 }
 
 /// Removes a cgroup directory and its child groups, deepest first.
