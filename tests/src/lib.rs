@@ -321,9 +321,17 @@ impl Env {
             .spawn()
             .expect("polkitd (install with scripts/setup)");
         self.polkitd = Some(child);
-        wait_for(Duration::from_secs(10), "polkitd", || {
-            self.name_owned("org.freedesktop.PolicyKit1")
-        });
+        // polkitd loads its actions and rules and starts a JS engine first: on a loaded
+        // 2-core machine that once took longer than 10 s (CI); its log says why if it fails
+        let start = Instant::now();
+        while !self.name_owned("org.freedesktop.PolicyKit1") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for polkitd\n{}",
+                self.daemon_log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn init_pool(&self, storage: Storage, size: &str) {
