@@ -45,9 +45,17 @@ fn gone<T>(what: &str) -> impl FnOnce(RactorErr<T>) -> Error + '_ {
 }
 
 impl Engine {
-    /// Starts the Store and Manager actors over `db`; the Manager reconciles every container
-    /// with what runs before this returns.
+    /// Starts the Store and Manager actors over `db`, and the Manager's [`Engine::startup`].
     pub async fn start(db: Db, runtime: Arc<dyn Runtime>, host: HostInfo) -> Result<Engine> {
+        let engine = Self::start_idle(db, runtime, host).await?;
+        engine.startup();
+        Ok(engine)
+    }
+
+    /// Starts the Store and Manager actors over `db`, the Manager answering from what it
+    /// loaded; the work of [`Engine::startup`] waits to be asked for, so that a daemon can
+    /// serve its first call before its containers' actors compete for the CPU.
+    pub async fn start_idle(db: Db, runtime: Arc<dyn Runtime>, host: HostInfo) -> Result<Engine> {
         let (store_actor, _) = Actor::spawn(None, StoreActor, db)
             .await
             .map_err(|e| Error::Store(format!("start the store actor: {e}")))?;
@@ -74,6 +82,14 @@ impl Engine {
         })
     }
 
+    /// Finishes the changes a crash interrupted, sweeps orphaned files, then spawns the
+    /// containers' actors in the background, a batch at a time (each reconciles its state with
+    /// what runs); a container a call needs is spawned at once. Once only: a second call does
+    /// nothing.
+    pub fn startup(&self) {
+        let _ = self.manager.send_message(ManagerMsg::Startup);
+    }
+
     /// Stops the actors (containers keep running under their monitors).
     pub async fn shutdown(&self) {
         let _ = self
@@ -88,6 +104,13 @@ impl Engine {
             .actor()
             .stop_and_wait(None, Some(std::time::Duration::from_secs(5)))
             .await;
+    }
+
+    /// Writes the manifests (`backup.yaml`) that are missing or stale in the background: rows
+    /// an older berth wrote, or a write that failed. berthd asks once it serves, so a daemon
+    /// with many containers answers its first call without reading every manifest first.
+    pub fn refresh_backups(&self) {
+        self.store.refresh_backups_in_background();
     }
 
     /// Calls in flight and when the engine was last used (for the daemon's idle exit).

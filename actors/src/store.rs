@@ -307,18 +307,54 @@ impl Db {
             .map_err(|e| Error::Store(format!("write {}: {e}", path.display())))
     }
 
-    /// Writes every manifest that is missing or stale (rows an older berth wrote, or a write
-    /// that failed); returns how many it wrote. berthd runs it at start.
-    pub fn refresh_all_backups(&self) -> Result<usize> {
+    /// Writes the manifests that are missing or stale (rows an older berth wrote, or a write
+    /// that failed) of at most `limit` containers or images from `from` on; returns how many
+    /// it wrote and where the next step starts (`None` when every one was looked at).
+    pub fn refresh_backups(
+        &self,
+        from: &BackupCursor,
+        limit: usize,
+    ) -> Result<(usize, Option<BackupCursor>)> {
         let Some(l) = &self.layout else {
-            return Ok(0);
+            return Ok((0, None));
         };
+        let (table, key, after) = match from {
+            BackupCursor::Containers(a) => ("containers", "name", a),
+            BackupCursor::Images(a) => ("images", "fingerprint", a),
+        };
+        let keys: Vec<String> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {key} FROM {table} WHERE ?1 IS NULL OR {key} > ?1 ORDER BY {key} LIMIT ?2"
+            ))?
+            .query_map(params![after, limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut n = 0;
-        for c in self.containers_where(None)? {
-            n += usize::from(self.write_container_backup(l, &c.name)?);
+        for k in &keys {
+            n += usize::from(match from {
+                BackupCursor::Containers(_) => self.write_container_backup(l, k)?,
+                BackupCursor::Images(_) => self.write_image_backup(l, k)?,
+            });
         }
-        for i in self.images_where(None)? {
-            n += usize::from(self.write_image_backup(l, &i.fingerprint)?);
+        let next = match (from, keys.last()) {
+            (_, Some(last)) if keys.len() == limit => Some(match from {
+                BackupCursor::Containers(_) => BackupCursor::Containers(Some(last.clone())),
+                BackupCursor::Images(_) => BackupCursor::Images(Some(last.clone())),
+            }),
+            (BackupCursor::Containers(_), _) => Some(BackupCursor::Images(None)),
+            (BackupCursor::Images(_), _) => None,
+        };
+        Ok((n, next))
+    }
+
+    /// Writes every manifest that is missing or stale; returns how many it wrote.
+    pub fn refresh_all_backups(&self) -> Result<usize> {
+        let mut at = Some(BackupCursor::Containers(None));
+        let mut n = 0;
+        while let Some(from) = at {
+            let (wrote, next) = self.refresh_backups(&from, 64)?;
+            n += wrote;
+            at = next;
         }
         Ok(n)
     }
@@ -695,7 +731,21 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
-/// Messages of the Store actor. Every variant replies with the operation's result.
+/// Where a manifest refresh goes on: after this container name or image fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupCursor {
+    /// The containers after this name (all of them with `None`), then every image.
+    Containers(Option<String>),
+    /// The images after this fingerprint.
+    Images(Option<String>),
+}
+
+/// How many manifests one step of the background refresh looks at: a step holds the store
+/// for a few milliseconds, so calls that need it wait at most that long.
+const REFRESH_STEP: usize = 32;
+
+/// Messages of the Store actor. Every variant but `RefreshBackups` replies with the
+/// operation's result.
 #[derive(Debug)]
 pub enum StoreMsg {
     /// Load everything (startup).
@@ -732,6 +782,10 @@ pub enum StoreMsg {
     DeleteSnapshot(String, String, RpcReplyPort<Result<()>>),
     /// Register the unrecorded volumes and images of the pools (see [`crate::recover`]).
     Recover(RpcReplyPort<Result<crate::recover::Report>>),
+    /// One step of bringing every manifest up to date, off berthd's start path; the actor
+    /// sends itself the next step, so other requests are served between steps. Carries how
+    /// many were written so far.
+    RefreshBackups(BackupCursor, usize),
 }
 
 /// The Store actor.
@@ -750,7 +804,7 @@ impl Actor for StoreActor {
 
     async fn handle(
         &self,
-        _: ActorRef<StoreMsg>,
+        me: ActorRef<StoreMsg>,
         msg: StoreMsg,
         db: &mut Db,
     ) -> Result<(), ActorProcessingErr> {
@@ -772,6 +826,23 @@ impl Actor for StoreActor {
             StoreMsg::RenameSnapshot(c, f, t, r) => drop(r.send(db.rename_snapshot(&c, &f, &t))),
             StoreMsg::DeleteSnapshot(c, n, r) => drop(r.send(db.delete_snapshot(&c, &n))),
             StoreMsg::Recover(r) => drop(r.send(crate::recover::recover(db))),
+            StoreMsg::RefreshBackups(from, so_far) => {
+                match db.refresh_backups(&from, REFRESH_STEP) {
+                    Ok((n, Some(next))) => {
+                        me.send_message(StoreMsg::RefreshBackups(next, so_far + n))?
+                    }
+                    Ok((n, None)) if so_far + n > 0 => {
+                        tracing::info!(
+                            "wrote {} missing or stale backup.yaml manifests",
+                            so_far + n
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("cannot bring the backup.yaml manifests up to date: {e}")
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -806,6 +877,14 @@ impl Store {
     /// Loads everything.
     pub async fn load(&self) -> Result<Loaded> {
         store_call!(self, Load)
+    }
+
+    /// Brings every missing or stale manifest up to date in the background, a few at a time
+    /// between the store's other requests (berthd asks once it serves).
+    pub fn refresh_backups_in_background(&self) {
+        let _ = self
+            .actor
+            .send_message(StoreMsg::RefreshBackups(BackupCursor::Containers(None), 0));
     }
 
     /// One container's record.
@@ -914,7 +993,7 @@ pub fn parse_map(s: &str) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
 
-    fn rec(name: &str) -> ContainerRecord {
+    pub(super) fn rec(name: &str) -> ContainerRecord {
         ContainerRecord {
             name: name.into(),
             image: "f".repeat(64),
@@ -1046,6 +1125,105 @@ mod tests {
             db.conn.pragma_update(None, "user_version", 99).unwrap();
         }
         assert!(matches!(Db::open(&path), Err(Error::Store(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod refresh_tests {
+    use super::*;
+    use berth_runtime::storage::{DriverKind, Pool, PoolConfig};
+
+    /// A pool of 70 containers (more than two refresh steps) with manifests, and a store
+    /// whose rows say something the manifests do not.
+    fn stale_pool(tag: &str) -> (std::path::PathBuf, Db, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("berth-refresh-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pool = Pool::new(PoolConfig {
+            driver: DriverKind::Dir,
+            path: dir.join("pool"),
+            source: None,
+        });
+        pool.mount().unwrap();
+        let layout = Layout {
+            pool: pool.clone(),
+            images: dir.join("images"),
+        };
+        let mut db = Db::open_in_memory().unwrap();
+        db.set_layout(layout);
+        let names: Vec<String> = (0..70).map(|i| format!("c{i:03}")).collect();
+        for n in &names {
+            std::fs::create_dir_all(pool.rootfs(n)).unwrap();
+            let mut c = super::tests::rec(n);
+            c.config = BTreeMap::from([("user.a".into(), "old".into())]);
+            db.insert_container(&c).unwrap();
+            c.pending = Pending::None;
+            db.update_container(&c).unwrap();
+        }
+        // an older berth changed the rows and not the manifests (or its writes failed): the
+        // first, one at a step's edge, the last; and one manifest is gone
+        for (i, n) in names.iter().enumerate() {
+            let path = pool.container_volume(n).join(crate::backup::FILE);
+            match i {
+                0 | 31 | 32 | 69 => {
+                    let y = std::fs::read_to_string(&path).unwrap();
+                    std::fs::write(&path, y.replace("old", "older")).unwrap();
+                }
+                40 => std::fs::remove_file(&path).unwrap(),
+                _ => {}
+            }
+        }
+        (dir, db, names)
+    }
+
+    fn all_current(dir: &std::path::Path, names: &[String]) -> bool {
+        names.iter().all(|n| {
+            std::fs::read_to_string(
+                dir.join("pool/containers")
+                    .join(n)
+                    .join(crate::backup::FILE),
+            )
+            .is_ok_and(|y| y.contains("old") && !y.contains("older"))
+        })
+    }
+
+    #[test]
+    fn the_refresh_goes_step_by_step_and_misses_no_manifest() {
+        let (dir, db, names) = stale_pool("steps");
+        assert!(!all_current(&dir, &names));
+        let mut at = Some(BackupCursor::Containers(None));
+        let (mut steps, mut wrote) = (0, 0);
+        while let Some(from) = at {
+            let (n, next) = db.refresh_backups(&from, REFRESH_STEP).unwrap();
+            wrote += n;
+            steps += 1;
+            at = next;
+        }
+        // 32 + 32 + 6 containers, then the (empty) images
+        assert_eq!((steps, wrote), (4, 5));
+        assert!(all_current(&dir, &names));
+        assert_eq!(db.refresh_all_backups().unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_store_actor_refreshes_in_the_background_and_answers_meanwhile() {
+        let (dir, db, names) = stale_pool("actor");
+        let (actor, handle) = Actor::spawn(None, StoreActor, db).await.unwrap();
+        let store = Store::new(actor.clone());
+        store.refresh_backups_in_background();
+        // calls are served between the steps
+        assert_eq!(store.container("c050").await.unwrap().unwrap().name, "c050");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !all_current(&dir, &names) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "manifests not refreshed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        actor.stop(None);
+        handle.await.unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

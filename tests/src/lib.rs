@@ -256,7 +256,13 @@ impl Env {
     }
 
     fn start_bus(&mut self, cgroup_v2: bool) {
-        let log = std::fs::File::create(self.dir.join("daemons.log")).unwrap();
+        // O_APPEND, as every other writer of it: one at its own offset would overwrite the
+        // lines the others appended
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemons.log"))
+            .unwrap();
         let daemon = format!(
             "exec /usr/bin/dbus-daemon --config-file={} --nofork --nopidfile",
             self.dir.join("bus.conf").display()
@@ -482,9 +488,15 @@ impl Env {
                 &self.bridge,
             ])
             .arg("--monitor")
-            .arg(bin("berth-monitor"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .arg(bin("berth-monitor"));
+        // its log goes where the bus-activated berthd's goes
+        match std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("daemons.log"))
+        {
+            Ok(log) => c.stdout(Stdio::null()).stderr(log),
+            Err(_) => c.stdout(Stdio::null()).stderr(Stdio::null()),
+        };
         c
     }
 

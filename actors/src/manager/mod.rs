@@ -151,11 +151,12 @@ pub enum ManagerMsg {
     ImageUpdated(Box<ImageRecord>, ActorId),
     /// Internal: an image was deleted (by the image actor with that id).
     ImageRemoved(String, ActorId),
-    /// Internal, sent once by `pre_start`: finish interrupted changes, sweep orphans, then
-    /// spawn the containers' actors in batches.
+    /// Sent by [`crate::Engine::startup`]: finish interrupted changes, sweep orphans, then
+    /// spawn the containers' actors in batches (the first one only; later ones do nothing).
     Startup,
-    /// Internal: spawn the next batch of containers loaded but not spawned yet.
-    SpawnSome,
+    /// Internal: spawn the next batch of containers loaded but not spawned yet (the first
+    /// batch was sent at the instant given).
+    SpawnSome(std::time::Instant),
     /// Answers once every message sent before it was handled (the watchdog's liveness probe).
     Ping(RpcReplyPort<()>),
     /// Register the container volumes and images of the pools that have no row (from their
@@ -164,7 +165,9 @@ pub enum ManagerMsg {
 }
 
 /// Containers whose actors one `SpawnSome` spawns: between two batches the Manager answers
-/// the calls that queued meanwhile.
+/// the calls that queued meanwhile. The next batch is spawned once this one's actors have
+/// reconciled (answered a message), so at most this many reconcile at once and a daemon
+/// that just started with many containers still has CPU for its first calls.
 const SPAWN_BATCH: usize = 64;
 
 /// What the Manager starts with.
@@ -227,6 +230,8 @@ pub struct ManagerState {
     reserved: HashSet<String>,
     /// Interrupted creates and deletes found at load, finished by `startup`.
     interrupted: Vec<ContainerRecord>,
+    /// Whether `startup` ran.
+    started: bool,
 }
 
 impl std::fmt::Debug for ManagerState {
@@ -261,10 +266,10 @@ impl Actor for ManagerActor {
             creating: HashMap::new(),
             reserved: HashSet::new(),
             interrupted: Vec::new(),
+            started: false,
         };
         let loaded = s.store.load().await?;
         s.load(&me, loaded).await?;
-        me.send_message(ManagerMsg::Startup)?;
         Ok(s)
     }
 
@@ -286,14 +291,31 @@ impl Actor for ManagerActor {
         }
         match msg {
             ManagerMsg::Startup => s.startup(&me).await?,
-            ManagerMsg::SpawnSome => {
+            ManagerMsg::SpawnSome(since) => {
                 let next: Vec<String> =
                     s.containers.iter().filter(|(_, c)| matches!(c.slot, Slot::Unspawned(_))).map(|(n, _)| n.clone()).take(SPAWN_BATCH).collect();
                 for name in &next {
                     s.wake(&me, name).await;
                 }
-                if next.len() == SPAWN_BATCH {
-                    me.send_message(ManagerMsg::SpawnSome)?;
+                if next.len() < SPAWN_BATCH {
+                    tracing::info!("every container's actor is up, {:?} after the first was spawned", since.elapsed());
+                } else {
+                    let spawned: Vec<ActorRef<ContainerMsg>> = next
+                        .iter()
+                        .filter_map(|n| match s.containers.get(n).map(|c| &c.slot) {
+                            Some(Slot::Live(a)) => Some(a.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let me = me.clone();
+                    tokio::spawn(async move {
+                        // an actor answers once its post_start (the reconcile) is done; one
+                        // that died answers with an error, which is as good
+                        for a in spawned {
+                            let _ = ractor::call!(a, ContainerMsg::Info);
+                        }
+                        let _ = me.send_message(ManagerMsg::SpawnSome(since));
+                    });
                 }
             }
             ManagerMsg::Ping(r) => drop(r.send(())),
@@ -530,6 +552,10 @@ impl ManagerState {
     /// orphaned files, then has the containers' actors spawned in batches (each reconciles
     /// its own state with what runs).
     async fn startup(&mut self, me: &ActorRef<ManagerMsg>) -> Result<()> {
+        if std::mem::replace(&mut self.started, true) {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
         for note in self.rt.cleanup_images(self.known_images()).await {
             tracing::warn!("{note}");
         }
@@ -550,7 +576,11 @@ impl ManagerState {
         for note in self.rt.sweep_orphan_snapshots(names).await {
             tracing::warn!("{note}");
         }
-        let _ = me.send_message(ManagerMsg::SpawnSome);
+        tracing::info!(
+            "finished interrupted changes and swept orphans in {:?}",
+            t0.elapsed()
+        );
+        let _ = me.send_message(ManagerMsg::SpawnSome(std::time::Instant::now()));
         Ok(())
     }
 

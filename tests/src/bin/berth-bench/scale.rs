@@ -62,8 +62,9 @@ fn cold_socket_activation(env: &Env, runs: usize) -> Option<Vec<f64>> {
 }
 
 /// GetContainer over varlink `calls` times, and ListContainers with `more` (one reply per
-/// container) 50 times, on one connection: (get, list) in ms.
-fn varlink_calls(env: &Env, n: usize, calls: usize) -> (Vec<f64>, Vec<f64>) {
+/// container) and without it (one reply) 50 times each, on one connection: (get, list,
+/// whole list) in ms.
+fn varlink_calls(env: &Env, n: usize, calls: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let sock = env.run.join("org.berth.Berth");
     let mut c = berth_tests::varlink::Client::connect(&sock).expect("berthd's varlink socket");
     let mut get = Vec::new();
@@ -75,13 +76,18 @@ fn varlink_calls(env: &Env, n: usize, calls: usize) -> (Vec<f64>, Vec<f64>) {
         r.expect("GetContainer over varlink");
     }
     let mut list = Vec::new();
+    let mut whole = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
         let r = c.call("ListContainers", serde_json::json!({}), true);
         list.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(r.expect("ListContainers over varlink").len(), n);
+        let t = Instant::now();
+        let r = c.call("ListContainers", serde_json::json!({}), false);
+        whole.push(t.elapsed().as_secs_f64() * 1000.0);
+        r.expect("ListContainers over varlink");
     }
-    (get, list)
+    (get, list, whole)
 }
 
 /// Latency of GetContainer and ListContainers, daemon RSS, and cold activation, with each
@@ -152,7 +158,7 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
             f.target = Some(Target::Max(10.0));
             f.peers = "incus list of 200: 1660";
         }
-        let (vget, vlist) = varlink_calls(env, n, 200);
+        let (vget, vlist, vwhole) = varlink_calls(env, n, 200);
         let f = report.add(
             &format!("GetContainer over varlink, {n} defined"),
             "ms",
@@ -167,6 +173,11 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
         if n >= 1000 {
             f.target = Some(Target::Max(20.0));
         }
+        report.add(
+            &format!("ListContainers over varlink in one reply, {n} defined"),
+            "ms",
+            vwhole,
+        );
         let f = report.add(
             &format!("berthd RSS, {n} containers defined"),
             "MB",
