@@ -40,18 +40,27 @@ assert_error() {
   log "ok: ${3:-output}: $2"
 }
 berthd_active() { systemctl -q is-active berthd.service; }
+jcursor=$(mktemp)
 stop_berthd() {
   systemctl stop berthd.service
   wait_for 30 "berthd.service inactive" bash -c '! systemctl -q is-active berthd.service'
   # this test starts berthd more often than systemd's start limit allows (5 in 10 s; past it
   # the unit and berthd.socket fail): reset the counter, as an admin would
   systemctl reset-failed berthd.service
+  # from here on, the journal tells who activates berthd next
+  journalctl -b -q -n 1 --cursor-file="$jcursor" >/dev/null
   [ "$(systemctl show -p SubState --value berthd.socket)" = listening ] \
     || fail "berthd.socket is $(systemctl show -p SubState --value berthd.socket), not listening, with berthd stopped"
 }
-# this activation of berthd.service took the varlink socket from systemd (its journal says so)
+# berthd.service, inactive at the last stop_berthd (or idle exit) and active now, was started
+# through berthd.socket: no D-Bus activation of org.berth.Berth1 since then (dbus-daemon logs
+# each one), and this activation took the varlink socket from systemd (its journal says so)
 assert_socket_activated() {
   local inv out
+  berthd_active || fail "berthd.service is not active"
+  out=$(journalctl -b --no-pager -o cat --cursor-file="$jcursor" | grep "Activating via systemd: service name='org.berth.Berth1'" || true)
+  [ -z "$out" ] || fail "berthd.service was activated through D-Bus, not the socket: $out"
+  log "ok: no D-Bus activation of org.berth.Berth1 since berthd stopped"
   inv=$(systemctl show -p InvocationID --value berthd.service)
   [ -n "$inv" ] || fail "berthd.service has no invocation id"
   out=$(journalctl -b --no-pager -o cat _SYSTEMD_INVOCATION_ID="$inv" | grep 'serving varlink' || true)
@@ -63,6 +72,8 @@ figures=()
 figure() { figures+=("$*"); log "FIGURE: $*"; }
 
 section "berthd.socket: installed, enabled and listening"
+capture trig systemctl show -p TriggeredBy --value berthd.service
+assert_contains "$trig" berthd.socket "berthd.service's TriggeredBy"
 log "$(varlinkctl --version | sed -n 1p)"
 capture en systemctl is-enabled berthd.socket
 assert_eq "$en" enabled "berthd.socket"
@@ -165,6 +176,7 @@ old_pid=$(systemctl show -p MainPID --value berthd.service)
 wait_for 30 "berthd.service to exit when idle" bash -c '! systemctl -q is-active berthd.service'
 capture result systemctl show -p Result --value berthd.service
 assert_eq "$result" success "berthd.service's result after an idle exit"
+journalctl -b -q -n 1 --cursor-file="$jcursor" >/dev/null
 assert_eq "$(systemctl show -p SubState --value berthd.socket)" listening "berthd.socket after the idle exit"
 kill -0 "$v1pid" || fail "v1's init died with berthd"
 capture out vcall GetContainer '{"name": "v1"}'
