@@ -30,11 +30,25 @@ archive_uri() {
   echo "${uri%/}"
 }
 
-# The guest's packages: tests/vm/packages without comments and blank lines.
-guest_packages() { sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$vm_dir/packages"; }
+# The guest's Debian suite: trixie (Debian 13) unless BERTH_VM_SUITE names another (bookworm).
+guest_suite() {
+  local s=${BERTH_VM_SUITE:-trixie}
+  [[ "$s" =~ ^[a-z]+$ ]] || die "BERTH_VM_SUITE=$s is not a Debian suite name"
+  echo "$s"
+}
 
-# The image's cache key: the recipe (build-image and the package list). 16 hex digits.
-recipe_hash() { cat "$vm_dir/build-image" "$vm_dir/packages" | sha256sum | cut -c1-16; }
+# The guest's packages: tests/vm/packages without comments and blank lines; a line
+# `SUITE: PACKAGE` counts only for that suite (names that differ between suites).
+guest_packages() {
+  sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$vm_dir/packages" \
+    | awk -F: -v s="$(guest_suite)" 'NF == 1 { print; next } $1 == s { print $2 }'
+}
+
+# The image's cache key: the recipe (build-image, the package list and the suite). 16 hex
+# digits.
+recipe_hash() {
+  { cat "$vm_dir/build-image" "$vm_dir/packages"; echo "suite=$(guest_suite)"; } | sha256sum | cut -c1-16
+}
 
 image_dir() { echo "$cache_root/$(recipe_hash)"; }
 

@@ -13,6 +13,16 @@ install_berth
 
 unitdir=/usr/local/lib/systemd/system
 
+section "the host-built binaries find their libraries in the guest"
+log "guest: $(. /etc/os-release && echo "$PRETTY_NAME"), $(ldd --version | sed -n 1p)"
+for b in /usr/local/sbin/berthd /usr/local/libexec/berth/berth-monitor \
+         /usr/local/libexec/berth/berth-helper /usr/local/bin/berth /usr/local/sbin/criu; do
+  capture libs ldd "$b"
+  ! grep -q 'not found' <<<"$libs" || fail "$b lacks libraries in the guest: $(grep 'not found' <<<"$libs" | xargs)"
+done
+log "ok: no library missing"
+capture out criu --version
+
 section "systemd-analyze verify on berth's installed units"
 units=()
 for f in "$unitdir"/berth* "$unitdir"/dbus-org.berth*; do
