@@ -188,11 +188,13 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
     }
     if let Some(&n) = defined.last() {
         let cold = cold_activation(env, &api, runs.min(5)).await;
-        report.add(
+        let f = report.add(
             &format!("cold activation to the first reply, {n} defined"),
             "ms",
             cold,
         );
+        // issue 11: activation with 1,000 containers defined answers in ≤ 50 ms
+        f.target = Some(Target::Max(50.0));
         api.m.list_containers().await.expect("list");
         std::thread::sleep(Duration::from_millis(300));
         report.add(
@@ -203,11 +205,12 @@ pub async fn api(env: &Env, defined: &[usize], runs: usize, report: &mut Report)
     }
     if let Some(cold) = cold_socket_activation(env, runs.min(5)) {
         let n = defined.last().copied().unwrap_or(0);
-        report.add(
+        let f = report.add(
             &format!("cold socket activation (varlink) to the first reply, {n} defined"),
             "ms",
             cold,
         );
+        f.target = Some(Target::Max(50.0));
         api.m.list_containers().await.expect("list");
     }
     for i in 0..made {
