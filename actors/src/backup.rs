@@ -213,7 +213,7 @@ impl HasVersion for ImageBackup {
 /// No fsync: the database is the record and is synced; a manifest is its copy for a database
 /// lost later, and writeback makes it durable within seconds. A manifest that a power loss
 /// tore or lost is rewritten from the database at the next start
-/// ([`crate::store::Db::refresh_all_backups`] compares bytes). Two fsyncs on the pool cost a
+/// ([`crate::store::Db::refresh_backups`] compares bytes). Two fsyncs on the pool cost a
 /// create 2.6 ms of its 4.6 (berth-bench).
 pub fn write_if_changed(path: &Path, data: &str) -> std::io::Result<bool> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -337,26 +337,11 @@ impl Db {
             });
         }
         let next = match (from, keys.last()) {
-            (_, Some(last)) if keys.len() == limit => Some(match from {
-                BackupCursor::Containers(_) => BackupCursor::Containers(Some(last.clone())),
-                BackupCursor::Images(_) => BackupCursor::Images(Some(last.clone())),
-            }),
+            (_, Some(last)) if keys.len() == limit => Some(from.after(last)),
             (BackupCursor::Containers(_), _) => Some(BackupCursor::Images(None)),
             (BackupCursor::Images(_), _) => None,
         };
         Ok((n, next))
-    }
-
-    /// Writes every manifest that is missing or stale; returns how many it wrote.
-    pub fn refresh_all_backups(&self) -> Result<usize> {
-        let mut at = Some(BackupCursor::Containers(None));
-        let mut n = 0;
-        while let Some(from) = at {
-            let (wrote, next) = self.refresh_backups(&from, 64)?;
-            n += wrote;
-            at = next;
-        }
-        Ok(n)
     }
 
     /// The image an alias points at.
@@ -738,6 +723,16 @@ pub enum BackupCursor {
     Containers(Option<String>),
     /// The images after this fingerprint.
     Images(Option<String>),
+}
+
+impl BackupCursor {
+    /// The same table, after `key`.
+    fn after(&self, key: &str) -> BackupCursor {
+        match self {
+            BackupCursor::Containers(_) => BackupCursor::Containers(Some(key.to_owned())),
+            BackupCursor::Images(_) => BackupCursor::Images(Some(key.to_owned())),
+        }
+    }
 }
 
 /// How many manifests one step of the background refresh looks at: a step holds the store
@@ -1191,18 +1186,21 @@ mod refresh_tests {
     fn the_refresh_goes_step_by_step_and_misses_no_manifest() {
         let (dir, db, names) = stale_pool("steps");
         assert!(!all_current(&dir, &names));
-        let mut at = Some(BackupCursor::Containers(None));
-        let (mut steps, mut wrote) = (0, 0);
-        while let Some(from) = at {
-            let (n, next) = db.refresh_backups(&from, REFRESH_STEP).unwrap();
-            wrote += n;
-            steps += 1;
-            at = next;
-        }
+        let refresh_to_end = || {
+            let mut at = Some(BackupCursor::Containers(None));
+            let (mut steps, mut wrote) = (0, 0);
+            while let Some(from) = at {
+                let (n, next) = db.refresh_backups(&from, REFRESH_STEP).unwrap();
+                wrote += n;
+                steps += 1;
+                at = next;
+            }
+            (steps, wrote)
+        };
         // 32 + 32 + 6 containers, then the (empty) images
-        assert_eq!((steps, wrote), (4, 5));
+        assert_eq!(refresh_to_end(), (4, 5));
         assert!(all_current(&dir, &names));
-        assert_eq!(db.refresh_all_backups().unwrap(), 0);
+        assert_eq!(refresh_to_end(), (4, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

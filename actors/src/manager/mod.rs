@@ -170,6 +170,10 @@ pub enum ManagerMsg {
 /// that just started with many containers still has CPU for its first calls.
 const SPAWN_BATCH: usize = 64;
 
+/// How long the next batch waits for this one's actors at most: an actor whose reconcile
+/// hangs (a monitor that accepts but never answers) must not hold back the others.
+const SPAWN_BATCH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the Manager starts with.
 pub struct ManagerArgs {
     /// Store handle.
@@ -299,6 +303,7 @@ impl Actor for ManagerActor {
                 }
                 if next.len() < SPAWN_BATCH {
                     tracing::info!("every container's actor is up, {:?} after the first was spawned", since.elapsed());
+                    berth_runtime::sys::trim_heap();
                 } else {
                     let spawned: Vec<ActorRef<ContainerMsg>> = next
                         .iter()
@@ -311,8 +316,13 @@ impl Actor for ManagerActor {
                     tokio::spawn(async move {
                         // an actor answers once its post_start (the reconcile) is done; one
                         // that died answers with an error, which is as good
-                        for a in spawned {
-                            let _ = ractor::call!(a, ContainerMsg::Info);
+                        let answered = async {
+                            for a in spawned {
+                                let _ = ractor::call!(a, ContainerMsg::Info);
+                            }
+                        };
+                        if tokio::time::timeout(SPAWN_BATCH_WAIT, answered).await.is_err() {
+                            tracing::warn!("a container actor has not reconciled after {SPAWN_BATCH_WAIT:?}; spawning the next ones");
                         }
                         let _ = me.send_message(ManagerMsg::SpawnSome(since));
                     });
