@@ -28,8 +28,14 @@ demo: setup
 bins:
 	$(CARGO) build --release --locked --workspace --bins
 
+# the test files that drive the CLI: `make test` runs them a second time with the CLI talking
+# varlink instead of D-Bus (tests/src/lib.rs: BERTH_TEST_TRANSPORT)
+CLI_TESTS = --test e2e --test images --test snapshots --test security --test recover \
+	--test quota --test daemon --test crash --test stress --test debian
+
 test: setup bins lint
 	$(CARGO) test --release --locked --workspace
+	BERTH_TEST_TRANSPORT=varlink $(CARGO) test --release --locked -p berth-tests $(CLI_TESTS)
 	fuzz/run
 	tests/vm/run-all
 

@@ -159,6 +159,71 @@ fn extension(head: &[u8]) -> &'static str {
 /// Every extension an exported file can have.
 const EXTENSIONS: [&str; 6] = ["tar", "tar.gz", "tar.xz", "tar.zst", "tar.bz2", "squashfs"];
 
+/// `image export` of image `fp` into `dir` over either transport: refuses a name that
+/// exists (unless `force`) before anything is copied, has `export` write the file (and a
+/// split image's rootfs) into hidden files, then gives them their names; prints them.
+pub(crate) async fn export_into(
+    fp: &str,
+    split: bool,
+    dir: Option<PathBuf>,
+    force: bool,
+    export: impl AsyncFnOnce(&std::fs::File, Option<&std::fs::File>) -> R<()>,
+) -> R<u8> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+    // refuse before anything is copied when a file of a name the export can take exists
+    if !force {
+        let prefixes: &[&str] = if split { &["meta-", ""] } else { &[""] };
+        for prefix in prefixes {
+            if let Some(p) = EXTENSIONS
+                .iter()
+                .map(|x| dir.join(format!("{prefix}{fp}.{x}")))
+                .find(|p| p.symlink_metadata().is_ok())
+            {
+                return Err(exists_error(&p));
+            }
+        }
+    }
+    let create = |name: &str| {
+        let p = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .map(|f| (f, p.clone()))
+            .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
+    };
+    let (main, main_tmp) = create(&format!(".{fp}.export"))?;
+    let rootfs = if split {
+        Some(create(&format!(".{fp}.rootfs.export"))?)
+    } else {
+        None
+    };
+    if let Err(e) = export(&main, rootfs.as_ref().map(|(f, _)| f)).await {
+        let _ = std::fs::remove_file(&main_tmp);
+        if let Some((_, p)) = &rootfs {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    let mut files = vec![(
+        main_tmp.clone(),
+        export_name(&main_tmp, &dir, if split { "meta-" } else { "" }, fp),
+    )];
+    if let Some((_, p)) = &rootfs {
+        files.push((p.clone(), export_name(p, &dir, "", fp)));
+    }
+    if let Err(e) = finish_export(&files, force) {
+        for (tmp, _) in &files {
+            let _ = std::fs::remove_file(tmp);
+        }
+        return Err(e);
+    }
+    for (_, dest) in &files {
+        println!("{}", dest.display());
+    }
+    Ok(0)
+}
+
 fn exists_error(p: &Path) -> Fail {
     Fail(
         format!(
@@ -285,71 +350,17 @@ pub(crate) async fn run(conn: &Connection, m: &ManagerProxy<'_>, cmd: ImageCmd) 
         } => {
             let img = image_ref(conn, m, &reference).await?;
             let fp = img.fingerprint().await?;
-            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
             let split = img.split().await?;
-            // refuse before anything is copied when a file of a name the export can take exists
-            if !force {
-                let prefixes: &[&str] = if split { &["meta-", ""] } else { &[""] };
-                for prefix in prefixes {
-                    if let Some(p) = EXTENSIONS
-                        .iter()
-                        .map(|x| dir.join(format!("{prefix}{fp}.{x}")))
-                        .find(|p| p.symlink_metadata().is_ok())
-                    {
-                        return Err(exists_error(&p));
-                    }
+            export_into(&fp, split, dir, force, async |main, rootfs| {
+                let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
+                if let Some(r) = rootfs {
+                    o.insert("rootfs", zbus::Fd::from(r).into());
                 }
-            }
-            let create = |name: &str| {
-                let p = dir.join(name);
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&p)
-                    .map(|f| (f, p.clone()))
-                    .map_err(|e| Fail(format!("cannot create {}: {e}", p.display()), 1))
-            };
-            let (main, main_tmp) = create(&format!(".{fp}.export"))?;
-            let rootfs = if split {
-                Some(create(&format!(".{fp}.rootfs.export"))?)
-            } else {
-                None
-            };
-            let mut o: HashMap<&str, Variant<'_>> = HashMap::new();
-            if let Some((r, _)) = &rootfs {
-                o.insert("rootfs", zbus::Fd::from(r).into());
-            }
-            let res = progress::with_progress(
-                conn,
-                "image-export",
-                img.export(zbus::Fd::from(&main), &o),
-            )
-            .await;
-            drop(o);
-            if let Err(e) = res {
-                let _ = std::fs::remove_file(&main_tmp);
-                if let Some((_, p)) = &rootfs {
-                    let _ = std::fs::remove_file(p);
-                }
-                return Err(e.into());
-            }
-            let mut files = vec![(
-                main_tmp.clone(),
-                export_name(&main_tmp, &dir, if split { "meta-" } else { "" }, &fp),
-            )];
-            if let Some((_, p)) = &rootfs {
-                files.push((p.clone(), export_name(p, &dir, "", &fp)));
-            }
-            if let Err(e) = finish_export(&files, force) {
-                for (tmp, _) in &files {
-                    let _ = std::fs::remove_file(tmp);
-                }
-                return Err(e);
-            }
-            for (_, dest) in &files {
-                println!("{}", dest.display());
-            }
-            Ok(0)
+                progress::with_progress(conn, "image-export", img.export(zbus::Fd::from(main), &o))
+                    .await?;
+                Ok(())
+            })
+            .await
         }
         ImageCmd::Build { recipe, alias } => {
             let mut o: HashMap<&str, Variant<'_>> = HashMap::new();

@@ -360,7 +360,10 @@ async fn run(cli: Cli) -> R<u8> {
             })
             .await
         }
-        Cmd::Supervise { name } => unit::supervise(&conn, &m, &name).await,
+        Cmd::Supervise { name } => {
+            let c = container(&conn, &m, &name).await?;
+            unit::supervise(&mut unit::OverDbus(c), &name).await
+        }
         Cmd::Restart {
             stop:
                 StopArgs {

@@ -1,8 +1,7 @@
 //! The CLI over varlink (`berth --varlink …`, or `BERTH_TRANSPORT=varlink`): the same verbs and
 //! the same output as over D-Bus, as calls of `org.berth.Berth` on berthd's socket
 //! (`/run/berth/org.berth.Berth`; `BERTH_VARLINK_ADDRESS` names another, `unix:PATH` or PATH).
-//! fds (exec's stdio, an imported image) travel with their call (SCM_RIGHTS). Verbs that need
-//! D-Bus signals (`supervise`) and `image export` say so and exit 2.
+//! fds (exec's stdio, an imported or exported image) travel with their call (SCM_RIGHTS).
 
 use crate::images::{AliasCmd, ImageCmd};
 use crate::snapshots::SnapshotCmd;
@@ -61,30 +60,39 @@ fn socket_path() -> PathBuf {
 }
 
 /// Asks the system bus to start berthd (its D-Bus activation), for hosts where no unit owns
-/// the socket while berthd is not running.
-async fn activate() -> R<()> {
+/// the socket while berthd is not running. `Ok(false)`: systemd refused, the host shuts down.
+async fn activate() -> R<bool> {
     let conn = zbus::Connection::system()
         .await
         .map_err(|e| Fail(format!("berthd is not running, and the system bus: {e}"), 1))?;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-    dbus.start_service_by_name(
-        berth_interfaces::wire::BUS_NAME
-            .try_into()
-            .map_err(|e| Fail(format!("bad bus name: {e}"), 1))?,
-        0,
-    )
-    .await
-    .map_err(|e| {
-        Fail(
+    let name = berth_interfaces::wire::BUS_NAME
+        .try_into()
+        .map_err(|e| Fail(format!("bad bus name: {e}"), 1))?;
+    match dbus.start_service_by_name(name, 0).await {
+        Ok(_) => Ok(true),
+        Err(e) if zbus::DBusError::name(&e).as_str() == crate::unit::SHUTTING_DOWN => Ok(false),
+        Err(e) => Err(Fail(
             format!("berthd is not running and could not be started ({e})"),
             1,
-        )
-    })?;
-    Ok(())
+        )),
+    }
 }
 
 impl Client {
     async fn connect() -> R<Client> {
+        Client::connect_unless_shutting_down()
+            .await?
+            .ok_or_else(|| {
+                Fail(
+                    "berthd is not running and cannot be started: the host shuts down".into(),
+                    1,
+                )
+            })
+    }
+
+    /// A connection, or `None` when berthd is not running and the host shuts down.
+    async fn connect_unless_shutting_down() -> R<Option<Client>> {
         let path = socket_path();
         let first = UnixStream::connect(&path);
         let stream = match first {
@@ -95,7 +103,9 @@ impl Client {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                activate().await?;
+                if !activate().await? {
+                    return Ok(None);
+                }
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
                     match UnixStream::connect(&path) {
@@ -117,10 +127,10 @@ impl Client {
                 ));
             }
         };
-        Ok(Client {
+        Ok(Some(Client {
             stream,
             buf: Vec::new(),
-        })
+        }))
     }
 
     /// Sends a call of `method` with `fds` attached.
@@ -225,13 +235,6 @@ pub(crate) fn from_env() -> R<bool> {
     }
 }
 
-fn unsupported(verb: &str) -> Fail {
-    Fail(
-        format!("`berth {verb}` is not available over varlink; run it without --varlink (D-Bus)"),
-        2,
-    )
-}
-
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
@@ -261,6 +264,12 @@ fn s(v: &Value) -> String {
 
 /// `berth … ` over varlink.
 pub(crate) async fn run(cmd: Cmd) -> R<u8> {
+    let cmd = match cmd {
+        Cmd::Supervise { name } => {
+            return crate::unit::supervise(&mut Supervised(name.clone()), &name).await;
+        }
+        other => other,
+    };
     let mut c = Client::connect().await?;
     match cmd {
         Cmd::Launch(a) => create(&mut c, a, true),
@@ -312,7 +321,11 @@ pub(crate) async fn run(cmd: Cmd) -> R<u8> {
             }
             Ok(0)
         }
-        Cmd::Supervise { .. } => Err(unsupported("supervise")),
+        // run above, without a connection held for its whole life
+        Cmd::Supervise { name } => Err(Fail(
+            format!("internal: supervise {name} reached the shared connection"),
+            2,
+        )),
         Cmd::Admin(AdminCmd::Recover) => {
             let r = c.change("Recover", json!({}))?;
             let list = |k: &str| -> Vec<String> {
@@ -387,7 +400,7 @@ pub(crate) async fn run(cmd: Cmd) -> R<u8> {
             let o = crate::ExecOptions::parse(env, user, cwd, tty, no_tty)?;
             exec(&mut c, &name, o, command)
         }
-        Cmd::Image(cmd) => image(&mut c, cmd),
+        Cmd::Image(cmd) => image(&mut c, cmd).await,
         Cmd::Publish {
             name,
             alias,
@@ -415,6 +428,39 @@ pub(crate) async fn run(cmd: Cmd) -> R<u8> {
 fn interactive(mut p: Value) -> Value {
     p["allowInteractiveAuthentication"] = true.into();
     p
+}
+
+/// A container `berth supervise` follows over varlink. Each call is a connection of its own:
+/// an open connection counts as activity and would keep berthd from exiting when idle.
+struct Supervised(String);
+
+impl crate::unit::Berthd for Supervised {
+    async fn state(&mut self) -> R<(String, u32)> {
+        let r = Client::connect()
+            .await?
+            .call("GetContainer", json!({ "name": self.0 }))?;
+        let k = &r["container"];
+        Ok((s(&k["status"]), k["initPid"].as_u64().unwrap_or(0) as u32))
+    }
+
+    async fn start(&mut self) -> R<()> {
+        let p = interactive(json!({ "name": self.0 }));
+        tolerate(
+            Client::connect()
+                .await?
+                .call_raw("StartContainer", p, &[])?,
+            true,
+        )
+    }
+
+    async fn stop(&mut self) -> R<bool> {
+        let Some(mut c) = Client::connect_unless_shutting_down().await? else {
+            return Ok(false);
+        };
+        let p = interactive(json!({ "name": self.0 }));
+        tolerate(c.call_raw("StopContainer", p, &[])?, true)?;
+        Ok(true)
+    }
 }
 
 /// With `--if-needed`, "already in that state" (InvalidState) is success.
@@ -660,7 +706,7 @@ fn print_image(img: &Value) {
     );
 }
 
-fn image(c: &mut Client, cmd: ImageCmd) -> R<u8> {
+async fn image(c: &mut Client, cmd: ImageCmd) -> R<u8> {
     match cmd {
         ImageCmd::List { filters, format } => {
             let raw = c.call("ListImages", json!({}))?["images"]
@@ -730,7 +776,26 @@ fn image(c: &mut Client, cmd: ImageCmd) -> R<u8> {
             let r = c.call_raw("ImportImage", p, &fds)??;
             print_image(&r["image"]);
         }
-        ImageCmd::Export { .. } => return Err(unsupported("image export")),
+        ImageCmd::Export {
+            reference,
+            dir,
+            force,
+        } => {
+            let img = c.call("GetImage", json!({ "reference": reference }))?["image"].clone();
+            let fp = s(&img["fingerprint"]);
+            let split = img["split"].as_bool().unwrap_or(false);
+            return crate::images::export_into(&fp, split, dir, force, async |main, rootfs| {
+                let mut p = interactive(json!({ "reference": fp, "fd": 0 }));
+                let mut fds = vec![main.as_fd()];
+                if let Some(r) = rootfs {
+                    p["rootfs"] = 1.into();
+                    fds.push(r.as_fd());
+                }
+                c.call_raw("ExportImage", p, &fds)??;
+                Ok(())
+            })
+            .await;
+        }
         ImageCmd::Build { recipe, alias } => {
             let mut p = json!({ "recipe": recipe });
             if !alias.is_empty() {

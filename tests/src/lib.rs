@@ -157,7 +157,9 @@ pub struct Env {
     pub cgroup_parent: String,
     /// The bridge this environment's berthd creates.
     pub bridge: String,
-    /// The CLI talks varlink (`BERTH_TRANSPORT=varlink`) instead of D-Bus.
+    /// The CLI talks varlink (`BERTH_TRANSPORT=varlink`) instead of D-Bus. It starts set when
+    /// the tests run with `BERTH_TEST_TRANSPORT=varlink` (`make test` runs the CLI's test
+    /// files once per transport).
     pub varlink: bool,
     dbus: Option<Child>,
     polkitd: Option<Child>,
@@ -195,7 +197,7 @@ impl Env {
             bridge: format!("bt{:x}x{n}", std::process::id()),
             bus,
             dir,
-            varlink: false,
+            varlink: std::env::var("BERTH_TEST_TRANSPORT").as_deref() == Ok("varlink"),
             dbus: None,
             polkitd: None,
         };

@@ -1,5 +1,5 @@
-//! Invariants of the repository itself: the dependency rule between crates, and the systemd
-//! units passing `systemd-analyze verify`.
+//! Invariants of the repository itself: the dependency rule between crates, the systemd
+//! units passing `systemd-analyze verify`, and the CLI's tests running over both transports.
 
 use berth_tests::{bin_dir, repo, run, text};
 use std::collections::BTreeSet;
@@ -163,5 +163,43 @@ fn dbus_activation_names_the_unit_that_owns_the_name() {
         field(&service, "BusName=").as_deref(),
         Some(name.as_str()),
         "{unit} does not own {name}"
+    );
+}
+
+/// Every test file that drives the CLI runs a second time over varlink (`make test`'s
+/// `CLI_TESTS`): a new file that uses the CLI and is not listed there fails this.
+#[test]
+fn every_cli_test_file_runs_over_both_transports() {
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let listed: BTreeSet<String> = makefile
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "--test")
+        .map(|w| w[1].to_string())
+        .collect();
+    let mut missing = Vec::new();
+    for e in std::fs::read_dir(repo().join("tests/tests"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".rs") else {
+            continue;
+        };
+        let src = std::fs::read_to_string(e.path()).unwrap();
+        // varlink.rs sets its own transport; this file only names the calls
+        let uses_cli = src.contains(".ok(&[") || src.contains(".berth(&[");
+        if uses_cli && !["varlink", "meta"].contains(&stem) && !listed.contains(stem) {
+            missing.push(stem.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "test files that use the CLI but are not in the Makefile's CLI_TESTS: {missing:?}"
+    );
+    assert!(
+        listed.contains("e2e"),
+        "CLI_TESTS not found in the Makefile"
     );
 }

@@ -1047,7 +1047,8 @@ fn varlink_a_stalled_half_message_is_closed_and_idle_connections_are_not() {
     assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
 }
 
-/// The CLI over varlink: snapshots and images, and clear refusals for what it cannot do.
+/// The CLI over varlink: snapshots, images (export with its fds), supervise, and a clear
+/// refusal of an unknown transport.
 #[test]
 fn varlink_cli_snapshots_images_and_refusals() {
     if !root_or_skip() {
@@ -1085,14 +1086,91 @@ fn varlink_cli_snapshots_images_and_refusals() {
         text(&out.stderr)
     );
 
-    // not over varlink: exit 2 and a message saying so, no panic
-    let out = env.berth(&["supervise", "s1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    // image export: the file as imported, under the name Incus gives it, refused when it
+    // exists
+    let fp = env
+        .ok(&["image", "info", "busybox"])
+        .lines()
+        .find_map(|l| l.strip_prefix("Fingerprint: ").map(str::to_string))
+        .unwrap();
+    let dir = env.state.join("export-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = env.ok(&["image", "export", "busybox", dir.to_str().unwrap()]);
+    let file = PathBuf::from(out.trim());
     assert!(
-        text(&out.stderr).contains("not available over varlink"),
-        "{}",
-        text(&out.stderr)
+        file.starts_with(&dir) && file.file_name().unwrap().to_string_lossy().starts_with(&fp),
+        "{out}"
     );
+    let sum = run(
+        Command::new("sha256sum").arg(&file),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        text(&sum.stdout).split_whitespace().next(),
+        Some(fp.as_str())
+    );
+    let again = env.berth(&["image", "export", "busybox", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again.stderr));
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "a second file appeared"
+    );
+
+    // supervise (what berth@.service runs): starts the container and follows its init; a
+    // container that stops on its own ends it with status 1, SIGTERM stops the container and
+    // ends it with 0
+    let supervise = |name: &str| {
+        let mut cmd = Command::new(berth_tests::bin("berth"));
+        cmd.args(["supervise", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        env.cli_env(&mut cmd);
+        cmd.spawn().unwrap()
+    };
+    let ended = |child: &mut std::process::Child| {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (st.code(), err);
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "supervise did not end"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut child = supervise("s1");
+    wait_for(
+        Duration::from_secs(30),
+        "s1 running under supervise",
+        || env.status("s1") == "Running",
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (code, err) = ended(&mut child);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.status("s1"), "Stopped");
+    let mut child = supervise("s1");
+    wait_for(
+        Duration::from_secs(30),
+        "s1 running under supervise",
+        || env.status("s1") == "Running",
+    );
+    let init = env.init_pid("s1");
+    // SAFETY: kill(2) of the container's init, a process this test owns.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    let (code, err) = ended(&mut child);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("stopped without systemctl stop"), "{err}");
     let out = run(
         Command::new(berth_tests::bin("berth"))
             .arg("list")

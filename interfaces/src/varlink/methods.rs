@@ -360,6 +360,15 @@ pub(super) struct MakeImageParams {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+/// The parameters of a call that takes nothing but may let polkit ask for a password.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct InteractiveOnly {
+    #[serde(default)]
+    #[allow(dead_code)]
+    allow_interactive_authentication: Option<bool>,
+}
+
 /// Exec's parameters: fds are indexes into the call's fds.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -824,7 +833,7 @@ async fn call(
             json!({})
         }
         Method::Recover => {
-            decode::<NoParams>(&p)?;
+            decode::<InteractiveOnly>(&p)?;
             authorize(auth::RECOVER, vec![("verb", "recover".into())]).await?;
             let r = e.recover().await.map_err(Error::from)?;
             json!({ "found": r.found, "recovered": r.recovered, "skipped": r.skipped })
