@@ -74,6 +74,9 @@ pub struct HostRuntime {
     filling: std::sync::atomic::AtomicBool,
     /// CRIU processes an earlier berthd left dumping containers, found once (at start).
     orphan_criu: std::sync::OnceLock<Vec<berth_runtime::criu::recover::OrphanCriu>>,
+    /// Done once `orphan_criu` is filled: the container actors starting together wait for one
+    /// scan on one blocking thread instead of each taking a thread of its own.
+    orphan_scan: tokio::sync::OnceCell<()>,
     /// Set when running containers go in systemd units (systemd manages the host's pure v2
     /// tree); None where berth keeps its own tree.
     units: Option<Arc<dyn UnitManager>>,
@@ -139,6 +142,7 @@ impl HostRuntime {
             standby: std::sync::Mutex::new(None),
             filling: std::sync::atomic::AtomicBool::new(false),
             orphan_criu: std::sync::OnceLock::new(),
+            orphan_scan: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -451,6 +455,7 @@ impl HostRuntime {
         let orphans = self
             .orphan_criu
             .get_or_init(|| recover::orphan_criu(&self.cfg.run_dir.join("containers")));
+        let _ = self.orphan_scan.set(());
         let mut notes = Vec::new();
         let mut interrupted = false;
         // 1. its CRIU ends first: it freezes the cgroup again on its way out
@@ -1108,6 +1113,27 @@ impl Runtime for SharedHost {
     }
 
     async fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let h = self.0.clone();
+        self.0
+            .orphan_scan
+            .get_or_init(|| async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    h.orphan_criu.get_or_init(|| {
+                        berth_runtime::criu::recover::orphan_criu(&h.cfg.run_dir.join("containers"))
+                    });
+                })
+                .await;
+            })
+            .await;
+        // the usual case, a container that does not run and no CRIU of an earlier berthd
+        // dumping it: nothing to recover, and no blocking thread for it (a daemon starting
+        // with 1,000 containers took dozens at once)
+        if let Some(orphans) = self.0.orphan_criu.get()
+            && !orphans.iter().any(|o| o.container == name)
+            && !self.0.files(name).socket().exists()
+        {
+            return Ok(Vec::new());
+        }
         let (h, name) = (self.0.clone(), name.to_string());
         blocking(move || h.recover_checkpoint(&name)).await
     }
