@@ -438,6 +438,38 @@ fn varlink_errors_carry_the_d_bus_names() {
         )),
         "org.berth.Berth.InvalidConfig"
     );
+    assert_eq!(
+        error_name(call(
+            &sock,
+            "CreateContainer",
+            json!({ "name": "e3", "image": "busybox", "profiles": ["nope"] })
+        )),
+        "org.berth.Berth.NoSuchProfile"
+    );
+    assert_eq!(
+        error_name(call(&sock, "StopContainer", json!({ "name": "e2" }))),
+        "org.berth.Berth.InvalidState"
+    );
+    assert_eq!(
+        error_name(call(
+            &sock,
+            "DeleteSnapshot",
+            json!({ "container": "e2", "name": "nope" })
+        )),
+        "org.berth.Berth.NoSuchSnapshot"
+    );
+    // init there but not executable: the start fails in the container
+    let init = env.pool().join("containers/e2/rootfs/sbin/init");
+    std::fs::remove_file(&init).unwrap();
+    std::fs::write(&init, "#!/bin/sh\n").unwrap();
+    let e = call(&sock, "StartContainer", json!({ "name": "e2" })).unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.StartFailed", "{e}");
+    assert!(
+        e["parameters"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exec /sbin/init")),
+        "{e}"
+    );
     ok(&sock, "DeleteContainer", json!({ "name": "e2" }));
 
     // what the Python client would refuse to send, sent raw
