@@ -361,8 +361,7 @@ async fn run(cli: Cli) -> R<u8> {
             .await
         }
         Cmd::Supervise { name } => {
-            let c = container(&conn, &m, &name).await?;
-            unit::supervise(&mut unit::OverDbus(c), &name).await
+            unit::supervise(&mut unit::OverDbus::new(&conn, &m, &name), &name).await
         }
         Cmd::Restart {
             stop:

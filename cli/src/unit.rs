@@ -10,7 +10,7 @@
 //! D-Bus or varlink ([`Berthd`]).
 
 use crate::{Fail, R};
-use berth_interfaces::client::{ContainerProxy, error_parts};
+use berth_interfaces::client::{ContainerProxy, ManagerProxy, error_parts};
 use berth_interfaces::sdnotify::notify;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -29,26 +29,77 @@ pub(crate) trait Berthd {
     async fn stop(&mut self) -> R<bool>;
 }
 
-/// A container over D-Bus.
-pub(crate) struct OverDbus<'a>(pub(crate) ContainerProxy<'a>);
+/// A container over D-Bus, looked up at its first use (after `supervise` handles SIGTERM:
+/// the lookup may wait for berthd's activation).
+pub(crate) struct OverDbus<'a> {
+    conn: &'a zbus::Connection,
+    m: &'a ManagerProxy<'a>,
+    name: String,
+    c: Option<ContainerProxy<'a>>,
+}
+
+impl<'a> OverDbus<'a> {
+    pub(crate) fn new(conn: &'a zbus::Connection, m: &'a ManagerProxy<'a>, name: &str) -> Self {
+        OverDbus {
+            conn,
+            m,
+            name: name.to_string(),
+            c: None,
+        }
+    }
+
+    async fn proxy(&mut self) -> R<&ContainerProxy<'a>> {
+        let c = match self.c.take() {
+            Some(c) => c,
+            None => crate::container(self.conn, self.m, &self.name).await?,
+        };
+        Ok(self.c.insert(c))
+    }
+}
 
 impl Berthd for OverDbus<'_> {
     async fn state(&mut self) -> R<(String, u32)> {
-        Ok((self.0.status().await?, self.0.init_pid().await?))
+        let c = self.proxy().await?;
+        Ok((c.status().await?, c.init_pid().await?))
     }
 
     async fn start(&mut self) -> R<()> {
         let none: HashMap<&str, Variant<'_>> = HashMap::new();
-        Ok(crate::tolerate(self.0.start(&none).await, true)?)
+        Ok(crate::tolerate(
+            self.proxy().await?.start(&none).await,
+            true,
+        )?)
     }
 
     async fn stop(&mut self) -> R<bool> {
         let none: HashMap<&str, Variant<'_>> = HashMap::new();
-        match crate::tolerate(self.0.stop(&none).await, true) {
-            Err(e) if error_parts(&e).is_some_and(|(n, _)| n == SHUTTING_DOWN) => Ok(false),
+        match crate::tolerate(self.proxy().await?.stop(&none).await, true) {
+            Err(e) if refused_for_shutdown(&e) => Ok(false),
             r => r.map(|()| true).map_err(Fail::from),
         }
     }
+}
+
+/// systemd's answer to an activation once the host shuts down.
+pub(crate) fn refused_for_shutdown(e: &zbus::Error) -> bool {
+    error_parts(e).is_some_and(|(n, _)| n == SHUTTING_DOWN)
+}
+
+/// Whether systemd says the host is shutting down (`SystemState` "stopping"); false where
+/// there is no systemd or it cannot be asked.
+pub(crate) async fn host_shuts_down() -> bool {
+    let state = async {
+        let conn = zbus::Connection::system().await?;
+        let p = zbus::Proxy::new(
+            &conn,
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        )
+        .await?;
+        p.get_property::<String>("SystemState").await
+    };
+    state.await.is_ok_and(|s| s == "stopping")
 }
 
 /// How long a container may be without a running init before its stop counts as final: a
@@ -56,7 +107,7 @@ impl Berthd for OverDbus<'_> {
 const SETTLE: Duration = Duration::from_secs(5);
 
 /// systemd's answer to a bus activation once the host shuts down.
-pub(crate) const SHUTTING_DOWN: &str = "org.freedesktop.systemd1.ShuttingDown";
+const SHUTTING_DOWN: &str = "org.freedesktop.systemd1.ShuttingDown";
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
@@ -127,5 +178,25 @@ pub(crate) async fn supervise(b: &mut impl Berthd, name: &str) -> R<u8> {
             // readable: init exited
             r = pidfd.readable() => drop(r),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemds_shutting_down_answer_is_recognised_through_the_fdo_proxy() {
+        // DBusProxy::start_service_by_name returns an fdo::Error; a name zbus does not know
+        // comes as ZBus(MethodError), whose own name() is zbus's generic one
+        let msg = zbus::Message::method_call("/org/freedesktop/DBus", "StartServiceByName")
+            .build(&())
+            .unwrap();
+        let name = zbus::names::OwnedErrorName::try_from(SHUTTING_DOWN).unwrap();
+        let e = zbus::fdo::Error::ZBus(zbus::Error::MethodError(name, None, msg));
+        assert_ne!(zbus::DBusError::name(&e).as_str(), SHUTTING_DOWN);
+        assert!(refused_for_shutdown(&zbus::Error::from(e)));
+        let other = zbus::fdo::Error::ServiceUnknown("org.berth.Berth1".into());
+        assert!(!refused_for_shutdown(&zbus::Error::from(other)));
     }
 }

@@ -71,11 +71,18 @@ async fn activate() -> R<bool> {
         .map_err(|e| Fail(format!("bad bus name: {e}"), 1))?;
     match dbus.start_service_by_name(name, 0).await {
         Ok(_) => Ok(true),
-        Err(e) if zbus::DBusError::name(&e).as_str() == crate::unit::SHUTTING_DOWN => Ok(false),
-        Err(e) => Err(Fail(
-            format!("berthd is not running and could not be started ({e})"),
-            1,
-        )),
+        Err(e) => {
+            // systemd's refusal is a name zbus does not know: an fdo::Error::ZBus holding a
+            // MethodError, which the conversion unwraps
+            let e = zbus::Error::from(e);
+            if crate::unit::refused_for_shutdown(&e) {
+                return Ok(false);
+            }
+            Err(Fail(
+                format!("berthd is not running and could not be started ({e})"),
+                1,
+            ))
+        }
     }
 }
 
@@ -458,8 +465,13 @@ impl crate::unit::Berthd for Supervised {
             return Ok(false);
         };
         let p = interactive(json!({ "name": self.0 }));
-        tolerate(c.call_raw("StopContainer", p, &[])?, true)?;
-        Ok(true)
+        match c.call_raw("StopContainer", p, &[]) {
+            Ok(r) => tolerate(r, true).map(|()| true),
+            // no reply at all: at host shutdown systemd still holds berthd.socket but starts
+            // nothing for it any more, and closes the connection
+            Err(_) if crate::unit::host_shuts_down().await => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

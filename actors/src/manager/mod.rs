@@ -301,32 +301,34 @@ impl Actor for ManagerActor {
                 for name in &next {
                     s.wake(&me, name).await;
                 }
-                if next.len() < SPAWN_BATCH {
-                    tracing::info!("every container's actor is up, {:?} after the first was spawned", since.elapsed());
-                    berth_runtime::sys::trim_heap();
-                } else {
-                    let spawned: Vec<ActorRef<ContainerMsg>> = next
-                        .iter()
-                        .filter_map(|n| match s.containers.get(n).map(|c| &c.slot) {
-                            Some(Slot::Live(a)) => Some(a.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let me = me.clone();
-                    tokio::spawn(async move {
-                        // an actor answers once its post_start (the reconcile) is done; one
-                        // that died answers with an error, which is as good
-                        let answered = async {
-                            for a in spawned {
-                                let _ = ractor::call!(a, ContainerMsg::Info);
-                            }
-                        };
-                        if tokio::time::timeout(SPAWN_BATCH_WAIT, answered).await.is_err() {
-                            tracing::warn!("a container actor has not reconciled after {SPAWN_BATCH_WAIT:?}; spawning the next ones");
+                let last = next.len() < SPAWN_BATCH;
+                let spawned: Vec<ActorRef<ContainerMsg>> = next
+                    .iter()
+                    .filter_map(|n| match s.containers.get(n).map(|c| &c.slot) {
+                        Some(Slot::Live(a)) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let me = me.clone();
+                tokio::spawn(async move {
+                    // an actor answers once its post_start (the reconcile) is done; one that
+                    // died answers with an error, which is as good
+                    let answered = async {
+                        for a in spawned {
+                            let _ = ractor::call!(a, ContainerMsg::Info);
                         }
+                    };
+                    if tokio::time::timeout(SPAWN_BATCH_WAIT, answered).await.is_err() {
+                        tracing::warn!("a container actor has not reconciled after {SPAWN_BATCH_WAIT:?}; going on");
+                    }
+                    if last {
+                        tracing::info!("every container's actor is up, {:?} after the first was spawned", since.elapsed());
+                        // the start has settled: what it freed goes back to the kernel
+                        berth_runtime::sys::trim_heap();
+                    } else {
                         let _ = me.send_message(ManagerMsg::SpawnSome(since));
-                    });
-                }
+                    }
+                });
             }
             ManagerMsg::Ping(r) => drop(r.send(())),
             ManagerMsg::Recover(r) => {

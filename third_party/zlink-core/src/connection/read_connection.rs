@@ -264,7 +264,11 @@ impl<Read: ReadHalf> ReadConnection<Read> {
 
                 // berth patch: double the buffer (at least BUFFER_SIZE more) so that a large
                 // message is read in log2(n / 256) reads, not n / 256.
-                let more = self.buffer.len().max(BUFFER_SIZE);
+                let more = self
+                    .buffer
+                    .len()
+                    .max(BUFFER_SIZE)
+                    .min(MAX_BUFFER_SIZE - self.buffer.len());
                 self.buffer.extend(core::iter::repeat_n(0, more));
             }
 
