@@ -274,6 +274,16 @@ impl Actor for ManagerActor {
         };
         let loaded = s.store.load().await?;
         s.load(&me, loaded).await?;
+        // the sweeps of files no record names run before berthd serves: once it serves, an
+        // import, build or restore may be writing such files (a build's tar was removed under
+        // it when this ran after serving). Both are a few directory reads.
+        for note in s.rt.cleanup_images(s.known_images()).await {
+            tracing::warn!("{note}");
+        }
+        let names: HashSet<String> = s.containers.keys().cloned().collect();
+        for note in s.rt.sweep_orphan_snapshots(names).await {
+            tracing::warn!("{note}");
+        }
         Ok(s)
     }
 
@@ -568,9 +578,8 @@ impl ManagerState {
             return Ok(());
         }
         let t0 = std::time::Instant::now();
-        for note in self.rt.cleanup_images(self.known_images()).await {
-            tracing::warn!("{note}");
-        }
+        // interrupted changes keep their names reserved until finished, so nothing served
+        // meanwhile lands on their files
         for rec in std::mem::take(&mut self.interrupted) {
             tracing::info!(container = %rec.name, pending = rec.pending.as_str(), "finishing interrupted change");
             match self.rt.deprovision(&rec.name).await {
@@ -584,14 +593,7 @@ impl ManagerState {
                 }
             }
         }
-        let names: HashSet<String> = self.containers.keys().cloned().collect();
-        for note in self.rt.sweep_orphan_snapshots(names).await {
-            tracing::warn!("{note}");
-        }
-        tracing::info!(
-            "finished interrupted changes and swept orphans in {:?}",
-            t0.elapsed()
-        );
+        tracing::info!("finished interrupted changes in {:?}", t0.elapsed());
         let _ = me.send_message(ManagerMsg::SpawnSome(std::time::Instant::now()));
         Ok(())
     }
