@@ -82,7 +82,8 @@ impl Engine {
         })
     }
 
-    /// Finishes the changes a crash interrupted, sweeps orphaned files, then spawns the
+    /// Finishes the changes a crash interrupted (the sweep of files no record names ran
+    /// before: in [`Engine::start_idle`], before berthd serves), then spawns the
     /// containers' actors in the background, a batch at a time (each reconciles its state with
     /// what runs); a container a call needs is spawned at once. Once only: a second call does
     /// nothing.

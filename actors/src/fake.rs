@@ -452,6 +452,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn cleanup_images(&self, _known: HashSet<String>) -> Vec<String> {
+        self.lock().log.push("cleanup images".into());
         Vec::new()
     }
 
@@ -548,6 +549,7 @@ impl Runtime for FakeRuntime {
 
     async fn sweep_orphan_snapshots(&self, containers: HashSet<String>) -> Vec<String> {
         let mut i = self.lock();
+        i.log.push("sweep orphan snapshots".into());
         let before = i.snapshots.len();
         i.snapshots.retain(|(c, _), _| containers.contains(c));
         (0..before - i.snapshots.len())

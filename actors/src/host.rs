@@ -448,14 +448,19 @@ impl HostRuntime {
         }
     }
 
+    /// The CRIU processes an earlier berthd left dumping containers, scanned for at the first
+    /// call (blocking: it reads /proc).
+    fn orphans(&self) -> &[berth_runtime::criu::recover::OrphanCriu] {
+        self.orphan_criu.get_or_init(|| {
+            berth_runtime::criu::recover::orphan_criu(&self.cfg.run_dir.join("containers"))
+        })
+    }
+
     /// What a checkpoint interrupted by the death of an earlier berthd left on `name` (see
     /// `berth_runtime::criu::recover` for what is left, measured), undone. Returns notes.
     fn recover_checkpoint(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
         use berth_runtime::criu::recover::{self, Ended};
-        let orphans = self
-            .orphan_criu
-            .get_or_init(|| recover::orphan_criu(&self.cfg.run_dir.join("containers")));
-        let _ = self.orphan_scan.set(());
+        let orphans = self.orphans();
         let mut notes = Vec::new();
         let mut interrupted = false;
         // 1. its CRIU ends first: it freezes the cgroup again on its way out
@@ -1118,9 +1123,7 @@ impl Runtime for SharedHost {
             .orphan_scan
             .get_or_init(|| async move {
                 let _ = tokio::task::spawn_blocking(move || {
-                    h.orphan_criu.get_or_init(|| {
-                        berth_runtime::criu::recover::orphan_criu(&h.cfg.run_dir.join("containers"))
-                    });
+                    h.orphans();
                 })
                 .await;
             })

@@ -472,6 +472,42 @@ async fn a_crashed_container_actor_is_respawned_and_finds_its_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_no_record_names_are_swept_before_berthd_serves() {
+    within(async {
+        let rt = Arc::new(FakeRuntime::new());
+        // a snapshot directory of a container the database does not know
+        rt.capture_snapshot_for_test("gone", "s1");
+        // start_idle is what berthd serves after; Startup (finishing interrupted changes)
+        // waits for it to serve. Once it serves, an import, build or restore writes files no
+        // record names yet: a sweep then would remove them under it.
+        let e = Engine::start_idle(Db::open_in_memory().unwrap(), rt.clone(), host())
+            .await
+            .unwrap();
+        let log = rt.log();
+        assert!(log.contains(&"cleanup images".to_string()), "{log:?}");
+        assert!(
+            log.contains(&"sweep orphan snapshots".to_string()),
+            "{log:?}"
+        );
+        assert!(rt.snapshot_dirs("gone").is_empty());
+        e.build_image("busybox", aliases(&["busybox"]), 0)
+            .await
+            .unwrap();
+        e.startup();
+        e.create_container(req("c1")).await.unwrap();
+        let log = rt.log();
+        let sweeps = |l: &Vec<String>| {
+            l.iter()
+                .filter(|l| *l == "cleanup images" || *l == "sweep orphan snapshots")
+                .count()
+        };
+        assert_eq!(sweeps(&log), 2, "swept again once serving: {log:?}");
+        e.shutdown().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_reconciles_with_what_runs() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());
