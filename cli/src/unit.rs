@@ -22,7 +22,8 @@ use zbus::Variant;
 pub(crate) trait Berthd {
     /// The container's status and init pid (0 when none).
     async fn state(&mut self) -> R<(String, u32)>;
-    /// Starts the container; one that already runs is fine.
+    /// Starts the container; one that already runs (or cannot start: the state read after
+    /// tells) is fine.
     async fn start(&mut self) -> R<()>;
     /// Stops it gracefully. `Ok(false)`: the host shuts down and berthd, which had exited
     /// idle, cannot be activated any more.
@@ -60,7 +61,8 @@ impl<'a> OverDbus<'a> {
 impl Berthd for OverDbus<'_> {
     async fn state(&mut self) -> R<(String, u32)> {
         let c = self.proxy().await?;
-        Ok((c.status().await?, c.init_pid().await?))
+        // both calls in flight at once: one round trip
+        Ok(tokio::try_join!(c.status(), c.init_pid())?)
     }
 
     async fn start(&mut self) -> R<()> {
@@ -120,10 +122,10 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 }
 
 /// init's pid once the container runs with an init other than `gone` (the one that just
-/// ended, which berthd may not have noticed yet), waiting up to `SETTLE` for a restart or
+/// ended, which berthd may not have noticed yet), waiting up to `settle` for a restart or
 /// restore to finish; `None` when it stays stopped.
-async fn running_init(b: &mut impl Berthd, gone: u32) -> R<Option<u32>> {
-    let deadline = tokio::time::Instant::now() + SETTLE;
+async fn running_init(b: &mut impl Berthd, gone: u32, settle: Duration) -> R<Option<u32>> {
+    let deadline = tokio::time::Instant::now() + settle;
     loop {
         let (status, pid) = b.state().await?;
         if status == "Running" && pid > 0 && pid != gone {
@@ -138,14 +140,18 @@ async fn running_init(b: &mut impl Berthd, gone: u32) -> R<Option<u32>> {
 
 /// Runs `berth supervise NAME`.
 pub(crate) async fn supervise(b: &mut impl Berthd, name: &str) -> R<u8> {
+    follow(b, name, SETTLE).await
+}
+
+async fn follow(b: &mut impl Berthd, name: &str, settle: Duration) -> R<u8> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Fail(format!("cannot handle SIGTERM: {e}"), 1))?;
-    if b.state().await?.0 != "Running" {
-        b.start().await?;
-    }
+    // one that runs already answers InvalidState, which start() accepts: asking first would
+    // cost a round trip on every `systemctl start`
+    b.start().await?;
     let mut gone = 0;
     loop {
-        let Some(pid) = running_init(b, gone).await? else {
+        let Some(pid) = running_init(b, gone, settle).await? else {
             notify(&format!("STATUS=Container {name} stopped on its own"));
             return Err(Fail(
                 format!("container {name} stopped without systemctl stop"),
@@ -198,5 +204,82 @@ mod tests {
         assert!(refused_for_shutdown(&zbus::Error::from(e)));
         let other = zbus::fdo::Error::ServiceUnknown("org.berth.Berth1".into());
         assert!(!refused_for_shutdown(&zbus::Error::from(other)));
+    }
+
+    /// berthd as `supervise` sees it: a container whose init (a short-lived child process)
+    /// is replaced by a new one `restarts` times, as a restart would, then stays stopped.
+    struct Fake {
+        init: Option<std::process::Child>,
+        restarts: usize,
+        starts: usize,
+        reads: usize,
+        /// the init pids the reads reported running
+        seen: Vec<u32>,
+    }
+
+    impl Fake {
+        fn new(restarts: usize) -> Self {
+            Fake {
+                init: None,
+                restarts,
+                starts: 0,
+                reads: 0,
+                seen: Vec::new(),
+            }
+        }
+    }
+
+    fn init() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("0.05")
+            .spawn()
+            .unwrap()
+    }
+
+    impl Berthd for Fake {
+        async fn state(&mut self) -> R<(String, u32)> {
+            self.reads += 1;
+            if let Some(c) = &mut self.init
+                && c.try_wait().unwrap().is_some()
+            {
+                self.init = (self.restarts > 0).then(init);
+                self.restarts = self.restarts.saturating_sub(1);
+            }
+            Ok(match &self.init {
+                Some(c) => {
+                    if self.seen.last() != Some(&c.id()) {
+                        self.seen.push(c.id());
+                    }
+                    ("Running".into(), c.id())
+                }
+                None => ("Stopped".into(), 0),
+            })
+        }
+        async fn start(&mut self) -> R<()> {
+            self.starts += 1;
+            self.init = Some(init());
+            Ok(())
+        }
+        async fn stop(&mut self) -> R<bool> {
+            unreachable!("nobody sends SIGTERM in these tests")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_that_stops_on_its_own_fails_the_unit_after_one_start() {
+        let mut b = Fake::new(0);
+        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("stopped without systemctl stop")));
+        assert_eq!(b.starts, 1);
+        assert_eq!(b.seen.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn supervise_follows_init_across_restarts() {
+        let mut b = Fake::new(2);
+        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(_, 1))));
+        assert_eq!(b.starts, 1);
+        assert_eq!(b.seen.len(), 3, "inits followed: {:?}", b.seen);
     }
 }
