@@ -5,6 +5,7 @@
 use berth_tests::{Env, Storage, repo, run, text, unprivileged_user, wait_for};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -471,6 +472,36 @@ fn varlink_errors_carry_the_d_bus_names() {
         "{e}"
     );
     ok(&sock, "DeleteContainer", json!({ "name": "e2" }));
+    // a root disk limit needs a pool that can keep one (btrfs); this one is a directory
+    assert_eq!(
+        error_name(call(
+            &sock,
+            "CreateContainer",
+            json!({ "name": "e4", "image": "busybox", "config": { "limits.disk": "64MiB" } })
+        )),
+        "org.berth.Berth.NotSupported"
+    );
+    // an export to an fd open only for reading fails writing it
+    let e = fd_call(
+        &sock,
+        "ExportImage",
+        json!({ "reference": "busybox", "fd": 0 }),
+        &["r:/dev/null".to_string()],
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.ExportFailed", "{e}");
+    assert!(
+        e["parameters"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Bad file descriptor")),
+        "the cause is in the message: {e}"
+    );
+    assert_eq!(
+        ok(&sock, "ListContainers", json!({}))["containers"],
+        json!([]),
+        "the refused calls left nothing"
+    );
 
     // what the Python client would refuse to send, sent raw
     let mut s = UnixStream::connect(&sock).unwrap();
@@ -1040,6 +1071,98 @@ fn varlink_exports_and_imports_an_image_then_launches_from_it() {
 
 /// A client that sends half a message and stalls is closed after the message timeout (10 s);
 /// an idle connection, between messages, is not; others are served meanwhile.
+/// A long operation cancelled with CancelOperation ends with the Cancelled error: an image
+/// export into a FIFO that nobody reads until the cancel is sent (the export blocks once the
+/// pipe is full, so it cannot finish first).
+#[test]
+fn varlink_a_cancelled_export_answers_cancelled() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let fifo = env.dir.join("export.fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    // the read end first (non-blocking, so this open does not wait for a writer), so that
+    // the client's open for writing does not wait either
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let export = Command::new(python())
+        .arg(repo().join("tests/varlink/fdcall.py"))
+        .arg(&sock)
+        .arg("ExportImage")
+        .arg(json!({ "reference": "busybox", "fd": 0 }).to_string())
+        .arg(format!("w:{}", fifo.display()))
+        .arg("--more")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    wait_for(Duration::from_secs(30), "the export's operation", || {
+        let ops = ok(&sock, "ListOperations", json!({}));
+        id = ops["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["verb"] == "image-export")
+            .map(|o| o["id"].clone());
+        id.is_some()
+    });
+    let id = id.unwrap();
+    ok(&sock, "CancelOperation", json!({ "id": id }));
+    // now read: the blocked write returns and the export sees the cancel
+    let drain = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return total,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("read the FIFO: {e}"),
+            }
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || drop(tx.send(export.wait_with_output())));
+    let out = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the cancelled export ends within 60 s")
+        .unwrap();
+    let replies = json_lines(&out.stdout);
+    let last = replies.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last["error"],
+        "org.berth.Berth.Cancelled",
+        "{replies:?} {}",
+        text(&out.stderr)
+    );
+    let written = drain.join().unwrap();
+    let size = ok(&sock, "GetImage", json!({ "reference": "busybox" }))["image"]["size"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (written as u64) < size,
+        "the whole image went out: {written} of {size} bytes"
+    );
+    let op = call(&sock, "GetOperation", json!({ "id": id }));
+    assert!(
+        op.as_ref()
+            .is_err_and(|e| e["error"] == "org.berth.Berth.NoSuchOperation")
+            || op
+                .as_ref()
+                .is_ok_and(|o| o["operation"]["status"] == "cancelled"),
+        "{op:?}"
+    );
+}
+
 #[test]
 fn varlink_a_stalled_half_message_is_closed_and_idle_connections_are_not() {
     if !root_or_skip() {
