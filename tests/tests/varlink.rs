@@ -1163,6 +1163,58 @@ fn varlink_a_cancelled_export_answers_cancelled() {
     );
 }
 
+/// berthd out of file descriptors — its RLIMIT_NOFILE lowered, then varlink connections take
+/// the rest — answers what needs no new descriptor, fails what needs one with the cause and
+/// nothing changed, and serves again once the connections go: the same berthd.
+#[test]
+fn berthd_survives_running_out_of_file_descriptors() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    env.ok(&["init", "busybox", "f1"]);
+    let pid = env.daemon_pid().expect("berthd runs");
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let st = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=64:64"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // more connections than fit: berthd accepts until it has none left, the rest wait in the
+    // socket's backlog
+    let held: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    wait_for(Duration::from_secs(20), "berthd at its fd limit", || {
+        open_fds() >= 63
+    });
+    // the D-Bus connection exists: reads answer
+    assert!(env.ok(&["list"]).contains("f1"));
+    // a start opens files: it fails, says why, and leaves the container as it was
+    let out = env.berth(&["start", "f1"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("Too many open files"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env.status("f1"), "Stopped");
+    drop(held);
+    wait_for(Duration::from_secs(20), "berthd to close them", || {
+        open_fds() < 40
+    });
+    env.ok(&["start", "f1"]);
+    env.ok(&["exec", "f1", "--", "true"]);
+    let r = ok(&sock, "GetContainer", json!({ "name": "f1" }));
+    assert_eq!(r["container"]["status"], "Running", "{r}");
+    env.ok(&["stop", "--force", "f1"]);
+    assert_eq!(env.daemon_pid(), Some(pid), "the same berthd throughout");
+}
+
 #[test]
 fn varlink_a_stalled_half_message_is_closed_and_idle_connections_are_not() {
     if !root_or_skip() {
