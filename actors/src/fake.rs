@@ -629,4 +629,8 @@ impl Runtime for FakeRuntime {
     fn criu_log(&self, _container: &str) -> Option<std::path::PathBuf> {
         None
     }
+
+    fn surely_stopped(&self, container: &str) -> bool {
+        !self.lock().running.contains_key(container)
+    }
 }

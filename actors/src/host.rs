@@ -1540,6 +1540,12 @@ impl Runtime for SharedHost {
         .await
     }
 
+    fn surely_stopped(&self, container: &str) -> bool {
+        // a monitor removes its socket once init has exited (and the container is stopped);
+        // one killed leaves it, and counts as maybe running
+        !self.0.files(container).socket().exists()
+    }
+
     fn criu_log(&self, container: &str) -> Option<PathBuf> {
         let dir = self.0.files(container).dir().to_path_buf();
         ["criu-restore.log", "criu-dump.log"]

@@ -292,4 +292,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn discard_stop_state(&self, container: &str, unused: bool) -> Result<(), RuntimeError>;
     /// Path of the log of the last checkpoint or restore of `container`, if any.
     fn criu_log(&self, container: &str) -> Option<std::path::PathBuf>;
+    /// Whether `container` surely runs no more, from one cheap look (no monitor to ask): what
+    /// the Manager answers for a container whose actor is not spawned yet, recorded as running
+    /// by an earlier berthd. `false` means "maybe running": its actor's probe decides.
+    fn surely_stopped(&self, container: &str) -> bool;
 }

@@ -508,6 +508,51 @@ async fn files_no_record_names_are_swept_before_berthd_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_died_while_berthd_was_away_is_not_listed_running() {
+    within(async {
+        let rt = Arc::new(FakeRuntime::new());
+        let dir = std::env::temp_dir().join(format!("berth-actors-away-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_path = dir.join("berth.db");
+        let _ = std::fs::remove_file(&db_path);
+        {
+            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
+                .await
+                .unwrap();
+            e.build_image("busybox", aliases(&["busybox"]), 0)
+                .await
+                .unwrap();
+            for n in ["dies", "keeps"] {
+                e.create_container(CreateRequest {
+                    start: true,
+                    ..req(n)
+                })
+                .await
+                .unwrap();
+            }
+            e.shutdown().await;
+        }
+        rt.power_off_from_inside("dies");
+        // the actors are not spawned (no Startup): the answers come from the records
+        let e = Engine::start_idle(Db::open(&db_path).unwrap(), rt.clone(), host())
+            .await
+            .unwrap();
+        let list = e.list_containers().await.unwrap();
+        let status = |n: &str| list.iter().find(|c| c.name == n).unwrap().status;
+        assert_eq!(status("dies"), Status::Stopped, "{list:?}");
+        assert_eq!(status("keeps"), Status::Running, "{list:?}");
+        let dies = e.container("dies").await.unwrap();
+        assert_eq!((dies.status, dies.init_pid), (Status::Stopped, 0));
+        let keeps = e.container("keeps").await.unwrap();
+        assert_eq!(keeps.status, Status::Running);
+        assert_eq!(keeps.init_pid, rt.is_running("keeps").unwrap().init_pid);
+        e.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_reconciles_with_what_runs() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());

@@ -22,8 +22,7 @@ use zbus::Variant;
 pub(crate) trait Berthd {
     /// The container's status and init pid (0 when none).
     async fn state(&mut self) -> R<(String, u32)>;
-    /// Starts the container; one that already runs (or cannot start: the state read after
-    /// tells) is fine.
+    /// Starts the container; one that already runs is fine.
     async fn start(&mut self) -> R<()>;
     /// Stops it gracefully. `Ok(false)`: the host shuts down and berthd, which had exited
     /// idle, cannot be activated any more.
@@ -146,9 +145,11 @@ pub(crate) async fn supervise(b: &mut impl Berthd, name: &str) -> R<u8> {
 async fn follow(b: &mut impl Berthd, name: &str, settle: Duration) -> R<u8> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Fail(format!("cannot handle SIGTERM: {e}"), 1))?;
-    // one that runs already answers InvalidState, which start() accepts: asking first would
-    // cost a round trip on every `systemctl start`
-    b.start().await?;
+    // a Start of one that runs waits behind any task of its actor (a snapshot) and needs the
+    // right to start it: look first
+    if b.state().await?.0 != "Running" {
+        b.start().await?;
+    }
     let mut gone = 0;
     loop {
         let Some(pid) = running_init(b, gone, settle).await? else {
@@ -256,6 +257,7 @@ mod tests {
             })
         }
         async fn start(&mut self) -> R<()> {
+            assert!(self.reads > 0, "a start before looking");
             self.starts += 1;
             self.init = Some(init());
             Ok(())
@@ -271,6 +273,16 @@ mod tests {
         let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
         assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("stopped without systemctl stop")));
         assert_eq!(b.starts, 1);
+        assert_eq!(b.seen.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_running_container_is_followed_without_a_start() {
+        let mut b = Fake::new(0);
+        b.init = Some(init());
+        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(_, 1))));
+        assert_eq!(b.starts, 0);
         assert_eq!(b.seen.len(), 1);
     }
 

@@ -50,6 +50,46 @@ fn an_idle_berthd_exits_and_the_next_call_finds_its_containers_running() {
     );
 }
 
+/// A container whose init dies while no berthd runs is listed stopped by the next berthd from
+/// its first answer, before that container's actor has looked (it listed the record's Running).
+#[test]
+fn a_container_that_died_while_berthd_was_away_is_listed_stopped() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::with(Options {
+        storage: Some(Storage::Dir),
+        daemon_args: vec!["--idle-timeout".into(), "2".into()],
+        ..Default::default()
+    });
+    env.ok(&["launch", "busybox", "c1"]);
+    env.ok(&["launch", "busybox", "c2"]);
+    let init = env.init_pid("c1");
+    let first = env.daemon_pid().expect("berthd runs");
+    berth_tests::wait_for(Duration::from_secs(15), "berthd to exit once idle", || {
+        !alive(first)
+    });
+    // SAFETY: plain syscall on a pid we read.
+    unsafe { libc::kill(init as i32, libc::SIGKILL) };
+    let sock = env.run.join("containers/c1/monitor.sock");
+    berth_tests::wait_for(
+        Duration::from_secs(15),
+        "c1's monitor to see it end",
+        || !sock.exists(),
+    );
+    let list = env.ok(&["list"]);
+    let line = |n: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().next() == Some(n))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("c1").contains("STOPPED"), "{list}");
+    assert!(line("c2").contains("RUNNING"), "{list}");
+    assert_eq!(env.status("c1"), "Stopped");
+    assert_eq!(env.status("c2"), "Running");
+}
+
 #[test]
 fn calls_that_arrive_while_berthd_idles_out_are_all_answered() {
     if !root_or_skip() {

@@ -209,6 +209,9 @@ struct Child {
     slot: Slot,
     summary: ContainerSummary,
     failures: Vec<Instant>,
+    /// `summary` is still what the database said at start (an earlier berthd's last word):
+    /// no actor has reported since. Its actor reports only what its probe changed.
+    from_record: bool,
 }
 
 struct ImageEntry {
@@ -355,7 +358,14 @@ impl Actor for ManagerActor {
                     }
                 }
                 Some(Slot::Unspawned(loaded)) => match m {
-                    ContainerMsg::Info(r) => drop(r.send(Ok(loaded.0.info()))),
+                    ContainerMsg::Info(r) => {
+                        let mut info = loaded.0.info();
+                        if info.status != Status::Stopped && s.rt.surely_stopped(&name) {
+                            info.status = Status::Stopped;
+                            info.init_pid = 0;
+                        }
+                        drop(r.send(Ok(info)))
+                    }
                     m => m.fail(Error::Unavailable(format!("container {name:?}"))),
                 },
                 Some(Slot::GaveUp) => m.fail(Error::Unavailable(format!(
@@ -364,7 +374,10 @@ impl Actor for ManagerActor {
                 ))),
                 None => m.fail(Error::NoSuchContainer(name)),
             },
-            ManagerMsg::List(r) => drop(r.send(s.containers.values().map(|c| c.summary.clone()).collect())),
+            ManagerMsg::List(r) => {
+                s.forget_ended_while_away();
+                drop(r.send(s.containers.values().map(|c| c.summary.clone()).collect()))
+            }
             ManagerMsg::ListImages(r) => drop(r.send(s.images.values().map(|i| i.record.clone()).collect())),
             ManagerMsg::ResolveImage(reference, r) => drop(r.send(s.resolve_image(&reference).map(|e| e.record.clone()))),
             ManagerMsg::BuildImage { recipe, opts, uid, reply } => {
@@ -456,6 +469,7 @@ impl Actor for ManagerActor {
                     && matches!(&c.slot, Slot::Live(a) if a.get_id() == from)
                 {
                     c.summary = summary;
+                    c.from_record = false;
                 }
             }
             ManagerMsg::Removed(name, from) => {
@@ -562,6 +576,7 @@ impl ManagerState {
                             slot,
                             summary,
                             failures: Vec::new(),
+                            from_record: true,
                         },
                     );
                 }
@@ -622,6 +637,7 @@ impl ManagerState {
                     slot: Slot::Unspawned(Box::new((rec.clone(), snaps.clone()))),
                     summary,
                     failures: Vec::new(),
+                    from_record: true,
                 },
             );
             self.wake(me, &rec.name).await;
@@ -634,6 +650,20 @@ impl ManagerState {
 
     /// Spawns the actor of a container loaded but not spawned yet (no-op otherwise). An actor
     /// that cannot be spawned leaves the name unavailable, as one that failed too often.
+    /// Containers recorded as running by an earlier berthd that surely stopped meanwhile (their
+    /// init died while no berthd ran), listed as stopped instead of as the record says, while
+    /// their actors are not spawned or have not looked yet (they record how it ended). One
+    /// stat each, and only for those recorded as running that no actor reported on since.
+    fn forget_ended_while_away(&mut self) {
+        for (name, c) in &mut self.containers {
+            if c.from_record && c.summary.status != Status::Stopped && self.rt.surely_stopped(name)
+            {
+                c.summary.status = Status::Stopped;
+                c.summary.init_pid = 0;
+            }
+        }
+    }
+
     async fn wake(&mut self, me: &ActorRef<ManagerMsg>, name: &str) {
         let Some(child) = self.containers.get_mut(name) else {
             return;
@@ -679,10 +709,10 @@ impl ManagerState {
             .await
             .map_err(|e| Error::Unavailable(format!("container {name:?} actor ({e})")))?;
         self.by_id.insert(actor.get_id(), name.clone());
-        let failures = self
+        let (failures, from_record) = self
             .containers
             .remove(&name)
-            .map(|c| c.failures)
+            .map(|c| (c.failures, c.from_record))
             .unwrap_or_default();
         self.containers.insert(
             name,
@@ -690,6 +720,7 @@ impl ManagerState {
                 slot: Slot::Live(actor.clone()),
                 summary,
                 failures,
+                from_record,
             },
         );
         Ok(actor)
