@@ -507,14 +507,21 @@ async fn files_no_record_names_are_swept_before_berthd_serves() {
     .await
 }
 
+/// A database file of its own for a test that restarts the engine over it: (its directory,
+/// the file).
+fn fresh_db(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("berth-actors-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_path = dir.join("berth.db");
+    let _ = std::fs::remove_file(&db_path);
+    (dir, db_path)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_died_while_berthd_was_away_is_not_listed_running() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());
-        let dir = std::env::temp_dir().join(format!("berth-actors-away-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db_path = dir.join("berth.db");
-        let _ = std::fs::remove_file(&db_path);
+        let (dir, db_path) = fresh_db("away");
         {
             let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
                 .await
@@ -556,10 +563,7 @@ async fn a_container_that_died_while_berthd_was_away_is_not_listed_running() {
 async fn startup_reconciles_with_what_runs() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());
-        let dir = std::env::temp_dir().join(format!("berth-actors-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db_path = dir.join("berth.db");
-        let _ = std::fs::remove_file(&db_path);
+        let (dir, db_path) = fresh_db("startup");
         let pid;
         {
             let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
