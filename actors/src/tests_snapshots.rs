@@ -475,6 +475,12 @@ async fn a_start_runs_only_as_the_kind_it_was_authorized_for() {
             .unwrap();
         assert_eq!(e.container("c1").await.unwrap().status, Status::Running);
         assert!(rt.log().iter().any(|l| l.starts_with("restore c1 Stop")));
+        // a second client authorized to restore too (it saw the state before the first start
+        // won) finds it running: the answer of any start of a running container, not Busy
+        let r = e
+            .start_container_authorized("c1", Default::default(), true)
+            .await;
+        assert!(matches!(r, Err(Error::InvalidState { .. })), "{r:?}");
         // authorized to restore, but a plain stop left nothing to restore: no boot either
         e.stop_container(
             "c1",

@@ -411,7 +411,10 @@ impl Actor for ContainerActor {
                 restore,
                 reply,
             } => {
-                if s.start_restores(&opts) == restore {
+                // one that runs (another client's start won) answers as any start does,
+                // InvalidState, not Busy: the kind of start matters only from stopped
+                let stopped = matches!(s.rec.status, Status::Stopped | Status::Error);
+                if s.start_restores(&opts) == restore || !stopped {
                     s.start_with(&me, opts, reply).await
                 } else {
                     let _ = reply.send(Err(Error::Busy(format!(
