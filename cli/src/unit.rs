@@ -120,18 +120,23 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// init's pid once the container runs with an init other than `gone` (the one that just
-/// ended, which berthd may not have noticed yet), waiting up to `settle` for a restart or
-/// restore to finish; `None` when it stays stopped.
-async fn running_init(b: &mut impl Berthd, gone: u32, settle: Duration) -> R<Option<u32>> {
-    let deadline = tokio::time::Instant::now() + settle;
+/// init's pid once the container runs (or is frozen) with an init other than `gone` (the
+/// one that just ended, which berthd may not have noticed yet), waiting up to `settle` for a
+/// restart or restore to finish; while berthd reports a start or stop in progress the wait
+/// goes on (berthd bounds those), and `settle` counts from its end. `Err` holds the status it
+/// stayed in.
+async fn running_init(b: &mut impl Berthd, gone: u32, settle: Duration) -> R<Result<u32, String>> {
+    let mut deadline = tokio::time::Instant::now() + settle;
     loop {
         let (status, pid) = b.state().await?;
-        if status == "Running" && pid > 0 && pid != gone {
-            return Ok(Some(pid));
+        let now = tokio::time::Instant::now();
+        match status.as_str() {
+            "Running" | "Frozen" if pid > 0 && pid != gone => return Ok(Ok(pid)),
+            "Starting" | "Stopping" => deadline = now + settle,
+            _ => {}
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
+        if now >= deadline {
+            return Ok(Err(status));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -147,17 +152,24 @@ async fn follow(b: &mut impl Berthd, name: &str, settle: Duration) -> R<u8> {
         .map_err(|e| Fail(format!("cannot handle SIGTERM: {e}"), 1))?;
     // a Start of one that runs waits behind any task of its actor (a snapshot) and needs the
     // right to start it: look first
-    if b.state().await?.0 != "Running" {
+    if !matches!(b.state().await?.0.as_str(), "Running" | "Frozen") {
         b.start().await?;
     }
     let mut gone = 0;
     loop {
-        let Some(pid) = running_init(b, gone, settle).await? else {
-            notify(&format!("STATUS=Container {name} stopped on its own"));
-            return Err(Fail(
-                format!("container {name} stopped without systemctl stop"),
-                1,
-            ));
+        let pid = match running_init(b, gone, settle).await? {
+            Ok(pid) => pid,
+            Err(status) => {
+                let how = match status.as_str() {
+                    "Stopped" => "stopped".to_string(),
+                    other => format!("ended ({other})"),
+                };
+                notify(&format!("STATUS=Container {name} {how} on its own"));
+                return Err(Fail(
+                    format!("container {name} {how} without systemctl stop"),
+                    1,
+                ));
+            }
         };
         notify(&format!(
             "READY=1\nSTATUS=Container {name} running, init pid {pid}"
@@ -212,10 +224,16 @@ mod tests {
     struct Fake {
         init: Option<std::process::Child>,
         restarts: usize,
+        /// reads that answer Starting (no init yet) after each restart, as a slow restore does
+        starting: usize,
+        /// the status reported while init lives
+        status: &'static str,
         starts: usize,
         reads: usize,
         /// the init pids the reads reported running
         seen: Vec<u32>,
+        /// reads left before a restarted init appears
+        pending: usize,
     }
 
     impl Fake {
@@ -223,9 +241,12 @@ mod tests {
             Fake {
                 init: None,
                 restarts,
+                starting: 0,
+                status: "Running",
                 starts: 0,
                 reads: 0,
                 seen: Vec::new(),
+                pending: 0,
             }
         }
     }
@@ -243,15 +264,25 @@ mod tests {
             if let Some(c) = &mut self.init
                 && c.try_wait().unwrap().is_some()
             {
-                self.init = (self.restarts > 0).then(init);
-                self.restarts = self.restarts.saturating_sub(1);
+                self.init = None;
+                if self.restarts > 0 {
+                    self.restarts -= 1;
+                    self.pending = self.starting + 1;
+                }
+            }
+            if self.pending > 0 {
+                self.pending -= 1;
+                if self.pending > 0 {
+                    return Ok(("Starting".into(), 0));
+                }
+                self.init = Some(init());
             }
             Ok(match &self.init {
                 Some(c) => {
                     if self.seen.last() != Some(&c.id()) {
                         self.seen.push(c.id());
                     }
-                    ("Running".into(), c.id())
+                    (self.status.into(), c.id())
                 }
                 None => ("Stopped".into(), 0),
             })
@@ -293,5 +324,49 @@ mod tests {
         assert!(matches!(r, Err(Fail(_, 1))));
         assert_eq!(b.starts, 1);
         assert_eq!(b.seen.len(), 3, "inits followed: {:?}", b.seen);
+    }
+
+    #[tokio::test]
+    async fn a_frozen_container_is_followed_as_a_running_one() {
+        let mut b = Fake::new(0);
+        b.status = "Frozen";
+        b.init = Some(init());
+        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(_, 1))));
+        assert_eq!(b.starts, 0, "a frozen container runs: no start");
+        assert_eq!(b.seen.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_start_longer_than_the_settle_time_is_waited_for() {
+        let mut b = Fake::new(1);
+        // Starting for ~0.6 s, twice the settle time
+        b.starting = 6;
+        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("stopped without")));
+        assert_eq!(
+            b.seen.len(),
+            2,
+            "the restored init was followed: {:?}",
+            b.seen
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_is_named_in_the_failure() {
+        struct Broken;
+        impl Berthd for Broken {
+            async fn state(&mut self) -> R<(String, u32)> {
+                Ok(("Error".into(), 0))
+            }
+            async fn start(&mut self) -> R<()> {
+                Ok(())
+            }
+            async fn stop(&mut self) -> R<bool> {
+                unreachable!()
+            }
+        }
+        let r = follow(&mut Broken, "c1", Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("ended (Error) without")));
     }
 }
