@@ -517,28 +517,32 @@ fn fresh_db(test: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, db_path)
 }
 
+/// An engine over `db_path` builds busybox and starts `names` from it, then shuts down (as
+/// berthd exits) leaving them running.
+async fn running_then_shut_down(db_path: &std::path::Path, rt: &Arc<FakeRuntime>, names: &[&str]) {
+    let e = Engine::start(Db::open(db_path).unwrap(), rt.clone(), host())
+        .await
+        .unwrap();
+    e.build_image("busybox", aliases(&["busybox"]), 0)
+        .await
+        .unwrap();
+    for n in names {
+        e.create_container(CreateRequest {
+            start: true,
+            ..req(n)
+        })
+        .await
+        .unwrap();
+    }
+    e.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_that_died_while_berthd_was_away_is_not_listed_running() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());
         let (dir, db_path) = fresh_db("away");
-        {
-            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
-                .await
-                .unwrap();
-            e.build_image("busybox", aliases(&["busybox"]), 0)
-                .await
-                .unwrap();
-            for n in ["dies", "keeps"] {
-                e.create_container(CreateRequest {
-                    start: true,
-                    ..req(n)
-                })
-                .await
-                .unwrap();
-            }
-            e.shutdown().await;
-        }
+        running_then_shut_down(&db_path, &rt, &["dies", "keeps"]).await;
         rt.power_off_from_inside("dies");
         // the actors are not spawned (no Startup): the answers come from the records
         let e = Engine::start_idle(Db::open(&db_path).unwrap(), rt.clone(), host())
@@ -564,29 +568,8 @@ async fn startup_reconciles_with_what_runs() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());
         let (dir, db_path) = fresh_db("startup");
-        let pid;
-        {
-            let e = Engine::start(Db::open(&db_path).unwrap(), rt.clone(), host())
-                .await
-                .unwrap();
-            e.build_image("busybox", aliases(&["busybox"]), 0)
-                .await
-                .unwrap();
-            e.create_container(CreateRequest {
-                start: true,
-                ..req("keeps")
-            })
-            .await
-            .unwrap();
-            e.create_container(CreateRequest {
-                start: true,
-                ..req("dies")
-            })
-            .await
-            .unwrap();
-            pid = e.container("keeps").await.unwrap().init_pid;
-            e.shutdown().await;
-        }
+        running_then_shut_down(&db_path, &rt, &["keeps", "dies"]).await;
+        let pid = rt.is_running("keeps").unwrap().init_pid;
         // while "berthd" is away: one container powers off, a create is half done
         rt.power_off_from_inside("dies");
         {

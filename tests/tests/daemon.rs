@@ -20,22 +20,31 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// An environment whose berthd exits after 2 s without a call.
+fn idle_after_2s() -> Env {
+    Env::with(Options {
+        storage: Some(Storage::Dir),
+        daemon_args: vec!["--idle-timeout".into(), "2".into()],
+        ..Default::default()
+    })
+}
+
+fn exited_idle(pid: u32) {
+    berth_tests::wait_for(Duration::from_secs(15), "berthd to exit once idle", || {
+        !alive(pid)
+    });
+}
+
 #[test]
 fn an_idle_berthd_exits_and_the_next_call_finds_its_containers_running() {
     if !root_or_skip() {
         return;
     }
-    let env = Env::with(Options {
-        storage: Some(Storage::Dir),
-        daemon_args: vec!["--idle-timeout".into(), "2".into()],
-        ..Default::default()
-    });
+    let env = idle_after_2s();
     env.ok(&["launch", "busybox", "c1"]);
     let init = env.init_pid("c1");
     let first = env.daemon_pid().expect("berthd runs");
-    berth_tests::wait_for(Duration::from_secs(15), "berthd to exit once idle", || {
-        !alive(first)
-    });
+    exited_idle(first);
     assert!(!env.name_owned("org.berth.Berth1"), "the name went with it");
     assert!(alive(init), "the container runs on without berthd");
     // the next call activates a new berthd, which finds the container as it was
@@ -57,18 +66,12 @@ fn a_container_that_died_while_berthd_was_away_is_listed_stopped() {
     if !root_or_skip() {
         return;
     }
-    let env = Env::with(Options {
-        storage: Some(Storage::Dir),
-        daemon_args: vec!["--idle-timeout".into(), "2".into()],
-        ..Default::default()
-    });
+    let env = idle_after_2s();
     env.ok(&["launch", "busybox", "c1"]);
     env.ok(&["launch", "busybox", "c2"]);
     let init = env.init_pid("c1");
     let first = env.daemon_pid().expect("berthd runs");
-    berth_tests::wait_for(Duration::from_secs(15), "berthd to exit once idle", || {
-        !alive(first)
-    });
+    exited_idle(first);
     // SAFETY: plain syscall on a pid we read.
     unsafe { libc::kill(init as i32, libc::SIGKILL) };
     let sock = env.run.join("containers/c1/monitor.sock");
