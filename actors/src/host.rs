@@ -1008,21 +1008,48 @@ impl Runtime for SharedHost {
                 // what an older berthd made in its own tree (nothing is made there now)
                 h.tree_cgroups(&name).remove()?;
             }
-            h.pool.remove_snapshots(&name)?;
-            h.pool.delete_container(&name)?;
             if let Some(net) = &h.network {
+                // a start leases and guards again
                 net.unguard(&name)?;
                 net.release(&name)?;
             }
+            // the one step that can refuse and leave the container as it was: its volume and
+            // its snapshots out of their names, both or neither (see Pool::retire_container)
+            let volume = h.pool.retire_container(&name)?;
+            let snapshots = match h.pool.retire_snapshots(&name) {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(old) = &volume {
+                        h.pool.unretire_container(&name, old)?;
+                    }
+                    return Err(e.into());
+                }
+            };
+            // deleted now: what cannot go is debris the next start sweeps
+            let mut left = Vec::new();
+            if let Some(old) = volume
+                && let Err(e) = h.pool.delete_retired(&old)
+            {
+                left.push(e.to_string());
+            }
+            if let Some(old) = snapshots
+                && let Err(e) = h
+                    .pool
+                    .remove_snapshots(&old.file_name().unwrap_or_default().to_string_lossy())
+            {
+                left.push(e.to_string());
+            }
             let dir = h.files(&name).dir().to_path_buf();
             match std::fs::remove_dir_all(&dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(RuntimeError::Failed(format!(
-                    "remove {}: {e}",
-                    dir.display()
-                ))),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    left.push(format!("remove {}: {e}", dir.display()))
+                }
+                _ => {}
             }
+            for e in left {
+                tracing::warn!(container = %name, "deleted, but {e}");
+            }
+            Ok(())
         })
         .await
     }
@@ -1455,7 +1482,7 @@ impl Runtime for SharedHost {
                 .pool
                 .sweep_volume_debris()
                 .into_iter()
-                .map(|d| format!("removed {d}, left by an interrupted restore"))
+                .map(|d| format!("removed {d}, left by an interrupted restore or delete"))
                 .collect();
             for c in h.pool.containers_with_snapshots() {
                 // a volume without a record is recoverable (`berth admin recover`), and so

@@ -1006,10 +1006,16 @@ impl ContainerState {
         self.rec.pending = Pending::Delete;
         self.store.update_container(&self.rec).await?;
         berth_runtime::crash::point("berthd.delete.marked");
-        self.rt
-            .deprovision(&self.rec.name)
-            .await
-            .map_err(|e| map_rt(Op::Delete, format!("container {}", self.rec.name), e))?;
+        if let Err(e) = self.rt.deprovision(&self.rec.name).await {
+            // refused, the container as it was: not a delete the next start should finish
+            self.rec.pending = Pending::None;
+            self.store.update_container(&self.rec).await?;
+            return Err(map_rt(
+                Op::Delete,
+                format!("container {}", self.rec.name),
+                e,
+            ));
+        }
         berth_runtime::crash::point("berthd.delete.deprovisioned");
         self.store.delete_container(&self.rec.name).await?;
         for (name, (_, actor)) in std::mem::take(&mut self.snaps) {

@@ -251,7 +251,7 @@ impl ContainerState {
                     .map_err(|e| {
                         map_rt(
                             Op::Snapshot,
-                            format!("snapshot {}/{}", snap.container, snap.name),
+                            format!("{}/{} (restoring its files)", snap.container, snap.name),
                             e,
                         )
                     })?;

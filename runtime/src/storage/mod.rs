@@ -261,10 +261,47 @@ impl Pool {
         }
     }
 
-    /// Deletes a container's volume (missing is fine), and the qgroups of subvolumes gone
+    /// Takes container `name`'s volume out of its name (missing is fine), in one step that
+    /// changes nothing when it fails: a removal that fails half way (a file that cannot go)
+    /// must not leave a container that is still recorded with half its files. Returns the
+    /// volume's new name, for [`Pool::delete_retired`]; what outlives that is debris that
+    /// [`Pool::sweep_volume_debris`] removes.
+    pub fn retire_container(&self, name: &str) -> Result<Option<PathBuf>> {
+        let vol = self.container_volume(name);
+        if std::fs::symlink_metadata(&vol).is_err() {
+            return Ok(None);
+        }
+        let old = self.old_volume(name);
+        std::fs::rename(&vol, &old)
+            .step(|| format!("rename {} to {}", vol.display(), old.display()))?;
+        Ok(Some(old))
+    }
+
+    /// Takes container `name`'s snapshot directory out of its name as
+    /// [`Pool::retire_container`] does its volume; what outlives its removal is swept at the
+    /// next start as the snapshots of a deleted container.
+    pub fn retire_snapshots(&self, name: &str) -> Result<Option<PathBuf>> {
+        let dir = self.snapshots_dir(name);
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Ok(None);
+        }
+        let old = self.old_volume(name);
+        let old = dir.with_file_name(old.file_name().unwrap_or_default());
+        std::fs::rename(&dir, &old)
+            .step(|| format!("rename {} to {}", dir.display(), old.display()))?;
+        Ok(Some(old))
+    }
+
+    /// Gives container `name` back the volume [`Pool::retire_container`] took out of its name.
+    pub fn unretire_container(&self, name: &str, old: &Path) -> Result<()> {
+        let vol = self.container_volume(name);
+        std::fs::rename(old, &vol).step(|| format!("rename {} to {}", old.display(), vol.display()))
+    }
+
+    /// Deletes a volume [`Pool::retire_container`] retired, and the qgroups of subvolumes gone
     /// since the last sweep.
-    pub fn delete_container(&self, name: &str) -> Result<()> {
-        self.delete_volume(&self.container_volume(name))?;
+    pub fn delete_retired(&self, old: &Path) -> Result<()> {
+        self.delete_volume(old)?;
         if self.cfg.driver == DriverKind::Btrfs {
             // the volume is gone whatever this says; a qgroup left holds no space
             let _ = quota::sweep_stale_qgroups(&self.cfg.path);

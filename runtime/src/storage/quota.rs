@@ -379,7 +379,8 @@ mod tests {
                 pool.set_disk_limit("c", None).unwrap();
                 write_mib(&vol.join("more"), 64).unwrap();
                 let id = subvolume_id(&vol).unwrap();
-                pool.delete_container("c").unwrap();
+                let old = pool.retire_container("c").unwrap().unwrap();
+                pool.delete_retired(&old).unwrap();
                 // gone now (6.1), or once btrfs's cleaner has dropped the subvolume (later
                 // kernels): it runs at transaction commits, so under load that can take more
                 // than one commit interval; `btrfs subvolume sync` waits until it has

@@ -175,16 +175,17 @@ impl Pool {
         let dst = self.container_volume(c);
         let parent = self.cfg.path.join("containers");
         let fresh = parent.join(format!(".restore-{c}"));
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let old = parent.join(format!(".old-{c}-{stamp}"));
+        let old = self.old_volume(c);
         self.delete_volume(&fresh)?;
         self.clone_volume(src, &fresh)?;
-        if std::fs::symlink_metadata(&dst).is_ok() {
-            std::fs::rename(&dst, &old)
-                .step(|| format!("rename {} to {}", dst.display(), old.display()))?;
+        if std::fs::symlink_metadata(&dst).is_ok()
+            && let Err(e) = std::fs::rename(&dst, &old)
+        {
+            let _ = self.delete_volume(&fresh);
+            return Err(Error::os(
+                format!("rename {} to {}", dst.display(), old.display()),
+                e,
+            ));
         }
         if let Err(e) = std::fs::rename(&fresh, &dst) {
             let _ = std::fs::rename(&old, &dst);
@@ -201,7 +202,20 @@ impl Pool {
         Ok(())
     }
 
-    /// Removes what interrupted restores left among the container volumes (`.restore-*` and
+    /// A name, free now, for container `c`'s volume once it is to go: debris that
+    /// [`Pool::sweep_volume_debris`] removes if it outlives its removal.
+    pub(super) fn old_volume(&self, c: &str) -> PathBuf {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        self.cfg
+            .path
+            .join("containers")
+            .join(format!(".old-{c}-{stamp}"))
+    }
+
+    /// Removes what interrupted restores and deletes left among the container volumes (`.restore-*` and
     /// `.old-*`); returns what it removed. Only while no restore runs (at daemon start).
     pub fn sweep_volume_debris(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(self.cfg.path.join("containers")) else {
@@ -320,6 +334,18 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
         }
+    }
+
+    #[test]
+    fn a_retired_volume_leaves_its_name_at_once_and_is_debris_if_left() {
+        let (_d, p) = pool();
+        let old = p.retire_container("c1").unwrap().expect("c1 had a volume");
+        assert!(std::fs::symlink_metadata(p.container_volume("c1")).is_err());
+        assert!(old.join("rootfs/etc/hostname").is_file(), "moved whole");
+        let name = old.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(".old-c1-"), "{name}");
+        assert_eq!(p.sweep_volume_debris(), [name]);
+        assert_eq!(p.retire_container("c1").unwrap(), None, "missing is fine");
     }
 
     #[test]
