@@ -1372,3 +1372,212 @@ fn varlink_cli_snapshots_images_and_refusals() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     env.ok(&["delete", "s1"]);
 }
+
+/// berthd stopped (SIGTERM) and a new one serving.
+fn restarted(env: &Env) {
+    let pid = env.daemon_pid().expect("berthd runs");
+    // SAFETY: plain syscall on a pid we read.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    wait_for(Duration::from_secs(15), "berthd to exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    serving(env);
+}
+
+/// A path made immutable (`chattr +i`: not even root may add, remove or rename entries of a
+/// directory, or remove a file) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(p: &Path) -> Immutable {
+        let out = run(
+            Command::new("chattr").arg("+i").arg(p),
+            Duration::from_secs(10),
+        );
+        assert!(
+            out.status.success(),
+            "chattr +i {p:?}: {}",
+            text(&out.stderr)
+        );
+        Immutable(p.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// Failures of the host's own work carry their names too, each provoked for real: a directory
+/// berth must write in made immutable, which not even root may change without undoing it. Each
+/// refused call leaves what was there.
+#[test]
+fn varlink_host_failures_carry_their_names() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let pool = env.pool();
+    let failed = |method: &str, params: Value, dir: &str, name: &str| {
+        let _i = Immutable::set(&pool.join(dir));
+        let e = call(&sock, method, params.clone()).unwrap_err();
+        assert_eq!(
+            e["error"],
+            format!("org.berth.Berth.{name}"),
+            "{method} {params}: {e}"
+        );
+        assert!(
+            e["parameters"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Operation not permitted")),
+            "the cause is in the message: {e}"
+        );
+        e["parameters"]["message"].as_str().unwrap().to_string()
+    };
+    let names = |method: &str, params: Value, field: &str| -> Vec<String> {
+        ok(&sock, method, params)[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    ok(
+        &sock,
+        "CreateContainer",
+        json!({ "name": "h1", "image": "busybox" }),
+    );
+    let h1 = json!({ "name": "h1" });
+    failed(
+        "CreateContainer",
+        json!({ "name": "h2", "image": "busybox" }),
+        "containers",
+        "CreateFailed",
+    );
+    assert_eq!(names("ListContainers", json!({}), "containers"), ["h1"]);
+    failed(
+        "CreateSnapshot",
+        json!({ "container": "h1", "name": "s1" }),
+        "snapshots",
+        "SnapshotFailed",
+    );
+    assert!(names("ListSnapshots", json!({ "container": "h1" }), "snapshots").is_empty());
+    ok(
+        &sock,
+        "CreateSnapshot",
+        json!({ "container": "h1", "name": "s1" }),
+    );
+    let m = failed(
+        "RestoreSnapshot",
+        json!({ "container": "h1", "name": "s1" }),
+        "containers/h1",
+        "SnapshotFailed",
+    );
+    assert!(
+        m.contains("h1/s1 (restoring its files)"),
+        "the step is named: {m}"
+    );
+    failed("DeleteContainer", h1.clone(), "containers", "DeleteFailed");
+    assert_eq!(names("ListContainers", json!({}), "containers"), ["h1"]);
+    assert!(
+        pool.join("containers/h1/rootfs/sbin/init").exists(),
+        "its files are whole"
+    );
+    // nor is it a delete the next berthd finishes
+    restarted(&env);
+    assert_eq!(names("ListContainers", json!({}), "containers"), ["h1"]);
+
+    let images = || {
+        ok(&sock, "ListImages", json!({}))["images"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    failed(
+        "PublishContainer",
+        json!({ "container": "h1" }),
+        "images",
+        "PublishFailed",
+    );
+    // a build in the same second as the image's own would make the same image (its files'
+    // times are the build's), which is there already and written nowhere
+    std::thread::sleep(Duration::from_millis(1100));
+    failed(
+        "BuildImage",
+        json!({ "recipe": "busybox" }),
+        "images",
+        "ImageBuildFailed",
+    );
+    assert_eq!(images(), 1);
+    // an image that is not in the store, as a file: publish, export, delete
+    let fp = ok(
+        &sock,
+        "PublishContainer",
+        json!({ "container": "h1", "aliases": ["p"] }),
+    )["image"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file = env.dir.join("p.tar");
+    one(fd_call(
+        &sock,
+        "ExportImage",
+        json!({ "reference": "p", "fd": 0 }),
+        &[format!("w:{}", file.display())],
+        false,
+    ));
+    ok(&sock, "DeleteImage", json!({ "reference": "p" }));
+    {
+        let _i = Immutable::set(&pool.join("images"));
+        let e = fd_call(
+            &sock,
+            "ImportImage",
+            json!({ "archive": 0 }),
+            &[format!("r:{}", file.display())],
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e["error"], "org.berth.Berth.ImportFailed", "{e}");
+    }
+    assert_eq!(images(), 1);
+    // undone, each works
+    let r = fd_call(
+        &sock,
+        "ImportImage",
+        json!({ "archive": 0 }),
+        &[format!("r:{}", file.display())],
+        false,
+    );
+    assert_eq!(one(r)["image"]["fingerprint"], fp.as_str());
+    ok(
+        &sock,
+        "RestoreSnapshot",
+        json!({ "container": "h1", "name": "s1" }),
+    );
+    // a file that cannot go once the volume left its name: deleted all the same, and what
+    // is left goes at the next start
+    let etc = Immutable::set(&pool.join("containers/h1/rootfs/etc"));
+    ok(&sock, "DeleteContainer", h1);
+    assert!(names("ListContainers", json!({}), "containers").is_empty());
+    let debris = |p: &Path| {
+        std::fs::read_dir(p.join("containers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".old-h1-")
+            })
+            .collect::<Vec<_>>()
+    };
+    let left = debris(&pool);
+    assert_eq!(left.len(), 1, "{left:?}");
+    drop(etc);
+    let _ = Immutable(left[0].join("rootfs/etc")); // dropped: chattr -i
+    restarted(&env);
+    assert!(debris(&pool).is_empty(), "{:?}", debris(&pool));
+}
