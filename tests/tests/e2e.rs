@@ -375,6 +375,13 @@ fn containers_survive_berthd_being_killed() {
         "the standby monitor to end with berthd",
         || gone(standby),
     );
+    // the bus drops the name once it has read the dead connection's end: a call routed to
+    // it before that is answered NoReply (a bus's race, not berthd's)
+    wait_for(
+        Duration::from_secs(5),
+        "the bus to drop berthd's name",
+        || !env.name_owned("org.berth.Berth1"),
+    );
     // the next call re-activates berthd, which finds the container still running
     let list = env.ok(&["list"]);
     let row: Vec<&str> = list
