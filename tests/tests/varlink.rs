@@ -1529,28 +1529,23 @@ fn varlink_host_failures_carry_their_names() {
         false,
     ));
     ok(&sock, "DeleteImage", json!({ "reference": "p" }));
-    {
-        let _i = Immutable::set(&pool.join("images"));
-        let e = fd_call(
+    let import = || {
+        fd_call(
             &sock,
             "ImportImage",
             json!({ "archive": 0 }),
             &[format!("r:{}", file.display())],
             false,
         )
-        .unwrap_err();
+    };
+    {
+        let _i = Immutable::set(&pool.join("images"));
+        let e = import().unwrap_err();
         assert_eq!(e["error"], "org.berth.Berth.ImportFailed", "{e}");
     }
     assert_eq!(images(), 1);
     // undone, each works
-    let r = fd_call(
-        &sock,
-        "ImportImage",
-        json!({ "archive": 0 }),
-        &[format!("r:{}", file.display())],
-        false,
-    );
-    assert_eq!(one(r)["image"]["fingerprint"], fp.as_str());
+    assert_eq!(one(import())["image"]["fingerprint"], fp.as_str());
     ok(
         &sock,
         "RestoreSnapshot",
