@@ -326,6 +326,7 @@ impl HostRuntime {
         let mut frozen_us = 0u64;
         let (mut freeze_us, mut files_us) = (0u128, 0u128);
         let mut attempt = 0u64;
+        let mut stalled = false;
         let res = loop {
             attempt += 1;
             let _ = std::fs::remove_dir_all(&images);
@@ -365,6 +366,7 @@ impl HostRuntime {
                     cgroup2: cgroup2.as_deref(),
                     console: Path::new(&status.console),
                     criu_version: &version,
+                    stall: berth_runtime::criu::stall_limit(memory_total.unwrap_or(0)),
                 },
                 &mut || {
                     if !stop {
@@ -394,6 +396,14 @@ impl HostRuntime {
                 {
                     tracing::info!(container = %name, attempt, "a socket queue held credentials; retrying the dump");
                     std::thread::sleep(Duration::from_millis(25 * attempt));
+                }
+                // a CRIU killed as hung let the processes go, but not its network lock; once
+                // (the processes stood still for the whole stall, held by it)
+                Err(f) if !stalled && berth_runtime::criu::is_stall(&f.message) => {
+                    stalled = true;
+                    let removed =
+                        berth_runtime::criu::recover::remove_network_locks(status.init_pid);
+                    tracing::warn!(container = %name, attempt, ?removed, "{}; retrying the dump", f.message);
                 }
                 r => break r,
             }

@@ -413,6 +413,30 @@ impl Env {
         text(&out.stdout)
     }
 
+    /// Sets variables in the environment the bus gives the services it activates from now on
+    /// (the next berthd, and so its monitors).
+    pub fn activation_env(&self, vars: &[(&str, &str)]) {
+        let n = vars.len().to_string();
+        let mut args = vec![
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "UpdateActivationEnvironment",
+            "a{ss}",
+            n.as_str(),
+        ];
+        for (k, v) in vars {
+            args.extend([*k, *v]);
+        }
+        let out = self.busctl(&args);
+        assert!(
+            out.status.success(),
+            "UpdateActivationEnvironment: {}",
+            text(&out.stderr)
+        );
+    }
+
     /// `busctl --address=… ARGS`.
     pub fn busctl(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("busctl");

@@ -86,32 +86,11 @@ struct Crash {
 }
 
 impl Crash {
-    fn busctl_ok(&self, args: &[&str]) -> String {
-        let out = self.env.busctl(args);
-        assert!(
-            out.status.success(),
-            "busctl {args:?}: {}",
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
     /// What the bus passes to the berthd it activates next (empty: nothing armed).
     fn activation_env(&self, point: &str, mark: &Path) {
         let mark = mark.display().to_string();
-        self.busctl_ok(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "UpdateActivationEnvironment",
-            "a{ss}",
-            "2",
-            ENV,
-            point,
-            MARK_ENV,
-            &mark,
-        ]);
+        self.env
+            .activation_env(&[(ENV, point), (MARK_ENV, mark.as_str())]);
     }
 
     /// Stops berthd (SIGTERM) if one runs, and waits until it is gone.

@@ -916,3 +916,182 @@ fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed()
         "the monitor was told the interrupted stop's checkpoint is over: {exit}"
     );
 }
+
+/// The `criu swrk` processes whose environment holds `marker` (the one berthd and its
+/// monitors of a single environment pass on).
+fn criu_of(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            comm.trim() == "criu"
+                && cmdline.split(|b| *b == 0).any(|a| a == b"swrk")
+                && environ.split(|b| *b == 0).any(|v| v == marker.as_bytes())
+        })
+        .collect()
+}
+
+/// The next `criu swrk` of [`criu_of`] `marker` to appear, stopped with SIGSTOP as soon as
+/// it holds a process by ptrace (a dump has seized the tree; a restore is in its last step,
+/// where it waits for every restored task to reach its sigreturn): it then neither answers
+/// nor logs, as a hung CRIU. Its pid, if one appeared `within`.
+fn stop_next_criu(marker: &str, within: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + within;
+    let criu = loop {
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        match criu_of(marker).first() {
+            Some(pid) => break *pid,
+            None => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    };
+    let tracer = format!("TracerPid:\t{criu}\n");
+    while std::path::Path::new(&format!("/proc/{criu}")).exists()
+        && std::time::Instant::now() < deadline
+    {
+        let holds = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| s.contains(&tracer))
+            });
+        if holds {
+            // SAFETY: kill(2) of the CRIU of this test's environment.
+            unsafe { libc::kill(criu, libc::SIGSTOP) };
+            return Some(criu);
+        }
+    }
+    panic!("CRIU {criu} ended before it held any process by ptrace");
+}
+
+#[test]
+fn a_hung_criu_is_killed_and_the_dump_and_the_restore_tried_again() {
+    if !root_or_skip() {
+        return;
+    }
+    hung_criu(Env::new(Storage::Btrfs), 3);
+}
+
+/// The same on a pure cgroup v2 host, where CRIU freezes through `cgroup.freeze` (the VM
+/// tier, pure v2, is where CRIU hung)
+#[test]
+fn a_hung_criu_is_killed_and_tried_again_on_a_pure_cgroup_v2_host() {
+    if !root_or_skip() {
+        return;
+    }
+    hung_criu(
+        Env::with(berth_tests::Options {
+            storage: Some(Storage::Btrfs),
+            cgroup_v2: true,
+            ..Default::default()
+        }),
+        4,
+    );
+}
+
+/// A CRIU that hangs (stopped here, so that it neither answers nor logs) is killed once it
+/// has been silent for the stall limit, and the dump, or the restore, is done again: the
+/// snapshot is made, the restore done, and the container runs on unharmed. `stall` (seconds)
+/// differs between the tests that run at once: it tells their CRIUs apart.
+fn hung_criu(env: Env, stall: u64) {
+    // the next berthd, and the monitors it starts, take a CRIU silent for `stall` s for hung
+    let marker: &'static str = Box::leak(format!("BERTH_CRIU_STALL_SECS={stall}").into_boxed_str());
+    env.activation_env(&[("BERTH_CRIU_STALL_SECS", &stall.to_string())]);
+    let daemon = env.daemon_pid().expect("berthd runs");
+    // SAFETY: signalling our own test daemon.
+    unsafe { libc::kill(daemon as i32, libc::SIGTERM) };
+    wait_for(std::time::Duration::from_secs(30), "berthd to exit", || {
+        env.daemon_pid() != Some(daemon)
+    });
+    env.ok(&["launch", "busybox", "h1"]);
+    // 100 MB of touched memory, for a dump and a restore that take a while
+    env.ok(&["exec", "h1", "--", "sh", "-c", "awk 'BEGIN{s=sprintf(\"%100000000s\",\"\"); system(\"sleep 1000\")}' >/dev/null 2>&1 </dev/null &"]);
+    let pid = start_counter(&env, "h1");
+    wait_for(std::time::Duration::from_secs(20), "the memory hog", || {
+        let out = env.berth(&["exec", "h1", "--", "sh", "-c", "pidof sleep >/dev/null && awk '/VmRSS/{print $2}' /proc/$(pidof awk | cut -d' ' -f1)/status"]);
+        text(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 95_000
+    });
+    let init = env.init_pid("h1");
+    let stopper =
+        std::thread::spawn(move || stop_next_criu(marker, std::time::Duration::from_secs(60)));
+    let t = std::time::Instant::now();
+    env.ok(&["snapshot", "create", "--stateful", "h1", "live"]);
+    let took = t.elapsed();
+    let hung = stopper.join().unwrap().expect("a CRIU dumped h1");
+    assert_eq!(
+        criu_of(marker),
+        Vec::<i32>::new(),
+        "the hung CRIU {hung} was killed and reaped, with what it forked"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(stall),
+        "the snapshot waited out the stall ({took:?})"
+    );
+    assert!(
+        env.daemon_log_tail().contains("criu hung"),
+        "berthd says why it tried again:\n{}",
+        env.daemon_log_tail()
+    );
+    assert_eq!(snapshot_names(&env, "h1"), ["live"]);
+    // the container runs on unharmed: thawed, unlocked, its processes there and counting
+    assert_eq!(env.status("h1"), "Running");
+    assert_eq!(env.init_pid("h1"), init);
+    assert!(matches!(freezer_state(&env, "h1").as_str(), "THAWED" | "0"));
+    assert!(
+        criu_lock_tables(init).is_empty(),
+        "{:?}",
+        criu_lock_tables(init)
+    );
+    let ps = env.ok(&["exec", "h1", "--", "ps"]);
+    assert!(ps.contains("awk"), "{ps}");
+    let at_snapshot = counter(&env, "h1");
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the counter to go on",
+        || counter(&env, "h1") > at_snapshot + 3,
+    );
+    let later = counter(&env, "h1");
+
+    // a restore whose CRIU (the monitor's) hangs: killed with what it restored, and redone
+    let stopper =
+        std::thread::spawn(move || stop_next_criu(marker, std::time::Duration::from_secs(60)));
+    env.ok(&["snapshot", "restore", "h1", "live"]);
+    let hung = stopper.join().unwrap().expect("a CRIU restored h1");
+    assert_eq!(
+        criu_of(marker),
+        Vec::<i32>::new(),
+        "the hung CRIU {hung} is gone"
+    );
+    let monitor_log =
+        std::fs::read_to_string(env.run.join("containers/h1/monitor.log")).unwrap_or_default();
+    assert!(
+        monitor_log.contains("killing what it restored and trying again"),
+        "the monitor says why it restored twice:\n{monitor_log}"
+    );
+    assert_eq!(env.status("h1"), "Running");
+    let v1 = counter(&env, "h1");
+    assert!(
+        v1 <= later,
+        "the snapshot's counter came back ({v1} ≤ {later})"
+    );
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the restored counter to go on",
+        || counter(&env, "h1") > v1,
+    );
+    let ps = env.ok(&["exec", "h1", "--", "ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.split_whitespace().next() == Some(&pid))
+            && ps.contains("awk"),
+        "the same processes: {ps}"
+    );
+    assert!(criu_lock_tables(env.init_pid("h1")).is_empty());
+}

@@ -39,6 +39,8 @@ pub struct DumpPlan<'a> {
     pub console: &'a Path,
     /// The CRIU version (recorded with the images).
     pub criu_version: &'a str,
+    /// How long CRIU may go silent before it is taken for hung ([`super::stall_limit`]).
+    pub stall: std::time::Duration,
 }
 
 /// What a dump produced.
@@ -106,7 +108,7 @@ pub fn dump(
                 }
             }
         });
-        let r = call(plan.criu, &req, &mut |n| {
+        let r = call(plan.criu, &req, &log, plan.stall, &mut |n| {
             seen.push(n.script().to_string());
             if n.script() == "post-dump"
                 && let Err(e) = post_dump()

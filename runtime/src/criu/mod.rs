@@ -24,6 +24,7 @@ use rust_criu::rust_criu_protobuf::rpc;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 /// The oldest CRIU berth works with: 3.17 fails on this kernel's vDSO and 4.1 cannot dump
@@ -191,11 +192,40 @@ pub fn first_error(log: &Path) -> Option<String> {
         })
 }
 
+/// How long a CRIU working on `bytes` of memory may go without a word to us and without a
+/// line in its log (it logs at debug level, every few milliseconds while it works) before it
+/// is taken for hung and killed: `$BERTH_CRIU_STALL_SECS` (60 by default) plus a second per
+/// 20 MiB, for a slow disk. Seen twice in the VM tier (pure cgroup v2 under TCG), not
+/// reproduced in 150 tries since: a dump, and a restore whose log ended in CRIU's wait for
+/// every restored task to reach its final sigreturn; each held the container by ptrace for
+/// good, and every later call on it was `Busy`.
+pub fn stall_limit(bytes: u64) -> std::time::Duration {
+    let base = std::env::var("BERTH_CRIU_STALL_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(60);
+    std::time::Duration::from_secs(base + bytes / (20 << 20))
+}
+
+/// The start of the error [`call`] returns for a CRIU it killed as hung.
+const STALLED: &str = "criu hung";
+
+/// Whether an error of [`call`] is a CRIU killed as hung (see [`stall_limit`]).
+pub fn is_stall(error: &str) -> bool {
+    error.starts_with(STALLED)
+}
+
 /// One request to a fresh `criu swrk`, answering its notifications with `notify` (whose
-/// `false` makes CRIU abort). Returns CRIU's final response, successful or not.
+/// `false` makes CRIU abort). Returns CRIU's final response, successful or not. A CRIU that
+/// neither answers nor writes to `log` for `stall` is killed (its tracees go free: a parasite
+/// cures itself when its control socket closes) and the error says so ([`is_stall`]); the time
+/// spent in `notify` does not count.
 pub(crate) fn call(
     criu: &Path,
     req: &rpc::Criu_req,
+    log: &Path,
+    stall: std::time::Duration,
     notify: &mut dyn FnMut(&rpc::Criu_notify) -> bool,
 ) -> Result<rpc::Criu_resp, String> {
     let mut sv = [0; 2];
@@ -206,10 +236,13 @@ pub(crate) fn call(
     // SAFETY: fresh fds.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
     crate::sys::set_cloexec(ours.as_raw_fd(), true).map_err(|e| e.to_string())?;
+    // in a process group of its own: a CRIU given up on is killed with the processes it
+    // forked (seen: a hung dump's fork, holding its socket, outlived the dump)
     let mut child = std::process::Command::new(criu)
         .arg("swrk")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("run {} swrk: {e}", criu.display()))?;
     drop(theirs);
@@ -229,10 +262,40 @@ pub(crate) fn call(
         }
         Ok(())
     };
+    let log_len = || std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     let res = (|| {
         send(req)?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
+            let (mut quiet_since, mut seen_len) = (std::time::Instant::now(), log_len());
+            loop {
+                let mut p = libc::pollfd {
+                    fd: ours.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let r = unsafe { libc::poll(&mut p, 1, 1000) };
+                if r > 0 {
+                    break;
+                }
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(format!("poll the criu socket: {e}"));
+                }
+                let len = log_len();
+                if len != seen_len {
+                    (quiet_since, seen_len) = (std::time::Instant::now(), len);
+                } else if quiet_since.elapsed() >= stall {
+                    return Err(format!(
+                        "{STALLED}: no answer and nothing logged for {} s; killed it",
+                        stall.as_secs()
+                    ));
+                }
+            }
             // SAFETY: receiving into our buffer.
             let n = unsafe { libc::recv(ours.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n <= 0 {
@@ -250,6 +313,12 @@ pub(crate) fn call(
         }
     })();
     drop(ours);
+    if res.is_err() {
+        // a CRIU we stopped listening to (hung, or unreadable) has nobody left to answer
+        // SAFETY: kill(2) of the process group of our child, which it leads.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+        let _ = child.kill();
+    }
     let _ = child.wait();
     res
 }
@@ -336,11 +405,17 @@ pub(crate) fn failure(
     log: &Path,
 ) -> Failure {
     let step = step(phase, seen);
-    let message = first_error(log).unwrap_or_else(|| match resp {
-        Ok(r) if !r.cr_errmsg().is_empty() => r.cr_errmsg().to_string(),
-        Ok(r) => format!("criu failed (errno {})", r.cr_errno()),
-        Err(e) => e.to_string(),
-    });
+    let stalled = match resp {
+        Err(e) if is_stall(e) => Some(e.to_string()),
+        _ => None,
+    };
+    let message = stalled
+        .or_else(|| first_error(log))
+        .unwrap_or_else(|| match resp {
+            Ok(r) if !r.cr_errmsg().is_empty() => r.cr_errmsg().to_string(),
+            Ok(r) => format!("criu failed (errno {})", r.cr_errno()),
+            Err(e) => e.to_string(),
+        });
     Failure {
         step,
         message,
@@ -360,6 +435,78 @@ mod tests {
             Some((3, 17, 0))
         );
         assert_eq!(parse_version("nonsense"), None);
+    }
+
+    /// A fake `criu` (a shell script: `criu swrk FD`), written by a child process so that no
+    /// writable fd on it leaks into a process another test thread forks (ETXTBSY at exec).
+    fn fake_criu(name: &str, script: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-fake-criu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let st = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "printf '%s\\n' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+                "sh",
+            ])
+            .arg(format!("#!/bin/sh\n{script}"))
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        path
+    }
+
+    /// The error of a dump request to the fake `criu`, which never answers.
+    fn failed_dump(criu: &Path, log: &Path, stall: std::time::Duration) -> String {
+        let mut req = rpc::Criu_req::new();
+        req.set_type(rpc::Criu_req_type::DUMP);
+        call(criu, &req, log, stall, &mut |_| true).unwrap_err()
+    }
+
+    #[test]
+    fn a_criu_that_neither_answers_nor_logs_is_killed() {
+        let dir = std::env::temp_dir().join(format!("berth-stall-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("silent.log");
+        let pidfile = dir.join("silent.pid");
+        let criu = fake_criu(
+            "silent",
+            &format!("echo $$ > {}\nexec sleep 600", pidfile.display()),
+        );
+        let t = std::time::Instant::now();
+        let e = failed_dump(&criu, &log, std::time::Duration::from_secs(1));
+        assert!(is_stall(&e), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        // killed and reaped: the pid is gone
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the fake criu {} still runs",
+            pid.trim()
+        );
+    }
+
+    #[test]
+    fn a_criu_that_logs_is_not_taken_for_hung() {
+        let dir = std::env::temp_dir().join(format!("berth-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("busy.log");
+        // logs for 3 s, twice the stall limit, then exits without an answer
+        let criu = fake_criu(
+            "busy",
+            &format!(
+                "for i in 1 2 3 4 5 6; do echo line $i >> {}; sleep 0.5; done",
+                log.display()
+            ),
+        );
+        let e = failed_dump(&criu, &log, std::time::Duration::from_millis(1500));
+        assert!(!is_stall(&e), "{e}");
+        assert!(e.contains("exited without answering"), "{e}");
     }
 
     #[test]

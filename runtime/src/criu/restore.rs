@@ -37,10 +37,79 @@ fn fail(step: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Restores the container of `spec` from `plan`; returns its restored init, our child.
+/// Restores the container of `spec` from `plan`; returns its restored init, our child. A
+/// CRIU killed as hung (see [`super::stall_limit`]) is tried once more, once what it had
+/// restored is killed: the images are untouched by a restore.
 ///
 /// Must be called from a single-threaded process (the monitor).
 pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
+    match restore_once(spec, plan) {
+        Err(Stalled(e)) => {
+            crate::monitor::log(&format!(
+                "container {}: {e}; killing what it restored and trying again",
+                spec.name
+            ));
+            kill_leftovers(spec);
+            restore_once(spec, plan).map_err(|e| match e {
+                Stalled(e) | Other(e) => e,
+            })
+        }
+        Err(Other(e)) => Err(e),
+        Ok(s) => Ok(s),
+    }
+}
+
+/// Why one restore failed: a hung CRIU we killed, or anything else.
+enum Failed {
+    Stalled(Error),
+    Other(Error),
+}
+use Failed::{Other, Stalled};
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Other(e)
+    }
+}
+
+/// Kills the processes a killed CRIU left: the restored tasks it had not let go, in the
+/// container's cgroups or still in ours (a root task CRIU had not moved yet), our children
+/// with `rst_sibling`; and waits up to 5 s for them to go.
+fn kill_leftovers(spec: &ContainerSpec) {
+    // SAFETY: getpid has no failure mode.
+    let me = unsafe { libc::getpid() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut pids: Vec<_> = spec
+            .cgroups
+            .pids()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        // (the monitor is single-threaded: its one task's children are all of them; CRIU
+        // needs this file, so it is there)
+        pids.extend(
+            std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+        );
+        if pids.is_empty() || std::time::Instant::now() >= deadline {
+            break;
+        }
+        for p in pids {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        // reap those that were our children
+        // SAFETY: plain syscall, no status wanted.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } > 0 {
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn restore_once(spec: &ContainerSpec, plan: &RestorePlan) -> std::result::Result<Started, Failed> {
     let meta: CheckpointMeta = std::fs::read(plan.images.join(META_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -105,57 +174,68 @@ pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
 
     let mut seen: Vec<String> = Vec::new();
     let mut hook_error: Option<String> = None;
-    let resp = call(&plan.criu, &req, &mut |n| {
-        seen.push(n.script().to_string());
-        if n.script() == "setup-namespaces"
-            && let Err(e) = network(spec, n.pid())
-        {
-            hook_error = Some(format!("setting up the network: {e}"));
-            return false;
-        }
-        // The root task has set up its cgroup namespace (in the container's group, which must
-        // then hold no controllers for children) and moved on into its own group; no other
-        // task exists yet: the last moment to hand the controllers on before CRIU moves the
-        // others into child groups and reopens files in them.
-        if n.script() == "post-setup-namespaces"
-            && let Some(dir) = spec.cgroups.unified_dir()
-            && let Err(e) = crate::cgroup::rebuild_tree(&dir, &meta.cgroup_tree)
-        {
-            hook_error = Some(format!(
-                "rebuilding the container's cgroup tree in {}: {e}",
-                dir.display()
-            ));
-            return false;
-        }
-        true
-    });
+    let log = spec.run_dir.join(&plan.log);
+    let resp = call(
+        &plan.criu,
+        &req,
+        &log,
+        super::stall_limit(super::checkpoint::pages_bytes(&plan.images)),
+        &mut |n| {
+            seen.push(n.script().to_string());
+            if n.script() == "setup-namespaces"
+                && let Err(e) = network(spec, n.pid())
+            {
+                hook_error = Some(format!("setting up the network: {e}"));
+                return false;
+            }
+            // The root task has set up its cgroup namespace (in the container's group, which must
+            // then hold no controllers for children) and moved on into its own group; no other
+            // task exists yet: the last moment to hand the controllers on before CRIU moves the
+            // others into child groups and reopens files in them.
+            if n.script() == "post-setup-namespaces"
+                && let Some(dir) = spec.cgroups.unified_dir()
+                && let Err(e) = crate::cgroup::rebuild_tree(&dir, &meta.cgroup_tree)
+            {
+                hook_error = Some(format!(
+                    "rebuilding the container's cgroup tree in {}: {e}",
+                    dir.display()
+                ));
+                return false;
+            }
+            true
+        },
+    );
     drop((con_fd, ctty_fd));
     drop(root_guard);
-    let log = spec.run_dir.join(&plan.log);
     if let Some(e) = hook_error {
-        return Err(Error::Setup {
+        return Err(Other(Error::Setup {
             step: format!("restore ({e}) (log: {})", log.display()),
             errno: 0,
-        });
+        }));
     }
     let resp = match resp {
         Ok(r) if r.success() => r,
         Ok(r) => {
-            return Err(Error::Setup {
+            return Err(Other(Error::Setup {
                 step: failure("restore", &seen, Ok(&r), &log).to_string(),
                 errno: 0,
-            });
+            }));
         }
         Err(e) => {
-            return Err(Error::Setup {
+            let f = Error::Setup {
                 step: failure("restore", &seen, Err(&e), &log).to_string(),
                 errno: 0,
+            };
+            return Err(if super::is_stall(&e) {
+                Stalled(f)
+            } else {
+                Other(f)
             });
         }
     };
     let pid = resp.restore.pid();
     if pid <= 0 {
-        return Err(fail("restore", "criu reported no pid"));
+        return Err(Other(fail("restore", "criu reported no pid")));
     }
     let pidfd = sys::pidfd_open(pid).map_err(|e| fail("open the restored init", e))?;
     Ok(Started {

@@ -320,7 +320,7 @@ fn report_and_exit(r: &StartReport, code: i32) -> ! {
     sys::exit_now(code)
 }
 
-fn log(msg: &str) {
+pub(crate) fn log(msg: &str) {
     let _ = sys::write_all_fd(
         2,
         format!(
