@@ -398,8 +398,9 @@ impl HostRuntime {
                     std::thread::sleep(Duration::from_millis(25 * attempt));
                 }
                 // a CRIU killed as hung let the processes go, but not its network lock; once
-                // (the processes stood still for the whole stall, held by it)
-                Err(f) if !stalled && berth_runtime::criu::is_stall(&f.message) => {
+                // (the processes stood still for the whole stall, held by it), and not in a
+                // stateful stop, whose CRIU may have killed the tree already
+                Err(f) if !stop && !stalled && berth_runtime::criu::is_stall(&f.message) => {
                     stalled = true;
                     let removed =
                         berth_runtime::criu::recover::remove_network_locks(status.init_pid);

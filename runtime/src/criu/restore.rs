@@ -37,29 +37,23 @@ fn fail(step: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Restores the container of `spec` from `plan`; returns its restored init, our child. A
-/// CRIU killed as hung (see [`super::stall_limit`]) is tried once more, once what it had
-/// restored is killed: the images are untouched by a restore.
+/// Restores the container of `spec` from `plan`; returns its restored init, our child. What
+/// a CRIU killed as hung (see [`super::stall_limit`]) had restored is killed with it: the
+/// restore is then an error, not tried again here, since CRIU had already changed the files
+/// (its ghost files made, its link-remap files consumed) and the cgroup tree.
 ///
 /// Must be called from a single-threaded process (the monitor).
 pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
-    match restore_once(spec, plan) {
-        Err(Stalled(e)) => {
-            crate::monitor::log(&format!(
-                "container {}: {e}; killing what it restored and trying again",
-                spec.name
-            ));
+    restore_with_criu(spec, plan).map_err(|e| match e {
+        Stalled(e) => {
             kill_leftovers(spec);
-            restore_once(spec, plan).map_err(|e| match e {
-                Stalled(e) | Other(e) => e,
-            })
+            e
         }
-        Err(Other(e)) => Err(e),
-        Ok(s) => Ok(s),
-    }
+        Other(e) => e,
+    })
 }
 
-/// Why one restore failed: a hung CRIU we killed, or anything else.
+/// Why the restore failed: a hung CRIU we killed, or anything else.
 enum Failed {
     Stalled(Error),
     Other(Error),
@@ -109,7 +103,10 @@ fn kill_leftovers(spec: &ContainerSpec) {
     }
 }
 
-fn restore_once(spec: &ContainerSpec, plan: &RestorePlan) -> std::result::Result<Started, Failed> {
+fn restore_with_criu(
+    spec: &ContainerSpec,
+    plan: &RestorePlan,
+) -> std::result::Result<Started, Failed> {
     let meta: CheckpointMeta = std::fs::read(plan.images.join(META_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
