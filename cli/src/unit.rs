@@ -144,20 +144,51 @@ async fn running_init(b: &mut impl Berthd, gone: u32, settle: Duration) -> R<Res
 
 /// Runs `berth supervise NAME`.
 pub(crate) async fn supervise(b: &mut impl Berthd, name: &str) -> R<u8> {
-    follow(b, name, SETTLE).await
-}
-
-async fn follow(b: &mut impl Berthd, name: &str, settle: Duration) -> R<u8> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Fail(format!("cannot handle SIGTERM: {e}"), 1))?;
-    // a Start of one that runs waits behind any task of its actor (a snapshot) and needs the
-    // right to start it: look first
-    if !matches!(b.state().await?.0.as_str(), "Running" | "Frozen") {
-        b.start().await?;
+    follow(b, name, SETTLE, async move {
+        term.recv().await;
+    })
+    .await
+}
+
+/// The loop of [`supervise`]; `term` ends when SIGTERM (`systemctl stop`) comes, whenever
+/// that is: during the start, while a restart or restore is awaited, or while init runs.
+async fn follow(
+    b: &mut impl Berthd,
+    name: &str,
+    settle: Duration,
+    term: impl std::future::Future<Output = ()>,
+) -> R<u8> {
+    tokio::pin!(term);
+    // no look first: a Start of one that runs (or is frozen) answers InvalidState, which
+    // start() takes as done, and each round trip counts in a unit's start. A SIGTERM during
+    // the start lets it finish (a Stop sent meanwhile could reach the container first and
+    // find nothing to stop), then stops the container.
+    let mut stopping = false;
+    {
+        let start = b.start();
+        tokio::pin!(start);
+        loop {
+            tokio::select! {
+                r = &mut start => break r?,
+                () = &mut term, if !stopping => stopping = true,
+            }
+        }
     }
+    if stopping {
+        return stop(b, name).await;
+    }
+    // a start answers once init runs: ready now, not one more round trip later (the loop
+    // below names init's pid in STATUS=)
+    notify("READY=1");
     let mut gone = 0;
     loop {
-        let pid = match running_init(b, gone, settle).await? {
+        let found = tokio::select! {
+            r = running_init(b, gone, settle) => r?,
+            () = &mut term => return stop(b, name).await,
+        };
+        let pid = match found {
             Ok(pid) => pid,
             Err(status) => {
                 let how = match status.as_str() {
@@ -184,20 +215,25 @@ async fn follow(b: &mut impl Berthd, name: &str, settle: Duration) -> R<u8> {
             Err(e) => return Err(Fail(format!("watch init {pid}: {e}"), 1)),
         };
         tokio::select! {
-            _ = term.recv() => {
-                notify(&format!("STOPPING=1\nSTATUS=Stopping container {name}"));
-                if !b.stop().await? {
-                    // berthd had exited idle, and the host shuts down: systemd activates
-                    // nothing now. berth-shutdown.service, which stops after this unit, runs
-                    // a berthd of its own and stops the container.
-                    eprintln!("berth: the host shuts down and berthd cannot be activated: berth-shutdown.service stops container {name}");
-                }
-                return Ok(0);
-            }
+            () = &mut term => return stop(b, name).await,
             // readable: init exited
             r = pidfd.readable() => drop(r),
         }
     }
+}
+
+/// `systemctl stop`: stops the container gracefully and ends supervise with status 0.
+async fn stop(b: &mut impl Berthd, name: &str) -> R<u8> {
+    notify(&format!("STOPPING=1\nSTATUS=Stopping container {name}"));
+    if !b.stop().await? {
+        // berthd had exited idle, and the host shuts down: systemd activates nothing now.
+        // berth-shutdown.service, which stops after this unit, runs a berthd of its own and
+        // stops the container.
+        eprintln!(
+            "berth: the host shuts down and berthd cannot be activated: berth-shutdown.service stops container {name}"
+        );
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
@@ -229,7 +265,9 @@ mod tests {
         /// the status reported while init lives
         status: &'static str,
         starts: usize,
-        reads: usize,
+        /// how long a start takes
+        start_time: Duration,
+        stops: usize,
         /// the init pids the reads reported running
         seen: Vec<u32>,
         /// reads left before a restarted init appears
@@ -244,7 +282,8 @@ mod tests {
                 starting: 0,
                 status: "Running",
                 starts: 0,
-                reads: 0,
+                start_time: Duration::ZERO,
+                stops: 0,
                 seen: Vec::new(),
                 pending: 0,
             }
@@ -260,7 +299,6 @@ mod tests {
 
     impl Berthd for Fake {
         async fn state(&mut self) -> R<(String, u32)> {
-            self.reads += 1;
             if let Some(c) = &mut self.init
                 && c.try_wait().unwrap().is_some()
             {
@@ -288,20 +326,58 @@ mod tests {
             })
         }
         async fn start(&mut self) -> R<()> {
-            assert!(self.reads > 0, "a start before looking");
-            self.starts += 1;
-            self.init = Some(init());
+            // as berthd: a start of one that runs changes nothing (InvalidState, which the
+            // real start() takes as done)
+            tokio::time::sleep(self.start_time).await;
+            if self.init.is_none() {
+                self.starts += 1;
+                self.init = Some(init());
+            }
             Ok(())
         }
         async fn stop(&mut self) -> R<bool> {
-            unreachable!("nobody sends SIGTERM in these tests")
+            self.stops += 1;
+            (self.restarts, self.pending) = (0, 0);
+            if let Some(mut c) = self.init.take() {
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+            Ok(true)
         }
+    }
+
+    /// `follow` with the test's settle time, and no SIGTERM
+    async fn unstopped(b: &mut impl Berthd) -> R<u8> {
+        follow(b, "c1", Duration::from_millis(300), std::future::pending()).await
+    }
+
+    #[tokio::test]
+    async fn a_sigterm_during_the_start_stops_the_container_once_the_start_is_done() {
+        let mut b = Fake::new(0);
+        b.start_time = Duration::from_millis(300);
+        let term = tokio::time::sleep(Duration::from_millis(20));
+        let r = follow(&mut b, "c1", Duration::from_millis(300), term).await;
+        assert!(matches!(r, Ok(0)), "{:?}", r.err().map(|f| f.0));
+        assert_eq!((b.starts, b.stops), (1, 1));
+        assert!(b.seen.is_empty(), "followed after SIGTERM: {:?}", b.seen);
+    }
+
+    #[tokio::test]
+    async fn a_sigterm_while_a_restore_is_awaited_stops_the_container_at_once() {
+        let mut b = Fake::new(1);
+        // after the first init ends: Starting for 100 s
+        b.starting = 1000;
+        let term = tokio::time::sleep(Duration::from_millis(500));
+        let r = follow(&mut b, "c1", Duration::from_millis(300), term).await;
+        assert!(matches!(r, Ok(0)), "{:?}", r.err().map(|f| f.0));
+        // (had it waited for the restore, it would have followed a second init)
+        assert_eq!((b.starts, b.stops, b.seen.len()), (1, 1, 1), "{:?}", b.seen);
     }
 
     #[tokio::test]
     async fn a_container_that_stops_on_its_own_fails_the_unit_after_one_start() {
         let mut b = Fake::new(0);
-        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut b).await;
         assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("stopped without systemctl stop")));
         assert_eq!(b.starts, 1);
         assert_eq!(b.seen.len(), 1);
@@ -311,7 +387,7 @@ mod tests {
     async fn a_running_container_is_followed_without_a_start() {
         let mut b = Fake::new(0);
         b.init = Some(init());
-        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut b).await;
         assert!(matches!(r, Err(Fail(_, 1))));
         assert_eq!(b.starts, 0);
         assert_eq!(b.seen.len(), 1);
@@ -320,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn supervise_follows_init_across_restarts() {
         let mut b = Fake::new(2);
-        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut b).await;
         assert!(matches!(r, Err(Fail(_, 1))));
         assert_eq!(b.starts, 1);
         assert_eq!(b.seen.len(), 3, "inits followed: {:?}", b.seen);
@@ -331,7 +407,7 @@ mod tests {
         let mut b = Fake::new(0);
         b.status = "Frozen";
         b.init = Some(init());
-        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut b).await;
         assert!(matches!(r, Err(Fail(_, 1))));
         assert_eq!(b.starts, 0, "a frozen container runs: no start");
         assert_eq!(b.seen.len(), 1);
@@ -342,7 +418,7 @@ mod tests {
         let mut b = Fake::new(1);
         // Starting for ~0.6 s, twice the settle time
         b.starting = 6;
-        let r = follow(&mut b, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut b).await;
         assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("stopped without")));
         assert_eq!(
             b.seen.len(),
@@ -366,7 +442,7 @@ mod tests {
                 unreachable!()
             }
         }
-        let r = follow(&mut Broken, "c1", Duration::from_millis(300)).await;
+        let r = unstopped(&mut Broken).await;
         assert!(matches!(r, Err(Fail(ref m, 1)) if m.contains("ended (Error) without")));
     }
 }

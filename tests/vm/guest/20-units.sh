@@ -41,6 +41,25 @@ assert_eq "$(container_status u1)" Stopped "u1 after systemctl stop"
 st=$(systemctl is-active berth@u1.service || true)
 assert_eq "$st" inactive "berth@u1 after systemctl stop"
 
+section "systemctl stop during the start (a restore): the start finishes, then the container stops; the unit never was active"
+run berth start u1
+run berth stop --stateful u1
+cursor=$(journalctl -n0 --show-cursor | sed -n 's/^-- cursor: //p')
+run systemctl start --no-block berth@u1.service
+# the restore takes ~1 s under TCG: stop while berth reports it in progress
+deadline=$(( $(date +%s) + 60 ))
+until status_is u1 Starting; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "u1 never reported Starting: $(container_status u1)"
+done
+log "ok: u1 Starting (its saved state being restored)"
+run systemctl stop berth@u1.service
+st=$(systemctl is-active berth@u1.service || true)
+assert_eq "$st" inactive "berth@u1 after systemctl stop during its start"
+assert_eq "$(container_status u1)" Stopped "u1 after systemctl stop during its start"
+capture j journalctl -u berth@u1.service --after-cursor="$cursor" -o cat --no-pager
+case "$j" in *"Started berth@u1"*) fail "berth@u1 became active although stopped during its start" ;; esac
+log "ok: berth@u1 was never active"
+
 section "a container that dies on its own fails its unit"
 run systemctl start berth@u1.service
 pid=$(container_pid u1)
