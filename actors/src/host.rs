@@ -366,7 +366,7 @@ impl HostRuntime {
                     cgroup2: cgroup2.as_deref(),
                     console: Path::new(&status.console),
                     criu_version: &version,
-                    stall: berth_runtime::criu::stall_limit(memory_total.unwrap_or(0)),
+                    watch: berth_runtime::criu::Watch::for_memory(memory_total.unwrap_or(0)),
                 },
                 &mut || {
                     if !stop {
@@ -405,6 +405,13 @@ impl HostRuntime {
                     let removed =
                         berth_runtime::criu::recover::remove_network_locks(status.init_pid);
                     tracing::warn!(container = %name, attempt, ?removed, "{}; retrying the dump", f.message);
+                }
+                // a CRIU killed for good (looping, or hung twice) left its network lock too
+                Err(f) if !stop && berth_runtime::criu::was_killed(&f.message) => {
+                    let removed =
+                        berth_runtime::criu::recover::remove_network_locks(status.init_pid);
+                    tracing::warn!(container = %name, attempt, ?removed, "{}", f.message);
+                    break Err(f);
                 }
                 r => break r,
             }
@@ -535,6 +542,14 @@ impl HostRuntime {
         }
     }
 
+    /// The CRIU images of `slot`.
+    fn state_dir(&self, container: &str, slot: &StateSlot) -> PathBuf {
+        match slot {
+            StateSlot::Snapshot(id) => self.pool.snapshot(container, id).state(),
+            StateSlot::Stop => self.pool.stop_state(container).state(),
+        }
+    }
+
     /// CRIU restore of `slot` under a new monitor (see [`Runtime::restore`]).
     fn restore(
         &self,
@@ -548,10 +563,7 @@ impl HostRuntime {
             .criu
             .clone()
             .ok_or_else(|| RuntimeError::NotSupported("CRIU is not installed".into()))?;
-        let images = match slot {
-            StateSlot::Snapshot(id) => self.pool.snapshot(&rec.name, id).state(),
-            StateSlot::Stop => self.pool.stop_state(&rec.name).state(),
-        };
+        let images = self.state_dir(&rec.name, slot);
         let meta: berth_runtime::criu::CheckpointMeta =
             std::fs::read(images.join(berth_runtime::criu::META_FILE))
                 .ok()
@@ -1560,6 +1572,19 @@ impl Runtime for SharedHost {
         let restored = blocking(move || h.restore(&rec, &slot, &op)).await;
         self.refill_standby();
         restored
+    }
+
+    async fn check_state(&self, container: &str, slot: &StateSlot) -> Result<(), RuntimeError> {
+        let images = self.0.state_dir(container, slot);
+        blocking(move || {
+            berth_runtime::criu::images::check_pages(&images).map_err(|e| {
+                RuntimeError::Failed(format!(
+                    "the saved running state in {} is damaged: {e}",
+                    images.display()
+                ))
+            })
+        })
+        .await
     }
 
     async fn has_stop_state(&self, container: &str) -> bool {

@@ -284,6 +284,11 @@ pub trait Runtime: Send + Sync + 'static {
         slot: &StateSlot,
         op: Arc<Operation>,
     ) -> Result<Running, RuntimeError>;
+    /// Checks, before anything is stopped or replaced, that the running state in `slot` is
+    /// whole enough to give CRIU (see [`berth_runtime::criu::images::check_pages`]).
+    async fn check_state(&self, _container: &str, _slot: &StateSlot) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Whether a stateful stop saved a state for `container`.
     async fn has_stop_state(&self, container: &str) -> bool;
     /// Removes the saved state of a stateful stop. Idempotent. `unused`: the state was not

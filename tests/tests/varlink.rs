@@ -55,19 +55,7 @@ fn call_as(
     params: Value,
     more: bool,
 ) -> Result<Vec<Value>, Value> {
-    let script = repo().join("tests/varlink/client.py");
-    let mut cmd = match user {
-        Some(u) => {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid", u, "--regid", u, "--clear-groups", python()]);
-            c
-        }
-        None => Command::new(python()),
-    };
-    cmd.arg(&script)
-        .arg(sock)
-        .arg(method)
-        .arg(params.to_string());
+    let mut cmd = client(user, sock, method, params);
     if more {
         cmd.arg("--more");
     }
@@ -83,6 +71,52 @@ fn call_as(
                 text(&out.stdout),
                 text(&out.stderr)
             ),
+        }
+    }
+}
+
+/// The Python client's command for one call of `method` (as `user` when given).
+fn client(user: Option<&str>, sock: &Path, method: &str, params: Value) -> Command {
+    let script = repo().join("tests/varlink/client.py");
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", u, "--regid", u, "--clear-groups", python()]);
+            c
+        }
+        None => Command::new(python()),
+    };
+    cmd.arg(&script)
+        .arg(sock)
+        .arg(method)
+        .arg(params.to_string());
+    cmd
+}
+
+/// Empties every CRIU pages image under `dir` (there must be one).
+fn empty_pages(dir: &Path) {
+    let mut pages = Vec::new();
+    find_files(dir, "pages-", &mut pages);
+    assert!(
+        !pages.is_empty(),
+        "no CRIU pages image under {}",
+        dir.display()
+    );
+    for p in &pages {
+        std::fs::write(p, b"").unwrap();
+    }
+}
+
+/// Every file under `dir` whose name starts with `prefix`, into `out`.
+fn find_files(dir: &Path, prefix: &str, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => find_files(&p, prefix, out),
+            Ok(t) if t.is_file() && e.file_name().to_string_lossy().starts_with(prefix) => {
+                out.push(p)
+            }
+            _ => {}
         }
     }
 }
@@ -1237,6 +1271,134 @@ fn varlink_a_stalled_half_message_is_closed_and_idle_connections_are_not() {
     assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
     let r = raw_call(&mut good, r#"{"method":"org.berth.Berth.GetHostInfo"}"#).unwrap();
     assert!(r["parameters"]["info"]["version"].is_string(), "{r}");
+}
+
+/// Error names that only a failing operation on a real container brings, from the Python
+/// client: Busy (a start while the container stops), CheckpointFailed (what CRIU cannot
+/// dump) and RestoreFailed (a stateful snapshot whose saved memory was cut short).
+#[test]
+fn varlink_failed_operations_carry_their_error_names() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Dir);
+    let sock = serving(&env);
+    let status =
+        |c: &str| ok(&sock, "GetContainer", json!({ "name": c }))["container"]["status"].clone();
+    let message = |e: &Value| {
+        e["parameters"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // Busy: its init ignores the stop signal, so the stop waits out its timeout
+    ok(
+        &sock,
+        "CreateContainer",
+        json!({ "name": "b1", "image": "busybox", "config": { "boot.stop_signal": "SIGWINCH" } }),
+    );
+    ok(&sock, "StartContainer", json!({ "name": "b1" }));
+    let stop = client(
+        None,
+        &sock,
+        "StopContainer",
+        json!({ "name": "b1", "timeout": 120 }),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for(Duration::from_secs(30), "b1 stopping", || {
+        status("b1") == "Stopping"
+    });
+    let e = call(&sock, "StartContainer", json!({ "name": "b1" })).unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.Busy", "{e}");
+    assert!(message(&e).contains("stopping"), "{e}");
+    ok(
+        &sock,
+        "StopContainer",
+        json!({ "name": "b1", "force": true }),
+    );
+    let out = stop.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(status("b1"), "Stopped");
+
+    // CheckpointFailed: an open file whose last name is gone, larger than CRIU copies
+    ok(&sock, "StartContainer", json!({ "name": "b1" }));
+    env.ok(&["exec", "b1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (tail -f /root/big >/dev/null 2>&1 </dev/null &) && sleep 0.2 && rm /root/big"]);
+    let e = call(
+        &sock,
+        "CreateSnapshot",
+        json!({ "container": "b1", "name": "bad", "stateful": true }),
+    )
+    .unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.CheckpointFailed", "{e}");
+    assert!(message(&e).contains("ghost"), "{e}");
+    assert_eq!(status("b1"), "Running");
+
+    // RestoreFailed: a stateful snapshot whose saved memory was cut short (CRIU 4.2.1 would
+    // loop for good on it)
+    ok(
+        &sock,
+        "StopContainer",
+        json!({ "name": "b1", "force": true }),
+    );
+    ok(&sock, "StartContainer", json!({ "name": "b1" }));
+    ok(
+        &sock,
+        "CreateSnapshot",
+        json!({ "container": "b1", "name": "good", "stateful": true }),
+    );
+    let init = ok(&sock, "GetContainer", json!({ "name": "b1" }))["container"]["initPid"].clone();
+    empty_pages(&env.pool().join("snapshots/b1"));
+    let e = call(
+        &sock,
+        "RestoreSnapshot",
+        json!({ "container": "b1", "name": "good" }),
+    )
+    .unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.RestoreFailed", "{e}");
+    assert!(
+        message(&e).contains("damaged") && message(&e).contains("pages-"),
+        "{e}"
+    );
+    // found before anything was stopped: the container runs on, the same init
+    let g = ok(&sock, "GetContainer", json!({ "name": "b1" }));
+    assert_eq!(g["container"]["status"], "Running", "{g}");
+    assert_eq!(g["container"]["initPid"], init, "{g}");
+    // the same for the state a stateful stop saved: the start is refused, a stateless one
+    // boots afresh
+    ok(
+        &sock,
+        "StopContainer",
+        json!({ "name": "b1", "stateful": true }),
+    );
+    empty_pages(&env.pool().join("snapshots/b1/.stop"));
+    let e = call(&sock, "StartContainer", json!({ "name": "b1" })).unwrap_err();
+    assert_eq!(e["error"], "org.berth.Berth.RestoreFailed", "{e}");
+    assert!(
+        message(&e).contains("damaged") && message(&e).contains("stateless"),
+        "{e}"
+    );
+    assert_eq!(status("b1"), "Stopped");
+    ok(
+        &sock,
+        "StartContainer",
+        json!({ "name": "b1", "stateless": true }),
+    );
+    assert_eq!(status("b1"), "Running");
+    ok(
+        &sock,
+        "StopContainer",
+        json!({ "name": "b1", "force": true }),
+    );
+    ok(&sock, "DeleteContainer", json!({ "name": "b1" }));
 }
 
 /// The CLI over varlink: snapshots, images (export with its fds), supervise, and a clear

@@ -2,7 +2,7 @@
 //! and lending their files to restores, copies and publishing.
 
 use super::tasks::TaskDone;
-use super::{ContainerMsg, ContainerState};
+use super::{ContainerMsg, ContainerState, map_rt};
 use crate::error::{Error, Op, Result};
 use crate::runtime::{StateSlot, VolumeSource};
 use crate::snapshot::{SnapshotActor, SnapshotArgs, SnapshotMsg};
@@ -234,6 +234,22 @@ impl ContainerState {
                     "container {:?} is {}; try again when it is done",
                     self.rec.name, self.rec.status
                 )));
+            }
+            if stateful {
+                // before the container is stopped: damage found after that costs its run
+                self.rt
+                    .check_state(&self.rec.name, &StateSlot::Snapshot(snap.id.clone()))
+                    .await
+                    .map_err(|e| {
+                        map_rt(
+                            Op::Restore,
+                            format!(
+                                "snapshot {}/{name} (restore it without stateful for its files)",
+                                self.rec.name
+                            ),
+                            e,
+                        )
+                    })?;
             }
             let actor = self.snapshot_actor(&name)?;
             let lent = ractor::call!(actor, SnapshotMsg::Lend)

@@ -367,6 +367,17 @@ impl ContainerState {
                 ))));
                 return;
             } else {
+                if let Err(e) = self.rt.check_state(&self.rec.name, &StateSlot::Stop).await {
+                    let _ = r.send(Err(map_rt(
+                        Op::Restore,
+                        format!(
+                            "container {} (start it with stateless to boot afresh)",
+                            self.rec.name
+                        ),
+                        e,
+                    )));
+                    return;
+                }
                 self.rec.status = Status::Starting;
                 if let Err(e) = self.commit().await {
                     let _ = r.send(Err(e));

@@ -39,8 +39,8 @@ pub struct DumpPlan<'a> {
     pub console: &'a Path,
     /// The CRIU version (recorded with the images).
     pub criu_version: &'a str,
-    /// How long CRIU may go silent before it is taken for hung ([`super::stall_limit`]).
-    pub stall: std::time::Duration,
+    /// How CRIU is watched: how long it may go silent, how much it may log.
+    pub watch: super::Watch,
 }
 
 /// What a dump produced.
@@ -108,7 +108,7 @@ pub fn dump(
                 }
             }
         });
-        let r = call(plan.criu, &req, &log, plan.stall, &mut |n| {
+        let r = call(plan.criu, &req, &log, plan.watch, &mut |n| {
             seen.push(n.script().to_string());
             if n.script() == "post-dump"
                 && let Err(e) = post_dump()

@@ -23,6 +23,10 @@ const REMAP_FPATH_MAGIC: u32 = 0x5913_3954;
 const FD_TYPE_REG: u64 = 1;
 /// `remap_type.LINKED` in remap-file-path.proto (the default when absent).
 const REMAP_LINKED: u64 = 0;
+const PAGEMAP_MAGIC: u32 = 0x5608_4025;
+/// `PE_PARENT` and `PE_PRESENT` of a pagemap entry's flags (criu/include/pagemap.h).
+const PE_PARENT: u64 = 1 << 0;
+const PE_PRESENT: u64 = 1 << 2;
 /// An entry larger than this is not one CRIU wrote for berth's trees.
 const MAX_ENTRY: usize = 16 << 20;
 
@@ -116,6 +120,72 @@ pub fn remove_link_remaps(images: &Path, rootfs: &Path) -> usize {
         }
     }
     removed
+}
+
+/// Checks that every pages image in `images` holds the pages its pagemaps say it does. CRIU
+/// 4.2.1 restoring from a shorter one (a truncated copy, a full disk) loops for good in its
+/// page reader (`process_async_reads`, on a zero-length read) instead of failing; this names
+/// the damage before anything is stopped or replaced. What it cannot read it reports too.
+pub fn check_pages(images: &Path) -> Result<(), String> {
+    let page = page_size();
+    // pages image id -> the bytes its pagemaps say it holds
+    let mut want: HashMap<u64, u64> = HashMap::new();
+    let rd = std::fs::read_dir(images).map_err(|e| format!("read {}: {e}", images.display()))?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("pagemap-") && name.ends_with(".img")) {
+            continue;
+        }
+        let entries = read_entries(&e.path(), PAGEMAP_MAGIC)
+            .ok_or_else(|| format!("{name} is not a pagemap image CRIU wrote"))?;
+        let bad = || format!("{name} holds a malformed entry");
+        let (head, rest) = entries.split_first().ok_or_else(bad)?;
+        let id = fields(head)
+            .and_then(|f| f.get(&1).and_then(|v| v.first()).map(Value::int))
+            .ok_or_else(bad)?;
+        let total = want.entry(id).or_default();
+        for entry in rest {
+            let f = fields(entry).ok_or_else(bad)?;
+            let one = |n: u32| f.get(&n).and_then(|v| v.first()).map(Value::int);
+            // as CRIU reads them (pagemap.c): an old in_parent, else flags, else present
+            let flags = if one(3) == Some(1) {
+                PE_PARENT
+            } else {
+                one(4).unwrap_or(PE_PRESENT)
+            };
+            let pages = one(5).or_else(|| one(2)).ok_or_else(bad)?;
+            if flags & PE_PRESENT != 0 {
+                *total = pages
+                    .checked_mul(page)
+                    .and_then(|b| total.checked_add(b))
+                    .ok_or_else(bad)?;
+            }
+        }
+    }
+    let mut ids: Vec<_> = want.into_iter().collect();
+    ids.sort();
+    for (id, bytes) in ids {
+        let pages = images.join(format!("pages-{id}.img"));
+        let have = match std::fs::metadata(&pages) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && bytes == 0 => 0,
+            Err(e) => return Err(format!("pages-{id}.img: {e}")),
+        };
+        if have < bytes {
+            return Err(format!(
+                "pages-{id}.img holds {have} bytes of the {bytes} its pagemap names"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    }
 }
 
 /// `name` as a relative path that stays inside the root, and names a `link_remap.N`.
@@ -403,6 +473,57 @@ mod tests {
         )
         .unwrap();
         assert!(link_remaps(&d).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A pagemap image: its head naming pages image `id`, then (pages, flags) entries.
+    fn pagemap(id: u64, entries: &[(u64, Option<u64>)]) -> Vec<u8> {
+        let mut head = Vec::new();
+        int(&mut head, 1, id);
+        let mut all = vec![head];
+        for (i, (pages, flags)) in entries.iter().enumerate() {
+            let mut e = Vec::new();
+            int(&mut e, 1, 0x40_0000 + (i as u64) * 0x10_0000);
+            int(&mut e, 2, 0);
+            if let Some(f) = flags {
+                int(&mut e, 4, *f);
+            }
+            int(&mut e, 5, *pages);
+            all.push(e);
+        }
+        image(PAGEMAP_MAGIC, &all)
+    }
+
+    #[test]
+    fn pages_images_shorter_than_their_pagemaps_are_named() {
+        let d = dir("pages");
+        let page = page_size();
+        // 3 pages present, 5 in a parent (not in this image), 1 with no flags (present)
+        std::fs::write(
+            d.join("pagemap-1.img"),
+            pagemap(2, &[(3, Some(PE_PRESENT)), (5, Some(PE_PARENT)), (1, None)]),
+        )
+        .unwrap();
+        std::fs::write(d.join("pages-2.img"), vec![0u8; (4 * page) as usize]).unwrap();
+        assert_eq!(check_pages(&d), Ok(()));
+        std::fs::write(d.join("pages-2.img"), vec![0u8; (3 * page) as usize]).unwrap();
+        let e = check_pages(&d).unwrap_err();
+        assert!(
+            e.contains("pages-2.img") && e.contains(&format!("{}", 4 * page)),
+            "{e}"
+        );
+        std::fs::remove_file(d.join("pages-2.img")).unwrap();
+        assert!(check_pages(&d).unwrap_err().contains("pages-2.img"));
+        // a pagemap with nothing present needs no pages image
+        std::fs::write(d.join("pagemap-1.img"), pagemap(2, &[(5, Some(PE_PARENT))])).unwrap();
+        assert_eq!(check_pages(&d), Ok(()));
+        // what is not a pagemap CRIU wrote is named, not passed
+        std::fs::write(d.join("pagemap-1.img"), b"garbage").unwrap();
+        assert!(check_pages(&d).unwrap_err().contains("pagemap-1.img"));
+        let mut bad = pagemap(2, &[(1, Some(PE_PRESENT))]);
+        bad.truncate(bad.len() - 1);
+        std::fs::write(d.join("pagemap-1.img"), bad).unwrap();
+        assert!(check_pages(&d).unwrap_err().contains("pagemap-1.img"));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -192,42 +192,112 @@ pub fn first_error(log: &Path) -> Option<String> {
         })
 }
 
-/// How long a CRIU working on `bytes` of memory may go without a word to us and without a
-/// line in its log (it logs at debug level, every few milliseconds while it works) before it
-/// is taken for hung and killed: `$BERTH_CRIU_STALL_SECS` (60 by default) plus a second per
-/// 20 MiB, for a slow disk. Seen twice in the VM tier (pure cgroup v2 under TCG), not
-/// reproduced in 150 tries since: a dump, and a restore whose log ended in CRIU's wait for
-/// every restored task to reach its final sigreturn; each held the container by ptrace for
-/// good, and every later call on it was `Busy`.
-pub fn stall_limit(bytes: u64) -> std::time::Duration {
-    let base = std::env::var("BERTH_CRIU_STALL_SECS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .unwrap_or(60);
-    std::time::Duration::from_secs(base + bytes / (20 << 20))
+/// How [`call`] watches a CRIU: how long it may go silent, how much it may log.
+#[derive(Clone, Copy, Debug)]
+pub struct Watch {
+    /// How long CRIU may go without a word to us and without a line in its log (it logs at
+    /// debug level, every few milliseconds while it works) before it is taken for hung.
+    pub stall: std::time::Duration,
+    /// How large its log may grow before it is taken for looping.
+    pub log_cap: u64,
+}
+
+impl Watch {
+    /// The watch for a CRIU working on `bytes` of memory.
+    ///
+    /// Stall: `$BERTH_CRIU_STALL_SECS` (60 by default) plus a second per 20 MiB, for a slow
+    /// disk. Seen twice in the VM tier (pure cgroup v2 under TCG), not reproduced in 150 tries
+    /// since: a dump, and a restore whose log ended in CRIU's wait for every restored task to
+    /// reach its final sigreturn; each held the container by ptrace for good, and every later
+    /// call on it was `Busy`.
+    ///
+    /// Log: `$BERTH_CRIU_LOG_MIB` (128 by default) MiB plus 1 byte per 64 of memory. A CRIU
+    /// log grows with the number of mappings and page runs, some MiB for a large container;
+    /// CRIU 4.2.1 restoring from a pages image shorter than its pagemap loops for good
+    /// writing the same line, gigabytes a minute, into the log on the host's /run.
+    pub fn for_memory(bytes: u64) -> Watch {
+        let env = |k: &str, default: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|s| *s > 0)
+                .unwrap_or(default)
+        };
+        Watch {
+            stall: std::time::Duration::from_secs(
+                env("BERTH_CRIU_STALL_SECS", 60) + bytes / (20 << 20),
+            ),
+            log_cap: (env("BERTH_CRIU_LOG_MIB", 128) << 20) + bytes / 64,
+        }
+    }
 }
 
 /// The start of the error [`call`] returns for a CRIU it killed as hung.
 const STALLED: &str = "criu hung";
 
-/// Whether an error of [`call`] is a CRIU killed as hung (see [`stall_limit`]).
+/// The start of the error [`call`] returns for a CRIU it killed for a log past its cap.
+const RUNAWAY: &str = "criu ran away";
+
+/// Whether an error of [`call`] is a CRIU killed as hung (see [`Watch`]).
 pub fn is_stall(error: &str) -> bool {
     error.starts_with(STALLED)
 }
 
+/// Whether an error of [`call`] is a CRIU it killed (hung, or its log past the cap): what
+/// CRIU had restored, or locked, is still there.
+pub fn was_killed(error: &str) -> bool {
+    is_stall(error) || error.starts_with(RUNAWAY)
+}
+
+/// How much of a runaway CRIU's log is kept: its start, where the cause is, and its end,
+/// what it repeated.
+const KEEP_HEAD: u64 = 4 << 20;
+const KEEP_TAIL: u64 = 64 << 10;
+
+/// Cuts the log of a CRIU killed for its size down to its first [`KEEP_HEAD`] and last
+/// [`KEEP_TAIL`] bytes, with a line saying so between them.
+pub(crate) fn cut_log(log: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(log) else {
+        return;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if len <= KEEP_HEAD + KEEP_TAIL {
+        return;
+    }
+    let mut tail = Vec::with_capacity(KEEP_TAIL as usize);
+    if f.seek(SeekFrom::Start(len - KEEP_TAIL)).is_err()
+        || (&mut f).take(KEEP_TAIL).read_to_end(&mut tail).is_err()
+    {
+        return;
+    }
+    if f.set_len(KEEP_HEAD).is_ok() && f.seek(SeekFrom::End(0)).is_ok() {
+        let _ = write!(
+            f,
+            "\n(berth: {} bytes of this log cut here; CRIU was killed for a log past its cap)\n",
+            len - KEEP_HEAD - KEEP_TAIL
+        );
+        let _ = f.write_all(&tail);
+    }
+}
+
 /// One request to a fresh `criu swrk`, answering its notifications with `notify` (whose
 /// `false` makes CRIU abort). Returns CRIU's final response, successful or not. A CRIU that
-/// neither answers nor writes to `log` for `stall` is killed (its tracees go free: a parasite
-/// cures itself when its control socket closes) and the error says so ([`is_stall`]); the time
-/// spent in `notify` does not count.
+/// neither answers nor writes to `log` for `watch.stall` is killed (its tracees go free: a
+/// parasite cures itself when its control socket closes) and the error says so
+/// ([`is_stall`]); the time spent in `notify` does not count. One whose log grows past
+/// `watch.log_cap` is killed too, and its log cut ([`cut_log`]); a restore's tasks, outside
+/// CRIU's process group, are the caller's to kill ([`was_killed`]).
 pub(crate) fn call(
     criu: &Path,
     req: &rpc::Criu_req,
     log: &Path,
-    stall: std::time::Duration,
+    watch: Watch,
     notify: &mut dyn FnMut(&rpc::Criu_notify) -> bool,
 ) -> Result<rpc::Criu_resp, String> {
+    let stall = watch.stall;
     let mut sv = [0; 2];
     // SAFETY: sv is a valid out array. Our end gets CLOEXEC below; criu's end is inherited.
     if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sv.as_mut_ptr()) } < 0 {
@@ -275,7 +345,7 @@ pub(crate) fn call(
                     revents: 0,
                 };
                 // SAFETY: one valid pollfd.
-                let r = unsafe { libc::poll(&mut p, 1, 1000) };
+                let r = unsafe { libc::poll(&mut p, 1, 250) };
                 if r > 0 {
                     break;
                 }
@@ -287,6 +357,12 @@ pub(crate) fn call(
                     return Err(format!("poll the criu socket: {e}"));
                 }
                 let len = log_len();
+                if len > watch.log_cap {
+                    return Err(format!(
+                        "{RUNAWAY}: its log passed {} MiB without an answer (looping?); killed it",
+                        watch.log_cap >> 20
+                    ));
+                }
                 if len != seen_len {
                     (quiet_since, seen_len) = (std::time::Instant::now(), len);
                 } else if quiet_since.elapsed() >= stall {
@@ -320,6 +396,9 @@ pub(crate) fn call(
         let _ = child.kill();
     }
     let _ = child.wait();
+    if res.as_ref().is_err_and(|e| e.starts_with(RUNAWAY)) {
+        cut_log(log);
+    }
     res
 }
 
@@ -406,7 +485,7 @@ pub(crate) fn failure(
 ) -> Failure {
     let step = step(phase, seen);
     let stalled = match resp {
-        Err(e) if is_stall(e) => Some(e.to_string()),
+        Err(e) if was_killed(e) => Some(e.to_string()),
         _ => None,
     };
     let message = stalled
@@ -461,15 +540,78 @@ mod tests {
     fn failed_dump(criu: &Path, log: &Path, stall: std::time::Duration) -> String {
         let mut req = rpc::Criu_req::new();
         req.set_type(rpc::Criu_req_type::DUMP);
-        call(criu, &req, log, stall, &mut |_| true).unwrap_err()
+        let watch = Watch {
+            stall,
+            log_cap: 1 << 30,
+        };
+        call(criu, &req, log, watch, &mut |_| true).unwrap_err()
+    }
+
+    /// A scratch directory for fake CRIU `name`: it, its log and its pid file.
+    fn scratch(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (log, pid) = (
+            dir.join(format!("{name}.log")),
+            dir.join(format!("{name}.pid")),
+        );
+        (dir, log, pid)
+    }
+
+    /// The fake CRIU that wrote its pid to `pidfile` was killed and reaped.
+    fn assert_gone(pidfile: &Path) {
+        let pid = std::fs::read_to_string(pidfile).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the fake criu {} still runs",
+            pid.trim()
+        );
+    }
+
+    #[test]
+    fn a_criu_that_logs_without_end_is_killed_and_its_log_cut() {
+        let (dir, log, pidfile) = scratch("runaway");
+        // CRIU 4.2.1 on a short pages image: the same line, for good, ~80 MB/s
+        let criu = fake_criu(
+            "runaway",
+            &format!(
+                "echo $$ > {}\necho 'Error (criu/x.c:1): the cause' > {}\nyes 'Advanced iov 0 bytes, 3->3 iovs, 0 tail' >> {}",
+                pidfile.display(),
+                log.display(),
+                log.display()
+            ),
+        );
+        let mut req = rpc::Criu_req::new();
+        req.set_type(rpc::Criu_req_type::RESTORE);
+        let watch = Watch {
+            stall: std::time::Duration::from_secs(600),
+            log_cap: 32 << 20,
+        };
+        let e = call(&criu, &req, &log, watch, &mut |_| true).unwrap_err();
+        assert!(was_killed(&e) && !is_stall(&e), "{e}");
+        assert!(e.contains("32 MiB"), "{e}");
+        assert_gone(&pidfile);
+        let len = std::fs::metadata(&log).unwrap().len();
+        assert!(len <= KEEP_HEAD + KEEP_TAIL + 200, "{len}");
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+        assert!(
+            text.starts_with("Error (criu/x.c:1): the cause"),
+            "the start is kept"
+        );
+        assert!(text.contains("bytes of this log cut here"));
+        // (the end of the log, perhaps in the middle of a line)
+        assert!(
+            text[text.len() - 200..].contains("Advanced iov 0 bytes, 3->3 iovs, 0 tail"),
+            "the end is kept"
+        );
+        let f = failure("restore", &[], Err(&e), &log);
+        assert!(f.message.starts_with(RUNAWAY), "{}", f.message);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_criu_that_neither_answers_nor_logs_is_killed() {
-        let dir = std::env::temp_dir().join(format!("berth-stall-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("silent.log");
-        let pidfile = dir.join("silent.pid");
+        let (_, log, pidfile) = scratch("silent");
         let criu = fake_criu(
             "silent",
             &format!("echo $$ > {}\nexec sleep 600", pidfile.display()),
@@ -482,13 +624,7 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        // killed and reaped: the pid is gone
-        let pid = std::fs::read_to_string(&pidfile).unwrap();
-        assert!(
-            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
-            "the fake criu {} still runs",
-            pid.trim()
-        );
+        assert_gone(&pidfile);
     }
 
     #[test]

@@ -38,27 +38,30 @@ fn fail(step: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Restores the container of `spec` from `plan`; returns its restored init, our child. What
-/// a CRIU killed as hung (see [`super::stall_limit`]) had restored is killed with it: the
+/// a CRIU killed as hung or looping (see [`super::Watch`]) had restored is killed with it: the
 /// restore is then an error, not tried again here, since CRIU had already changed the files
 /// (its ghost files made, its link-remap files consumed) and the cgroup tree.
 ///
 /// Must be called from a single-threaded process (the monitor).
 pub fn restore(spec: &ContainerSpec, plan: &RestorePlan) -> Result<Started> {
     restore_with_criu(spec, plan).map_err(|e| match e {
-        Stalled(e) => {
+        Killed(e, log) => {
             kill_leftovers(spec);
+            // a task CRIU had forked may have logged on until now
+            super::cut_log(&log);
             e
         }
         Other(e) => e,
     })
 }
 
-/// Why the restore failed: a hung CRIU we killed, or anything else.
+/// Why the restore failed: a CRIU we killed (hung, or its log past the cap; see
+/// [`super::Watch`]) and its log, or anything else.
 enum Failed {
-    Stalled(Error),
+    Killed(Error, std::path::PathBuf),
     Other(Error),
 }
-use Failed::{Other, Stalled};
+use Failed::{Killed, Other};
 
 impl From<Error> for Failed {
     fn from(e: Error) -> Self {
@@ -176,7 +179,7 @@ fn restore_with_criu(
         &plan.criu,
         &req,
         &log,
-        super::stall_limit(super::checkpoint::pages_bytes(&plan.images)),
+        super::Watch::for_memory(super::checkpoint::pages_bytes(&plan.images)),
         &mut |n| {
             seen.push(n.script().to_string());
             if n.script() == "setup-namespaces"
@@ -223,8 +226,8 @@ fn restore_with_criu(
                 step: failure("restore", &seen, Err(&e), &log).to_string(),
                 errno: 0,
             };
-            return Err(if super::is_stall(&e) {
-                Stalled(f)
+            return Err(if super::was_killed(&e) {
+                Killed(f, log)
             } else {
                 Other(f)
             });
