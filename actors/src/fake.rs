@@ -36,6 +36,7 @@ struct Inner {
     fail_checkpoint: HashMap<String, String>,
     fail_restore: HashMap<String, String>,
     checkpoint_delay: Duration,
+    publish_delay: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -150,6 +151,11 @@ impl FakeRuntime {
     /// Checkpoints take this long.
     pub fn set_checkpoint_delay(&self, d: Duration) {
         self.lock().checkpoint_delay = d;
+    }
+
+    /// Publishes take this long (after their "publish NAME" line in the log).
+    pub fn set_publish_delay(&self, d: Duration) {
+        self.lock().publish_delay = d;
     }
 
     fn new_run(i: &mut Inner, name: &str) -> Running {
@@ -417,9 +423,14 @@ impl Runtime for FakeRuntime {
         op: Arc<Operation>,
     ) -> Result<NewImage, RuntimeError> {
         op.set_progress(1, Some(1));
+        let delay = {
+            let mut i = self.lock();
+            i.log.push(format!("publish {}", rec.name));
+            i.publish_delay
+        };
+        tokio::time::sleep(delay).await;
         let fp = format!("{:064x}", crate::types::now_us());
         let mut i = self.lock();
-        i.log.push(format!("publish {}", rec.name));
         i.images.insert(fp.clone());
         i.archives.insert(fp.clone(), rec.name.as_bytes().to_vec());
         Ok(NewImage {

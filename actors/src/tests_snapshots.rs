@@ -230,6 +230,33 @@ async fn a_failed_checkpoint_records_nothing_and_the_container_runs_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_of_a_running_container_whose_snapshot_is_being_published_is_invalid_state() {
+    within(async {
+        let rt = Arc::new(FakeRuntime::new());
+        let e = engine_on(Db::open_in_memory().unwrap(), rt.clone()).await;
+        running(&e, "a").await;
+        e.create_snapshot("a", "s", false, 0).await.unwrap();
+        rt.set_publish_delay(Duration::from_millis(500));
+        let e1 = e.clone();
+        let publish =
+            tokio::spawn(
+                async move { e1.publish("a", Some("s"), ImageOptions::default(), 0).await },
+            );
+        while !rt.log().iter().any(|l| l == "publish a") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // what `berth supervise` takes for "runs already", not Busy
+        assert!(matches!(
+            e.start_container("a", StartOptions::default()).await,
+            Err(Error::InvalidState { .. })
+        ));
+        publish.await.unwrap().unwrap();
+        assert_eq!(e.container("a").await.unwrap().status, Status::Running);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_serializes_requests_on_its_container_but_not_on_others() {
     within(async {
         let rt = Arc::new(FakeRuntime::new());

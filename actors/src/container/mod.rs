@@ -706,12 +706,8 @@ impl ContainerState {
     }
 
     async fn start(&mut self, me: &ActorRef<ContainerMsg>) -> Result<()> {
-        if self.publishing > 0 {
-            return Err(Error::Busy(format!(
-                "container {:?} is being published; start it when that is done",
-                self.rec.name
-            )));
-        }
+        // the status first: a start of one that runs is InvalidState whatever else goes on
+        // (`berth supervise` takes that answer as done)
         match self.rec.status {
             Status::Stopped | Status::Error => {}
             Status::Stopping => {
@@ -721,6 +717,12 @@ impl ContainerState {
                 )));
             }
             _ => return Err(self.invalid_state("it is already running")),
+        }
+        if self.publishing > 0 {
+            return Err(Error::Busy(format!(
+                "container {:?} is being published; start it when that is done",
+                self.rec.name
+            )));
         }
         self.rec.status = Status::Starting;
         self.commit().await?;
