@@ -172,7 +172,10 @@ async fn follow(
         loop {
             tokio::select! {
                 r = &mut start => break r?,
-                () = &mut term, if !stopping => stopping = true,
+                () = &mut term, if !stopping => {
+                    stopping = true;
+                    notify(&format!("STATUS=Stopping container {name} once its start is done"));
+                }
             }
         }
     }

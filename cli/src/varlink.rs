@@ -452,12 +452,12 @@ impl crate::unit::Berthd for Supervised {
 
     async fn start(&mut self) -> R<()> {
         let p = interactive(json!({ "name": self.0 }));
-        tolerate(
-            Client::connect()
-                .await?
-                .call_raw("StartContainer", p, &[])?,
-            true,
-        )
+        let mut c = Client::connect().await?;
+        // off the runtime's one thread: supervise must see a SIGTERM while the start runs
+        let r = tokio::task::spawn_blocking(move || c.call_raw("StartContainer", p, &[]))
+            .await
+            .map_err(|e| Fail(format!("start: {e}"), 1))??;
+        tolerate(r, true)
     }
 
     async fn stop(&mut self) -> R<bool> {

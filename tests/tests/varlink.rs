@@ -1331,7 +1331,7 @@ fn varlink_failed_operations_carry_their_error_names() {
 
     // CheckpointFailed: an open file whose last name is gone, larger than CRIU copies
     ok(&sock, "StartContainer", json!({ "name": "b1" }));
-    env.ok(&["exec", "b1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (tail -f /root/big >/dev/null 2>&1 </dev/null &) && sleep 0.2 && rm /root/big"]);
+    env.ok(&["exec", "b1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (sh -c 'exec 3</root/big; rm /root/big; exec sleep 1000' >/dev/null 2>&1 </dev/null &) && while [ -e /root/big ]; do :; done"]);
     let e = call(
         &sock,
         "CreateSnapshot",
@@ -1513,6 +1513,58 @@ fn varlink_cli_snapshots_images_and_refusals() {
     let (code, err) = ended(&mut child);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(env.status("s1"), "Stopped");
+
+    // a SIGTERM (systemctl stop) while the start is in flight, berthd held with SIGSTOP:
+    // supervise says so, lets the start finish, stops the container and never says READY
+    let notify = env.run.join("supervise-notify.sock");
+    let ns = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    ns.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let said = std::cell::RefCell::new(Vec::<String>::new());
+    let hear = || {
+        let mut b = [0u8; 4096];
+        if let Ok(n) = ns.recv(&mut b) {
+            said.borrow_mut()
+                .push(String::from_utf8_lossy(&b[..n]).into_owned());
+        }
+    };
+    let held = Held::stop(env.daemon_pid().expect("berthd runs"));
+    let mut cmd = Command::new(berth_tests::bin("berth"));
+    cmd.args(["supervise", "s1"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    env.cli_env(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "supervise waiting for berthd's answer",
+        || waits_on_a_socket(child.id()),
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_for(
+        Duration::from_secs(30),
+        "supervise to say it stops once the start is done",
+        || {
+            hear();
+            said.borrow()
+                .iter()
+                .any(|m| m.contains("once its start is done"))
+        },
+    );
+    drop(held);
+    let (code, err) = ended(&mut child);
+    assert_eq!(code, Some(0), "{err}");
+    hear();
+    let said = said.into_inner();
+    assert!(
+        !said.iter().any(|m| m.contains("READY=1")),
+        "it said READY: {said:?}"
+    );
+    assert!(said.iter().any(|m| m.contains("STOPPING=1")), "{said:?}");
+    assert_eq!(env.status("s1"), "Stopped");
+
     let mut child = supervise("s1");
     wait_for(
         Duration::from_secs(30),
@@ -1533,6 +1585,36 @@ fn varlink_cli_snapshots_images_and_refusals() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     env.ok(&["delete", "s1"]);
+}
+
+/// A process held with SIGSTOP until this is dropped (SIGCONT), a failed assertion included.
+struct Held(u32);
+
+impl Held {
+    fn stop(pid: u32) -> Held {
+        // SAFETY: kill(2) of a daemon this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Held(pid)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: as in stop.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// Whether a thread of process `pid` waits to read a unix stream socket (a call's answer).
+fn waits_on_a_socket(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("wchan"))
+                .is_ok_and(|w| w.starts_with("unix_stream_read"))
+        })
 }
 
 /// berthd stopped (SIGTERM) and a new one serving.
