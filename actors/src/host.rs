@@ -404,6 +404,9 @@ impl HostRuntime {
                     stalled = true;
                     let removed =
                         berth_runtime::criu::recover::remove_network_locks(status.init_pid);
+                    // the next dump writes its log afresh: this one tells where CRIU hung
+                    let log = files.dir().join("criu-dump.log");
+                    let _ = std::fs::rename(&log, log.with_extension("log.hung"));
                     tracing::warn!(container = %name, attempt, ?removed, "{}; retrying the dump", f.message);
                 }
                 // a CRIU killed for good (looping, or hung twice) left its network lock too

@@ -456,7 +456,7 @@ fn a_failed_dump_records_nothing_and_the_container_runs_on() {
     env.ok(&["launch", "busybox", "f1"]);
     start_counter(&env, "f1");
     // an open file whose last name is gone, larger than CRIU copies into its images
-    env.ok(&["exec", "f1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (tail -f /root/big >/dev/null 2>&1 </dev/null &) && sleep 0.2 && rm /root/big"]);
+    env.ok(&["exec", "f1", "--", "sh", "-c", "head -c 70000000 /dev/zero > /root/big && (sh -c 'exec 3</root/big; rm /root/big; exec sleep 1000' >/dev/null 2>&1 </dev/null &) && while [ -e /root/big ]; do :; done"]);
     let out = env.berth(&["snapshot", "create", "--stateful", "f1", "bad"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -1084,6 +1084,10 @@ fn hung_criu(env: Env, stall: u64) {
         env.daemon_log_tail()
     );
     assert_eq!(snapshot_names(&env, "h1"), ["live"]);
+    // the hung CRIU's log is kept aside from the next dump's
+    let hung_log = std::fs::read_to_string(env.run.join("containers/h1/criu-dump.log.hung"))
+        .unwrap_or_default();
+    assert!(hung_log.contains("Lock network"), "{hung_log:.400}");
     // the container runs on unharmed: thawed, unlocked, its processes there and counting
     assert_eq!(env.status("h1"), "Running");
     assert_eq!(env.init_pid("h1"), init);

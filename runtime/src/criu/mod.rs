@@ -258,7 +258,12 @@ const KEEP_TAIL: u64 = 64 << 10;
 /// [`KEEP_TAIL`] bytes, with a line saying so between them.
 pub(crate) fn cut_log(log: &Path) {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(log) else {
+    // appending, as CRIU's own writers do: a late line of theirs cannot overwrite ours
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(log)
+    else {
         return;
     };
     let Ok(len) = f.metadata().map(|m| m.len()) else {
@@ -273,7 +278,7 @@ pub(crate) fn cut_log(log: &Path) {
     {
         return;
     }
-    if f.set_len(KEEP_HEAD).is_ok() && f.seek(SeekFrom::End(0)).is_ok() {
+    if f.set_len(KEEP_HEAD).is_ok() {
         let _ = write!(
             f,
             "\n(berth: {} bytes of this log cut here; CRIU was killed for a log past its cap)\n",
@@ -484,8 +489,12 @@ pub(crate) fn failure(
     log: &Path,
 ) -> Failure {
     let step = step(phase, seen);
+    // (with the first error of the log, if it has one: what led there)
     let stalled = match resp {
-        Err(e) if was_killed(e) => Some(e.to_string()),
+        Err(e) if was_killed(e) => Some(match first_error(log) {
+            Some(first) => format!("{e} (its log's first error: {first})"),
+            None => e.to_string(),
+        }),
         _ => None,
     };
     let message = stalled
@@ -591,8 +600,9 @@ mod tests {
         assert!(was_killed(&e) && !is_stall(&e), "{e}");
         assert!(e.contains("32 MiB"), "{e}");
         assert_gone(&pidfile);
+        // (and perhaps a last write of the dying `yes`, 8 KiB at most)
         let len = std::fs::metadata(&log).unwrap().len();
-        assert!(len <= KEEP_HEAD + KEEP_TAIL + 200, "{len}");
+        assert!(len <= KEEP_HEAD + KEEP_TAIL + 200 + 8192, "{len}");
         let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
         assert!(
             text.starts_with("Error (criu/x.c:1): the cause"),
@@ -606,6 +616,11 @@ mod tests {
         );
         let f = failure("restore", &[], Err(&e), &log);
         assert!(f.message.starts_with(RUNAWAY), "{}", f.message);
+        assert!(
+            f.message.contains("first error: the cause"),
+            "{}",
+            f.message
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
