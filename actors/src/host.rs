@@ -237,7 +237,8 @@ impl HostRuntime {
         let cg = self.cgroups(name);
         let dir = cg.freezer_dir().or_else(|| cg.dirs().next());
         let mut pids = dir
-            .map(|d| berth_runtime::criu::preflight::cgroup_pids(&d))
+            .as_ref()
+            .map(|d| berth_runtime::criu::preflight::cgroup_pids(d))
             .unwrap_or_default();
         pids.retain(|p| *p != init);
         pids.insert(0, init);
@@ -249,6 +250,12 @@ impl HostRuntime {
             })
             .count();
         let mut reasons = berth_runtime::criu::preflight::check(init, &pids);
+        if dir
+            .as_ref()
+            .is_some_and(|d| d.join("freezer.state").exists())
+        {
+            reasons.extend(berth_runtime::criu::preflight::stopped(&pids));
+        }
         if self.pool.driver() == berth_runtime::storage::DriverKind::Btrfs {
             reasons.extend(
                 pids.iter()

@@ -1,6 +1,7 @@
 //! What a container holds that CRIU cannot checkpoint, found before anything is frozen: nested
-//! user or pid namespaces, sockets of families CRIU does not know, and device files other
-//! than the ones berth itself provides. Each finding is one sentence naming the process.
+//! user or pid namespaces, sockets of families CRIU does not know, device files other than
+//! the ones berth itself provides, and (under a cgroup v1 freezer) stopped processes. Each
+//! finding is one sentence naming the process.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -43,10 +44,42 @@ pub fn check(init: i32, pids: &[i32]) -> Vec<String> {
         if nested {
             continue;
         }
-        check_fds(pid, &who, &mut mounts, &mut reasons);
+        check_fds(pid, pids, &who, &mut mounts, &mut reasons);
     }
     reasons.dedup();
     reasons
+}
+
+/// Processes in a job-control stop, which CRIU cannot seize inside a cgroup v1 freezer.
+/// There PTRACE_SEIZE asks a stopped task to trap again and waits for it, and a frozen task
+/// never runs to do so: zdtm's vdso02, or any suspended job, hung CRIU until the stall watch
+/// killed it, the container frozen all along, twice. The cgroup v2 freezer stops tasks
+/// another way, and CRIU dumps and restores them stopped there (tested in a VM).
+pub fn stopped(pids: &[i32]) -> Vec<String> {
+    pids.iter()
+        .filter(|p| is_stopped(**p))
+        .map(|&p| {
+            let who = describe(p);
+            let inner = who
+                .split_once(", pid ")
+                .and_then(|(_, rest)| rest.split(' ').next())
+                .unwrap_or("PID")
+                .to_string();
+            format!(
+                "{who} is stopped (SIGSTOP, or Ctrl+Z in a shell), and on a cgroup v1 host CRIU \
+                 waits forever to seize a stopped process in a frozen cgroup; continue it first \
+                 (kill -CONT {inner} in the container) or end it"
+            )
+        })
+        .collect()
+}
+
+/// Whether `pid` is in a job-control stop (`T`; not `t`, a ptrace stop).
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    })
 }
 
 /// "process 1234 (sleep, pid 7 in the container)": the host pid and the container's.
@@ -111,7 +144,7 @@ fn hint(kind: &str) -> &'static str {
     }
 }
 
-fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<String>) {
+fn check_fds(pid: i32, pids: &[i32], who: &str, mounts: &mut MountSets, reasons: &mut Vec<String>) {
     let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return;
     };
@@ -141,23 +174,45 @@ fn check_fds(pid: i32, who: &str, mounts: &mut MountSets, reasons: &mut Vec<Stri
             }
         } else if target.starts_with("socket:") {
             if let Some(pidfd) = &pidfd
-                && let Some((family, protocol)) = socket_kind(pidfd, fd)
+                && let Some((family, kind, protocol)) = socket_kind(pidfd, fd)
             {
                 if !KNOWN_FAMILIES.contains(&family) {
                     reasons.push(format!("{who} has a socket of address family {family} open (fd {fd}), which CRIU cannot checkpoint"));
-                } else if matches!(protocol, libc::IPPROTO_SCTP | 262 /* MPTCP */) {
+                } else if kind == libc::SOCK_DGRAM
+                    && ((family, protocol) == (libc::AF_INET, libc::IPPROTO_ICMP)
+                        || (family, protocol) == (libc::AF_INET6, libc::IPPROTO_ICMPV6))
+                {
+                    // CRIU makes the socket again with its own credentials, the host's root,
+                    // which no container's net.ipv4.ping_group_range holds: EACCES, found only
+                    // once the container is gone (zdtm's socket_icmp)
+                    reasons.push(format!("{who} has a ping socket (ICMP datagram) open (fd {fd}), which CRIU cannot restore in a container: it would make it again as the host's root, outside the container's net.ipv4.ping_group_range"));
+                } else if kind != libc::SOCK_RAW
+                    && matches!(protocol, libc::IPPROTO_SCTP | 262 /* MPTCP */)
+                {
+                    // a raw socket's protocol is only the IP protocol number it receives
+                    // (zdtm's socket-raw opens one per number): CRIU dumps those
                     reasons.push(format!("{who} has an SCTP or MPTCP socket open (fd {fd}), which CRIU cannot checkpoint"));
                 }
             }
-        } else if target.starts_with('/') {
+        } else if target.starts_with('/') && !target.starts_with("/memfd:") {
+            // (a memfd's link reads "/memfd:NAME (deleted)", on the kernel's internal shm
+            // mount: CRIU dumps memfds; zdtm's memfd00–05 were refused as host files)
             // a file of the host (the stdio of a `berth exec` whose process was left running
             // in the background, say): CRIU finds no mount in the container to put it on
-            // (device nodes are judged below: the console is a host pty CRIU takes as external)
-            let device = std::fs::metadata(e.path())
-                .is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device());
+            // (device nodes are judged below: the console is a host pty CRIU takes as external;
+            // but the host's /dev/null, which an exec's stdin may be, is on no mount of the
+            // container either: "Can't lookup mount=24 for fd=0 path=/dev/null", said CRIU)
+            let device = std::fs::metadata(e.path()).is_ok_and(|m| {
+                let ft = m.file_type();
+                (ft.is_char_device() && libc::major(m.rdev()) != 1) || ft.is_block_device()
+            });
             if !device
                 && let Some(id) = fd_mount(pid, fd)
                 && mounts.contains(pid, id) == Some(false)
+                // opened before the process made a mount namespace of its own (systemd opens
+                // a service's stdin before its ProtectSystem= namespace; zdtm's mntns_*):
+                // a mount of any namespace of the container is one CRIU dumps
+                && pids.iter().all(|&p| mounts.contains(p, id) != Some(true))
             {
                 reasons.push(format!(
                     "{who} has {target} open (fd {fd}), a file outside the container, which CRIU cannot checkpoint; start it with its stdin, stdout and stderr redirected inside the container (e.g. >/dev/null 2>&1 </dev/null)"
@@ -186,8 +241,8 @@ fn known_device(_path: &str, rdev: u64) -> bool {
         || (major == 10 && minor == 200)
 }
 
-/// (family, protocol) of another process's socket, read through a duplicate of it.
-fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32)> {
+/// (family, type, protocol) of another process's socket, read through a duplicate of it.
+fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32, i32)> {
     // SAFETY: pidfd_getfd with a valid pidfd; returns a fresh fd or -1.
     let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as i32;
     if dup < 0 {
@@ -210,7 +265,11 @@ fn socket_kind(pidfd: &OwnedFd, fd: i32) -> Option<(i32, i32)> {
         };
         (r == 0).then_some(v)
     };
-    Some((get(libc::SO_DOMAIN)?, get(libc::SO_PROTOCOL).unwrap_or(0)))
+    Some((
+        get(libc::SO_DOMAIN)?,
+        get(libc::SO_TYPE).unwrap_or(0),
+        get(libc::SO_PROTOCOL).unwrap_or(0),
+    ))
 }
 
 /// On a btrfs pool: whether `pid` watches `/etc/localtime` while it is a symlink (systemd does).
@@ -284,6 +343,38 @@ pub fn cgroup_pids(dir: &Path) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_process_is_named_and_a_running_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        assert!(!is_stopped(pid));
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let t = std::time::Instant::now();
+        while !is_stopped(pid) {
+            assert!(t.elapsed().as_secs() < 10, "the child never stopped");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let me = std::process::id() as i32;
+        let reasons = stopped(&[me, pid]);
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with(&format!("process {pid} (sleep)"))
+                    && r.contains("is stopped")),
+            "{reasons:?}"
+        );
+        // SAFETY: kill on our own child.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        assert!(stopped(&[me, pid]).is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     #[test]
     fn a_file_of_another_mount_namespace_is_named() {
