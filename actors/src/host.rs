@@ -508,6 +508,11 @@ impl HostRuntime {
                 ),
             });
         }
+        if interrupted {
+            for y in berth_runtime::criu::sweep_cgyards(self.files(name).dir()) {
+                notes.push(format!("removed CRIU's cgroup yard {}", y.display()));
+            }
+        }
         // 2. the rest concerns a container that runs
         let Ok(conn) = berth_runtime::monitor::client::Conn::connect(&self.files(name).socket())
         else {

@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Turns a `-1`-on-error return value into `io::Result`.
 pub fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
@@ -316,6 +316,42 @@ pub fn exit_now(code: libc::c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Mount points at or below `dir` (canonical), from this process's mountinfo, in the order
+/// they were mounted.
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mi
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter(|p| p.starts_with(dir))
+        .collect())
+}
+
+/// A mountinfo path: spaces, tabs, newlines and backslashes are written as `\ooo`.
+pub fn unescape_mountinfo(s: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 /// The inode number identifying the namespace behind `/proc/<pid>/ns/<kind>`.
 pub fn ns_inode(pid: Option<libc::pid_t>, kind: &str) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -409,6 +445,14 @@ pub fn parse_signal(s: &str) -> Option<libc::c_int> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        let u = unescape_mountinfo;
+        assert_eq!(u("/a\\040b/c\\134d"), PathBuf::from("/a b/c\\d"));
+        assert_eq!(u("/plain"), PathBuf::from("/plain"));
+        assert_eq!(u("/odd\\9"), PathBuf::from("/odd\\9"));
+    }
 
     #[test]
     fn signals_parse_by_name_and_number() {

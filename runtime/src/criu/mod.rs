@@ -407,6 +407,52 @@ pub(crate) fn call(
     res
 }
 
+/// What a restoring CRIU names its cgroup yard in its work directory.
+const CGYARD: &str = ".criu.cgyard.";
+
+/// The cgroup yards a restoring CRIU left in `work`, its work directory (a container's run
+/// directory), unmounted and removed; returns them. CRIU mounts a tmpfs at
+/// `<work>/.criu.cgyard.XXXXXX` with each cgroup hierarchy mounted again inside, in the mount
+/// namespace of whoever runs it, and takes it down on its way out, but not when it is killed
+/// (by the stall or log-cap watch, or as an orphan at start). Left, the yards pile up, one
+/// per killed restore, and with `/` shared (every systemd host) they show in every namespace,
+/// where a second mount of each hierarchy changes what a cgroup layout reads as. Only call
+/// it while no CRIU works in `work` (a container's CRIUs run one at a time).
+pub fn sweep_cgyards(work: &Path) -> Vec<PathBuf> {
+    let Ok(work) = std::fs::canonicalize(work) else {
+        return Vec::new();
+    };
+    let is_yard = |p: &Path| {
+        p.parent() == Some(work.as_path())
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(CGYARD))
+    };
+    let mut yards: Vec<PathBuf> = crate::sys::mounts_under(&work)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| is_yard(m))
+        .collect();
+    yards.dedup();
+    // detaching the tmpfs takes the hierarchies mounted in it along; one detach per mount
+    // stacked there
+    for y in &yards {
+        for _ in 0..16 {
+            if crate::sys::umount2(y, libc::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+    for e in std::fs::read_dir(&work).into_iter().flatten().flatten() {
+        let p = e.path();
+        // empty once unmounted; one still mounted, or not empty, is left as it is
+        if is_yard(&p) && std::fs::remove_dir(&p).is_ok() && !yards.contains(&p) {
+            yards.push(p);
+        }
+    }
+    yards
+}
+
 /// Opens a directory for CRIU (`images_dir_fd`, `work_dir_fd`): CRIU reaches it through
 /// `/proc/<caller>/fd/N`, so close-on-exec is fine.
 pub(crate) fn open_dir(p: &Path) -> Result<OwnedFd, String> {
@@ -459,7 +505,8 @@ pub(crate) fn base_opts(images: &OwnedFd, work: &OwnedFd, log: &str) -> rpc::Cri
     o.set_link_remap(true);
     o.set_ghost_limit(GHOST_LIMIT);
     // inotify watches (systemd has many) are recorded by path, not by file handle: handles do
-    // not resolve through the idmapped mount a restore runs on
+    // not resolve through the idmapped mount a restore runs on. A watch on a deleted file has
+    // no path: berth's CRIU (scripts/criu/0002-…) restores it on the file's ghost
     o.set_force_irmap(true);
     o.set_notify_scripts(true);
     o
@@ -514,6 +561,55 @@ pub(crate) fn failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cgroup_yards_a_killed_restore_left_are_swept_and_nothing_else() {
+        // SAFETY: geteuid has no failure mode.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("berth-cgyard-test-{}", std::process::id()));
+        let tmpfs = |at: &Path| {
+            std::fs::create_dir_all(at).unwrap();
+            crate::sys::mount(Some(Path::new("none")), at, Some(c"tmpfs"), 0, None).unwrap();
+        };
+        // a yard as CRIU makes it: a tmpfs, a hierarchy mounted in it (a tmpfs stands in)
+        let yard = dir.join(".criu.cgyard.Ab12Cd");
+        tmpfs(&yard);
+        tmpfs(&yard.join("pids"));
+        // one made but not mounted yet when CRIU was killed
+        let bare = dir.join(".criu.cgyard.Zz9Yy8");
+        std::fs::create_dir_all(&bare).unwrap();
+        // what is not a yard stays: a mount, a yard-named file, a yard one level down
+        let other = dir.join("rootfs");
+        tmpfs(&other);
+        std::fs::write(dir.join(".criu.cgyard.file"), b"x").unwrap();
+        let deeper = dir.join("sub/.criu.cgyard.Qq1Ww2");
+        tmpfs(&deeper);
+        let canon = std::fs::canonicalize(&dir).unwrap();
+
+        let mut swept = sweep_cgyards(&dir);
+        swept.sort();
+        assert_eq!(
+            swept,
+            [
+                canon.join(".criu.cgyard.Ab12Cd"),
+                canon.join(".criu.cgyard.Zz9Yy8")
+            ]
+        );
+        assert!(!yard.exists() && !bare.exists());
+        assert_eq!(
+            crate::sys::mounts_under(&canon).unwrap(),
+            [canon.join("rootfs"), canon.join("sub/.criu.cgyard.Qq1Ww2")]
+        );
+        assert!(dir.join(".criu.cgyard.file").exists());
+        assert!(sweep_cgyards(&dir).is_empty(), "nothing is left to sweep");
+
+        for m in [&deeper, &other] {
+            crate::sys::umount2(m, 0).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn versions() {

@@ -207,6 +207,10 @@ fn restore_with_criu(
     );
     drop((con_fd, ctty_fd));
     drop(root_guard);
+    if resp.is_err() {
+        // killed (or died): its cgroup yard is left mounted in our namespace
+        super::sweep_cgyards(&spec.run_dir);
+    }
     if let Some(e) = hook_error {
         return Err(Other(Error::Setup {
             step: format!("restore ({e}) (log: {})", log.display()),

@@ -263,38 +263,7 @@ pub fn remove_build_dir(dir: &Path) -> Result<()> {
 
 /// Mount points at or below `dir` (canonical), from this process's mountinfo.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mi =
-        std::fs::read_to_string("/proc/self/mountinfo").step(|| "read /proc/self/mountinfo")?;
-    Ok(mi
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
-        .filter(|p| p.starts_with(dir))
-        .collect())
-}
-
-/// A mountinfo path: spaces, tabs, newlines and backslashes are written as `\ooo`.
-fn unescape(s: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    crate::sys::mounts_under(dir).step(|| "read /proc/self/mountinfo")
 }
 
 /// A fresh build directory under `images_dir`.
@@ -309,13 +278,6 @@ pub fn build_dir(images_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_paths_unescape() {
-        assert_eq!(unescape("/a\\040b/c\\134d"), PathBuf::from("/a b/c\\d"));
-        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape("/odd\\9"), PathBuf::from("/odd\\9"));
-    }
 
     /// What a killed debootstrap leaves: /proc, /sys and devpts mounted in the tree.
     #[test]
