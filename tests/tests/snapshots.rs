@@ -248,6 +248,18 @@ fn stateful_snapshot_keeps_counting_and_restores_twice() {
     let env = Env::new(Storage::Btrfs);
     env.ok(&["launch", "busybox", "s1"]);
     let pid = start_counter(&env, "s1");
+    // the network namespace's own sysctls, which berth's CRIU restores into the namespace it
+    // otherwise leaves empty for berth to fill (scripts/criu/0003-…), changed from what a
+    // fresh namespace has (ipv4 conf is inherited from the host's: toggled)
+    env.ok(&["exec", "s1", "--", "sh", "-c", "cd /proc/sys/net && echo $((1 - $(cat ipv4/ip_forward))) > ipv4/ip_forward && echo $(( ( $(cat ipv4/conf/default/rp_filter) + 1 ) % 3 )) > ipv4/conf/default/rp_filter && echo 77 > unix/max_dgram_qlen && printf '0\\t1000' > ipv4/ping_group_range"]);
+    let sysctls = || {
+        env.ok(&["exec", "s1", "--", "sh", "-c", "cd /proc/sys/net && for f in ipv4/ip_forward ipv4/conf/default/rp_filter unix/max_dgram_qlen ipv4/ping_group_range; do printf '%s=%s ' $f \"$(cat $f)\"; done"])
+    };
+    let expected = sysctls();
+    assert!(
+        expected.contains("unix/max_dgram_qlen=77 ipv4/ping_group_range=0\t1000 "),
+        "{expected}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     env.ok(&["snapshot", "create", "s1", "live", "--stateful"]);
     let at_snapshot = counter(&env, "s1");
@@ -275,6 +287,11 @@ fn stateful_snapshot_keeps_counting_and_restores_twice() {
                 .lines()
                 .any(|l| l.split_whitespace().next() == Some(&pid)),
             "round {round}"
+        );
+        assert_eq!(
+            sysctls(),
+            expected,
+            "round {round}: the namespace's sysctls"
         );
     }
 }
@@ -445,6 +462,59 @@ fn a_tcp_connection_survives_a_stateful_snapshot() {
     s2.set_read_timeout(Some(std::time::Duration::from_secs(20)))
         .unwrap();
     assert_eq!(echo(&mut s2, "three"), "three");
+}
+
+/// Processes whose working directories were removed, and made again under the same names
+/// (`rm -rf build && mkdir build` beside a shell sitting in build/), come back in the removed
+/// directories, and the new ones are left alone. CRIU made a removed directory again at its
+/// own path for the restore and took the new directory for it, then removed that at the end:
+/// an empty one was lost, a full one failed the restore ("Directory not empty") after the
+/// container was gone. Fixed in berth's CRIU (scripts/criu/0004-…).
+#[test]
+fn removed_working_directories_whose_names_are_taken_again_are_restored() {
+    if !root_or_skip() {
+        return;
+    }
+    let env = Env::new(Storage::Btrfs);
+    env.ok(&["launch", "busybox", "g1"]);
+    let pids = env.ok(&["exec", "g1", "--", "sh", "-c", "mkdir -p /full /empty; (cd /full && exec sleep 1000) >/dev/null 2>&1 </dev/null & a=$!; (cd /empty && exec sleep 1000) >/dev/null 2>&1 </dev/null & b=$!; sleep 0.2; rm -rf /full /empty; mkdir /full /empty; echo kept > /full/file; echo $a $b"]);
+    let pids: Vec<String> = pids.split_whitespace().map(str::to_string).collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    let cwds = || {
+        env.ok(&[
+            "exec",
+            "g1",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "readlink /proc/{}/cwd; readlink /proc/{}/cwd",
+                pids[0], pids[1]
+            ),
+        ])
+    };
+    assert_eq!(cwds(), "/full (deleted)\n/empty (deleted)\n");
+    env.ok(&["snapshot", "create", "--stateful", "g1", "s"]);
+    for round in 0..2 {
+        env.ok(&["snapshot", "restore", "g1", "s"]);
+        assert_eq!(env.status("g1"), "Running");
+        let c = cwds();
+        let lines: Vec<&str> = c.lines().collect();
+        assert!(
+            lines.len() == 2
+                && lines[0].starts_with("/full")
+                && lines[1].starts_with("/empty")
+                && lines.iter().all(|l| l.ends_with(" (deleted)")),
+            "round {round}: back in the removed directories: {c}"
+        );
+        assert_eq!(env.ok(&["exec", "g1", "--", "cat", "/full/file"]), "kept\n");
+        assert!(
+            env.berth(&["exec", "g1", "--", "test", "-d", "/empty"])
+                .status
+                .success(),
+            "round {round}: the new empty directory is still there"
+        );
+    }
 }
 
 #[test]
@@ -985,6 +1055,29 @@ fn pids_in(env: &Env, c: &str) -> Vec<String> {
     out
 }
 
+/// The cgroup yards of a restoring CRIU in `dir` (a container's run directory): mounted in the
+/// mount namespace of process `ns` (berthd's, its monitors' and their CRIUs'), or left as
+/// directories.
+fn cgyards(ns: u32, dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mi = std::fs::read_to_string(format!("/proc/{ns}/mountinfo")).unwrap_or_default();
+    let mut found: Vec<String> = mi
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&format!("{dir}/.criu.cgyard.")))
+        .map(str::to_string)
+        .collect();
+    found.extend(
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().to_string_lossy().into_owned())
+            .filter(|p| p.contains("/.criu.cgyard.")),
+    );
+    found
+}
+
 /// Whether CRIU `criu` holds some process by ptrace.
 fn holds_a_process(criu: i32) -> bool {
     let tracer = format!("TracerPid:\t{criu}\n");
@@ -1109,11 +1202,19 @@ fn hung_criu(env: Env, stall: u64) {
 
     // a restore whose CRIU (the monitor's) hangs: killed with what it had restored, and the
     // restore is an error that changed nothing the next restore needs
+    let run_dir = env.run.join("containers/h1");
+    let ns = env.daemon_pid().expect("berthd runs");
     let stopper = std::thread::spawn(move || {
-        stop_next_criu(marker, holds_a_process, std::time::Duration::from_secs(60))
+        let hung = stop_next_criu(marker, holds_a_process, std::time::Duration::from_secs(60));
+        (hung, cgyards(ns, &run_dir))
     });
     let out = env.berth(&["snapshot", "restore", "h1", "live"]);
-    let hung = stopper.join().unwrap().expect("a CRIU restored h1");
+    let (hung, yards) = stopper.join().unwrap();
+    let hung = hung.expect("a CRIU restored h1");
+    assert!(
+        !yards.is_empty(),
+        "the hung CRIU had mounted its cgroup yard"
+    );
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("criu hung"),
@@ -1127,6 +1228,8 @@ fn hung_criu(env: Env, stall: u64) {
     );
     let left = pids_in(&env, "h1");
     assert!(left.is_empty(), "nothing it restored is left: {left:?}");
+    let yards = cgyards(ns, &env.run.join("containers/h1"));
+    assert!(yards.is_empty(), "nor its cgroup yard: {yards:?}");
     assert_ne!(env.status("h1"), "Running");
     env.ok(&["snapshot", "restore", "h1", "live"]);
     assert_eq!(env.status("h1"), "Running");
