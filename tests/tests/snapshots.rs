@@ -416,6 +416,28 @@ fn stateful_stop_and_start_keep_processes_and_a_tcp_connection() {
     assert!(!env.pool().join("snapshots/t1/.stop").exists());
 }
 
+/// The MSS of container `c`'s established TCP sockets (`ss` in its network namespace).
+fn tcp_mss(env: &Env, c: &str) -> Vec<u32> {
+    let init = env.init_pid(c);
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &init.to_string(),
+            "-n",
+            "ss",
+            "-tni",
+            "state",
+            "established",
+        ])
+        .output()
+        .expect("run nsenter ss");
+    text(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("mss:"))
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
 #[test]
 fn a_tcp_connection_survives_a_stateful_snapshot() {
     if !root_or_skip() {
@@ -434,12 +456,24 @@ fn a_tcp_connection_survives_a_stateful_snapshot() {
         "two",
         "the network was unlocked after the dump"
     );
+    let before = tcp_mss(&env, "n1");
+    assert!(
+        !before.is_empty() && before.iter().all(|m| *m > 1000),
+        "an Ethernet MSS before: {before:?}"
+    );
     env.ok(&["snapshot", "restore", "n1", "s"]);
     // the tree the restore replaced did not close it: the restored server answers on it
     assert_eq!(
         echo(&mut quiet, "again"),
         "again",
         "the connection opened before the checkpoint survives the restore"
+    );
+    // with its MSS: CRIU made restored sockets send 524-byte segments, for good (and on
+    // 6.18, into a full receiver, deadlocked them: scripts/criu/0005-…)
+    let after = tcp_mss(&env, "n1");
+    assert!(
+        !after.is_empty() && after.iter().all(|m| *m > 1000),
+        "the restored connections' MSS: {after:?}"
     );
     // (`conn` moved on after the snapshot: its peer's sequence numbers are ahead of the
     // restored socket's, as with any TCP checkpoint restored after more traffic)

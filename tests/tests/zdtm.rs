@@ -127,9 +127,10 @@ fn berth(env: &Env, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Tells the test to finish and reads its verdict. It has a minute to end: a TCP test
-/// drains its restored connection first, which took past 10 s once under CI's load (dir pool,
-/// socket-tcpbuf-local, after the second restore: still running, nothing written yet).
+/// Tells the test to finish and reads its verdict. It has a minute to end, though a TCP test
+/// draining its restored connections takes under a second: socket-tcpbuf-local once seemed
+/// slow past 10 s and was deadlocked (restored sockets sent 524-byte segments, fixed in
+/// berth's CRIU: scripts/criu/0005-…).
 fn finish(env: &Env, t: &str) -> Result<(), String> {
     sh(
         env,
