@@ -511,7 +511,7 @@ fn removed_working_directories_whose_names_are_taken_again_are_restored() {
     }
     let env = Env::new(Storage::Btrfs);
     env.ok(&["launch", "busybox", "g1"]);
-    let pids = env.ok(&["exec", "g1", "--", "sh", "-c", "mkdir -p /full /empty; (cd /full && exec sleep 1000) >/dev/null 2>&1 </dev/null & a=$!; (cd /empty && exec sleep 1000) >/dev/null 2>&1 </dev/null & b=$!; sleep 0.2; rm -rf /full /empty; mkdir /full /empty; echo kept > /full/file; echo $a $b"]);
+    let pids = env.ok(&["exec", "g1", "--", "sh", "-c", "mkdir -p /full /empty; cd /full; sleep 1000 >/dev/null 2>&1 </dev/null & a=$!; cd /empty; sleep 1000 >/dev/null 2>&1 </dev/null & b=$!; cd /; rm -rf /full /empty; mkdir /full /empty; echo kept > /full/file; echo $a $b"]);
     let pids: Vec<String> = pids.split_whitespace().map(str::to_string).collect();
     assert_eq!(pids.len(), 2, "{pids:?}");
     let cwds = || {
