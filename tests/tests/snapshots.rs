@@ -1239,7 +1239,14 @@ fn hung_criu(env: Env, stall: u64) {
     let run_dir = env.run.join("containers/h1");
     let ns = env.daemon_pid().expect("berthd runs");
     let stopper = std::thread::spawn(move || {
-        let hung = stop_next_criu(marker, holds_a_process, std::time::Duration::from_secs(60));
+        // once it holds the restored tree: past its kerndat probes, which also trace a child
+        // of theirs for a moment, before anything is restored (seen under load)
+        let log = run_dir.join("criu-restore.log");
+        let restoring = |criu| {
+            holds_a_process(criu)
+                && std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Preparing cgroups yard"))
+        };
+        let hung = stop_next_criu(marker, restoring, std::time::Duration::from_secs(60));
         (hung, cgyards(ns, &run_dir))
     });
     let out = env.berth(&["snapshot", "restore", "h1", "live"]);
@@ -1247,7 +1254,7 @@ fn hung_criu(env: Env, stall: u64) {
     let hung = hung.expect("a CRIU restored h1");
     assert!(
         !yards.is_empty(),
-        "the hung CRIU had mounted its cgroup yard"
+        "the hung CRIU {hung} had mounted its cgroup yard"
     );
     assert!(!out.status.success());
     assert!(
