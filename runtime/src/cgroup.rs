@@ -222,8 +222,10 @@ fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
                 return None;
             }
             Some(CgroupMount {
-                root: unescape_mountinfo(pre[3]),
-                mountpoint: PathBuf::from(unescape_mountinfo(pre[4])),
+                root: crate::sys::unescape_mountinfo(pre[3])
+                    .to_string_lossy()
+                    .into_owned(),
+                mountpoint: crate::sys::unescape_mountinfo(pre[4]),
                 fstype: post[0].to_string(),
                 mount_options: pre[5].to_string(),
                 super_options: post[2].to_string(),
@@ -270,27 +272,6 @@ fn on_cgroup2(dir: &Path) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers.
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == CGROUP2_SUPER_MAGIC }
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where a container's groups are.
@@ -1260,8 +1241,14 @@ mod tests {
     }
 
     #[test]
-    fn unescapes_spaces() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    fn cgroup_mounts_unescape_their_root_and_mount_point() {
+        let m = cgroup_mounts(
+            "30 25 0:26 /a\\040b /sys/fs/cgroup/my\\040mem rw,nosuid - cgroup cgroup rw,memory\n\
+             31 25 0:27 / /plain rw - ext4 /dev/sda1 rw\n",
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].root, "/a b");
+        assert_eq!(m[0].mountpoint, PathBuf::from("/sys/fs/cgroup/my mem"));
+        assert_eq!(m[0].super_options, "rw,memory");
     }
 }
