@@ -42,6 +42,17 @@ const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
     | libc::CLONE_NEWIPC
     | libc::CLONE_NEWNET;
 
+/// Plus a time namespace of its own, owned by its user namespace, where the kernel has them:
+/// the one a restore gives it anyway (CRIU restores into a new one to keep the monotonic
+/// clocks), so a container is the same after a start and after a restore. In the host's, its
+/// root could not `setns` back into the time namespace it runs in (zdtm's timens_nested
+/// failed to start in a started container, and started in a restored one).
+fn clone_flags() -> u64 {
+    static TIME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let time = *TIME.get_or_init(|| std::path::Path::new("/proc/self/ns/time").exists());
+    CLONE_FLAGS as u64 | if time { libc::CLONE_NEWTIME as u64 } else { 0 }
+}
+
 /// Starts the container described by `spec` and returns once its init has exec'd.
 ///
 /// Must be called from a single-threaded process.
@@ -52,7 +63,7 @@ pub fn start(spec: &ContainerSpec) -> Result<Started> {
 
     // SAFETY: the caller is single-threaded (documented contract); the child only runs
     // `child_main`, which ends in exec or _exit.
-    match unsafe { sys::clone3_fork(CLONE_FLAGS as u64) }.step(|| "clone the container's init")? {
+    match unsafe { sys::clone3_fork(clone_flags()) }.step(|| "clone the container's init")? {
         sys::Forked::Child => {
             drop(parent_sock);
             child_main(

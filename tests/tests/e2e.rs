@@ -44,10 +44,24 @@ fn lifecycle(storage: Storage, varlink: bool) {
             >= 100_000,
         "init runs as a mapped uid: {uid_line}"
     );
-    for ns in ["mnt", "pid", "net", "uts", "ipc", "user", "cgroup"] {
+    let time = std::path::Path::new("/proc/self/ns/time").exists();
+    for ns in ["mnt", "pid", "net", "uts", "ipc", "user", "cgroup", "time"] {
+        if ns == "time" && !time {
+            continue;
+        }
         let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
         let cont = std::fs::read_link(format!("/proc/{init}/ns/{ns}")).unwrap();
         assert_ne!(host, cont, "{ns} namespace is the host's");
+    }
+    // what exec runs is in init's time namespace (as in all its others), one the container's
+    // root may setns into, as it may after a CRIU restore (zdtm timens_nested)
+    if time {
+        let init_time = std::fs::read_link(format!("/proc/{init}/ns/time")).unwrap();
+        assert_eq!(
+            env.ok(&["exec", "c1", "--", "readlink", "/proc/self/ns/time"])
+                .trim(),
+            init_time.to_string_lossy()
+        );
     }
     // its own cgroup in every hierarchy
     let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();

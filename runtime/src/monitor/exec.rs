@@ -1,8 +1,8 @@
 //! Running a process inside a running container on behalf of the monitor.
 //!
 //! The monitor forks a helper that joins the container's cgroups, then all of init's
-//! namespaces at once through init's pidfd (the time namespace too when init has its own, as
-//! after a CRIU restore), and forks the process itself so it lands in the container's pid
+//! namespaces at once through init's pidfd (its time namespace too: every container has one
+//! where the kernel does), and forks the process itself so it lands in the container's pid
 //! namespace. With a terminal the helper allocates a pty from the container's devpts and
 //! relays between it and the caller's fds, applying `Resize` requests read from the caller's
 //! connection. The helper exits with the process's status (128 + signal when killed).
@@ -49,10 +49,13 @@ pub fn spawn(
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP;
-    let init_time =
-        sys::ns_inode(Some(init_pid), "time").step(|| "inspect init's time namespace")?;
-    if init_time != sys::ns_inode(None, "time").step(|| "inspect our time namespace")? {
-        flags |= libc::CLONE_NEWTIME;
+    // (a kernel without time namespaces has no ns/time: nothing to join)
+    if std::path::Path::new("/proc/self/ns/time").exists() {
+        let init_time =
+            sys::ns_inode(Some(init_pid), "time").step(|| "inspect init's time namespace")?;
+        if init_time != sys::ns_inode(None, "time").step(|| "inspect our time namespace")? {
+            flags |= libc::CLONE_NEWTIME;
+        }
     }
     // SAFETY: the monitor is single-threaded; the child ends in _exit.
     match unsafe { sys::clone3_fork(0) }.step(|| "fork the exec helper")? {
