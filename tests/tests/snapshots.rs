@@ -894,7 +894,8 @@ fn criu_lock_tables(pid: u32) -> Vec<String> {
     assert!(out.status.success(), "nft: {}", text(&out.stderr));
     text(&out.stdout)
         .lines()
-        .filter(|l| l.contains("CRIU-"))
+        // (CRIU's: `CRIU-` and a run id; not a table the container named to look like one)
+        .filter(|l| l.contains("CRIU-") && !l.contains("include"))
         .map(str::to_string)
         .collect()
 }
@@ -914,6 +915,26 @@ fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed()
         text(&out.stdout).trim().parse::<u64>().unwrap_or(0) > 190_000
     });
     let init = env.init_pid("k1");
+    // a table the container's root named (through netlink, as nft's JSON input does) so that
+    // `nft delete table inet <name>` would read a root-only host file: berthd's sweep of
+    // CRIU's lock tables after the kill read it as root and printed it into the note and its
+    // error, and stopped there, leaving CRIU's real lock table in place
+    let secret = env.dir.join("host-secret");
+    std::fs::write(&secret, "berth-host-secret-7f3a\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let hostile = format!("CRIU-1;include\"{}\"", secret.display());
+    let mut add = std::process::Command::new("nsenter");
+    add.arg(format!("--net=/proc/{init}/ns/net"))
+        .args(["nft", "-j", "-f", "-"]);
+    let out = berth_tests::run_input(
+        &mut add,
+        serde_json::json!({"nftables": [{"add": {"table": {"family": "inet", "name": hostile}}}]})
+            .to_string()
+            .as_bytes()
+            .into(),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "nft: {}", text(&out.stderr));
     let cli = berth_tests::bin("berth");
     // berthd dies at different moments of the dump: early (freezing, CRIU seizing the
     // tree), while it copies memory, and in a stateful stop
@@ -965,6 +986,12 @@ fn a_berthd_killed_during_a_checkpoint_leaves_the_container_running_and_thawed()
             criu_lock_tables(init).is_empty(),
             "{what}: CRIU's network lock is gone: {:?}",
             criu_lock_tables(init)
+        );
+        let info = env.ok(&["info", "k1", "--format", "json"]);
+        let log = std::fs::read_to_string(env.dir.join("daemons.log")).unwrap_or_default();
+        assert!(
+            !info.contains("berth-host-secret") && !log.contains("berth-host-secret"),
+            "{what}: a host file leaked through the container's nft table name"
         );
         let mut exec = std::process::Command::new(&cli);
         exec.env("DBUS_SYSTEM_BUS_ADDRESS", &env.bus).args([

@@ -133,20 +133,35 @@ fn exited_within(pidfd: libc::c_int, timeout: Duration) -> std::io::Result<bool>
     }
 }
 
-/// Names of CRIU's network-lock tables in `nft list tables` output (`table inet CRIU-123`).
-pub fn lock_tables(listing: &str) -> Vec<String> {
-    listing
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            match (w.next(), w.next(), w.next(), w.next()) {
-                (Some("table"), Some(family), Some(name), None) if name.starts_with("CRIU-") => {
-                    Some(format!("{family} {name}"))
-                }
-                _ => None,
-            }
+/// CRIU's network-lock tables in `nft -j list tables` output, as (family, name, handle):
+/// `CRIU-` and CRIU's run id (a UUID, or a pid for old images). The listing is the
+/// container's to fill: its root may name a table anything through netlink, which `nft
+/// list` prints unquoted, so a name is taken only when it is one CRIU can have made, and the
+/// table is deleted by its handle (a number), never by a name `nft` would parse: a table
+/// named `CRIU-1;include"/etc/shadow"` had `nft delete table` read that file as root in the
+/// host's mount namespace and print it into berthd's error.
+pub fn lock_tables(listing: &str) -> Vec<(String, String, u64)> {
+    let v: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    let t = i.get("table")?;
+                    let family = t["family"].as_str()?;
+                    let name = t["name"].as_str()?;
+                    let handle = t["handle"].as_u64()?;
+                    let id = name.strip_prefix("CRIU-")?;
+                    (matches!(family, "inet" | "ip" | "ip6")
+                        && !id.is_empty()
+                        && id.len() <= 36
+                        && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+                    .then(|| (family.to_string(), name.to_string(), handle))
+                })
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// Removes CRIU's network-lock tables from the network namespace of process `pid` (the
@@ -181,10 +196,9 @@ pub fn remove_network_locks(pid: libc::pid_t) -> Result<Vec<String>, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let mut removed = Vec::new();
-    for table in lock_tables(&nft(&["list", "tables"])?) {
-        let (family, name) = table.split_once(' ').unwrap_or(("inet", table.as_str()));
-        nft(&["delete", "table", family, name])?;
-        removed.push(table);
+    for (family, name, handle) in lock_tables(&nft(&["-j", "list", "tables"])?) {
+        nft(&["delete", "table", &family, "handle", &handle.to_string()])?;
+        removed.push(format!("{family} {name}"));
     }
     Ok(removed)
 }
@@ -195,9 +209,34 @@ mod tests {
 
     #[test]
     fn finds_criu_lock_tables_only() {
-        let listing = "table inet filter\ntable inet CRIU-4242\ntable ip CRIU-7\ntable inet CRIUX\ntable inet notCRIU-1\n";
-        assert_eq!(lock_tables(listing), ["inet CRIU-4242", "ip CRIU-7"]);
+        let table = |family: &str, name: &str, handle: u64| serde_json::json!({"table": {"family": family, "name": name, "handle": handle}});
+        let listing = serde_json::json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            table("inet", "filter", 1),
+            table("inet", "CRIU-4242", 2),
+            table("ip", "CRIU-9b2f0c1e-5d1a-4c39-8a7e-0123456789ab", 3),
+            table("inet", "CRIUX", 4),
+            table("inet", "notCRIU-1", 5),
+            table("bridge", "CRIU-7", 6),
+            // what a container's root can name a table through netlink
+            table("inet", "CRIU-1;include\"/etc/shadow\"", 7),
+            table("inet", "CRIU-1\ntable inet CRIU-2", 8),
+            table("inet", "CRIU-", 9),
+        ]})
+        .to_string();
+        let found: Vec<_> = lock_tables(&listing)
+            .into_iter()
+            .map(|(f, n, h)| format!("{f} {n} {h}"))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "inet CRIU-4242 2",
+                "ip CRIU-9b2f0c1e-5d1a-4c39-8a7e-0123456789ab 3"
+            ]
+        );
         assert!(lock_tables("").is_empty());
+        assert!(lock_tables("table inet CRIU-1").is_empty());
     }
 
     #[test]
