@@ -883,7 +883,7 @@ fn freezer_state(env: &Env, c: &str) -> String {
     std::fs::read_to_string(f).unwrap().trim().to_string()
 }
 
-/// CRIU's network-lock tables (`inet CRIU-<pid>`) in the network namespace of `pid`.
+/// CRIU's network-lock tables (`inet CRIU-<run id>`) in the network namespace of `pid`.
 fn criu_lock_tables(pid: u32) -> Vec<String> {
     let out = berth_tests::run(
         std::process::Command::new("nsenter")

@@ -4,7 +4,7 @@
 //! Measured with CRIU 4.2.1, berthd killed 30–400 ms into a dump: `criu swrk` ignores
 //! SIGPIPE, so it outlives berthd (reparented to init) and dumps on until its next
 //! notification, which fails on the closed socket. It then aborts as after any error: it lets
-//! the processes go and removes its network lock (the `inet CRIU-<init pid>` nftables table in
+//! the processes go and removes its network lock (the `inet CRIU-<run id>` nftables table in
 //! the container's network namespace) — but it also puts the freezer cgroup back the way it
 //! found it, and berth had frozen it beforehand: the container stays frozen for good. While
 //! CRIU works it holds the processes by ptrace with the cgroup thawed, and freezes it again at
@@ -196,11 +196,24 @@ pub fn remove_network_locks(pid: libc::pid_t) -> Result<Vec<String>, String> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let mut removed = Vec::new();
+    let mut failed = Vec::new();
+    // every one is tried: the container's root can make a table of such a name that we may
+    // not delete (one it owns, NFT_TABLE_F_OWNER), and it would be listed before CRIU's
     for (family, name, handle) in lock_tables(&nft(&["-j", "list", "tables"])?) {
-        nft(&["delete", "table", &family, "handle", &handle.to_string()])?;
-        removed.push(format!("{family} {name}"));
+        match nft(&["delete", "table", &family, "handle", &handle.to_string()]) {
+            Ok(_) => removed.push(format!("{family} {name}")),
+            Err(e) => failed.push(e),
+        }
     }
-    Ok(removed)
+    if failed.is_empty() {
+        Ok(removed)
+    } else {
+        Err(format!(
+            "removed [{}], failed: {}",
+            removed.join(", "),
+            failed.join("; ")
+        ))
+    }
 }
 
 #[cfg(test)]
