@@ -48,9 +48,12 @@ const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
 /// root could not `setns` back into the time namespace it runs in (zdtm's timens_nested
 /// failed to start in a started container, and started in a restored one).
 fn clone_flags() -> u64 {
-    static TIME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let time = *TIME.get_or_init(|| std::path::Path::new("/proc/self/ns/time").exists());
-    CLONE_FLAGS as u64 | if time { libc::CLONE_NEWTIME as u64 } else { 0 }
+    let time = if sys::has_time_namespaces() {
+        libc::CLONE_NEWTIME
+    } else {
+        0
+    };
+    (CLONE_FLAGS | time) as u64
 }
 
 /// Starts the container described by `spec` and returns once its init has exec'd.

@@ -335,12 +335,17 @@ pub fn unescape_mountinfo(s: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b
+        // three octal digits naming a byte (at most \377; the kernel escapes only space,
+        // tab, newline and backslash, anything else stays as it is)
+        let byte = b
             .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], oct) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                u8::try_from(d.iter().fold(0u16, |n, c| n * 8 + u16::from(c - b'0'))).ok()
+            });
+        match (b[i], byte) {
+            (b'\\', Some(v)) => {
+                out.push(v);
                 i += 4;
             }
             (c, _) => {
@@ -350,6 +355,12 @@ pub fn unescape_mountinfo(s: &str) -> PathBuf {
         }
     }
     PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// Whether the kernel has time namespaces (5.6 and later, with CONFIG_TIME_NS).
+pub fn has_time_namespaces() -> bool {
+    static TIME: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TIME.get_or_init(|| std::path::Path::new("/proc/self/ns/time").exists())
 }
 
 /// The inode number identifying the namespace behind `/proc/<pid>/ns/<kind>`.
@@ -448,10 +459,17 @@ mod tests {
 
     #[test]
     fn mountinfo_paths_unescape() {
+        use std::os::unix::ffi::OsStringExt;
         let u = unescape_mountinfo;
         assert_eq!(u("/a\\040b/c\\134d"), PathBuf::from("/a b/c\\d"));
         assert_eq!(u("/plain"), PathBuf::from("/plain"));
         assert_eq!(u("/odd\\9"), PathBuf::from("/odd\\9"));
+        // past a byte: left as it is (it overflowed a u8 before)
+        assert_eq!(u("/big\\777"), PathBuf::from("/big\\777"));
+        assert_eq!(
+            u("/max\\377"),
+            PathBuf::from(std::ffi::OsString::from_vec(b"/max\xff".to_vec()))
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub fn spawn(
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP;
     // (a kernel without time namespaces has no ns/time: nothing to join)
-    if std::path::Path::new("/proc/self/ns/time").exists() {
+    if sys::has_time_namespaces() {
         let init_time =
             sys::ns_inode(Some(init_pid), "time").step(|| "inspect init's time namespace")?;
         if init_time != sys::ns_inode(None, "time").step(|| "inspect our time namespace")? {
