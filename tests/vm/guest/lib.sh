@@ -15,13 +15,18 @@ t_start=$(date +%s.%N)
 _elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%6.1f", b - a }'; }
 log() { printf '[%ss] %s\n' "$(_elapsed)" "$*"; }
 section() { printf '\n[%ss] == %s\n' "$(_elapsed)" "$*"; }
-fail() { printf '[%ss] FAIL: %s\n' "$(_elapsed)" "$*" >&2; exit 1; }
+# (each failure is kept in $_failures too, $$ being the test's own pid in every subshell, to
+# be repeated after the diagnostics, where a summary that keeps the end of the output sees it)
+_failures=/run/berth-vm-failures.$$
+rm -f "$_failures"
+fail() { printf '[%ss] FAIL: %s\n' "$(_elapsed)" "$*" | tee -a "$_failures" >&2; exit 1; }
 
 # On a failing command (set -e) name it and its line (once: not again in each command
 # substitution it fails through); at a failing exit, print what helps.
 _on_err() {
   [ "$BASHPID" = "$$" ] || return 0
-  printf '[%ss] FAIL: %s line %s: %s (exit %s)\n' "$(_elapsed)" "${BASH_SOURCE[1]##*/}" "${BASH_LINENO[0]}" "$BASH_COMMAND" "$1" >&2
+  printf '[%ss] FAIL: %s line %s: %s (exit %s)\n' "$(_elapsed)" "${BASH_SOURCE[1]##*/}" "${BASH_LINENO[0]}" "$BASH_COMMAND" "$1" \
+    | tee -a "$_failures" >&2
 }
 trap '_on_err $?' ERR
 _on_exit() {
@@ -32,6 +37,8 @@ _on_exit() {
   elif [ "$rc" != 0 ]; then
     printf '\n[%ss] %s failed (exit %s); diagnostics:\n' "$(_elapsed)" "$test_name" "$rc"
     diagnostics 2>&1 | sed 's/^/  | /' || true
+    printf '[%ss] %s failed (exit %s), at:\n' "$(_elapsed)" "$test_name" "$rc"
+    sed 's/^/    /' "$_failures" 2>/dev/null || echo "    (no FAIL line: see above)"
   else
     printf '\n[%ss] %s passed\n' "$(_elapsed)" "$test_name"
   fi
