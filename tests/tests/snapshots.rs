@@ -233,9 +233,12 @@ fn counter(env: &Env, c: &str) -> u64 {
 }
 
 /// A process of init's tree (an exec'd shell's orphan is adopted by init) that counts in
-/// memory, ten times a second.
+/// memory, ten times a second. It writes the count out by a rename, so the file always holds
+/// one: written in place, a truncate and a write apart, a read or a dump between the two found
+/// it empty (a snapshot frozen there brought an empty file back: the VM tier's restore check
+/// failed on it once in CI and once in 66 restores there).
 fn start_counter(env: &Env, c: &str) -> String {
-    env.ok(&["exec", c, "--", "sh", "-c", "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $!"])
+    env.ok(&["exec", c, "--", "sh", "-c", "echo 0 > /tmp/counter; (i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new && mv /tmp/counter.new /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $!"])
         .trim()
         .to_string()
 }

@@ -81,9 +81,15 @@ check_devices() { # check_devices WHEN
 check_devices "after the start"
 
 section "stateful snapshot and restore (freezing on cgroup v2)"
-counter() { berth exec lim -- cat /tmp/counter; }
+counter() {
+  local v; v=$(berth exec lim -- cat /tmp/counter)
+  [[ "$v" =~ ^[0-9]+$ ]] || fail "/tmp/counter holds '$v', not a count"
+  echo "$v"
+}
+# (the count goes out by a rename, so the file always holds one: written in place, a dump
+# between the truncate and the write brought an empty file back with the snapshot)
 capture inner_pid berth exec lim -- sh -c \
-  '(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $!'
+  'echo 0 > /tmp/counter; (i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new && mv /tmp/counter.new /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $!'
 wait_for 30 "the counter to start" bash -c "[ \"\$(berth exec lim -- cat /tmp/counter 2>/dev/null)\" -gt 3 ]"
 # the dump freezes the counter somewhere between these two readings (under TCG the snapshot
 # takes seconds, and the counter runs on from the thaw to the command's return)
