@@ -323,7 +323,7 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
     }) {
         Ok((server, how)) => {
             tracing::info!("serving varlink on {} ({how})", socket.display());
-            Some(server)
+            Some((server, how == "bound"))
         }
         Err(e) => {
             tracing::error!("cannot serve varlink on {}: {e}", socket.display());
@@ -402,13 +402,48 @@ pub async fn run(cfg: Config, varlink_fd: Option<std::os::fd::OwnedFd>) -> Resul
     berth_interfaces::sdnotify::notify(&format!("STOPPING=1\nSTATUS=Shutting down ({why})"));
     // New calls now go to the bus, which activates a successor; it waits for our lock.
     let _ = conn.release_name(BUS_NAME).await;
-    // its open connections hold the activity drain waits for; their calls in flight finish
-    if let Some(v) = varlink {
+    // Varlink: a connection berthd accepted is served until its client is done with it (up
+    // to CONNECTIONS_DRAIN): closed earlier, a call that had started went unanswered (CI saw
+    // an exec that arrived as berthd idled out end with "berthd closed the connection").
+    // A socket berthd bound dies with it, and with it what the kernel had queued and berthd
+    // not yet accepted: its path goes first, so that a new client finds none and activates a
+    // successor (which waits for our lock), while the server accepts and answers what reached
+    // it. A socket systemd passed stays open in systemd, and its backlog waits for the next
+    // berthd: the server stops accepting at once.
+    if let Some((v, bound)) = varlink {
+        if bound {
+            if let Err(e) = std::fs::remove_file(&socket) {
+                tracing::warn!("remove {}: {e}", socket.display());
+            }
+            if !v.accept_queued(CONNECTIONS_DRAIN).await {
+                tracing::warn!("the varlink socket's queue did not empty");
+            }
+        } else {
+            v.stop_accepting();
+        }
+        drain_connections(&engine).await;
         let _ = tokio::task::spawn_blocking(move || v.stop()).await;
     }
     drain(&engine).await;
     engine.shutdown().await;
     Ok(())
+}
+
+/// How long an idle exit waits for the varlink connections open at its start (a Monitor
+/// stream, say) before it closes them.
+const CONNECTIONS_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until no varlink connection is open (each holds the activity), or for
+/// [`CONNECTIONS_DRAIN`].
+async fn drain_connections(engine: &berth_actors::Engine) {
+    let deadline = tokio::time::Instant::now() + CONNECTIONS_DRAIN;
+    while engine.activity().idle_for().is_none() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("closing the varlink connections still open");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until the calls that reached us before the name was released are answered: nothing

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use zlink::service::{HandleResult, MethodReply};
 use zlink::{Call, Reply};
 
-pub use socket::{Guarded, Listener};
+pub use socket::{Accepting, Guarded, Listener};
 
 /// The interface name (a contract).
 pub const INTERFACE: &str = "org.berth.Berth";
@@ -254,6 +254,7 @@ impl zlink::Service<Guarded> for Service {
 #[derive(Debug)]
 pub struct Server {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    mode: Arc<tokio::sync::watch::Sender<Accepting>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -267,6 +268,8 @@ impl Server {
     ) -> std::io::Result<Server> {
         listener.set_nonblocking(true)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mode = Arc::new(tokio::sync::watch::Sender::new(Accepting::All));
+        let listener_mode = mode.clone();
         let activity = ctx.engine.activity().clone();
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let thread = std::thread::Builder::new()
@@ -291,7 +294,7 @@ impl Server {
                         }
                     };
                     let server = zlink::Server::new(
-                        Listener::new(listener, slots, activity),
+                        Listener::new(listener, slots, activity, listener_mode),
                         Service::new(ctx, rt),
                     );
                     tokio::select! {
@@ -306,8 +309,27 @@ impl Server {
             })?;
         Ok(Server {
             stop: Some(stop),
+            mode,
             thread: Some(thread),
         })
+    }
+
+    /// Accepts no more connections; those open are served on. What connects meanwhile waits
+    /// in the socket's queue: with a socket systemd passed (and keeps open), for the next
+    /// berthd.
+    pub fn stop_accepting(&self) {
+        self.mode.send_replace(Accepting::None);
+    }
+
+    /// Accepts the connections the kernel has queued, then no more, and returns once the queue
+    /// is empty (or after `limit`): for a socket whose path is gone, so that nothing new
+    /// arrives, and whose queue would die with it. Those accepted are served on.
+    pub async fn accept_queued(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.mode.subscribe();
+        self.mode.send_replace(Accepting::Queued);
+        tokio::time::timeout(limit, rx.wait_for(|m| *m == Accepting::Drained))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops serving: closes the listener and every connection (their calls in flight finish on

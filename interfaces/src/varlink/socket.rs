@@ -20,22 +20,76 @@ struct Held {
     _busy: Busy,
 }
 
-/// Accepts connections, at most [`MAX_CONNECTIONS`] open at once.
+/// What the listener does with new connections; berthd changes it when it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepting {
+    /// Accepts them as they come.
+    All,
+    /// Accepts what the kernel has queued, then none (a socket berthd bound, whose path is
+    /// gone: nothing new can arrive, and what is queued would die with the socket); says
+    /// `Drained` once the queue is empty.
+    Queued,
+    /// The queue is empty and nothing more is accepted.
+    Drained,
+    /// Accepts none: what connects waits in the queue (a socket systemd passed, and keeps
+    /// open for the next berthd).
+    None,
+}
+
+/// Accepts connections, at most [`MAX_CONNECTIONS`] open at once, as `mode` says.
 #[derive(Debug)]
 pub struct Listener {
     inner: tokio::net::UnixListener,
     slots: Arc<Semaphore>,
     activity: Activity,
+    mode: Arc<tokio::sync::watch::Sender<Accepting>>,
 }
 
 impl Listener {
     /// Wraps a listening socket.
-    pub fn new(inner: tokio::net::UnixListener, slots: Arc<Semaphore>, activity: Activity) -> Self {
+    pub fn new(
+        inner: tokio::net::UnixListener,
+        slots: Arc<Semaphore>,
+        activity: Activity,
+        mode: Arc<tokio::sync::watch::Sender<Accepting>>,
+    ) -> Self {
         Listener {
             inner,
             slots,
             activity,
+            mode,
         }
+    }
+
+    /// The next queued connection, without waiting: `None` once the queue is empty (twice, 50
+    /// ms apart: a connect that found the path before it went may still be on its way).
+    async fn queued(&self) -> Option<std::io::Result<tokio::net::UnixStream>> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        for attempt in 0..2 {
+            // SAFETY: plain syscall on our listening socket; a non-negative result is a new fd
+            // we own.
+            let fd = unsafe {
+                libc::accept4(
+                    self.inner.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: fresh fd.
+                let s = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                return Some(tokio::net::UnixStream::from_std(s));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                return Some(Err(e));
+            }
+            if attempt == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        None
     }
 }
 
@@ -44,8 +98,31 @@ impl zlink::Listener for Listener {
 
     async fn accept(&mut self) -> zlink::Result<Option<zlink::Connection<Guarded>>> {
         loop {
-            let stream = match self.inner.accept().await {
-                Ok((s, _)) => s,
+            // (a connection the kernel has queued stays queued until an accept completes: a
+            // change of mode that wins the race takes none)
+            let mut mode = self.mode.subscribe();
+            let now = *mode.borrow_and_update();
+            let accepted = match now {
+                Accepting::All => tokio::select! {
+                    biased;
+                    _ = mode.changed() => continue,
+                    r = self.inner.accept() => r.map(|(s, _)| s),
+                },
+                Accepting::Queued => match self.queued().await {
+                    Some(r) => r,
+                    None => {
+                        self.mode.send_replace(Accepting::Drained);
+                        continue;
+                    }
+                },
+                Accepting::Drained | Accepting::None => {
+                    // (we hold a sender: the channel stays open)
+                    let _ = mode.changed().await;
+                    continue;
+                }
+            };
+            let stream = match accepted {
+                Ok(s) => s,
                 Err(e) => {
                     // out of fds, say: the server must go on serving the connections it has
                     tracing::warn!("varlink: accept: {e}");
